@@ -1,0 +1,39 @@
+"""The gateway's mitmproxy addons, one responsibility each; `chain()` lists them in order."""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+def chain() -> list[Any]:
+    """The addons in the order a request passes them."""
+    from codexgate.addons.accounting import Accounting
+    from codexgate.addons.admit import Admit
+    from codexgate.addons.credentials import Credentials
+    from codexgate.addons.identify import Identify
+    from codexgate.addons.intake import Intake
+    from codexgate.addons.key_guard import KeyGuard
+    from codexgate.addons.meter import Meter
+    from codexgate.addons.mock_upstream import MockUpstream
+    from codexgate.addons.models_endpoint import ModelsEndpoint
+    from codexgate.addons.policy_source import PolicySource
+    from codexgate.addons.route import Route
+    from codexgate.addons.seal import Seal
+    from codexgate.addons.tls_scope import TlsScope
+
+    policy = PolicySource()
+    return [
+        policy,
+        TlsScope(policy),
+        Intake(policy),
+        KeyGuard(policy),
+        Identify(),
+        Admit(),
+        ModelsEndpoint(),
+        Route(),
+        Credentials(),
+        MockUpstream(),
+        Seal(policy),
+        Meter(),
+        Accounting(),
+    ]

@@ -1,0 +1,134 @@
+"""Records one accounting line per governed request: JSONL in the data dir, a log line,
+response headers naming the decision, and the mitmweb flow comment."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import time
+from typing import IO, Any
+
+from mitmproxy import ctx, http
+from mitmproxy.addonmanager import Loader
+
+from codexgate.flowstate import GatewayRequest, state_of
+
+logger = logging.getLogger(__name__)
+
+ACCOUNTING_FILE = "accounting.jsonl"
+
+
+def accounting_record(state: GatewayRequest, status: int | None, error: str | None) -> dict[str, Any]:
+    now = time.time()
+    outcome = state.reader.outcome if state.reader is not None else None
+    return {
+        "ts": round(now, 3),
+        "request_id": state.request_id,
+        "mode": state.mode,
+        "endpoint": state.endpoint,
+        "session_id": state.session_id,
+        "key": state.key.name if state.key else None,
+        "team": state.team,
+        "org": state.org,
+        "model_requested": state.model_requested,
+        "model": state.model,
+        "provider": state.provider,
+        "upstream_model": state.upstream_model,
+        "stream": state.stream,
+        "decision": state.decision,
+        "status": status,
+        "error": error,
+        "stream_outcome": outcome,
+        "usage": state.usage.as_dict() if state.usage else None,
+        "duration_ms": round((now - state.started) * 1000, 1),
+        "ttfb_ms": round((state.first_byte - state.started) * 1000, 1) if state.first_byte else None,
+    }
+
+
+class Accounting:
+    def __init__(self) -> None:
+        self._file: IO[str] | None = None
+        self.records = 0
+
+    def load(self, loader: Loader) -> None:
+        loader.add_option(
+            "codexgate_accounting", bool, True, "Write one JSON line per governed request to the data dir."
+        )
+
+    def configure(self, updated: set[str]) -> None:
+        if {"codexgate_data_dir", "codexgate_accounting"} & updated:
+            self._close()
+            data_dir = ctx.options.codexgate_data_dir
+            if data_dir and ctx.options.codexgate_accounting:
+                path = os.path.join(data_dir, ACCOUNTING_FILE)
+                fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+                self._file = os.fdopen(fd, "a", encoding="utf-8", buffering=1)
+
+    def responseheaders(self, flow: http.HTTPFlow) -> None:
+        state = state_of(flow)
+        if state is None or flow.response is None:
+            return
+        headers = flow.response.headers
+        headers["x-codexgate-request-id"] = state.request_id
+        headers["x-codexgate-decision"] = (
+            "refused" if state.decision not in ("pending", "forwarded", "answered") else "allowed"
+        )
+        if state.provider:
+            headers["x-codexgate-provider"] = state.provider
+        if state.upstream_model:
+            headers["x-codexgate-model"] = state.upstream_model
+
+    def response(self, flow: http.HTTPFlow) -> None:
+        state = state_of(flow)
+        if state is not None and flow.response is not None:
+            self._record(flow, state, flow.response.status_code, None)
+
+    def error(self, flow: http.HTTPFlow) -> None:
+        state = state_of(flow)
+        if state is not None:
+            if state.reader is not None:
+                state.usage = state.reader.usage
+            status = flow.response.status_code if flow.response else 502
+            if state.decision in ("pending", "forwarded"):
+                state.decision = "upstream_error"
+            self._record(flow, state, status, flow.error.msg if flow.error else "unknown error")
+
+    def _record(self, flow: http.HTTPFlow, state: GatewayRequest, status: int, error: str | None) -> None:
+        if state.accounted:
+            return
+        state.accounted = True
+        record = accounting_record(state, status, error)
+        usage = record["usage"] or {}
+        flow.comment = (
+            f"codexgate {state.decision}: key={record['key']} team={record['team']} model={record['model_requested']}"
+            f" provider={record['provider']} status={status}"
+            f" tokens={usage.get('input_tokens', 0)}in/{usage.get('output_tokens', 0)}out"
+        )
+        logger.info(
+            "%s %s key=%s team=%s model=%s provider=%s status=%s in=%s out=%s ms=%s",
+            state.request_id[:8],
+            state.decision,
+            record["key"],
+            record["team"],
+            record["model_requested"],
+            record["provider"],
+            status,
+            usage.get("input_tokens", 0),
+            usage.get("output_tokens", 0),
+            record["duration_ms"],
+        )
+        if self._file is not None:
+            try:
+                self._file.write(json.dumps(record, separators=(",", ":")) + "\n")
+                self.records += 1
+            except OSError:
+                logger.exception("cannot write accounting line for %s", state.request_id)
+
+    def _close(self) -> None:
+        if self._file is not None:
+            self._file.close()
+            self._file = None
+
+    def done(self) -> None:
+        self._close()

@@ -1,0 +1,71 @@
+"""Admits a request: the key is active and not expired, the model exists and the key may use it."""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+
+from mitmproxy import http
+
+from codexgate.errors import error_response
+from codexgate.failsafe import fail_closed
+from codexgate.flowstate import refuse, state_of
+
+logger = logging.getLogger(__name__)
+
+
+class Admit:
+    @fail_closed
+    def request(self, flow: http.HTTPFlow) -> None:
+        if flow.response or flow.error:
+            return
+        state = state_of(flow)
+        if state is None:
+            return
+        key = state.key
+        if key is None:
+            raise RuntimeError("admit reached without an identified key")
+        if key.disabled:
+            refuse(flow, error_response(401, "key_disabled", f"virtual key {key.name} is disabled"), "key_disabled")
+            return
+        if key.expires_at is not None and key.expires_at <= dt.datetime.now(dt.UTC):
+            refuse(
+                flow,
+                error_response(
+                    401,
+                    "key_expired",
+                    f"virtual key {key.name} expired at {key.expires_at.isoformat(timespec='minutes')}",
+                ),
+                "key_expired",
+            )
+            return
+        if state.endpoint == "models":
+            return
+        requested = state.model_requested or ""
+        found = state.policy.lookup_model(requested)
+        if found is None:
+            refuse(
+                flow,
+                error_response(
+                    404,
+                    "model_not_found",
+                    f"model {requested} does not exist on this gateway; GET /v1/models lists yours",
+                    "model",
+                ),
+                "unknown_model",
+            )
+            return
+        canonical, _entry = found
+        if not (key.allows_model(canonical) or key.allows_model(requested)):
+            refuse(
+                flow,
+                error_response(
+                    403,
+                    "model_not_allowed",
+                    f"model {requested} is not allowed for key {key.name}; allowed: {', '.join(key.models)}",
+                    "model",
+                ),
+                "model_not_allowed",
+            )
+            return
+        state.model = canonical

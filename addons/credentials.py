@@ -1,0 +1,55 @@
+"""Swaps the client's virtual key for the provider's real key; nothing else may leave.
+
+Every client credential header is removed first, so a virtual key never reaches a provider.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from codexgate.policies.schema import MockProvider, OpenAIProvider
+from codexgate.providers.openai import CLIENT_CREDENTIAL_HEADERS, auth_headers
+from mitmproxy import http
+
+from codexgate.errors import error_response
+from codexgate.failsafe import fail_closed
+from codexgate.flowstate import refuse, state_of
+from codexgate.secrets import SecretResolver, SecretUnavailable
+
+logger = logging.getLogger(__name__)
+
+
+class Credentials:
+    def __init__(self) -> None:
+        self._secrets = SecretResolver()
+
+    @fail_closed
+    def request(self, flow: http.HTTPFlow) -> None:
+        if flow.response or flow.error:
+            return
+        state = state_of(flow)
+        if state is None or state.provider is None:
+            return
+        for name in CLIENT_CREDENTIAL_HEADERS:
+            flow.request.headers.pop(name, None)
+        provider = state.policy.policy.providers[state.provider]
+        if isinstance(provider, MockProvider):
+            state.cleared = True
+            return
+        if isinstance(provider, OpenAIProvider):
+            try:
+                secret = self._secrets.resolve(provider.keys[0].value)
+            except SecretUnavailable as exc:
+                logger.error("provider %s has no usable key: %s", state.provider, exc)
+                refuse(
+                    flow,
+                    error_response(
+                        503,
+                        "provider_credentials_unavailable",
+                        f"provider {state.provider} is not usable right now: {exc}; tell your platform team",
+                    ),
+                    "provider_unavailable",
+                )
+                return
+            flow.request.headers.update(auth_headers(secret))
+            state.cleared = True

@@ -1,0 +1,90 @@
+"""Identifies the virtual key of a governed request.
+
+Looked for in `Authorization: Bearer`, `x-api-key`, `api-key`, and the proxy credentials
+(`Proxy-Authorization` on the request or on the CONNECT that opened the connection; the
+password is the key, or the user name when the password is empty).
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import logging
+import weakref
+
+from codexgate.policies.keys import hash_key
+from mitmproxy import connection, http
+
+from codexgate.errors import error_response
+from codexgate.failsafe import fail_closed
+from codexgate.flowstate import refuse, state_of
+
+logger = logging.getLogger(__name__)
+
+
+def key_from_proxy_authorization(value: str) -> str | None:
+    scheme, _, encoded = value.partition(" ")
+    if scheme.lower() != "basic":
+        return None
+    try:
+        user, _, password = base64.b64decode(encoded.strip(), validate=True).decode("utf-8").partition(":")
+    except (binascii.Error, UnicodeDecodeError):
+        return None
+    return password or user or None
+
+
+def key_from_headers(headers: http.Headers) -> str | None:
+    authorization = headers.get("authorization", "")
+    if authorization[:7].lower() == "bearer " and authorization[7:].strip():
+        return authorization[7:].strip()
+    for name in ("x-api-key", "api-key"):
+        if headers.get(name, "").strip():
+            return headers[name].strip()
+    if "proxy-authorization" in headers:
+        return key_from_proxy_authorization(headers["proxy-authorization"])
+    return None
+
+
+class Identify:
+    def __init__(self) -> None:
+        # Proxy credentials given on CONNECT, per client connection (gone with the connection).
+        self._connect_keys: weakref.WeakKeyDictionary[connection.Client, str] = weakref.WeakKeyDictionary()
+
+    def http_connect(self, flow: http.HTTPFlow) -> None:
+        value = flow.request.headers.get("proxy-authorization")
+        if value:
+            key = key_from_proxy_authorization(value)
+            if key:
+                self._connect_keys[flow.client_conn] = key
+
+    @fail_closed
+    def request(self, flow: http.HTTPFlow) -> None:
+        if flow.response or flow.error:
+            return
+        state = state_of(flow)
+        if state is None:
+            return
+        key = key_from_headers(flow.request.headers) or self._connect_keys.get(flow.client_conn)
+        if not key:
+            refuse(
+                flow,
+                error_response(
+                    401,
+                    "missing_api_key",
+                    "no virtual key: send it as 'Authorization: Bearer <key>' (CODEX_API_KEY for Codex)",
+                ),
+                "missing_key",
+            )
+            return
+        record = state.policy.keys_by_hash.get(hash_key(key))
+        if record is None:
+            refuse(
+                flow,
+                error_response(401, "invalid_api_key", "unknown virtual key; ask your platform team for one"),
+                "unknown_key",
+            )
+            return
+        state.key = record
+        team = state.policy.policy.teams.get(record.team)
+        state.team = record.team
+        state.org = team.org if team else None

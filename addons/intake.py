@@ -1,0 +1,118 @@
+"""Decides which requests the gateway governs, and reads what they ask for.
+
+Governed: everything on the gateway (base-URL) listener, and requests to governed hosts on
+the proxy listener. For those: the endpoint, the JSON body, the model, whether it streams.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+
+from codexgate.addons.policy_source import PolicySource
+from mitmproxy import http
+from mitmproxy.proxy.mode_specs import ReverseMode
+
+from codexgate.errors import error_response
+from codexgate.failsafe import fail_closed
+from codexgate.flowstate import METADATA_KEY, GatewayRequest, refuse, state_of
+
+logger = logging.getLogger(__name__)
+
+ENDPOINTS = {
+    ("POST", "/v1/responses"): "responses",
+    ("POST", "/v1/chat/completions"): "chat",
+    ("GET", "/v1/models"): "models",
+}
+SERVED = "POST /v1/responses, POST /v1/chat/completions, GET /v1/models"
+MAX_SESSION_ID = 128
+
+
+def _normalised_path(path: str) -> str:
+    path = path.split("?", 1)[0].rstrip("/") or "/"
+    if not path.startswith("/v1/") and path != "/v1":
+        path = "/v1" + path  # clients configured with a base URL without /v1
+    return path
+
+
+class Intake:
+    def __init__(self, policy: PolicySource) -> None:
+        self._policy = policy
+
+    @fail_closed
+    def requestheaders(self, flow: http.HTTPFlow) -> None:
+        if flow.response or flow.error:
+            return
+        policy = self._policy.current()
+        gateway_listener = isinstance(flow.client_conn.proxy_mode, ReverseMode)
+        if not gateway_listener and not policy.is_governed_host(flow.request.host, flow.request.port):
+            return
+        state = GatewayRequest(request_id=flow.id, policy=policy, mode="gateway" if gateway_listener else "proxy")
+        flow.metadata[METADATA_KEY] = state
+        session = flow.request.headers.get("session-id") or flow.request.headers.get("x-session-id")
+        state.session_id = session[:MAX_SESSION_ID] if session else None
+        path = _normalised_path(flow.request.path)
+        if path == "/v1/responses" and flow.request.headers.get("upgrade", "").lower() == "websocket":
+            # Codex tries Responses over WebSocket first; 426 makes it fall back to HTTP at once.
+            refuse(
+                flow,
+                error_response(426, "websocket_not_supported", "codexgate serves /v1/responses over HTTP; use SSE"),
+                "websocket_refused",
+            )
+            return
+        if path.startswith("/v1/models/") and flow.request.method == "GET":
+            state.endpoint = "models"
+            return
+        state.endpoint = ENDPOINTS.get((flow.request.method, path))
+        if state.endpoint is None:
+            refuse(
+                flow,
+                error_response(
+                    404,
+                    "unknown_endpoint",
+                    f"codexgate does not serve {flow.request.method} {path}; it serves {SERVED}",
+                ),
+                "unknown_endpoint",
+            )
+
+    @fail_closed
+    def request(self, flow: http.HTTPFlow) -> None:
+        if flow.response or flow.error:
+            return
+        state = state_of(flow)
+        if state is None or state.endpoint in (None, "models"):
+            return
+        try:
+            raw = flow.request.get_content(strict=True) or b""
+        except ValueError:
+            refuse(
+                flow,
+                error_response(400, "invalid_body", "request body cannot be decoded (content-encoding)"),
+                "invalid_body",
+            )
+            return
+        try:
+            body = json.loads(raw)
+        except ValueError as exc:
+            refuse(flow, error_response(400, "invalid_json", f"request body is not valid JSON: {exc}"), "invalid_json")
+            return
+        if not isinstance(body, dict):
+            refuse(flow, error_response(400, "invalid_json", "request body must be a JSON object"), "invalid_json")
+            return
+        model = body.get("model")
+        if not isinstance(model, str) or not model:
+            refuse(
+                flow,
+                error_response(400, "missing_model", "request body needs a string 'model'", "model"),
+                "missing_model",
+            )
+            return
+        stream = body.get("stream", False)
+        if not isinstance(stream, bool):
+            refuse(
+                flow, error_response(400, "invalid_stream", "'stream' must be true or false", "stream"), "invalid_body"
+            )
+            return
+        state.body = body
+        state.model_requested = model
+        state.stream = stream

@@ -1,0 +1,59 @@
+"""A virtual key never leaves the gateway for a host that is not governed.
+
+Codex sends its API key to chatgpt.com (and, through a proxy, anywhere it is told to), so
+on every flow the gateway does not govern, credentials carrying a virtual key are removed;
+on guard hosts such a request is answered locally.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from codexgate.addons.policy_source import PolicySource
+from codexgate.policies.keys import KEY_PREFIX, hash_key
+from mitmproxy import http
+
+from codexgate.errors import error_response
+from codexgate.failsafe import fail_closed
+from codexgate.flowstate import state_of
+
+logger = logging.getLogger(__name__)
+
+CREDENTIAL_HEADERS = ("authorization", "x-api-key", "api-key", "proxy-authorization", "cookie")
+
+
+def carries_virtual_key(value: str, known_hashes: dict[str, object]) -> bool:
+    if KEY_PREFIX in value:
+        return True
+    token = value.split()[-1] if value.split() else ""
+    return bool(token) and hash_key(token) in known_hashes
+
+
+class KeyGuard:
+    def __init__(self, policy: PolicySource) -> None:
+        self._policy = policy
+
+    @fail_closed
+    def requestheaders(self, flow: http.HTTPFlow) -> None:
+        if flow.response or flow.error or state_of(flow) is not None:
+            return
+        policy = self._policy.current()
+        removed = [
+            name
+            for name in CREDENTIAL_HEADERS
+            if any(carries_virtual_key(v, policy.keys_by_hash) for v in flow.request.headers.get_all(name))
+        ]
+        if not removed:
+            return
+        for name in removed:
+            del flow.request.headers[name]
+        host = flow.request.pretty_host.lower()
+        logger.warning("virtual key removed from %s request to %s (%s)", flow.request.method, host, ", ".join(removed))
+        flow.comment = f"codexgate: virtual key removed ({', '.join(removed)})"
+        if host in policy.guard_hosts or any(host.endswith("." + guarded) for guarded in policy.guard_hosts):
+            flow.response = error_response(
+                403,
+                "virtual_key_not_forwarded",
+                f"codexgate does not forward virtual keys to {host}; "
+                "only model providers are reached through the gateway",
+            )

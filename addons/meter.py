@@ -1,0 +1,61 @@
+"""Reads token usage from answers: streamed ones as they pass (bytes unchanged), others whole."""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from collections.abc import Callable
+
+from mitmproxy import http
+
+from codexgate.flowstate import GatewayRequest, state_of
+from codexgate.usage import StreamUsageReader, usage_from_body
+
+logger = logging.getLogger(__name__)
+
+
+def _observer(state: GatewayRequest, reader: StreamUsageReader) -> Callable[[bytes], bytes]:
+    def observe(chunk: bytes) -> bytes:
+        if state.first_byte is None and chunk:
+            state.first_byte = time.time()
+        try:
+            reader.feed(chunk)
+        except Exception:  # a reading problem must never disturb the stream itself
+            logger.exception("usage reader failed on request %s", state.request_id)
+        return chunk
+
+    return observe
+
+
+class Meter:
+    def responseheaders(self, flow: http.HTTPFlow) -> None:
+        state = state_of(flow)
+        if state is None or state.answered_locally or flow.response is None or state.endpoint is None:
+            return
+        if "text/event-stream" in flow.response.headers.get("content-type", ""):
+            state.reader = StreamUsageReader(state.endpoint)
+            flow.response.stream = _observer(state, state.reader)
+
+    def response(self, flow: http.HTTPFlow) -> None:
+        state = state_of(flow)
+        if state is None or flow.response is None or state.endpoint not in ("responses", "chat"):
+            return
+        try:
+            if state.reader is not None:
+                state.usage = state.reader.usage
+                return
+            if state.first_byte is None:
+                state.first_byte = flow.response.timestamp_start
+            if flow.response.status_code >= 400 and state.answered_locally:
+                return  # the gateway's own refusal: nothing was used
+            content = flow.response.get_content(strict=False) or b""
+            if "text/event-stream" in flow.response.headers.get("content-type", ""):
+                reader = StreamUsageReader(state.endpoint)
+                reader.feed(content)
+                state.reader = reader
+                state.usage = reader.usage
+            else:
+                state.usage = usage_from_body(state.endpoint, json.loads(content))
+        except Exception:
+            logger.exception("cannot read usage of request %s", state.request_id)

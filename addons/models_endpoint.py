@@ -1,0 +1,45 @@
+"""`GET /v1/models`: the models (and aliases) this key may use, in OpenAI's list format."""
+
+from __future__ import annotations
+
+import json
+
+from mitmproxy import http
+
+from codexgate.errors import error_response
+from codexgate.failsafe import fail_closed
+from codexgate.flowstate import refuse, state_of
+
+
+class ModelsEndpoint:
+    @fail_closed
+    def request(self, flow: http.HTTPFlow) -> None:
+        if flow.response or flow.error:
+            return
+        state = state_of(flow)
+        if state is None or state.endpoint != "models" or state.key is None:
+            return
+        key = state.key
+        created = int(state.policy.mtime_ns // 1_000_000_000)
+        visible = [
+            {"id": name, "object": "model", "created": created, "owned_by": entry.routes[0].provider}
+            for name, (canonical, entry) in state.policy.models_by_name.items()
+            if key.allows_model(name) or key.allows_model(canonical)
+        ]
+        path = flow.request.path.split("?", 1)[0].rstrip("/")
+        if "/models/" in path:
+            wanted = path.rsplit("/", 1)[1]
+            match = [model for model in visible if model["id"] == wanted]
+            if not match:
+                refuse(
+                    flow,
+                    error_response(404, "model_not_found", f"model {wanted} is not available to key {key.name}"),
+                    "unknown_model",
+                )
+                return
+            payload: dict = match[0]
+        else:
+            payload = {"object": "list", "data": visible}
+        flow.response = http.Response.make(200, json.dumps(payload).encode(), {"content-type": "application/json"})
+        state.answered_locally = True
+        state.decision = "answered"

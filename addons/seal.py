@@ -1,0 +1,46 @@
+"""The last request-phase addon: a governed request leaves only if every policy step cleared it.
+
+mitmproxy forwards a request whose addon raised; this is the backstop that stops it.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from codexgate.addons.policy_source import PolicySource
+from mitmproxy import http
+
+from codexgate.errors import error_response
+from codexgate.flowstate import refuse, state_of
+
+logger = logging.getLogger(__name__)
+
+
+class Seal:
+    def __init__(self, policy: PolicySource) -> None:
+        self._policy = policy
+
+    def request(self, flow: http.HTTPFlow) -> None:
+        if flow.response or flow.error:
+            return
+        state = state_of(flow)
+        try:
+            governed_host = state is not None or self._policy.current().is_governed_host(
+                flow.request.host, flow.request.port
+            )
+        except Exception:
+            governed_host = True
+        if state is not None and state.cleared:
+            state.decision = "forwarded"
+            return
+        if governed_host:
+            logger.error(
+                "request %s to %s was not cleared by the policy chain; refused", flow.id, flow.request.pretty_url
+            )
+            refuse(
+                flow,
+                error_response(
+                    500, "gateway_internal_error", f"codexgate internal error (request {flow.id}); see gateway log"
+                ),
+                "internal_error",
+            )

@@ -1,0 +1,51 @@
+"""mitmproxy fails open on an addon exception: these hooks fail closed instead."""
+
+from __future__ import annotations
+
+import functools
+import inspect
+import logging
+from collections.abc import Callable
+from typing import Any
+
+from mitmproxy import http
+
+from codexgate.errors import error_response
+from codexgate.flowstate import refuse
+
+logger = logging.getLogger("codexgate.failsafe")
+
+
+def _refuse_internal(flow: http.HTTPFlow, hook: Callable[..., Any]) -> None:
+    logger.exception("internal error in %s; request %s refused", hook.__qualname__, flow.id)
+    if flow.response is None and not flow.error:
+        refuse(
+            flow,
+            error_response(
+                500, "gateway_internal_error", f"codexgate internal error (request {flow.id}); see gateway log"
+            ),
+            "internal_error",
+        )
+
+
+def fail_closed(hook: Callable[..., Any]) -> Callable[..., Any]:
+    """Wrap a request-phase hook: any exception answers 500 JSON instead of forwarding."""
+    if inspect.iscoroutinefunction(hook):
+
+        @functools.wraps(hook)
+        async def async_wrapper(self: Any, flow: http.HTTPFlow) -> None:
+            try:
+                await hook(self, flow)
+            except Exception:
+                _refuse_internal(flow, hook)
+
+        return async_wrapper
+
+    @functools.wraps(hook)
+    def wrapper(self: Any, flow: http.HTTPFlow) -> None:
+        try:
+            hook(self, flow)
+        except Exception:
+            _refuse_internal(flow, hook)
+
+    return wrapper

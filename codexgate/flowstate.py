@@ -1,0 +1,56 @@
+"""What the gateway knows about one governed request, carried on `flow.metadata`."""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from typing import Any
+
+from mitmproxy import http
+
+from codexgate.policies.loader import CompiledPolicy
+from codexgate.policies.schema import VirtualKey
+from codexgate.usage import StreamUsageReader, Usage
+
+METADATA_KEY = "codexgate"
+
+
+@dataclasses.dataclass(eq=False)
+class GatewayRequest:
+    request_id: str
+    policy: CompiledPolicy
+    mode: str  # "gateway" (base-URL listener) or "proxy"
+    started: float = dataclasses.field(default_factory=time.time)
+    endpoint: str | None = None  # responses / chat / models
+    body: dict[str, Any] | None = None
+    stream: bool = False
+    session_id: str | None = None
+    key: VirtualKey | None = None
+    team: str | None = None
+    org: str | None = None
+    model_requested: str | None = None
+    model: str | None = None
+    provider: str | None = None
+    upstream_model: str | None = None
+    cleared: bool = False  # every policy step passed: the request may leave the gateway
+    answered_locally: bool = False
+    decision: str = "pending"
+    reader: StreamUsageReader | None = None
+    usage: Usage | None = None
+    first_byte: float | None = None
+    accounted: bool = False
+    notes: list[str] = dataclasses.field(default_factory=list)
+
+
+def state_of(flow: http.HTTPFlow) -> GatewayRequest | None:
+    state = flow.metadata.get(METADATA_KEY)
+    return state if isinstance(state, GatewayRequest) else None
+
+
+def refuse(flow: http.HTTPFlow, response: http.Response, decision: str) -> None:
+    """Answer a governed request with a refusal and remember why."""
+    flow.response = response
+    state = state_of(flow)
+    if state is not None:
+        state.decision = decision
+        state.answered_locally = True

@@ -1,0 +1,1 @@
+"""Policy: the YAML schema, loading with precise errors, key management, the example policy."""

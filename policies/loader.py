@@ -1,0 +1,201 @@
+"""Reading a policy file: YAML → validated Policy → an index the addons look things up in.
+
+Every error names the file, the line and the field, because the person reading it is
+reviewing a pull request or looking at a gateway log, not a Python traceback.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+from codexgate.policies.schema import ModelEntry, Policy, Route, VirtualKey
+from pydantic import ValidationError
+from ruamel.yaml import YAML
+from ruamel.yaml.comments import CommentedMap, CommentedSeq
+from ruamel.yaml.error import MarkedYAMLError
+
+Loc = tuple[str | int, ...]
+
+
+class PolicyError(Exception):
+    """A policy that cannot be used; `problems` are complete `file:line: field: message` lines."""
+
+    def __init__(self, problems: list[str]):
+        super().__init__("\n".join(problems))
+        self.problems = problems
+
+
+@dataclasses.dataclass(frozen=True)
+class CompiledPolicy:
+    """A validated policy plus the lookups a request needs, built once per load."""
+
+    policy: Policy
+    path: str
+    mtime_ns: int
+    keys_by_hash: dict[str, VirtualKey]
+    models_by_name: dict[str, tuple[str, ModelEntry]]  # name or alias -> (canonical name, entry)
+    intercept_hosts: frozenset[str]  # "host" (any port) or "host:port"
+    guard_hosts: frozenset[str]
+
+    def lookup_model(self, requested: str) -> tuple[str, ModelEntry] | None:
+        return self.models_by_name.get(requested)
+
+    def should_intercept(self, host: str, port: int) -> bool:
+        host = host.lower().rstrip(".")
+        return f"{host}:{port}" in self.intercept_hosts or host in self.intercept_hosts or (host in self.guard_hosts)
+
+    def is_governed_host(self, host: str, port: int) -> bool:
+        host = host.lower().rstrip(".")
+        return f"{host}:{port}" in self.intercept_hosts or host in self.intercept_hosts
+
+
+def _yaml() -> YAML:
+    yaml = YAML(typ="rt")
+    yaml.preserve_quotes = True
+    return yaml
+
+
+def _line_of(document: Any, loc: Loc) -> int | None:
+    """The 1-based line of the deepest node of `loc` that exists in the parsed document."""
+    node = document
+    line: int | None = None
+    for part in loc:
+        try:
+            if isinstance(node, CommentedMap) and part in node:
+                line = node.lc.key(part)[0] + 1
+                node = node[part]
+            elif isinstance(node, CommentedSeq) and isinstance(part, int) and part < len(node):
+                line = node.lc.item(part)[0] + 1
+                node = node[part]
+            else:
+                break
+        except (KeyError, IndexError, TypeError, AttributeError):
+            break
+    if line is None and isinstance(document, CommentedMap):
+        line = document.lc.line + 1
+    return line
+
+
+def _field_path(loc: Iterable[str | int]) -> str:
+    text = ""
+    for part in loc:
+        if isinstance(part, int):
+            text += f"[{part}]"
+        else:
+            text += ("." if text else "") + str(part)
+    return text or "(top level)"
+
+
+def _cross_references(policy: Policy) -> list[tuple[Loc, str]]:
+    problems: list[tuple[Loc, str]] = []
+    for team_name, team in policy.teams.items():
+        if policy.orgs and team.org not in policy.orgs:
+            problems.append((("teams", team_name, "org"), f"unknown org {team.org!r}; orgs: {sorted(policy.orgs)}"))
+    seen_names: dict[str, int] = {}
+    seen_hashes: dict[str, int] = {}
+    for index, key in enumerate(policy.keys):
+        if key.team not in policy.teams:
+            problems.append((("keys", index, "team"), f"unknown team {key.team!r}; teams: {sorted(policy.teams)}"))
+        if key.name in seen_names:
+            problems.append(
+                (("keys", index, "name"), f"duplicate key name {key.name!r} (also keys[{seen_names[key.name]}])")
+            )
+        seen_names.setdefault(key.name, index)
+        if key.hash in seen_hashes:
+            problems.append((("keys", index, "hash"), f"same hash as keys[{seen_hashes[key.hash]}]"))
+        seen_hashes.setdefault(key.hash, index)
+    names: dict[str, str] = {}
+    for model_name, entry in policy.models.items():
+        for route_index, route in enumerate(entry.routes):
+            if route.provider not in policy.providers:
+                problems.append(
+                    (
+                        ("models", model_name, "routes", route_index, "provider"),
+                        f"unknown provider {route.provider!r}; providers: {sorted(policy.providers)}",
+                    )
+                )
+        for alias_index, alias in enumerate([model_name, *entry.aliases]):
+            if alias in names and names[alias] != model_name:
+                loc: Loc = ("models", model_name, "aliases", alias_index - 1) if alias_index else ("models", model_name)
+                problems.append((loc, f"model name {alias!r} is already used by {names[alias]!r}"))
+            names.setdefault(alias, model_name)
+    return problems
+
+
+def _host_entries(policy: Policy) -> frozenset[str]:
+    hosts = {host.lower() for host in policy.gateway.intercept_hosts}
+    for provider in policy.providers.values():
+        base_url = getattr(provider, "base_url", None)
+        if base_url:
+            parts = urlsplit(base_url)
+            port = parts.port or (443 if parts.scheme == "https" else 80)
+            hosts.add(f"{(parts.hostname or '').lower()}:{port}")
+    return frozenset(hosts)
+
+
+def parse_policy(text: str, path: str = "<policy>", mtime_ns: int = 0) -> CompiledPolicy:
+    try:
+        document = _yaml().load(text)
+    except MarkedYAMLError as exc:
+        mark = exc.problem_mark or exc.context_mark
+        line = mark.line + 1 if mark else "?"
+        raise PolicyError([f"{path}:{line}: YAML syntax error: {exc.problem or exc}"]) from None
+    if not isinstance(document, CommentedMap):
+        raise PolicyError([f"{path}:1: the policy must be a YAML mapping (providers, models, teams, keys)"])
+    try:
+        policy = Policy.model_validate(_plain(document))
+    except ValidationError as exc:
+        problems = []
+        for error in exc.errors(include_url=False, include_input=False):
+            loc = tuple(error["loc"])
+            # pydantic names the union member of a discriminated union: drop it from the path.
+            if len(loc) >= 3 and loc[0] == "providers" and loc[2] in ("openai", "mock"):
+                loc = loc[:2] + loc[3:]
+            problems.append(f"{path}:{_line_of(document, loc)}: {_field_path(loc)}: {error['msg']}")
+        raise PolicyError(problems) from None
+    cross = _cross_references(policy)
+    if cross:
+        raise PolicyError([f"{path}:{_line_of(document, loc)}: {_field_path(loc)}: {msg}" for loc, msg in cross])
+    models_by_name: dict[str, tuple[str, ModelEntry]] = {}
+    for name, entry in policy.models.items():
+        for alias in [name, *entry.aliases]:
+            models_by_name[alias] = (name, entry)
+    return CompiledPolicy(
+        policy=policy,
+        path=path,
+        mtime_ns=mtime_ns,
+        keys_by_hash={key.hash: key for key in policy.keys},
+        models_by_name=models_by_name,
+        intercept_hosts=_host_entries(policy),
+        guard_hosts=frozenset(host.lower() for host in policy.gateway.guard_hosts),
+    )
+
+
+def load_policy(path: str | os.PathLike[str]) -> CompiledPolicy:
+    file = Path(path)
+    try:
+        stat = file.stat()
+        text = file.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise PolicyError([f"{file}:0: cannot read policy: {exc.strerror or exc}"]) from None
+    except UnicodeDecodeError:
+        raise PolicyError([f"{file}:0: policy is not UTF-8 text"]) from None
+    return parse_policy(text, str(file), stat.st_mtime_ns)
+
+
+def _plain(node: Any) -> Any:
+    """ruamel's round-trip containers → plain dicts/lists, so pydantic sees ordinary data."""
+    if isinstance(node, dict):
+        return {str(key) if not isinstance(key, str) else key: _plain(value) for key, value in node.items()}
+    if isinstance(node, list):
+        return [_plain(item) for item in node]
+    return node
+
+
+def upstream_model(route: Route, canonical_name: str) -> str:
+    return route.model or canonical_name

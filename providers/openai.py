@@ -1,0 +1,29 @@
+"""OpenAI and OpenAI-compatible hosts: pass-through, only the destination, key and model change."""
+
+from __future__ import annotations
+
+from urllib.parse import urlsplit
+
+# Credentials a client may send; none of them may leave the gateway.
+CLIENT_CREDENTIAL_HEADERS = (
+    "authorization",
+    "x-api-key",
+    "api-key",
+    "proxy-authorization",
+    "openai-organization",
+    "openai-project",
+)
+
+ENDPOINT_PATHS = {"responses": "/responses", "chat": "/chat/completions"}
+
+
+def upstream_target(base_url: str, endpoint: str) -> tuple[str, str, int, str]:
+    """(scheme, host, port, path) of `endpoint` at `base_url` (which ends in /v1 or similar)."""
+    parts = urlsplit(base_url)
+    scheme = parts.scheme
+    port = parts.port or (443 if scheme == "https" else 80)
+    return scheme, parts.hostname or "", port, parts.path.rstrip("/") + ENDPOINT_PATHS[endpoint]
+
+
+def auth_headers(secret: str) -> dict[str, str]:
+    return {"authorization": f"Bearer {secret}"}
