@@ -1,0 +1,1 @@
+"""Counter stores for budgets and rate limits: embedded (one instance) and Redis (several)."""
