@@ -33,16 +33,20 @@ def key_from_proxy_authorization(value: str) -> str | None:
     return password or user or None
 
 
-def key_from_headers(headers: http.Headers) -> str | None:
+def key_candidates(headers: http.Headers) -> list[str]:
+    """Every credential the request carries, in order of preference."""
+    candidates = []
     authorization = headers.get("authorization", "")
     if authorization[:7].lower() == "bearer " and authorization[7:].strip():
-        return authorization[7:].strip()
+        candidates.append(authorization[7:].strip())
     for name in ("x-api-key", "api-key"):
         if headers.get(name, "").strip():
-            return headers[name].strip()
+            candidates.append(headers[name].strip())
     if "proxy-authorization" in headers:
-        return key_from_proxy_authorization(headers["proxy-authorization"])
-    return None
+        proxy_key = key_from_proxy_authorization(headers["proxy-authorization"])
+        if proxy_key:
+            candidates.append(proxy_key)
+    return candidates
 
 
 class Identify:
@@ -64,8 +68,11 @@ class Identify:
         state = state_of(flow)
         if state is None:
             return
-        key = key_from_headers(flow.request.headers) or self._connect_keys.get(flow.client_conn)
-        if not key:
+        candidates = key_candidates(flow.request.headers)
+        connect_key = self._connect_keys.get(flow.client_conn)
+        if connect_key:
+            candidates.append(connect_key)
+        if not candidates:
             refuse(
                 flow,
                 error_response(
@@ -76,7 +83,10 @@ class Identify:
                 "missing_key",
             )
             return
-        record = state.policy.keys_by_hash.get(hash_key(key))
+        # A client behind a credentialed proxy may send a placeholder bearer: the first known key wins.
+        record = next(
+            (found for found in (state.policy.keys_by_hash.get(hash_key(c)) for c in candidates) if found), None
+        )
         if record is None:
             refuse(
                 flow,

@@ -173,7 +173,10 @@ def cmd_ca(args: argparse.Namespace) -> int:
 
 
 def find_codex(data_dir: Path, install: bool = True) -> str:
-    """The Codex CLI: on PATH, or installed with npm into the data dir when missing."""
+    """The Codex CLI: $CODEXGATE_CODEX_BIN, on PATH, or installed with npm into the data dir."""
+    configured = os.environ.get("CODEXGATE_CODEX_BIN")
+    if configured and os.access(configured, os.X_OK):
+        return configured
     found = shutil.which("codex")
     if found:
         return found

@@ -1,0 +1,1 @@
+"""Fake upstreams for the tests: real wire formats, requests validated against the SDK types."""

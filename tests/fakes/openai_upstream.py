@@ -1,0 +1,115 @@
+"""A fake OpenAI API: validates what it receives against the openai SDK's request types,
+records every request, and answers (streamed or not) in the real wire format."""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import json
+import threading
+from typing import Any
+
+from aiohttp import web
+from codexgate.policies.schema import MockProvider
+from codexgate.providers import mock
+from openai.types.chat.completion_create_params import CompletionCreateParamsBase
+from openai.types.responses.response_create_params import ResponseCreateParamsBase
+from pydantic import TypeAdapter, ValidationError
+
+from codexgate.sse import encode_chat_stream, encode_event
+
+_RESPONSES_PARAMS = TypeAdapter(ResponseCreateParamsBase)
+_CHAT_PARAMS = TypeAdapter(CompletionCreateParamsBase)
+_SETTINGS = MockProvider(kind="mock", output_tokens=7, cached_tokens=3, reasoning_tokens=2)
+
+
+@dataclasses.dataclass
+class Received:
+    method: str
+    path: str
+    headers: dict[str, str]
+    body: bytes
+
+
+class FakeOpenAI:
+    """Runs on its own event loop thread; `url` is its base URL (…/v1)."""
+
+    def __init__(self) -> None:
+        self.received: list[Received] = []
+        self.invalid: list[str] = []
+        self.hold_stream = threading.Event()  # set → streams send their first event, then wait
+        self.release_stream = threading.Event()
+        self.port = 0
+        self._loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self._loop.run_forever, daemon=True)
+        self._runner: web.AppRunner | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}/v1"
+
+    def start(self) -> FakeOpenAI:
+        self._thread.start()
+        asyncio.run_coroutine_threadsafe(self._start(), self._loop).result(10)
+        return self
+
+    def stop(self) -> None:
+        self.release_stream.set()
+        if self._runner is not None:
+            asyncio.run_coroutine_threadsafe(self._runner.cleanup(), self._loop).result(10)
+        self._loop.call_soon_threadsafe(self._loop.stop)
+        self._thread.join(5)
+
+    async def _start(self) -> None:
+        app = web.Application()
+        app.router.add_route("*", "/{tail:.*}", self._handle)
+        self._runner = web.AppRunner(app)
+        await self._runner.setup()
+        site = web.TCPSite(self._runner, "127.0.0.1", 0)
+        await site.start()
+        self.port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+
+    async def _handle(self, request: web.Request) -> web.StreamResponse:
+        raw = await request.read()
+        self.received.append(
+            Received(request.method, request.path, {k.lower(): v for k, v in request.headers.items()}, raw)
+        )
+        if request.headers.get("authorization") != "Bearer sk-upstream-test":
+            return web.json_response(
+                {
+                    "error": {
+                        "message": "Incorrect API key provided",
+                        "type": "invalid_request_error",
+                        "code": "invalid_api_key",
+                    }
+                },
+                status=401,
+            )
+        body: dict[str, Any] = json.loads(raw)
+        adapter = _RESPONSES_PARAMS if request.path == "/v1/responses" else _CHAT_PARAMS
+        try:
+            adapter.validate_python(body)
+        except ValidationError as exc:
+            self.invalid.append(str(exc))
+            return web.json_response({"error": {"message": str(exc), "type": "invalid_request_error"}}, status=400)
+        model = body["model"]
+        stream = body.get("stream", False)
+        if request.path == "/v1/responses" and stream:
+            events = mock.responses_events(body, model, 11, _SETTINGS)
+            response = web.StreamResponse(headers={"content-type": "text/event-stream"})
+            await response.prepare(request)
+            await response.write(encode_event(events[0]))
+            if self.hold_stream.is_set():
+                await asyncio.get_running_loop().run_in_executor(None, self.release_stream.wait, 30)
+            for event in events[1:]:
+                await response.write(encode_event(event))
+            await response.write_eof()
+            return response
+        if request.path == "/v1/responses":
+            return web.json_response(mock.responses_body(body, model, 11, _SETTINGS))
+        if stream:
+            return web.Response(
+                body=encode_chat_stream(mock.chat_chunks(body, model, 11, _SETTINGS)),
+                headers={"content-type": "text/event-stream"},
+            )
+        return web.json_response(mock.chat_body(body, model, 11, _SETTINGS))
