@@ -13,7 +13,9 @@ def chain() -> list[Any]:
     from codexgate.addons.identify import Identify
     from codexgate.addons.intake import Intake
     from codexgate.addons.key_guard import KeyGuard
+    from codexgate.addons.limits import Charge, Limits
     from codexgate.addons.meter import Meter
+    from codexgate.addons.metrics_export import MetricsExport
     from codexgate.addons.mock_upstream import MockUpstream
     from codexgate.addons.models_endpoint import ModelsEndpoint
     from codexgate.addons.policy_source import PolicySource
@@ -21,8 +23,13 @@ def chain() -> list[Any]:
     from codexgate.addons.seal import Seal
     from codexgate.addons.tls_scope import TlsScope
 
-    policy = PolicySource()
+    from codexgate.metrics import GatewayMetrics
+
+    metrics = GatewayMetrics()
+    policy = PolicySource(metrics)
+    limits = Limits(policy, metrics)
     return [
+        MetricsExport(metrics),
         policy,
         TlsScope(policy),
         Intake(policy),
@@ -31,9 +38,11 @@ def chain() -> list[Any]:
         Admit(),
         ModelsEndpoint(),
         Route(),
+        limits,
         Credentials(),
         MockUpstream(),
         Seal(policy),
         Meter(),
-        Accounting(),
+        Charge(limits, metrics),
+        Accounting(metrics),
     ]

@@ -13,6 +13,7 @@ from mitmproxy import ctx, http
 from mitmproxy.addonmanager import Loader
 
 from codexgate.flowstate import GatewayRequest, state_of
+from codexgate.metrics import GatewayMetrics
 
 logger = logging.getLogger(__name__)
 
@@ -41,13 +42,16 @@ def accounting_record(state: GatewayRequest, status: int | None, error: str | No
         "error": error,
         "stream_outcome": outcome,
         "usage": state.usage.as_dict() if state.usage else None,
+        "cost_usd": round(state.cost_usd, 12) if state.cost_usd is not None else None,
+        "charge": state.charge_basis,
         "duration_ms": round((now - state.started) * 1000, 1),
         "ttfb_ms": round((state.first_byte - state.started) * 1000, 1) if state.first_byte else None,
     }
 
 
 class Accounting:
-    def __init__(self) -> None:
+    def __init__(self, metrics: GatewayMetrics | None = None) -> None:
+        self._metrics = metrics or GatewayMetrics()
         self._file: IO[str] | None = None
         self.records = 0
 
@@ -100,6 +104,7 @@ class Accounting:
         state.accounted = True
         record = accounting_record(state, status, error)
         usage = record["usage"] or {}
+        self._observe(state, status)
         flow.comment = (
             f"codexgate {state.decision}: key={record['key']} team={record['team']} model={record['model_requested']}"
             f" provider={record['provider']} status={status}"
@@ -124,6 +129,21 @@ class Accounting:
                 self.records += 1
             except OSError:
                 logger.exception("cannot write accounting line for %s", state.request_id)
+
+    def _observe(self, state: GatewayRequest, status: int) -> None:
+        key = state.key.name if state.key else ""
+        labels = (state.org or "", state.team or "", key, state.model or "", state.provider or "")
+        self._metrics.requests.labels(*labels, state.decision, str(status)).inc()
+        if state.decision not in ("pending", "forwarded", "answered"):
+            self._metrics.refusals.labels(state.decision, state.team or "").inc()
+        if state.usage is not None:
+            for kind, value in state.usage.as_dict().items():
+                if value:
+                    self._metrics.tokens.labels(*labels, kind.removesuffix("_tokens")).inc(value)
+        if state.cost_usd:
+            self._metrics.cost.labels(*labels).inc(state.cost_usd)
+        if state.provider:
+            self._metrics.duration.labels(state.provider).observe(time.time() - state.started)
 
     def _close(self) -> None:
         if self._file is not None:

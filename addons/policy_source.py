@@ -12,11 +12,14 @@ from codexgate.policies.loader import CompiledPolicy, PolicyError, load_policy
 from mitmproxy import ctx, exceptions
 from mitmproxy.addonmanager import Loader
 
+from codexgate.metrics import GatewayMetrics
+
 logger = logging.getLogger(__name__)
 
 
 class PolicySource:
-    def __init__(self) -> None:
+    def __init__(self, metrics: GatewayMetrics | None = None) -> None:
+        self._metrics = metrics or GatewayMetrics()
         self._policy: CompiledPolicy | None = None
         self._failed_mtime_ns: int | None = None
         self.reloads = 0
@@ -62,11 +65,13 @@ class PolicySource:
         except PolicyError as exc:
             self._failed_mtime_ns = mtime_ns
             self.reload_failures += 1
+            self._metrics.policy_reloads.labels("failed").inc()
             logger.error("policy reload failed; keeping the last good policy:\n%s", exc)
             return policy
         self._policy = fresh
         self._failed_mtime_ns = None
         self.reloads += 1
+        self._metrics.policy_reloads.labels("ok").inc()
         logger.info(
             "policy reloaded from %s: %d keys, %d models", fresh.path, len(fresh.policy.keys), len(fresh.policy.models)
         )

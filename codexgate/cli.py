@@ -70,7 +70,15 @@ def _embedded_policy(data_dir: Path) -> tuple[Path, str | None]:
 
 
 def mitm_arguments(
-    config: dict[str, Any], *, policy: Path, data_dir: Path, listen_host: str, proxy_port: int, gateway_port: int
+    config: dict[str, Any],
+    *,
+    policy: Path,
+    data_dir: Path,
+    listen_host: str,
+    proxy_port: int,
+    gateway_port: int,
+    store: str = "embedded",
+    metrics_port: int = 0,
 ) -> list[str]:
     args = [
         "--mode",
@@ -125,8 +133,18 @@ def cmd_up(args: argparse.Namespace) -> int:
     )
     print("  or simply: codexgate codex -- -m mock-model")
     sys.stdout.flush()
+    metrics_port = args.metrics_port if args.metrics_port is not None else int(config.get("metrics_port", 0))
+    if metrics_port:
+        print(f"codexgate: Prometheus metrics at http://{shown}:{metrics_port}/metrics")
     argv = mitm_arguments(
-        config, policy=policy, data_dir=data_dir, listen_host=host, proxy_port=proxy_port, gateway_port=gateway_port
+        config,
+        policy=policy,
+        data_dir=data_dir,
+        listen_host=host,
+        proxy_port=proxy_port,
+        gateway_port=gateway_port,
+        store=args.store or str(config.get("store", "embedded")),
+        metrics_port=metrics_port,
     )
     tool = "mitmweb" if args.web else "mitmdump"
     if args.web:
@@ -163,6 +181,18 @@ def cmd_keys_create(args: argparse.Namespace) -> int:
         "so this is the one time it is shown",
         file=sys.stderr,
     )
+    return 0
+
+
+def cmd_usage(args: argparse.Namespace) -> int:
+    from codexgate.usage_report import report
+
+    data_dir = Path(args.data_dir).expanduser() if args.data_dir else default_data_dir()
+    try:
+        print(report(data_dir, args.by, args.since, "json" if args.json else "csv" if args.csv else "table"))
+    except ValueError as exc:
+        print(exc, file=sys.stderr)
+        return 2
     return 0
 
 
@@ -238,6 +268,10 @@ def build_parser() -> argparse.ArgumentParser:
     up.add_argument("--listen-host", help="address to listen on (default from mitm_config.yaml: 127.0.0.1)")
     up.add_argument("--proxy-port", type=int, help="HTTPS_PROXY listener port (default 8080)")
     up.add_argument("--gateway-port", type=int, help="base-URL listener port (default 4000)")
+    up.add_argument("--store", help="counter store: embedded (default) or redis://HOST:PORT/DB for several instances")
+    up.add_argument(
+        "--metrics-port", type=int, help="Prometheus /metrics port (default from mitm_config.yaml; 0 = off)"
+    )
     up.add_argument("--web", action="store_true", help="run under mitmweb to inspect live traffic")
     up.set_defaults(func=cmd_up)
 
@@ -253,6 +287,15 @@ def build_parser() -> argparse.ArgumentParser:
     create.add_argument("--team", required=True)
     create.add_argument("--models", nargs="+", help="model patterns the key may use (default: all)")
     create.set_defaults(func=cmd_keys_create)
+
+    usage = sub.add_parser("usage", help="spend, requests and tokens from the accounting log")
+    usage.add_argument("--data-dir")
+    usage.add_argument("--by", choices=["key", "team", "org", "model", "provider", "session"], default="key")
+    usage.add_argument("--since", default="30d", help="how far back: 30m, 12h, 7d, 4w (default 30d)")
+    output = usage.add_mutually_exclusive_group()
+    output.add_argument("--json", action="store_true")
+    output.add_argument("--csv", action="store_true")
+    usage.set_defaults(func=cmd_usage)
 
     ca = sub.add_parser("ca", help="print the gateway CA certificate path (CODEX_CA_CERTIFICATE)")
     ca.add_argument("--data-dir")

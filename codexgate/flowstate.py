@@ -39,6 +39,9 @@ class GatewayRequest:
     usage: Usage | None = None
     first_byte: float | None = None
     accounted: bool = False
+    metering: Any = None  # addons.limits.Metering, once admission priced the request
+    cost_usd: float | None = None
+    charge_basis: str | None = None  # actual / estimate / upstream_error / release
     notes: list[str] = dataclasses.field(default_factory=list)
 
 

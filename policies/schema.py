@@ -12,7 +12,9 @@ import re
 from typing import Annotated, Literal
 from urllib.parse import urlsplit
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from codexgate.windows import parse_period
 
 KEY_HASH_PATTERN = re.compile(r"^sha256:[0-9a-f]{64}$")
 NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.:-]*$"
@@ -22,6 +24,51 @@ Name = Annotated[str, Field(pattern=NAME_PATTERN, max_length=128)]
 
 class Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+def _period(value: str) -> str:
+    parse_period(value)  # raises ValueError naming the accepted units
+    return value
+
+
+class Budget(Strict):
+    """A spend cap in US dollars per period (calendar-aligned in UTC unless rolling)."""
+
+    limit_usd: float = Field(ge=0)
+    period: str = "1M"
+    rolling: bool = False
+
+    _check_period = field_validator("period")(_period)
+
+
+class RateLimit(Strict):
+    """At most `requests` requests or `tokens` tokens (input + output) per window."""
+
+    requests: int | None = Field(default=None, gt=0)
+    tokens: int | None = Field(default=None, gt=0)
+    per: str = "1m"
+    rolling: bool = False
+
+    _check_period = field_validator("per")(_period)
+
+    @model_validator(mode="after")
+    def _one_measure(self) -> RateLimit:
+        if (self.requests is None) == (self.tokens is None):
+            raise ValueError("a rate limit counts either requests or tokens: give exactly one of them")
+        return self
+
+
+class Price(Strict):
+    """USD per million tokens; overrides genai-prices (self-hosted = 0, negotiated rates)."""
+
+    input_per_mtok: float = Field(ge=0)
+    output_per_mtok: float = Field(ge=0)
+    cached_input_per_mtok: float | None = Field(default=None, ge=0, description="default: the input price")
+
+
+class Limited(Strict):
+    budgets: list[Budget] = Field(default_factory=list)
+    rate_limits: list[RateLimit] = Field(default_factory=list)
 
 
 class SecretRef(Strict):
@@ -40,7 +87,7 @@ class SecretRef(Strict):
         raise ValueError("must reference a secret as env:NAME or file:PATH; literal keys are not allowed")
 
 
-class OpenAIProvider(Strict):
+class OpenAIProvider(Limited):
     kind: Literal["openai"]
     base_url: str = "https://api.openai.com/v1"
     keys: list[SecretRef] = Field(min_length=1)
@@ -54,7 +101,7 @@ class OpenAIProvider(Strict):
         return value.rstrip("/")
 
 
-class MockProvider(Strict):
+class MockProvider(Limited):
     """Answers locally in the real wire formats: for trying the gateway and for tests."""
 
     kind: Literal["mock"]
@@ -73,21 +120,25 @@ class Route(Strict):
     model: str | None = Field(default=None, description="upstream model name; default: the model asked for")
 
 
-class ModelEntry(Strict):
+class ModelEntry(Limited):
     routes: list[Route] = Field(min_length=1)
     aliases: list[str] = Field(default_factory=list)
+    price: Price | None = None
+    output_allowance: int = Field(
+        default=4096, ge=1, description="output tokens reserved per request before the real count is known"
+    )
 
 
-class Org(Strict):
+class Org(Limited):
     description: str = ""
 
 
-class Team(Strict):
+class Team(Limited):
     org: Name
     description: str = ""
 
 
-class VirtualKey(Strict):
+class VirtualKey(Limited):
     name: Name
     team: Name
     hash: str
@@ -121,6 +172,12 @@ class GatewaySettings(Strict):
     guard_hosts: list[str] = Field(
         default_factory=lambda: ["chatgpt.com"],
         description="hosts intercepted only so that a virtual key sent to them never leaves",
+    )
+    on_store_error: Literal["closed", "open"] = Field(
+        default="closed", description="when the counter store is unreachable: refuse (503) or admit unmetered"
+    )
+    unknown_price: Literal["deny"] | Price = Field(
+        default="deny", description="a model without a known price is refused, or charged this price"
     )
 
 

@@ -46,11 +46,15 @@ providers:
   local: {{kind: mock, output_tokens: 5}}
   nokey: {{kind: openai, base_url: "http://127.0.0.1:9/v1", keys: [{{value: "env:CG_TEST_NOT_SET"}}]}}
 models:
-  gpt-test: {{routes: [{{provider: openai}}]}}
-  gpt-renamed: {{routes: [{{provider: openai, model: gpt-upstream-name}}]}}
-  gpt-nokey: {{routes: [{{provider: nokey}}]}}
-  mock-model: {{routes: [{{provider: local}}], aliases: [mock]}}
-  claude-mock: {{routes: [{{provider: local}}]}}
+  gpt-test: {{routes: [{{provider: openai}}], price: {{input_per_mtok: 1.0, output_per_mtok: 8.0}}}}
+  gpt-renamed:
+    routes: [{{provider: openai, model: gpt-upstream-name}}]
+    price: {{input_per_mtok: 1, output_per_mtok: 8}}
+  gpt-5-mini: {{routes: [{{provider: openai}}]}}  # priced by genai-prices
+  gpt-nokey: {{routes: [{{provider: nokey}}], price: {{input_per_mtok: 0, output_per_mtok: 0}}}}
+  gpt-unpriced: {{routes: [{{provider: openai}}]}}
+  mock-model: {{routes: [{{provider: local}}], aliases: [mock], price: {{input_per_mtok: 0, output_per_mtok: 0}}}}
+  claude-mock: {{routes: [{{provider: local}}], price: {{input_per_mtok: 0, output_per_mtok: 0}}}}
 orgs: {{acme: {{}}}}
 teams: {{platform: {{org: acme}}}}
 keys:

@@ -1,0 +1,340 @@
+"""Budgets and rate limits: admission reserves, settlement charges.
+
+`Limits` (request phase, after `Route`) builds the counters of every level the request
+touches — key, team, org, provider, model — and reserves an estimate in all of them in one
+store round trip. `Charge` (after `Meter`) replaces the reservation by the actual cost once
+the answer is complete, releases it when the gateway refused the request after all, and
+charges the estimate when a stream was cut before usage arrived. Each request is settled
+exactly once (the store makes settlement idempotent per request id).
+
+Overspend bound: admission only passes a request whose *estimate* fits, and reserves it, so
+N concurrent requests can overspend a cap only by what their actual costs exceed their
+estimates: at most sum(max(0, actual_i - estimate_i)) over the requests in flight. The
+estimate is input bytes / 4 tokens plus the model's `output_allowance` output tokens.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import math
+import time
+from typing import Any
+
+from codexgate.addons.policy_source import PolicySource
+from codexgate.policies.schema import Limited, Price
+from mitmproxy import ctx, exceptions, http
+from mitmproxy.addonmanager import Loader
+
+from codexgate.errors import error_response
+from codexgate.failsafe import fail_closed
+from codexgate.flowstate import GatewayRequest, refuse, state_of
+from codexgate.metrics import GatewayMetrics
+from codexgate.pricing import Pricer, PriceSource, PriceUnknown
+from codexgate.stores.base import Admission, Amounts, Counter, CounterState, CounterStore, StoreUnavailable
+from codexgate.usage import Usage
+from codexgate.windows import describe_period, format_reset, window
+
+logger = logging.getLogger(__name__)
+
+LEVEL_NAMES = {"key": "key", "team": "team", "org": "org", "provider": "provider", "model": "model"}
+
+
+@dataclasses.dataclass
+class Metering:
+    """What admission decided for one request; settlement reads it."""
+
+    price: PriceSource | None
+    estimate: Amounts
+    counters: list[Counter]
+    reserved: bool = False
+    unmetered: bool = False  # the store was down and the policy says fail open
+    admission: Admission | None = None
+    settled: bool = False
+
+
+def counters_for(levels: list[tuple[str, str, Limited]], now: float) -> list[Counter]:
+    counters: list[Counter] = []
+    for level, name, limited in levels:
+        for budget in limited.budgets:
+            span = window(budget.period, now, budget.rolling)
+            counters.append(
+                Counter(
+                    f"{level}:{name}/usd/{budget.period}{'/rolling' if budget.rolling else ''}",
+                    "usd",
+                    budget.limit_usd,
+                    span.bucket_start,
+                    span.bucket_seconds,
+                    span.span_seconds,
+                    span.resets_at,
+                )  # fmt: skip
+            )
+        for limit in limited.rate_limits:
+            kind = "requests" if limit.requests is not None else "tokens"
+            amount = float(limit.requests if limit.requests is not None else limit.tokens or 0)
+            span = window(limit.per, now, limit.rolling)
+            counters.append(
+                Counter(
+                    f"{level}:{name}/{kind}/{limit.per}{'/rolling' if limit.rolling else ''}",
+                    kind,
+                    amount,
+                    span.bucket_start,
+                    span.bucket_seconds,
+                    span.span_seconds,
+                    span.resets_at,
+                )  # fmt: skip
+            )
+    return counters
+
+
+def _level_label(counter: Counter) -> tuple[str, str, str]:
+    """("team", "platform", "1M") from "team:platform/usd/1M"."""
+    scope, _, rest = counter.counter_id.partition("/")
+    level, _, name = scope.partition(":")
+    period = rest.split("/")[1] if "/" in rest else rest
+    return level, name, period
+
+
+def refusal_message(counter: Counter, state: CounterState, now: float) -> str:
+    level, name, period = _level_label(counter)
+    when = describe_period(period)
+    if counter.kind == "usd":
+        per = f"{'rolling ' if '/rolling' in counter.counter_id else ''}{'monthly' if period == '1M' else when}"
+        return (
+            f"{level} {name}: {per} budget ${counter.limit:,.2f} used (${state.used:,.2f} of ${counter.limit:,.2f});"
+            f" resets {format_reset(counter.resets_at)}"
+        )
+    wait = max(1, math.ceil(counter.resets_at - now))
+    return f"{level} {name}: rate limit of {counter.limit:,.0f} {counter.kind} per {when} reached; retry in {wait} s"
+
+
+def _duration(seconds: float) -> str:
+    seconds = max(0, math.ceil(seconds))
+    minutes, rest = divmod(seconds, 60)
+    return f"{minutes}m{rest}s" if minutes else f"{rest}s"
+
+
+def ratelimit_headers(states: list[CounterState], now: float) -> dict[str, str]:
+    """OpenAI's x-ratelimit-* headers from the tightest requests and tokens counters."""
+    headers: dict[str, str] = {}
+    for kind in ("requests", "tokens"):
+        relevant = [s for s in states if s.counter.kind == kind]
+        if not relevant:
+            continue
+        tightest = min(relevant, key=lambda s: s.remaining)
+        headers[f"x-ratelimit-limit-{kind}"] = f"{tightest.counter.limit:.0f}"
+        headers[f"x-ratelimit-remaining-{kind}"] = f"{max(0.0, tightest.remaining):.0f}"
+        headers[f"x-ratelimit-reset-{kind}"] = _duration(tightest.counter.resets_at - now)
+    budgets = [s for s in states if s.counter.kind == "usd"]
+    if budgets:
+        tightest = min(budgets, key=lambda s: s.remaining)
+        headers["x-codexgate-budget-remaining-usd"] = f"{max(0.0, tightest.remaining):.4f}"
+    return headers
+
+
+def levels_of(state: GatewayRequest) -> list[tuple[str, str, Limited]]:
+    policy = state.policy.policy
+    levels: list[tuple[str, str, Limited]] = []
+    if state.key is not None:
+        levels.append(("key", state.key.name, state.key))
+    if state.team and state.team in policy.teams:
+        levels.append(("team", state.team, policy.teams[state.team]))
+    if state.org and state.org in policy.orgs:
+        levels.append(("org", state.org, policy.orgs[state.org]))
+    if state.provider and state.provider in policy.providers:
+        levels.append(("provider", state.provider, policy.providers[state.provider]))
+    if state.model and state.model in policy.models:
+        levels.append(("model", state.model, policy.models[state.model]))
+    return levels
+
+
+class Limits:
+    def __init__(self, policy: PolicySource, metrics: GatewayMetrics) -> None:
+        self._policy = policy
+        self._metrics = metrics
+        self.pricer = Pricer()
+        self.store: CounterStore | None = None
+        self._store_spec: tuple[str, str] | None = None
+
+    def load(self, loader: Loader) -> None:
+        loader.add_option(
+            "codexgate_store", str, "embedded",
+            "Counter store for budgets and rate limits: 'embedded' (SQLite in the data dir, one instance) "
+            "or a redis:// URL shared by several instances.",
+        )  # fmt: skip
+
+    def configure(self, updated: set[str]) -> None:
+        if not {"codexgate_store", "codexgate_data_dir"} & updated:
+            return
+        from codexgate.stores.factory import open_store
+
+        spec = (ctx.options.codexgate_store, ctx.options.codexgate_data_dir)
+        if spec == self._store_spec:
+            return
+        if spec[0] == "embedded" and not spec[1]:
+            raise exceptions.OptionsError("codexgate_store=embedded needs codexgate_data_dir")
+        try:
+            self.store = open_store(spec[0], spec[1])
+        except ValueError as exc:
+            raise exceptions.OptionsError(f"codexgate_store: {exc}") from None
+        self._store_spec = spec
+
+    async def done(self) -> None:
+        if self.store is not None:
+            await self.store.close()
+
+    @fail_closed
+    async def request(self, flow: http.HTTPFlow) -> None:
+        if flow.response or flow.error:
+            return
+        state = state_of(flow)
+        if state is None or state.provider is None or state.model is None:
+            return
+        policy = state.policy.policy
+        entry = policy.models[state.model]
+        provider = policy.providers[state.provider]
+        default_price: Price | None = None if policy.gateway.unknown_price == "deny" else policy.gateway.unknown_price
+        try:
+            price = self.pricer.source(provider.kind, state.upstream_model or state.model, entry.price, default_price)
+        except PriceUnknown:
+            refuse(
+                flow,
+                error_response(
+                    403,
+                    "model_price_unknown",
+                    f"model {state.model_requested} has no known price and this gateway does not serve unpriced models;"
+                    " the platform team can set models.<name>.price in the policy",
+                ),  # fmt: skip
+                "price_unknown",
+            )
+            return
+        input_tokens = max(1, len(flow.request.raw_content or b"") // 4)
+        output_tokens = entry.output_allowance
+        estimate = Amounts(
+            usd=self.pricer.estimate(price, input_tokens, output_tokens),
+            requests=1,
+            tokens=input_tokens + output_tokens,
+        )
+        now = time.time()
+        metering = Metering(price=price, estimate=estimate, counters=counters_for(levels_of(state), now))
+        state.metering = metering
+        if not metering.counters:
+            return
+        if self.store is None:
+            raise RuntimeError("no counter store configured")
+        try:
+            admission = await self.store.reserve(state.request_id, metering.counters, estimate, now)
+        except StoreUnavailable as exc:
+            self._metrics.store_errors.labels("reserve", policy.gateway.on_store_error).inc()
+            if policy.gateway.on_store_error == "open":
+                logger.error(
+                    "counter store unavailable (%s); admitting %s unmetered (on_store_error: open)",
+                    exc,
+                    state.request_id,
+                )
+                metering.unmetered = True
+                return
+            logger.error("counter store unavailable (%s); refusing %s (on_store_error: closed)", exc, state.request_id)
+            refuse(
+                flow,
+                error_response(503, "store_unavailable",
+                               "codexgate cannot check budgets and rate limits right now; try again shortly",
+                               headers={"retry-after": "5"}),
+                "store_unavailable",
+            )  # fmt: skip
+            return
+        metering.admission = admission
+        for counter_state in admission.states:
+            if counter_state.counter.kind == "usd":
+                level, name, period = _level_label(counter_state.counter)
+                self._metrics.budget_remaining.labels(level, name, period).set(max(0.0, counter_state.remaining))
+        if admission.admitted:
+            metering.reserved = True
+            return
+        counter = admission.refused_by
+        assert counter is not None
+        refused_state = next(s for s in admission.states if s.counter == counter)
+        message = refusal_message(counter, refused_state, now)
+        headers = ratelimit_headers(admission.states, now)
+        if counter.kind == "usd":
+            refuse(flow, error_response(402, "budget_exceeded", message, headers=headers), "budget_exceeded")
+        else:
+            headers["retry-after"] = str(max(1, math.ceil(counter.resets_at - now)))
+            refuse(flow, error_response(429, "rate_limit_exceeded", message, headers=headers), "rate_limited")
+
+    def responseheaders(self, flow: http.HTTPFlow) -> None:
+        state = state_of(flow)
+        metering = getattr(state, "metering", None) if state else None
+        if flow.response is None or metering is None:
+            return
+        if metering.unmetered:
+            flow.response.headers["x-codexgate-metering"] = "unavailable"
+        elif metering.admission is not None and metering.reserved:
+            flow.response.headers.update(ratelimit_headers(metering.admission.states, time.time()))
+
+
+def actual_amounts(usage: Usage, cost: float) -> Amounts:
+    return Amounts(usd=cost, requests=1, tokens=usage.input_tokens + usage.output_tokens)
+
+
+class Charge:
+    """Settles each request's reservation once its answer is complete (or broken)."""
+
+    def __init__(self, limits: Limits, metrics: GatewayMetrics) -> None:
+        self._limits = limits
+        self._metrics = metrics
+
+    async def response(self, flow: http.HTTPFlow) -> None:
+        await self._settle(flow, broken=False)
+
+    async def error(self, flow: http.HTTPFlow) -> None:
+        await self._settle(flow, broken=True)
+
+    async def _settle(self, flow: http.HTTPFlow, broken: bool) -> None:
+        state = state_of(flow)
+        metering: Metering | None = getattr(state, "metering", None) if state else None
+        if state is None or metering is None or metering.settled:
+            return
+        metering.settled = True
+        try:
+            amounts, how = self._amounts(flow, state, metering, broken)
+        except Exception:
+            logger.exception("cannot price request %s; charging its estimate", state.request_id)
+            amounts, how = metering.estimate, "estimate"
+        state.cost_usd = amounts.usd
+        state.charge_basis = how
+        if not metering.reserved or self._limits.store is None:
+            return
+        try:
+            if how == "release":
+                await self._limits.store.release(state.request_id)
+            else:
+                await self._limits.store.settle(state.request_id, amounts)
+        except StoreUnavailable as exc:
+            # The reservation stays; the store charges it at its estimate once it is stale.
+            self._metrics.store_errors.labels("settle", state.policy.policy.gateway.on_store_error).inc()
+            logger.error("cannot settle %s (%s); its reservation will be charged as estimated", state.request_id, exc)
+        except Exception:
+            logger.exception("settling %s failed", state.request_id)
+
+    @staticmethod
+    def _amounts(flow: http.HTTPFlow, state: GatewayRequest, metering: Metering, broken: bool) -> tuple[Amounts, str]:
+        if state.answered_locally and state.decision not in ("answered",):
+            return Amounts(), "release"  # refused by the gateway after admission: nothing used
+        if state.usage is not None and metering.price is not None:
+            return actual_amounts(state.usage, metering.price.cost(state.usage)), "actual"
+        status = flow.response.status_code if flow.response is not None else None
+        if not broken and status is not None and status >= 400:
+            return Amounts(requests=1), "upstream_error"  # the provider refused: it charges nothing
+        # Cut short before usage arrived (or no usage reported): never zero.
+        return metering.estimate, "estimate"
+
+
+def metering_summary(state: GatewayRequest) -> dict[str, Any]:
+    metering: Metering | None = getattr(state, "metering", None)
+    if metering is None:
+        return {}
+    return {
+        "estimate_usd": round(metering.estimate.usd, 8),
+        "unmetered": metering.unmetered,
+    }

@@ -1,0 +1,45 @@
+"""Prometheus metrics of the gateway, in one registry per gateway process.
+
+Label values come from the policy (key, team, org, model, provider names) or from a fixed set
+(decisions, reasons, operations), never from raw client input, so cardinality stays bounded.
+"""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+
+class GatewayMetrics:
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        self.requests = Counter(
+            "codexgate_requests", "Governed requests by outcome.",
+            ["org", "team", "key", "model", "provider", "decision", "status"], registry=self.registry,
+        )  # fmt: skip
+        self.tokens = Counter(
+            "codexgate_tokens", "Tokens used, by kind (input includes cached, output includes reasoning).",
+            ["org", "team", "key", "model", "provider", "kind"], registry=self.registry,
+        )  # fmt: skip
+        self.cost = Counter(
+            "codexgate_cost_usd", "Spend charged in US dollars.", ["org", "team", "key", "model", "provider"],
+            registry=self.registry,
+        )  # fmt: skip
+        self.refusals = Counter(
+            "codexgate_refusals", "Requests refused by the gateway, by reason.", ["reason", "team"],
+            registry=self.registry,
+        )  # fmt: skip
+        self.store_errors = Counter(
+            "codexgate_store_errors", "Counter store operations that failed.", ["operation", "policy"],
+            registry=self.registry,
+        )  # fmt: skip
+        self.policy_reloads = Counter(
+            "codexgate_policy_reloads", "Policy reloads by result.", ["result"], registry=self.registry
+        )
+        self.budget_remaining = Gauge(
+            "codexgate_budget_remaining_usd", "Budget left at the last admission, per counter.",
+            ["level", "name", "period"], registry=self.registry,
+        )  # fmt: skip
+        self.duration = Histogram(
+            "codexgate_request_duration_seconds", "Time from request to the end of the answer.", ["provider"],
+            registry=self.registry, buckets=(0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300),
+        )  # fmt: skip
