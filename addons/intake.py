@@ -19,20 +19,28 @@ from codexgate.flowstate import METADATA_KEY, GatewayRequest, refuse, state_of
 
 logger = logging.getLogger(__name__)
 
+# Matched on the end of the path: a provider's own base path (e.g. /openai/v1 on a proxied
+# provider host) comes before the endpoint.
 ENDPOINTS = {
-    ("POST", "/v1/responses"): "responses",
-    ("POST", "/v1/chat/completions"): "chat",
-    ("GET", "/v1/models"): "models",
+    ("POST", "/responses"): "responses",
+    ("POST", "/chat/completions"): "chat",
+    ("GET", "/models"): "models",
 }
 SERVED = "POST /v1/responses, POST /v1/chat/completions, GET /v1/models"
 MAX_SESSION_ID = 128
 
 
 def _normalised_path(path: str) -> str:
-    path = path.split("?", 1)[0].rstrip("/") or "/"
-    if not path.startswith("/v1/") and path != "/v1":
-        path = "/v1" + path  # clients configured with a base URL without /v1
-    return path
+    return path.split("?", 1)[0].rstrip("/") or "/"
+
+
+def endpoint_of(method: str, path: str) -> str | None:
+    for (wanted_method, suffix), endpoint in ENDPOINTS.items():
+        if method == wanted_method and path.endswith(suffix):
+            return endpoint
+    if method == "GET" and "/models/" in path and not path.endswith("/models/"):
+        return "models"
+    return None
 
 
 class Intake:
@@ -52,7 +60,7 @@ class Intake:
         session = flow.request.headers.get("session-id") or flow.request.headers.get("x-session-id")
         state.session_id = session[:MAX_SESSION_ID] if session else None
         path = _normalised_path(flow.request.path)
-        if path == "/v1/responses" and flow.request.headers.get("upgrade", "").lower() == "websocket":
+        if path.endswith("/responses") and flow.request.headers.get("upgrade", "").lower() == "websocket":
             # Codex tries Responses over WebSocket first; 426 makes it fall back to HTTP at once.
             refuse(
                 flow,
@@ -60,10 +68,7 @@ class Intake:
                 "websocket_refused",
             )
             return
-        if path.startswith("/v1/models/") and flow.request.method == "GET":
-            state.endpoint = "models"
-            return
-        state.endpoint = ENDPOINTS.get((flow.request.method, path))
+        state.endpoint = endpoint_of(flow.request.method, path)
         if state.endpoint is None:
             refuse(
                 flow,

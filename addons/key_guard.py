@@ -8,7 +8,9 @@ on guard hosts such a request is answered locally.
 from __future__ import annotations
 
 import logging
+from collections.abc import Mapping
 
+from codexgate.addons.identify import key_from_proxy_authorization
 from codexgate.addons.policy_source import PolicySource
 from codexgate.policies.keys import KEY_PREFIX, hash_key
 from mitmproxy import http
@@ -22,11 +24,18 @@ logger = logging.getLogger(__name__)
 CREDENTIAL_HEADERS = ("authorization", "x-api-key", "api-key", "proxy-authorization", "cookie")
 
 
-def carries_virtual_key(value: str, known_hashes: dict[str, object]) -> bool:
+def carries_virtual_key(value: str, known_hashes: Mapping[str, object]) -> bool:
     if KEY_PREFIX in value:
         return True
-    token = value.split()[-1] if value.split() else ""
-    return bool(token) and hash_key(token) in known_hashes
+    parts = value.split()
+    token = parts[-1] if parts else ""
+    if not token:
+        return False
+    if hash_key(token) in known_hashes:
+        return True
+    # Basic credentials (proxy or HTTP auth) carry the key base64-encoded.
+    basic = key_from_proxy_authorization(value) if parts[0].lower() == "basic" else None
+    return basic is not None and (KEY_PREFIX in basic or hash_key(basic) in known_hashes)
 
 
 class KeyGuard:
@@ -50,7 +59,7 @@ class KeyGuard:
         host = flow.request.pretty_host.lower()
         logger.warning("virtual key removed from %s request to %s (%s)", flow.request.method, host, ", ".join(removed))
         flow.comment = f"codexgate: virtual key removed ({', '.join(removed)})"
-        if host in policy.guard_hosts or any(host.endswith("." + guarded) for guarded in policy.guard_hosts):
+        if policy.is_guard_host(host):
             flow.response = error_response(
                 403,
                 "virtual_key_not_forwarded",

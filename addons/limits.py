@@ -31,7 +31,7 @@ from codexgate.failsafe import fail_closed
 from codexgate.flowstate import GatewayRequest, refuse, state_of
 from codexgate.metrics import GatewayMetrics
 from codexgate.pricing import Pricer, PriceSource, PriceUnknown
-from codexgate.stores.base import Admission, Amounts, Counter, CounterState, CounterStore, StoreUnavailable
+from codexgate.stores.base import Admission, Amounts, Counter, CounterState, CounterStore, Kind, StoreUnavailable
 from codexgate.usage import Usage
 from codexgate.windows import describe_period, format_reset, window
 
@@ -70,7 +70,7 @@ def counters_for(levels: list[tuple[str, str, Limited]], now: float) -> list[Cou
                 )  # fmt: skip
             )
         for limit in limited.rate_limits:
-            kind = "requests" if limit.requests is not None else "tokens"
+            kind: Kind = "requests" if limit.requests is not None else "tokens"
             amount = float(limit.requests if limit.requests is not None else limit.tokens or 0)
             span = window(limit.per, now, limit.rolling)
             counters.append(
@@ -175,7 +175,7 @@ class Limits:
             raise exceptions.OptionsError("codexgate_store=embedded needs codexgate_data_dir")
         try:
             self.store = open_store(spec[0], spec[1])
-        except ValueError as exc:
+        except (ValueError, StoreUnavailable) as exc:
             raise exceptions.OptionsError(f"codexgate_store: {exc}") from None
         self._store_spec = spec
 

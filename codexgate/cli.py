@@ -93,6 +93,10 @@ def mitm_arguments(
         f"codexgate_policy={policy}",
         "--set",
         f"codexgate_data_dir={data_dir}",
+        "--set",
+        f"codexgate_store={store}",
+        "--set",
+        f"codexgate_metrics_port={metrics_port}",
     ]
     for name, value in (config.get("options") or {}).items():
         if isinstance(value, bool):

@@ -1,4 +1,4 @@
-"""Limit periods (`1m 1h 1d 1w 1M 1y`) and the time window a limit applies to at a moment.
+"""Limit periods (`10s 1m 1h 1d 1w 1M 1y`) and the time window a limit applies to at a moment.
 
 Calendar windows are aligned in UTC: minutes and hours to the clock, days to midnight, weeks
 to ISO weeks (Monday 00:00), months to the 1st, years to 1 January. A rolling window of the
@@ -13,9 +13,9 @@ import datetime as dt
 import math
 import re
 
-PERIOD_PATTERN = re.compile(r"^([1-9][0-9]*)([mhdwMy])$")
-UNIT_SECONDS = {"m": 60, "h": 3600, "d": 86400, "w": 7 * 86400, "M": 30 * 86400, "y": 365 * 86400}
-UNIT_NAMES = {"m": "minute", "h": "hour", "d": "day", "w": "week", "M": "month", "y": "year"}
+PERIOD_PATTERN = re.compile(r"^([1-9][0-9]*)([smhdwMy])$")
+UNIT_SECONDS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400, "M": 30 * 86400, "y": 365 * 86400}
+UNIT_NAMES = {"s": "second", "m": "minute", "h": "hour", "d": "day", "w": "week", "M": "month", "y": "year"}
 _EPOCH_MONDAY = 4 * 86400  # 1970-01-05 00:00 UTC was a Monday
 ROLLING_BUCKETS = 60
 
@@ -31,7 +31,7 @@ class Window:
 def parse_period(period: str) -> tuple[int, str]:
     match = PERIOD_PATTERN.match(period)
     if not match:
-        raise ValueError(f"period {period!r} must be a count and a unit: m h d w M y (e.g. 1m, 1d, 1M)")
+        raise ValueError(f"period {period!r} must be a count and a unit: s m h d w M y (e.g. 10s, 1m, 1d, 1M)")
     return int(match.group(1)), match.group(2)
 
 
@@ -48,7 +48,7 @@ def _add_months(year: int, month: int, months: int) -> tuple[int, int]:
 
 def calendar_window(period: str, now: float) -> Window:
     count, unit = parse_period(period)
-    if unit in ("m", "h", "d"):
+    if unit in ("s", "m", "h", "d"):
         length = count * UNIT_SECONDS[unit]
         start = math.floor(now / length) * length
         return Window(start, length, length, start + length)

@@ -46,8 +46,11 @@ class CompiledPolicy:
         return self.models_by_name.get(requested)
 
     def should_intercept(self, host: str, port: int) -> bool:
+        return self.is_governed_host(host, port) or self.is_guard_host(host)
+
+    def is_guard_host(self, host: str) -> bool:
         host = host.lower().rstrip(".")
-        return f"{host}:{port}" in self.intercept_hosts or host in self.intercept_hosts or (host in self.guard_hosts)
+        return host in self.guard_hosts or any(host.endswith("." + guarded) for guarded in self.guard_hosts)
 
     def is_governed_host(self, host: str, port: int) -> bool:
         host = host.lower().rstrip(".")
@@ -144,7 +147,10 @@ def parse_policy(text: str, path: str = "<policy>", mtime_ns: int = 0) -> Compil
     except MarkedYAMLError as exc:
         mark = exc.problem_mark or exc.context_mark
         line = mark.line + 1 if mark else "?"
-        raise PolicyError([f"{path}:{line}: YAML syntax error: {exc.problem or exc}"]) from None
+        problem = str(exc.problem or "invalid YAML")
+        # ruamel quotes the values of a duplicate key; one of them may be a pasted secret.
+        problem = problem.split(" with value ", 1)[0]
+        raise PolicyError([f"{path}:{line}: YAML syntax error: {problem}"]) from None
     if not isinstance(document, CommentedMap):
         raise PolicyError([f"{path}:1: the policy must be a YAML mapping (providers, models, teams, keys)"])
     try:

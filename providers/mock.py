@@ -97,7 +97,7 @@ def estimated_input_tokens(raw_body: bytes, settings: MockProvider) -> int:
 def _responses_usage(input_tokens: int, settings: MockProvider) -> dict[str, Any]:
     return {
         "input_tokens": input_tokens,
-        "input_tokens_details": {"cached_tokens": min(settings.cached_tokens, input_tokens)},
+        "input_tokens_details": {"cached_tokens": min(settings.cached_tokens, input_tokens), "cache_write_tokens": 0},
         "output_tokens": settings.output_tokens,
         "output_tokens_details": {"reasoning_tokens": min(settings.reasoning_tokens, settings.output_tokens)},
         "total_tokens": input_tokens + settings.output_tokens,
@@ -142,7 +142,6 @@ def _response_object(body: dict[str, Any], model: str, status: str, output: list
         "metadata": {},
         "temperature": None,
         "top_p": None,
-        "store": bool(body.get("store", False)),
     }
 
 
@@ -180,7 +179,6 @@ def responses_events(
                 "output_index": 0,
                 "item_id": item["id"],
                 "arguments": item["arguments"],
-                "name": item["name"],
             },
             {"type": "response.output_item.done", "output_index": 0, "item": item},
         ]

@@ -12,6 +12,7 @@ CLIENT_CREDENTIAL_HEADERS = (
     "proxy-authorization",
     "openai-organization",
     "openai-project",
+    "cookie",
 )
 
 ENDPOINT_PATHS = {"responses": "/responses", "chat": "/chat/completions"}

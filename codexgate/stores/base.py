@@ -11,7 +11,9 @@ once however often settle/release are called.
 Windows: the caller computes each counter's current window (`bucket_start`, `bucket_seconds`)
 — calendar-aligned buckets (UTC day, ISO week, month, year) or fixed buckets for rolling
 limits. A rolling limit is `span_seconds` long and sums every bucket of the counter whose
-start lies in (now - span_seconds, now]; a calendar limit has span_seconds == bucket_seconds.
+start lies in (now - span_seconds, now]. A calendar limit has span_seconds == bucket_seconds
+and counts only its own bucket (months differ in length: February's spend must not count
+again on 1 March).
 """
 
 from __future__ import annotations

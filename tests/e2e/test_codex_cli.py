@@ -7,10 +7,11 @@ import shutil
 import subprocess
 import sys
 import uuid
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from conftest import ALICE_KEY, Gateway
+from fakes.gateway import ALICE_KEY, Gateway
 
 pytestmark = pytest.mark.e2e
 
@@ -24,7 +25,9 @@ def codex_binary() -> str:
     return found
 
 
-def run_codex(gateway: Gateway, mode: str, prompt: str, tmp_path: Path) -> subprocess.CompletedProcess[str]:
+def run_codex(
+    gateway: Gateway, mode: str, prompt: str, tmp_path: Path, key: str = ALICE_KEY
+) -> subprocess.CompletedProcess[str]:
     codex_home = tmp_path / "codex-home"
     workdir = tmp_path / "work"
     codex_home.mkdir()
@@ -37,7 +40,7 @@ def run_codex(gateway: Gateway, mode: str, prompt: str, tmp_path: Path) -> subpr
     env.update(CODEX_HOME=str(codex_home), CODEXGATE_CODEX_BIN=codex_binary(), RUST_LOG="error")
     gateway_url = gateway.base_url if mode == "base-url" else gateway.proxy_url
     command = [
-        sys.executable, "-m", "codexgate.cli", "codex", "--mode", mode, "--gateway", gateway_url, "--key", ALICE_KEY,
+        sys.executable, "-m", "codexgate.cli", "codex", "--mode", mode, "--gateway", gateway_url, "--key", key,
         "--ca", str(gateway.ca_cert), "--",
         "exec", "--skip-git-repo-check", "--dangerously-bypass-approvals-and-sandbox", "-m", "mock-model", prompt,
     ]  # fmt: skip
@@ -66,3 +69,57 @@ def test_codex_turn_with_tool_round_trip(gateway: Gateway, mode: str, tmp_path: 
     if mode == "proxy":
         # Codex sends its API key to chatgpt.com too; the gateway kept the virtual key in.
         assert "virtual key removed from GET request to chatgpt.com" in gateway.log_text()
+
+
+def limited_policy(tmp_path: Path) -> Path:
+    from codexgate.policies.keys import hash_key
+
+    policy = tmp_path / "policy.yaml"
+    policy.write_text(
+        f"""\
+providers:
+  local: {{kind: mock, output_tokens: 20}}
+models:
+  mock-model: {{routes: [{{provider: local}}], price: {{input_per_mtok: 1.25, output_per_mtok: 10}}}}
+teams:
+  platform: {{org: acme, budgets: [{{limit_usd: 0.001, period: 1M}}]}}
+  paced: {{org: acme}}
+keys:
+  - {{name: alice, team: platform, hash: "{hash_key(ALICE_KEY)}"}}
+  - {{name: pacer, team: paced, hash: "{hash_key(PACED_KEY)}", rate_limits: [{{requests: 1, per: 6s}}]}}
+"""
+    )
+    return policy
+
+
+PACED_KEY = "sk-cg-paced-e2e-key-00000000000000000000000000"
+
+
+@pytest.fixture
+def limited_gateway(tmp_path: Path) -> Iterator[Gateway]:
+    gateway = Gateway(limited_policy(tmp_path), tmp_path / "data").start()
+    yield gateway
+    gateway.stop()
+
+
+def test_codex_waits_out_a_rate_limit_then_succeeds(limited_gateway: Gateway, tmp_path: Path) -> None:
+    marker = f"paced-{uuid.uuid4().hex[:8]}"
+    result = run_codex(limited_gateway, "base-url", f"please run `echo {marker}` and tell me", tmp_path, key=PACED_KEY)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert marker in result.stdout and "The command finished." in result.stdout
+    decisions = [r["decision"] for r in limited_gateway.accounting() if r["endpoint"] == "responses"]
+    # The follow-up request carrying the tool output was over the limit, got 429 + Retry-After,
+    # and Codex's own retry after that wait was answered.
+    assert "rate_limited" in decisions and decisions.count("answered") >= 2, decisions
+    assert decisions[-1] == "answered"
+
+
+def test_codex_stops_on_a_budget_with_its_name(limited_gateway: Gateway, tmp_path: Path) -> None:
+    result = run_codex(limited_gateway, "base-url", "hello " * 400, tmp_path)
+    output = result.stdout + result.stderr
+    assert result.returncode != 0
+    assert "team platform: monthly budget $0.00 used" in output, output
+    refusals = [r for r in limited_gateway.accounting() if r["decision"] == "budget_exceeded"]
+    # Codex 0.169 retries a 402 five times (about 6 s) before it prints it; none is charged.
+    assert 1 <= len(refusals) <= 6 and all(not r["cost_usd"] for r in refusals)
+    assert not [r for r in limited_gateway.accounting() if r["decision"] == "answered"]

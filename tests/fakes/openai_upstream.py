@@ -39,6 +39,7 @@ class FakeOpenAI:
         self.invalid: list[str] = []
         self.hold_stream = threading.Event()  # set → streams send their first event, then wait
         self.release_stream = threading.Event()
+        self.cut_stream = threading.Event()  # set → streams break after their first event
         self.port = 0
         self._loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self._loop.run_forever, daemon=True)
@@ -99,6 +100,9 @@ class FakeOpenAI:
             response = web.StreamResponse(headers={"content-type": "text/event-stream"})
             await response.prepare(request)
             await response.write(encode_event(events[0]))
+            if self.cut_stream.is_set() and request.transport is not None:
+                request.transport.abort()  # the connection drops mid-stream, before any usage
+                return response
             if self.hold_stream.is_set():
                 await asyncio.get_running_loop().run_in_executor(None, self.release_stream.wait, 30)
             for event in events[1:]:

@@ -11,7 +11,7 @@ import time
 import httpx2 as httpx
 import openai
 import pytest
-from conftest import ALICE_KEY, BOB_KEY, CAROL_KEY, UPSTREAM_KEY, Gateway
+from fakes.gateway import ALICE_KEY, BOB_KEY, CAROL_KEY, UPSTREAM_KEY, Gateway
 from fakes.openai_upstream import FakeOpenAI
 
 

@@ -10,7 +10,7 @@ from pathlib import Path
 import openai
 import pytest
 from codexgate.policies.keys import add_key
-from conftest import ALICE_KEY, Gateway, policy_text
+from fakes.gateway import ALICE_KEY, Gateway, policy_text
 from fakes.openai_upstream import FakeOpenAI
 
 

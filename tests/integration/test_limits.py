@@ -12,7 +12,8 @@ import httpx2 as httpx
 import openai
 import pytest
 from codexgate.policies.keys import hash_key
-from conftest import Gateway
+from fakes.gateway import ALICE_KEY, Gateway
+from fakes.openai_upstream import FakeOpenAI
 
 from codexgate.cli import main as cli_main
 
@@ -177,20 +178,37 @@ def test_lowering_a_cap_applies_at_once_and_restart_keeps_spend(tmp_path: Path) 
 
 
 def test_unpriced_model_is_refused_not_free(gateway: Gateway) -> None:
-    sdk = openai.OpenAI(
-        api_key="sk-cg-alice-test-key-0000000000000000000000000", base_url=gateway.base_url, max_retries=0
-    )
+    sdk = openai.OpenAI(api_key=ALICE_KEY, base_url=gateway.base_url, max_retries=0)
     with pytest.raises(openai.PermissionDeniedError, match="no known price"):
         sdk.responses.create(model="gpt-unpriced", input="x")
 
 
 def test_known_model_priced_by_genai_prices(gateway: Gateway) -> None:
-    sdk = openai.OpenAI(
-        api_key="sk-cg-alice-test-key-0000000000000000000000000", base_url=gateway.base_url, max_retries=0
-    )
+    sdk = openai.OpenAI(api_key=ALICE_KEY, base_url=gateway.base_url, max_retries=0)
     sdk.responses.create(model="gpt-5-mini", input="price me", extra_headers={"session-id": "priced-session"})
     time.sleep(0.2)
     record = next(r for r in gateway.accounting() if r["session_id"] == "priced-session")
     # The fake reports 11 input (3 cached) and 7 output tokens; gpt-5-mini: $0.25 in, $0.025 cached, $2 out per MTok.
     assert record["cost_usd"] == pytest.approx((8 * 0.25 + 3 * 0.025 + 7 * 2.0) / 1_000_000, rel=1e-6)
     assert record["charge"] == "actual"
+
+
+def test_stream_cut_before_usage_is_charged_its_estimate(gateway: Gateway, fake_openai: FakeOpenAI) -> None:
+    fake_openai.cut_stream.set()
+    try:
+        sdk = openai.OpenAI(api_key=ALICE_KEY, base_url=gateway.base_url, max_retries=0, timeout=20)
+        stream = sdk.responses.create(
+            model="gpt-test", input="cut me off", stream=True, extra_headers={"session-id": "cut-session"}
+        )
+        with pytest.raises((openai.APIError, httpx.HTTPError)), stream:
+            for _ in stream:
+                pass
+    finally:
+        fake_openai.cut_stream.clear()
+    time.sleep(0.3)
+    records = [r for r in gateway.accounting() if r["session_id"] == "cut-session"]
+    assert len(records) == 1  # charged once
+    record = records[0]
+    assert record["charge"] == "estimate" and record["usage"] is None
+    # gpt-test costs $1/$8 per MTok: the estimate is input bytes / 4 plus the 4096-token output allowance.
+    assert record["cost_usd"] > 4096 * 8 / 1_000_000

@@ -1,0 +1,164 @@
+"""Intake: which requests are governed, and what a governed request asks for."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from codexgate.addons.intake import Intake
+from mitmproxy import http
+from unit_support import error_of, make_flow
+
+from codexgate.flowstate import state_of
+
+pytest_plugins = ["unit_support"]
+
+BODY = {"model": "gpt-5.5", "stream": True, "input": "hi"}
+
+
+def run(intake: Intake, flow) -> None:
+    intake.requestheaders(flow)
+    intake.request(flow)
+
+
+@pytest.fixture
+def intake(source) -> Intake:
+    return Intake(source)
+
+
+def test_gateway_listener_governs_and_reads_the_body(intake, source):
+    flow = make_flow(body=BODY, headers={"session-id": "s" * 300})
+    run(intake, flow)
+    assert flow.response is None
+    state = state_of(flow)
+    assert state is not None
+    assert state.mode == "gateway"
+    assert state.endpoint == "responses"
+    assert state.model_requested == "gpt-5.5"
+    assert state.stream is True
+    assert state.body == BODY
+    assert state.session_id == "s" * 128
+    assert state.policy is source.current()
+
+
+@pytest.mark.parametrize(
+    ("method", "path", "endpoint"),
+    [
+        ("POST", "/v1/responses", "responses"),
+        ("POST", "/responses", "responses"),
+        ("POST", "/v1/responses/", "responses"),
+        ("POST", "/v1/chat/completions", "chat"),
+        ("POST", "/chat/completions?x=1", "chat"),
+        ("GET", "/v1/models", "models"),
+        ("GET", "/models", "models"),
+        ("GET", "/v1/models/gpt-5.5", "models"),
+        ("GET", "/models/gpt-5.5", "models"),
+    ],
+)
+def test_endpoints_with_and_without_v1(intake, method, path, endpoint):
+    flow = make_flow(method, "http://127.0.0.1:4000" + path, body=BODY if method == "POST" else None)
+    run(intake, flow)
+    assert flow.response is None
+    assert state_of(flow).endpoint == endpoint
+
+
+def test_proxy_mode_governs_only_governed_hosts(intake):
+    governed_flow = make_flow(url="https://api.openai.com/v1/responses", body=BODY, mode="regular")
+    run(intake, governed_flow)
+    assert state_of(governed_flow) is not None
+    assert state_of(governed_flow).mode == "proxy"
+    assert state_of(governed_flow).endpoint == "responses"
+
+    # a provider host is governed on its own port only
+    provider_flow = make_flow(url="https://upstream.example.net:8443/openai/v1/responses", body=BODY, mode="regular")
+    run(intake, provider_flow)
+    assert state_of(provider_flow) is not None
+
+    for url in (
+        "https://example.org/v1/responses",
+        "https://upstream.example.net/v1/responses",  # port 443: not the provider's port
+        "https://chatgpt.com/backend-api/codex/models",  # guard host: not governed
+    ):
+        other = make_flow(url=url, body=b"not json", mode="regular")
+        run(intake, other)
+        assert state_of(other) is None, url
+        assert other.response is None, url
+
+
+def test_websocket_upgrade_of_responses_is_answered_426(intake):
+    flow = make_flow(
+        "GET",
+        "http://127.0.0.1:4000/v1/responses",
+        headers={"connection": "Upgrade", "upgrade": "WebSocket", "sec-websocket-version": "13"},
+    )
+    intake.requestheaders(flow)
+    assert flow.response is not None
+    assert flow.response.status_code == 426
+    assert error_of(flow)["code"] == "websocket_not_supported"
+    assert state_of(flow).decision == "websocket_refused"
+    assert state_of(flow).answered_locally
+
+
+def test_unknown_endpoint_is_404_naming_what_is_served(intake):
+    flow = make_flow("POST", "http://127.0.0.1:4000/v1/embeddings", body={"model": "x", "input": "y"})
+    run(intake, flow)
+    assert flow.response.status_code == 404
+    error = error_of(flow)
+    assert error["code"] == "unknown_endpoint"
+    assert "/v1/embeddings" in error["message"]
+    assert "/v1/responses" in error["message"]
+
+
+def test_get_on_responses_is_unknown(intake):
+    flow = make_flow("GET", "http://127.0.0.1:4000/v1/responses")
+    run(intake, flow)
+    assert flow.response.status_code == 404
+
+
+@pytest.mark.parametrize(
+    ("content", "code", "param"),
+    [
+        (b"{not json", "invalid_json", None),
+        (b"[1, 2]", "invalid_json", None),
+        (b"", "invalid_json", None),
+        (json.dumps({"input": "hi"}).encode(), "missing_model", "model"),
+        (json.dumps({"model": "", "input": "hi"}).encode(), "missing_model", "model"),
+        (json.dumps({"model": 5}).encode(), "missing_model", "model"),
+        (json.dumps({"model": "gpt-5.5", "stream": "true"}).encode(), "invalid_stream", "stream"),
+        (json.dumps({"model": "gpt-5.5", "stream": 1}).encode(), "invalid_stream", "stream"),
+    ],
+)
+def test_bad_bodies_are_400(intake, content, code, param):
+    flow = make_flow(body=content)
+    run(intake, flow)
+    assert flow.response is not None
+    assert flow.response.status_code == 400
+    error = error_of(flow)
+    assert error["code"] == code
+    assert error["param"] == param
+    assert error["type"] == "invalid_request_error"
+    assert state_of(flow).answered_locally
+
+
+def test_stream_defaults_to_false(intake):
+    flow = make_flow(body={"model": "gpt-5.5", "input": "hi"})
+    run(intake, flow)
+    assert flow.response is None
+    assert state_of(flow).stream is False
+
+
+def test_gzip_body_is_decoded(intake):
+    flow = make_flow(body=BODY)
+    flow.request.encode("gzip")
+    assert flow.request.raw_content != flow.request.content
+    run(intake, flow)
+    assert flow.response is None
+    assert state_of(flow).body == BODY
+
+
+def test_flow_already_answered_is_left_alone(intake):
+    flow = make_flow(body=b"{broken")
+    flow.response = http.Response.make(204)
+    run(intake, flow)
+    assert flow.response.status_code == 204
+    assert state_of(flow) is None

@@ -1,0 +1,199 @@
+"""Meter (usage read from answers) and Accounting (one line per governed request)."""
+
+from __future__ import annotations
+
+import json
+import os
+import stat
+
+import pytest
+from codexgate.addons.accounting import ACCOUNTING_FILE, Accounting
+from codexgate.addons.meter import Meter
+from codexgate.addons.policy_source import PolicySource
+from mitmproxy import flow as flow_module
+from mitmproxy import http
+from mitmproxy.test import taddons
+from unit_support import governed, make_flow
+
+from codexgate.usage import Usage
+
+pytest_plugins = ["unit_support"]
+
+RESPONSES_USAGE = {
+    "input_tokens": 1200,
+    "input_tokens_details": {"cached_tokens": 1000},
+    "output_tokens": 80,
+    "output_tokens_details": {"reasoning_tokens": 64},
+    "total_tokens": 1280,
+}
+RESPONSES_SSE = (
+    b'event: response.created\ndata: {"type":"response.created","response":{"id":"resp_1","usage":null}}\n\n'
+    b'event: response.output_text.delta\r\ndata: {"type":"response.output_text.delta","delta":"h\xc3\xa9llo"}\r\n\r\n'
+    b"event: response.completed\ndata: "
+    + json.dumps({"type": "response.completed", "response": {"id": "resp_1", "usage": RESPONSES_USAGE}}).encode()
+    + b"\n\n"
+)
+EXPECTED = Usage(input_tokens=1200, cached_tokens=1000, output_tokens=80, reasoning_tokens=64)
+
+
+def sse_response() -> http.Response:
+    return http.Response.make(200, b"", {"content-type": "text/event-stream; charset=utf-8"})
+
+
+@pytest.mark.parametrize("size", [1, 2, 5, 17, 64, len(RESPONSES_SSE)])
+def test_stream_usage_read_as_it_passes(compiled, size):
+    meter = Meter()
+    flow = make_flow(body={"model": "gpt-5.5", "stream": True})
+    state = governed(flow, compiled, key="alice", body={"model": "gpt-5.5", "stream": True}, stream=True)
+    flow.response = sse_response()
+    meter.responseheaders(flow)
+    observe = flow.response.stream
+    assert callable(observe)
+    passed = b""
+    for start in range(0, len(RESPONSES_SSE), size):
+        chunk = RESPONSES_SSE[start : start + size]
+        out = observe(chunk)
+        assert out == chunk  # bytes unchanged
+        passed += out
+    observe(b"")
+    assert passed == RESPONSES_SSE
+    assert state.first_byte is not None
+    meter.response(flow)
+    assert state.usage == EXPECTED
+    assert state.reader.outcome == "completed"
+    assert state.reader.response_id == "resp_1"
+
+
+def test_json_body_usage_responses(compiled):
+    meter = Meter()
+    flow = make_flow(body={"model": "gpt-5.5"})
+    state = governed(flow, compiled, key="alice", body={"model": "gpt-5.5"})
+    flow.response = http.Response.make(
+        200, json.dumps({"id": "resp_2", "usage": RESPONSES_USAGE}), {"content-type": "application/json"}
+    )
+    meter.responseheaders(flow)
+    assert flow.response.stream is False
+    meter.response(flow)
+    assert state.usage == EXPECTED
+
+
+def test_json_body_usage_chat_gzip(compiled):
+    meter = Meter()
+    flow = make_flow(url="http://127.0.0.1:4000/v1/chat/completions", body={"model": "gpt-5.5"})
+    state = governed(flow, compiled, key="alice", body={"model": "gpt-5.5"}, endpoint="chat")
+    usage = {"prompt_tokens": 9, "completion_tokens": 4, "prompt_tokens_details": {"cached_tokens": 2}}
+    flow.response = http.Response.make(200, json.dumps({"usage": usage}), {"content-type": "application/json"})
+    flow.response.encode("gzip")
+    meter.response(flow)
+    assert state.usage == Usage(input_tokens=9, cached_tokens=2, output_tokens=4, reasoning_tokens=0)
+
+
+def test_buffered_sse_body_of_local_answer(compiled):
+    meter = Meter()
+    flow = make_flow(body={"model": "mock"})
+    state = governed(flow, compiled, key="alice", body={"model": "mock", "stream": True}, stream=True)
+    state.answered_locally = True
+    flow.response = http.Response.make(200, RESPONSES_SSE, {"content-type": "text/event-stream"})
+    meter.responseheaders(flow)
+    assert flow.response.stream is False  # the gateway's own answer is not observed as a stream
+    meter.response(flow)
+    assert state.usage == EXPECTED
+
+
+def test_refusal_and_broken_body_carry_no_usage(compiled):
+    meter = Meter()
+    flow = make_flow(body={"model": "gpt-5.5"})
+    state = governed(flow, compiled, key="alice", body={"model": "gpt-5.5"})
+    state.answered_locally = True
+    flow.response = http.Response.make(403, json.dumps({"usage": RESPONSES_USAGE}))
+    meter.response(flow)
+    assert state.usage is None
+
+    flow = make_flow(body={"model": "gpt-5.5"})
+    state = governed(flow, compiled, key="alice", body={"model": "gpt-5.5"})
+    flow.response = http.Response.make(200, b"<html>oops", {"content-type": "text/html"})
+    meter.response(flow)  # must not raise
+    assert state.usage is None
+
+
+@pytest.fixture
+def accounting(policy_file, tmp_path):
+    source = PolicySource()
+    addon = Accounting()
+    with taddons.context(source, addon) as tctx:
+        tctx.configure(source, codexgate_policy=str(policy_file), codexgate_data_dir=str(tmp_path / "data"))
+        yield addon
+        addon.done()
+
+
+def lines(tmp_path):
+    path = tmp_path / "data" / ACCOUNTING_FILE
+    if not path.exists():
+        return []
+    return [json.loads(line) for line in path.read_text().splitlines()]
+
+
+def test_one_line_per_governed_request(accounting, compiled, tmp_path):
+    flow = make_flow(body={"model": "gpt-5.5"}, headers={"session-id": "sess-1"})
+    state = governed(flow, compiled, key="alice", body={"model": "gpt-5.5"}, model="gpt-5.5")
+    state.session_id = "sess-1"
+    state.provider = "openai"
+    state.upstream_model = "gpt-5.5-2026-01-01"
+    state.decision = "forwarded"
+    state.usage = EXPECTED
+    flow.response = http.Response.make(200, b"{}", {"content-type": "application/json"})
+    accounting.responseheaders(flow)
+    assert flow.response.headers["x-codexgate-request-id"] == flow.id
+    assert flow.response.headers["x-codexgate-decision"] == "allowed"
+    assert flow.response.headers["x-codexgate-provider"] == "openai"
+    assert flow.response.headers["x-codexgate-model"] == "gpt-5.5-2026-01-01"
+    accounting.response(flow)
+    accounting.response(flow)
+    accounting.error(flow)
+    records = lines(tmp_path)
+    assert len(records) == 1
+    record = records[0]
+    assert record["request_id"] == flow.id
+    assert record["key"] == "alice"
+    assert record["team"] == "platform"
+    assert record["org"] == "acme"
+    assert record["session_id"] == "sess-1"
+    assert record["model_requested"] == "gpt-5.5"
+    assert record["upstream_model"] == "gpt-5.5-2026-01-01"
+    assert record["status"] == 200
+    assert record["usage"] == EXPECTED.as_dict()
+    assert "tokens=1200in/80out" in flow.comment
+    mode = stat.S_IMODE(os.stat(tmp_path / "data" / ACCOUNTING_FILE).st_mode)
+    assert mode == 0o600
+
+
+def test_refusal_and_upstream_error_recorded(accounting, compiled, tmp_path):
+    refused = make_flow(body={"model": "o9-secret"})
+    state = governed(refused, compiled, key="alice", body={"model": "o9-secret"})
+    state.decision = "model_not_allowed"
+    refused.response = http.Response.make(403, b"{}")
+    accounting.responseheaders(refused)
+    assert refused.response.headers["x-codexgate-decision"] == "refused"
+    accounting.response(refused)
+
+    failed = make_flow(body={"model": "gpt-5.5"})
+    state = governed(failed, compiled, key="alice", body={"model": "gpt-5.5"}, model="gpt-5.5")
+    state.decision = "forwarded"
+    failed.error = flow_module.Error("connection reset")
+    accounting.error(failed)
+    accounting.error(failed)
+
+    records = lines(tmp_path)
+    assert [(r["decision"], r["status"], r["error"]) for r in records] == [
+        ("model_not_allowed", 403, None),
+        ("upstream_error", 502, "connection reset"),
+    ]
+
+
+def test_ungoverned_flow_not_recorded(accounting, tmp_path):
+    flow = make_flow("GET", "https://github.com/", mode="regular")
+    flow.response = http.Response.make(200)
+    accounting.responseheaders(flow)
+    accounting.response(flow)
+    assert "x-codexgate-request-id" not in flow.response.headers
+    assert lines(tmp_path) == []
