@@ -1,0 +1,60 @@
+"""The shape every translating provider family has, so the `Route`/`Meter` addons can drive any
+of them the same way. Everything here is pure: dict → dict, event → events, no I/O.
+
+Codex speaks the OpenAI Responses API only. A provider family that speaks something else
+(Anthropic Messages, Gemini generateContent, Bedrock Converse, Chat Completions hosts)
+provides, in its own module `providers/<family>.py`:
+
+- `build_request(body: dict, upstream_model: str, options: TranslateOptions) -> dict`
+  A Responses API request body (as Codex sends it) → the provider's request body.
+  (URL, path and auth headers are the addon's business, see `request_target` below.)
+- `request_target(base_url: str, upstream_model: str, stream: bool) -> tuple[str, dict[str, str]]`
+  The full URL to POST to and any fixed headers the family needs (e.g. `anthropic-version`),
+  without credentials.
+- `auth_headers(secret: str) -> dict[str, str]` — how the family's API key travels.
+- `translate_response(provider_body: dict, ctx: ResponseContext) -> dict`
+  A non-streamed provider answer → a Responses API `response` object.
+- `class StreamTranslator(ctx: ResponseContext)` with
+  `feed(event: dict) -> list[dict]` (one decoded provider stream event → zero or more
+  Responses stream events, in order, `sequence_number` assigned by the translator) and
+  `finish() -> list[dict]` (called once when the provider stream ended; emits the terminal
+  event — `response.completed`, `response.incomplete`, or `response.failed` when the stream
+  ended early — unless one was already emitted), plus attributes `usage: Usage | None`
+  and `outcome: str | None` ("completed" / "incomplete" / "failed").
+  Decoding the provider's framing (SSE lines, AWS event-stream frames) into event dicts is
+  done by a separate function `decode_stream(parser_state, chunk: bytes) -> list[dict]` or a
+  small decoder class, also in the family module, so chunk boundaries can fall anywhere.
+- `translate_error(status: int, provider_body: bytes) -> tuple[int, dict]`
+  A provider error → (status for the client, OpenAI-shaped `{"error": {...}}` body) with a
+  code Codex understands where one applies (`rate_limit_exceeded`, `context_length_exceeded`,
+  `insufficient_quota`, `server_error`, `invalid_request_error`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+from codexgate.usage import Usage
+
+__all__ = ["ResponseContext", "TranslateOptions", "Usage"]
+
+
+@dataclasses.dataclass(frozen=True)
+class TranslateOptions:
+    """Per-request choices the translator cannot infer from the body alone."""
+
+    provider_name: str  # the policy's name for the provider, e.g. "anthropic-prod"
+    default_max_tokens: int = 8192  # when the provider requires max_tokens and Codex sends none
+    # Tools the provider cannot serve (web_search, tool_search, ...) are dropped; their names
+    # are appended here by build_request so the addon can say so in a header and the log.
+    dropped_tools: list[str] = dataclasses.field(default_factory=list)
+
+
+@dataclasses.dataclass(frozen=True)
+class ResponseContext:
+    """What a response translator needs to know about the request it answers."""
+
+    response_id: str  # "resp_..." minted by the gateway, stable for the whole stream
+    model: str  # the model name to report back (what the client asked for)
+    provider_name: str
+    created_at: int  # epoch seconds
