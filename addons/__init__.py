@@ -9,6 +9,7 @@ def chain() -> list[Any]:
     """The addons in the order a request passes them."""
     from codexgate.addons.accounting import Accounting
     from codexgate.addons.admit import Admit
+    from codexgate.addons.audit_log import AuditLog
     from codexgate.addons.credentials import Credentials
     from codexgate.addons.identify import Identify
     from codexgate.addons.intake import Intake
@@ -45,4 +46,5 @@ def chain() -> list[Any]:
         Meter(),
         Charge(limits, metrics),
         Accounting(metrics),
+        AuditLog(),
     ]

@@ -200,6 +200,12 @@ def cmd_usage(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_audit_verify(args: argparse.Namespace) -> int:
+    from codexgate.audit import verify_command
+
+    return verify_command(args.paths, args.data_dir, args.hmac_key)
+
+
 def cmd_ca(args: argparse.Namespace) -> int:
     data_dir = ensure_data_dir(Path(args.data_dir).expanduser() if args.data_dir else default_data_dir())
     print(ca_cert_path(data_dir))
@@ -300,6 +306,14 @@ def build_parser() -> argparse.ArgumentParser:
     output.add_argument("--json", action="store_true")
     output.add_argument("--csv", action="store_true")
     usage.set_defaults(func=cmd_usage)
+
+    audit = sub.add_parser("audit", help="the tamper-evident audit log")
+    audit_sub = audit.add_subparsers(dest="audit_command", required=True)
+    verify = audit_sub.add_parser("verify", help="check the hash chain; exit 1 at the first tampered record")
+    verify.add_argument("--data-dir", help="verify DATA_DIR/audit (default: $CODEXGATE_HOME or ~/.codexgate)")
+    verify.add_argument("--hmac-key", help="env:NAME or file:PATH of the HMAC key, if the log is keyed")
+    verify.add_argument("paths", nargs="*", help="audit files or directories, in order")
+    verify.set_defaults(func=cmd_audit_verify)
 
     ca = sub.add_parser("ca", help="print the gateway CA certificate path (CODEX_CA_CERTIFICATE)")
     ca.add_argument("--data-dir")
