@@ -58,3 +58,43 @@ class ResponseContext:
     model: str  # the model name to report back (what the client asked for)
     provider_name: str
     created_at: int  # epoch seconds
+
+
+# Reasoning state across turns. A provider's own reasoning record (Anthropic thinking
+# signatures, Gemini thought signatures, Bedrock reasoning content) is handed to Codex inside
+# a Responses `reasoning` item's `encrypted_content`, which Codex replays verbatim on the next
+# turn. The envelope names provider and model so it is replayed only to the same ones; an
+# OpenAI blob (no envelope) is never sent to another provider, and an envelope is never sent
+# to OpenAI. The payload is the family's own JSON; it is not secret from the client (the
+# client held it anyway), only versioned and scoped.
+REASONING_ENVELOPE_PREFIX = "cg1."
+
+
+def seal_reasoning(provider_name: str, model: str, payload: dict[str, object]) -> str:
+    import base64
+    import json
+
+    document = {"v": 1, "p": provider_name, "m": model, "d": payload}
+    return REASONING_ENVELOPE_PREFIX + base64.urlsafe_b64encode(
+        json.dumps(document, separators=(",", ":")).encode()
+    ).decode().rstrip("=")
+
+
+def open_reasoning(blob: object, provider_name: str, model: str) -> dict[str, object] | None:
+    """The payload of an envelope made for this provider and model, else None (drop it)."""
+    import base64
+    import json
+
+    if not isinstance(blob, str) or not blob.startswith(REASONING_ENVELOPE_PREFIX):
+        return None
+    encoded = blob[len(REASONING_ENVELOPE_PREFIX) :]
+    try:
+        document = json.loads(base64.urlsafe_b64decode(encoded + "=" * (-len(encoded) % 4)))
+    except (ValueError, TypeError):
+        return None
+    if not isinstance(document, dict) or document.get("v") != 1:
+        return None
+    if document.get("p") != provider_name or document.get("m") != model:
+        return None
+    payload = document.get("d")
+    return payload if isinstance(payload, dict) else None
