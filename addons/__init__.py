@@ -23,13 +23,14 @@ def chain() -> list[Any]:
     from codexgate.addons.route import Route
     from codexgate.addons.seal import Seal
     from codexgate.addons.tls_scope import TlsScope
-
+    from codexgate.addons.web_view import FlowRetention, SecretMask
     from codexgate.metrics import GatewayMetrics
 
     metrics = GatewayMetrics()
     policy = PolicySource(metrics)
     limits = Limits(policy, metrics)
     return [
+        SecretMask(policy),  # moves itself ahead of mitmproxy's own addons
         MetricsExport(metrics),
         policy,
         TlsScope(policy),
@@ -47,4 +48,5 @@ def chain() -> list[Any]:
         Charge(limits, metrics),
         Accounting(metrics),
         AuditLog(),
+        FlowRetention(),
     ]

@@ -7,13 +7,13 @@ from __future__ import annotations
 
 import logging
 
-from codexgate.policies.schema import MockProvider, OpenAIProvider
-from codexgate.providers.openai import CLIENT_CREDENTIAL_HEADERS, auth_headers
 from mitmproxy import http
 
 from codexgate.errors import error_response
 from codexgate.failsafe import fail_closed
 from codexgate.flowstate import refuse, state_of
+from codexgate.policies.schema import MockProvider, OpenAIProvider
+from codexgate.providers.openai import CLIENT_CREDENTIAL_HEADERS, auth_headers
 from codexgate.secrets import SecretResolver, SecretUnavailable
 
 logger = logging.getLogger(__name__)

@@ -12,14 +12,16 @@ import binascii
 import logging
 import weakref
 
-from codexgate.policies.keys import hash_key
 from mitmproxy import connection, http
 
 from codexgate.errors import error_response
 from codexgate.failsafe import fail_closed
 from codexgate.flowstate import refuse, state_of
+from codexgate.policies.keys import hash_key
 
 logger = logging.getLogger(__name__)
+
+CLIENT_CREDENTIALS_KEY = "codexgate.client_credentials"
 
 
 def key_from_proxy_authorization(value: str) -> str | None:
@@ -68,7 +70,10 @@ class Identify:
         state = state_of(flow)
         if state is None:
             return
-        candidates = key_candidates(flow.request.headers)
+        # SecretMask may have moved the client's credentials out of the headers (for mitmweb).
+        saved = flow.metadata.get(CLIENT_CREDENTIALS_KEY)
+        headers = http.Headers([(n.encode(), v.encode()) for n, v in saved]) if saved else flow.request.headers
+        candidates = key_candidates(headers)
         connect_key = self._connect_keys.get(flow.client_conn)
         if connect_key:
             candidates.append(connect_key)

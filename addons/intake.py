@@ -9,10 +9,10 @@ from __future__ import annotations
 import json
 import logging
 
-from codexgate.addons.policy_source import PolicySource
 from mitmproxy import http
 from mitmproxy.proxy.mode_specs import ReverseMode
 
+from codexgate.addons.policy_source import PolicySource
 from codexgate.errors import error_response
 from codexgate.failsafe import fail_closed
 from codexgate.flowstate import METADATA_KEY, GatewayRequest, refuse, state_of

@@ -10,14 +10,14 @@ from __future__ import annotations
 import logging
 from collections.abc import Mapping
 
-from codexgate.addons.identify import key_from_proxy_authorization
-from codexgate.addons.policy_source import PolicySource
-from codexgate.policies.keys import KEY_PREFIX, hash_key
 from mitmproxy import http
 
+from codexgate.addons.identify import key_from_proxy_authorization
+from codexgate.addons.policy_source import PolicySource
 from codexgate.errors import error_response
 from codexgate.failsafe import fail_closed
 from codexgate.flowstate import state_of
+from codexgate.policies.keys import KEY_PREFIX, hash_key
 
 logger = logging.getLogger(__name__)
 

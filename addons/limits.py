@@ -21,15 +21,15 @@ import math
 import time
 from typing import Any
 
-from codexgate.addons.policy_source import PolicySource
-from codexgate.policies.schema import Limited, Price
 from mitmproxy import ctx, exceptions, http
 from mitmproxy.addonmanager import Loader
 
+from codexgate.addons.policy_source import PolicySource
 from codexgate.errors import error_response
 from codexgate.failsafe import fail_closed
 from codexgate.flowstate import GatewayRequest, refuse, state_of
 from codexgate.metrics import GatewayMetrics
+from codexgate.policies.schema import Limited, Price
 from codexgate.pricing import Pricer, PriceSource, PriceUnknown
 from codexgate.stores.base import Admission, Amounts, Counter, CounterState, CounterStore, Kind, StoreUnavailable
 from codexgate.usage import Usage

@@ -6,12 +6,12 @@ import asyncio
 import json
 import time
 
-from codexgate.policies.schema import MockProvider
-from codexgate.providers import mock
 from mitmproxy import http
 
 from codexgate.failsafe import fail_closed
 from codexgate.flowstate import state_of
+from codexgate.policies.schema import MockProvider
+from codexgate.providers import mock
 from codexgate.sse import encode_chat_stream, encode_responses_stream
 
 

@@ -8,11 +8,11 @@ from __future__ import annotations
 import logging
 import os
 
-from codexgate.policies.loader import CompiledPolicy, PolicyError, load_policy
 from mitmproxy import ctx, exceptions
 from mitmproxy.addonmanager import Loader
 
 from codexgate.metrics import GatewayMetrics
+from codexgate.policies.loader import CompiledPolicy, PolicyError, load_policy
 
 logger = logging.getLogger(__name__)
 

@@ -5,13 +5,13 @@ from __future__ import annotations
 import json
 import logging
 
-from codexgate.policies.loader import upstream_model
-from codexgate.policies.schema import OpenAIProvider
-from codexgate.providers.openai import upstream_target
 from mitmproxy import http
 
 from codexgate.failsafe import fail_closed
 from codexgate.flowstate import state_of
+from codexgate.policies.loader import upstream_model
+from codexgate.policies.schema import OpenAIProvider
+from codexgate.providers.openai import upstream_target
 
 logger = logging.getLogger(__name__)
 

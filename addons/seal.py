@@ -7,9 +7,9 @@ from __future__ import annotations
 
 import logging
 
-from codexgate.addons.policy_source import PolicySource
 from mitmproxy import http
 
+from codexgate.addons.policy_source import PolicySource
 from codexgate.errors import error_response
 from codexgate.flowstate import refuse, state_of
 

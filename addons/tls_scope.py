@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import logging
 
-from codexgate.addons.policy_source import PolicySource
 from mitmproxy import tls
+
+from codexgate.addons.policy_source import PolicySource
 
 logger = logging.getLogger(__name__)
 

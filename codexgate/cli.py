@@ -152,7 +152,12 @@ def cmd_up(args: argparse.Namespace) -> int:
     )
     tool = "mitmweb" if args.web else "mitmdump"
     if args.web:
-        argv += ["--set", "web_open_browser=false"]
+        argv += ["--set", "web_open_browser=false", "--set", f"web_host={host}", "--set", f"web_port={args.web_port}"]
+        if os.environ.get("CODEXGATE_WEB_PASSWORD"):
+            argv += ["--set", f"web_password={os.environ['CODEXGATE_WEB_PASSWORD']}"]
+        print(f"codexgate: mitmweb at http://{shown}:{args.web_port}/ (provider and virtual keys are masked)")
+    for setting in args.set or []:
+        argv += ["--set", setting]
     os.execv(sys.executable, [sys.executable, "-c", f"from mitmproxy.tools.main import {tool}; {tool}()", *argv])
     return 0  # not reached
 
@@ -283,6 +288,13 @@ def build_parser() -> argparse.ArgumentParser:
         "--metrics-port", type=int, help="Prometheus /metrics port (default from mitm_config.yaml; 0 = off)"
     )
     up.add_argument("--web", action="store_true", help="run under mitmweb to inspect live traffic")
+    up.add_argument("--web-port", type=int, default=8081, help="mitmweb port (password: $CODEXGATE_WEB_PASSWORD)")
+    up.add_argument(
+        "--set",
+        action="append",
+        metavar="OPTION=VALUE",
+        help="any mitmproxy or codexgate option, e.g. codexgate_web_max_flows=500",
+    )
     up.set_defaults(func=cmd_up)
 
     check = sub.add_parser("check", help="validate a policy file (exit 1 on error)")

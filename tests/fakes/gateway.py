@@ -73,6 +73,7 @@ class Gateway:
         self.process: subprocess.Popen[bytes] | None = None
         self.store = "embedded"
         self.metrics_port = 0
+        self.extra_args: list[str] = []
 
     @property
     def base_url(self) -> str:
@@ -93,7 +94,7 @@ class Gateway:
         command = [
             sys.executable, "-m", "codexgate.cli", "up", "--policy", str(self.policy), "--data-dir", str(self.data_dir),
             "--proxy-port", str(self.proxy_port), "--gateway-port", str(self.gateway_port),
-            "--store", self.store, "--metrics-port", str(self.metrics_port),
+            "--store", self.store, "--metrics-port", str(self.metrics_port), *self.extra_args,
         ]  # fmt: skip
         with self.log.open("wb") as log:
             self.process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=env)

@@ -10,12 +10,12 @@ import threading
 from typing import Any
 
 from aiohttp import web
-from codexgate.policies.schema import MockProvider
-from codexgate.providers import mock
 from openai.types.chat.completion_create_params import CompletionCreateParamsBase
 from openai.types.responses.response_create_params import ResponseCreateParamsBase
 from pydantic import TypeAdapter, ValidationError
 
+from codexgate.policies.schema import MockProvider
+from codexgate.providers import mock
 from codexgate.sse import encode_chat_stream, encode_event
 
 _RESPONSES_PARAMS = TypeAdapter(ResponseCreateParamsBase)

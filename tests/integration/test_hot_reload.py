@@ -9,9 +9,10 @@ from pathlib import Path
 
 import openai
 import pytest
-from codexgate.policies.keys import add_key
 from fakes.gateway import ALICE_KEY, Gateway, policy_text
 from fakes.openai_upstream import FakeOpenAI
+
+from codexgate.policies.keys import add_key
 
 
 @pytest.fixture

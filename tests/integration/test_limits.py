@@ -11,11 +11,11 @@ from pathlib import Path
 import httpx2 as httpx
 import openai
 import pytest
-from codexgate.policies.keys import hash_key
 from fakes.gateway import ALICE_KEY, Gateway
 from fakes.openai_upstream import FakeOpenAI
 
 from codexgate.cli import main as cli_main
+from codexgate.policies.keys import hash_key
 
 KEYS = {name: f"sk-cg-limits-{name}-{'0' * 24}" for name in ("solo", "t1a", "t1b", "org", "rate", "tok", "crowd")}
 # Every request to mock-model costs (input + output tokens) x $1000 per million tokens; the

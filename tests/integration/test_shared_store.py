@@ -8,9 +8,10 @@ from pathlib import Path
 
 import httpx2 as httpx
 import pytest
-from codexgate.policies.keys import hash_key
 from fakes.gateway import Gateway
 from fakes.redis_server import RedisServer
+
+from codexgate.policies.keys import hash_key
 
 KEY = "sk-cg-shared-store-key-000000000000000000000000"
 BODY = json.dumps({"model": "mock-model", "input": "shared"}).encode()

@@ -5,10 +5,11 @@ from __future__ import annotations
 import json
 
 import pytest
-from codexgate.addons.admit import Admit
-from codexgate.addons.models_endpoint import ModelsEndpoint
 from mitmproxy.test import taddons
 from unit_support import error_of, governed, make_flow
+
+from codexgate.addons.admit import Admit
+from codexgate.addons.models_endpoint import ModelsEndpoint
 
 pytest_plugins = ["unit_support"]
 

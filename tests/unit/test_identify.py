@@ -5,10 +5,10 @@ from __future__ import annotations
 import base64
 
 import pytest
-from codexgate.addons.identify import Identify, key_from_proxy_authorization
 from mitmproxy.test import taddons
 from unit_support import KEYS, error_of, governed, make_flow
 
+from codexgate.addons.identify import Identify, key_from_proxy_authorization
 from codexgate.flowstate import state_of
 
 pytest_plugins = ["unit_support"]

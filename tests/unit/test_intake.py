@@ -5,10 +5,10 @@ from __future__ import annotations
 import json
 
 import pytest
-from codexgate.addons.intake import Intake
 from mitmproxy import http
 from unit_support import error_of, make_flow
 
+from codexgate.addons.intake import Intake
 from codexgate.flowstate import state_of
 
 pytest_plugins = ["unit_support"]

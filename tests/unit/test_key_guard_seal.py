@@ -5,11 +5,11 @@ from __future__ import annotations
 import base64
 
 import pytest
-from codexgate.addons.key_guard import KeyGuard
-from codexgate.addons.seal import Seal
 from mitmproxy import http
 from unit_support import KEYS, error_of, governed, make_flow
 
+from codexgate.addons.key_guard import KeyGuard
+from codexgate.addons.seal import Seal
 from codexgate.flowstate import state_of
 
 pytest_plugins = ["unit_support"]

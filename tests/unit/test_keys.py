@@ -9,10 +9,10 @@ from importlib import resources
 from pathlib import Path
 
 import pytest
-from codexgate.policies.keys import KEY_PREFIX, add_key, hash_key
-from codexgate.policies.loader import PolicyError, load_policy
 
 from codexgate.cli import main
+from codexgate.policies.keys import KEY_PREFIX, add_key, hash_key
+from codexgate.policies.loader import PolicyError, load_policy
 
 ZERO = "sha256:" + "0" * 64
 ONE = "sha256:" + "1" * 64

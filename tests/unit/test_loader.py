@@ -6,10 +6,10 @@ from importlib import resources
 from pathlib import Path
 
 import pytest
-from codexgate.policies.loader import PolicyError, load_policy, parse_policy
 from unit_support import policy_yaml
 
 from codexgate.cli import main
+from codexgate.policies.loader import PolicyError, load_policy, parse_policy
 
 pytest_plugins = ["unit_support"]
 

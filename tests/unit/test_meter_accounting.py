@@ -7,14 +7,14 @@ import os
 import stat
 
 import pytest
-from codexgate.addons.accounting import ACCOUNTING_FILE, Accounting
-from codexgate.addons.meter import Meter
-from codexgate.addons.policy_source import PolicySource
 from mitmproxy import flow as flow_module
 from mitmproxy import http
 from mitmproxy.test import taddons
 from unit_support import governed, make_flow
 
+from codexgate.addons.accounting import ACCOUNTING_FILE, Accounting
+from codexgate.addons.meter import Meter
+from codexgate.addons.policy_source import PolicySource
 from codexgate.usage import Usage
 
 pytest_plugins = ["unit_support"]

@@ -7,12 +7,12 @@ import json
 from typing import Any
 
 import pytest
-from codexgate.policies.schema import MockProvider
-from codexgate.providers import mock
 from openai.types.chat import ChatCompletion, ChatCompletionChunk
 from openai.types.responses import Response, ResponseStreamEvent
 from pydantic import BaseModel, TypeAdapter
 
+from codexgate.policies.schema import MockProvider
+from codexgate.providers import mock
 from codexgate.sse import encode_chat_stream, encode_responses_stream
 from codexgate.usage import StreamUsageReader, Usage
 

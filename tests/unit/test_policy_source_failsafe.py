@@ -8,14 +8,14 @@ import stat
 from pathlib import Path
 
 import pytest
-from codexgate.addons.intake import Intake
-from codexgate.addons.key_guard import KeyGuard
-from codexgate.addons.mock_upstream import MockUpstream
-from codexgate.addons.policy_source import PolicySource
 from mitmproxy import exceptions
 from mitmproxy.test import taddons
 from unit_support import error_of, governed, make_flow, policy_yaml
 
+from codexgate.addons.intake import Intake
+from codexgate.addons.key_guard import KeyGuard
+from codexgate.addons.mock_upstream import MockUpstream
+from codexgate.addons.policy_source import PolicySource
 from codexgate.flowstate import state_of
 
 pytest_plugins = ["unit_support"]

@@ -8,11 +8,12 @@ import os
 from pathlib import Path
 
 import pytest
+from mitmproxy.test import taddons
+from unit_support import KEYS, UPSTREAM_ENV, error_of, governed, make_flow, policy_yaml
+
 from codexgate.addons.credentials import Credentials
 from codexgate.addons.route import Route
 from codexgate.policies.loader import load_policy
-from mitmproxy.test import taddons
-from unit_support import KEYS, UPSTREAM_ENV, error_of, governed, make_flow, policy_yaml
 
 pytest_plugins = ["unit_support"]
 

@@ -9,14 +9,14 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from codexgate.addons.policy_source import PolicySource
-from codexgate.policies.keys import hash_key
-from codexgate.policies.loader import CompiledPolicy, load_policy
 from mitmproxy import http
 from mitmproxy.proxy.mode_specs import ProxyMode
 from mitmproxy.test import taddons, tflow
 
+from codexgate.addons.policy_source import PolicySource
 from codexgate.flowstate import METADATA_KEY, GatewayRequest
+from codexgate.policies.keys import hash_key
+from codexgate.policies.loader import CompiledPolicy, load_policy
 
 GATEWAY_MODE = "reverse:https://api.openai.com@4000"
 UPSTREAM_ENV = "CODEXGATE_UNIT_UPSTREAM_KEY"

@@ -1,0 +1,124 @@
+"""What mitmweb shows: no secrets, and not every flow forever.
+
+mitmweb's View addon publishes a flow to the browser at `requestheaders` and again at
+`response`/`error`, and it is one of mitmproxy's default addons, so it runs before any
+script addon. `SecretMask` therefore moves itself to the front of the addon chain: it keeps
+the client's credentials of a governed request in flow metadata (where `Identify` reads them)
+and replaces them in the headers before View publishes the flow, and it masks the provider
+credential `Credentials` put in once the request has been sent.
+"""
+
+from __future__ import annotations
+
+import collections
+import logging
+
+from mitmproxy import ctx, http
+from mitmproxy.addonmanager import Loader
+
+from codexgate.addons.identify import CLIENT_CREDENTIALS_KEY
+from codexgate.addons.key_guard import carries_virtual_key
+from codexgate.addons.policy_source import PolicySource
+from codexgate.flowstate import state_of
+
+logger = logging.getLogger(__name__)
+
+MASKED = "***codexgate-masked***"
+# Where a credential can travel: the client's, and each provider family's.
+SECRET_HEADERS = ("authorization", "x-api-key", "api-key", "proxy-authorization", "x-goog-api-key", "cookie")
+
+
+def mask_value(value: str) -> str:
+    scheme, _, rest = value.partition(" ")
+    return f"{scheme} {MASKED}" if rest and scheme.lower() in ("bearer", "basic") else MASKED
+
+
+class SecretMask:
+    def __init__(self, policy: PolicySource) -> None:
+        self._policy = policy
+
+    def load(self, loader: Loader) -> None:
+        # Run before mitmproxy's View (a default addon), which publishes flows to mitmweb.
+        addons = ctx.master.addons
+        if self in addons.chain and addons.chain[0] is not self:
+            addons.chain.remove(self)
+            addons.chain.insert(0, self)
+
+    def requestheaders(self, flow: http.HTTPFlow) -> None:
+        try:
+            policy = self._policy.current()
+        except Exception:
+            return
+        headers = flow.request.headers
+        governed = policy.is_governed_host(flow.request.host, flow.request.port) or self._gateway_listener(flow)
+        saved: list[tuple[str, str]] = []
+        for name in SECRET_HEADERS:
+            for value in headers.get_all(name):
+                if governed or carries_virtual_key(value, policy.keys_by_hash):
+                    saved.append((name, value))
+        if not saved:
+            return
+        if governed:
+            flow.metadata[CLIENT_CREDENTIALS_KEY] = saved
+            for name in {name for name, _ in saved}:
+                headers.set_all(name, [mask_value(v) for v in headers.get_all(name)])
+        # Ungoverned flows carrying a virtual key are KeyGuard's: it removes the headers.
+
+    def response(self, flow: http.HTTPFlow) -> None:
+        self._mask_sent(flow)
+
+    def error(self, flow: http.HTTPFlow) -> None:
+        self._mask_sent(flow)
+
+    def responseheaders(self, flow: http.HTTPFlow) -> None:
+        self._mask_sent(flow)
+
+    @staticmethod
+    def _mask_sent(flow: http.HTTPFlow) -> None:
+        """The provider's credential has left with the request: the flow need not keep it."""
+        if state_of(flow) is None:
+            return
+        headers = flow.request.headers
+        for name in SECRET_HEADERS:
+            values = headers.get_all(name)
+            if values and any(MASKED not in value for value in values):
+                headers.set_all(name, [mask_value(v) for v in values])
+
+    @staticmethod
+    def _gateway_listener(flow: http.HTTPFlow) -> bool:
+        from mitmproxy.proxy.mode_specs import ReverseMode
+
+        return isinstance(flow.client_conn.proxy_mode, ReverseMode)
+
+
+class FlowRetention:
+    """Keeps at most `codexgate_web_max_flows` finished flows in mitmweb's view."""
+
+    def __init__(self) -> None:
+        self._finished: collections.deque[str] = collections.deque()
+
+    def load(self, loader: Loader) -> None:
+        loader.add_option(
+            "codexgate_web_max_flows", int, 2000,
+            "Finished flows mitmweb keeps in memory; older ones are dropped (0: keep all).",
+        )  # fmt: skip
+
+    def response(self, flow: http.HTTPFlow) -> None:
+        self._finish(flow)
+
+    def error(self, flow: http.HTTPFlow) -> None:
+        self._finish(flow)
+
+    def _finish(self, flow: http.HTTPFlow) -> None:
+        limit = ctx.options.codexgate_web_max_flows
+        view = getattr(ctx.master, "view", None)
+        if view is None or limit <= 0:
+            return
+        self._finished.append(flow.id)
+        excess = len(self._finished) - limit
+        if excess <= 0:
+            return
+        old_ids = [self._finished.popleft() for _ in range(excess)]
+        old = [found for found in (view.get_by_id(flow_id) for flow_id in old_ids) if found is not None]
+        if old:
+            view.remove(old)
