@@ -44,7 +44,7 @@ def chain() -> list[Any]:
         Credentials(),
         MockUpstream(),
         Seal(policy),
-        Meter(),
+        Meter(metrics),
         Charge(limits, metrics),
         Accounting(metrics),
         AuditLog(),

@@ -143,7 +143,18 @@ class Accounting:
         if state.cost_usd:
             self._metrics.cost.labels(*labels).inc(state.cost_usd)
         if state.provider:
-            self._metrics.duration.labels(state.provider).observe(time.time() - state.started)
+            now = time.time()
+            self._metrics.duration.labels(state.provider).observe(now - state.started)
+            if state.first_byte is not None:
+                self._metrics.ttfb.labels(state.provider).observe(max(0.0, state.first_byte - state.started))
+        if state.forwarded_at is not None and state.provider:
+            now = time.time()
+            self._metrics.upstream_latency.labels(state.provider).observe(max(0.0, now - state.forwarded_at))
+            self._metrics.overhead.observe(max(0.0, state.forwarded_at - (state.received_at or state.started)))
+            outcome = "ok" if status < 400 else f"http_{status}"
+            if state.decision == "upstream_error":
+                outcome = "error"
+            self._metrics.attempts.labels(state.provider, outcome).inc()
 
     def _close(self) -> None:
         if self._file is not None:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import logging
+import time
 
 from mitmproxy import http
 from mitmproxy.proxy.mode_specs import ReverseMode
@@ -87,6 +88,7 @@ class Intake:
         state = state_of(flow)
         if state is None or state.endpoint in (None, "models"):
             return
+        state.received_at = time.time()
         try:
             raw = flow.request.get_content(strict=True) or b""
         except ValueError:

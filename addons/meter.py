@@ -10,6 +10,7 @@ from collections.abc import Callable
 from mitmproxy import http
 
 from codexgate.flowstate import GatewayRequest, state_of
+from codexgate.metrics import GatewayMetrics
 from codexgate.usage import StreamUsageReader, usage_from_body
 
 logger = logging.getLogger(__name__)
@@ -29,6 +30,9 @@ def _observer(state: GatewayRequest, reader: StreamUsageReader) -> Callable[[byt
 
 
 class Meter:
+    def __init__(self, metrics: GatewayMetrics | None = None) -> None:
+        self._metrics = metrics or GatewayMetrics()
+
     def responseheaders(self, flow: http.HTTPFlow) -> None:
         state = state_of(flow)
         if state is None or state.answered_locally or flow.response is None or state.endpoint is None:
@@ -36,9 +40,20 @@ class Meter:
         if "text/event-stream" in flow.response.headers.get("content-type", ""):
             state.reader = StreamUsageReader(state.endpoint)
             flow.response.stream = _observer(state, state.reader)
+            self._metrics.active_streams.inc()
+            state.notes.append("stream")
+
+    def error(self, flow: http.HTTPFlow) -> None:
+        state = state_of(flow)
+        if state is not None and "stream" in state.notes:
+            state.notes.remove("stream")
+            self._metrics.active_streams.dec()
 
     def response(self, flow: http.HTTPFlow) -> None:
         state = state_of(flow)
+        if state is not None and "stream" in state.notes:
+            state.notes.remove("stream")
+            self._metrics.active_streams.dec()
         if state is None or flow.response is None or state.endpoint not in ("responses", "chat"):
             return
         try:

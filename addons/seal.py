@@ -6,6 +6,7 @@ mitmproxy forwards a request whose addon raised; this is the backstop that stops
 from __future__ import annotations
 
 import logging
+import time
 
 from mitmproxy import http
 
@@ -32,6 +33,7 @@ class Seal:
             governed_host = True
         if state is not None and state.cleared:
             state.decision = "forwarded"
+            state.forwarded_at = time.time()
             return
         if governed_host:
             logger.error(

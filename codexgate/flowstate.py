@@ -38,6 +38,8 @@ class GatewayRequest:
     reader: StreamUsageReader | None = None
     usage: Usage | None = None
     first_byte: float | None = None
+    received_at: float | None = None  # when the whole request had arrived (Intake)
+    forwarded_at: float | None = None  # when Seal let the request leave for the provider
     accounted: bool = False
     metering: Any = None  # addons.limits.Metering, once admission priced the request
     cost_usd: float | None = None

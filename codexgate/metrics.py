@@ -39,7 +39,31 @@ class GatewayMetrics:
             "codexgate_budget_remaining_usd", "Budget left at the last admission, per counter.",
             ["level", "name", "period"], registry=self.registry,
         )  # fmt: skip
+        self.ttfb = Histogram(
+            "codexgate_time_to_first_byte_seconds", "From the request's arrival to the first byte of the answer.",
+            ["provider"], registry=self.registry, buckets=(0.05, 0.1, 0.25, 0.5, 1, 2, 4, 8, 16, 32, 64),
+        )  # fmt: skip
+        self.upstream_latency = Histogram(
+            "codexgate_upstream_duration_seconds", "From the request leaving the gateway to the end of the answer.",
+            ["provider"], registry=self.registry, buckets=(0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300),
+        )  # fmt: skip
+        self.overhead = Histogram(
+            "codexgate_gateway_overhead_seconds", "Time the gateway spent on a request before forwarding it.",
+            registry=self.registry, buckets=(0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1),
+        )  # fmt: skip
+        self.active_streams = Gauge("codexgate_active_streams", "Streamed answers in flight.", registry=self.registry)
+        self.attempts = Counter(
+            "codexgate_upstream_attempts", "Upstream attempts by outcome (ok, http_<status>, error).",
+            ["provider", "outcome"], registry=self.registry,
+        )  # fmt: skip
         self.duration = Histogram(
             "codexgate_request_duration_seconds", "Time from request to the end of the answer.", ["provider"],
             registry=self.registry, buckets=(0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300),
         )  # fmt: skip
+        # Label sets known in advance are exported from the start, at zero, so alerts and the
+        # dashboard see them before the first event.
+        for result in ("ok", "failed"):
+            self.policy_reloads.labels(result)
+        for operation in ("reserve", "settle"):
+            for policy in ("closed", "open"):
+                self.store_errors.labels(operation, policy)

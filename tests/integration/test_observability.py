@@ -95,3 +95,18 @@ def test_no_secret_leaks_anywhere(observed: Gateway) -> None:
     for place, text in places.items():
         assert UPSTREAM_KEY not in text, f"provider key in {place}"
         assert ALICE_KEY not in text and CAROL_KEY not in text, f"virtual key in {place}"
+
+
+def test_grafana_dashboard_uses_only_exported_metrics(observed: Gateway) -> None:
+    import json
+    import re
+
+    dashboard = json.loads((Path(__file__).parents[2] / "dashboards" / "codexgate.json").read_text())
+    expressions = [target["expr"] for panel in dashboard["panels"] for target in panel["targets"]]
+    used = {name for expr in expressions for name in re.findall(r"\bcodexgate_[a-z_]+", expr)}
+    text = httpx.get(f"http://127.0.0.1:{observed.metrics_port}/metrics", timeout=10).text
+    exported = {sample.name for family in text_string_to_metric_families(text) for sample in family.samples} | {
+        family.name for family in text_string_to_metric_families(text)
+    }
+    assert used, "the dashboard queries nothing"
+    assert used <= exported, f"dashboard uses metrics the gateway does not export: {sorted(used - exported)}"
