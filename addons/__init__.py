@@ -14,6 +14,7 @@ def chain() -> list[Any]:
     from codexgate.addons.identify import Identify
     from codexgate.addons.intake import Intake
     from codexgate.addons.key_guard import KeyGuard
+    from codexgate.addons.lifecycle import GracefulShutdown
     from codexgate.addons.limits import Charge, Limits
     from codexgate.addons.meter import Meter
     from codexgate.addons.metrics_export import MetricsExport
@@ -49,4 +50,5 @@ def chain() -> list[Any]:
         Accounting(metrics),
         AuditLog(),
         FlowRetention(),
+        GracefulShutdown(),  # last: a request counts as finished only once everything above settled it
     ]

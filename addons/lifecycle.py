@@ -1,0 +1,82 @@
+"""Graceful stop: on SIGTERM the gateway stops taking new governed requests, lets the ones in
+flight (long Codex streams included) finish for a grace period, then shuts mitmproxy down so
+every addon settles and closes its files (`done`). Nothing is half-written: a request still
+running at the deadline ends through the error hook and is settled there."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+import time
+
+from mitmproxy import ctx, exceptions, http
+from mitmproxy.addonmanager import Loader
+
+from codexgate.errors import error_response
+from codexgate.flowstate import refuse, state_of
+
+logger = logging.getLogger(__name__)
+
+
+class GracefulShutdown:
+    def __init__(self) -> None:
+        self._in_flight: set[str] = set()
+        self.draining = False
+        self._drain_task: asyncio.Task[None] | None = None
+
+    def load(self, loader: Loader) -> None:
+        loader.add_option(
+            "codexgate_shutdown_grace", float, 30.0,
+            "Seconds in-flight requests get to finish after SIGTERM before the gateway stops.",
+        )  # fmt: skip
+
+    def configure(self, updated: set[str]) -> None:
+        if "codexgate_shutdown_grace" in updated and ctx.options.codexgate_shutdown_grace < 0:
+            raise exceptions.OptionsError("codexgate_shutdown_grace must be >= 0")
+
+    def running(self) -> None:
+        loop = asyncio.get_running_loop()
+        # Replaces mitmproxy's own SIGTERM handler, which stops at once.
+        loop.add_signal_handler(signal.SIGTERM, self.begin_drain)
+
+    def begin_drain(self) -> None:
+        if self.draining:
+            return
+        self.draining = True
+        logger.info(
+            "SIGTERM: draining %d in-flight request(s) for up to %.0f s",
+            len(self._in_flight),
+            ctx.options.codexgate_shutdown_grace,
+        )
+        self._drain_task = asyncio.get_running_loop().create_task(self._drain())
+
+    async def _drain(self) -> None:
+        deadline = time.monotonic() + ctx.options.codexgate_shutdown_grace
+        while self._in_flight and time.monotonic() < deadline:
+            await asyncio.sleep(0.05)
+        if self._in_flight:
+            logger.warning("grace period over: %d request(s) still running are cut and settled", len(self._in_flight))
+        else:
+            logger.info("all in-flight requests finished; stopping")
+        ctx.master.shutdown()
+
+    def requestheaders(self, flow: http.HTTPFlow) -> None:
+        state = state_of(flow)
+        if state is None:
+            return
+        if self.draining and flow.response is None:
+            refuse(
+                flow,
+                error_response(503, "gateway_shutting_down", "this codexgate instance is shutting down; retry",
+                               headers={"retry-after": "1", "connection": "close"}),
+                "shutting_down",
+            )  # fmt: skip
+            return
+        self._in_flight.add(flow.id)
+
+    def response(self, flow: http.HTTPFlow) -> None:
+        self._in_flight.discard(flow.id)
+
+    def error(self, flow: http.HTTPFlow) -> None:
+        self._in_flight.discard(flow.id)
