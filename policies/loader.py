@@ -13,11 +13,12 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
-from codexgate.policies.schema import ModelEntry, Policy, Route, VirtualKey
 from pydantic import ValidationError
 from ruamel.yaml import YAML
 from ruamel.yaml.comments import CommentedMap, CommentedSeq
 from ruamel.yaml.error import MarkedYAMLError
+
+from codexgate.policies.schema import ModelEntry, Policy, Route, VirtualKey
 
 Loc = tuple[str | int, ...]
 

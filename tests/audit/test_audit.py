@@ -14,16 +14,16 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from codexgate.addons.audit_log import AUDITED, AuditLog
-from codexgate.addons.policy_source import PolicySource
-from codexgate.policies.keys import hash_key
-from codexgate.policies.loader import CompiledPolicy, parse_policy
 from mitmproxy import exceptions, http
 from mitmproxy.test import taddons, tflow
 
 from codexgate import audit
+from codexgate.addons.audit_log import AUDITED, AuditLog
+from codexgate.addons.policy_source import PolicySource
 from codexgate.audit import GENESIS, AuditWriter, audit_record, canonical, verify, verify_command
 from codexgate.flowstate import METADATA_KEY, GatewayRequest
+from codexgate.policies.keys import hash_key
+from codexgate.policies.loader import CompiledPolicy, parse_policy
 from codexgate.usage import Usage
 
 # Records of one fixed length, so that a max_bytes of three lines puts exactly three in a file.
