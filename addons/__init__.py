@@ -24,18 +24,21 @@ def chain() -> list[Any]:
     from codexgate.addons.route import Route
     from codexgate.addons.seal import Seal
     from codexgate.addons.tls_scope import TlsScope
+    from codexgate.addons.tracing import TraceEnd, Tracing
     from codexgate.addons.web_view import FlowRetention, SecretMask
     from codexgate.metrics import GatewayMetrics
 
     metrics = GatewayMetrics()
     policy = PolicySource(metrics)
     limits = Limits(policy, metrics)
+    tracing = Tracing()
     return [
         SecretMask(policy),  # moves itself ahead of mitmproxy's own addons
         MetricsExport(metrics),
         policy,
         TlsScope(policy),
         Intake(policy),
+        tracing,  # right after Intake: starts the request's span at state.started
         KeyGuard(policy),
         Identify(),
         Admit(),
@@ -49,6 +52,7 @@ def chain() -> list[Any]:
         Charge(limits, metrics),
         Accounting(metrics),
         AuditLog(),
+        TraceEnd(tracing),  # its request hook runs right after Seal: the upstream attempt starts at send time
         FlowRetention(),
         GracefulShutdown(),  # last: a request counts as finished only once everything above settled it
     ]

@@ -39,6 +39,9 @@ class GracefulShutdown:
         loop = asyncio.get_running_loop()
         # Replaces mitmproxy's own SIGTERM handler, which stops at once.
         loop.add_signal_handler(signal.SIGTERM, self.begin_drain)
+        logger.info(
+            "codexgate ready (SIGTERM drains in-flight requests for up to %.0f s)", ctx.options.codexgate_shutdown_grace
+        )
 
     def begin_drain(self) -> None:
         if self.draining:

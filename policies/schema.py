@@ -14,6 +14,7 @@ from urllib.parse import urlsplit
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from codexgate.secrets import REFERENCE_HELP, parse_reference
 from codexgate.windows import parse_period
 
 KEY_HASH_PATTERN = re.compile(r"^sha256:[0-9a-f]{64}$")
@@ -74,17 +75,17 @@ class Limited(Strict):
 class SecretRef(Strict):
     """A provider credential, referenced and never written into the policy."""
 
-    value: str = Field(description="env:NAME or file:PATH")
+    value: str = Field(description=REFERENCE_HELP)
 
     @field_validator("value")
     @classmethod
     def _must_be_reference(cls, value: str) -> str:
-        if value.startswith("env:") and len(value) > 4:
-            return value
-        if value.startswith("file:") and len(value) > 5:
-            return value
-        # The value itself is never echoed: it may be a real key someone pasted.
-        raise ValueError("must reference a secret as env:NAME or file:PATH; literal keys are not allowed")
+        try:
+            parse_reference(value)
+        except ValueError:
+            # The value itself is never echoed: it may be a real key someone pasted.
+            raise ValueError(f"must reference a secret as {REFERENCE_HELP}; literal keys are not allowed") from None
+        return value
 
 
 class OpenAIProvider(Limited):

@@ -100,6 +100,12 @@ class Gateway:
             self.process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=env)
         wait_for_port(self.proxy_port, self.process, self.log)
         wait_for_port(self.gateway_port, self.process, self.log)
+        # Listening comes before the addons' `running` hooks; wait for those too.
+        deadline = time.monotonic() + 30
+        while "codexgate ready" not in self.log_text():
+            if self.process.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"gateway did not get ready:\n{self.log_text()}")
+            time.sleep(0.05)
         return self
 
     def stop(self) -> None:
