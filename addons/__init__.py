@@ -11,6 +11,7 @@ def chain() -> list[Any]:
     from codexgate.addons.admit import Admit
     from codexgate.addons.audit_log import AuditLog
     from codexgate.addons.credentials import Credentials
+    from codexgate.addons.guardrails import Guardrails
     from codexgate.addons.identify import Identify
     from codexgate.addons.intake import Intake
     from codexgate.addons.key_guard import KeyGuard
@@ -25,6 +26,7 @@ def chain() -> list[Any]:
     from codexgate.addons.seal import Seal
     from codexgate.addons.tls_scope import TlsScope
     from codexgate.addons.tracing import TraceEnd, Tracing
+    from codexgate.addons.translate import Translate
     from codexgate.addons.web_view import FlowRetention, SecretMask
     from codexgate.metrics import GatewayMetrics
 
@@ -42,12 +44,14 @@ def chain() -> list[Any]:
         KeyGuard(policy),
         Identify(),
         Admit(),
+        Guardrails(policy),  # after the team is known, before any budget is reserved
         ModelsEndpoint(),
         Route(),
         limits,
         Credentials(),
         MockUpstream(),
         Seal(policy),
+        Translate(),
         Meter(metrics),
         Charge(limits, metrics),
         Accounting(metrics),

@@ -36,20 +36,33 @@ class Credentials:
         if isinstance(provider, MockProvider):
             state.cleared = True
             return
+        if state.translation is not None:
+            try:
+                flow.request.headers.update(
+                    state.translation.adapter.credentials(state.translation.prepared, self._secrets)
+                )
+            except SecretUnavailable as exc:
+                self._unusable(flow, state.provider, exc)
+                return
+            state.cleared = True
+            return
         if isinstance(provider, OpenAIProvider):
             try:
                 secret = self._secrets.resolve(provider.keys[0].value)
             except SecretUnavailable as exc:
-                logger.error("provider %s has no usable key: %s", state.provider, exc)
-                refuse(
-                    flow,
-                    error_response(
-                        503,
-                        "provider_credentials_unavailable",
-                        f"provider {state.provider} is not usable right now: {exc}; tell your platform team",
-                    ),
-                    "provider_unavailable",
-                )
+                self._unusable(flow, state.provider, exc)
                 return
             flow.request.headers.update(auth_headers(secret))
             state.cleared = True
+
+    @staticmethod
+    def _unusable(flow: http.HTTPFlow, provider: str, exc: Exception) -> None:
+        logger.error("provider %s has no usable key: %s", provider, exc)
+        refuse(
+            flow,
+            error_response(
+                503, "provider_credentials_unavailable",
+                f"provider {provider} is not usable right now: {exc}; tell your platform team",
+            ),
+            "provider_unavailable",
+        )  # fmt: skip

@@ -20,7 +20,10 @@ Extra detectors (external DLP services, ...): any object with a `name` and
 `Guardrails.register(detector)` or passed as `Guardrails(policy, detectors=[...])`. `scan` may be
 `async def`: such detectors run concurrently over all texts of the request, awaited before it
 is forwarded. Their findings take the team's action. A detector that raises refuses the request
-(500, fail closed), so a service that should fail open must catch its own errors.
+(500, fail closed), so a service that should fail open must catch its own errors. Results of
+the policy's detectors and of sync extras are cached per text (Codex re-sends the whole
+conversation every turn); async detectors are called for every text of every request, so an
+external service should batch or cache on its side.
 
 For tests (and embedding), `Guardrails(settings_override=GuardrailSettings(...))` uses those
 settings instead of the policy's.

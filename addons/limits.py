@@ -30,7 +30,7 @@ from codexgate.failsafe import fail_closed
 from codexgate.flowstate import GatewayRequest, refuse, state_of
 from codexgate.metrics import GatewayMetrics
 from codexgate.policies.schema import Limited, Price
-from codexgate.pricing import Pricer, PriceSource, PriceUnknown
+from codexgate.pricing import Pricer, PriceSource, PriceUnknown, price_provider_id
 from codexgate.stores.base import Admission, Amounts, Counter, CounterState, CounterStore, Kind, StoreUnavailable
 from codexgate.usage import Usage
 from codexgate.windows import describe_period, format_reset, window
@@ -195,7 +195,9 @@ class Limits:
         provider = policy.providers[state.provider]
         default_price: Price | None = None if policy.gateway.unknown_price == "deny" else policy.gateway.unknown_price
         try:
-            price = self.pricer.source(provider.kind, state.upstream_model or state.model, entry.price, default_price)
+            price = self.pricer.source(
+                price_provider_id(provider), state.upstream_model or state.model, entry.price, default_price
+            )
         except PriceUnknown:
             refuse(
                 flow,

@@ -37,6 +37,8 @@ class Meter:
         state = state_of(flow)
         if state is None or state.answered_locally or flow.response is None or state.endpoint is None:
             return
+        if state.translation is not None and state.translation.prepared.translate:
+            return  # Translate reads usage from its own translator
         if "text/event-stream" in flow.response.headers.get("content-type", ""):
             state.reader = StreamUsageReader(state.endpoint)
             flow.response.stream = _observer(state, state.reader)
@@ -55,6 +57,8 @@ class Meter:
             state.notes.remove("stream")
             self._metrics.active_streams.dec()
         if state is None or flow.response is None or state.endpoint not in ("responses", "chat"):
+            return
+        if state.translation is not None and state.translation.prepared.translate:
             return
         try:
             if state.reader is not None:

@@ -16,6 +16,16 @@ METADATA_KEY = "codexgate"
 
 
 @dataclasses.dataclass(eq=False)
+class Translation:
+    """A request routed to a provider that speaks another API: how to translate its answer."""
+
+    adapter: Any  # providers.adapters.Adapter
+    prepared: Any  # providers.adapters.Prepared
+    context: Any  # providers.base.ResponseContext
+    bridge: Any = None  # providers.adapters.StreamBridge, once a stream is being translated
+
+
+@dataclasses.dataclass(eq=False)
 class GatewayRequest:
     request_id: str
     policy: CompiledPolicy
@@ -41,6 +51,7 @@ class GatewayRequest:
     received_at: float | None = None  # when the whole request had arrived (Intake)
     forwarded_at: float | None = None  # when Seal let the request leave for the provider
     accounted: bool = False
+    translation: Translation | None = None
     metering: Any = None  # addons.limits.Metering, once admission priced the request
     cost_usd: float | None = None
     charge_basis: str | None = None  # actual / estimate / upstream_error / release

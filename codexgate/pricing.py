@@ -17,8 +17,29 @@ from codexgate.usage import Usage
 
 logger = logging.getLogger(__name__)
 
-# Provider kinds whose models genai-prices knows under a provider id.
-PRICE_PROVIDER_IDS = {"openai": "openai"}
+# Provider kinds whose models genai-prices knows under a provider id; Chat Completions hosts
+# go by their preset name (groq, deepseek, mistral, ...). Self-hosted ones (ollama, vllm,
+# lmstudio, generic) have no list price: the policy sets one (0 is a price too).
+PRICE_PROVIDER_IDS = {
+    "openai": "openai",
+    "anthropic": "anthropic",
+    "gemini": "google",
+    "bedrock": "aws",
+    "azure": "azure",
+}
+CHAT_PRESET_PRICE_IDS = {
+    "groq": "groq", "mistral": "mistral", "deepseek": "deepseek", "xai": "x-ai", "openrouter": "openrouter",
+    "together": "together", "fireworks": "fireworks", "cerebras": "cerebras", "perplexity": "perplexity",
+}  # fmt: skip
+
+
+def price_provider_id(settings: object) -> str | None:
+    kind = getattr(settings, "kind", "")
+    if kind == "chat":
+        return CHAT_PRESET_PRICE_IDS.get(getattr(settings, "preset", ""))
+    return PRICE_PROVIDER_IDS.get(kind)
+
+
 _MTOK = 1_000_000
 
 
@@ -66,18 +87,17 @@ class Pricer:
     differ only upwards for very long contexts, which settlement then charges exactly)."""
 
     def __init__(self) -> None:
-        self._sources: dict[tuple[str, str, str, int], PriceSource | None] = {}
+        self._sources: dict[tuple[str, str], PriceSource | None] = {}
         self._unit: dict[PriceSource, tuple[float, float]] = {}
 
     def source(
-        self, provider_kind: str, upstream_model: str, override: Price | None, default: Price | None
+        self, provider_id: str | None, upstream_model: str, override: Price | None, default: Price | None
     ) -> PriceSource:
         if override is not None:
             return PriceSource(override, None, None)
-        cache_key = (provider_kind, upstream_model, "", id(default))
+        cache_key = (provider_id or "", upstream_model)
         if cache_key not in self._sources:
             found: PriceSource | None = None
-            provider_id = PRICE_PROVIDER_IDS.get(provider_kind)
             if provider_id is not None:
                 try:
                     calc_price(PriceUsage(input_tokens=1, output_tokens=1), upstream_model, provider_id=provider_id)

@@ -113,6 +113,12 @@ def _cross_references(policy: Policy) -> list[tuple[Loc, str]]:
         if key.hash in seen_hashes:
             problems.append((("keys", index, "hash"), f"same hash as keys[{seen_hashes[key.hash]}]"))
         seen_hashes.setdefault(key.hash, index)
+    if policy.guardrails is not None:
+        for team in policy.guardrails.team_actions:
+            if team not in policy.teams:
+                problems.append(
+                    (("guardrails", "team_actions", team), f"unknown team {team!r}; teams: {sorted(policy.teams)}")
+                )
     names: dict[str, str] = {}
     for model_name, entry in policy.models.items():
         for route_index, route in enumerate(entry.routes):
@@ -131,10 +137,21 @@ def _cross_references(policy: Policy) -> list[tuple[Loc, str]]:
     return problems
 
 
+PROVIDER_KINDS = ("openai", "mock", "anthropic", "gemini", "bedrock", "chat", "azure")
+
+
+def _provider_url(provider: object) -> str | None:
+    for attribute in ("url", "endpoint", "base_url"):
+        value = getattr(provider, attribute, None)
+        if isinstance(value, str) and value:
+            return value
+    return None
+
+
 def _host_entries(policy: Policy) -> frozenset[str]:
     hosts = {host.lower() for host in policy.gateway.intercept_hosts}
     for provider in policy.providers.values():
-        base_url = getattr(provider, "base_url", None)
+        base_url = _provider_url(provider)
         if base_url:
             parts = urlsplit(base_url)
             port = parts.port or (443 if parts.scheme == "https" else 80)
@@ -161,7 +178,7 @@ def parse_policy(text: str, path: str = "<policy>", mtime_ns: int = 0) -> Compil
         for error in exc.errors(include_url=False, include_input=False):
             loc = tuple(error["loc"])
             # pydantic names the union member of a discriminated union: drop it from the path.
-            if len(loc) >= 3 and loc[0] == "providers" and loc[2] in ("openai", "mock"):
+            if len(loc) >= 3 and loc[0] == "providers" and loc[2] in PROVIDER_KINDS:
                 loc = loc[:2] + loc[3:]
             problems.append(f"{path}:{_line_of(document, loc)}: {_field_path(loc)}: {error['msg']}")
         raise PolicyError(problems) from None

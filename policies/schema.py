@@ -14,6 +14,7 @@ from urllib.parse import urlsplit
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from codexgate.guardrails import GuardrailSettings
 from codexgate.secrets import REFERENCE_HELP, parse_reference
 from codexgate.windows import parse_period
 
@@ -113,7 +114,120 @@ class MockProvider(Limited):
     reasoning_tokens: int = Field(default=0, ge=0)
 
 
-Provider = Annotated[OpenAIProvider | MockProvider, Field(discriminator="kind")]
+def _check_http_url(value: str) -> str:
+    parts = urlsplit(value)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ValueError("must be an http(s) URL")
+    return value.rstrip("/")
+
+
+class AnthropicProvider(Limited):
+    """Anthropic Messages API (`/v1/messages`); Codex's Responses requests are translated."""
+
+    kind: Literal["anthropic"]
+    base_url: str = "https://api.anthropic.com"
+    keys: list[SecretRef] = Field(min_length=1)
+    default_max_tokens: int = Field(default=16384, ge=1, description="max_tokens when Codex sends none")
+
+    _url = field_validator("base_url")(_check_http_url)
+
+
+class GeminiProvider(Limited):
+    """Google Gemini API (`generateContent` / `streamGenerateContent?alt=sse`) with an API key."""
+
+    kind: Literal["gemini"]
+    base_url: str = "https://generativelanguage.googleapis.com"
+    keys: list[SecretRef] = Field(min_length=1)
+    default_max_tokens: int = Field(default=16384, ge=1)
+
+    _url = field_validator("base_url")(_check_http_url)
+
+
+class BedrockProvider(Limited):
+    """AWS Bedrock Converse / ConverseStream, signed with SigV4. Credentials: the policy's
+    references, else the usual AWS sources (environment, shared config, instance role)."""
+
+    kind: Literal["bedrock"]
+    region: str = Field(pattern=r"^[a-z]{2}(-[a-z]+)+-[0-9]+$")
+    base_url: str | None = Field(default=None, description="endpoint override; default bedrock-runtime.REGION")
+    access_key_id: SecretRef | None = None
+    secret_access_key: SecretRef | None = None
+    session_token: SecretRef | None = None
+    default_max_tokens: int = Field(default=16384, ge=1)
+
+    @field_validator("base_url")
+    @classmethod
+    def _url(cls, value: str | None) -> str | None:
+        return None if value is None else _check_http_url(value)
+
+    @model_validator(mode="after")
+    def _key_pair(self) -> BedrockProvider:
+        if (self.access_key_id is None) != (self.secret_access_key is None):
+            raise ValueError("give both access_key_id and secret_access_key, or neither (AWS default sources)")
+        return self
+
+    @property
+    def endpoint(self) -> str:
+        return self.base_url or f"https://bedrock-runtime.{self.region}.amazonaws.com"
+
+
+class ChatProvider(Limited):
+    """An OpenAI-compatible Chat Completions host: a preset (groq, mistral, deepseek, xai,
+    openrouter, together, fireworks, cerebras, perplexity, ollama, vllm, lmstudio) or any base_url."""
+
+    kind: Literal["chat"]
+    preset: str = "generic"
+    base_url: str | None = None
+    keys: list[SecretRef] = Field(default_factory=list, description="none for local hosts (ollama, vllm, lmstudio)")
+    default_max_tokens: int = Field(default=16384, ge=1)
+
+    @field_validator("base_url")
+    @classmethod
+    def _url(cls, value: str | None) -> str | None:
+        return None if value is None else _check_http_url(value)
+
+    @field_validator("preset")
+    @classmethod
+    def _known_preset(cls, value: str) -> str:
+        from codexgate.providers.chat_compat import PRESETS
+
+        if value not in PRESETS:
+            raise ValueError(f"unknown preset {value!r}; presets: {', '.join(sorted(PRESETS))}")
+        return value
+
+    @model_validator(mode="after")
+    def _has_url(self) -> ChatProvider:
+        from codexgate.providers.chat_compat import PRESETS
+
+        if not (self.base_url or PRESETS[self.preset].base_url):
+            raise ValueError("the generic preset needs a base_url")
+        return self
+
+    @property
+    def url(self) -> str:
+        from codexgate.providers.chat_compat import PRESETS
+
+        return (self.base_url or PRESETS[self.preset].base_url).rstrip("/")
+
+
+class AzureProvider(Limited):
+    """Azure OpenAI: the v1 Responses API (pass-through) or a Chat Completions deployment."""
+
+    kind: Literal["azure"]
+    endpoint: str = Field(description="https://RESOURCE.openai.azure.com")
+    api: Literal["responses", "chat"] = "responses"
+    api_version: str = "2024-10-21"
+    keys: list[SecretRef] = Field(min_length=1)
+    default_max_tokens: int = Field(default=16384, ge=1)
+
+    _url = field_validator("endpoint")(_check_http_url)
+
+
+Provider = Annotated[
+    OpenAIProvider | MockProvider | AnthropicProvider | GeminiProvider | BedrockProvider | ChatProvider | AzureProvider,
+    Field(discriminator="kind"),
+]
+TRANSLATED_KINDS = ("anthropic", "gemini", "bedrock", "chat", "azure")
 
 
 class Route(Strict):
@@ -189,3 +303,4 @@ class Policy(Strict):
     orgs: dict[Name, Org] = Field(default_factory=dict)
     teams: dict[Name, Team] = Field(default_factory=dict)
     keys: list[VirtualKey] = Field(default_factory=list)
+    guardrails: GuardrailSettings | None = None

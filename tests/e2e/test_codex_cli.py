@@ -2,51 +2,15 @@
 
 from __future__ import annotations
 
-import os
-import shutil
-import subprocess
-import sys
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from fakes.codex_cli import run_codex
 from fakes.gateway import ALICE_KEY, Gateway
 
 pytestmark = pytest.mark.e2e
-
-
-def codex_binary() -> str:
-    found = os.environ.get("CODEXGATE_CODEX_BIN") or shutil.which("codex")
-    if not found or not os.access(found, os.X_OK):
-        if os.environ.get("CI"):
-            pytest.fail("the Codex CLI is required in CI (./dev test installs it)")
-        pytest.skip("Codex CLI not installed; ./dev test installs it")
-    return found
-
-
-def run_codex(
-    gateway: Gateway, mode: str, prompt: str, tmp_path: Path, key: str = ALICE_KEY
-) -> subprocess.CompletedProcess[str]:
-    codex_home = tmp_path / "codex-home"
-    workdir = tmp_path / "work"
-    codex_home.mkdir()
-    workdir.mkdir()
-    env = {
-        name: value
-        for name, value in os.environ.items()
-        if not name.startswith(("OPENAI_", "CODEX_")) and name.lower() not in ("https_proxy", "http_proxy", "all_proxy")
-    }
-    env.update(CODEX_HOME=str(codex_home), CODEXGATE_CODEX_BIN=codex_binary(), RUST_LOG="error")
-    gateway_url = gateway.base_url if mode == "base-url" else gateway.proxy_url
-    command = [
-        sys.executable, "-m", "codexgate.cli", "codex", "--mode", mode, "--gateway", gateway_url, "--key", key,
-        "--ca", str(gateway.ca_cert), "--",
-        "exec", "--skip-git-repo-check", "--dangerously-bypass-approvals-and-sandbox", "-m", "mock-model", prompt,
-    ]  # fmt: skip
-    return subprocess.run(
-        command, cwd=workdir, env=env, capture_output=True, text=True, timeout=180, stdin=subprocess.DEVNULL
-    )
 
 
 @pytest.mark.parametrize("mode", ["base-url", "proxy"])

@@ -1,0 +1,101 @@
+"""Translates answers of providers that speak another API back into the Responses API Codex
+expects: streams event by event as they pass (nothing waits for the end), whole answers and
+error bodies in the response hook. Usage comes from the translator."""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Callable
+
+from mitmproxy import http
+
+from codexgate.flowstate import GatewayRequest, Translation, state_of
+from codexgate.usage import usage_from_responses
+
+logger = logging.getLogger(__name__)
+
+KEPT_HEADER_PREFIXES = ("date", "x-codexgate-", "x-ratelimit-")
+
+
+def _bridge_stream(state: GatewayRequest, translation: Translation) -> Callable[[bytes], bytes | list[bytes]]:
+    import time
+
+    bridge = translation.bridge
+
+    def translate(chunk: bytes) -> bytes | list[bytes]:
+        if state.first_byte is None and chunk:
+            state.first_byte = time.time()
+        try:
+            out = bridge.feed(chunk) if chunk else bridge.feed(b"") + bridge.finish()
+        except Exception:
+            logger.exception("stream translation failed for request %s", state.request_id)
+            out = bridge.finish() if not chunk else b""
+        # An empty chunk would end a chunked HTTP/1 body early: send nothing instead.
+        return [out] if out else []
+
+    return translate
+
+
+class Translate:
+    def responseheaders(self, flow: http.HTTPFlow) -> None:
+        state = state_of(flow)
+        translation = state.translation if state else None
+        if state is None or translation is None or flow.response is None or state.answered_locally:
+            return
+        if translation.prepared.dropped_tools:
+            flow.response.headers["x-codexgate-dropped-tools"] = ",".join(translation.prepared.dropped_tools)
+        if not translation.prepared.translate:
+            return
+        if flow.response.status_code == 200 and translation.prepared.stream:
+            translation.bridge = translation.adapter.stream(translation.prepared, translation.context)
+            headers = flow.response.headers
+            for name in ("content-length", "content-encoding", "content-type", "transfer-encoding"):
+                headers.pop(name, None)
+            headers["content-type"] = "text/event-stream"
+            headers["cache-control"] = "no-cache"
+            if flow.request.http_version == "HTTP/1.1":
+                headers["transfer-encoding"] = "chunked"
+            flow.response.stream = _bridge_stream(state, translation)
+
+    def response(self, flow: http.HTTPFlow) -> None:
+        state = state_of(flow)
+        translation = state.translation if state else None
+        if state is None or translation is None or flow.response is None or state.answered_locally:
+            return
+        if not translation.prepared.translate:
+            return
+        if translation.bridge is not None:
+            state.usage = translation.bridge.usage
+            return
+        raw = flow.response.get_content(strict=False) or b""
+        try:
+            if flow.response.status_code == 200:
+                body = translation.adapter.whole(translation.prepared, translation.context, raw)
+                state.usage = usage_from_responses(body.get("usage"))
+                status = 200
+            else:
+                status, body = translation.adapter.error(flow.response.status_code, raw)
+        except Exception:
+            logger.exception("cannot translate the answer of %s (status %s)", state.provider, flow.response.status_code)
+            status = 502
+            body = {"error": {"message": f"codexgate could not translate the answer of provider {state.provider}",
+                              "type": "server_error", "code": "translation_failed", "param": None}}  # fmt: skip
+        retry_after = flow.response.headers.get("retry-after")
+        if status == 429 and not retry_after and hasattr(translation.adapter, "retry_after"):
+            seconds = translation.adapter.retry_after(raw)
+            retry_after = str(seconds) if seconds else None
+        flow.response.status_code = status
+        # The provider's own headers describe its body, not ours (and may name its internals).
+        for name in list(flow.response.headers.keys()):
+            if not name.lower().startswith(KEPT_HEADER_PREFIXES):
+                del flow.response.headers[name]
+        flow.response.headers["content-type"] = "application/json"
+        if retry_after:
+            flow.response.headers["retry-after"] = retry_after  # Codex retries a 429 only with it
+        flow.response.content = json.dumps(body).encode()
+
+    def error(self, flow: http.HTTPFlow) -> None:
+        state = state_of(flow)
+        if state is not None and state.translation is not None and state.translation.bridge is not None:
+            state.usage = state.translation.bridge.usage

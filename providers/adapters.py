@@ -1,0 +1,338 @@
+"""One uniform face per translating provider family, for the addons to drive.
+
+Each family module (`anthropic`, `gemini`, `bedrock`, `chat_compat`) has its own translators
+and quirks; an `Adapter` wraps them into: prepare the upstream request, add credentials,
+translate a streamed answer chunk by chunk, translate a whole answer, translate an error.
+Pure apart from credential lookup, which goes through the resolver it is handed.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import time
+import uuid
+from collections.abc import Callable
+from typing import Any, Protocol
+
+from codexgate.policies.schema import (
+    AnthropicProvider,
+    AzureProvider,
+    BedrockProvider,
+    ChatProvider,
+    GeminiProvider,
+)
+from codexgate.providers.base import ResponseContext, TranslateOptions
+from codexgate.secrets import SecretResolver
+from codexgate.sse import encode_event
+from codexgate.usage import Usage
+
+JSON = dict[str, Any]
+
+# Headers Codex adds for OpenAI; other providers have no use for them (and should not learn
+# Codex's installation and session identifiers).
+CODEX_HEADERS = (
+    "session-id", "thread-id", "x-client-request-id", "x-codex-turn-metadata", "x-codex-window-id",
+    "x-codex-beta-features", "x-openai-internal-codex-responses-lite", "originator", "version",
+    "openai-beta", "openai-organization", "openai-project", "accept-encoding", "traceparent", "tracestate",
+)  # fmt: skip
+
+
+@dataclasses.dataclass
+class Prepared:
+    """The upstream request an adapter built, and what its answer's translation needs."""
+
+    url: str
+    headers: dict[str, str]
+    body: bytes
+    stream: bool
+    upstream_model: str
+    dropped_tools: list[str]
+    translate: bool = True  # False: the answer is already a Responses answer (Azure v1 Responses)
+    extra: dict[str, Any] = dataclasses.field(default_factory=dict)
+
+
+class StreamBridge:
+    """Provider stream bytes in, Responses SSE bytes out; chunk boundaries anywhere."""
+
+    def __init__(self, decoder: Any, translator: Any) -> None:
+        self._decoder = decoder
+        self._translator = translator
+        self.events_out = 0
+
+    def feed(self, chunk: bytes) -> bytes:
+        out: list[bytes] = []
+        for event in self._decoder.feed(chunk):
+            for translated in self._translator.feed(event):
+                out.append(encode_event(translated))
+        self.events_out += len(out)
+        return b"".join(out)
+
+    def finish(self) -> bytes:
+        out = [encode_event(event) for event in self._translator.finish()]
+        self.events_out += len(out)
+        return b"".join(out)
+
+    @property
+    def usage(self) -> Usage | None:
+        usage: Usage | None = self._translator.usage
+        return usage
+
+    @property
+    def outcome(self) -> str | None:
+        outcome: str | None = self._translator.outcome
+        return outcome
+
+
+class Adapter(Protocol):
+    def prepare(self, body: JSON, upstream_model: str, provider_name: str) -> Prepared: ...
+
+    def credentials(self, prepared: Prepared, secrets: SecretResolver) -> dict[str, str]: ...
+
+    def stream(self, prepared: Prepared, ctx: ResponseContext) -> StreamBridge: ...
+
+    def whole(self, prepared: Prepared, ctx: ResponseContext, raw: bytes) -> JSON: ...
+
+    def error(self, status: int, raw: bytes) -> tuple[int, JSON]: ...
+
+
+def new_context(model: str, provider_name: str) -> ResponseContext:
+    return ResponseContext(
+        response_id=f"resp_{uuid.uuid4().hex}", model=model, provider_name=provider_name, created_at=int(time.time())
+    )
+
+
+def _first_secret(keys: list[Any], secrets: SecretResolver) -> str:
+    return secrets.resolve(keys[0].value)
+
+
+def _json(body: JSON) -> bytes:
+    return json.dumps(body, separators=(",", ":")).encode()
+
+
+@dataclasses.dataclass
+class ChatAdapter:
+    settings: ChatProvider | AzureProvider
+
+    def prepare(self, body: JSON, upstream_model: str, provider_name: str) -> Prepared:
+        from codexgate.providers import chat_compat
+
+        options = TranslateOptions(provider_name=provider_name, default_max_tokens=self.settings.default_max_tokens)
+        if isinstance(self.settings, AzureProvider):
+            if self.settings.api == "responses":
+                url, fixed = chat_compat.azure_target(self.settings.endpoint, upstream_model, None, "responses")
+                out = chat_compat.azure_responses_body(body, upstream_model)
+                return Prepared(url, dict(fixed), _json(out), bool(out.get("stream")), upstream_model, [], False)
+            preset = chat_compat.PRESETS["azure"]
+            chat = chat_compat.build_request(body, upstream_model, options, preset=preset)
+            url, fixed = chat_compat.azure_target(
+                self.settings.endpoint, upstream_model, self.settings.api_version, "chat"
+            )
+        else:
+            preset = chat_compat.PRESETS[self.settings.preset]
+            chat = chat_compat.build_request(body, upstream_model, options, preset=preset)
+            url, fixed = chat_compat.request_target(self.settings.url, upstream_model, bool(chat.get("stream")))
+        return Prepared(
+            url, dict(fixed), _json(chat), bool(chat.get("stream")), upstream_model, list(options.dropped_tools),
+            extra={"tools": chat_compat.tool_map(body)},
+        )  # fmt: skip
+
+    def credentials(self, prepared: Prepared, secrets: SecretResolver) -> dict[str, str]:
+        from codexgate.providers import chat_compat
+
+        if not self.settings.keys:
+            return {}
+        secret = _first_secret(self.settings.keys, secrets)
+        if isinstance(self.settings, AzureProvider):
+            return chat_compat.azure_auth_headers(secret)
+        return chat_compat.auth_headers(secret)
+
+    def stream(self, prepared: Prepared, ctx: ResponseContext) -> StreamBridge:
+        from codexgate.providers import chat_compat
+
+        translator = chat_compat.StreamTranslator(
+            ctx, tools=prepared.extra["tools"], upstream_model=prepared.upstream_model
+        )
+        return StreamBridge(chat_compat.ChatStreamDecoder(), translator)
+
+    def whole(self, prepared: Prepared, ctx: ResponseContext, raw: bytes) -> JSON:
+        from codexgate.providers import chat_compat
+
+        result: JSON = chat_compat.translate_response(
+            json.loads(raw), ctx, tools=prepared.extra["tools"], upstream_model=prepared.upstream_model
+        )
+        return result
+
+    def error(self, status: int, raw: bytes) -> tuple[int, JSON]:
+        from codexgate.providers import chat_compat
+
+        return chat_compat.translate_error(status, raw)
+
+
+@dataclasses.dataclass
+class GeminiAdapter:
+    settings: GeminiProvider
+
+    def prepare(self, body: JSON, upstream_model: str, provider_name: str) -> Prepared:
+        from codexgate.providers import gemini
+
+        options = TranslateOptions(provider_name=provider_name, default_max_tokens=self.settings.default_max_tokens)
+        payload = gemini.build_request(body, upstream_model, options)
+        stream = bool(body.get("stream"))
+        url, fixed = gemini.request_target(self.settings.base_url, upstream_model, stream)
+        return Prepared(
+            url, dict(fixed), _json(payload), stream, upstream_model, list(options.dropped_tools),
+            extra={"tools": gemini.tool_map(body)},
+        )  # fmt: skip
+
+    def credentials(self, prepared: Prepared, secrets: SecretResolver) -> dict[str, str]:
+        from codexgate.providers import gemini
+
+        return gemini.auth_headers(_first_secret(self.settings.keys, secrets))
+
+    def stream(self, prepared: Prepared, ctx: ResponseContext) -> StreamBridge:
+        from codexgate.providers import gemini
+
+        translator = gemini.StreamTranslator(ctx, tools=prepared.extra["tools"], upstream_model=prepared.upstream_model)
+        return StreamBridge(gemini.StreamDecoder(), translator)
+
+    def whole(self, prepared: Prepared, ctx: ResponseContext, raw: bytes) -> JSON:
+        from codexgate.providers import gemini
+
+        result: JSON = gemini.translate_response(
+            json.loads(raw), ctx, tools=prepared.extra["tools"], upstream_model=prepared.upstream_model
+        )
+        return result
+
+    def error(self, status: int, raw: bytes) -> tuple[int, JSON]:
+        from codexgate.providers import gemini
+
+        return gemini.translate_error(status, raw)
+
+    def retry_after(self, raw: bytes) -> int | None:
+        from codexgate.providers import gemini
+
+        return gemini.retry_after_seconds(raw)
+
+
+@dataclasses.dataclass
+class BedrockAdapter:
+    settings: BedrockProvider
+
+    def prepare(self, body: JSON, upstream_model: str, provider_name: str) -> Prepared:
+        from codexgate.providers import bedrock
+
+        options = TranslateOptions(provider_name=provider_name, default_max_tokens=self.settings.default_max_tokens)
+        converse = bedrock.build_request(body, upstream_model, options)
+        stream = bool(body.get("stream"))
+        url, fixed = bedrock.request_target(self.settings.endpoint, upstream_model, stream)
+        return Prepared(
+            url, dict(fixed), _json(converse), stream, upstream_model, list(options.dropped_tools),
+            extra={"tools": bedrock.tool_names(body)},
+        )  # fmt: skip
+
+    def credentials(self, prepared: Prepared, secrets: SecretResolver) -> dict[str, str]:
+        """SigV4 over exactly the URL and body that will be sent (signed anew per attempt)."""
+        from codexgate.providers import bedrock
+        from codexgate.secrets import SecretUnavailable
+
+        settings = self.settings
+        if settings.access_key_id is not None and settings.secret_access_key is not None:
+            access_key = secrets.resolve(settings.access_key_id.value)
+            secret_key = secrets.resolve(settings.secret_access_key.value)
+            token = secrets.resolve(settings.session_token.value) if settings.session_token else None
+        else:
+            import botocore.session
+
+            found = botocore.session.get_session().get_credentials()
+            if found is None:
+                raise SecretUnavailable("no AWS credentials found (environment, shared config or instance role)")
+            frozen = found.get_frozen_credentials()
+            access_key, secret_key, token = frozen.access_key, frozen.secret_key, frozen.token
+        return bedrock.sign_request(prepared.url, prepared.body, settings.region, access_key, secret_key, token)
+
+    def stream(self, prepared: Prepared, ctx: ResponseContext) -> StreamBridge:
+        from codexgate.providers import bedrock
+
+        translator = bedrock.StreamTranslator(
+            ctx, tools=prepared.extra["tools"], upstream_model=prepared.upstream_model
+        )
+        return StreamBridge(bedrock.EventStreamDecoder(), translator)
+
+    def whole(self, prepared: Prepared, ctx: ResponseContext, raw: bytes) -> JSON:
+        from codexgate.providers import bedrock
+
+        result: JSON = bedrock.translate_response(
+            json.loads(raw), ctx, tools=prepared.extra["tools"], upstream_model=prepared.upstream_model
+        )
+        return result
+
+    def error(self, status: int, raw: bytes) -> tuple[int, JSON]:
+        from codexgate.providers import bedrock
+
+        return bedrock.translate_error(status, raw)
+
+
+@dataclasses.dataclass
+class AnthropicAdapter:
+    settings: AnthropicProvider
+
+    def prepare(self, body: JSON, upstream_model: str, provider_name: str) -> Prepared:
+        from codexgate.providers import anthropic
+
+        options = TranslateOptions(provider_name=provider_name, default_max_tokens=self.settings.default_max_tokens)
+        payload = anthropic.build_request(body, upstream_model, options)
+        stream = bool(payload.get("stream"))
+        url, fixed = anthropic.request_target(self.settings.base_url, upstream_model, stream)
+        return Prepared(
+            url, dict(fixed), _json(payload), stream, upstream_model, list(options.dropped_tools),
+            extra={"info": anthropic.request_info(body, upstream_model)},
+        )  # fmt: skip
+
+    def credentials(self, prepared: Prepared, secrets: SecretResolver) -> dict[str, str]:
+        from codexgate.providers import anthropic
+
+        return anthropic.auth_headers(_first_secret(self.settings.keys, secrets))
+
+    def stream(self, prepared: Prepared, ctx: ResponseContext) -> StreamBridge:
+        from codexgate.providers import anthropic
+
+        return StreamBridge(anthropic.StreamDecoder(), anthropic.StreamTranslator(ctx, prepared.extra["info"]))
+
+    def whole(self, prepared: Prepared, ctx: ResponseContext, raw: bytes) -> JSON:
+        from codexgate.providers import anthropic
+
+        return anthropic.translate_response(json.loads(raw), ctx, prepared.extra["info"])
+
+    def error(self, status: int, raw: bytes) -> tuple[int, JSON]:
+        from codexgate.providers import anthropic
+
+        return anthropic.translate_error(status, raw)
+
+
+# kind -> adapter factory; families register here as their modules land.
+ADAPTERS: dict[str, Callable[[Any], Adapter]] = {
+    "chat": ChatAdapter,
+    "azure": ChatAdapter,
+    "gemini": GeminiAdapter,
+    "bedrock": BedrockAdapter,
+    "anthropic": AnthropicAdapter,
+}
+
+
+def adapter_for(settings: Any) -> Adapter | None:
+    factory = ADAPTERS.get(getattr(settings, "kind", ""))
+    return factory(settings) if factory else None
+
+
+__all__ = [
+    "ADAPTERS",
+    "CODEX_HEADERS",
+    "AnthropicProvider",
+    "BedrockProvider",
+    "GeminiProvider",
+    "Prepared",
+    "StreamBridge",
+    "adapter_for",
+    "new_context",
+]
