@@ -9,6 +9,7 @@ refused request, the bytes the client sent.
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import os
 from pathlib import Path
@@ -18,6 +19,7 @@ from mitmproxy.addonmanager import Loader
 
 from codexgate.audit import AuditWriter, audit_record
 from codexgate.flowstate import GatewayRequest, state_of
+from codexgate.guardrails import redact_text
 from codexgate.secrets import SecretResolver, SecretUnavailable
 
 logger = logging.getLogger(__name__)
@@ -126,6 +128,16 @@ class AuditLog:
         flow.metadata[AUDITED] = True
         try:
             record = audit_record(state, status, flow.request.raw_content or b"")
+            guardrails = state.policy.policy.guardrails
+            if guardrails is not None and guardrails.audit_content and state.body is not None:
+                # Content only when the policy asks for it, and then with every detector applied.
+                content = {
+                    name: state.body[name] for name in ("instructions", "input", "messages") if name in state.body
+                }
+                record["content"] = redact_text(json.dumps(content), guardrails.detectors_compiled())
+            findings = flow.metadata.get("codexgate.guardrail_findings")
+            if findings:
+                record["guardrail_findings"] = sorted(set(findings))
             if error is not None:
                 record["error"] = error
                 if record["decision"] in ("pending", "forwarded"):

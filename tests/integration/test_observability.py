@@ -110,3 +110,26 @@ def test_grafana_dashboard_uses_only_exported_metrics(observed: Gateway) -> None
     }
     assert used, "the dashboard queries nothing"
     assert used <= exported, f"dashboard uses metrics the gateway does not export: {sorted(used - exported)}"
+
+
+def test_audit_content_only_when_asked_and_redacted(tmp_path: Path, fake_openai: FakeOpenAI) -> None:
+    import json
+
+    policy = tmp_path / "policy.yaml"
+    policy.write_text(policy_text(fake_openai.url) + "guardrails: {action: log, audit_content: true}\n")
+    gateway = Gateway(policy, tmp_path / "data").start()
+    try:
+        secret = "AKIAIOSFODNN7ABCDEFG"
+        sdk = openai.OpenAI(api_key=ALICE_KEY, base_url=gateway.base_url, max_retries=0, timeout=20)
+        sdk.responses.create(model="mock-model", input=f"my key is {secret}, keep it safe")
+        time.sleep(0.3)
+    finally:
+        gateway.stop()
+    records = [
+        json.loads(line) for p in (tmp_path / "data" / "audit").glob("*.jsonl") for line in p.read_text().splitlines()
+    ]
+    record = next(r for r in records if r.get("model_requested") == "mock-model")
+    assert "keep it safe" in record["content"]  # the content is there, because the policy asked
+    assert secret not in record["content"] and "[REDACTED:aws_access_key_id]" in record["content"]
+    assert record["guardrail_findings"] == ["aws_access_key_id"]
+    assert cli_main(["audit", "verify", "--data-dir", str(tmp_path / "data")]) == 0
