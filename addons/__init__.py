@@ -22,6 +22,7 @@ def chain() -> list[Any]:
     from codexgate.addons.mock_upstream import MockUpstream
     from codexgate.addons.models_endpoint import ModelsEndpoint
     from codexgate.addons.policy_source import PolicySource
+    from codexgate.addons.resilience import Resilience
     from codexgate.addons.route import Route
     from codexgate.addons.seal import Seal
     from codexgate.addons.tls_scope import TlsScope
@@ -34,6 +35,7 @@ def chain() -> list[Any]:
     policy = PolicySource(metrics)
     limits = Limits(policy, metrics)
     tracing = Tracing()
+    resilience = Resilience(metrics)
     return [
         SecretMask(policy),  # moves itself ahead of mitmproxy's own addons
         MetricsExport(metrics),
@@ -46,11 +48,12 @@ def chain() -> list[Any]:
         Admit(),
         Guardrails(policy),  # after the team is known, before any budget is reserved
         ModelsEndpoint(),
-        Route(),
+        Route(resilience),
         limits,
         Credentials(),
         MockUpstream(),
         Seal(policy),
+        resilience,  # responseheaders: which relayed attempt answered, before its answer is translated
         Translate(),
         Meter(metrics),
         Charge(limits, metrics),

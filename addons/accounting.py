@@ -44,6 +44,7 @@ def accounting_record(state: GatewayRequest, status: int | None, error: str | No
         "usage": state.usage.as_dict() if state.usage else None,
         "cost_usd": round(state.cost_usd, 12) if state.cost_usd is not None else None,
         "charge": state.charge_basis,
+        "attempts": state.attempts,
         "duration_ms": round((now - state.started) * 1000, 1),
         "ttfb_ms": round((state.first_byte - state.started) * 1000, 1) if state.first_byte else None,
     }
@@ -82,6 +83,8 @@ class Accounting:
             headers["x-codexgate-provider"] = state.provider
         if state.upstream_model:
             headers["x-codexgate-model"] = state.upstream_model
+        if state.attempts is not None:
+            headers["x-codexgate-attempt-count"] = str(len(state.attempts))
 
     def response(self, flow: http.HTTPFlow) -> None:
         state = state_of(flow)
@@ -147,14 +150,14 @@ class Accounting:
             self._metrics.duration.labels(state.provider).observe(now - state.started)
             if state.first_byte is not None:
                 self._metrics.ttfb.labels(state.provider).observe(max(0.0, state.first_byte - state.started))
-        if state.forwarded_at is not None and state.provider:
+        if state.forwarded_at is not None and state.provider and state.attempts is None:
             now = time.time()
             self._metrics.upstream_latency.labels(state.provider).observe(max(0.0, now - state.forwarded_at))
             self._metrics.overhead.observe(max(0.0, state.forwarded_at - (state.received_at or state.started)))
             outcome = "ok" if status < 400 else f"http_{status}"
             if state.decision == "upstream_error":
                 outcome = "error"
-            self._metrics.attempts.labels(state.provider, outcome).inc()
+            self._metrics.attempts.labels(state.provider, outcome).inc()  # relayed ones count in the relay
 
     def _close(self) -> None:
         if self._file is not None:

@@ -33,6 +33,9 @@ class Credentials:
         for name in CLIENT_CREDENTIAL_HEADERS:
             flow.request.headers.pop(name, None)
         provider = state.policy.policy.providers[state.provider]
+        if state.relayed is not None:
+            state.cleared = True  # each relayed attempt carries its own provider credentials
+            return
         if isinstance(provider, MockProvider):
             state.cleared = True
             return
@@ -48,7 +51,7 @@ class Credentials:
             return
         if isinstance(provider, OpenAIProvider):
             try:
-                secret = self._secrets.resolve(provider.keys[0].value)
+                secret = self._secrets.resolve(provider.keys[state.key_index].value)
             except SecretUnavailable as exc:
                 self._unusable(flow, state.provider, exc)
                 return

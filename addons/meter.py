@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import time
@@ -16,10 +17,40 @@ from codexgate.usage import StreamUsageReader, usage_from_body
 logger = logging.getLogger(__name__)
 
 
+UPSTREAM_ERROR_MARKER = b"event: codexgate.upstream_error"
+
+
+def failed_event(state: GatewayRequest, reader: StreamUsageReader, marker: bytes) -> bytes:
+    """The relay's in-band note that the provider broke mid-stream, as the client's API says it."""
+    message = "the provider's stream broke off"
+    for line in marker.split(b"\n"):
+        if line.startswith(b"data:"):
+            with contextlib.suppress(ValueError):
+                message = f"{message}: {json.loads(line[5:]).get('message', '')}".rstrip(": ")
+    error = {"code": "server_error", "message": message}
+    if state.endpoint == "chat":
+        return f"data: {json.dumps({'error': dict(error, type='server_error')})}\n\n".encode()
+    response = {
+        "id": reader.response_id or f"resp_{state.request_id.replace('-', '')}", "object": "response",
+        "created_at": int(state.started), "status": "failed", "model": state.model_requested, "output": [],
+        "error": error, "incomplete_details": None, "instructions": None, "metadata": {}, "parallel_tool_calls": True,
+        "temperature": None, "tool_choice": "auto", "tools": [], "top_p": None,
+    }  # fmt: skip
+    event = {"type": "response.failed", "sequence_number": reader.events, "response": response}
+    return f"event: response.failed\ndata: {json.dumps(event)}\n\n".encode()
+
+
 def _observer(state: GatewayRequest, reader: StreamUsageReader) -> Callable[[bytes], bytes]:
     def observe(chunk: bytes) -> bytes:
         if state.first_byte is None and chunk:
             state.first_byte = time.time()
+        if UPSTREAM_ERROR_MARKER in chunk:
+            # The relay writes its marker whole and last: everything before it passes as it came.
+            head, _, tail = chunk.partition(UPSTREAM_ERROR_MARKER)
+            reader.feed(head)
+            failure = failed_event(state, reader, UPSTREAM_ERROR_MARKER + tail)
+            reader.feed(failure)
+            return head + failure
         try:
             reader.feed(chunk)
         except Exception:  # a reading problem must never disturb the stream itself

@@ -1,52 +1,87 @@
-"""Routes an admitted request to a provider deployment of its model, and points it there."""
+"""Routes an admitted request to a provider deployment of its model, and points it there.
+
+Candidates are the model's routes (and, for OpenAI-style providers, their keys) in weighted
+order with cooling-down deployments last, then the model's fallback models. One candidate (or a
+local mock first): the request goes straight to it. Several: it goes through the failover relay
+with every candidate prepared — translated anew for each provider — right before its attempt.
+"""
 
 from __future__ import annotations
 
 import json
 import logging
+from typing import Any
 
 from mitmproxy import http
 
+from codexgate.addons.resilience import Candidate, RelayedRequest, Resilience
 from codexgate.errors import error_response
 from codexgate.failsafe import fail_closed
 from codexgate.flowstate import GatewayRequest, Translation, refuse, state_of
-from codexgate.policies.loader import upstream_model
-from codexgate.policies.schema import OpenAIProvider
+from codexgate.metrics import GatewayMetrics
+from codexgate.policies.schema import MockProvider, OpenAIProvider
 from codexgate.providers.adapters import CODEX_HEADERS, Adapter, adapter_for, new_context
-from codexgate.providers.openai import upstream_target
+from codexgate.providers.openai import CLIENT_CREDENTIAL_HEADERS, auth_headers, upstream_target
+from codexgate.resilience import Attempt, Plan, Timeouts
 
 logger = logging.getLogger(__name__)
 
+# Never copied onto a relayed attempt: the relay makes its own connection and framing.
+HOP_HEADERS = (
+    "host", "content-length", "connection", "keep-alive", "transfer-encoding", "te", "upgrade", "trailer",
+    "proxy-connection", "content-encoding",
+)  # fmt: skip
+
+
+def chat_body_to_responses(state: GatewayRequest, body: dict[str, Any]) -> dict[str, Any]:
+    """A Chat Completions request for a provider reached through the Responses translators."""
+    from codexgate.providers import chat_ingress
+
+    return chat_ingress.chat_to_responses(body, dropped=[])
+
 
 class Route:
+    def __init__(self, resilience: Resilience | None = None) -> None:
+        self._resilience = resilience or Resilience(GatewayMetrics())
+
     @fail_closed
-    def request(self, flow: http.HTTPFlow) -> None:
+    async def request(self, flow: http.HTTPFlow) -> None:
         if flow.response or flow.error:
             return
         state = state_of(flow)
         if state is None or state.model is None or state.body is None:
             return
-        found = state.policy.lookup_model(state.model)
-        if found is None:
+        if state.policy.lookup_model(state.model) is None:
             raise RuntimeError(f"admitted model {state.model} has no entry")
-        canonical, entry = found
-        route = entry.routes[0]  # weights, health and fallbacks pick among routes in a later step
-        state.provider = route.provider
-        state.upstream_model = upstream_model(route, canonical)
-        provider = state.policy.policy.providers[route.provider]
+        candidates = await self._resilience.order(state)
+        providers = state.policy.policy.providers
+        first = candidates[0]
+        if len(candidates) == 1 or isinstance(providers[first.provider], MockProvider):
+            self._direct(flow, state, first)
+            return
+        relayable = [c for c in candidates if not isinstance(providers[c.provider], MockProvider)]
+        self._relayed(flow, state, relayable)
+
+    # -- one deployment: mitmproxy forwards the request itself ---------------------------------------
+
+    def _direct(self, flow: http.HTTPFlow, state: GatewayRequest, chosen: Candidate) -> None:
+        assert state.body is not None
+        state.provider, state.upstream_model = chosen.provider, chosen.upstream_model
+        state.key_index = chosen.key_index
+        provider = state.policy.policy.providers[chosen.provider]
+        adapter = adapter_for(provider)
+        if adapter is not None:
+            self._translated(flow, state, adapter)
+            return
         body = state.body
         rewrite = False
-        if body.get("model") != state.upstream_model:
-            body["model"] = state.upstream_model
+        if body.get("model") != chosen.upstream_model:
+            body["model"] = chosen.upstream_model
             rewrite = True
         if state.endpoint == "chat" and state.stream and not (body.get("stream_options") or {}).get("include_usage"):
             # Without it a Chat stream carries no usage and the request could not be accounted.
             body["stream_options"] = {**(body.get("stream_options") or {}), "include_usage": True}
             rewrite = True
-        adapter = adapter_for(provider)
-        if adapter is not None:
-            self._translated(flow, state, adapter)
-            return
         if isinstance(provider, OpenAIProvider):
             scheme, host, port, path = upstream_target(provider.base_url, state.endpoint or "responses")
             flow.request.url = f"{scheme}://{host}:{port}{path}"
@@ -59,19 +94,24 @@ class Route:
     @staticmethod
     def _translated(flow: http.HTTPFlow, state: GatewayRequest, adapter: Adapter) -> None:
         """Point the request at a provider that speaks another API, with its body translated."""
-        if state.endpoint != "responses":
-            refuse(
-                flow,
-                error_response(
-                    400, "endpoint_not_supported",
-                    f"provider {state.provider} is reached through the Responses API only (POST /v1/responses)",
-                ),
-                "endpoint_not_supported",
-            )  # fmt: skip
-            return
         assert state.body is not None and state.provider is not None
         upstream = state.upstream_model or state.model or ""
-        prepared = adapter.prepare(dict(state.body, stream=state.stream), upstream, state.provider)
+        try:
+            translation = prepare_translation(state, adapter, upstream, state.provider)
+        except ValueError as exc:  # a Chat Completions request the Responses API cannot express
+            body = getattr(exc, "body", None)
+            refuse(
+                flow,
+                http.Response.make(400, json.dumps(body()).encode(), {"content-type": "application/json"})
+                if callable(body)
+                else error_response(400, "invalid_request", str(exc)),
+                "invalid_body",
+            )
+            return
+        if translation is None:
+            refuse(flow, unsupported_chat(state.provider), "endpoint_not_supported")
+            return
+        prepared = translation.prepared
         headers = flow.request.headers
         for name in CODEX_HEADERS:
             headers.pop(name, None)
@@ -81,13 +121,102 @@ class Route:
         headers["content-type"] = "application/json"
         headers["accept-encoding"] = "identity"  # the answer is translated as it passes
         headers.update(prepared.headers)
-        state.translation = Translation(
-            adapter, prepared, new_context(state.model_requested or upstream, state.provider)
-        )
+        state.translation = translation
         if prepared.dropped_tools:
-            logger.info(
-                "request %s to %s: tools it cannot serve were dropped: %s",
-                state.request_id,
-                state.provider,
-                ", ".join(prepared.dropped_tools),
-            )
+            logger.info("request %s to %s: tools it cannot serve were dropped: %s", state.request_id,
+                        state.provider, ", ".join(prepared.dropped_tools))  # fmt: skip
+
+    # -- several deployments: the relay tries them in order -------------------------------------------
+
+    def _relayed(self, flow: http.HTTPFlow, state: GatewayRequest, candidates: list[Candidate]) -> None:
+        relay = self._resilience.relay
+        if relay is None:
+            raise RuntimeError("the failover relay is not running")
+        settings = state.policy.policy.gateway.resilience
+        relayed = RelayedRequest(token="", candidates=candidates)
+        client_headers = {
+            name: value
+            for name, value in flow.request.headers.items()
+            if name.lower() not in HOP_HEADERS and name.lower() not in CLIENT_CREDENTIAL_HEADERS
+        }
+
+        def build(index: int) -> Attempt | None:
+            if index >= len(candidates):
+                return None
+            return self._attempt(state, candidates[index], index, relayed, client_headers)
+
+        plan = Plan(
+            build,
+            Timeouts(
+                settings.connect_timeout, settings.first_byte_timeout, settings.idle_timeout, settings.total_timeout
+            ),
+            retry_after_max=settings.retry_after_max,
+            label=state.request_id,
+        )  # fmt: skip
+        relayed.token = relay.register(plan)
+        state.relayed = relayed
+        # Limits are reserved against the first choice; the answering attempt is recorded later.
+        state.provider, state.upstream_model = candidates[0].provider, candidates[0].upstream_model
+        flow.request.url = relay.url(relayed.token)
+        flow.request.headers["accept-encoding"] = "identity"
+
+    def _attempt(
+        self,
+        state: GatewayRequest,
+        candidate: Candidate,
+        index: int,
+        relayed: RelayedRequest,
+        client_headers: dict[str, str],
+    ) -> Attempt:
+        """The request for one candidate, prepared right before it is sent (keys, SigV4)."""
+        assert state.body is not None
+        provider = state.policy.policy.providers[candidate.provider]
+        secrets = self._resilience.secrets
+        adapter = adapter_for(provider)
+        if adapter is not None:
+            translation = prepare_translation(state, adapter, candidate.upstream_model, candidate.provider)
+            if translation is None:
+                raise ValueError(f"{candidate.provider} cannot serve {state.endpoint}")
+            headers = {k: v for k, v in client_headers.items() if k.lower() not in CODEX_HEADERS}
+            headers.update(translation.prepared.headers)
+            headers.update(adapter.credentials(translation.prepared, secrets))
+            headers["content-type"] = "application/json"
+            relayed.translations[index] = translation
+            return Attempt(candidate.label, translation.prepared.url, headers, translation.prepared.body)
+        if not isinstance(provider, OpenAIProvider):
+            raise ValueError(f"provider {candidate.provider} cannot be relayed")
+        body = dict(state.body, model=candidate.upstream_model)
+        if state.endpoint == "chat" and state.stream:
+            body["stream_options"] = {**(body.get("stream_options") or {}), "include_usage": True}
+        scheme, host, port, path = upstream_target(provider.base_url, state.endpoint or "responses")
+        headers = dict(client_headers)
+        headers.update(auth_headers(secrets.resolve(provider.keys[candidate.key_index].value)))
+        headers["content-type"] = "application/json"
+        return Attempt(candidate.label, f"{scheme}://{host}:{port}{path}", headers, json.dumps(body).encode())
+
+
+def prepare_translation(state: GatewayRequest, adapter: Adapter, upstream: str, provider: str) -> Translation | None:
+    """The translated request for one provider; Chat Completions clients go through the
+    Responses translators and get their answer back as Chat Completions."""
+    assert state.body is not None
+    chat_model: str | None = None
+    body = state.body
+    if state.endpoint == "chat":
+        body = chat_body_to_responses(state, body)
+        chat_model = state.model_requested
+    elif state.endpoint != "responses":
+        return None
+    prepared = adapter.prepare(dict(body, stream=state.stream), upstream, provider)
+    translation = Translation(adapter, prepared, new_context(state.model_requested or upstream, provider))
+    if chat_model is not None:
+        from codexgate.providers import chat_ingress
+
+        translation.chat_model = chat_model
+        translation.chat_usage = chat_ingress.wants_usage(state.body)
+    return translation
+
+
+def unsupported_chat(provider: str | None) -> http.Response:
+    return error_response(
+        400, "endpoint_not_supported", f"provider {provider} is reached through POST /v1/responses only"
+    )

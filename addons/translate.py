@@ -22,12 +22,19 @@ def _bridge_stream(state: GatewayRequest, translation: Translation) -> Callable[
     import time
 
     bridge = translation.bridge
+    chat = None
+    if translation.chat_model is not None:
+        from codexgate.providers.chat_ingress import ChatSSERelay
+
+        chat = ChatSSERelay(translation.chat_model, translation.chat_usage)
 
     def translate(chunk: bytes) -> bytes | list[bytes]:
         if state.first_byte is None and chunk:
             state.first_byte = time.time()
         try:
             out = bridge.feed(chunk) if chunk else bridge.feed(b"") + bridge.finish()
+            if chat is not None:
+                out = chat.feed(out) if chunk else chat.feed(out) + chat.finish()
         except Exception:
             logger.exception("stream translation failed for request %s", state.request_id)
             out = bridge.finish() if not chunk else b""
@@ -74,6 +81,13 @@ class Translate:
                 body = translation.adapter.whole(translation.prepared, translation.context, raw)
                 state.usage = usage_from_responses(body.get("usage"))
                 status = 200
+                if translation.chat_model is not None:
+                    from codexgate.providers import chat_ingress
+
+                    try:
+                        body = chat_ingress.responses_to_chat(body, model=translation.chat_model)
+                    except chat_ingress.UpstreamFailed as failed:
+                        status, body = failed.status, failed.body()
             else:
                 status, body = translation.adapter.error(flow.response.status_code, raw)
         except Exception:

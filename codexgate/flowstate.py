@@ -23,6 +23,8 @@ class Translation:
     prepared: Any  # providers.adapters.Prepared
     context: Any  # providers.base.ResponseContext
     bridge: Any = None  # providers.adapters.StreamBridge, once a stream is being translated
+    chat_model: str | None = None  # set when the client speaks Chat Completions: answers go back as Chat
+    chat_usage: bool = False  # the Chat client asked for a usage chunk
 
 
 @dataclasses.dataclass(eq=False)
@@ -52,6 +54,9 @@ class GatewayRequest:
     forwarded_at: float | None = None  # when Seal let the request leave for the provider
     accounted: bool = False
     translation: Translation | None = None
+    key_index: int = 0  # which of the provider's keys
+    relayed: Any = None  # addons.resilience.RelayedRequest when the failover relay carries the request
+    attempts: list[dict[str, Any]] | None = None  # what the relay tried, as it reported
     metering: Any = None  # addons.limits.Metering, once admission priced the request
     cost_usd: float | None = None
     charge_basis: str | None = None  # actual / estimate / upstream_error / release

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 from typing import Any
@@ -89,6 +90,10 @@ class StreamUsageReader:
                 self._chat_event(data)
 
     def _responses_event(self, name: str, data: str) -> None:
+        if name == "response.created" and self.response_id is None:
+            with contextlib.suppress(ValueError):
+                self.response_id = (json.loads(data).get("response") or {}).get("id")
+            return
         kind = name if name in RESPONSES_TERMINAL else None
         if (
             kind is None

@@ -129,6 +129,14 @@ def _cross_references(policy: Policy) -> list[tuple[Loc, str]]:
                         f"unknown provider {route.provider!r}; providers: {sorted(policy.providers)}",
                     )
                 )
+        for fallback_index, fallback in enumerate(entry.fallbacks):
+            if fallback not in policy.models or fallback == model_name:
+                problems.append(
+                    (
+                        ("models", model_name, "fallbacks", fallback_index),
+                        f"fallback {fallback!r} is not another model of this policy",
+                    )
+                )
         for alias_index, alias in enumerate([model_name, *entry.aliases]):
             if alias in names and names[alias] != model_name:
                 loc: Loc = ("models", model_name, "aliases", alias_index - 1) if alias_index else ("models", model_name)

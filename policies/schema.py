@@ -77,6 +77,7 @@ class SecretRef(Strict):
     """A provider credential, referenced and never written into the policy."""
 
     value: str = Field(description=REFERENCE_HELP)
+    weight: int = Field(default=1, ge=0, description="share of traffic among the provider's keys")
 
     @field_validator("value")
     @classmethod
@@ -233,11 +234,15 @@ TRANSLATED_KINDS = ("anthropic", "gemini", "bedrock", "chat", "azure")
 class Route(Strict):
     provider: Name
     model: str | None = Field(default=None, description="upstream model name; default: the model asked for")
+    weight: int = Field(default=1, ge=0, description="share of traffic among the model's routes")
 
 
 class ModelEntry(Limited):
     routes: list[Route] = Field(min_length=1)
     aliases: list[str] = Field(default_factory=list)
+    fallbacks: list[str] = Field(
+        default_factory=list, description="models tried in order when every route of this one failed (429/5xx/timeout)"
+    )
     price: Price | None = None
     output_allowance: int = Field(
         default=4096, ge=1, description="output tokens reserved per request before the real count is known"
@@ -279,6 +284,18 @@ class VirtualKey(Limited):
         return any(fnmatch.fnmatchcase(model, pattern) for pattern in self.models)
 
 
+class Resilience(Strict):
+    """When an upstream attempt is given up and the next deployment tried (before any byte
+    reached the client), and how long a failing deployment is left alone."""
+
+    connect_timeout: float = Field(default=5, gt=0)
+    first_byte_timeout: float = Field(default=60, gt=0)
+    idle_timeout: float = Field(default=60, gt=0, description="longest silence between stream chunks")
+    total_timeout: float = Field(default=900, gt=0)
+    cooldown_seconds: float = Field(default=30, ge=0, description="a failing deployment is skipped this long")
+    retry_after_max: float = Field(default=2.0, ge=0, description="a shorter provider Retry-After is waited out")
+
+
 class GatewaySettings(Strict):
     intercept_hosts: list[str] = Field(
         default_factory=lambda: ["api.openai.com"],
@@ -291,6 +308,7 @@ class GatewaySettings(Strict):
     on_store_error: Literal["closed", "open"] = Field(
         default="closed", description="when the counter store is unreachable: refuse (503) or admit unmetered"
     )
+    resilience: Resilience = Field(default_factory=Resilience)
     unknown_price: Literal["deny"] | Price = Field(
         default="deny", description="a model without a known price is refused, or charged this price"
     )

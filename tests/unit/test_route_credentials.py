@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import json
 import os
@@ -40,7 +41,7 @@ def routed(route, compiled, body, endpoint="responses", model=None, stream=None,
     stream = body.get("stream", False) if stream is None else stream
     state = governed(flow, compiled, key="alice", body=dict(body), endpoint=endpoint, stream=stream)
     state.model = model or compiled.lookup_model(body["model"])[0]
-    route.request(flow)
+    asyncio.run(route.request(flow))
     return flow, state
 
 
@@ -62,7 +63,7 @@ def test_same_upstream_model_keeps_the_bytes(route, compiled):
     flow = make_flow(url="http://127.0.0.1:4000/responses", body=raw)
     state = governed(flow, compiled, key="alice", body=json.loads(raw))
     state.model = "gpt-5.4-mini"
-    route.request(flow)
+    asyncio.run(route.request(flow))
     assert flow.request.url == "https://upstream.example.net:8443/openai/v1/responses"
     assert flow.request.content == raw
     assert state.upstream_model == "gpt-5.4-mini"

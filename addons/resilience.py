@@ -1,0 +1,162 @@
+"""Failover across deployments: weighted order, health cooldowns, and the relay that retries.
+
+mitmproxy streams only what it forwards itself and cannot send a request again elsewhere after
+a 429/5xx. A request with more than one candidate deployment (several routes or keys, or
+fallback models) is therefore pointed at the in-process relay (`codexgate.resilience.Relay`),
+which tries the candidates in order and streams the first good answer back through mitmproxy.
+This addon owns the relay and the health store, plans the candidates (`plan_candidates`, used by
+`Route`), and reads back which attempt answered (`responseheaders`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import json
+import logging
+import random
+from typing import Any
+
+from mitmproxy import ctx, http
+
+from codexgate.flowstate import GatewayRequest, state_of
+from codexgate.health import HealthStore, MemoryHealth, RedisHealth, try_order
+from codexgate.metrics import GatewayMetrics
+from codexgate.policies.loader import upstream_model
+from codexgate.policies.schema import MockProvider, OpenAIProvider
+from codexgate.resilience import Relay
+from codexgate.secrets import SecretResolver
+
+logger = logging.getLogger(__name__)
+
+# Outcomes after which a deployment is cooled down (the provider, not the request, was at fault).
+COOLDOWN_OUTCOMES = frozenset(
+    {"rate_limited", "overloaded", "server_error", "connect_error", "connection_reset", "tls_error",
+     "connect_timeout", "first_byte_timeout", "idle_timeout", "stream_broken"}
+)  # fmt: skip
+
+
+@dataclasses.dataclass(frozen=True)
+class Candidate:
+    label: str  # "provider/upstream-model#key": what attempts headers, logs and health use
+    model: str  # the policy model it serves (the asked one, or a fallback)
+    provider: str
+    upstream_model: str
+    key_index: int
+
+
+@dataclasses.dataclass
+class RelayedRequest:
+    """A request sent through the relay: its candidates and, per attempt, how to translate."""
+
+    token: str
+    candidates: list[Candidate]
+    translations: dict[int, Any] = dataclasses.field(default_factory=dict)
+
+
+def candidate_groups(state: GatewayRequest) -> list[list[tuple[Candidate, int]]]:
+    """(candidate, weight) groups: the asked model's routes (and keys), then each fallback model."""
+    policy = state.policy.policy
+    groups: list[list[tuple[Candidate, int]]] = []
+    assert state.model is not None
+    for model_name in [state.model, *policy.models[state.model].fallbacks]:
+        entry = policy.models[model_name]
+        group: list[tuple[Candidate, int]] = []
+        for route in entry.routes:
+            provider = policy.providers[route.provider]
+            upstream = upstream_model(route, model_name)
+            if isinstance(provider, MockProvider):
+                group.append(
+                    (Candidate(f"{route.provider}/{upstream}", model_name, route.provider, upstream, 0), route.weight)
+                )
+            elif isinstance(provider, OpenAIProvider):
+                for index, key in enumerate(provider.keys):
+                    label = f"{route.provider}/{upstream}#{index}"
+                    group.append(
+                        (Candidate(label, model_name, route.provider, upstream, index), route.weight * key.weight)
+                    )
+            else:
+                group.append(
+                    (Candidate(f"{route.provider}/{upstream}", model_name, route.provider, upstream, 0), route.weight)
+                )
+        groups.append(group)
+    return groups
+
+
+class Resilience:
+    def __init__(self, metrics: GatewayMetrics) -> None:
+        self._metrics = metrics
+        self.relay: Relay | None = None
+        self.health: HealthStore = MemoryHealth()
+        self.secrets = SecretResolver()
+        self.rng = random.Random()
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._cooldown = 30.0
+
+    def configure(self, updated: set[str]) -> None:
+        if "codexgate_store" in updated:
+            spec = ctx.options.codexgate_store
+            # Cooldowns are shared where limits are: in Redis when several instances run.
+            self.health = RedisHealth(spec) if spec.startswith(("redis://", "rediss://", "unix://")) else MemoryHealth()
+
+    async def running(self) -> None:
+        self.relay = Relay(on_attempt=self._on_attempt, on_auth_failure=self._on_auth_failure)
+        port = await self.relay.start()
+        logger.info("failover relay on 127.0.0.1:%d", port)
+
+    async def done(self) -> None:
+        if self.relay is not None:
+            await self.relay.stop()
+        close = getattr(self.health, "close", None)
+        if close is not None:
+            await close()
+
+    async def order(self, state: GatewayRequest) -> list[Candidate]:
+        self._cooldown = state.policy.policy.gateway.resilience.cooldown_seconds
+        ordered: list[Candidate] = []
+        for group in candidate_groups(state):
+            by_label = {candidate.label: candidate for candidate, _ in group}
+            for label in await try_order([(c.label, w) for c, w in group], self.health, self.rng):
+                ordered.append(by_label[label])
+        return ordered
+
+    def _on_attempt(self, deployment: str, outcome: str, status: int | None, seconds: float) -> None:
+        provider = deployment.split("/", 1)[0]
+        self._metrics.attempts.labels(provider, outcome).inc()
+        if outcome in COOLDOWN_OUTCOMES and self._cooldown > 0:
+            logger.warning("deployment %s %s (status %s); cooling it down for %.0f s", deployment, outcome, status,
+                           self._cooldown)  # fmt: skip
+            self._spawn(self.health.mark_down(deployment, self._cooldown, outcome))
+
+    def _on_auth_failure(self, deployment: str) -> None:
+        # A key the provider refuses stays refused: leave it alone much longer than a bad minute.
+        logger.error("provider refused the gateway's credentials for %s; cooling it down", deployment)
+        self._spawn(self.health.mark_down(deployment, max(self._cooldown, 1.0) * 20, "auth_error"))
+
+    def _spawn(self, coroutine: Any) -> None:
+        task = asyncio.get_running_loop().create_task(coroutine)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    def responseheaders(self, flow: http.HTTPFlow) -> None:
+        """Which attempt answered: its provider, model and translation become the request's."""
+        state = state_of(flow)
+        relayed: RelayedRequest | None = getattr(state, "relayed", None) if state else None
+        if state is None or relayed is None or flow.response is None:
+            return
+        headers = flow.response.headers
+        try:
+            state.attempts = json.loads(headers.get("x-codexgate-attempts", "[]"))
+        except ValueError:
+            state.attempts = []
+        index = headers.get("x-codexgate-attempt")
+        if index is None or not index.isdigit() or int(index) >= len(relayed.candidates):
+            # Every attempt failed: the relay answered with an OpenAI-shaped summary of them.
+            state.answered_locally = True
+            state.decision = "upstream_exhausted"
+            return
+        chosen = relayed.candidates[int(index)]
+        state.provider, state.upstream_model = chosen.provider, chosen.upstream_model
+        state.translation = relayed.translations.get(int(index))
+        if int(index) > 0:
+            headers["x-codexgate-fallback"] = chosen.label
