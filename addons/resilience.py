@@ -20,7 +20,7 @@ from typing import Any
 from mitmproxy import ctx, http
 
 from codexgate.flowstate import GatewayRequest, state_of
-from codexgate.health import HealthStore, MemoryHealth, RedisHealth, try_order
+from codexgate.health import HealthStore, MemoryHealth, RedisHealth, weighted_order
 from codexgate.metrics import GatewayMetrics
 from codexgate.policies.loader import upstream_model
 from codexgate.policies.schema import MockProvider, OpenAIProvider
@@ -116,9 +116,13 @@ class Resilience:
         ordered: list[Candidate] = []
         for group in candidate_groups(state):
             by_label = {candidate.label: candidate for candidate, _ in group}
-            for label in await try_order([(c.label, w) for c, w in group], self.health, self.rng):
-                ordered.append(by_label[label])
-        return ordered
+            ordered += [by_label[label] for label in weighted_order([(c.label, w) for c, w in group], self.rng)]
+        if len(ordered) < 2:
+            return ordered
+        # Cooling deployments go last, behind every healthy one (fallbacks included): a last
+        # resort beats refusing outright, since a cooldown may be over-cautious.
+        cooling = await self.health.down([c.label for c in ordered])
+        return [c for c in ordered if c.label not in cooling] + [c for c in ordered if c.label in cooling]
 
     def _on_attempt(self, deployment: str, outcome: str, status: int | None, seconds: float) -> None:
         provider = deployment.split("/", 1)[0]

@@ -8,6 +8,7 @@ accepts, the translated stream was one Codex accepts, and the tool round trip we
 from __future__ import annotations
 
 import json
+import time
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -20,6 +21,7 @@ from fakes import chat_upstream as chat_fake
 from fakes import gemini_upstream as gemini_fake
 from fakes.codex_cli import run_codex
 from fakes.gateway import ALICE_KEY, Gateway
+from fakes.openai_upstream import FakeOpenAI
 
 from codexgate.policies.keys import hash_key
 
@@ -35,6 +37,7 @@ def fakes() -> Iterator[dict[str, Any]]:
         "gemini": gemini_fake.FakeGemini().start(),
         "bedrock": bedrock_fake.FakeBedrock().start(),
         "anthropic": anthropic_fake.FakeAnthropic().start(),
+        "flaky": FakeOpenAI().start(),
     }
     yield started
     for fake in started.values():
@@ -58,8 +61,11 @@ providers:
     access_key_id: {{value: env:CG_AWS_AK}}
     secret_access_key: {{value: env:CG_AWS_SK}}
   claude: {{kind: anthropic, base_url: "{fakes["anthropic"].url}", keys: [{{value: env:CG_ANTHROPIC_KEY}}]}}
+  flaky: {{kind: openai, base_url: "{fakes["flaky"].url}", keys: [{{value: env:CG_TEST_UPSTREAM_KEY}}]}}
 models:
   claude-sonnet-4-5: {{routes: [{{provider: claude}}]}}
+  ha-model: {{routes: [{{provider: flaky}}], fallbacks: [claude-sonnet-4-5], {price}}}
+  flaky-only: {{routes: [{{provider: flaky}}], {price}}}
   chat-model: {{routes: [{{provider: groqish, model: upstream-model}}], {price}}}
   gemini-2.5-flash: {{routes: [{{provider: gem}}]}}
   bedrock-claude: {{routes: [{{provider: br, model: "anthropic.claude-sonnet-4-5-20250929-v1:0"}}]}}
@@ -190,3 +196,36 @@ def test_switching_provider_mid_session(fakes: dict[str, Any], provider_gateway:
     replayed = json.dumps(fakes["chat"].received[before].body)
     assert marker in replayed  # the earlier turn's tool output travelled to the new provider
     assert "cg1." not in replayed  # Gemini's reasoning envelope was not sent to another provider
+
+
+def test_codex_fails_over_to_another_provider_without_an_error(
+    fakes: dict[str, Any], provider_gateway: Gateway, tmp_path: Path
+) -> None:
+    marker = f"failover-{uuid.uuid4().hex[:8]}"
+    final = f"Claude took over: {marker}."
+    fakes["flaky"].failures.append((503, {}))  # the primary's bad minute
+    script_anthropic(fakes["anthropic"], marker, final)
+    result = run_codex(provider_gateway, "base-url", f"please run `echo {marker}`", tmp_path, model="ha-model")
+    output = result.stdout + result.stderr
+    assert result.returncode == 0, output
+    assert final in result.stdout
+    # Nothing shown to the developer: Codex prints its errors as "ERROR: ..." lines.
+    assert not [line for line in output.splitlines() if line.startswith("ERROR:")], output
+    assert "Reconnecting" not in output
+    records = [r for r in provider_gateway.accounting() if r["model_requested"] == "ha-model"][-2:]
+    assert [r["provider"] for r in records] == ["claude", "claude"]
+    assert records[0]["attempts"][0]["outcome"] == "overloaded"
+
+
+def test_codex_waits_out_a_429_when_no_fallback_is_left(
+    fakes: dict[str, Any], provider_gateway: Gateway, tmp_path: Path
+) -> None:
+    flaky = fakes["flaky"]
+    flaky.failures.append((429, {"retry-after": "1"}))
+    before = len(flaky.received)
+    started = time.monotonic()
+    result = run_codex(provider_gateway, "base-url", "say hello", tmp_path, model="flaky-only")
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "mock-model reply" in result.stdout or "say hello" in result.stdout
+    assert len(flaky.received) - before == 2  # the 429, then Codex's own retry after Retry-After
+    assert time.monotonic() - started >= 1.0

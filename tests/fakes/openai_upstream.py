@@ -40,6 +40,7 @@ class FakeOpenAI:
         self.hold_stream = threading.Event()  # set → streams send their first event, then wait
         self.release_stream = threading.Event()
         self.cut_stream = threading.Event()  # set → streams break after their first event
+        self.failures: list[tuple[int, dict[str, str]]] = []  # answered, in order, before normal answers
         self.port = 0
         self._loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self._loop.run_forever, daemon=True)
@@ -86,6 +87,10 @@ class FakeOpenAI:
                 },
                 status=401,
             )
+        if self.failures:
+            status, headers = self.failures.pop(0)
+            error = {"message": f"fake upstream says {status}", "type": "server_error", "code": None}
+            return web.json_response({"error": error}, status=status, headers=headers)
         body: dict[str, Any] = json.loads(raw)
         adapter = _RESPONSES_PARAMS if request.path == "/v1/responses" else _CHAT_PARAMS
         try:
