@@ -1,0 +1,73 @@
+"""A Chat Completions client (the openai SDK) using Claude through the gateway."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import openai
+import pytest
+from fakes import anthropic_upstream as anthropic_fake
+from fakes.gateway import ALICE_KEY, Gateway
+
+from codexgate.policies.keys import hash_key
+
+
+@pytest.fixture(scope="module")
+def claude() -> Iterator[anthropic_fake.FakeAnthropic]:
+    fake = anthropic_fake.FakeAnthropic().start()
+    yield fake
+    fake.stop()
+
+
+@pytest.fixture(scope="module")
+def claude_gateway(tmp_path_factory: pytest.TempPathFactory, claude: anthropic_fake.FakeAnthropic) -> Iterator[Gateway]:
+    root = tmp_path_factory.mktemp("chat-claude")
+    policy = root / "policy.yaml"
+    policy.write_text(
+        f"""\
+providers:
+  claude: {{kind: anthropic, base_url: "{claude.url}", keys: [{{value: env:CG_ANTHROPIC_KEY}}]}}
+models:
+  claude-sonnet-4-5: {{routes: [{{provider: claude}}]}}
+teams: {{platform: {{org: acme}}}}
+keys:
+  - {{name: alice, team: platform, hash: "{hash_key(ALICE_KEY)}"}}
+"""
+    )
+    gateway = Gateway(policy, root / "data", extra_env={"CG_ANTHROPIC_KEY": anthropic_fake.API_KEY}).start()
+    yield gateway
+    gateway.stop()
+
+
+def test_chat_completions_client_reaches_claude(claude_gateway: Gateway, claude: anthropic_fake.FakeAnthropic) -> None:
+    client = openai.OpenAI(api_key=ALICE_KEY, base_url=claude_gateway.base_url, max_retries=0, timeout=20)
+    claude.replies.append(anthropic_fake.Reply(content=[{"type": "text", "text": "Bonjour from Claude."}]))
+    completion = client.chat.completions.create(
+        model="claude-sonnet-4-5",
+        messages=[{"role": "system", "content": "be brief"}, {"role": "user", "content": "hi"}],
+    )
+    assert completion.choices[0].message.content == "Bonjour from Claude."
+    assert completion.usage is not None and completion.usage.prompt_tokens > 0
+    claude.replies.append(
+        anthropic_fake.Reply(
+            content=[{"type": "tool_use", "name": "get_weather", "input": {"city": "Paris"}}], stop_reason="tool_use"
+        )
+    )
+    tools = [{"type": "function", "function": {"name": "get_weather", "parameters": {
+        "type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]}}}]  # fmt: skip
+    chunks = list(
+        client.chat.completions.create(
+            model="claude-sonnet-4-5",
+            messages=[{"role": "user", "content": "weather?"}],
+            tools=tools,
+            stream=True,
+            stream_options={"include_usage": True},
+        )  # fmt: skip
+    )
+    calls = [c.choices[0].delta.tool_calls for c in chunks if c.choices and c.choices[0].delta.tool_calls]
+    assert calls and calls[0][0].function.name == "get_weather"
+    arguments = "".join(call[0].function.arguments or "" for call in calls)
+    assert arguments.replace(" ", "") == '{"city":"Paris"}'
+    assert [c.choices[0].finish_reason for c in chunks if c.choices and c.choices[0].finish_reason] == ["tool_calls"]
+    assert chunks[-1].usage is not None
+    assert not claude.invalid, claude.invalid
