@@ -59,6 +59,7 @@ from collections.abc import Iterable, Mapping
 from typing import Any
 
 from codexgate.providers.base import ResponseContext, TranslateOptions, open_reasoning, seal_reasoning
+from codexgate.providers.base import input_items as _input_items
 from codexgate.sse import SSEParser
 from codexgate.usage import Usage
 
@@ -218,13 +219,6 @@ class _ToolPlan:
     by_anthropic: dict[str, ToolRef]
     by_codex: dict[tuple[str, str | None], str]  # (name, namespace) -> Claude's name
     dropped: list[str]
-
-
-def _input_items(body: Mapping[str, Any]) -> list[JSON]:
-    items = body.get("input")
-    if isinstance(items, str):
-        return [{"type": "message", "role": "user", "content": items}]
-    return [item for item in items if isinstance(item, dict)] if isinstance(items, list) else []
 
 
 def _codex_tools(body: Mapping[str, Any]) -> tuple[list[tuple[JSON, str | None, str]], list[str]]:

@@ -33,10 +33,50 @@ provides, in its own module `providers/<family>.py`:
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Mapping
+from typing import Any
 
 from codexgate.usage import Usage
 
-__all__ = ["ResponseContext", "TranslateOptions", "Usage"]
+__all__ = ["ResponseContext", "TranslateOptions", "Usage", "input_items", "response_object"]
+
+
+def input_items(body: Mapping[str, Any]) -> list[dict[str, Any]]:
+    """A Responses request's `input` as a list of item dicts (a bare string is one user message)."""
+    items = body.get("input")
+    if isinstance(items, str):
+        return [{"type": "message", "role": "user", "content": items}]
+    return [item for item in items if isinstance(item, dict)] if isinstance(items, list) else []
+
+
+def response_object(
+    ctx: ResponseContext,
+    status: str,
+    output: list[dict[str, Any]],
+    usage: dict[str, Any] | None,
+    *,
+    error: dict[str, Any] | None = None,
+    incomplete: str | None = None,
+) -> dict[str, Any]:
+    """A Responses API `response` object as translators report it (SDK-valid, no extra keys)."""
+    return {
+        "id": ctx.response_id,
+        "object": "response",
+        "created_at": ctx.created_at,
+        "status": status,
+        "model": ctx.model,
+        "output": output,
+        "parallel_tool_calls": True,
+        "tool_choice": "auto",
+        "tools": [],
+        "usage": usage,
+        "error": error,
+        "incomplete_details": {"reason": incomplete} if incomplete else None,
+        "instructions": None,
+        "metadata": {},
+        "temperature": None,
+        "top_p": None,
+    }
 
 
 @dataclasses.dataclass(frozen=True)

@@ -76,8 +76,10 @@ from codexgate.providers.base import (
     TranslateOptions,
     Usage,
     open_reasoning,
+    response_object,
     seal_reasoning,
 )
+from codexgate.providers.base import input_items as _input_items
 
 __all__ = [
     "EventStreamDecoder",
@@ -235,13 +237,6 @@ def _tool_use_id(call_id: object) -> str:
         return text
     clean = re.sub(r"[^a-zA-Z0-9_.:-]", "_", text)
     return f"{clean[:50]}_{hashlib.sha256(text.encode()).hexdigest()[:12]}"
-
-
-def _input_items(body: Mapping[str, Any]) -> list[dict[str, Any]]:
-    items = body.get("input")
-    if isinstance(items, str):
-        return [{"type": "message", "role": "user", "content": items}]
-    return [item for item in items if isinstance(item, dict)] if isinstance(items, list) else []
 
 
 def _raw_tools(body: Mapping[str, Any]) -> list[dict[str, Any]]:
@@ -734,24 +729,7 @@ def _response_object(
     error: dict[str, Any] | None = None,
     incomplete: str | None = None,
 ) -> dict[str, Any]:
-    return {
-        "id": ctx.response_id,
-        "object": "response",
-        "created_at": ctx.created_at,
-        "status": status,
-        "model": ctx.model,
-        "output": output,
-        "parallel_tool_calls": True,
-        "tool_choice": "auto",
-        "tools": [],
-        "usage": usage,
-        "error": error,
-        "incomplete_details": {"reason": incomplete} if incomplete else None,
-        "instructions": None,
-        "metadata": {},
-        "temperature": None,
-        "top_p": None,
-    }
+    return response_object(ctx, status, output, usage, error=error, incomplete=incomplete)
 
 
 def _outcome_of(stop_reason: Any) -> tuple[str, dict[str, Any] | None]:

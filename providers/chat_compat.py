@@ -92,8 +92,10 @@ from codexgate.providers.base import (
     TranslateOptions,
     Usage,
     open_reasoning,
+    response_object,
     seal_reasoning,
 )
+from codexgate.providers.base import input_items as _input_items
 from codexgate.sse import SSEParser
 
 __all__ = [
@@ -326,13 +328,6 @@ class ToolMap:
 
 def _sanitize_name(name: str) -> str:
     return _NAME_OK.sub("_", name)[:64] or "tool"
-
-
-def _input_items(body: dict[str, Any]) -> list[dict[str, Any]]:
-    items = body.get("input")
-    if isinstance(items, str):
-        return [{"type": "message", "role": "user", "content": items}]
-    return [item for item in items if isinstance(item, dict)] if isinstance(items, list) else []
 
 
 def _codex_tools(body: dict[str, Any]) -> list[tuple[dict[str, Any], str | None]]:
@@ -884,24 +879,7 @@ def _response_object(
     error: dict[str, Any] | None = None,
     incomplete: str | None = None,
 ) -> dict[str, Any]:
-    return {
-        "id": ctx.response_id,
-        "object": "response",
-        "created_at": ctx.created_at,
-        "status": status,
-        "model": ctx.model,
-        "output": output,
-        "parallel_tool_calls": True,
-        "tool_choice": "auto",
-        "tools": [],
-        "usage": _responses_usage(usage),
-        "error": error,
-        "incomplete_details": {"reason": incomplete} if incomplete else None,
-        "instructions": None,
-        "metadata": {},
-        "temperature": None,
-        "top_p": None,
-    }
+    return response_object(ctx, status, output, _responses_usage(usage), error=error, incomplete=incomplete)
 
 
 _CONTEXT_WORDS = (

@@ -67,6 +67,7 @@ from collections.abc import Iterable, Mapping
 from typing import Any
 
 from codexgate.providers.base import ResponseContext, TranslateOptions, open_reasoning, seal_reasoning
+from codexgate.providers.base import input_items as _input_items
 from codexgate.sse import SSEParser
 from codexgate.usage import Usage
 
@@ -192,13 +193,6 @@ def _dict(value: Any) -> dict[str, Any]:
 
 def _str(value: Any) -> str:
     return value if isinstance(value, str) else ""
-
-
-def _input_items(body: Mapping[str, Any]) -> list[dict[str, Any]]:
-    items = body.get("input")
-    if isinstance(items, str):
-        return [{"type": "message", "role": "user", "content": items}]
-    return [item for item in items if isinstance(item, dict)] if isinstance(items, list) else []
 
 
 def _request_tools(body: Mapping[str, Any]) -> list[dict[str, Any]]:

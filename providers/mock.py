@@ -15,6 +15,7 @@ import uuid
 from typing import Any
 
 from codexgate.policies.schema import MockProvider
+from codexgate.providers.base import input_items as _input_items
 
 SHELL_TOOL_NAMES = ("shell_command", "exec_command", "shell", "container.exec", "local_shell")
 _RUN_REQUEST = re.compile(r"\brun\b[^`]*`([^`]+)`", re.IGNORECASE)
@@ -32,13 +33,6 @@ def _text_of(content: Any) -> str:
             part.get("text", "") for part in content if isinstance(part, dict) and isinstance(part.get("text"), str)
         )
     return ""
-
-
-def _input_items(body: dict[str, Any]) -> list[dict[str, Any]]:
-    items = body.get("input")
-    if isinstance(items, str):
-        return [{"type": "message", "role": "user", "content": items}]
-    return [item for item in items if isinstance(item, dict)] if isinstance(items, list) else []
 
 
 def _all_tools(body: dict[str, Any]) -> list[dict[str, Any]]:

@@ -10,7 +10,6 @@ each streamed event validated against `RawMessageStreamEvent`), `encode_sse(even
 
 from __future__ import annotations
 
-import asyncio
 import base64
 import binascii
 import collections.abc
@@ -19,7 +18,6 @@ import hashlib
 import hmac
 import json
 import re
-import threading
 import types
 import typing
 import uuid
@@ -32,6 +30,7 @@ from pydantic import TypeAdapter, ValidationError
 from typing_extensions import is_typeddict
 
 from fakes.sdk_validation import assert_no_extras
+from fakes.threaded import ThreadedApp
 
 API_KEY = "sk-ant-fake-upstream-key"
 ANTHROPIC_VERSION = "2023-06-01"
@@ -575,46 +574,23 @@ class Received:
         return document
 
 
-class FakeAnthropic:
+class FakeAnthropic(ThreadedApp):
     """Runs on its own event loop thread; `url` is its API root (POST {url}/v1/messages)."""
 
     def __init__(self) -> None:
+        super().__init__()
         self.received: list[Received] = []
         self.invalid: list[list[str]] = []
         self.replies: list[Reply] = []  # consumed in order; the default reply when empty
-        self.port = 0
-        self._loop = asyncio.new_event_loop()
-        self._thread = threading.Thread(target=self._loop.run_forever, daemon=True)
-        self._runner: web.AppRunner | None = None
 
     @property
     def url(self) -> str:
         return f"http://127.0.0.1:{self.port}"
 
-    def start(self) -> FakeAnthropic:
-        self._thread.start()
-        asyncio.run_coroutine_threadsafe(self._start(), self._loop).result(10)
-        return self
-
-    def stop(self) -> None:
-        if self._runner is not None:
-            asyncio.run_coroutine_threadsafe(self._runner.cleanup(), self._loop).result(10)
-        self._loop.call_soon_threadsafe(self._loop.stop)
-        self._thread.join(5)
-
     def reset(self) -> None:
         self.received.clear()
         self.invalid.clear()
         self.replies.clear()
-
-    async def _start(self) -> None:
-        app = web.Application()
-        app.router.add_route("*", "/{tail:.*}", self._handle)
-        self._runner = web.AppRunner(app)
-        await self._runner.setup()
-        site = web.TCPSite(self._runner, "127.0.0.1", 0)
-        await site.start()
-        self.port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
 
     @staticmethod
     def _error(status: int, kind: str, message: str, headers: dict[str, str] | None = None) -> web.Response:

@@ -11,7 +11,6 @@ scripted answer is itself checked against the service model's output shapes firs
 
 from __future__ import annotations
 
-import asyncio
 import base64
 import binascii
 import collections
@@ -21,7 +20,6 @@ import hmac
 import json
 import re
 import struct
-import threading
 import zlib
 from collections.abc import Iterable, Sequence
 from typing import Any
@@ -33,6 +31,8 @@ from botocore.awsrequest import AWSRequest
 from botocore.credentials import Credentials
 from botocore.model import Shape, StructureShape
 from botocore.validate import ParamValidator
+
+from fakes.threaded import ThreadedApp
 
 ACCESS_KEY = "AKIDFAKEBEDROCK00001"
 SECRET_KEY = "fake-bedrock-secret-key-for-tests"
@@ -410,18 +410,15 @@ class Received:
     body: bytes
 
 
-class FakeBedrock:
+class FakeBedrock(ThreadedApp):
     """Runs on its own event loop thread; `url` is its base URL (stands in for
     https://bedrock-runtime.{region}.amazonaws.com)."""
 
     def __init__(self) -> None:
+        super().__init__()
         self.received: list[Received] = []
         self.invalid: list[str] = []
         self.replies: collections.deque[Reply] = collections.deque()
-        self.port = 0
-        self._loop = asyncio.new_event_loop()
-        self._thread = threading.Thread(target=self._loop.run_forever, daemon=True)
-        self._runner: web.AppRunner | None = None
 
     @property
     def url(self) -> str:
@@ -429,26 +426,6 @@ class FakeBedrock:
 
     def script(self, *replies: Reply) -> None:
         self.replies.extend(replies)
-
-    def start(self) -> FakeBedrock:
-        self._thread.start()
-        asyncio.run_coroutine_threadsafe(self._start(), self._loop).result(10)
-        return self
-
-    def stop(self) -> None:
-        if self._runner is not None:
-            asyncio.run_coroutine_threadsafe(self._runner.cleanup(), self._loop).result(10)
-        self._loop.call_soon_threadsafe(self._loop.stop)
-        self._thread.join(5)
-
-    async def _start(self) -> None:
-        app = web.Application(client_max_size=64 * 1024 * 1024)
-        app.router.add_route("*", "/{tail:.*}", self._handle)
-        self._runner = web.AppRunner(app)
-        await self._runner.setup()
-        site = web.TCPSite(self._runner, "127.0.0.1", 0)
-        await site.start()
-        self.port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
 
     # -- checks ---------------------------------------------------------------------------
 

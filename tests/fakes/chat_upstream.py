@@ -13,11 +13,9 @@ counters in usage, and on requests only what the test passes as `request_extensi
 
 from __future__ import annotations
 
-import asyncio
 import collections.abc
 import dataclasses
 import json
-import threading
 import types
 import typing
 from typing import Any
@@ -30,6 +28,8 @@ from openai.types.chat.completion_create_params import (
     CompletionCreateParamsStreaming,
 )
 from pydantic import BaseModel, TypeAdapter, ValidationError
+
+from fakes.threaded import ThreadedApp
 
 # (TypedDict or model class name, key) pairs that hosts use beyond the SDK's types.
 REASONING_REPLAY_KEYS = frozenset(
@@ -187,19 +187,16 @@ class Received:
     body: dict[str, Any]
 
 
-class FakeChatHost:
+class FakeChatHost(ThreadedApp):
     """Runs on its own event loop thread; `url` is its base URL (…/v1)."""
 
     def __init__(self, expect_headers: dict[str, str] | None = None) -> None:
+        super().__init__()
         self.expect_headers = {k.lower(): v for k, v in (expect_headers or {"authorization": "Bearer sk-test"}).items()}
         self.request_extensions: frozenset[tuple[str, str]] = frozenset()
         self.received: list[Received] = []
         self.invalid: list[str] = []
         self.replies: list[Reply] = []
-        self.port = 0
-        self._loop = asyncio.new_event_loop()
-        self._thread = threading.Thread(target=self._loop.run_forever, daemon=True)
-        self._runner: web.AppRunner | None = None
 
     @property
     def url(self) -> str:
@@ -208,17 +205,6 @@ class FakeChatHost:
     @property
     def root(self) -> str:
         return f"http://127.0.0.1:{self.port}"
-
-    def start(self) -> FakeChatHost:
-        self._thread.start()
-        asyncio.run_coroutine_threadsafe(self._start(), self._loop).result(10)
-        return self
-
-    def stop(self) -> None:
-        if self._runner is not None:
-            asyncio.run_coroutine_threadsafe(self._runner.cleanup(), self._loop).result(10)
-        self._loop.call_soon_threadsafe(self._loop.stop)
-        self._thread.join(5)
 
     def script(self, *replies: Reply) -> None:
         for reply in replies:
@@ -235,15 +221,6 @@ class FakeChatHost:
         elif reply.status == 200:
             problems = answer_problems(reply.body, streamed=False)
             assert not problems, f"scripted body is not a real chat completion: {problems}"
-
-    async def _start(self) -> None:
-        app = web.Application(client_max_size=64 * 1024 * 1024)
-        app.router.add_route("*", "/{tail:.*}", self._handle)
-        self._runner = web.AppRunner(app)
-        await self._runner.setup()
-        site = web.TCPSite(self._runner, "127.0.0.1", 0)
-        await site.start()
-        self.port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
 
     def _refuse(self, status: int, message: str, code: str | None = None) -> web.Response:
         self.invalid.append(message)

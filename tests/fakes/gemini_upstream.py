@@ -32,6 +32,8 @@ import pydantic
 from aiohttp import web
 from google.genai import types
 
+from fakes.threaded import ThreadedApp
+
 API_KEY = "gm-upstream-test-key"
 DUMMY_SIGNATURE = "skip_thought_signature_validator"
 
@@ -446,10 +448,11 @@ class Received:
     mode: Mode
 
 
-class FakeGemini:
+class FakeGemini(ThreadedApp):
     """Runs on its own event loop thread; `url` is the API root (…/v1beta is added by clients)."""
 
     def __init__(self) -> None:
+        super().__init__()
         self.received: list[Received] = []
         self.invalid: list[str] = []
         self.replies: list[Reply] = []
@@ -470,26 +473,6 @@ class FakeGemini:
         self.received.clear()
         self.invalid.clear()
         self.replies.clear()
-
-    def start(self) -> FakeGemini:
-        self._thread.start()
-        asyncio.run_coroutine_threadsafe(self._start(), self._loop).result(10)
-        return self
-
-    def stop(self) -> None:
-        if self._runner is not None:
-            asyncio.run_coroutine_threadsafe(self._runner.cleanup(), self._loop).result(10)
-        self._loop.call_soon_threadsafe(self._loop.stop)
-        self._thread.join(5)
-
-    async def _start(self) -> None:
-        app = web.Application()
-        app.router.add_route("*", "/{tail:.*}", self._handle)
-        self._runner = web.AppRunner(app)
-        await self._runner.setup()
-        site = web.TCPSite(self._runner, "127.0.0.1", 0)
-        await site.start()
-        self.port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
 
     @staticmethod
     def _error(status: int, google_status: str, message: str, details: list[Any] | None = None) -> web.Response:

@@ -17,6 +17,7 @@ from pydantic import TypeAdapter, ValidationError
 from codexgate.policies.schema import MockProvider
 from codexgate.providers import mock
 from codexgate.sse import encode_chat_stream, encode_event
+from fakes.threaded import ThreadedApp
 
 _RESPONSES_PARAMS = TypeAdapter(ResponseCreateParamsBase)
 _CHAT_PARAMS = TypeAdapter(CompletionCreateParamsBase)
@@ -31,45 +32,24 @@ class Received:
     body: bytes
 
 
-class FakeOpenAI:
+class FakeOpenAI(ThreadedApp):
     """Runs on its own event loop thread; `url` is its base URL (…/v1)."""
 
     def __init__(self) -> None:
+        super().__init__()
         self.received: list[Received] = []
         self.invalid: list[str] = []
         self.hold_stream = threading.Event()  # set → streams send their first event, then wait
         self.release_stream = threading.Event()
         self.cut_stream = threading.Event()  # set → streams break after their first event
         self.failures: list[tuple[int, dict[str, str]]] = []  # answered, in order, before normal answers
-        self.port = 0
-        self._loop = asyncio.new_event_loop()
-        self._thread = threading.Thread(target=self._loop.run_forever, daemon=True)
-        self._runner: web.AppRunner | None = None
 
     @property
     def url(self) -> str:
         return f"http://127.0.0.1:{self.port}/v1"
 
-    def start(self) -> FakeOpenAI:
-        self._thread.start()
-        asyncio.run_coroutine_threadsafe(self._start(), self._loop).result(10)
-        return self
-
-    def stop(self) -> None:
+    def _before_stop(self) -> None:
         self.release_stream.set()
-        if self._runner is not None:
-            asyncio.run_coroutine_threadsafe(self._runner.cleanup(), self._loop).result(10)
-        self._loop.call_soon_threadsafe(self._loop.stop)
-        self._thread.join(5)
-
-    async def _start(self) -> None:
-        app = web.Application()
-        app.router.add_route("*", "/{tail:.*}", self._handle)
-        self._runner = web.AppRunner(app)
-        await self._runner.setup()
-        site = web.TCPSite(self._runner, "127.0.0.1", 0)
-        await site.start()
-        self.port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
 
     async def _handle(self, request: web.Request) -> web.StreamResponse:
         raw = await request.read()

@@ -7,9 +7,10 @@ import json
 from typing import Any
 
 import pytest
+from fakes.sdk_validation import assert_no_extras
 from openai.types.chat import ChatCompletion, ChatCompletionChunk
 from openai.types.responses import Response, ResponseStreamEvent
-from pydantic import BaseModel, TypeAdapter
+from pydantic import TypeAdapter
 
 from codexgate.policies.schema import MockProvider
 from codexgate.providers import mock
@@ -95,20 +96,6 @@ SETTINGS = [
     MockProvider(kind="mock"),
     MockProvider(kind="mock", output_tokens=50, cached_tokens=1_000_000, reasoning_tokens=10, input_tokens=20),
 ]
-
-
-def assert_no_extras(model: Any, where: str = "$") -> None:
-    """Fail on any key the SDK model did not know (pydantic keeps those in `model_extra`)."""
-    if isinstance(model, BaseModel):
-        assert not model.model_extra, f"{where} ({type(model).__name__}): unknown keys {sorted(model.model_extra)}"
-        for name in type(model).model_fields:
-            assert_no_extras(getattr(model, name), f"{where}.{name}")
-    elif isinstance(model, list | tuple):
-        for index, item in enumerate(model):
-            assert_no_extras(item, f"{where}[{index}]")
-    elif isinstance(model, dict):
-        for key, value in model.items():
-            assert_no_extras(value, f"{where}.{key}")
 
 
 def validate(adapter_or_model: Any, data: dict[str, Any]) -> Any:
