@@ -6,6 +6,17 @@ from typing import Any
 
 
 def chain() -> list[Any]:
+    """What mitmproxy loads: `SecretMask` (which must run before mitmproxy's own addons) and one
+    `Pipeline` running every other step in order (see `steps`)."""
+    from codexgate.addons.web_view import SecretMask
+    from codexgate.pipeline import Pipeline
+
+    all_steps = steps()
+    mask = next(step for step in all_steps if isinstance(step, SecretMask))
+    return [mask, Pipeline([step for step in all_steps if step is not mask])]
+
+
+def steps() -> list[Any]:
     """The addons in the order a request passes them."""
     from codexgate.addons.accounting import Accounting
     from codexgate.addons.admit import Admit

@@ -113,7 +113,11 @@ class Accounting:
             f" provider={record['provider']} status={status}"
             f" tokens={usage.get('input_tokens', 0)}in/{usage.get('output_tokens', 0)}out"
         )
-        logger.info(
+        # Refusals and failures are worth a line in the log; allowed traffic is in the accounting
+        # file (a log line per request costs ~0.1 ms of mitmproxy's single loop).
+        allowed = state.decision in ("forwarded", "answered") and status < 400
+        logger.log(
+            logging.DEBUG if allowed else logging.INFO,
             "%s %s key=%s team=%s model=%s provider=%s status=%s in=%s out=%s ms=%s",
             state.request_id[:8],
             state.decision,

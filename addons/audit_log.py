@@ -25,6 +25,8 @@ from codexgate.secrets import SecretResolver, SecretUnavailable
 logger = logging.getLogger(__name__)
 
 AUDITED = "codexgate.audited"
+SYNC_INTERVAL = 0.05  # seconds a record may wait for its fsync in "batch" mode
+
 OPTIONS = {
     "codexgate_audit",
     "codexgate_audit_dir",
@@ -64,8 +66,8 @@ class AuditLog:
             str,
             "batch",
             "When audit records reach the disk: 'always' (fsync per record, on the event loop: ~1-2 ms each "
-            "here), 'batch' (group commit in a background thread, one fsync covering every record written "
-            "meanwhile), 'off' (the OS decides).",
+            "here), 'batch' (group commit in a background thread: one fsync at most every 50 ms covering "
+            "every record written meanwhile), 'off' (the OS decides).",
             choices=["batch", "always", "off"],
         )
         loader.add_option(
@@ -159,18 +161,23 @@ class AuditLog:
             )
 
     def _schedule_sync(self) -> None:
-        """Group commit: one fsync at a time in a worker thread; what was written while it ran
-        is covered by the next one, started as soon as it returns."""
+        """Group commit: one fsync at a time in a worker thread, started at most every
+        SYNC_INTERVAL after the first unsynced record (at 200 req/s an fsync per record costs
+        ~0.4 ms of loop time each; batched, one covers every record of the interval)."""
         if self._syncing or self._writer is None:
             return
         try:
             loop = asyncio.get_running_loop()
         except RuntimeError:
             return  # no loop (tests calling hooks directly): the OS flushes on close
-        fd = self._writer.duplicate_fd()
-        if fd is None:
-            return
         self._syncing = True
+        loop.call_later(SYNC_INTERVAL, self._start_sync, loop)
+
+    def _start_sync(self, loop: asyncio.AbstractEventLoop) -> None:
+        fd = self._writer.duplicate_fd() if self._writer is not None else None
+        if fd is None:
+            self._syncing = False
+            return
         target = self._written
 
         def sync() -> None:

@@ -1,0 +1,90 @@
+"""The gateway's steps run as ONE mitmproxy addon.
+
+mitmproxy dispatches every event to every addon (measured here: ~4 µs per addon per event,
+whether it implements the hook or not), so two dozen addons cost about 0.5 ms per request —
+the largest part of the gateway's overhead over bare mitmdump (docs/benchmarks.md). The
+`Pipeline` keeps each step an ordinary mitmproxy-shaped addon (options in `load`, validation in
+`configure`, the usual hooks; each can still be loaded on its own, as the unit tests do), and
+calls, per hook, just the steps that implement it, in chain order.
+
+A step's exception in a traffic hook is logged and the next step still runs — as mitmproxy
+itself would do between addons; request-phase steps fail closed on their own
+(`codexgate.failsafe`), and `Seal` stops anything not cleared. Exceptions of `load`, `configure`
+and lifecycle hooks propagate to mitmproxy (an `OptionsError` must reach it).
+"""
+
+from __future__ import annotations
+
+import inspect
+import logging
+from collections.abc import Callable, Sequence
+from typing import Any
+
+logger = logging.getLogger(__name__)
+
+LIFECYCLE_HOOKS = ("load", "configure", "running", "done")
+TRAFFIC_HOOKS = (
+    "http_connect", "tls_clienthello", "requestheaders", "request", "responseheaders", "response", "error",
+)  # fmt: skip
+
+
+def _isolated_sync(hook: str, functions: list[Callable[..., Any]]) -> Callable[..., None]:
+    def dispatch(*args: Any) -> None:
+        for function in functions:
+            try:
+                function(*args)
+            except Exception:
+                logger.exception("%s failed in %s", hook, getattr(function, "__qualname__", function))
+
+    return dispatch
+
+
+def _isolated_async(hook: str, functions: list[Callable[..., Any]]) -> Callable[..., Any]:
+    async def dispatch(*args: Any) -> None:
+        for function in functions:
+            try:
+                result = function(*args)
+                if inspect.isawaitable(result):
+                    await result
+            except Exception:
+                logger.exception("%s failed in %s", hook, getattr(function, "__qualname__", function))
+
+    return dispatch
+
+
+def _propagating(functions: list[Callable[..., Any]], is_async: bool) -> Callable[..., Any]:
+    if not is_async:
+
+        def dispatch(*args: Any) -> None:
+            for function in functions:
+                function(*args)
+
+        return dispatch
+
+    async def dispatch_async(*args: Any) -> None:
+        for function in functions:
+            result = function(*args)
+            if inspect.isawaitable(result):
+                await result
+
+    return dispatch_async
+
+
+class Pipeline:
+    def __init__(self, steps: Sequence[Any]) -> None:
+        self.steps = list(steps)
+        for hook in LIFECYCLE_HOOKS + TRAFFIC_HOOKS:
+            functions = [getattr(step, hook) for step in self.steps if callable(getattr(step, hook, None))]
+            if not functions:
+                continue
+            is_async = any(inspect.iscoroutinefunction(function) for function in functions)
+            if hook in LIFECYCLE_HOOKS:
+                dispatcher = _propagating(functions, is_async)
+            elif is_async:
+                dispatcher = _isolated_async(hook, functions)
+            else:
+                dispatcher = _isolated_sync(hook, functions)
+            setattr(self, hook, dispatcher)
+
+    def __repr__(self) -> str:
+        return f"Pipeline({', '.join(type(step).__name__ for step in self.steps)})"
