@@ -1,0 +1,106 @@
+"""A fake OpenAI upstream for benchmarks: `POST /v1/responses` answers a small, valid,
+non-streamed Responses API object (with `usage`) at once.
+
+Only `Authorization: Bearer $BENCH_UPSTREAM_KEY` is accepted (401 otherwise), so a benchmark
+notices when a gateway forwards the client's virtual key instead of the provider key.
+
+    python bench/fake_upstream.py --port 18000
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import json
+import os
+import time
+
+from aiohttp import web
+
+_ids = itertools.count(1)
+
+
+def response_body(model: str, number: int) -> bytes:
+    """A minimal but complete Responses API `response` object."""
+    return json.dumps(
+        {
+            "id": f"resp_bench{number:012d}",
+            "object": "response",
+            "created_at": int(time.time()),
+            "status": "completed",
+            "error": None,
+            "incomplete_details": None,
+            "instructions": None,
+            "max_output_tokens": None,
+            "model": model,
+            "output": [
+                {
+                    "type": "message",
+                    "id": f"msg_bench{number:012d}",
+                    "status": "completed",
+                    "role": "assistant",
+                    "content": [{"type": "output_text", "text": "Hello from the bench upstream.", "annotations": []}],
+                }
+            ],
+            "parallel_tool_calls": True,
+            "previous_response_id": None,
+            "reasoning": {"effort": None, "summary": None},
+            "store": False,
+            "temperature": 1.0,
+            "text": {"format": {"type": "text"}},
+            "tool_choice": "auto",
+            "tools": [],
+            "top_p": 1.0,
+            "truncation": "disabled",
+            "usage": {
+                "input_tokens": 12,
+                "input_tokens_details": {"cached_tokens": 0, "cache_write_tokens": 0},
+                "output_tokens": 7,
+                "output_tokens_details": {"reasoning_tokens": 0},
+                "total_tokens": 19,
+            },
+            "user": None,
+            "metadata": {},
+        },
+        separators=(",", ":"),
+    ).encode()
+
+
+def make_app(api_key: str) -> web.Application:
+    expected = f"Bearer {api_key}"
+    unauthorized = json.dumps(
+        {"error": {"message": "bench upstream: wrong API key", "type": "invalid_request_error", "code": "bad_key"}}
+    ).encode()
+
+    async def responses(request: web.Request) -> web.Response:
+        raw = await request.read()
+        if request.headers.get("Authorization") != expected:
+            return web.Response(status=401, body=unauthorized, content_type="application/json")
+        try:
+            model = json.loads(raw).get("model") or "unknown"
+        except (ValueError, AttributeError):
+            model = "unknown"
+        return web.Response(body=response_body(str(model), next(_ids)), content_type="application/json")
+
+    async def health(_request: web.Request) -> web.Response:
+        return web.Response(text="ok")
+
+    app = web.Application(client_max_size=64 * 1024 * 1024)
+    app.router.add_post("/v1/responses", responses)
+    app.router.add_get("/health", health)
+    return app
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--port", type=int, required=True)
+    args = parser.parse_args()
+    api_key = os.environ.get("BENCH_UPSTREAM_KEY", "")
+    if not api_key:
+        raise SystemExit("fake_upstream: set BENCH_UPSTREAM_KEY")
+    web.run_app(make_app(api_key), host=args.host, port=args.port, access_log=None, print=None)
+
+
+if __name__ == "__main__":
+    main()
