@@ -15,6 +15,7 @@ estimate is input bytes / 4 tokens plus the model's `output_allowance` output to
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import logging
 import math
@@ -154,6 +155,7 @@ class Limits:
         self._metrics = metrics
         self.pricer = Pricer()
         self.store: CounterStore | None = None
+        self.pending_settlements: set[asyncio.Task[None]] = set()
         self._store_spec: tuple[str, str] | None = None
 
     def load(self, loader: Loader) -> None:
@@ -180,6 +182,9 @@ class Limits:
         self._store_spec = spec
 
     async def done(self) -> None:
+        # Settlements still on their way land before the store closes: nothing half-written.
+        if self.pending_settlements:
+            await asyncio.gather(*self.pending_settlements, return_exceptions=True)
         if self.store is not None:
             await self.store.close()
 
@@ -307,6 +312,14 @@ class Charge:
         state.charge_basis = how
         if not metering.reserved or self._limits.store is None:
             return
+        # The answer need not wait for the store: the cost is known (the accounting line and the
+        # audit record have it), and settling is idempotent and awaited at shutdown.
+        task = asyncio.get_running_loop().create_task(self._store_settle(state, amounts, how))
+        self._limits.pending_settlements.add(task)
+        task.add_done_callback(self._limits.pending_settlements.discard)
+
+    async def _store_settle(self, state: GatewayRequest, amounts: Amounts, how: str) -> None:
+        assert self._limits.store is not None
         try:
             if how == "release":
                 await self._limits.store.release(state.request_id)

@@ -498,11 +498,12 @@ def profiled_loadgen(
     return result
 
 
-def policy_text(upstream_port: int, limits: bool) -> str:
+def policy_text(upstream_port: int, limits: bool, guarded: bool = False) -> str:
     """The bench policy: one OpenAI-kind provider (the fake upstream), one priced model, one team.
 
     With `limits`: budgets and rate limits at org, team and model level (far above what the bench
-    uses), so every request also reserves and settles in the counter store (4 counters)."""
+    uses), so every request also reserves and settles in the counter store (4 counters).
+    With `guarded`: the guardrails section (every built-in detector, action log)."""
     org = team = model = ""
     if limits:
         org = ", budgets: [{limit_usd: 1000000, period: 1M}]"
@@ -527,7 +528,7 @@ orgs:
 teams:
   bench: {{org: bench, description: Benchmark{team}}}
 keys: []
-"""
+""" + ("guardrails: {action: log}\n" if guarded else "")
 
 
 def machine_info() -> dict[str, Any]:
@@ -813,7 +814,9 @@ def start_codexgate(
     `options` (NAME=VALUE) go into the gateway's confdir/config.yaml, which mitmproxy reads at start:
     for A/B runs that switch one part of the chain off (e.g. codexgate_audit=false)."""
     policy = work / f"{name}-policy.yaml"
-    policy.write_text(policy_text(upstream_port, limits=name.endswith("-limits")), encoding="utf-8")
+    policy.write_text(
+        policy_text(upstream_port, limits=name.endswith("-limits"), guarded="-guarded" in name), encoding="utf-8"
+    )
     cli = [sys.executable, "-m", "codexgate.cli"]
     created = subprocess.run(
         cli + ["keys", "create", "--policy", str(policy), "--name", "bench", "--team", "bench", "--models", MODEL],
