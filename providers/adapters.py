@@ -169,74 +169,94 @@ class ChatAdapter:
         return chat_compat.translate_error(status, raw)
 
 
-@dataclasses.dataclass
-class GeminiAdapter:
-    settings: GeminiProvider
+class FamilyAdapter:
+    """A family module with the common translator interface (`providers/base.py`): its request
+    builder, stream decoder and translators; subclasses say only what differs."""
+
+    module_name = ""
+    decoder_name = "StreamDecoder"
+
+    def __init__(self, settings: Any) -> None:
+        self.settings = settings
+
+    @property
+    def module(self) -> Any:
+        import importlib
+
+        return importlib.import_module(f"codexgate.providers.{self.module_name}")
+
+    def base_url(self) -> str:
+        return str(self.settings.base_url)
+
+    def extra(self, body: JSON, upstream_model: str) -> dict[str, Any]:
+        """What the answer's translation needs to know about the request (tool names, ...)."""
+        return {"tools": self.module.tool_map(body)}
+
+    def translator_args(self, prepared: Prepared) -> tuple[tuple[Any, ...], dict[str, Any]]:
+        return (), {"tools": prepared.extra["tools"], "upstream_model": prepared.upstream_model}
 
     def prepare(self, body: JSON, upstream_model: str, provider_name: str) -> Prepared:
-        from codexgate.providers import gemini
-
         options = TranslateOptions(provider_name=provider_name, default_max_tokens=self.settings.default_max_tokens)
-        payload = gemini.build_request(body, upstream_model, options)
+        payload = self.module.build_request(body, upstream_model, options)
         stream = bool(body.get("stream"))
-        url, fixed = gemini.request_target(self.settings.base_url, upstream_model, stream)
+        url, fixed = self.module.request_target(self.base_url(), upstream_model, stream)
         return Prepared(
             url, dict(fixed), _json(payload), stream, upstream_model, list(options.dropped_tools),
-            extra={"tools": gemini.tool_map(body)},
+            extra=self.extra(body, upstream_model),
         )  # fmt: skip
 
     def credentials(self, prepared: Prepared, secrets: SecretResolver) -> dict[str, str]:
-        from codexgate.providers import gemini
-
-        return gemini.auth_headers(_first_secret(self.settings.keys, secrets))
+        headers: dict[str, str] = self.module.auth_headers(_first_secret(self.settings.keys, secrets))
+        return headers
 
     def stream(self, prepared: Prepared, ctx: ResponseContext) -> StreamBridge:
-        from codexgate.providers import gemini
-
-        translator = gemini.StreamTranslator(ctx, tools=prepared.extra["tools"], upstream_model=prepared.upstream_model)
-        return StreamBridge(gemini.StreamDecoder(), translator)
+        args, kwargs = self.translator_args(prepared)
+        decoder = getattr(self.module, self.decoder_name)()
+        return StreamBridge(decoder, self.module.StreamTranslator(ctx, *args, **kwargs))
 
     def whole(self, prepared: Prepared, ctx: ResponseContext, raw: bytes) -> JSON:
-        from codexgate.providers import gemini
-
-        result: JSON = gemini.translate_response(
-            json.loads(raw), ctx, tools=prepared.extra["tools"], upstream_model=prepared.upstream_model
-        )
+        args, kwargs = self.translator_args(prepared)
+        result: JSON = self.module.translate_response(json.loads(raw), ctx, *args, **kwargs)
         return result
 
     def error(self, status: int, raw: bytes) -> tuple[int, JSON]:
-        from codexgate.providers import gemini
+        result: tuple[int, JSON] = self.module.translate_error(status, raw)
+        return result
 
-        return gemini.translate_error(status, raw)
+
+class GeminiAdapter(FamilyAdapter):
+    module_name = "gemini"
 
     def retry_after(self, raw: bytes) -> int | None:
-        from codexgate.providers import gemini
+        seconds: int | None = self.module.retry_after_seconds(raw)
+        return seconds
 
-        return gemini.retry_after_seconds(raw)
+
+class AnthropicAdapter(FamilyAdapter):
+    module_name = "anthropic"
+
+    def extra(self, body: JSON, upstream_model: str) -> dict[str, Any]:
+        return {"info": self.module.request_info(body, upstream_model)}
+
+    def translator_args(self, prepared: Prepared) -> tuple[tuple[Any, ...], dict[str, Any]]:
+        return (prepared.extra["info"],), {}
 
 
-@dataclasses.dataclass
-class BedrockAdapter:
-    settings: BedrockProvider
+class BedrockAdapter(FamilyAdapter):
+    module_name = "bedrock"
+    decoder_name = "EventStreamDecoder"
 
-    def prepare(self, body: JSON, upstream_model: str, provider_name: str) -> Prepared:
-        from codexgate.providers import bedrock
+    def base_url(self) -> str:
+        return str(self.settings.endpoint)
 
-        options = TranslateOptions(provider_name=provider_name, default_max_tokens=self.settings.default_max_tokens)
-        converse = bedrock.build_request(body, upstream_model, options)
-        stream = bool(body.get("stream"))
-        url, fixed = bedrock.request_target(self.settings.endpoint, upstream_model, stream)
-        return Prepared(
-            url, dict(fixed), _json(converse), stream, upstream_model, list(options.dropped_tools),
-            extra={"tools": bedrock.tool_names(body)},
-        )  # fmt: skip
+    def extra(self, body: JSON, upstream_model: str) -> dict[str, Any]:
+        return {"tools": self.module.tool_names(body)}
 
     def credentials(self, prepared: Prepared, secrets: SecretResolver) -> dict[str, str]:
         """SigV4 over exactly the URL and body that will be sent (signed anew per attempt)."""
-        from codexgate.providers import bedrock
         from codexgate.secrets import SecretUnavailable
 
-        settings = self.settings
+        settings: BedrockProvider = self.settings
         if settings.access_key_id is not None and settings.secret_access_key is not None:
             access_key = secrets.resolve(settings.access_key_id.value)
             secret_key = secrets.resolve(settings.secret_access_key.value)
@@ -249,65 +269,10 @@ class BedrockAdapter:
                 raise SecretUnavailable("no AWS credentials found (environment, shared config or instance role)")
             frozen = found.get_frozen_credentials()
             access_key, secret_key, token = frozen.access_key, frozen.secret_key, frozen.token
-        return bedrock.sign_request(prepared.url, prepared.body, settings.region, access_key, secret_key, token)
-
-    def stream(self, prepared: Prepared, ctx: ResponseContext) -> StreamBridge:
-        from codexgate.providers import bedrock
-
-        translator = bedrock.StreamTranslator(
-            ctx, tools=prepared.extra["tools"], upstream_model=prepared.upstream_model
+        headers: dict[str, str] = self.module.sign_request(
+            prepared.url, prepared.body, settings.region, access_key, secret_key, token
         )
-        return StreamBridge(bedrock.EventStreamDecoder(), translator)
-
-    def whole(self, prepared: Prepared, ctx: ResponseContext, raw: bytes) -> JSON:
-        from codexgate.providers import bedrock
-
-        result: JSON = bedrock.translate_response(
-            json.loads(raw), ctx, tools=prepared.extra["tools"], upstream_model=prepared.upstream_model
-        )
-        return result
-
-    def error(self, status: int, raw: bytes) -> tuple[int, JSON]:
-        from codexgate.providers import bedrock
-
-        return bedrock.translate_error(status, raw)
-
-
-@dataclasses.dataclass
-class AnthropicAdapter:
-    settings: AnthropicProvider
-
-    def prepare(self, body: JSON, upstream_model: str, provider_name: str) -> Prepared:
-        from codexgate.providers import anthropic
-
-        options = TranslateOptions(provider_name=provider_name, default_max_tokens=self.settings.default_max_tokens)
-        payload = anthropic.build_request(body, upstream_model, options)
-        stream = bool(payload.get("stream"))
-        url, fixed = anthropic.request_target(self.settings.base_url, upstream_model, stream)
-        return Prepared(
-            url, dict(fixed), _json(payload), stream, upstream_model, list(options.dropped_tools),
-            extra={"info": anthropic.request_info(body, upstream_model)},
-        )  # fmt: skip
-
-    def credentials(self, prepared: Prepared, secrets: SecretResolver) -> dict[str, str]:
-        from codexgate.providers import anthropic
-
-        return anthropic.auth_headers(_first_secret(self.settings.keys, secrets))
-
-    def stream(self, prepared: Prepared, ctx: ResponseContext) -> StreamBridge:
-        from codexgate.providers import anthropic
-
-        return StreamBridge(anthropic.StreamDecoder(), anthropic.StreamTranslator(ctx, prepared.extra["info"]))
-
-    def whole(self, prepared: Prepared, ctx: ResponseContext, raw: bytes) -> JSON:
-        from codexgate.providers import anthropic
-
-        return anthropic.translate_response(json.loads(raw), ctx, prepared.extra["info"])
-
-    def error(self, status: int, raw: bytes) -> tuple[int, JSON]:
-        from codexgate.providers import anthropic
-
-        return anthropic.translate_error(status, raw)
+        return headers
 
 
 # kind -> adapter factory; families register here as their modules land.
