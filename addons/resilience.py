@@ -19,6 +19,7 @@ from typing import Any
 
 from mitmproxy import ctx, http
 
+from codexgate.errors import error_response
 from codexgate.flowstate import GatewayRequest, state_of
 from codexgate.health import HealthStore, MemoryHealth, RedisHealth, weighted_order
 from codexgate.metrics import GatewayMetrics
@@ -141,6 +142,16 @@ class Resilience:
         task = asyncio.get_running_loop().create_task(coroutine)
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
+
+    def requestheaders(self, flow: http.HTTPFlow) -> None:
+        """The relay serves the gateway alone: a client cannot reach it through the proxy listener."""
+        relay = self.relay
+        if relay is None or flow.response is not None or flow.request.port != getattr(relay, "port", None):
+            return
+        if flow.request.host in ("127.0.0.1", "localhost", "::1"):
+            flow.response = error_response(
+                403, "forbidden_destination", "the gateway's internal relay is not reachable"
+            )
 
     def responseheaders(self, flow: http.HTTPFlow) -> None:
         """Which attempt answered: its provider, model and translation become the request's."""

@@ -153,3 +153,12 @@ def test_weights_split_traffic(ha_gateway: Gateway, upstreams: dict[str, FakeOpe
     assert 120 <= counts[0] <= 180, counts
     body = json.loads(heavy.received[-1].body)
     assert body["model"] == "gpt-weighted"
+
+
+def test_relay_is_not_reachable_through_the_proxy(ha_gateway: Gateway) -> None:
+    import re
+
+    port = int(re.search(r"failover relay listening on 127\.0\.0\.1:(\d+)", ha_gateway.log_text()).group(1))  # type: ignore[union-attr]
+    with httpx.Client(proxy=ha_gateway.proxy_url) as http:
+        answer = http.post(f"http://127.0.0.1:{port}/relay/guessed-token", content=b"{}")
+    assert answer.status_code == 403 and answer.json()["error"]["code"] == "forbidden_destination"
