@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -68,6 +69,10 @@ def limited_gateway(tmp_path: Path) -> Iterator[Gateway]:
 
 def test_codex_waits_out_a_rate_limit_then_succeeds(limited_gateway: Gateway, tmp_path: Path) -> None:
     marker = f"paced-{uuid.uuid4().hex[:8]}"
+    # The limit is one request per calendar-aligned 6 s window: start early in a window so both
+    # requests of the turn fall into the same one (otherwise the second may simply find room).
+    while time.time() % 6 > 1.0:
+        time.sleep(0.02)
     result = run_codex(limited_gateway, "base-url", f"please run `echo {marker}` and tell me", tmp_path, key=PACED_KEY)
     assert result.returncode == 0, result.stdout + result.stderr
     assert marker in result.stdout and "The command finished." in result.stdout
