@@ -12,8 +12,9 @@ from mitmproxy import http
 from codexgate.errors import error_response
 from codexgate.failsafe import fail_closed
 from codexgate.flowstate import refuse, state_of
+from codexgate.headers import CLIENT_CREDENTIAL_HEADERS
 from codexgate.policies.schema import MockProvider, OpenAIProvider
-from codexgate.providers.openai import CLIENT_CREDENTIAL_HEADERS, auth_headers
+from codexgate.providers.openai import auth_headers
 from codexgate.secrets import SecretResolver, SecretUnavailable
 
 logger = logging.getLogger(__name__)
@@ -60,12 +61,14 @@ class Credentials:
 
     @staticmethod
     def _unusable(flow: http.HTTPFlow, provider: str, exc: Exception) -> None:
+        # The detail (which variable, file or Vault path) is for the platform team's log only.
         logger.error("provider %s has no usable key: %s", provider, exc)
         refuse(
             flow,
             error_response(
                 503, "provider_credentials_unavailable",
-                f"provider {provider} is not usable right now: {exc}; tell your platform team",
+                f"provider {provider} is not usable right now (its credentials cannot be read); "
+                "tell your platform team",
             ),
             "provider_unavailable",
         )  # fmt: skip

@@ -17,11 +17,12 @@ from codexgate.addons.policy_source import PolicySource
 from codexgate.errors import error_response
 from codexgate.failsafe import fail_closed
 from codexgate.flowstate import state_of
+from codexgate.headers import CLIENT_CREDENTIAL_HEADERS
 from codexgate.policies.keys import KEY_PREFIX, hash_key
 
 logger = logging.getLogger(__name__)
 
-CREDENTIAL_HEADERS = ("authorization", "x-api-key", "api-key", "proxy-authorization", "cookie")
+VIRTUAL_KEY_REMOVED = "codexgate.virtual_key_removed"  # header names SecretMask already removed
 
 
 def carries_virtual_key(value: str, known_hashes: Mapping[str, object]) -> bool:
@@ -47,15 +48,15 @@ class KeyGuard:
         if flow.response or flow.error or state_of(flow) is not None:
             return
         policy = self._policy.current()
-        removed = [
+        removed = list(flow.metadata.get(VIRTUAL_KEY_REMOVED, ())) + [
             name
-            for name in CREDENTIAL_HEADERS
+            for name in CLIENT_CREDENTIAL_HEADERS
             if any(carries_virtual_key(v, policy.keys_by_hash) for v in flow.request.headers.get_all(name))
         ]
         if not removed:
             return
         for name in removed:
-            del flow.request.headers[name]
+            flow.request.headers.pop(name, None)
         host = flow.request.pretty_host.lower()
         logger.warning("virtual key removed from %s request to %s (%s)", flow.request.method, host, ", ".join(removed))
         flow.comment = f"codexgate: virtual key removed ({', '.join(removed)})"

@@ -18,10 +18,11 @@ from codexgate.addons.resilience import Candidate, RelayedRequest, Resilience
 from codexgate.errors import error_response
 from codexgate.failsafe import fail_closed
 from codexgate.flowstate import GatewayRequest, Translation, refuse, state_of
+from codexgate.headers import CLIENT_CREDENTIAL_HEADERS
 from codexgate.metrics import GatewayMetrics
 from codexgate.policies.schema import MockProvider, OpenAIProvider
 from codexgate.providers.adapters import CODEX_HEADERS, Adapter, adapter_for, new_context
-from codexgate.providers.openai import CLIENT_CREDENTIAL_HEADERS, auth_headers, upstream_target
+from codexgate.providers.openai import auth_headers, upstream_target
 from codexgate.resilience import Attempt, Plan, Timeouts
 
 logger = logging.getLogger(__name__)
@@ -33,7 +34,7 @@ HOP_HEADERS = (
 )  # fmt: skip
 
 
-def chat_body_to_responses(state: GatewayRequest, body: dict[str, Any]) -> dict[str, Any]:
+def chat_body_to_responses(body: dict[str, Any]) -> dict[str, Any]:
     """A Chat Completions request for a provider reached through the Responses translators."""
     from codexgate.providers import chat_ingress
 
@@ -202,7 +203,7 @@ def prepare_translation(state: GatewayRequest, adapter: Adapter, upstream: str, 
     chat_model: str | None = None
     body = state.body
     if state.endpoint == "chat":
-        body = chat_body_to_responses(state, body)
+        body = chat_body_to_responses(body)
         chat_model = state.model_requested
     elif state.endpoint != "responses":
         return None

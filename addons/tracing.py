@@ -43,8 +43,8 @@ from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapProp
 
 from codexgate import __version__
 from codexgate.addons.identify import CLIENT_CREDENTIALS_KEY
-from codexgate.addons.web_view import SECRET_HEADERS
 from codexgate.flowstate import GatewayRequest, state_of
+from codexgate.headers import SECRET_HEADERS
 
 logger = logging.getLogger(__name__)
 

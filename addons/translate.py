@@ -10,6 +10,7 @@ from collections.abc import Callable
 
 from mitmproxy import http
 
+from codexgate.errors import error_response
 from codexgate.flowstate import GatewayRequest, Translation, state_of
 from codexgate.usage import usage_from_responses
 
@@ -44,6 +45,16 @@ def _bridge_stream(state: GatewayRequest, translation: Translation) -> Callable[
     return translate
 
 
+def hide_credential_refusal(flow: http.HTTPFlow, provider: str) -> None:
+    """A provider refusing the gateway's credentials is the gateway's problem, not the client's,
+    and its message may quote part of the provider key ("Incorrect API key provided: sk-...")."""
+    assert flow.response is not None
+    logger.error("provider %s refused the gateway's credentials (HTTP %s)", provider, flow.response.status_code)
+    flow.response = error_response(
+        502, "upstream_auth_failed", f"provider {provider} refused the gateway's credentials; tell your platform team"
+    )
+
+
 class Translate:
     def responseheaders(self, flow: http.HTTPFlow) -> None:
         state = state_of(flow)
@@ -68,9 +79,11 @@ class Translate:
     def response(self, flow: http.HTTPFlow) -> None:
         state = state_of(flow)
         translation = state.translation if state else None
-        if state is None or translation is None or flow.response is None or state.answered_locally:
+        if state is None or flow.response is None or state.answered_locally:
             return
-        if not translation.prepared.translate:
+        if translation is None or not translation.prepared.translate:
+            if flow.response.status_code in (401, 403) and state.provider:
+                hide_credential_refusal(flow, state.provider)
             return
         if translation.bridge is not None:
             state.usage = translation.bridge.usage

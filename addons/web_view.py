@@ -17,15 +17,15 @@ from mitmproxy import ctx, http
 from mitmproxy.addonmanager import Loader
 
 from codexgate.addons.identify import CLIENT_CREDENTIALS_KEY
-from codexgate.addons.key_guard import carries_virtual_key
+from codexgate.addons.key_guard import VIRTUAL_KEY_REMOVED, carries_virtual_key
 from codexgate.addons.policy_source import PolicySource
 from codexgate.flowstate import state_of
+from codexgate.headers import CLIENT_CREDENTIAL_HEADERS, SECRET_HEADERS
 
 logger = logging.getLogger(__name__)
 
 MASKED = "***codexgate-masked***"
 # Where a credential can travel: the client's, and each provider family's.
-SECRET_HEADERS = ("authorization", "x-api-key", "api-key", "proxy-authorization", "x-goog-api-key", "cookie")
 
 
 def mask_value(value: str) -> str:
@@ -45,24 +45,31 @@ class SecretMask:
             addons.chain.insert(0, self)
 
     def requestheaders(self, flow: http.HTTPFlow) -> None:
+        headers = flow.request.headers
         try:
             policy = self._policy.current()
         except Exception:
-            return
-        headers = flow.request.headers
-        governed = policy.is_governed_host(flow.request.host, flow.request.port) or self._gateway_listener(flow)
-        saved: list[tuple[str, str]] = []
-        for name in SECRET_HEADERS:
-            for value in headers.get_all(name):
-                if governed or carries_virtual_key(value, policy.keys_by_hash):
-                    saved.append((name, value))
-        if not saved:
-            return
+            policy = None  # unsure what is governed: keep every credential out of sight
+        governed = policy is None or policy.is_governed_host(flow.request.host, flow.request.port)
+        governed = governed or self._gateway_listener(flow)
         if governed:
-            flow.metadata[CLIENT_CREDENTIALS_KEY] = saved
-            for name in {name for name, _ in saved}:
-                headers.set_all(name, [mask_value(v) for v in headers.get_all(name)])
-        # Ungoverned flows carrying a virtual key are KeyGuard's: it removes the headers.
+            saved = [(name, value) for name in SECRET_HEADERS for value in headers.get_all(name)]
+            if saved:
+                flow.metadata[CLIENT_CREDENTIALS_KEY] = saved
+                for name in {name for name, _ in saved}:
+                    headers.set_all(name, [mask_value(v) for v in headers.get_all(name)])
+            return
+        assert policy is not None
+        # Not governed: a virtual key must not leave, nor be shown. Removed here, before View
+        # publishes the flow; KeyGuard logs it and answers guard hosts.
+        removed = [
+            name for name in CLIENT_CREDENTIAL_HEADERS
+            if any(carries_virtual_key(value, policy.keys_by_hash) for value in headers.get_all(name))
+        ]  # fmt: skip
+        for name in removed:
+            del headers[name]
+        if removed:
+            flow.metadata[VIRTUAL_KEY_REMOVED] = removed
 
     def response(self, flow: http.HTTPFlow) -> None:
         self._mask_sent(flow)

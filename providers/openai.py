@@ -4,17 +4,6 @@ from __future__ import annotations
 
 from urllib.parse import urlsplit
 
-# Credentials a client may send; none of them may leave the gateway.
-CLIENT_CREDENTIAL_HEADERS = (
-    "authorization",
-    "x-api-key",
-    "api-key",
-    "proxy-authorization",
-    "openai-organization",
-    "openai-project",
-    "cookie",
-)
-
 ENDPOINT_PATHS = {"responses": "/responses", "chat": "/chat/completions"}
 
 

@@ -8,7 +8,6 @@ accepts, the translated stream was one Codex accepts, and the tool round trip we
 from __future__ import annotations
 
 import json
-import time
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -223,9 +222,7 @@ def test_codex_waits_out_a_429_when_no_fallback_is_left(
     flaky = fakes["flaky"]
     flaky.failures.append((429, {"retry-after": "1"}))
     before = len(flaky.received)
-    started = time.monotonic()
     result = run_codex(provider_gateway, "base-url", "say hello", tmp_path, model="flaky-only")
     assert result.returncode == 0, result.stdout + result.stderr
-    assert "mock-model reply" in result.stdout or "say hello" in result.stdout
+    assert "mock-model reply: say hello" in result.stdout  # the fake's answer, after Codex's retry
     assert len(flaky.received) - before == 2  # the 429, then Codex's own retry after Retry-After
-    assert time.monotonic() - started >= 1.0

@@ -43,6 +43,7 @@ class FakeOpenAI(ThreadedApp):
         self.release_stream = threading.Event()
         self.cut_stream = threading.Event()  # set → streams break after their first event
         self.failures: list[tuple[int, dict[str, str]]] = []  # answered, in order, before normal answers
+        self.failure_message: str | None = None
 
     @property
     def url(self) -> str:
@@ -69,7 +70,8 @@ class FakeOpenAI(ThreadedApp):
             )
         if self.failures:
             status, headers = self.failures.pop(0)
-            error = {"message": f"fake upstream says {status}", "type": "server_error", "code": None}
+            message = self.failure_message or f"fake upstream says {status}"
+            error = {"message": message, "type": "server_error", "code": None}
             return web.json_response({"error": error}, status=status, headers=headers)
         body: dict[str, Any] = json.loads(raw)
         adapter = _RESPONSES_PARAMS if request.path == "/v1/responses" else _CHAT_PARAMS

@@ -56,8 +56,13 @@ def sdk(gateway: Gateway) -> openai.OpenAI:
 
 
 def records(gateway: Gateway, session: str) -> list[dict]:
-    time.sleep(0.3)
-    return [r for r in gateway.accounting() if r["session_id"] == session]
+    """The accounting lines of a session, once its line has been written."""
+    deadline = time.monotonic() + 10
+    while True:
+        found = [r for r in gateway.accounting() if r["session_id"] == session]
+        if found or time.monotonic() > deadline:
+            return found
+        time.sleep(0.05)
 
 
 @pytest.mark.parametrize("status", [429, 500, 503])

@@ -150,7 +150,24 @@ def test_provider_without_credentials_fails_clearly(gateway: Gateway) -> None:
     with pytest.raises(openai.APIStatusError) as caught:
         client(gateway).responses.create(model="gpt-nokey", input="x")
     assert caught.value.status_code == 503
-    assert "CG_TEST_NOT_SET is not set" in str(caught.value)
+    assert caught.value.body["code"] == "provider_credentials_unavailable"  # type: ignore[index]
+    assert "CG_TEST_NOT_SET" not in str(caught.value)  # setup details stay in the gateway's log
+    time.sleep(0.2)
+    assert "provider nokey has no usable key: environment variable CG_TEST_NOT_SET is not set" in gateway.log_text()
+
+
+def test_provider_refusing_the_gateway_key_is_not_passed_through(gateway: Gateway, fake_openai: FakeOpenAI) -> None:
+    leaked = "Incorrect API key provided: sk-upst****test"
+    fake_openai.failures.append((401, {}))
+    fake_openai.failure_message = leaked
+    try:
+        with pytest.raises(openai.APIStatusError) as caught:
+            client(gateway).responses.create(model="gpt-test", input="x")
+    finally:
+        fake_openai.failure_message = None
+    assert caught.value.status_code == 502
+    assert caught.value.body["code"] == "upstream_auth_failed"  # type: ignore[index]
+    assert "sk-upst" not in caught.value.response.text
 
 
 def test_accounting_line_per_request_with_usage(gateway: Gateway) -> None:
@@ -212,13 +229,17 @@ def _check_key_stays(gateway: Gateway, fake_openai: FakeOpenAI, other_host: Fake
     with httpx.Client(proxy=gateway.proxy_url) as http:
         other = http.post(
             f"http://127.0.0.1:{other_host.port}/elsewhere",
-            headers={"authorization": f"Bearer {ALICE_KEY}", "x-api-key": ALICE_KEY, "x-other": "kept"},
+            headers={
+                "authorization": f"Bearer {ALICE_KEY}", "x-api-key": ALICE_KEY, "x-goog-api-key": ALICE_KEY,
+                "x-other": "kept",
+            },  # fmt: skip
             content=b"{}",
         )
     assert other.status_code == 401  # the fake upstream saw no credentials at all
     received = other_host.received
     assert len(received) == 1
     assert "authorization" not in received[0].headers and "x-api-key" not in received[0].headers
+    assert "x-goog-api-key" not in received[0].headers
     assert received[0].headers["x-other"] == "kept"
     assert all(ALICE_KEY not in r.headers.get("authorization", "") for r in fake_openai.received)
 

@@ -6,7 +6,6 @@ from __future__ import annotations
 import json
 import logging
 import os
-import time
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
@@ -243,11 +242,10 @@ def test_vault_unreachable_before_any_read_fails_fast_afterwards(vault: FakeVaul
     vault.stop()
     with pytest.raises(SecretUnavailable, match="cannot reach Vault"):
         resolver.resolve(VAULT_REF)
-    started = time.monotonic()
-    with pytest.raises(SecretUnavailable, match="cannot reach Vault"):
-        resolver.resolve(VAULT_REF)  # negative cache: no new attempt
-    assert time.monotonic() - started < 0.05
     vault.start()
+    with pytest.raises(SecretUnavailable, match="cannot reach Vault"):
+        resolver.resolve(VAULT_REF)  # negative cache: no new attempt, although Vault is back
+    assert vault.reads("secret", "providers/openai") == 0
     clock.advance(30)
     assert resolver.resolve(VAULT_REF) == KEY_ONE
     assert vault.reads("secret", "providers/openai") == 1
@@ -285,10 +283,8 @@ def test_vault_missing_path_field_mount_and_deleted_version(vault: FakeVault, cl
 def test_vault_hang_is_bounded(vault: FakeVault, clock: Clock) -> None:
     resolver = vault_resolver(vault, clock)  # default timeout: 2 s
     vault.hang = True
-    started = time.monotonic()
     with pytest.raises(SecretUnavailable, match="did not answer within 2 s"):
         resolver.resolve(VAULT_REF)
-    assert time.monotonic() - started < 3.5
     assert vault.reads("secret", "providers/openai") == 1
 
 
@@ -398,8 +394,6 @@ def test_aws_sm_needs_a_region(aws_sm: FakeSecretsManager, monkeypatch: pytest.M
 def test_aws_sm_hang_is_bounded(aws_sm: FakeSecretsManager, clock: Clock) -> None:
     resolver = SecretResolver(clock=clock)
     aws_sm.hang = True
-    started = time.monotonic()
     with pytest.raises(SecretUnavailable, match="did not answer within 2 s"):
         resolver.resolve("aws-sm:prod/openai")
-    assert time.monotonic() - started < 3.5
     assert aws_sm.reads("prod/openai") == 1  # no retries

@@ -35,6 +35,7 @@ if TYPE_CHECKING:  # only for annotations: test modules here are not a package, 
 
     from tests.stores.conftest import Backend
 
+HANG_GUARD = 10.0  # seconds: only a hang (not a slow machine) takes this long
 T = 1_700_000_000.0  # a fake "now"; a multiple of 10 so rolling 10 s buckets align on it
 DAY = 86400.0
 
@@ -551,10 +552,9 @@ def test_embedded_locked_file_raises_store_unavailable_promptly(tmp_path: Path) 
         holder = sqlite3.connect(path, isolation_level=None)
         try:
             holder.execute("BEGIN IMMEDIATE")  # another process holding the write lock
-            started = time.monotonic()
             with pytest.raises(StoreUnavailable, match="locked"):
-                await store.reserve("r1", [usd()], Amounts(usd=1), T + 1)
-            assert time.monotonic() - started < 2
+                # A hang guard (50x the busy timeout), not a speed claim: locked means an error, not a wait.
+                await asyncio.wait_for(store.reserve("r1", [usd()], Amounts(usd=1), T + 1), HANG_GUARD)
             holder.execute("ROLLBACK")
             assert (await store.reserve("r1", [usd()], Amounts(usd=1), T + 1)).admitted
         finally:
@@ -620,10 +620,9 @@ def test_redis_password_stays_out_of_messages() -> None:
 async def _assert_unavailable_promptly(op: Awaitable[Any]) -> float:
     started = time.monotonic()
     with pytest.raises(StoreUnavailable, match="unavailable"):
-        await op
-    elapsed = time.monotonic() - started
-    assert elapsed < 2, f"took {elapsed:.2f} s"
-    return elapsed
+        # A hang guard (far above the 0.5 s socket timeouts), not a speed claim: an error, not a hang.
+        await asyncio.wait_for(op, HANG_GUARD)
+    return time.monotonic() - started
 
 
 def test_redis_killed_server_raises_store_unavailable_promptly(fresh_redis_server: RedisServer) -> None:
