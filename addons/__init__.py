@@ -5,9 +5,10 @@ from __future__ import annotations
 from typing import Any
 
 
-def chain() -> list[Any]:
+def chain(shown: bool = True) -> list[Any]:
     """What mitmproxy loads: `SecretMask` (which must run before mitmproxy's own addons) and one
-    `Pipeline` running every other step in order (see `steps`)."""
+    `Pipeline` running every other step in order (see `steps`). `shown=False` where no one can
+    look at flows (the gateway master, without mitmweb): nothing to mask for, no view to trim."""
     import logging
 
     from codexgate.addons.web_view import SecretMask
@@ -16,12 +17,12 @@ def chain() -> list[Any]:
     # mitmproxy leaves the root logger at DEBUG and turns every record into an event for every
     # addon; codexgate's debug lines would cost ~0.2 ms a request even when nothing prints them.
     logging.getLogger("codexgate").setLevel(logging.INFO)
-    all_steps = steps()
+    all_steps = steps(shown)
     mask = next(step for step in all_steps if isinstance(step, SecretMask))
     return [mask, Pipeline([step for step in all_steps if step is not mask])]
 
 
-def steps() -> list[Any]:
+def steps(shown: bool = True) -> list[Any]:
     """The addons in the order a request passes them."""
     from codexgate.addons.accounting import Accounting
     from codexgate.addons.admit import Admit
@@ -52,8 +53,8 @@ def steps() -> list[Any]:
     limits = Limits(policy, metrics)
     tracing = Tracing()
     resilience = Resilience(metrics)
-    return [
-        SecretMask(policy),  # moves itself ahead of mitmproxy's own addons
+    chosen = [
+        SecretMask(policy, shown),  # moves itself ahead of mitmproxy's own addons
         MetricsExport(metrics),
         policy,
         TlsScope(policy),
@@ -79,3 +80,4 @@ def steps() -> list[Any]:
         FlowRetention(),
         GracefulShutdown(),  # last: a request counts as finished only once everything above settled it
     ]
+    return chosen if shown else [step for step in chosen if not isinstance(step, FlowRetention)]

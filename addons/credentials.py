@@ -12,7 +12,7 @@ from mitmproxy import http
 from codexgate.errors import error_response
 from codexgate.failsafe import fail_closed
 from codexgate.flowstate import refuse, state_of
-from codexgate.headers import CLIENT_CREDENTIAL_HEADERS
+from codexgate.headers import replace_headers, strip_client_credentials
 from codexgate.policies.schema import MockProvider, OpenAIProvider
 from codexgate.providers.openai import auth_headers
 from codexgate.secrets import SecretResolver, SecretUnavailable
@@ -31,8 +31,7 @@ class Credentials:
         state = state_of(flow)
         if state is None or state.provider is None:
             return
-        for name in CLIENT_CREDENTIAL_HEADERS:
-            flow.request.headers.pop(name, None)
+        strip_client_credentials(flow.request.headers)
         provider = state.policy.policy.providers[state.provider]
         if state.relayed is not None:
             state.cleared = True  # each relayed attempt carries its own provider credentials
@@ -56,7 +55,7 @@ class Credentials:
             except SecretUnavailable as exc:
                 self._unusable(flow, state.provider, exc)
                 return
-            flow.request.headers.update(auth_headers(secret))
+            replace_headers(flow.request.headers, auth_headers(secret))
             state.cleared = True
 
     @staticmethod

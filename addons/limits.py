@@ -29,6 +29,7 @@ from codexgate.addons.policy_source import PolicySource
 from codexgate.errors import error_response
 from codexgate.failsafe import fail_closed
 from codexgate.flowstate import GatewayRequest, refuse, state_of
+from codexgate.headers import replace_headers
 from codexgate.metrics import GatewayMetrics
 from codexgate.policies.schema import Limited, Price
 from codexgate.pricing import Pricer, PriceSource, PriceUnknown, price_provider_id
@@ -277,7 +278,7 @@ class Limits:
         if metering.unmetered:
             flow.response.headers["x-codexgate-metering"] = "unavailable"
         elif metering.admission is not None and metering.reserved:
-            flow.response.headers.update(ratelimit_headers(metering.admission.states, time.time()))
+            replace_headers(flow.response.headers, ratelimit_headers(metering.admission.states, time.time()))
 
 
 def actual_amounts(usage: Usage, cost: float) -> Amounts:

@@ -41,8 +41,8 @@ from typing import Any
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
 MODEL = "gpt-bench"
-PATHS = ("direct", "mitmdump", "codexgate", "codexgate-limits")
-DEFAULT_PATHS = ("direct", "mitmdump", "codexgate")
+PATHS = ("direct", "mitmdump", "mitmproxy-core", "codexgate", "codexgate-limits")
+DEFAULT_PATHS = ("direct", "mitmdump", "mitmproxy-core", "codexgate")
 UPSTREAM_KEY_ENV = "BENCH_UPSTREAM_KEY"
 TARGET_RATIO = 1.3
 QUIET_PCT = 25.0  # % of one core others may use before a run counts as disturbed
@@ -382,9 +382,13 @@ DISPATCH_FRAMES = ("AddonManager.", "traverse ", "Hook.args", "_GeneratorContext
 
 
 def _ours(frame: str) -> bool:
-    """A frame of codexgate's own code (this repository, or a copy of the package elsewhere)."""
+    """A frame of codexgate's own code (this repository, or a copy of the package elsewhere), not of
+    the libraries in a venv (which may live inside the repository, as `./dev` puts it)."""
     where = frame.partition(" (")[2]
-    return where.startswith(str(REPO) + "/") or ("/codexgate/" in where and "site-packages" not in where)
+    path = where.rsplit(":", 1)[0]
+    if "site-packages" in path or path.endswith(("/codexgate/master.py", "/codexgate/cli.py")):
+        return False  # libraries, and the process entry point that every stack passes through
+    return where.startswith(str(REPO) + "/") or "/codexgate/" in where
 
 
 def _frame_name(frame: str) -> str:
@@ -598,17 +602,21 @@ def added(results: dict[str, Any], path: str, rate: float, pct: str) -> float | 
     return None if a is None or b is None else a - b
 
 
-def key_ratio(open_results: dict[Any, Any], rate: float, gateway: str = "codexgate") -> float | None:
-    gate, bare = added(open_results, gateway, rate, "p50"), added(open_results, "mitmdump", rate, "p50")
+def key_ratio(
+    open_results: dict[Any, Any], rate: float, gateway: str = "codexgate", base: str = "mitmdump"
+) -> float | None:
+    gate, bare = added(open_results, gateway, rate, "p50"), added(open_results, base, rate, "p50")
     if gate is None or bare is None or bare <= 0:
         return None
     return gate / bare
 
 
-def round_ratios(open_results: dict[Any, Any], rate: float, gateway: str = "codexgate") -> list[float]:
+def round_ratios(
+    open_results: dict[Any, Any], rate: float, gateway: str = "codexgate", base: str = "mitmdump"
+) -> list[float]:
     """The key ratio of each interleaved round on its own: how much it moves from round to round."""
     try:
-        direct, bare, gate = (open_results[(p, rate)]["round_p50_ms"] for p in ("direct", "mitmdump", gateway))
+        direct, bare, gate = (open_results[(p, rate)]["round_p50_ms"] for p in ("direct", base, gateway))
     except KeyError:
         return []
     return [
@@ -680,6 +688,15 @@ def markdown_report(report: dict[str, Any]) -> str:
             f"{fmt(gate)} ms / {fmt(bare)} ms = **{ratio:.2f}** (target ≤ {TARGET_RATIO}: {verdict}; "
             f"per round: {per_round or '–'})",
         ]
+        core_ratio = key_ratio(open_results, rate, gateway, base="mitmproxy-core")
+        if core_ratio is not None:
+            core = added(open_results, "mitmproxy-core", rate, "p50")
+            core_rounds = ", ".join(f"{r:.2f}" for r in round_ratios(open_results, rate, gateway, "mitmproxy-core"))
+            lines.append(
+                f"\nThe chain on its own: ({gateway} added p50) / (mitmproxy-core added p50, the same master "
+                f"without the chain): {fmt(gate)} ms / {fmt(core)} ms = **{core_ratio:.2f}** (per round: "
+                f"{core_rounds or '–'})"
+            )
     for name, profile in report.get("profiles", {}).items():
         lines += [
             "",
@@ -806,6 +823,18 @@ def start_mitmdump(procs: Processes, work: Path, upstream_base: str, port: int, 
     )
 
 
+def start_proxy_core(procs: Processes, work: Path, upstream_base: str, port: int, env: dict[str, str]) -> None:
+    """codexgate's own master without the codexgate chain (the mitmproxy addons it keeps, no
+    others), in reverse mode: what the chain itself adds is codexgate minus this path."""
+    procs.start(
+        "mitmproxy-core",
+        [sys.executable, "-c", "from codexgate.master import main; main(with_chain=False)"]
+        + ["--mode", f"reverse:{upstream_base}@127.0.0.1:{port}"]
+        + ["--set", "connection_strategy=lazy", "--set", f"confdir={work / 'core-conf'}"],
+        env,
+    )
+
+
 def start_codexgate(
     procs: Processes, work: Path, name: str, upstream_port: int, env: dict[str, str], options: list[str]
 ) -> str:
@@ -867,8 +896,9 @@ def run_all(args: argparse.Namespace, procs: Processes, work: Path, body: str, r
         if name == "direct":
             targets[name] = {"url": f"{upstream_base}/v1/responses", "headers": upstream_headers, "server": "upstream"}
             continue
-        if name == "mitmdump":
-            start_mitmdump(procs, work, upstream_base, procs.ports[name], env)
+        if name in ("mitmdump", "mitmproxy-core"):
+            start = start_mitmdump if name == "mitmdump" else start_proxy_core
+            start(procs, work, upstream_base, procs.ports[name], env)
             headers = upstream_headers
         else:
             options = args.gateway_set + args.variant_options.get(name, [])
@@ -996,6 +1026,7 @@ def main(argv: list[str] | None = None) -> int:
         name: {
             "ratio": key_ratio(open_results, args.ratio_rate, name),
             "rounds": round_ratios(open_results, args.ratio_rate, name),
+            "ratio_over_mitmproxy_core": key_ratio(open_results, args.ratio_rate, name, "mitmproxy-core"),
         }
         for name in args.path_list
         if name.startswith("codexgate")

@@ -79,7 +79,10 @@ def mitm_arguments(
     gateway_port: int,
     store: str = "embedded",
     metrics_port: int = 0,
+    with_script: bool = False,
 ) -> list[str]:
+    """mitmproxy arguments for the two listeners and the chain's options. `with_script` loads the
+    chain as a mitmproxy script, for mitmweb; the gateway master (`codexgate.master`) has it built in."""
     args = [
         "--mode",
         f"regular@{listen_host}:{proxy_port}",
@@ -87,8 +90,6 @@ def mitm_arguments(
         f"reverse:{config.get('gateway_upstream', 'https://api.openai.com')}@{listen_host}:{gateway_port}",
         "--set",
         f"confdir={data_dir / 'mitmproxy'}",
-        "-s",
-        str(resources.files("codexgate.scripts").joinpath("codexgate_chain.py")),
         "--set",
         f"codexgate_policy={policy}",
         "--set",
@@ -98,6 +99,8 @@ def mitm_arguments(
         "--set",
         f"codexgate_metrics_port={metrics_port}",
     ]
+    if with_script:
+        args += ["-s", str(resources.files("codexgate.scripts").joinpath("codexgate_chain.py"))]
     for name, value in (config.get("options") or {}).items():
         if isinstance(value, bool):
             value = "true" if value else "false"
@@ -149,8 +152,8 @@ def cmd_up(args: argparse.Namespace) -> int:
         gateway_port=gateway_port,
         store=args.store or str(config.get("store", "embedded")),
         metrics_port=metrics_port,
+        with_script=args.web,
     )
-    tool = "mitmweb" if args.web else "mitmdump"
     if args.web:
         argv += ["--set", "web_open_browser=false", "--set", f"web_host={host}", "--set", f"web_port={args.web_port}"]
         if os.environ.get("CODEXGATE_WEB_PASSWORD"):
@@ -158,7 +161,12 @@ def cmd_up(args: argparse.Namespace) -> int:
         print(f"codexgate: mitmweb at http://{shown}:{args.web_port}/ (provider and virtual keys are masked)")
     for setting in args.set or []:
         argv += ["--set", setting]
-    os.execv(sys.executable, [sys.executable, "-c", f"from mitmproxy.tools.main import {tool}; {tool}()", *argv])
+    # mitmweb for inspection (all of mitmproxy's addons); otherwise the lean gateway master.
+    if args.web:
+        entry = "from mitmproxy.tools.main import mitmweb; mitmweb()"
+    else:
+        entry = "from codexgate.master import main; main()"
+    os.execv(sys.executable, [sys.executable, "-c", entry, *argv])
     return 0  # not reached
 
 

@@ -18,6 +18,7 @@ import stat
 import subprocess
 import sys
 import time
+import uuid
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -652,6 +653,77 @@ def test_redis_unresponsive_server_times_out_instead_of_hanging(fresh_redis_serv
             fresh_redis_server.proc.send_signal(signal.SIGCONT)
             # Back: the store recovers without being reopened.
             assert (await store.reserve("r3", [usd()], Amounts(usd=1), T + 3)).admitted
+        finally:
+            await store.close()
+
+    asyncio.run(body())
+
+
+def test_redis_settlements_ride_along_with_the_next_reservation(redis_server: RedisServer) -> None:
+    """A settlement waits for the next reservation and is done in its round trip; with none to come
+    it goes on its own after settle_batch_seconds, and close() never drops one still waiting."""
+    raw = redis.Redis.from_url(redis_server.url, decode_responses=True)
+    prefix = f"ride-{uuid.uuid4().hex[:8]}:"
+    budget = usd(limit=10)
+
+    async def body() -> None:
+        # Batch window far beyond the hang guard: a settle only finishes in time by riding along.
+        store = RedisStore(redis_server.url, prefix=prefix, settle_batch_seconds=3600)
+        try:
+            assert (await store.reserve("a", [budget], Amounts(usd=4), T + 1)).admitted
+            assert (await store.reserve("b", [budget], Amounts(usd=4), T + 2)).admitted
+            settle_a = asyncio.ensure_future(store.settle("a", Amounts(usd=1)))
+            release_b = asyncio.ensure_future(store.release("b"))
+            await asyncio.sleep(0)  # both now wait for a ride
+            assert not settle_a.done() and raw.exists(prefix + "r:a") == 1
+            # 4 + 4 held of 10: a third reservation of 4 fits only because a and b finish first,
+            # inside the same script run.
+            admission = await store.reserve("c", [budget], Amounts(usd=8), T + 3)
+            assert admission.admitted, admission
+            assert await asyncio.wait_for(settle_a, HANG_GUARD) is True
+            assert await asyncio.wait_for(release_b, HANG_GUARD) is True
+            assert raw.exists(prefix + "r:a") == 0 and raw.exists(prefix + "r:b") == 0
+            (state,) = await store.snapshot([budget], T + 4)
+            assert state.used == pytest.approx(1 + 8)
+            # Settled twice: the second finds nothing open, so nothing is charged twice.
+            again = asyncio.ensure_future(store.settle("a", Amounts(usd=5)))
+            await asyncio.sleep(0)
+            await store.reserve("d", [budget], Amounts(usd=0.5), T + 5)
+            assert await asyncio.wait_for(again, HANG_GUARD) is False
+            # No reservation comes: close() settles what still waits.
+            waiting = asyncio.ensure_future(store.settle("c", Amounts(usd=2)))
+            await asyncio.sleep(0)
+        finally:
+            await store.close()
+        assert await asyncio.wait_for(waiting, HANG_GUARD) is True
+        assert raw.exists(prefix + "r:c") == 0
+
+        # And with a short window, a lone settlement goes on its own.
+        store = RedisStore(redis_server.url, prefix=prefix, settle_batch_seconds=0.01)
+        try:
+            assert await asyncio.wait_for(store.settle("d", Amounts(usd=0.25)), HANG_GUARD) is True
+            (state,) = await store.snapshot([budget], T + 6)
+            assert state.used == pytest.approx(1 + 2 + 0.25)
+        finally:
+            await store.close()
+
+    try:
+        asyncio.run(body())
+    finally:
+        raw.close()
+
+
+def test_redis_waiting_settlement_fails_with_the_reservation_it_rides(fresh_redis_server: RedisServer) -> None:
+    async def body() -> None:
+        store = RedisStore(fresh_redis_server.url, settle_batch_seconds=3600)
+        try:
+            assert (await store.reserve("r1", [usd()], Amounts(usd=1), T + 1)).admitted
+            waiting = asyncio.ensure_future(store.settle("r1", Amounts(usd=1)))
+            await asyncio.sleep(0)
+            fresh_redis_server.kill()
+            await _assert_unavailable_promptly(store.reserve("r2", [usd()], Amounts(usd=1), T + 2))
+            # The caller of settle hears it too (and its reservation is charged as estimated once stale).
+            await _assert_unavailable_promptly(waiting)
         finally:
             await store.close()
 

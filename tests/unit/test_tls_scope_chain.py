@@ -117,6 +117,16 @@ def gateway(policy_file, tmp_path, upstream_env):
         asyncio.run(done())
 
 
+@pytest.fixture
+def unshown_gateway(policy_file, tmp_path, upstream_env):
+    """The chain as the gateway master runs it: no mitmweb, so nothing to mask for."""
+    addons = chain(shown=False)
+    with taddons.context(*addons) as tctx:
+        tctx.configure(addons[0], codexgate_policy=str(policy_file), codexgate_data_dir=str(tmp_path / "data"))
+        yield addons
+        asyncio.run(addons[1].done())
+
+
 def accounting_lines(tmp_path):
     return [json.loads(line) for line in (tmp_path / "data" / ACCOUNTING_FILE).read_text().splitlines()]
 
@@ -200,3 +210,26 @@ def test_chain_refusal_is_recorded_not_forwarded(gateway, tmp_path):
     assert record["decision"] == "model_not_allowed"
     assert record["status"] == 403
     assert record["usage"] is None
+
+
+def test_unshown_chain_skips_masking_but_still_removes_virtual_keys_bound_elsewhere(unshown_gateway):
+    assert not any(type(step).__name__ == "FlowRetention" for step in unshown_gateway[1].steps)
+    governed_flow = make_flow(
+        body={"model": "gpt-5.5", "input": "hi"}, headers={"authorization": f"Bearer {KEYS['alice']}"}
+    )
+    # A plain-http request through the proxy listener to a host the policy does not govern.
+    elsewhere = make_flow(
+        url="http://example.org/collect", body={"x": 1}, headers={"x-api-key": KEYS["alice"]}, mode="regular"
+    )
+
+    async def go():
+        for flow in (governed_flow, elsewhere):
+            await run_hooks(unshown_gateway, "requestheaders", flow)
+            await run_hooks(unshown_gateway, "request", flow)
+
+    asyncio.run(go())
+    # Identified from the headers themselves and swapped for the provider key (nothing masked: no one looks).
+    assert state_of(governed_flow).key.name == "alice"
+    assert governed_flow.request.headers["authorization"] == f"Bearer {UPSTREAM_SECRET}"
+    # The virtual key never leaves for another host, viewer or not.
+    assert "x-api-key" not in elsewhere.request.headers
