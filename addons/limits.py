@@ -150,6 +150,17 @@ def levels_of(state: GatewayRequest) -> list[tuple[str, str, Limited]]:
     return levels
 
 
+COUNTERS_CACHE_SIZE = 10_000
+
+
+@dataclasses.dataclass(frozen=True)
+class CachedCounters:
+    policy: Any  # the CompiledPolicy they were built from (a reload makes a new one)
+    counters: tuple[Counter, ...]
+    valid_from: float  # every window of these counters holds for now in [valid_from, valid_until)
+    valid_until: float
+
+
 class Limits:
     def __init__(self, policy: PolicySource, metrics: GatewayMetrics) -> None:
         self._policy = policy
@@ -158,6 +169,10 @@ class Limits:
         self.store: CounterStore | None = None
         self.pending_settlements: set[asyncio.Task[None]] = set()
         self._store_spec: tuple[str, str] | None = None
+        # A request's counters change only when one of their windows rolls over or the policy is
+        # reloaded, so they are built once per (policy, levels, windows), not per request.
+        self._counters_cache: dict[tuple[int, tuple[tuple[str, str], ...]], CachedCounters] = {}
+        self._budget_gauges: dict[str, Any] = {}
 
     def load(self, loader: Loader) -> None:
         loader.add_option(
@@ -224,7 +239,7 @@ class Limits:
             tokens=input_tokens + output_tokens,
         )
         now = time.time()
-        metering = Metering(price=price, estimate=estimate, counters=counters_for(levels_of(state), now))
+        metering = Metering(price=price, estimate=estimate, counters=self._counters(state, now))
         state.metering = metering
         if not metering.counters:
             return
@@ -254,8 +269,7 @@ class Limits:
         metering.admission = admission
         for counter_state in admission.states:
             if counter_state.counter.kind == "usd":
-                level, name, period = _level_label(counter_state.counter)
-                self._metrics.budget_remaining.labels(level, name, period).set(max(0.0, counter_state.remaining))
+                self._budget_gauge(counter_state.counter).set(max(0.0, counter_state.remaining))
         if admission.admitted:
             metering.reserved = True
             return
@@ -269,6 +283,32 @@ class Limits:
         else:
             headers["retry-after"] = str(max(1, math.ceil(counter.resets_at - now)))
             refuse(flow, error_response(429, "rate_limit_exceeded", message, headers=headers), "rate_limited")
+
+    def _counters(self, state: GatewayRequest, now: float) -> list[Counter]:
+        levels = levels_of(state)
+        cache_key = (id(state.policy), tuple((level, name) for level, name, _ in levels))
+        cached = self._counters_cache.get(cache_key)
+        if cached is not None and cached.policy is state.policy and cached.valid_from <= now < cached.valid_until:
+            return list(cached.counters)
+        counters = counters_for(levels, now)
+        if len(self._counters_cache) >= COUNTERS_CACHE_SIZE:
+            self._counters_cache.clear()  # policy reloads and many keys: start over rather than grow
+        self._counters_cache[cache_key] = CachedCounters(
+            state.policy,
+            tuple(counters),
+            max((c.bucket_start for c in counters), default=-math.inf),
+            min((c.resets_at for c in counters), default=math.inf),
+        )
+        return counters
+
+    def _budget_gauge(self, counter: Counter) -> Any:
+        gauge = self._budget_gauges.get(counter.counter_id)
+        if gauge is None:
+            if len(self._budget_gauges) >= COUNTERS_CACHE_SIZE:
+                self._budget_gauges.clear()
+            gauge = self._metrics.budget_remaining.labels(*_level_label(counter))
+            self._budget_gauges[counter.counter_id] = gauge
+        return gauge
 
     def responseheaders(self, flow: http.HTTPFlow) -> None:
         state = state_of(flow)

@@ -1,0 +1,52 @@
+"""Limits builds a request's counters once per (policy, levels, windows): what it hands out must
+always equal what `counters_for` computes at that moment."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from unit_support import governed, make_flow, policy_yaml
+
+from codexgate.addons.limits import Limits, counters_for, levels_of
+from codexgate.addons.policy_source import PolicySource
+from codexgate.metrics import GatewayMetrics
+from codexgate.policies.loader import load_policy
+
+pytest_plugins = ["unit_support"]
+
+T = 1_767_225_599.5  # 2025-12-31 23:59:59.5 UTC: the next second rolls minute, day, month and year
+
+
+def limited_policy(tmp_path: Path, name: str, team_budget: int) -> Path:
+    text = policy_yaml().replace(
+        "  platform: {org: acme}",
+        f"  platform: {{org: acme, budgets: [{{limit_usd: {team_budget}, period: 1M}}],"
+        " rate_limits: [{requests: 600, per: 1m}, {tokens: 5000, per: 1m, rolling: true}]}",
+    )
+    path = tmp_path / name
+    path.write_text(text)
+    return path
+
+
+def test_counters_follow_window_rollover_and_policy_reload(tmp_path, upstream_env):
+    limits = Limits(PolicySource(GatewayMetrics()), GatewayMetrics())
+    first = load_policy(limited_policy(tmp_path, "a.yaml", 500))
+    state = governed(make_flow(), first, key="alice", model="gpt-5.5")
+
+    def check(now: float) -> list:
+        got = limits._counters(state, now)
+        assert got == counters_for(levels_of(state), now)
+        return got
+
+    before = check(T)
+    assert {c.counter_id for c in before} == {
+        "team:platform/usd/1M", "team:platform/requests/1m", "team:platform/tokens/1m/rolling",
+    }  # fmt: skip
+    assert check(T + 0.2) == before  # same windows: served from the cache
+    after = check(T + 0.5)  # 2026-01-01 00:00:00: every window has rolled over
+    assert {c.counter_id: c.bucket_start for c in after} != {c.counter_id: c.bucket_start for c in before}
+    # A reload (a new policy object) is never served counters of the old one.
+    second = load_policy(limited_policy(tmp_path, "b.yaml", 50))
+    state.policy = second
+    (budget,) = [c for c in check(T + 0.6) if c.kind == "usd"]
+    assert budget.limit == 50
