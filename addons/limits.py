@@ -10,7 +10,10 @@ exactly once (the store makes settlement idempotent per request id).
 Overspend bound: admission only passes a request whose *estimate* fits, and reserves it, so
 N concurrent requests can overspend a cap only by what their actual costs exceed their
 estimates: at most sum(max(0, actual_i - estimate_i)) over the requests in flight. The
-estimate is input bytes / 4 tokens plus the model's `output_allowance` output tokens.
+estimate is input bytes / 4 tokens plus the model's `output_allowance` output tokens. With
+Redis, a settlement rides along with the instance's next reservation (applied before that one
+is checked) or goes alone after `SETTLE_BATCH_SECONDS` (20 ms); so for other instances "in
+flight" extends to requests answered within the last 20 ms.
 """
 
 from __future__ import annotations

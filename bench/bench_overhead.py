@@ -1,18 +1,19 @@
 """Gateway overhead benchmark: direct vs bare mitmdump vs codexgate, side by side, in one run.
 
-Three paths to the same fake OpenAI upstream (`bench/fake_upstream.py`, its own process):
+Paths to the same fake OpenAI upstream (`bench/fake_upstream.py`, its own process):
 
-  direct     client -> upstream
-  mitmdump   client -> `mitmdump --mode reverse:...` (no addons) -> upstream
-  codexgate  client -> `codexgate up` (full addon chain, base-URL listener) -> upstream
+  direct          client -> upstream
+  mitmdump        client -> `mitmdump --mode reverse:...` (no addons of ours) -> upstream
+  mitmproxy-core  client -> codexgate's master without the chain (codexgate.master) -> upstream
+  codexgate       client -> `codexgate up` (full addon chain, base-URL listener) -> upstream
 
 Open loop: requests leave on a fixed timetable whatever the answers do; latency counts from the
 *scheduled* send time, so a stalled server is charged for the requests queued behind it (no
 coordinated omission). Closed loop: N workers back to back, for the maximum throughput.
 The load generator is a separate process (this script re-run as `_loadgen`).
 
-    /tmp/venv/bin/python bench/bench_overhead.py                # ~2 minutes
-    /tmp/venv/bin/python bench/bench_overhead.py --rates 50,200 --duration 5 --json out.json
+    .venv/bin/python bench/bench_overhead.py                # ~2 minutes
+    .venv/bin/python bench/bench_overhead.py --rates 50,200 --duration 5 --json out.json
 """
 
 from __future__ import annotations
