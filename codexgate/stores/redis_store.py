@@ -301,6 +301,9 @@ class RedisStore:
         ]
         riders = self._pending[:SETTLE_BATCH_MAX]
         del self._pending[: len(riders)]
+        if not self._pending and self._flush_timer is not None:
+            self._flush_timer.cancel()  # nothing left to send alone
+            self._flush_timer = None
         args.append(len(riders))
         for c in counters:
             lo, hi = window(c, now)
@@ -345,6 +348,8 @@ class RedisStore:
 
     def _start_flush(self) -> None:
         self._flush_timer = None
+        if not self._pending:
+            return
         task = asyncio.get_running_loop().create_task(self._flush())
         self._flushes.add(task)
         task.add_done_callback(self._flushes.discard)
