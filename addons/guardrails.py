@@ -89,12 +89,14 @@ class Guardrails:
         self._extra.append(detector)
         self._cache_settings = None
 
-    def settings(self) -> GuardrailSettings | None:
+    def settings(self, compiled: Any = None) -> GuardrailSettings | None:
+        """The guardrails of `compiled` (the policy a request was admitted under, so one request
+        sees one policy throughout), else of the current policy."""
         if self._override is not None:
             return self._override
         if self._policy is None:
             return None
-        settings = getattr(self._policy.current().policy, "guardrails", None)
+        settings = getattr((compiled or self._policy.current()).policy, "guardrails", None)
         return settings if isinstance(settings, GuardrailSettings) else None
 
     @fail_closed
@@ -104,7 +106,7 @@ class Guardrails:
         state = state_of(flow)
         if state is None or state.body is None or state.endpoint not in ("responses", "chat"):
             return
-        settings = self.settings()
+        settings = self.settings(state.policy)
         if settings is None:
             return
         if settings is not self._cache_settings:  # new policy or new detectors: forget old results

@@ -9,7 +9,7 @@ import time
 from mitmproxy import http
 
 from codexgate.failsafe import fail_closed
-from codexgate.flowstate import state_of
+from codexgate.flowstate import answer_locally, state_of
 from codexgate.policies.schema import MockProvider
 from codexgate.providers import mock
 from codexgate.sse import encode_chat_stream, encode_responses_stream
@@ -43,6 +43,6 @@ class MockUpstream:
             content = json.dumps(mock.chat_body(state.body, model, input_tokens, settings)).encode()
             content_type = "application/json"
         state.first_byte = time.time()
-        state.answered_locally = True
-        state.decision = "answered"
-        flow.response = http.Response.make(200, content, {"content-type": content_type, "cache-control": "no-cache"})
+        answer_locally(
+            flow, http.Response.make(200, content, {"content-type": content_type, "cache-control": "no-cache"})
+        )

@@ -8,7 +8,7 @@ from mitmproxy import http
 
 from codexgate.errors import error_response
 from codexgate.failsafe import fail_closed
-from codexgate.flowstate import refuse, state_of
+from codexgate.flowstate import answer_locally, refuse, state_of
 
 
 class ModelsEndpoint:
@@ -40,6 +40,5 @@ class ModelsEndpoint:
             payload: dict = match[0]
         else:
             payload = {"object": "list", "data": visible}
-        flow.response = http.Response.make(200, json.dumps(payload).encode(), {"content-type": "application/json"})
-        state.answered_locally = True
-        state.decision = "answered"
+        content = json.dumps(payload).encode()
+        answer_locally(flow, http.Response.make(200, content, {"content-type": "application/json"}))

@@ -11,8 +11,8 @@ import time
 from mitmproxy import http
 
 from codexgate.addons.policy_source import PolicySource
-from codexgate.errors import error_response
-from codexgate.flowstate import refuse, state_of
+from codexgate.failsafe import refuse_internal
+from codexgate.flowstate import state_of
 
 logger = logging.getLogger(__name__)
 
@@ -39,10 +39,4 @@ class Seal:
             logger.error(
                 "request %s to %s was not cleared by the policy chain; refused", flow.id, flow.request.pretty_url
             )
-            refuse(
-                flow,
-                error_response(
-                    500, "gateway_internal_error", f"codexgate internal error (request {flow.id}); see gateway log"
-                ),
-                "internal_error",
-            )
+            refuse_internal(flow)

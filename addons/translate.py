@@ -10,7 +10,7 @@ from collections.abc import Callable
 
 from mitmproxy import http
 
-from codexgate.errors import error_response
+from codexgate.errors import error_object, error_response
 from codexgate.flowstate import GatewayRequest, Translation, state_of
 from codexgate.usage import usage_from_responses
 
@@ -106,8 +106,8 @@ class Translate:
         except Exception:
             logger.exception("cannot translate the answer of %s (status %s)", state.provider, flow.response.status_code)
             status = 502
-            body = {"error": {"message": f"codexgate could not translate the answer of provider {state.provider}",
-                              "type": "server_error", "code": "translation_failed", "param": None}}  # fmt: skip
+            message = f"codexgate could not translate the answer of provider {state.provider}"
+            body = {"error": error_object(502, "translation_failed", message)}
         retry_after = flow.response.headers.get("retry-after")
         if status == 429 and not retry_after and hasattr(translation.adapter, "retry_after"):
             seconds = translation.adapter.retry_after(raw)

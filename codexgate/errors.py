@@ -6,6 +6,7 @@ Codex prints `error.message` to the developer, so messages say what happened and
 from __future__ import annotations
 
 import json
+from typing import Any
 
 from mitmproxy import http
 
@@ -24,10 +25,13 @@ _TYPES = {
 }
 
 
+def error_object(status: int, code: str, message: str, param: str | None = None) -> dict[str, Any]:
+    """The `error` member of an OpenAI error answer with this status."""
+    return {"message": message, "type": _TYPES.get(status, "server_error"), "code": code, "param": param}
+
+
 def error_body(status: int, code: str, message: str, param: str | None = None) -> bytes:
-    return json.dumps(
-        {"error": {"message": message, "type": _TYPES.get(status, "server_error"), "code": code, "param": param}}
-    ).encode()
+    return json.dumps({"error": error_object(status, code, message, param)}).encode()
 
 
 def error_response(

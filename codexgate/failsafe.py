@@ -16,8 +16,8 @@ from codexgate.flowstate import refuse
 logger = logging.getLogger("codexgate.failsafe")
 
 
-def _refuse_internal(flow: http.HTTPFlow, hook: Callable[..., Any]) -> None:
-    logger.exception("internal error in %s; request %s refused", hook.__qualname__, flow.id)
+def refuse_internal(flow: http.HTTPFlow) -> None:
+    """Answers 500 JSON (the details are in the gateway log, not in the answer)."""
     if flow.response is None and not flow.error:
         refuse(
             flow,
@@ -26,6 +26,11 @@ def _refuse_internal(flow: http.HTTPFlow, hook: Callable[..., Any]) -> None:
             ),
             "internal_error",
         )
+
+
+def _refuse_internal(flow: http.HTTPFlow, hook: Callable[..., Any]) -> None:
+    logger.exception("internal error in %s; request %s refused", hook.__qualname__, flow.id)
+    refuse_internal(flow)
 
 
 def fail_closed(hook: Callable[..., Any]) -> Callable[..., Any]:

@@ -68,6 +68,11 @@ def state_of(flow: http.HTTPFlow) -> GatewayRequest | None:
     return state if isinstance(state, GatewayRequest) else None
 
 
+def answer_locally(flow: http.HTTPFlow, response: http.Response) -> None:
+    """Answer a governed request from the gateway itself (model list, mock provider): served, not refused."""
+    refuse(flow, response, "answered")
+
+
 def refuse(flow: http.HTTPFlow, response: http.Response, decision: str) -> None:
     """Answer a governed request with a refusal and remember why."""
     flow.response = response

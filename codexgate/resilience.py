@@ -48,6 +48,8 @@ import aiohttp
 from aiohttp import web
 from multidict import CIMultiDict
 
+from codexgate.errors import error_object
+
 logger = logging.getLogger(__name__)
 
 ATTEMPT_HEADER = "x-codexgate-attempt"
@@ -590,18 +592,10 @@ def _describe(record: AttemptRecord) -> str:
     return text
 
 
-_ERROR_TYPES = {404: "invalid_request_error", 429: "rate_limit_exceeded", 502: "server_error", 503: "server_error"}
-
-
 def _error_response(
     status: int, code: str, message: str, headers: dict[str, str] | None, records: list[AttemptRecord]
 ) -> web.Response:
-    error: dict[str, Any] = {
-        "message": message,
-        "type": _ERROR_TYPES.get(status, "server_error"),
-        "code": code,
-        "param": None,
-    }
+    error = error_object(status, code, message)
     if records:
         error["attempts"] = [r.public() for r in records]
     all_headers = {"x-codexgate-error": code, **(headers or {})}

@@ -539,9 +539,19 @@ def test_settings_come_from_the_policy_when_it_has_a_guardrails_section() -> Non
     # With the section (stubbed here), its settings apply.
     with_section = types.SimpleNamespace(policy=types.SimpleNamespace(guardrails=GuardrailSettings(action="block")))
     source = types.SimpleNamespace(current=lambda: with_section)
-    flow, _ = governed_flow(leaked_body(), policy=compiled)
+    flow, state = governed_flow(leaked_body(), policy=compiled)
+    state.policy = with_section  # type: ignore[assignment]
     run(Guardrails(source), flow)  # type: ignore[arg-type]
     assert flow.response is not None and flow.response.status_code == 400
+    # A request keeps the policy it was admitted under, even if a reload happened meanwhile.
+    source = types.SimpleNamespace(current=lambda: compiled)
+    flow, state = governed_flow(leaked_body(), policy=compiled)
+    state.policy = with_section  # type: ignore[assignment]
+    run(Guardrails(source), flow)  # type: ignore[arg-type]
+    assert flow.response is not None and flow.response.status_code == 400
+    flow, _ = governed_flow(leaked_body(), policy=compiled)
+    run(Guardrails(types.SimpleNamespace(current=lambda: with_section)), flow)  # type: ignore[arg-type]
+    assert flow.response is None
 
 
 def test_flows_that_are_answered_ungoverned_or_without_body_are_skipped() -> None:
