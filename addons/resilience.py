@@ -102,8 +102,7 @@ class Resilience:
 
     async def running(self) -> None:
         self.relay = Relay(on_attempt=self._on_attempt, on_auth_failure=self._on_auth_failure)
-        port = await self.relay.start()
-        logger.info("failover relay on 127.0.0.1:%d", port)
+        await self.relay.start()  # it logs where it listens
 
     async def done(self) -> None:
         if self.relay is not None:
