@@ -9,6 +9,7 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 from codexgate.policies.keys import hash_key
@@ -123,3 +124,20 @@ class Gateway:
     def accounting(self) -> list[dict]:
         path = self.data_dir / "accounting.jsonl"
         return [json.loads(line) for line in path.read_text().splitlines() if line.strip()] if path.exists() else []
+
+    def wait_accounting(self, match: Callable[[dict], bool], count: int = 1, timeout: float = 15) -> list[dict]:
+        """The accounting lines `match` selects, once there are at least `count` (a line is written
+        when the request ends, which for a stream can be just after the client saw its end)."""
+        deadline = time.monotonic() + timeout
+        while True:
+            lines = [line for line in self.accounting() if match(line)]
+            if len(lines) >= count or time.monotonic() > deadline:
+                return lines
+            time.sleep(0.02)
+
+    def wait_log(self, text: str, timeout: float = 15) -> str:
+        """The gateway's log once it contains `text` (or at the timeout, for the assertion to show)."""
+        deadline = time.monotonic() + timeout
+        while text not in (log := self.log_text()) and time.monotonic() < deadline:
+            time.sleep(0.02)
+        return log

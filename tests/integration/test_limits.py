@@ -127,8 +127,8 @@ def test_concurrent_requests_never_overspend(limits_gateway: Gateway) -> None:
         statuses = list(pool.map(lambda _: ask(limits_gateway, "crowd").status_code, range(24)))
     assert set(statuses) <= {200, 402}
     admitted = statuses.count(200)
-    time.sleep(0.3)
-    charged = sum(r["cost_usd"] or 0 for r in limits_gateway.accounting() if r["key"] == "crowd")
+    records = limits_gateway.wait_accounting(lambda r: r["key"] == "crowd", count=len(statuses))
+    charged = sum(r["cost_usd"] or 0 for r in records)
     # Overspend bound: sum over in-flight requests of (actual - estimate)+ = 0 here.
     assert charged <= cap + 1e-9
     assert admitted == int(cap // cost)  # and nothing that fitted was refused
@@ -137,7 +137,7 @@ def test_concurrent_requests_never_overspend(limits_gateway: Gateway) -> None:
 
 def test_usage_report(limits_gateway: Gateway, capsys: pytest.CaptureFixture[str]) -> None:
     ask(limits_gateway, "solo")
-    time.sleep(0.2)
+    assert limits_gateway.wait_accounting(lambda r: r["key"] == "solo")
     assert cli_main(["usage", "--data-dir", str(limits_gateway.data_dir), "--by", "key", "--json"]) == 0
     rows = {row["key"]: row for row in json.loads(capsys.readouterr().out)}
     assert rows["solo"]["requests"] >= 1 and rows["solo"]["cost_usd"] > 0
@@ -186,8 +186,7 @@ def test_unpriced_model_is_refused_not_free(gateway: Gateway) -> None:
 def test_known_model_priced_by_genai_prices(gateway: Gateway) -> None:
     sdk = openai.OpenAI(api_key=ALICE_KEY, base_url=gateway.base_url, max_retries=0)
     sdk.responses.create(model="gpt-5-mini", input="price me", extra_headers={"session-id": "priced-session"})
-    time.sleep(0.2)
-    record = next(r for r in gateway.accounting() if r["session_id"] == "priced-session")
+    (record,) = gateway.wait_accounting(lambda r: r["session_id"] == "priced-session")
     # The fake reports 11 input (3 cached) and 7 output tokens; gpt-5-mini: $0.25 in, $0.025 cached, $2 out per MTok.
     assert record["cost_usd"] == pytest.approx((8 * 0.25 + 3 * 0.025 + 7 * 2.0) / 1_000_000, rel=1e-6)
     assert record["charge"] == "actual"
@@ -205,7 +204,8 @@ def test_stream_cut_before_usage_is_charged_its_estimate(gateway: Gateway, fake_
                 pass
     finally:
         fake_openai.cut_stream.clear()
-    time.sleep(0.3)
+    assert gateway.wait_accounting(lambda r: r["session_id"] == "cut-session")
+    time.sleep(0.3)  # grace for a second (wrong) record to show up
     records = [r for r in gateway.accounting() if r["session_id"] == "cut-session"]
     assert len(records) == 1  # charged once
     record = records[0]

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -35,7 +34,7 @@ def observed(tmp_path_factory: pytest.TempPathFactory, fake_openai: FakeOpenAI) 
         openai.OpenAI(api_key=CAROL_KEY, base_url=gateway.base_url, max_retries=0).responses.create(
             model="gpt-test", input="x"
         )
-    time.sleep(0.5)
+    gateway.wait_accounting(lambda _: True, count=6)  # every request above has ended
     yield gateway
     gateway.stop()
 
@@ -122,7 +121,7 @@ def test_audit_content_only_when_asked_and_redacted(tmp_path: Path, fake_openai:
         secret = "AKIAIOSFODNN7ABCDEFG"
         sdk = openai.OpenAI(api_key=ALICE_KEY, base_url=gateway.base_url, max_retries=0, timeout=20)
         sdk.responses.create(model="mock-model", input=f"my key is {secret}, keep it safe")
-        time.sleep(0.3)
+        assert gateway.wait_accounting(lambda _: True)  # ended; stopping flushes the audit log
     finally:
         gateway.stop()
     records = [
