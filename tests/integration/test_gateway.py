@@ -1,4 +1,4 @@
-"""A real mitmdump running the codexgate chain, driven with the official openai SDK."""
+"""`codexgate up` (the gateway master running the codexgate chain), driven with the official openai SDK."""
 
 from __future__ import annotations
 
@@ -6,6 +6,7 @@ import json
 import socket
 import ssl
 import threading
+from pathlib import Path
 
 import httpx2 as httpx
 import openai
@@ -22,6 +23,11 @@ def proxy_client(gateway: Gateway, key: str = ALICE_KEY) -> openai.OpenAI:
     context = ssl.create_default_context(cafile=str(gateway.ca_cert))
     http_client = openai.DefaultHttpxClient(proxy=gateway.proxy_url, verify=context)
     return openai.OpenAI(api_key=key, max_retries=0, timeout=20, http_client=http_client)
+
+
+def test_codexgate_up_runs_the_gateway_master(gateway: Gateway) -> None:
+    assert gateway.process is not None  # `codexgate up` exec'd it in place of itself
+    assert b"from codexgate.master import main" in Path(f"/proc/{gateway.process.pid}/cmdline").read_bytes()
 
 
 def test_mock_responses_non_streamed(gateway: Gateway) -> None:
@@ -304,3 +310,33 @@ def test_non_provider_host_is_tunnelled_not_intercepted(gateway: Gateway) -> Non
             tls.sendall(b"GET / HTTP/1.1\r\nHost: tunnel-test.local\r\n\r\n")
             assert tls.recv(1024).endswith(b"ok")
     assert done.wait(5)
+
+
+def test_the_chain_governs_the_same_under_stock_mitmdump(
+    tmp_path_factory: pytest.TempPathFactory, fake_openai: FakeOpenAI
+) -> None:
+    """`codexgate up --mitmdump`: the chain as a script in stock mitmdump (all of mitmproxy's addons)."""
+    from fakes.gateway import policy_text
+
+    root = tmp_path_factory.mktemp("stock-mitmdump")
+    policy = root / "policy.yaml"
+    policy.write_text(policy_text(fake_openai.url))
+    stock = Gateway(policy, root / "data")
+    stock.extra_args = ["--mitmdump"]
+    stock.start()
+    try:
+        before = len(fake_openai.received)
+        assert client(stock).responses.create(model="gpt-renamed", input="via mitmdump").model == "gpt-upstream-name"
+        assert proxy_client(stock).responses.create(model="gpt-test", input="and its proxy").status == "completed"
+        received = fake_openai.received[before:]
+        assert [r.headers["authorization"] for r in received] == [f"Bearer {UPSTREAM_KEY}"] * 2
+        assert all(ALICE_KEY not in json.dumps(r.headers) for r in received)
+        with pytest.raises(openai.PermissionDeniedError):
+            client(stock, CAROL_KEY).responses.create(model="gpt-test", input="x")
+        lines = stock.wait_accounting(lambda _: True, count=3)
+        assert [line["decision"] for line in lines] == ["forwarded", "forwarded", "model_not_allowed"]
+        # It really is stock mitmdump (the CLI exec'd it in place), and the default run is not.
+        assert stock.process is not None
+        assert b"mitmdump()" in Path(f"/proc/{stock.process.pid}/cmdline").read_bytes()
+    finally:
+        stock.stop()
