@@ -82,7 +82,8 @@ def mitm_arguments(
     with_script: bool = False,
 ) -> list[str]:
     """mitmproxy arguments for the two listeners and the chain's options. `with_script` loads the
-    chain as a mitmproxy script, for mitmweb; the gateway master (`codexgate.master`) has it built in."""
+    chain as a mitmproxy script, for mitmweb and stock mitmdump; the gateway master
+    (`codexgate.master`) has it built in."""
     args = [
         "--mode",
         f"regular@{listen_host}:{proxy_port}",

@@ -68,15 +68,16 @@ def state_of(flow: http.HTTPFlow) -> GatewayRequest | None:
     return state if isinstance(state, GatewayRequest) else None
 
 
-def answer_locally(flow: http.HTTPFlow, response: http.Response) -> None:
-    """Answer a governed request from the gateway itself (model list, mock provider): served, not refused."""
-    refuse(flow, response, "answered")
-
-
-def refuse(flow: http.HTTPFlow, response: http.Response, decision: str) -> None:
-    """Answer a governed request with a refusal and remember why."""
+def answer_locally(flow: http.HTTPFlow, response: http.Response, decision: str = "answered") -> None:
+    """Answer a governed request from the gateway itself, without forwarding it, and remember the
+    decision: "answered" when it was served (model list, mock provider), else why it was refused."""
     flow.response = response
     state = state_of(flow)
     if state is not None:
         state.decision = decision
         state.answered_locally = True
+
+
+def refuse(flow: http.HTTPFlow, response: http.Response, decision: str) -> None:
+    """Answer a governed request with a refusal and remember why."""
+    answer_locally(flow, response, decision)

@@ -3,10 +3,10 @@ uses, and the codexgate chain.
 
 mitmdump loads ~35 addons (replay, export, cut, map-local, sticky cookies, the flow dumper, ...)
 and dispatches every event of every request to each of them, whether it implements the hook or
-not. Measured here, that dispatch is a quarter of bare mitmdump's CPU per request
+not. Measured here, that dispatch is about a third of bare mitmdump's CPU per request
 (docs/benchmarks.md). A gateway needs none of those tools on its request path, so this master
 keeps only what the proxy core and a safe deployment need. `codexgate up --web` still runs
-mitmweb, with all of mitmproxy's addons, for interactive inspection.
+mitmweb, and `codexgate up --mitmdump` stock mitmdump, with all of mitmproxy's addons.
 """
 
 from __future__ import annotations

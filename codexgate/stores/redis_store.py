@@ -412,9 +412,9 @@ class RedisStore:
 
 def _pack(args: list[Any]) -> list[str]:
     """The script's arguments as ONE JSON array of strings: redis-py packs a command argument by
-    argument, which cost more CPU than the script's whole round trip (~30 arguments a
-    reservation). Each value is the string redis-py would have sent (floats as their `repr`,
-    exact), so Lua's `tonumber` reads the same numbers as before."""
+    argument, a quarter of the store's CPU with ~30 arguments a reservation (cProfile, see
+    docs/benchmarks.md). Each value is the string redis-py would have sent (floats as their
+    `repr`, exact), so Lua's `tonumber` reads the same numbers as before."""
     return [json.dumps([repr(a) if isinstance(a, float) else str(a) for a in args], separators=(",", ":"))]
 
 

@@ -19,7 +19,7 @@ import subprocess
 import sys
 import time
 import uuid
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -570,8 +570,15 @@ def test_embedded_locked_file_raises_store_unavailable_promptly(tmp_path: Path) 
 # --- redis store --------------------------------------------------------------------------------
 
 
-def test_redis_keys_expire_and_old_buckets_are_pruned(redis_server: RedisServer) -> None:
-    raw = redis.Redis.from_url(redis_server.url, decode_responses=True)
+@pytest.fixture
+def raw(redis_server: RedisServer) -> Iterator[redis.Redis]:
+    """A plain client on the shared server, to look at what the store wrote."""
+    client = redis.Redis.from_url(redis_server.url, decode_responses=True)
+    yield client
+    client.close()
+
+
+def test_redis_keys_expire_and_old_buckets_are_pruned(redis_server: RedisServer, raw: redis.Redis) -> None:
     prefix = "ttl-test:"
     stale_after = 100.0
     now = time.time()
@@ -598,10 +605,7 @@ def test_redis_keys_expire_and_old_buckets_are_pruned(redis_server: RedisServer)
         finally:
             await store.close()
 
-    try:
-        asyncio.run(body())
-    finally:
-        raw.close()
+    asyncio.run(body())
 
 
 def test_redis_password_stays_out_of_messages() -> None:
@@ -659,10 +663,9 @@ def test_redis_unresponsive_server_times_out_instead_of_hanging(fresh_redis_serv
     asyncio.run(body())
 
 
-def test_redis_settlements_ride_along_with_the_next_reservation(redis_server: RedisServer) -> None:
+def test_redis_settlements_ride_along_with_the_next_reservation(redis_server: RedisServer, raw: redis.Redis) -> None:
     """A settlement waits for the next reservation and is done in its round trip; with none to come
     it goes on its own after settle_batch_seconds, and close() never drops one still waiting."""
-    raw = redis.Redis.from_url(redis_server.url, decode_responses=True)
     prefix = f"ride-{uuid.uuid4().hex[:8]}:"
     budget = usd(limit=10)
 
@@ -707,10 +710,7 @@ def test_redis_settlements_ride_along_with_the_next_reservation(redis_server: Re
         finally:
             await store.close()
 
-    try:
-        asyncio.run(body())
-    finally:
-        raw.close()
+    asyncio.run(body())
 
 
 def test_redis_waiting_settlement_fails_with_the_reservation_it_rides(fresh_redis_server: RedisServer) -> None:
