@@ -32,7 +32,7 @@ from codexgate.addons.policy_source import PolicySource
 from codexgate.errors import error_response
 from codexgate.failsafe import fail_closed
 from codexgate.flowstate import GatewayRequest, refuse, state_of
-from codexgate.headers import replace_headers
+from codexgate.headers import replace_header_fields
 from codexgate.metrics import GatewayMetrics
 from codexgate.policies.schema import Limited, Price
 from codexgate.pricing import Pricer, PriceSource, PriceUnknown, price_provider_id
@@ -119,22 +119,38 @@ def _duration(seconds: float) -> str:
     return f"{minutes}m{rest}s" if minutes else f"{rest}s"
 
 
+_RATELIMIT_NAMES = {
+    kind: (f"x-ratelimit-limit-{kind}".encode(), f"x-ratelimit-remaining-{kind}".encode(),
+           f"x-ratelimit-reset-{kind}".encode())
+    for kind in ("requests", "tokens")
+}  # fmt: skip
+_BUDGET_REMAINING = b"x-codexgate-budget-remaining-usd"
+
+
+def ratelimit_header_fields(states: list[CounterState], now: float) -> list[tuple[bytes, bytes]]:
+    """OpenAI's x-ratelimit-* headers from the tightest requests and tokens counters, and the
+    remaining budget of the tightest budget, as header fields (every answer carries them)."""
+    tightest: dict[str, CounterState] = {}  # kind -> the state with the least remaining (one pass)
+    for state in states:
+        known = tightest.get(state.counter.kind)
+        if known is None or state.remaining < known.remaining:
+            tightest[state.counter.kind] = state
+    fields: list[tuple[bytes, bytes]] = []
+    for kind, (limit, remaining, reset) in _RATELIMIT_NAMES.items():
+        tight = tightest.get(kind)
+        if tight is not None:
+            fields.append((limit, b"%.0f" % tight.counter.limit))
+            fields.append((remaining, b"%.0f" % max(0.0, tight.remaining)))
+            fields.append((reset, _duration(tight.counter.resets_at - now).encode()))
+    budget = tightest.get("usd")
+    if budget is not None:
+        fields.append((_BUDGET_REMAINING, b"%.4f" % max(0.0, budget.remaining)))
+    return fields
+
+
 def ratelimit_headers(states: list[CounterState], now: float) -> dict[str, str]:
-    """OpenAI's x-ratelimit-* headers from the tightest requests and tokens counters."""
-    headers: dict[str, str] = {}
-    for kind in ("requests", "tokens"):
-        relevant = [s for s in states if s.counter.kind == kind]
-        if not relevant:
-            continue
-        tightest = min(relevant, key=lambda s: s.remaining)
-        headers[f"x-ratelimit-limit-{kind}"] = f"{tightest.counter.limit:.0f}"
-        headers[f"x-ratelimit-remaining-{kind}"] = f"{max(0.0, tightest.remaining):.0f}"
-        headers[f"x-ratelimit-reset-{kind}"] = _duration(tightest.counter.resets_at - now)
-    budgets = [s for s in states if s.counter.kind == "usd"]
-    if budgets:
-        tightest = min(budgets, key=lambda s: s.remaining)
-        headers["x-codexgate-budget-remaining-usd"] = f"{max(0.0, tightest.remaining):.4f}"
-    return headers
+    """The same headers as a dict (for refusals, built as error responses)."""
+    return {name.decode(): value.decode() for name, value in ratelimit_header_fields(states, now)}
 
 
 def levels_of(state: GatewayRequest) -> list[tuple[str, str, Limited]]:
@@ -202,6 +218,7 @@ class Limits:
 
     async def done(self) -> None:
         # Settlements still on their way land before the store closes: nothing half-written.
+        await asyncio.sleep(0)  # settlements scheduled for the loop's next turn start first
         if self.pending_settlements:
             await asyncio.gather(*self.pending_settlements, return_exceptions=True)
         if self.store is not None:
@@ -321,7 +338,8 @@ class Limits:
         if metering.unmetered:
             flow.response.headers["x-codexgate-metering"] = "unavailable"
         elif metering.admission is not None and metering.reserved:
-            replace_headers(flow.response.headers, ratelimit_headers(metering.admission.states, time.time()))
+            fields = ratelimit_header_fields(metering.admission.states, time.time())
+            replace_header_fields(flow.response.headers, fields)
 
 
 def actual_amounts(usage: Usage, cost: float) -> Amounts:
@@ -357,7 +375,12 @@ class Charge:
         if not metering.reserved or self._limits.store is None:
             return
         # The answer need not wait for the store: the cost is known (the accounting line and the
-        # audit record have it), and settling is idempotent and awaited at shutdown.
+        # audit record have it), and settling is idempotent and awaited at shutdown. It starts on
+        # the loop's next turn, after the answer is written: mitmproxy's tasks start eagerly, so a
+        # task created here would run the (embedded store's synchronous) settlement first.
+        asyncio.get_running_loop().call_soon(self._start_settle, state, amounts, how)
+
+    def _start_settle(self, state: GatewayRequest, amounts: Amounts, how: str) -> None:
         task = asyncio.get_running_loop().create_task(self._store_settle(state, amounts, how))
         self._limits.pending_settlements.add(task)
         task.add_done_callback(self._limits.pending_settlements.discard)

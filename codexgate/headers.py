@@ -29,9 +29,16 @@ def strip_client_credentials(headers: Headers) -> None:
 
 def replace_headers(headers: Headers, values: dict[str, str]) -> None:
     """Sets each of `values` (replacing any field of the same name) in one pass over the fields."""
-    if not values:
+    if values:
+        fields = [(name.lower().encode(), value.encode("utf-8", "surrogateescape")) for name, value in values.items()]
+        replace_header_fields(headers, fields)
+
+
+def replace_header_fields(headers: Headers, fields: list[tuple[bytes, bytes]]) -> None:
+    """`replace_headers` for fields already encoded, names in lower case (per-request headers
+    built from constants skip the encoding)."""
+    if not fields:
         return
-    names = frozenset(name.lower().encode() for name in values)
+    names = frozenset(name for name, _ in fields)
     kept = tuple(field for field in headers.fields if field[0].lower() not in names)
-    added = tuple((name.encode(), value.encode("utf-8", "surrogateescape")) for name, value in values.items())
-    headers.fields = kept + added
+    headers.fields = kept + tuple(fields)

@@ -1,48 +1,48 @@
 """Counter store in Redis: several gateway instances share budgets and rate limits.
 
 Keys (all under `prefix`):
-  c:<counter_id>  hash  bucket_start -> amount used in that bucket (settled + reserved);
-                  old buckets are deleted as reservations pass, the key expires after its last window
-  r:<request_id>  hash  the open reservation: n, then k<i>/f<i>/c<i>/a<i> = counter key, bucket
-                  field, kind, amount per counter; expires a while after stale_after_seconds
-  open            zset  reservation key -> `now` of its reserve, to find stale ones by the caller's clock
+  c:<counter_id>    hash    bucket_start -> amount used in that bucket (settled + reserved); old
+                            buckets are deleted as reservations pass, the key expires after its last window
+  res:<request_id>  string  the open reservation, JSON [[counter key, bucket field, kind, amount], ...];
+                            expires a while after stale_after_seconds
+  open              zset    reservation key -> `now` of its reserve, to find stale ones by the caller's clock
 
 `reserve`, `settle`/`release` and `snapshot` are each one Lua script, so one round trip that
-Redis runs atomically: concurrent gateways cannot both pass the last free unit.
+Redis runs atomically: concurrent gateways cannot both pass the last free unit. The scripts
+travel over `RedisLink` (one pipelined connection, hiredis), not redis-py's client: see
+redis_link.py for why.
 
 Settle reads the counter keys from the reservation, so scripts touch keys not passed in KEYS:
 fine on a single Redis (or a replicated primary), not on Redis Cluster.
 
 Numbers cross into Lua as Python `repr` strings and leave it as "%.17g" strings, both exact for
 doubles (Lua's own tostring keeps only 14 digits), so both stores do the same float arithmetic.
+
+Reservations were hashes under r:<request_id> before; one left by an older version when it is
+upgraded is never settled by this one: its estimate stays charged, as for any request that died
+in flight, and the record goes with the stale sweep.
 """
 
 from __future__ import annotations
 
 import asyncio
 import dataclasses
-import json
+import hashlib
 import logging
 import math
 import urllib.parse
 from typing import Any
 
-import redis.asyncio as aioredis
-from redis.asyncio.retry import Retry
-from redis.backoff import NoBackoff
-from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import RedisError
-
 from codexgate.stores.base import Admission, Amounts, Counter, CounterState, StoreUnavailable
 from codexgate.stores.embedded import (
     PRUNE_MARGIN_SECONDS,
     STALE_SWEEP_LIMIT,
-    bucket_ttl,
     build_admission,
     check_amounts,
     check_request,
     window,
 )
+from codexgate.stores.redis_link import LinkError, RedisLink, ReplyError
 
 logger = logging.getLogger(__name__)
 
@@ -54,80 +54,144 @@ RESERVATION_TTL_MARGIN_SECONDS = 3600.0
 SETTLE_BATCH_SECONDS = 0.02
 # At most this many settlements per script run, which bounds how long Redis is busy with one.
 SETTLE_BATCH_MAX = 32
+# Counters whose script arguments are kept (they change when a window rolls over).
+COUNTER_ARGS_CACHE_SIZE = 10_000
+# Stale reservations are looked for at most this often per instance (by the caller's clock).
+SWEEP_INTERVAL_SECONDS = 1.0
+_PRUNE_MARGIN = repr(float(PRUNE_MARGIN_SECONDS))
+_SWEEP_LIMIT = str(STALE_SWEEP_LIMIT)
 
 
 @dataclasses.dataclass
 class _PendingFinish:
     reservation_key: str
-    actual: Amounts
+    actual_args: tuple[str, str, str]  # usd, requests, tokens, as exact strings for the script
     done: asyncio.Future[bool]
 
 
-# Replaces an open reservation by the actual amounts (settle; release = all zero); 1 if it was
-# open, 0 if not (already settled or released, or never made): so a request is charged once.
-_FINISH_FUNCTION = """
+# Lua helpers shared by the scripts. Values of counter hashes are read once per script run into
+# `cache` and written back once (`flush`): a settlement riding along with a reservation usually
+# touches the same buckets, and every redis.call costs Redis time on each request's path.
+_COMMON = """
+-- Locals: a global lookup per use is measurably slower in the script's hot loops.
+local call, tonumber, format, unpack = redis.call, tonumber, string.format, unpack
+local cache = {}   -- counter key -> {vals = field -> number, order = fields as HGETALL gave them, full = bool}
+local dirty = {}   -- counter key -> {field -> true}
+local dirty_keys = {}
+
+local function load_full(key)
+  local raw = call('HGETALL', key)
+  local c = {vals = {}, order = {}, full = true}
+  for j = 1, #raw, 2 do
+    c.vals[raw[j]] = tonumber(raw[j + 1])
+    c.order[#c.order + 1] = raw[j]
+  end
+  cache[key] = c
+  return c
+end
+
+local function value(key, field)
+  local c = cache[key]
+  if c == nil then
+    c = {vals = {}, order = {}, full = false}
+    cache[key] = c
+  end
+  local v = c.vals[field]
+  if v == nil and not c.full then
+    local raw = call('HGET', key, field)
+    if raw then v = tonumber(raw); c.vals[field] = v end
+  end
+  return v
+end
+
+local function put(key, field, v)
+  cache[key].vals[field] = v
+  if dirty[key] == nil then dirty[key] = {}; dirty_keys[#dirty_keys + 1] = key end
+  dirty[key][field] = true
+end
+
+local function flush()
+  for _, key in ipairs(dirty_keys) do
+    local args = {}
+    for field in pairs(dirty[key]) do
+      args[#args + 1] = field
+      args[#args + 1] = format('%.17g', cache[key].vals[field])
+    end
+    if #args > 0 then call('HSET', key, unpack(args)) end
+  end
+  dirty, dirty_keys = {}, {}
+end
+
+-- Replaces an open reservation by the actual amounts (settle; release = all zero); 1 if it was
+-- open, 0 if not (already settled or released, or never made): so a request is charged once.
+-- The record is a JSON array of [counter key, bucket field, kind, reserved amount as exact string].
 local function finish(rkey, index, usd, requests, tokens)
-  if redis.call('EXISTS', rkey) == 0 then return 0 end
+  local rec = call('GET', rkey)
+  if not rec then return 0 end
   local actual = {usd = tonumber(usd), requests = tonumber(requests), tokens = tonumber(tokens)}
-  local raw = redis.call('HGETALL', rkey)
-  local h = {}
-  for j = 1, #raw, 2 do h[raw[j]] = raw[j + 1] end
-  for i = 1, tonumber(h['n']) do
-    local key, field = h['k' .. i], h['f' .. i]
-    local cur = redis.call('HGET', key, field)
+  for _, item in ipairs(cjson.decode(rec)) do
+    local cur = value(item[1], item[2])
     -- A bucket pruned or expired meanwhile lies outside every window: nothing to correct there.
     if cur then
-      local v = tonumber(cur) - tonumber(h['a' .. i]) + actual[h['c' .. i]]
+      local v = cur - tonumber(item[4]) + actual[item[3]]
       if v < 0 then v = 0 end
-      redis.call('HSET', key, field, v)
+      put(item[1], item[2], v)
     end
   end
-  redis.call('DEL', rkey)
-  redis.call('ZREM', index, rkey)
+  call('DEL', rkey)
+  call('ZREM', index, rkey)
   return 1
 end
 """
 
 _RESERVE_BODY = """
--- KEYS[1..n] counter hashes, KEYS[n+1] reservation hash, KEYS[n+2] open-reservation zset,
+-- KEYS[1..n] counter hashes, KEYS[n+1] reservation record, KEYS[n+2] open-reservation zset,
 -- KEYS[n+3..n+2+m] reservations to finish first (settlements riding along, see RedisStore)
--- ARGV[1] now, ARGV[2] stale cutoff, ARGV[3] prune margin s, ARGV[4] reservation ttl ms, ARGV[5] sweep limit,
--- ARGV[6] m, then seven per counter: field, lo, hi (bucket starts in (lo, hi] count), limit, amount, kind,
--- key ttl ms, then three per finish: actual usd, requests, tokens
+-- ARGV[1] now, ARGV[2] stale cutoff, ARGV[3] prune margin s, ARGV[4] reservation ttl ms,
+-- ARGV[5] sweep limit (0: no sweep this time), ARGV[6] m, ARGV[7..9] amounts usd, requests, tokens;
+-- then six per counter: field (bucket start), lo, span (0: calendar, count (lo, hi]; else rolling,
+-- lo = now - span), limit, kind, expires_at (epoch s when no window includes the bucket, plus
+-- margin); then three per finish: actual usd, requests, tokens.
 -- returns {code (0 refused, 1 admitted, 2 already held), refused index (0 = none), used_1, held_1, ...,
 -- finished_1 .. finished_m}
-local ARGV = cjson.decode(ARGV[1])  -- the arguments come as one JSON array (see _pack)
 local m = tonumber(ARGV[6])
 local n = #KEYS - 2 - m
 local now = tonumber(ARGV[1])
 local rkey, index = KEYS[n + 1], KEYS[n + 2]
 local margin = tonumber(ARGV[3])
+local amount_of = {usd = ARGV[7], requests = ARGV[8], tokens = ARGV[9]}
+local C = 9           -- counter arguments start after this
+local F = C + 6 * n   -- finish arguments start after this
+
+for i = 1, n do load_full(KEYS[i]) end
 
 -- Settlements first: they free what their estimates held beyond the actual cost.
 local finished = {}
 for i = 1, m do
-  local a = 6 + 7 * n + 3 * (i - 1)
+  local a = F + 3 * (i - 1)
   finished[i] = finish(KEYS[n + 2 + i], index, ARGV[a + 1], ARGV[a + 2], ARGV[a + 3])
 end
 
 -- Stale reservations are settled at their reserved amount: that amount is already in the
--- buckets, so settling them is dropping the record.
-local stale = redis.call('ZRANGEBYSCORE', index, '-inf', ARGV[2], 'LIMIT', 0, tonumber(ARGV[5]))
-for _, key in ipairs(stale) do
-  redis.call('DEL', key)
-  redis.call('ZREM', index, key)
+-- buckets, so settling them is dropping the record. The caller asks for it about once a second
+-- (ARGV[5] > 0), not on every reservation, and refreshes the index's TTL then.
+local sweep = tonumber(ARGV[5])
+if sweep > 0 then
+  local stale = call('ZRANGEBYSCORE', index, '-inf', ARGV[2], 'LIMIT', 0, sweep)
+  for _, key in ipairs(stale) do
+    call('DEL', key)
+    call('ZREM', index, key)
+  end
 end
 
 local held = nil
-if redis.call('EXISTS', rkey) == 1 then
+local rec = call('GET', rkey)
+if rec then
   held = {}
-  local raw = redis.call('HGETALL', rkey)
-  local h = {}
-  for j = 1, #raw, 2 do h[raw[j]] = raw[j + 1] end
-  for i = 1, tonumber(h['n']) do
-    local k = h['k' .. i]
-    held[k] = held[k] or {}
-    table.insert(held[k], {tonumber(h['f' .. i]), tonumber(h['a' .. i])})
+  for _, item in ipairs(cjson.decode(rec)) do
+    local list = held[item[1]] or {}
+    held[item[1]] = list
+    list[#list + 1] = {tonumber(item[2]), tonumber(item[4])}
   end
 end
 
@@ -135,18 +199,21 @@ local out = {0, 0}
 local refused = 0
 local prune = {}
 for i = 1, n do
-  local b = 6 + (i - 1) * 7
-  local lo, hi = tonumber(ARGV[b + 2]), tonumber(ARGV[b + 3])
-  local limit, amount = tonumber(ARGV[b + 4]), tonumber(ARGV[b + 5])
+  local b = C + 6 * (i - 1)
+  local start = tonumber(ARGV[b + 1])
+  local span = tonumber(ARGV[b + 3])
+  local lo = span > 0 and now - span or tonumber(ARGV[b + 2])
+  local hi = math.max(now, start)
+  local limit, amount = tonumber(ARGV[b + 4]), tonumber(amount_of[ARGV[b + 5]])
   local used = 0
   local old = {}
-  local buckets = redis.call('HGETALL', KEYS[i])
-  for j = 1, #buckets, 2 do
-    local s = tonumber(buckets[j])
+  local c = cache[KEYS[i]]
+  for _, field in ipairs(c.order) do
+    local s = tonumber(field)
     if s > lo and s <= hi then
-      used = used + tonumber(buckets[j + 1])
+      used = used + c.vals[field]
     elseif s <= lo - margin then
-      table.insert(old, buckets[j])
+      old[#old + 1] = field
     end
   end
   prune[i] = old
@@ -161,55 +228,61 @@ for i = 1, n do
   local eps = 1e-9 * math.max(1, math.abs(limit))
   local room = limit == math.huge or (used + amount <= limit + eps and used < limit - eps)
   if held == nil and refused == 0 and not room then refused = i end
-  table.insert(out, string.format('%.17g', used))
-  table.insert(out, string.format('%.17g', own))
+  out[#out + 1] = format('%.17g', used)
+  out[#out + 1] = own == 0 and '0' or format('%.17g', own)
 end
 
 local function done(code)
+  flush()  -- what the settlements changed, when nothing else is written
   out[1] = code
-  for i = 1, m do table.insert(out, finished[i]) end
-  return cjson.encode(out)
+  for i = 1, m do out[#out + 1] = finished[i] end
+  return out
 end
 
 if held ~= nil then return done(2) end
 out[2] = refused
 if refused ~= 0 then return done(0) end
 
-local rec = {'n', n}
+local items = {}
+local created = {}
 for i = 1, n do
-  local b = 6 + (i - 1) * 7
-  local field, amount, ttl = ARGV[b + 1], tonumber(ARGV[b + 5]), tonumber(ARGV[b + 7])
-  local cur = tonumber(redis.call('HGET', KEYS[i], field) or '0')
-  redis.call('HSET', KEYS[i], field, cur + amount)
-  if #prune[i] > 0 then redis.call('HDEL', KEYS[i], unpack(prune[i])) end
-  -- The key lives until its newest bucket leaves every window; never shorten it.
-  if redis.call('PTTL', KEYS[i]) < ttl then redis.call('PEXPIRE', KEYS[i], ttl) end
-  table.insert(rec, 'k' .. i); table.insert(rec, KEYS[i])
-  table.insert(rec, 'f' .. i); table.insert(rec, field)
-  table.insert(rec, 'c' .. i); table.insert(rec, ARGV[b + 6])
-  table.insert(rec, 'a' .. i); table.insert(rec, amount)
+  local b = C + 6 * (i - 1)
+  local key, field, kind = KEYS[i], ARGV[b + 1], ARGV[b + 5]
+  local cur = cache[key].vals[field]
+  put(key, field, (cur or 0) + tonumber(amount_of[kind]))
+  if cur == nil then created[i] = true end
+  items[#items + 1] = {key, field, kind, amount_of[kind]}
 end
-redis.call('HSET', rkey, unpack(rec))
-redis.call('PEXPIRE', rkey, ARGV[4])
-redis.call('ZADD', index, now, rkey)
-redis.call('PEXPIRE', index, ARGV[4])
+flush()
+for i = 1, n do
+  if #prune[i] > 0 then call('HDEL', KEYS[i], unpack(prune[i])) end
+  if created[i] then
+    -- A new bucket: the key lives until it leaves every window; never shorten it. (Older
+    -- buckets leave sooner, so the TTL is only touched when a bucket is created.)
+    local ttl = math.max(1000, math.ceil((tonumber(ARGV[C + 6 * (i - 1) + 6]) - now) * 1000))
+    if call('PTTL', KEYS[i]) < ttl then call('PEXPIRE', KEYS[i], ttl) end
+  end
+end
+call('SET', rkey, cjson.encode(items), 'PX', ARGV[4])
+call('ZADD', index, now, rkey)
+if sweep > 0 then call('PEXPIRE', index, ARGV[4]) end
 return done(1)
 """
 
 _FINISH_MANY_BODY = """
 -- KEYS[1] open-reservation zset, KEYS[2..] reservations; ARGV three per reservation: actual usd,
 -- requests, tokens. Returns finished (1/0) per reservation.
-local ARGV = cjson.decode(ARGV[1])
 local out = {}
 for i = 2, #KEYS do
   local a = 3 * (i - 2)
-  table.insert(out, finish(KEYS[i], KEYS[1], ARGV[a + 1], ARGV[a + 2], ARGV[a + 3]))
+  out[#out + 1] = finish(KEYS[i], KEYS[1], ARGV[a + 1], ARGV[a + 2], ARGV[a + 3])
 end
-return cjson.encode(out)
+flush()
+return out
 """
 
-_RESERVE = _FINISH_FUNCTION + _RESERVE_BODY
-_FINISH_MANY = _FINISH_FUNCTION + _FINISH_MANY_BODY
+_RESERVE = _COMMON + _RESERVE_BODY
+_FINISH_MANY = _COMMON + _FINISH_MANY_BODY
 
 _SNAPSHOT = """
 -- KEYS counter hashes; ARGV per counter: lo, hi (bucket starts in (lo, hi] count). Returns used per counter.
@@ -251,22 +324,14 @@ class RedisStore:
         self.url = redact(url)
         self.stale_after_seconds = float(stale_after_seconds)
         self.prefix = prefix
-        # One immediate reconnect covers a connection the server dropped (restart, idle
-        # timeout); more retries would only delay fail-closed/open. Timeouts are not retried:
-        # the script may have run, and waiting twice is what "never hang" rules out.
-        self._client: aioredis.Redis = aioredis.Redis.from_url(
-            url,
-            socket_connect_timeout=connect_timeout_seconds,
-            socket_timeout=read_timeout_seconds,
-            retry=Retry(NoBackoff(), 1, (RedisConnectionError,)),
-            decode_responses=True,
-        )
-        # Last line against a hang the socket timeouts miss (e.g. a stuck TLS handshake).
-        self._deadline = connect_timeout_seconds + read_timeout_seconds + 0.5
-        self._reserve = self._client.register_script(_RESERVE)
-        self._finish_many = self._client.register_script(_FINISH_MANY)
-        self._snapshot = self._client.register_script(_SNAPSHOT)
+        self._link = RedisLink(url, connect_timeout_seconds, read_timeout_seconds)
+        self._reserve = _Script(_RESERVE)
+        self._finish_many = _Script(_FINISH_MANY)
+        self._snapshot = _Script(_SNAPSHOT)
         self._open_key = prefix + "open"
+        self._reservation_ttl_ms = str(math.ceil((self.stale_after_seconds + RESERVATION_TTL_MARGIN_SECONDS) * 1000))
+        # What a reservation sends per counter does not depend on the request (see _counter_args).
+        self._args_of_counter: dict[int, tuple[Counter, tuple[str, tuple[str, ...]]]] = {}
         # Settlements are off the answer's path (the caller does not wait for them), so they
         # ride along with the next reservation: one round trip per request instead of two,
         # which is most of what Redis costs the gateway per request (docs/benchmarks.md).
@@ -274,47 +339,84 @@ class RedisStore:
         self._pending: list[_PendingFinish] = []
         self._flush_timer: asyncio.TimerHandle | None = None
         self._flushes: set[asyncio.Task[None]] = set()
+        self._last_sweep = -math.inf
 
     def _reservation_key(self, request_id: str) -> str:
-        return f"{self.prefix}r:{request_id}"
+        return f"{self.prefix}res:{request_id}"
 
     def _counter_key(self, counter: Counter) -> str:
         return f"{self.prefix}c:{counter.counter_id}"
 
-    async def _run(self, what: str, script: Any, keys: list[str], args: list[Any]) -> Any:
+    def _counter_args(self, counter: Counter) -> tuple[str, tuple[str, ...]]:
+        """The counter's key and its six script arguments: the same for every request in its window
+        (a rolling window's lower end is computed in the script from `now`)."""
+        # Keyed by identity (Limits hands out the same Counter objects for a whole window); the
+        # entry keeps its counter, so an id is never reused while it is cached.
+        entry = self._args_of_counter.get(id(counter))
+        if entry is not None and entry[0] is counter:
+            return entry[1]
+        start = float(counter.bucket_start)
+        if counter.span_seconds <= counter.bucket_seconds:  # calendar: its own bucket only
+            lo, span = window(counter, start)[0], 0.0
+        else:
+            lo, span = 0.0, float(counter.span_seconds)
+        expires_at = start + float(counter.span_seconds) + PRUNE_MARGIN_SECONDS
+        args = (repr(start), repr(lo), repr(span), repr(float(counter.limit)), counter.kind, repr(expires_at))
+        cached = (self._counter_key(counter), args)
+        if len(self._args_of_counter) >= COUNTER_ARGS_CACHE_SIZE:
+            self._args_of_counter.clear()
+        self._args_of_counter[id(counter)] = (counter, cached)
+        return cached
+
+    async def _run(self, what: str, script: _Script, keys: list[str], args: list[str]) -> Any:
+        # No deadline of its own around this: the link bounds connecting (TLS included) and waiting.
         try:
-            async with asyncio.timeout(self._deadline):
-                return await script(keys=keys, args=args)
-        except (RedisError, OSError, TimeoutError) as exc:
+            try:
+                return await self._link.call("EVALSHA", script.sha, len(keys), *keys, *args)
+            except ReplyError as exc:
+                if not str(exc).startswith("NOSCRIPT"):
+                    raise
+                # Redis restarted or flushed its script cache: EVAL loads the script again.
+                return await self._link.call("EVAL", script.source, len(keys), *keys, *args)
+        except (LinkError, ReplyError, OSError, TimeoutError) as exc:
             detail = str(exc) or type(exc).__name__
             raise StoreUnavailable(f"counter store {self.url} unavailable during {what}: {detail}") from exc
 
     async def reserve(self, request_id: str, counters: list[Counter], amounts: Amounts, now: float) -> Admission:
         check_request(counters, amounts)
-        reservation_ttl_ms = math.ceil((self.stale_after_seconds + RESERVATION_TTL_MARGIN_SECONDS) * 1000)
-        args: list[Any] = [
-            float(now),
-            float(now) - self.stale_after_seconds,
-            PRUNE_MARGIN_SECONDS,
-            reservation_ttl_ms,
-            STALE_SWEEP_LIMIT,
-        ]
         riders = self._pending[:SETTLE_BATCH_MAX]
         del self._pending[: len(riders)]
         if not self._pending and self._flush_timer is not None:
             self._flush_timer.cancel()  # nothing left to send alone
             self._flush_timer = None
-        args.append(len(riders))
-        for c in counters:
-            lo, hi = window(c, now)
-            ttl_ms = max(1000, math.ceil(bucket_ttl(c, now) * 1000))
-            args += [repr(float(c.bucket_start)), lo, hi, float(c.limit), float(amounts.of(c.kind)), c.kind, ttl_ms]
+        now = float(now)
+        # Sweep stale reservations about once a second by the caller's clock (and whenever that
+        # clock went back): each sweep is a sorted-set query Redis would otherwise run per request.
+        sweep = not (self._last_sweep <= now < self._last_sweep + SWEEP_INTERVAL_SECONDS)
+        if sweep:
+            self._last_sweep = now
+        args = [
+            repr(now),
+            repr(now - self.stale_after_seconds),
+            _PRUNE_MARGIN,
+            self._reservation_ttl_ms,
+            _SWEEP_LIMIT if sweep else "0",
+            str(len(riders)),
+            repr(float(amounts.usd)),
+            repr(float(amounts.requests)),
+            repr(float(amounts.tokens)),
+        ]
+        keys = []
+        for counter in counters:
+            key, counter_args = self._counter_args(counter)
+            keys.append(key)
+            args += counter_args
+        keys += (self._reservation_key(request_id), self._open_key)
         for rider in riders:
-            args += [rider.actual.usd, rider.actual.requests, rider.actual.tokens]
-        keys = [self._counter_key(c) for c in counters] + [self._reservation_key(request_id), self._open_key]
-        keys += [rider.reservation_key for rider in riders]
+            keys.append(rider.reservation_key)
+            args += rider.actual_args
         try:
-            out = _unpack(await self._run("reserve", self._reserve, keys, _pack(args)))
+            out = await self._run("reserve", self._reserve, keys, args)
             try:
                 n = len(counters)
                 code, refused = int(out[0]), int(out[1])
@@ -338,7 +440,11 @@ class RedisStore:
 
     async def _finish_reservation(self, request_id: str, actual: Amounts) -> bool:
         loop = asyncio.get_running_loop()
-        pending = _PendingFinish(self._reservation_key(request_id), actual, loop.create_future())
+        pending = _PendingFinish(
+            self._reservation_key(request_id),
+            (repr(float(actual.usd)), repr(float(actual.requests)), repr(float(actual.tokens))),
+            loop.create_future(),
+        )
         self._pending.append(pending)
         if self.settle_batch_seconds <= 0:
             await self._flush()
@@ -360,9 +466,9 @@ class RedisStore:
             batch = self._pending[:SETTLE_BATCH_MAX]
             del self._pending[: len(batch)]
             keys = [self._open_key] + [item.reservation_key for item in batch]
-            args = [amount for item in batch for amount in (item.actual.usd, item.actual.requests, item.actual.tokens)]
+            args = [amount for item in batch for amount in item.actual_args]
             try:
-                out = _unpack(await self._run("settle", self._finish_many, keys, _pack(args)))
+                out = await self._run("settle", self._finish_many, keys, args)
                 if not isinstance(out, list) or len(out) != len(batch):
                     raise StoreUnavailable(f"counter store {self.url} answered settle with {out!r}")
             except StoreUnavailable as exc:
@@ -390,12 +496,14 @@ class RedisStore:
     async def snapshot(self, counters: list[Counter], now: float) -> list[CounterState]:
         if not counters:
             return []
-        args: list[Any] = []
+        args: list[str] = []
         for c in counters:
-            args += list(window(c, now))
+            args += [repr(float(v)) for v in window(c, now)]
         out = await self._run("snapshot", self._snapshot, [self._counter_key(c) for c in counters], args)
         try:
             used = [float(v) for v in out]
+            if len(used) != len(counters):
+                raise ValueError("one value per counter expected")
         except (TypeError, ValueError) as exc:
             raise StoreUnavailable(f"counter store {self.url} answered snapshot with {out!r}") from exc
         return [CounterState(counter=c, used=u, remaining=c.limit - u) for c, u in zip(counters, used, strict=True)]
@@ -407,27 +515,16 @@ class RedisStore:
         if self._flushes:
             await asyncio.gather(*self._flushes, return_exceptions=True)
         await self._flush()  # nothing waiting is dropped
-        await self._client.aclose()
+        await self._link.close()
 
 
-def _pack(args: list[Any]) -> list[str]:
-    """The script's arguments as ONE JSON array of strings: redis-py packs a command argument by
-    argument, a quarter of the store's CPU with ~30 arguments a reservation (cProfile, see
-    docs/benchmarks.md). Each value is the string redis-py would have sent (floats as their
-    `repr`, exact), so Lua's `tonumber` reads the same numbers as before."""
-    return [json.dumps([repr(a) if isinstance(a, float) else str(a) for a in args], separators=(",", ":"))]
+@dataclasses.dataclass(frozen=True)
+class _Script:
+    source: str
+    sha: str = dataclasses.field(init=False)
 
-
-def _unpack(raw: Any) -> Any:
-    """The script's JSON answer; anything else is left for the caller's checks to reject."""
-    if isinstance(raw, bytes):
-        raw = raw.decode()
-    if not isinstance(raw, str):
-        return raw
-    try:
-        return json.loads(raw)
-    except ValueError:
-        return raw
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "sha", hashlib.sha1(self.source.encode()).hexdigest())
 
 
 def _resolve(batch: list[_PendingFinish], outcome: list[bool] | BaseException) -> None:

@@ -590,11 +590,11 @@ def test_redis_keys_expire_and_old_buckets_are_pruned(redis_server: RedisServer,
             assert (await store.reserve("r1", [daily], Amounts(usd=1), now)).admitted
             ttl = raw.pttl(prefix + "c:" + daily.counter_id)
             assert (DAY - 10) * 1000 < ttl <= (DAY - 10 + 60) * 1000
-            rttl = raw.pttl(prefix + "r:r1")
+            rttl = raw.pttl(prefix + "res:r1")
             assert stale_after * 1000 < rttl <= (stale_after + 3600) * 1000
             assert raw.pttl(prefix + "open") > 0
             assert await store.settle("r1", Amounts(usd=1)) is True
-            assert raw.exists(prefix + "r:r1") == 0
+            assert raw.exists(prefix + "res:r1") == 0
             assert raw.zcard(prefix + "open") == 0
 
             for t in (now, now + 30, now + 200):
@@ -678,14 +678,14 @@ def test_redis_settlements_ride_along_with_the_next_reservation(redis_server: Re
             settle_a = asyncio.ensure_future(store.settle("a", Amounts(usd=1)))
             release_b = asyncio.ensure_future(store.release("b"))
             await asyncio.sleep(0)  # both now wait for a ride
-            assert not settle_a.done() and raw.exists(prefix + "r:a") == 1
+            assert not settle_a.done() and raw.exists(prefix + "res:a") == 1
             # 4 + 4 held of 10: a third reservation of 4 fits only because a and b finish first,
             # inside the same script run.
             admission = await store.reserve("c", [budget], Amounts(usd=8), T + 3)
             assert admission.admitted, admission
             assert await asyncio.wait_for(settle_a, HANG_GUARD) is True
             assert await asyncio.wait_for(release_b, HANG_GUARD) is True
-            assert raw.exists(prefix + "r:a") == 0 and raw.exists(prefix + "r:b") == 0
+            assert raw.exists(prefix + "res:a") == 0 and raw.exists(prefix + "res:b") == 0
             (state,) = await store.snapshot([budget], T + 4)
             assert state.used == pytest.approx(1 + 8)
             # Settled twice: the second finds nothing open, so nothing is charged twice.
@@ -699,7 +699,7 @@ def test_redis_settlements_ride_along_with_the_next_reservation(redis_server: Re
         finally:
             await store.close()
         assert await asyncio.wait_for(waiting, HANG_GUARD) is True
-        assert raw.exists(prefix + "r:c") == 0
+        assert raw.exists(prefix + "res:c") == 0
 
         # And with a short window, a lone settlement goes on its own.
         store = RedisStore(redis_server.url, prefix=prefix, settle_batch_seconds=0.01)

@@ -1,0 +1,241 @@
+"""One pipelined connection to Redis for the counter store's scripts.
+
+Admission waits for exactly one Redis round trip, so what the client costs around that round
+trip is on every request's path. redis-py spends ~100 µs of CPU a call there (connection pool
+checkout, command packing in Python, a StreamReader wake-up, layers of wrappers; py-spy of the
+gateway at 200 req/s, docs/benchmarks.md). This link is the least that can carry a script call:
+hiredis (the Redis project's C library) packs the command and parses the reply, the reply is
+parsed in the event loop's `data_received` callback and handed to the caller's future — no task,
+no stream — and concurrent callers share one connection, their replies matched in order (RESP
+answers in the order commands arrive).
+
+Every store script is safe to run twice (a held reservation is admitted again without adding;
+finishing is idempotent; snapshots only read), so a call whose connection drops is sent once
+more on a fresh connection, as redis-py's one retry did. A call that times out is not: the server
+may be stuck, and waiting twice is what "never hang" rules out. Either way the connection is
+closed, because replies on it could no longer be matched to their calls.
+
+URLs are read with redis-py's `parse_url` (the same rules as every other Redis client of the
+gateway): redis://, rediss:// (TLS; ssl_ca_certs, ssl_certfile, ssl_keyfile, ssl_cert_reqs,
+ssl_check_hostname) and unix://, with username, password and db.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import ssl
+from typing import Any
+
+import hiredis
+from redis.asyncio.connection import SSLConnection, parse_url
+
+# URL options the link understands; anything else is refused when the store is opened rather
+# than silently ignored.
+_SSL_OPTIONS = {"ssl_ca_certs", "ssl_certfile", "ssl_keyfile", "ssl_cert_reqs", "ssl_check_hostname"}
+_OPTIONS = {"host", "port", "db", "username", "password", "path", "connection_class"} | _SSL_OPTIONS
+
+
+class LinkError(Exception):
+    """The call did not complete: connection refused, lost or timed out, or a protocol error."""
+
+
+class ReplyError(Exception):
+    """Redis answered the call with an error (e.g. NOSCRIPT, or a script error)."""
+
+
+class _Replies(asyncio.Protocol):
+    """Feeds received bytes to hiredis and resolves the waiting calls in order."""
+
+    def __init__(self, read_timeout_seconds: float) -> None:
+        self.transport: asyncio.Transport | None = None
+        self.waiting: collections.deque[asyncio.Future[Any]] = collections.deque()
+        self.deadlines: collections.deque[float] = collections.deque()  # loop time, one per waiting call
+        self.closed = False
+        self._reader = hiredis.Reader()
+        self._read_timeout = read_timeout_seconds
+        # One timer for all calls, armed for the oldest waiting call (not one timer per call: under
+        # load that is a heap push and a cancelled handle per request).
+        self._watchdog: asyncio.TimerHandle | None = None
+
+    def send(self, command: tuple[str | bytes | int | float, ...]) -> asyncio.Future[Any]:
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[Any] = loop.create_future()
+        deadline = loop.time() + self._read_timeout
+        self.waiting.append(future)
+        self.deadlines.append(deadline)
+        if self._watchdog is None:
+            self._watchdog = loop.call_at(deadline, self._check_deadline)
+        assert self.transport is not None
+        self.transport.write(hiredis.pack_command(command))  # type: ignore[arg-type]  # stub: 1-tuple
+        return future
+
+    def _check_deadline(self) -> None:
+        self._watchdog = None
+        if not self.deadlines:
+            return
+        loop = asyncio.get_running_loop()
+        if self.deadlines[0] <= loop.time():
+            # The server is silent (or stuck): replies that come later could not be matched.
+            self.fail(_Timeout(f"no reply within {self._read_timeout} s"))
+        else:
+            self._watchdog = loop.call_at(self.deadlines[0], self._check_deadline)
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.Transport)
+        self.transport = transport
+
+    def data_received(self, data: bytes) -> None:
+        self._reader.feed(data)
+        while True:
+            try:
+                reply = self._reader.gets()
+            except hiredis.ProtocolError as exc:
+                self.fail(LinkError(f"protocol error: {exc}"))
+                return
+            if reply is False:
+                return
+            if not self.waiting:
+                self.fail(LinkError("reply without a call"))
+                return
+            future = self.waiting.popleft()
+            self.deadlines.popleft()
+            if not future.done():  # its caller may have been cancelled
+                future.set_result(reply)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.closed = True
+        self._fail_waiting(LinkError(f"connection lost: {exc}" if exc else "connection closed by the server"))
+
+    def fail(self, error: LinkError) -> None:
+        """Closes the connection: after a timeout or a protocol error its replies are unmatched."""
+        self.closed = True
+        if self._watchdog is not None:
+            self._watchdog.cancel()
+            self._watchdog = None
+        if self.transport is not None:
+            self.transport.abort()
+        self._fail_waiting(error)
+
+    def _fail_waiting(self, error: LinkError) -> None:
+        self.deadlines.clear()
+        while self.waiting:
+            future = self.waiting.popleft()
+            if not future.done():
+                future.set_exception(error)
+
+
+def _ssl_context(options: dict[str, Any]) -> ssl.SSLContext:
+    context = ssl.create_default_context(cafile=options.get("ssl_ca_certs"))
+    if options.get("ssl_certfile"):
+        context.load_cert_chain(options["ssl_certfile"], options.get("ssl_keyfile"))
+    if str(options.get("ssl_check_hostname", "true")).lower() in ("false", "0", "no"):
+        context.check_hostname = False
+    if str(options.get("ssl_cert_reqs", "required")).lower() in ("none", "cert_none"):
+        context.check_hostname = False
+        context.verify_mode = ssl.CERT_NONE
+    return context
+
+
+class RedisLink:
+    def __init__(self, url: str, connect_timeout_seconds: float, read_timeout_seconds: float) -> None:
+        options: dict[str, Any] = dict(parse_url(url))
+        unknown = set(options) - _OPTIONS
+        if unknown:
+            raise ValueError(f"unsupported Redis URL option(s): {', '.join(sorted(unknown))}")
+        self._options = options
+        self._ssl = _ssl_context(options) if options.get("connection_class") is SSLConnection else None
+        self._connect_timeout = connect_timeout_seconds
+        self._read_timeout = read_timeout_seconds
+        self._replies: _Replies | None = None
+        self._connecting: asyncio.Future[_Replies] | None = None
+
+    async def call(self, *args: str | bytes | int | float) -> Any:
+        """Sends one command and returns its reply (hiredis types: bytes, int, list).
+
+        Raises ReplyError for an error reply and LinkError when the call did not complete."""
+        try:
+            return await self._call_once(args)
+        except _Dropped:
+            return await self._call_once(args)  # once more on a fresh connection, see the docstring
+
+    async def _call_once(self, args: tuple[str | bytes | int | float, ...]) -> Any:
+        replies = self._replies
+        if replies is None or replies.closed:
+            replies = await self._connected()
+        try:
+            reply = await replies.send(args)
+        except _Timeout:
+            raise
+        except LinkError as exc:
+            raise _Dropped(str(exc)) from exc
+        if isinstance(reply, hiredis.ReplyError):
+            raise ReplyError(str(reply))
+        return reply
+
+    async def _connected(self) -> _Replies:
+        # Concurrent callers share one connection attempt.
+        if self._connecting is None:
+            self._connecting = asyncio.ensure_future(self._connect())
+        connecting = self._connecting
+        try:
+            return await asyncio.shield(connecting)
+        finally:
+            if connecting.done():
+                self._connecting = None
+
+    async def _connect(self) -> _Replies:
+        loop = asyncio.get_running_loop()
+        options = self._options
+        replies: _Replies | None = None
+
+        def protocol() -> _Replies:
+            return _Replies(self._read_timeout)
+
+        try:
+            async with asyncio.timeout(self._connect_timeout):
+                if options.get("path"):
+                    _, replies = await loop.create_unix_connection(protocol, options["path"])
+                else:
+                    host = options.get("host", "localhost")
+                    _, replies = await loop.create_connection(
+                        protocol, host, int(options.get("port", 6379)), ssl=self._ssl,
+                        server_hostname=host if self._ssl is not None else None,
+                    )  # fmt: skip
+                handshake: list[tuple[str | int, ...]] = []
+                if options.get("password") is not None:
+                    user = options.get("username")
+                    handshake.append(("AUTH", user, options["password"]) if user else ("AUTH", options["password"]))
+                if options.get("db"):
+                    handshake.append(("SELECT", int(options["db"])))
+                futures = [replies.send(command) for command in handshake]
+                for command, future in zip(handshake, futures, strict=True):
+                    reply = await future
+                    if isinstance(reply, hiredis.ReplyError):
+                        # Redis's message (e.g. WRONGPASS) never contains the password.
+                        replies.fail(LinkError(f"{command[0]} refused: {reply}"))
+                        raise LinkError(f"{command[0]} refused: {reply}")
+        except BaseException as exc:
+            if replies is not None and not replies.closed:
+                replies.fail(LinkError("connection setup failed"))
+            if isinstance(exc, TimeoutError):
+                raise LinkError(f"no connection within {self._connect_timeout} s") from None
+            if isinstance(exc, OSError):
+                raise LinkError(f"cannot connect: {exc.strerror or exc}") from None
+            raise
+        self._replies = replies
+        return replies
+
+    async def close(self) -> None:
+        replies, self._replies = self._replies, None
+        if replies is not None and replies.transport is not None and not replies.closed:
+            replies.closed = True
+            replies.transport.close()
+
+
+class _Dropped(LinkError):
+    """The connection went away under the call (may be retried)."""
+
+
+class _Timeout(LinkError):
+    """No reply within the read timeout (not retried)."""

@@ -1,0 +1,141 @@
+"""The counter store's Redis connection (`RedisLink`) against a real redis-server: concurrent calls
+share one pipelined connection and each gets its own reply; AUTH and SELECT from the URL; a
+connection the server drops is replaced; a flushed script cache is refilled; unknown URL options
+are refused."""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+import time
+import uuid
+from collections.abc import Iterator
+
+import pytest
+import redis
+from fakes.redis_server import RedisServer
+
+from codexgate.stores.base import Amounts, Counter
+from codexgate.stores.redis_link import LinkError, RedisLink, ReplyError
+from codexgate.stores.redis_store import RedisStore
+
+HANG_GUARD = 10.0  # seconds: only a hang (not a slow machine) takes this long
+T = 1_700_000_000.0
+
+
+def _budget() -> Counter:
+    return Counter("key:alice/usd/1d", "usd", 10.0, T, 86400.0, 86400.0, T + 86400.0)
+
+
+@pytest.fixture
+def raw(redis_server: RedisServer) -> Iterator[redis.Redis]:
+    client = redis.Redis.from_url(redis_server.url, decode_responses=True)
+    yield client
+    client.close()
+
+
+def _clients(raw: redis.Redis) -> int:
+    return int(raw.info("clients")["connected_clients"])
+
+
+def test_concurrent_calls_share_one_connection_and_get_their_own_replies(
+    redis_server: RedisServer, raw: redis.Redis
+) -> None:
+    prefix = f"link-{uuid.uuid4().hex[:8]}:"
+
+    async def body() -> None:
+        link = RedisLink(redis_server.url, 1.0, 1.0)
+        try:
+            before = _clients(raw)
+            # INCRBY answers with the key's new value, so a reply handed to the wrong caller shows.
+            replies = await asyncio.wait_for(
+                asyncio.gather(*(link.call("INCRBY", f"{prefix}{i}", i + 1) for i in range(300))), HANG_GUARD
+            )
+            assert replies == [i + 1 for i in range(300)]
+            assert _clients(raw) == before + 1
+            assert await link.call("ECHO", "x" * 100_000) == b"x" * 100_000  # a reply in many reads
+            with pytest.raises(ReplyError, match="WRONGTYPE"):
+                await link.call("LPUSH", f"{prefix}0", "v")  # an error reply is the caller's, not the link's
+            assert await link.call("GET", f"{prefix}0") == b"1"  # and the connection is still in step
+        finally:
+            await link.close()
+
+    asyncio.run(body())
+
+
+def test_password_and_db_from_the_url(fresh_redis_server: RedisServer) -> None:
+    admin = redis.Redis.from_url(fresh_redis_server.url, decode_responses=True)
+    admin.config_set("requirepass", "s3cret-pw")
+    admin.close()
+    base = fresh_redis_server.url.removeprefix("redis://").rsplit("/", 1)[0]
+
+    async def body() -> None:
+        wrong = RedisLink(f"redis://:not-it@{base}/0", 1.0, 1.0)
+        with pytest.raises(LinkError) as caught:
+            await asyncio.wait_for(wrong.call("PING"), HANG_GUARD)
+        assert "AUTH refused" in str(caught.value) and "not-it" not in str(caught.value)
+        await wrong.close()
+
+        link = RedisLink(f"redis://:s3cret-pw@{base}/3", 1.0, 1.0)
+        try:
+            assert await link.call("SET", "in-db-3", "yes") == b"OK"
+        finally:
+            await link.close()
+
+    asyncio.run(body())
+    check = redis.Redis.from_url(f"redis://:s3cret-pw@{base}/3", decode_responses=True)
+    assert check.get("in-db-3") == "yes"
+    check.close()
+    check = redis.Redis.from_url(f"redis://:s3cret-pw@{base}/0", decode_responses=True)
+    assert check.get("in-db-3") is None
+    check.close()
+
+
+def test_dropped_connection_is_replaced_and_flushed_scripts_reloaded(
+    redis_server: RedisServer, raw: redis.Redis
+) -> None:
+    prefix = f"drop-{uuid.uuid4().hex[:8]}:"
+
+    async def body() -> None:
+        store = RedisStore(redis_server.url, prefix=prefix)
+        try:
+            assert (await store.reserve("a", [_budget()], Amounts(usd=1), T + 1)).admitted
+            killed = raw.client_kill_filter(_type="normal", skipme=True)
+            assert killed >= 1
+            raw.script_flush()
+            # A new connection, and EVALSHA's NOSCRIPT answered by loading the script again.
+            admission = await asyncio.wait_for(store.reserve("b", [_budget()], Amounts(usd=2), T + 2), HANG_GUARD)
+            assert admission.admitted
+            assert [s.used for s in admission.states] == [pytest.approx(1.0)]
+            assert await asyncio.wait_for(store.settle("a", Amounts(usd=0.5)), HANG_GUARD) is True
+            (state,) = await store.snapshot([_budget()], T + 3)
+            assert state.used == pytest.approx(0.5 + 2)
+        finally:
+            await store.close()
+
+    asyncio.run(body())
+
+
+def test_unknown_url_options_are_refused() -> None:
+    with pytest.raises(ValueError, match="socket_keepalive"):
+        RedisLink("redis://127.0.0.1:6379/0?socket_keepalive=true", 1.0, 1.0)
+    RedisLink("rediss://127.0.0.1:6379/0?ssl_cert_reqs=none", 1.0, 1.0)  # TLS options are understood
+
+
+def test_calls_after_a_timeout_use_a_fresh_connection(fresh_redis_server: RedisServer) -> None:
+    async def body() -> None:
+        link = RedisLink(fresh_redis_server.url, 1.0, 0.3)
+        try:
+            assert await link.call("PING") == b"PONG"
+            fresh_redis_server.proc.send_signal(signal.SIGSTOP)  # accepts on the socket, never answers
+            started = time.monotonic()
+            with pytest.raises(LinkError, match="no reply within"):
+                await asyncio.wait_for(link.call("ECHO", "before"), HANG_GUARD)
+            assert time.monotonic() - started >= 0.25  # it did wait for the read timeout
+            fresh_redis_server.proc.send_signal(signal.SIGCONT)
+            # The server answers the old call late; that answer must not be taken for this one's.
+            assert await asyncio.wait_for(link.call("ECHO", "after"), HANG_GUARD) == b"after"
+        finally:
+            await link.close()
+
+    asyncio.run(body())
