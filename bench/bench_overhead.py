@@ -29,6 +29,7 @@ import resource
 import shutil
 import signal
 import socket
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -46,6 +47,7 @@ PATHS = ("direct", "mitmdump", "mitmproxy-core", "codexgate", "codexgate-limits"
 DEFAULT_PATHS = ("direct", "mitmdump", "mitmproxy-core", "codexgate")
 UPSTREAM_KEY_ENV = "BENCH_UPSTREAM_KEY"
 TARGET_RATIO = 1.3
+TARGET_LIMITS_MS = 0.3  # issue #3: admission + accounting with Redis over the foundation's path
 QUIET_PCT = 25.0  # % of one core others may use before a run counts as disturbed
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 
@@ -627,6 +629,24 @@ def round_ratios(
     ]
 
 
+def limits_cost(open_results: dict[Any, Any], rate: float, gateway: str) -> tuple[float, list[float]] | None:
+    """What budgets and rate limits add: the limits path's p50 minus plain codexgate's (same run),
+    overall and per interleaved round."""
+    try:
+        limited, plain = open_results[(gateway, rate)], open_results[("codexgate", rate)]
+    except KeyError:
+        return None
+    a, b = limited["latency_ms"]["p50"], plain["latency_ms"]["p50"]
+    if a is None or b is None:
+        return None
+    rounds = [
+        round(x - y, 2)
+        for x, y in zip(limited["round_p50_ms"], plain["round_p50_ms"], strict=False)
+        if None not in (x, y)
+    ]
+    return a - b, rounds
+
+
 def markdown_report(report: dict[str, Any]) -> str:
     cfg = report["config"]
     open_results = {(r["path"], r["rate"]): r for r in report["open_loop"]}
@@ -698,6 +718,20 @@ def markdown_report(report: dict[str, Any]) -> str:
                 f"without the chain): {fmt(gate)} ms / {fmt(core)} ms = **{core_ratio:.2f}** (per round: "
                 f"{core_rounds or '–'})"
             )
+    for gateway in gateways:
+        if not gateway.endswith("-limits"):
+            continue
+        cost = limits_cost(open_results, rate, gateway)
+        if cost is None:
+            continue
+        overall, rounds = cost
+        middle = f"{statistics.median(rounds):+.2f}" if rounds else "–"
+        per_round = ", ".join(f"{r:+.2f}" for r in rounds) or "–"
+        lines.append(
+            f"\n**Limits cost** ({gateway} p50 − codexgate p50) at {rate:g} req/s: **{overall:+.2f} ms** "
+            f"(target for the Redis store ≤ +{TARGET_LIMITS_MS} ms; median of the per-round differences "
+            f"{middle}; per round: {per_round})"
+        )
     for name, profile in report.get("profiles", {}).items():
         lines += [
             "",
@@ -1023,6 +1057,11 @@ def main(argv: list[str] | None = None) -> int:
     open_results = {(r["path"], r["rate"]): r for r in report["open_loop"]}
     report["key_ratio"] = key_ratio(open_results, args.ratio_rate)
     report["key_ratio_rounds"] = round_ratios(open_results, args.ratio_rate)
+    report["limits_cost_ms"] = {
+        path: {"p50_difference": round(cost[0], 3), "rounds": cost[1]}
+        for path in dict.fromkeys(r["path"] for r in report["open_loop"])
+        if path.endswith("-limits") and (cost := limits_cost(open_results, args.ratio_rate, path)) is not None
+    }
     report["key_ratio_by_path"] = {
         name: {
             "ratio": key_ratio(open_results, args.ratio_rate, name),
