@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
-import functools
 import logging
 import math
 import time
@@ -187,7 +186,7 @@ class Limits:
         self._metrics = metrics
         self.pricer = Pricer()
         self.store: CounterStore | None = None
-        self.pending_settlements: set[asyncio.Future[bool]] = set()
+        self.pending_settlements: set[asyncio.Task[None]] = set()
         self._store_spec: tuple[str, str] | None = None
         # A request's counters change only when one of their windows rolls over or the policy is
         # reloaded, so they are built once per (policy, levels, windows), not per request.
@@ -219,6 +218,7 @@ class Limits:
 
     async def done(self) -> None:
         # Settlements still on their way land before the store closes: nothing half-written.
+        await asyncio.sleep(0)  # settlements scheduled for the loop's next turn start first
         if self.pending_settlements:
             await asyncio.gather(*self.pending_settlements, return_exceptions=True)
         if self.store is not None:
@@ -375,28 +375,29 @@ class Charge:
         if not metering.reserved or self._limits.store is None:
             return
         # The answer need not wait for the store: the cost is known (the accounting line and the
-        # audit record have it), and settling is idempotent and awaited at shutdown. The store
-        # does it off this path (Redis: with its next round trip; embedded: on the loop's next
-        # turn, after the answer is written), and no task is made for it.
-        try:
-            settled = self._limits.store.finish_later(state.request_id, None if how == "release" else amounts)
-        except Exception:
-            logger.exception("settling %s failed", state.request_id)
-            return
-        self._limits.pending_settlements.add(settled)
-        settled.add_done_callback(functools.partial(self._settled, state))
+        # audit record have it), and settling is idempotent and awaited at shutdown. It starts on
+        # the loop's next turn, after the answer is written: mitmproxy's tasks start eagerly, so a
+        # task created here would run the (embedded store's synchronous) settlement first.
+        asyncio.get_running_loop().call_soon(self._start_settle, state, amounts, how)
 
-    def _settled(self, state: GatewayRequest, settled: asyncio.Future[bool]) -> None:
-        self._limits.pending_settlements.discard(settled)
-        if settled.cancelled():
-            return
-        exc = settled.exception()
-        if isinstance(exc, StoreUnavailable):
+    def _start_settle(self, state: GatewayRequest, amounts: Amounts, how: str) -> None:
+        task = asyncio.get_running_loop().create_task(self._store_settle(state, amounts, how))
+        self._limits.pending_settlements.add(task)
+        task.add_done_callback(self._limits.pending_settlements.discard)
+
+    async def _store_settle(self, state: GatewayRequest, amounts: Amounts, how: str) -> None:
+        assert self._limits.store is not None
+        try:
+            if how == "release":
+                await self._limits.store.release(state.request_id)
+            else:
+                await self._limits.store.settle(state.request_id, amounts)
+        except StoreUnavailable as exc:
             # The reservation stays; the store charges it at its estimate once it is stale.
             self._metrics.store_errors.labels("settle", state.policy.policy.gateway.on_store_error).inc()
             logger.error("cannot settle %s (%s); its reservation will be charged as estimated", state.request_id, exc)
-        elif exc is not None:
-            logger.error("settling %s failed", state.request_id, exc_info=exc)
+        except Exception:
+            logger.exception("settling %s failed", state.request_id)
 
     @staticmethod
     def _amounts(flow: http.HTTPFlow, state: GatewayRequest, metering: Metering, broken: bool) -> tuple[Amounts, str]:

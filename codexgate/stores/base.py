@@ -18,7 +18,6 @@ again on 1 March).
 
 from __future__ import annotations
 
-import asyncio
 import dataclasses
 from typing import Literal, Protocol
 
@@ -79,13 +78,6 @@ class CounterStore(Protocol):
 
     async def release(self, request_id: str) -> bool:
         """Remove the reservation of `request_id` entirely (request refused or never sent)."""
-        ...
-
-    def finish_later(self, request_id: str, actual: Amounts | None) -> asyncio.Future[bool]:
-        """`settle` (or, with `actual` None, `release`) without the caller waiting for it, and
-        without a task: the store does it off the caller's path (after the current callback, or
-        with its next round trip) and the future resolves as `settle`/`release` would return, or
-        with StoreUnavailable. The gateway settles this way, after each answer."""
         ...
 
     async def snapshot(self, counters: list[Counter], now: float) -> list[CounterState]:

@@ -13,7 +13,6 @@ The work is microseconds, so the async methods run it inline instead of in a thr
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import json
 import logging
@@ -250,26 +249,6 @@ class EmbeddedStore:
     async def settle(self, request_id: str, actual: Amounts) -> bool:
         check_amounts(actual)
         return self._finish(request_id, actual)
-
-    def finish_later(self, request_id: str, actual: Amounts | None) -> asyncio.Future[bool]:
-        if actual is not None:
-            check_amounts(actual)
-        loop = asyncio.get_running_loop()
-        done: asyncio.Future[bool] = loop.create_future()
-        # The transaction is synchronous: on the loop's next turn it runs after whatever the caller
-        # is doing now (the gateway: writing the answer).
-        loop.call_soon(self._finish_into, done, request_id, actual or Amounts())
-        return done
-
-    def _finish_into(self, done: asyncio.Future[bool], request_id: str, actual: Amounts) -> None:
-        try:
-            result = self._finish(request_id, actual)
-        except StoreUnavailable as exc:
-            if not done.done():
-                done.set_exception(exc)
-            return
-        if not done.done():
-            done.set_result(result)
 
     async def release(self, request_id: str) -> bool:
         return self._finish(request_id, Amounts())

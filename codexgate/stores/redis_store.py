@@ -438,11 +438,7 @@ class RedisStore:
             return build_admission(counters, amounts, used, held, None)
         return build_admission(counters, amounts, used, None, refused - 1 if code == 0 else None)
 
-    def finish_later(self, request_id: str, actual: Amounts | None) -> asyncio.Future[bool]:
-        """Queues the settlement to ride along with the next reservation (or to go with the
-        waiting ones after settle_batch_seconds); see the module docstring."""
-        actual = Amounts() if actual is None else actual
-        check_amounts(actual)
+    async def _finish_reservation(self, request_id: str, actual: Amounts) -> bool:
         loop = asyncio.get_running_loop()
         pending = _PendingFinish(
             self._reservation_key(request_id),
@@ -450,9 +446,11 @@ class RedisStore:
             loop.create_future(),
         )
         self._pending.append(pending)
-        if self._flush_timer is None:
-            self._flush_timer = loop.call_later(max(self.settle_batch_seconds, 0.0), self._start_flush)
-        return pending.done
+        if self.settle_batch_seconds <= 0:
+            await self._flush()
+        elif self._flush_timer is None:
+            self._flush_timer = loop.call_later(self.settle_batch_seconds, self._start_flush)
+        return await pending.done
 
     def _start_flush(self) -> None:
         self._flush_timer = None
@@ -489,10 +487,11 @@ class RedisStore:
             )
 
     async def settle(self, request_id: str, actual: Amounts) -> bool:
-        return await self.finish_later(request_id, actual)
+        check_amounts(actual)
+        return await self._finish_reservation(request_id, actual)
 
     async def release(self, request_id: str) -> bool:
-        return await self.finish_later(request_id, None)
+        return await self._finish_reservation(request_id, Amounts())
 
     async def snapshot(self, counters: list[Counter], now: float) -> list[CounterState]:
         if not counters:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import shutil
 import socket
+import ssl
 import subprocess
 import time
 from pathlib import Path
@@ -19,9 +20,12 @@ def _free_port() -> int:
 
 
 class RedisServer:
-    """A throwaway redis-server: no persistence, own directory, killed at teardown."""
+    """A throwaway redis-server: no persistence, own directory, killed at teardown.
 
-    def __init__(self, workdir: Path) -> None:
+    With `tls` (certificate file, key file, CA file) it listens with TLS only (no plain port) and
+    its URL is rediss://localhost:PORT/0."""
+
+    def __init__(self, workdir: Path, tls: tuple[Path, Path, Path] | None = None) -> None:
         exe = shutil.which("redis-server")
         if exe is None:
             if os.environ.get("CI"):
@@ -29,11 +33,19 @@ class RedisServer:
             pytest.skip("redis-server not found on PATH: ./dev test installs it")
         self.port = _free_port()
         self.url = f"redis://127.0.0.1:{self.port}/0"
+        args = ["--port", str(self.port)]
+        context: ssl.SSLContext | None = None
+        if tls is not None:
+            cert, key, ca = tls
+            self.url = f"rediss://localhost:{self.port}/0"
+            args = ["--port", "0", "--tls-port", str(self.port), "--tls-cert-file", str(cert)]
+            args += ["--tls-key-file", str(key), "--tls-ca-cert-file", str(ca), "--tls-auth-clients", "no"]
+            context = ssl.create_default_context(cafile=str(ca))
         workdir.mkdir(parents=True, exist_ok=True)
         self.log = workdir / "redis.log"
         with open(self.log, "wb") as log:
             self.proc = subprocess.Popen(
-                [exe, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"],
+                [exe, *args, "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"],
                 cwd=workdir,
                 stdout=log,
                 stderr=subprocess.STDOUT,
@@ -41,7 +53,8 @@ class RedisServer:
         deadline = time.monotonic() + 10
         while True:
             try:
-                with socket.create_connection(("127.0.0.1", self.port), timeout=0.2) as s:
+                with socket.create_connection(("127.0.0.1", self.port), timeout=0.2) as raw:
+                    s = context.wrap_socket(raw, server_hostname="localhost") if context else raw
                     s.sendall(b"PING\r\n")
                     if s.recv(16).startswith(b"+PONG"):
                         return

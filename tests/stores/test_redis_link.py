@@ -10,10 +10,14 @@ import signal
 import time
 import uuid
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 import redis
+from cryptography import x509
+from cryptography.hazmat.primitives import serialization
 from fakes.redis_server import RedisServer
+from mitmproxy import certs
 
 from codexgate.stores.base import Amounts, Counter
 from codexgate.stores.redis_link import LinkError, RedisLink, ReplyError
@@ -139,3 +143,36 @@ def test_calls_after_a_timeout_use_a_fresh_connection(fresh_redis_server: RedisS
             await link.close()
 
     asyncio.run(body())
+
+
+def test_tls_url_connects_with_the_given_ca_and_refuses_an_unknown_one(tmp_path: Path) -> None:
+    """rediss:// (managed Redis offerings speak TLS only): the certificate is checked against
+    ssl_ca_certs and the host name; a server the CA does not vouch for is refused."""
+    store = certs.CertStore.from_store(tmp_path / "ca", "testca", 2048)
+    entry = store.get_cert("localhost", [x509.DNSName("localhost")])
+    cert, key = tmp_path / "server.pem", tmp_path / "server.key"
+    cert.write_bytes(entry.cert.to_pem())
+    key.write_bytes(
+        entry.privatekey.private_bytes(
+            serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+        )
+    )
+    ca = tmp_path / "ca" / "testca-ca-cert.pem"
+    server = RedisServer(tmp_path / "redis", tls=(cert, key, ca))
+    try:
+
+        async def body() -> None:
+            link = RedisLink(f"{server.url}?ssl_ca_certs={ca}", 2.0, 2.0)
+            try:
+                assert await asyncio.wait_for(link.call("SET", "over-tls", "yes"), HANG_GUARD) == b"OK"
+                assert await link.call("GET", "over-tls") == b"yes"
+            finally:
+                await link.close()
+            untrusted = RedisLink(server.url, 2.0, 2.0)  # the system CAs do not know this one
+            with pytest.raises(LinkError, match="cannot connect"):
+                await asyncio.wait_for(untrusted.call("PING"), HANG_GUARD)
+            await untrusted.close()
+
+        asyncio.run(body())
+    finally:
+        server.kill()

@@ -234,26 +234,6 @@ def test_settle_twice_charges_once(backend: Backend) -> None:
     run(backend, body)
 
 
-def test_finish_later_settles_and_releases_off_the_callers_path(backend: Backend) -> None:
-    """What the gateway uses after each answer: nothing is done before the caller's callback
-    ends; the futures then resolve as settle/release would return, and only once."""
-    budget = usd(limit=10)
-
-    async def body(store: CounterStore) -> None:
-        assert (await store.reserve("a", [budget], Amounts(usd=5), T + 1)).admitted
-        assert (await store.reserve("b", [budget], Amounts(usd=4), T + 2)).admitted
-        settled = store.finish_later("a", Amounts(usd=2))
-        released = store.finish_later("b", None)
-        again = store.finish_later("a", Amounts(usd=9))
-        assert not (settled.done() or released.done() or again.done())  # not within the caller's turn
-        assert await asyncio.wait_for(asyncio.gather(settled, released, again), HANG_GUARD) == [True, True, False]
-        assert await used(store, [budget]) == [2]
-        with pytest.raises(ValueError):
-            store.finish_later("a", Amounts(usd=-1))  # a programming error is the caller's at once
-
-    run(backend, body)
-
-
 def test_release_removes_the_reservation(backend: Backend) -> None:
     budget = usd(limit=10)
 
