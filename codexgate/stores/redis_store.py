@@ -3,7 +3,7 @@
 Keys (all under `prefix`):
   c:<counter_id>    hash    bucket_start -> amount used in that bucket (settled + reserved); old
                             buckets are deleted as reservations pass, the key expires after its last window
-  res:<request_id>  string  the open reservation, JSON [[counter key, bucket field, kind, amount], ...];
+  res:<request_id>  string  the open reservation, JSON [counter key, bucket field, kind, amount, ...];
                             expires a while after stale_after_seconds
   open              zset    reservation key -> `now` of its reserve, to find stale ones by the caller's clock
 
@@ -70,72 +70,70 @@ class _PendingFinish:
 
 
 # Lua helpers shared by the scripts. Values of counter hashes are read once per script run into
-# `cache` and written back once (`flush`): a settlement riding along with a reservation usually
-# touches the same buckets, and every redis.call costs Redis time on each request's path.
+# `vals` and written back once (`flush`): a settlement riding along with a reservation usually
+# touches the same buckets. The script runs on every request's path, and under the gateway's load
+# it costs Redis several times what it costs back to back, so it makes few calls and few tables.
 _COMMON = """
--- Locals: a global lookup per use is measurably slower in the script's hot loops.
 local call, tonumber, format, unpack = redis.call, tonumber, string.format, unpack
-local cache = {}   -- counter key -> {vals = field -> number, order = fields as HGETALL gave them, full = bool}
+local vals = {}    -- counter key -> {field -> number}
+local full = {}    -- counter key -> the HGETALL reply, for keys read whole
 local dirty = {}   -- counter key -> {field -> true}
 local dirty_keys = {}
 
 local function load_full(key)
   local raw = call('HGETALL', key)
-  local c = {vals = {}, order = {}, full = true}
-  for j = 1, #raw, 2 do
-    c.vals[raw[j]] = tonumber(raw[j + 1])
-    c.order[#c.order + 1] = raw[j]
-  end
-  cache[key] = c
-  return c
+  local v = {}
+  for j = 1, #raw, 2 do v[raw[j]] = tonumber(raw[j + 1]) end
+  vals[key], full[key] = v, raw
 end
 
 local function value(key, field)
-  local c = cache[key]
-  if c == nil then
-    c = {vals = {}, order = {}, full = false}
-    cache[key] = c
-  end
-  local v = c.vals[field]
-  if v == nil and not c.full then
+  local v = vals[key]
+  if v == nil then v = {}; vals[key] = v end
+  local x = v[field]
+  if x == nil and full[key] == nil then
     local raw = call('HGET', key, field)
-    if raw then v = tonumber(raw); c.vals[field] = v end
+    if raw then x = tonumber(raw); v[field] = x end
   end
-  return v
+  return x
 end
 
-local function put(key, field, v)
-  cache[key].vals[field] = v
-  if dirty[key] == nil then dirty[key] = {}; dirty_keys[#dirty_keys + 1] = key end
-  dirty[key][field] = true
+local function put(key, field, x)
+  vals[key][field] = x
+  local d = dirty[key]
+  if d == nil then d = {}; dirty[key] = d; dirty_keys[#dirty_keys + 1] = key end
+  d[field] = true
 end
 
 local function flush()
   for _, key in ipairs(dirty_keys) do
-    local args = {}
+    local args, v = {}, vals[key]
     for field in pairs(dirty[key]) do
       args[#args + 1] = field
-      args[#args + 1] = format('%.17g', cache[key].vals[field])
+      args[#args + 1] = format('%.17g', v[field])
     end
-    if #args > 0 then call('HSET', key, unpack(args)) end
+    call('HSET', key, unpack(args))
   end
   dirty, dirty_keys = {}, {}
 end
 
 -- Replaces an open reservation by the actual amounts (settle; release = all zero); 1 if it was
 -- open, 0 if not (already settled or released, or never made): so a request is charged once.
--- The record is a JSON array of [counter key, bucket field, kind, reserved amount as exact string].
+-- The record is a flat JSON array: counter key, bucket field, kind, reserved amount (an exact
+-- string), then the next counter's four.
 local function finish(rkey, index, usd, requests, tokens)
   local rec = call('GET', rkey)
   if not rec then return 0 end
-  local actual = {usd = tonumber(usd), requests = tonumber(requests), tokens = tonumber(tokens)}
-  for _, item in ipairs(cjson.decode(rec)) do
-    local cur = value(item[1], item[2])
+  local r = cjson.decode(rec)
+  for i = 1, #r, 4 do
+    local key, field, kind = r[i], r[i + 1], r[i + 2]
+    local cur = value(key, field)
     -- A bucket pruned or expired meanwhile lies outside every window: nothing to correct there.
     if cur then
-      local v = cur - tonumber(item[4]) + actual[item[3]]
-      if v < 0 then v = 0 end
-      put(item[1], item[2], v)
+      local actual = kind == 'usd' and usd or (kind == 'requests' and requests or tokens)
+      local x = cur - tonumber(r[i + 3]) + tonumber(actual)
+      if x < 0 then x = 0 end
+      put(key, field, x)
     end
   end
   call('DEL', rkey)
@@ -159,13 +157,16 @@ local n = #KEYS - 2 - m
 local now = tonumber(ARGV[1])
 local rkey, index = KEYS[n + 1], KEYS[n + 2]
 local margin = tonumber(ARGV[3])
-local amount_of = {usd = ARGV[7], requests = ARGV[8], tokens = ARGV[9]}
 local C = 9           -- counter arguments start after this
 local F = C + 6 * n   -- finish arguments start after this
+local function amount_arg(kind)
+  return kind == 'usd' and ARGV[7] or (kind == 'requests' and ARGV[8] or ARGV[9])
+end
 
 for i = 1, n do load_full(KEYS[i]) end
 
 -- Settlements first: they free what their estimates held beyond the actual cost.
+local out = {0, 0}
 local finished = {}
 for i = 1, m do
   local a = F + 3 * (i - 1)
@@ -184,43 +185,46 @@ if sweep > 0 then
   end
 end
 
-local held = nil
+local held = nil  -- counter key -> {bucket start, amount, ...} of this request's own reservation
 local rec = call('GET', rkey)
 if rec then
   held = {}
-  for _, item in ipairs(cjson.decode(rec)) do
-    local list = held[item[1]] or {}
-    held[item[1]] = list
-    list[#list + 1] = {tonumber(item[2]), tonumber(item[4])}
+  local r = cjson.decode(rec)
+  for i = 1, #r, 4 do
+    local list = held[r[i]] or {}
+    held[r[i]] = list
+    list[#list + 1] = tonumber(r[i + 1])
+    list[#list + 1] = tonumber(r[i + 3])
   end
 end
 
-local out = {0, 0}
 local refused = 0
-local prune = {}
+local prune = nil  -- counter index -> old bucket fields, only when there are any
 for i = 1, n do
   local b = C + 6 * (i - 1)
+  local key = KEYS[i]
   local start = tonumber(ARGV[b + 1])
   local span = tonumber(ARGV[b + 3])
   local lo = span > 0 and now - span or tonumber(ARGV[b + 2])
   local hi = math.max(now, start)
-  local limit, amount = tonumber(ARGV[b + 4]), tonumber(amount_of[ARGV[b + 5]])
+  local limit, amount = tonumber(ARGV[b + 4]), tonumber(amount_arg(ARGV[b + 5]))
   local used = 0
-  local old = {}
-  local c = cache[KEYS[i]]
-  for _, field in ipairs(c.order) do
-    local s = tonumber(field)
+  local v, raw = vals[key], full[key]
+  for j = 1, #raw, 2 do
+    local s = tonumber(raw[j])
     if s > lo and s <= hi then
-      used = used + c.vals[field]
+      used = used + v[raw[j]]
     elseif s <= lo - margin then
-      old[#old + 1] = field
+      prune = prune or {}
+      prune[i] = prune[i] or {}
+      prune[i][#prune[i] + 1] = raw[j]
     end
   end
-  prune[i] = old
   local own = 0
-  if held ~= nil and held[KEYS[i]] ~= nil then
-    for _, item in ipairs(held[KEYS[i]]) do
-      if item[1] > lo and item[1] <= hi then own = own + item[2] end
+  if held ~= nil and held[key] ~= nil then
+    local list = held[key]
+    for j = 1, #list, 2 do
+      if list[j] > lo and list[j] <= hi then own = own + list[j + 1] end
     end
     used = used - own
   end
@@ -244,19 +248,28 @@ out[2] = refused
 if refused ~= 0 then return done(0) end
 
 local items = {}
-local created = {}
+local created = nil  -- counter indexes whose bucket this reservation creates
 for i = 1, n do
   local b = C + 6 * (i - 1)
   local key, field, kind = KEYS[i], ARGV[b + 1], ARGV[b + 5]
-  local cur = cache[key].vals[field]
-  put(key, field, (cur or 0) + tonumber(amount_of[kind]))
-  if cur == nil then created[i] = true end
-  items[#items + 1] = {key, field, kind, amount_of[kind]}
+  local amount = amount_arg(kind)
+  local cur = vals[key][field]
+  put(key, field, (cur or 0) + tonumber(amount))
+  if cur == nil then
+    created = created or {}
+    created[#created + 1] = i
+  end
+  items[#items + 1] = key
+  items[#items + 1] = field
+  items[#items + 1] = kind
+  items[#items + 1] = amount
 end
 flush()
-for i = 1, n do
-  if #prune[i] > 0 then call('HDEL', KEYS[i], unpack(prune[i])) end
-  if created[i] then
+if prune ~= nil then
+  for i, old in pairs(prune) do call('HDEL', KEYS[i], unpack(old)) end
+end
+if created ~= nil then
+  for _, i in ipairs(created) do
     -- A new bucket: the key lives until it leaves every window; never shorten it. (Older
     -- buckets leave sooner, so the TTL is only touched when a bucket is created.)
     local ttl = math.max(1000, math.ceil((tonumber(ARGV[C + 6 * (i - 1) + 6]) - now) * 1000))
