@@ -15,6 +15,7 @@ import yaml
 
 from codexgate.policies.keys import add_key
 from codexgate.policies.loader import PolicyError, load_policy
+from codexgate.stores.factory import check_store_spec
 
 CODEX_NPM_PACKAGE = "@openai/codex@0.169.0"
 DEMO_KEY_FILE = "demo-key"
@@ -122,6 +123,14 @@ def cmd_up(args: argparse.Namespace) -> int:
     except PolicyError as exc:
         print(exc, file=sys.stderr)
         return 1
+    store = args.store or str(config.get("store", "embedded"))
+    try:
+        # Checked here, not only by the addon: mitmproxy rolls options back after an OptionsError
+        # at start, and the rollback's own complaint (no policy) would be printed instead.
+        check_store_spec(store)
+    except ValueError as exc:
+        print(f"codexgate up: --store: {exc}", file=sys.stderr)
+        return 2
     cert = ca_cert_path(data_dir)
     host = args.listen_host or config.get("listen_host", "127.0.0.1")
     proxy_port = args.proxy_port or int(config.get("proxy_port", 8080))
@@ -151,7 +160,7 @@ def cmd_up(args: argparse.Namespace) -> int:
         listen_host=host,
         proxy_port=proxy_port,
         gateway_port=gateway_port,
-        store=args.store or str(config.get("store", "embedded")),
+        store=store,
         metrics_port=metrics_port,
         with_script=args.web or args.mitmdump,
     )

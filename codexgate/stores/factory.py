@@ -7,12 +7,24 @@ import os
 
 from codexgate.stores.base import CounterStore, StoreUnavailable
 from codexgate.stores.embedded import EmbeddedStore
+from codexgate.stores.redis_link import RedisLink
 from codexgate.stores.redis_store import RedisStore, redact
 
 logger = logging.getLogger(__name__)
 
 EMBEDDED_FILE = "counters.sqlite3"
 _REDIS_SCHEMES = ("redis://", "rediss://", "unix://")
+
+
+def check_store_spec(spec: str) -> None:
+    """Raises ValueError for what `open_store` would refuse, without opening anything."""
+    spec = spec.strip()
+    if spec == "embedded":
+        return
+    if spec.startswith(_REDIS_SCHEMES):
+        RedisLink(spec, 1.0, 1.0)  # parses the URL and its options; connects only when first used
+        return
+    raise ValueError(f"counter store {redact(spec)!r}: expected 'embedded' or a redis://, rediss:// or unix:// URL")
 
 
 def open_store(spec: str, data_dir: str, stale_after_seconds: float = 900) -> CounterStore:
@@ -23,16 +35,15 @@ def open_store(spec: str, data_dir: str, stale_after_seconds: float = 900) -> Co
     opened. A Redis store connects lazily: an unreachable Redis shows on the first operation.
     """
     spec = spec.strip()
-    if spec == "embedded":
-        # The file records spend per key: the directory is the owner's alone, like the file.
-        try:
-            os.makedirs(data_dir, mode=0o700, exist_ok=True)
-        except OSError as exc:
-            raise StoreUnavailable(f"counter store data directory {data_dir}: {exc}") from exc
-        path = os.path.join(data_dir, EMBEDDED_FILE)
-        logger.info("counter store: embedded SQLite at %s", path)
-        return EmbeddedStore(path, stale_after_seconds=stale_after_seconds)
-    if spec.startswith(_REDIS_SCHEMES):
+    check_store_spec(spec)
+    if spec != "embedded":
         logger.info("counter store: Redis at %s", redact(spec))
         return RedisStore(spec, stale_after_seconds=stale_after_seconds)
-    raise ValueError(f"counter store {spec!r}: expected 'embedded' or a redis://, rediss:// or unix:// URL")
+    # The file records spend per key: the directory is the owner's alone, like the file.
+    try:
+        os.makedirs(data_dir, mode=0o700, exist_ok=True)
+    except OSError as exc:
+        raise StoreUnavailable(f"counter store data directory {data_dir}: {exc}") from exc
+    path = os.path.join(data_dir, EMBEDDED_FILE)
+    logger.info("counter store: embedded SQLite at %s", path)
+    return EmbeddedStore(path, stale_after_seconds=stale_after_seconds)

@@ -19,6 +19,7 @@ from cryptography.hazmat.primitives import serialization
 from fakes.redis_server import RedisServer
 from mitmproxy import certs
 
+from codexgate.cli import main
 from codexgate.stores.base import Amounts, Counter
 from codexgate.stores.redis_link import LinkError, RedisLink, ReplyError
 from codexgate.stores.redis_store import RedisStore
@@ -176,3 +177,17 @@ def test_tls_url_connects_with_the_given_ca_and_refuses_an_unknown_one(tmp_path:
         asyncio.run(body())
     finally:
         server.kill()
+
+
+def test_codexgate_up_refuses_a_bad_store_url_before_starting(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The message names the problem (mitmproxy's option rollback would otherwise print an
+    unrelated one) and never the URL's password."""
+    data = str(tmp_path / "data")
+    assert main(["up", "--data-dir", data, "--store", "redis://gate:s3cret@127.0.0.1:1/0?socket_keepalive=1"]) == 2
+    err = capsys.readouterr().err
+    assert "--store: unsupported Redis URL option(s): socket_keepalive" in err and "s3cret" not in err
+    assert main(["up", "--data-dir", data, "--store", "memcached://gate:s3cret@127.0.0.1"]) == 2
+    err = capsys.readouterr().err
+    assert "expected 'embedded' or a redis://" in err and "s3cret" not in err

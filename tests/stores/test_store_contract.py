@@ -767,4 +767,6 @@ def test_factory_opens_redis_store_and_rejects_unknown_specs(tmp_path: Path, red
     asyncio.run(body())
     with pytest.raises(ValueError, match="expected 'embedded'"):
         open_store("memcached://127.0.0.1", str(tmp_path))
+    with pytest.raises(ValueError, match="unsupported Redis URL option.*health_check_interval"):
+        open_store(redis_server.url + "?health_check_interval=5", str(tmp_path))  # refused, not ignored
     assert not (tmp_path / "counters.sqlite3").exists()
