@@ -37,11 +37,18 @@ def proxy_core_addons() -> list[Any]:
 class GatewayMaster(master.Master):
     def __init__(self, opts: options.Options, with_chain: bool = True) -> None:
         super().__init__(opts, with_termlog=True)
+        # mitmproxy rolls options back after an OptionsError and reports what the rollback raised,
+        # at start often an unrelated complaint (no policy file): the first error is the cause.
+        opts.errored.connect(_report_option_error)
         self.addons.add(*proxy_core_addons())
         if with_chain:
             from codexgate.addons import chain
 
             self.addons.add(*chain(shown=False))  # no View here: see SecretMask
+
+
+def _report_option_error(exc: Exception) -> None:
+    print(f"codexgate: {exc}", file=sys.stderr, flush=True)
 
 
 class ProxyCoreMaster(GatewayMaster):

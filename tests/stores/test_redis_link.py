@@ -1,12 +1,15 @@
 """The counter store's Redis connection (`RedisLink`) against a real redis-server: concurrent calls
-share one pipelined connection and each gets its own reply; AUTH and SELECT from the URL; a
-connection the server drops is replaced; a flushed script cache is refilled; unknown URL options
-are refused."""
+share one pipelined connection and each gets its own reply; AUTH and SELECT from the URL; TLS
+with the CA checked; a connection the server drops is replaced; a flushed script cache is
+refilled; calls after a timeout never get a late reply; unknown URL options are refused — by
+`codexgate up` before it starts, and by the gateway master with the cause printed."""
 
 from __future__ import annotations
 
 import asyncio
 import signal
+import subprocess
+import sys
 import time
 import uuid
 from collections.abc import Iterator
@@ -19,7 +22,7 @@ from cryptography.hazmat.primitives import serialization
 from fakes.redis_server import RedisServer
 from mitmproxy import certs
 
-from codexgate.cli import main
+from codexgate.cli import _embedded_policy, ensure_data_dir, main
 from codexgate.stores.base import Amounts, Counter
 from codexgate.stores.redis_link import LinkError, RedisLink, ReplyError
 from codexgate.stores.redis_store import RedisStore
@@ -191,3 +194,20 @@ def test_codexgate_up_refuses_a_bad_store_url_before_starting(
     assert main(["up", "--data-dir", data, "--store", "memcached://gate:s3cret@127.0.0.1"]) == 2
     err = capsys.readouterr().err
     assert "expected 'embedded' or a redis://" in err and "s3cret" not in err
+
+
+def test_gateway_master_reports_the_option_error_that_stopped_it(tmp_path: Path) -> None:
+    """Started directly (as `codexgate up` does after its own checks), a bad store option stops
+    the master, and the cause is printed, not only mitmproxy's rollback complaint."""
+    data = tmp_path / "data"
+    policy, _ = _embedded_policy(ensure_data_dir(data))
+    started = subprocess.run(
+        [sys.executable, "-c", "from codexgate.master import main; main()", "--mode", "regular@127.0.0.1:0"]
+        + ["--set", f"codexgate_policy={policy}", "--set", f"codexgate_data_dir={data}"]
+        + ["--set", "codexgate_store=redis://127.0.0.1:1/0?socket_keepalive=1"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert started.returncode != 0
+    assert "codexgate: codexgate_store: unsupported Redis URL option(s): socket_keepalive" in started.stderr
