@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import httpx2 as httpx
@@ -41,6 +41,20 @@ def web_flows(gateway: Gateway) -> list[dict]:
             time.sleep(0.2)
 
 
+def web_flows_when(gateway: Gateway, ready: Callable[[list[dict]], bool], timeout: float = 10) -> list[dict]:
+    """mitmweb's flows once `ready` holds for them (they are updated as answers finish)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        flows = web_flows(gateway)
+        if ready(flows) or time.monotonic() > deadline:
+            return flows
+        time.sleep(0.05)
+
+
+def _comments(flows: list[dict]) -> list[str]:
+    return [flow.get("comment", "") for flow in flows]
+
+
 def test_mitmweb_masks_secrets_comments_flows_and_bounds_memory(web_gateway: Gateway) -> None:
     sdk = openai.OpenAI(api_key=ALICE_KEY, base_url=web_gateway.base_url, max_retries=0, timeout=20)
     sdk.responses.create(model="gpt-test", input="through mitmweb")
@@ -48,16 +62,18 @@ def test_mitmweb_masks_secrets_comments_flows_and_bounds_memory(web_gateway: Gat
         openai.OpenAI(api_key=CAROL_KEY, base_url=web_gateway.base_url, max_retries=0).responses.create(
             model="gpt-test", input="x"
         )
-    time.sleep(0.3)
-    flows = web_flows(web_gateway)
+    flows = web_flows_when(
+        web_gateway, lambda found: sum("codexgate" in c for c in _comments(found)) >= 2
+    )  # both answers finished and commented
     dump = json.dumps(flows)
     assert UPSTREAM_KEY not in dump and ALICE_KEY not in dump and CAROL_KEY not in dump
     assert "***codexgate-masked***" in dump
-    comments = [flow.get("comment", "") for flow in flows]
+    comments = _comments(flows)
     assert any("codexgate forwarded: key=alice" in c and "model=gpt-test" in c for c in comments), comments
     assert any("codexgate model_not_allowed: key=carol" in c for c in comments), comments
-    # Retention: at most 4 finished flows are kept however many pass.
+    # Retention: at most 4 finished flows are kept however many pass (8 have passed).
     for _ in range(6):
         sdk.responses.create(model="mock-model", input="more")
-    time.sleep(0.3)
-    assert len(web_flows(web_gateway)) <= 4
+    flows = web_flows_when(web_gateway, lambda found: len(found) <= 4)
+    assert len(flows) <= 4
+    assert ALICE_KEY not in json.dumps(flows) and UPSTREAM_KEY not in json.dumps(flows)

@@ -40,10 +40,10 @@ keys:
     try:
         in_flight = threading.Thread(target=ask, args=("in-flight",))
         in_flight.start()
-        time.sleep(0.4)
+        time.sleep(0.4)  # the request reaches the gateway (the mock answers after 1.5 s)
         assert gateway.process is not None
         gateway.process.send_signal(signal.SIGTERM)
-        time.sleep(0.2)
+        gateway.wait_log("SIGTERM: draining 1 in-flight request(s)")  # it had arrived, and SIGTERM is in effect
         ask("late")
         in_flight.join(10)
         assert results["in-flight"].status_code == 200  # finished despite the SIGTERM
