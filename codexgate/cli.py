@@ -169,6 +169,10 @@ def cmd_up(args: argparse.Namespace) -> int:
         if os.environ.get("CODEXGATE_WEB_PASSWORD"):
             argv += ["--set", f"web_password={os.environ['CODEXGATE_WEB_PASSWORD']}"]
         print(f"codexgate: mitmweb at http://{shown}:{args.web_port}/ (provider and virtual keys are masked)")
+    if args.web or args.mitmdump:
+        # Their flow log would repeat the accounting line codexgate writes per request (--set
+        # flow_detail=1.. brings it back). The gateway master has no flow log at all.
+        argv += ["--set", "flow_detail=0"]
     for setting in args.set or []:
         argv += ["--set", setting]
     # mitmweb for inspection, or stock mitmdump (all of mitmproxy's addons: -w flow files, map

@@ -10,7 +10,6 @@ import asyncio
 import signal
 import subprocess
 import sys
-import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -136,10 +135,8 @@ def test_calls_after_a_timeout_use_a_fresh_connection(fresh_redis_server: RedisS
         try:
             assert await link.call("PING") == b"PONG"
             fresh_redis_server.proc.send_signal(signal.SIGSTOP)  # accepts on the socket, never answers
-            started = time.monotonic()
-            with pytest.raises(LinkError, match="no reply within"):
+            with pytest.raises(LinkError, match="no reply within 0.3 s"):  # the watchdog, not a lost connection
                 await asyncio.wait_for(link.call("ECHO", "before"), HANG_GUARD)
-            assert time.monotonic() - started >= 0.25  # it did wait for the read timeout
             fresh_redis_server.proc.send_signal(signal.SIGCONT)
             # The server answers the old call late; that answer must not be taken for this one's.
             assert await asyncio.wait_for(link.call("ECHO", "after"), HANG_GUARD) == b"after"

@@ -634,7 +634,7 @@ def test_redis_killed_server_raises_store_unavailable_promptly(fresh_redis_serve
     async def body() -> None:
         store = RedisStore(fresh_redis_server.url)
         try:
-            assert (await store.reserve("r1", [usd()], Amounts(usd=1), T + 1)).admitted  # pooled connection
+            assert (await store.reserve("r1", [usd()], Amounts(usd=1), T + 1)).admitted  # the store is connected
             fresh_redis_server.kill()
             await _assert_unavailable_promptly(store.reserve("r2", [usd()], Amounts(usd=1), T + 2))
             await _assert_unavailable_promptly(store.settle("r1", Amounts(usd=1)))
