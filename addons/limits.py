@@ -20,9 +20,11 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import functools
 import logging
 import math
 import time
+from collections.abc import Callable
 from typing import Any
 
 from mitmproxy import ctx, exceptions, http
@@ -170,6 +172,12 @@ def levels_of(state: GatewayRequest) -> list[tuple[str, str, Limited]]:
 
 
 COUNTERS_CACHE_SIZE = 10_000
+# A settlement starts this long after the response hook: mitmproxy writes the answer a few loop
+# turns after its response hooks return, so a settlement started on the next turn (call_soon) still
+# ran before the answer left; with the embedded store that put a SQLite transaction on every
+# answer's path (+0.2 to +0.3 ms p50, bench_overhead.py --paired, docs/benchmarks.md). For these
+# milliseconds the request counts as in flight, as the overspend bound in the README says.
+SETTLE_DELAY_SECONDS = 0.005
 
 
 @dataclasses.dataclass(frozen=True)
@@ -187,6 +195,7 @@ class Limits:
         self.pricer = Pricer()
         self.store: CounterStore | None = None
         self.pending_settlements: set[asyncio.Task[None]] = set()
+        self._deferred: dict[asyncio.TimerHandle, Callable[[], None]] = {}  # settlements not started yet
         self._store_spec: tuple[str, str] | None = None
         # A request's counters change only when one of their windows rolls over or the policy is
         # reloaded, so they are built once per (policy, levels, windows), not per request.
@@ -216,9 +225,22 @@ class Limits:
             raise exceptions.OptionsError(f"codexgate_store: {exc}") from None
         self._store_spec = spec
 
+    def defer_settlement(self, start: Callable[[], None]) -> None:
+        """Calls `start` once the answer has left (SETTLE_DELAY_SECONDS later), or at shutdown."""
+
+        def run() -> None:
+            del self._deferred[handle]
+            start()
+
+        handle = asyncio.get_running_loop().call_later(SETTLE_DELAY_SECONDS, run)
+        self._deferred[handle] = start
+
     async def done(self) -> None:
         # Settlements still on their way land before the store closes: nothing half-written.
-        await asyncio.sleep(0)  # settlements scheduled for the loop's next turn start first
+        deferred, self._deferred = self._deferred, {}
+        for handle, start in deferred.items():
+            handle.cancel()
+            start()
         if self.pending_settlements:
             await asyncio.gather(*self.pending_settlements, return_exceptions=True)
         if self.store is not None:
@@ -375,10 +397,9 @@ class Charge:
         if not metering.reserved or self._limits.store is None:
             return
         # The answer need not wait for the store: the cost is known (the accounting line and the
-        # audit record have it), and settling is idempotent and awaited at shutdown. It starts on
-        # the loop's next turn, after the answer is written: mitmproxy's tasks start eagerly, so a
-        # task created here would run the (embedded store's synchronous) settlement first.
-        asyncio.get_running_loop().call_soon(self._start_settle, state, amounts, how)
+        # audit record have it), and settling is idempotent and awaited at shutdown. It starts
+        # after the answer is written (see SETTLE_DELAY_SECONDS).
+        self._limits.defer_settlement(functools.partial(self._start_settle, state, amounts, how))
 
     def _start_settle(self, state: GatewayRequest, amounts: Amounts, how: str) -> None:
         task = asyncio.get_running_loop().create_task(self._store_settle(state, amounts, how))

@@ -10,6 +10,9 @@ Paths to the same fake OpenAI upstream (`bench/fake_upstream.py`, its own proces
 Open loop: requests leave on a fixed timetable whatever the answers do; latency counts from the
 *scheduled* send time, so a stalled server is charged for the requests queued behind it (no
 coordinated omission). Closed loop: N workers back to back, for the maximum throughput.
+Paired (`--paired A,B[,C...]`): one open loop whose requests take turns between the paths, A, B,
+A, B, ..., so all see the same moments of the machine; each path's p50 minus A's is free of the
+drift between rounds that dominates a difference of two separate measurements (docs/benchmarks.md).
 The load generator is a separate process (this script re-run as `_loadgen`).
 
     .venv/bin/python bench/bench_overhead.py                # ~2 minutes
@@ -37,6 +40,7 @@ import time
 import urllib.error
 import urllib.request
 from collections import Counter
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -74,9 +78,9 @@ def latency_summary(latencies_ms: list[float]) -> dict[str, float | None]:
     return out
 
 
-async def _post(session: Any, spec: dict[str, Any], body: bytes) -> int | str:
+async def _post(session: Any, target: dict[str, Any], body: bytes) -> int | str:
     try:
-        async with session.post(spec["url"], data=body, headers=spec["headers"]) as resp:
+        async with session.post(target["url"], data=body, headers=target["headers"]) as resp:
             await resp.read()
             return resp.status
     except Exception as exc:  # every failure is a data point, not a crash
@@ -91,19 +95,21 @@ def _session(spec: dict[str, Any], connections: int) -> Any:
 
 
 async def open_loop(spec: dict[str, Any]) -> dict[str, Any]:
-    """Requests at fixed times start + i/rate; warm-up requests are sent but not reported."""
+    """Requests at fixed times start + i/rate; warm-up requests are sent but not reported.
+    With `targets` (paired), request i goes to target i mod len(targets); the result is per target."""
     rate, warmup, duration = spec["rate"], spec["warmup"], spec["duration"]
+    targets = spec.get("targets") or [spec]
     body = spec["body"].encode()
     total = int(round((warmup + duration) * rate))
     loop = asyncio.get_running_loop()
-    samples: list[tuple[float, float, int | str, float]] = []  # (scheduled offset, latency, status, lag)
+    samples: list[tuple[float, float, int | str, float, int]] = []  # (offset, latency, status, lag, target)
     async with _session(spec, spec["connections"]) as session:
         start = loop.time() + 0.05
 
-        async def one(scheduled: float) -> None:
+        async def one(scheduled: float, index: int) -> None:
             lag = loop.time() - scheduled
-            status = await _post(session, spec, body)
-            samples.append((scheduled - start, loop.time() - scheduled, status, lag))
+            status = await _post(session, targets[index], body)
+            samples.append((scheduled - start, loop.time() - scheduled, status, lag, index))
 
         tasks: set[asyncio.Task[None]] = set()
         i = 0
@@ -114,12 +120,25 @@ async def open_loop(spec: dict[str, Any]) -> dict[str, Any]:
                 await asyncio.sleep(due - now)
                 continue
             while i < total and start + i / rate <= now:  # catch up: everything due leaves now
-                task = asyncio.create_task(one(start + i / rate))
+                task = asyncio.create_task(one(start + i / rate, i % len(targets)))
                 tasks.add(task)
                 task.add_done_callback(tasks.discard)
                 i += 1
         if tasks:
             await asyncio.wait(set(tasks), timeout=spec["timeout"] + 5)
+    if spec.get("targets"):
+        return {
+            "per_target": [
+                _open_result([s for s in samples if s[4] == k], warmup, rate / len(targets), len(range(k, total, n)))
+                for k, n in enumerate([len(targets)] * len(targets))
+            ]
+        }
+    return _open_result(samples, warmup, rate, total)
+
+
+def _open_result(
+    samples: list[tuple[float, float, int | str, float, int]], warmup: float, rate: float, total: int
+) -> dict[str, Any]:
     measured = [s for s in samples if s[0] >= warmup - 1e-9]
     ok = [s for s in measured if s[2] == 200]
     errors = Counter(str(s[2]) for s in measured if s[2] != 200)
@@ -596,7 +615,7 @@ def fmt(value: float | None, digits: int = 2) -> str:
     return "–" if value is None or (isinstance(value, float) and math.isnan(value)) else f"{value:.{digits}f}"
 
 
-def added(results: dict[str, Any], path: str, rate: float, pct: str) -> float | None:
+def added(results: dict[tuple[str, float], Any], path: str, rate: float, pct: str) -> float | None:
     mine = results.get((path, rate))
     direct = results.get(("direct", rate))
     if not mine or not direct:
@@ -732,6 +751,26 @@ def markdown_report(report: dict[str, Any]) -> str:
             f"(target for the Redis store ≤ +{TARGET_LIMITS_MS} ms; median of the per-round differences "
             f"{middle}; per round: {per_round})"
         )
+    paired = report.get("paired")
+    if paired:
+        first = paired["paths"][0]
+        base = paired["latency_ms"][0]["p50"]
+        lines.append(
+            f"\nPaired: requests take turns between {', '.join(paired['paths'])}, {paired['rate_each']:.4g} req/s to "
+            f"each, {paired['duration']:g} s in {paired['rounds']} rounds; {first} p50 {fmt(base)} ms."
+        )
+        for k, path in enumerate(paired["paths"][1:], start=1):
+            rounds = paired["round_differences_ms"][k]
+            middle = f"{statistics.median(rounds):+.2f}" if rounds else "–"
+            difference = paired["p50_difference_ms"][k]
+            label = "Limits cost, paired" if path.endswith("-limits") else "Paired difference"
+            target = f"target for the Redis store ≤ +{TARGET_LIMITS_MS} ms; " if path.endswith("-limits") else ""
+            lines.append(
+                f"\n**{label}** ({path} p50 − {first} p50): **{'–' if difference is None else f'{difference:+.2f}'} "
+                f"ms** ({target}p50 {fmt(paired['latency_ms'][k]['p50'])} ms; ok {paired['ok'][k]}, errors "
+                f"{sum(paired['errors'][k].values())}; median of the per-round differences {middle}; per round: "
+                f"{', '.join(f'{r:+.2f}' for r in rounds) or '–'})"
+            )
     for name, profile in report.get("profiles", {}).items():
         lines += [
             "",
@@ -808,6 +847,21 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         help="one more gateway path, codexgate~LABEL, with these options; measured interleaved with the others, "
         "for A/B attribution (e.g. noaudit:codexgate_audit=false)",
     )
+    parser.add_argument(
+        "--paired",
+        metavar="A,B",
+        help="also measure these paths (from --paths or variants) in one open loop whose requests take turns "
+        "between them, and report each p50 minus A's (e.g. codexgate,codexgate~redis-limits)",
+    )
+    parser.add_argument(
+        "--paired-rate",
+        type=float,
+        help="req/s to EACH path of --paired (default: --ratio-rate divided among them, so the machine "
+        "carries the same load as one path at --ratio-rate)",
+    )
+    parser.add_argument(
+        "--paired-duration", type=float, help="measured seconds of the paired loop (default: --duration)"
+    )
     parser.add_argument("--json", metavar="FILE", help="also write all results as JSON ('-' for stdout)")
     parser.add_argument(
         "--profile",
@@ -835,6 +889,16 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
             parser.error(f"--variant {variant!r}: expected LABEL:NAME=VALUE[,NAME=VALUE...]")
         args.variant_options[f"codexgate~{label}"] = [o for o in options.split(",") if o]
         args.path_list.append(f"codexgate~{label}")
+    if args.paired:
+        args.paired = [p.strip() for p in args.paired.split(",")]
+        if (
+            len(args.paired) < 2
+            or len(set(args.paired)) != len(args.paired)
+            or not set(args.paired) <= set(args.path_list)
+        ):
+            parser.error(f"--paired: two or more different paths of this run, from {', '.join(args.path_list)}")
+    args.paired_rate = args.paired_rate or args.ratio_rate / len(args.paired or [1, 1])
+    args.paired_duration = args.paired_duration or args.duration
     return args
 
 
@@ -915,6 +979,60 @@ def check_accounting(work: Path, name: str) -> tuple[dict[str, int], list[str]]:
     forwarded = sum(1 for line in lines if '"decision":"forwarded"' in line and '"usage":{' in line)
     problems = [] if lines and forwarded == len(lines) else [f"{name}: {forwarded} of {len(lines)} accounted ok"]
     return {"records": len(lines), "forwarded_with_usage": forwarded}, problems
+
+
+def measure_paired(
+    args: argparse.Namespace,
+    targets: dict[str, dict[str, Any]],
+    measure: Callable[[dict[str, Any], str], dict[str, Any]],
+    spec_for: Callable[..., dict[str, Any]],
+) -> dict[str, Any]:
+    """The paired measurement: requests take turns between the paths, `--paired-rate` req/s to each,
+    in `--rounds` rounds; each path's p50 minus the first's, overall and per round."""
+    paths = args.paired
+    latencies: list[list[float]] = [[] for _ in paths]
+    round_p50: list[list[float | None]] = [[] for _ in paths]
+    errors: list[Counter[str]] = [Counter() for _ in paths]
+    for _round in range(args.rounds):
+        spec = spec_for(
+            paths[0],
+            kind="open",
+            targets=[{k: targets[name][k] for k in ("url", "headers")} for name in paths],
+            rate=len(paths) * args.paired_rate,
+            duration=args.paired_duration / args.rounds,
+            warmup=args.warmup,
+            connections=args.connections,
+        )
+        result = measure(spec, paths[0])
+        for k, part in enumerate(result["per_target"]):
+            latencies[k] += part["latencies_ms"]
+            round_p50[k].append(percentile(sorted(part["latencies_ms"]), 50))
+            errors[k].update(part["error_kinds"])
+    summaries = [latency_summary(values) for values in latencies]
+    base = summaries[0]["p50"]
+    paired = {
+        "paths": list(paths),
+        "rate_each": args.paired_rate,
+        "rounds": args.rounds,
+        "duration": args.paired_duration,
+        "ok": [len(values) for values in latencies],
+        "errors": [dict(e) for e in errors],
+        "latency_ms": summaries,
+        "round_p50_ms": round_p50,
+        "p50_difference_ms": [
+            None if base is None or summary["p50"] is None else round(summary["p50"] - base, 3) for summary in summaries
+        ],
+        "round_differences_ms": [
+            [round(y - x, 3) for x, y in zip(round_p50[0], values, strict=True) if x is not None and y is not None]
+            for values in round_p50
+        ],
+    }
+    print(
+        f"# paired at {args.paired_rate:g} req/s each: "
+        + ", ".join(f"{path} p50 {fmt(summary['p50'])} ms" for path, summary in zip(paths, summaries, strict=True)),
+        file=sys.stderr,
+    )
+    return paired
 
 
 def run_all(args: argparse.Namespace, procs: Processes, work: Path, body: str, report: dict[str, Any]) -> None:
@@ -1001,6 +1119,8 @@ def run_all(args: argparse.Namespace, procs: Processes, work: Path, body: str, r
                 f"achieved {result['achieved_rps']:.1f}, errors {result['errors']}",
                 file=sys.stderr,
             )
+    if args.paired:
+        report["paired"] = measure_paired(args, targets, measure, spec_for)
     for name in [] if args.no_closed else targets:
         spec = spec_for(name, kind="closed", duration=args.closed_duration, warmup=args.warmup, workers=args.workers)
         result = measure(spec, name, f"{name}-closed")
@@ -1037,6 +1157,7 @@ def main(argv: list[str] | None = None) -> int:
             "paths": args.path_list,
             "gateway_set": args.gateway_set,
             "variants": args.variant_options,
+            "paired": args.paired,
         },
         "machine": machine_info(),
         "open_loop": [],

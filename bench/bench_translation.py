@@ -13,6 +13,7 @@ SSE encoder), exactly as the `Translate` addon does per chunk. The pass-through 
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import statistics
 import sys
@@ -147,7 +148,7 @@ def main() -> None:
     ]  # fmt: skip
     for name, adapter, model, make in cases:
         chunks = cut(make(args.deltas), args.chunk)
-        families.append((name, lambda a=adapter, m=model, c=chunks: run_bridge(a, m, c)))
+        families.append((name, functools.partial(run_bridge, adapter, model, chunks)))
     openai_chunks = cut(openai_stream(args.deltas), args.chunk)
     families.append(("openai pass-through (usage reader)", lambda: run_reader(openai_chunks)))
 

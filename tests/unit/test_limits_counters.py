@@ -3,14 +3,19 @@ always equal what `counters_for` computes at that moment."""
 
 from __future__ import annotations
 
+import asyncio
+import time
 from pathlib import Path
 
+from mitmproxy import http
 from unit_support import governed, make_flow, policy_yaml
 
-from codexgate.addons.limits import Limits, counters_for, levels_of
+from codexgate.addons.limits import Charge, Limits, counters_for, levels_of
 from codexgate.addons.policy_source import PolicySource
 from codexgate.metrics import GatewayMetrics
 from codexgate.policies.loader import load_policy
+from codexgate.stores.embedded import EmbeddedStore
+from codexgate.usage import Usage
 
 pytest_plugins = ["unit_support"]
 
@@ -51,3 +56,41 @@ def test_counters_follow_window_rollover_and_policy_reload(tmp_path, upstream_en
     state.policy = second
     (budget,) = [c for c in check(T + 0.6) if c.kind == "usd"]
     assert budget.limit == 50
+
+
+def test_settlement_starts_after_the_answer_and_lands_at_shutdown(tmp_path, upstream_env):
+    """The response hook leaves the store alone (its work would sit on the answer's path), and a
+    settlement still waiting when the gateway stops is made before the store closes: the actual
+    cost is charged, not the estimate."""
+    metrics = GatewayMetrics()
+    limits = Limits(PolicySource(metrics), metrics)
+    charge = Charge(limits, metrics)
+    policy = load_policy(limited_policy(tmp_path, "p.yaml", 500))
+    store = EmbeddedStore(str(tmp_path / "counters.sqlite3"))
+    limits.store = store
+    flow = make_flow(body={"model": "gpt-5.5", "input": "x" * 400})
+    state = governed(flow, policy, key="alice", model="gpt-5.5")
+    state.provider = "openai"
+
+    async def body() -> None:
+        await limits.request(flow)
+        assert state.metering is not None and state.metering.reserved
+        (budget,) = [c for c in state.metering.counters if c.kind == "usd"]
+        estimate = state.metering.estimate.usd
+        flow.response = http.Response.make(200, b"{}")
+        state.usage = Usage(input_tokens=1000, output_tokens=10)
+        await charge.response(flow)
+        await asyncio.sleep(0)
+        await asyncio.sleep(0)  # a few loop turns later, while mitmproxy writes the answer: untouched
+        (held,) = await store.snapshot([budget], time.time())
+        assert held.used == estimate
+        await limits.done()  # the gateway stops before the settlement's turn came
+        reopened = EmbeddedStore(str(tmp_path / "counters.sqlite3"))
+        try:
+            (settled,) = await reopened.snapshot([budget], time.time())
+        finally:
+            await reopened.close()
+        assert settled.used == state.cost_usd
+        assert 0 < settled.used < estimate
+
+    asyncio.run(body())
