@@ -195,6 +195,7 @@ class Limits:
         self.pricer = Pricer()
         self.store: CounterStore | None = None
         self.pending_settlements: set[asyncio.Task[None]] = set()
+        self.settle_delay_seconds = SETTLE_DELAY_SECONDS
         self._deferred: dict[asyncio.TimerHandle, Callable[[], None]] = {}  # settlements not started yet
         self._store_spec: tuple[str, str] | None = None
         # A request's counters change only when one of their windows rolls over or the policy is
@@ -226,13 +227,13 @@ class Limits:
         self._store_spec = spec
 
     def defer_settlement(self, start: Callable[[], None]) -> None:
-        """Calls `start` once the answer has left (SETTLE_DELAY_SECONDS later), or at shutdown."""
+        """Calls `start` once the answer has left (settle_delay_seconds later), or at shutdown."""
 
         def run() -> None:
             del self._deferred[handle]
             start()
 
-        handle = asyncio.get_running_loop().call_later(SETTLE_DELAY_SECONDS, run)
+        handle = asyncio.get_running_loop().call_later(self.settle_delay_seconds, run)
         self._deferred[handle] = start
 
     async def done(self) -> None:

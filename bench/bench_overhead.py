@@ -127,10 +127,11 @@ async def open_loop(spec: dict[str, Any]) -> dict[str, Any]:
         if tasks:
             await asyncio.wait(set(tasks), timeout=spec["timeout"] + 5)
     if spec.get("targets"):
+        n = len(targets)
         return {
             "per_target": [
-                _open_result([s for s in samples if s[4] == k], warmup, rate / len(targets), len(range(k, total, n)))
-                for k, n in enumerate([len(targets)] * len(targets))
+                _open_result([s for s in samples if s[4] == k], warmup, rate / n, len(range(k, total, n)))
+                for k in range(n)
             ]
         }
     return _open_result(samples, warmup, rate, total)

@@ -64,6 +64,8 @@ def test_settlement_starts_after_the_answer_and_lands_at_shutdown(tmp_path, upst
     cost is charged, not the estimate."""
     metrics = GatewayMetrics()
     limits = Limits(PolicySource(metrics), metrics)
+    # Far beyond the test's run time, so "not yet" below does not depend on how fast the machine is.
+    limits.settle_delay_seconds = 3600
     charge = Charge(limits, metrics)
     policy = load_policy(limited_policy(tmp_path, "p.yaml", 500))
     store = EmbeddedStore(str(tmp_path / "counters.sqlite3"))
@@ -80,8 +82,8 @@ def test_settlement_starts_after_the_answer_and_lands_at_shutdown(tmp_path, upst
         flow.response = http.Response.make(200, b"{}")
         state.usage = Usage(input_tokens=1000, output_tokens=10)
         await charge.response(flow)
-        await asyncio.sleep(0)
-        await asyncio.sleep(0)  # a few loop turns later, while mitmproxy writes the answer: untouched
+        for _ in range(3):  # a few loop turns later, while mitmproxy writes the answer: untouched
+            await asyncio.sleep(0)
         (held,) = await store.snapshot([budget], time.time())
         assert held.used == estimate
         await limits.done()  # the gateway stops before the settlement's turn came
