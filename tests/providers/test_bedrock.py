@@ -855,13 +855,17 @@ def test_signed_stream_over_http(fake: FakeBedrock) -> None:
     fake.script(Reply(events=full_script()))
     url, headers, raw = signed(fake, request, stream=True)
     status, chunks, broken = post(url, headers, raw)
-    assert status == 200 and not broken and len(chunks) > 1, fake.invalid
+    assert status == 200 and not broken, fake.invalid
     received = fake.received[-1]
     assert received.model_id == CLAUDE and "%3A" in received.raw_path and received.stream
     assert received.body == raw and fake.invalid == []
+    # The network may coalesce the fake's writes into one read; feed the decoder pieces that cut
+    # every frame in the middle, as a slow link would, whatever arrived.
+    body = b"".join(chunks)
+    pieces = [body[start : start + 7] for start in range(0, len(body), 7)]
     decoder = bedrock.EventStreamDecoder()
     translator = bedrock.StreamTranslator(context(), tools=bedrock.tool_names(codex), upstream_model=CLAUDE)
-    out = [o for chunk in chunks for event in decoder.feed(chunk) for o in translator.feed(event)]
+    out = [o for piece in pieces for event in decoder.feed(piece) for o in translator.feed(event)]
     out += translator.finish()
     for event in out:
         strict_event(event)
