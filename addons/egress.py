@@ -122,9 +122,10 @@ class EgressGuard:
             target = self._targets.get(flow.client_conn)
             host, port = normal_host(flow.request.host), flow.request.port
             if target is not None:
-                # Inside a CONNECT tunnel the CONNECT target decides; a Host header naming another
-                # destination would otherwise send the request there.
-                if (host, port) != (target.host, target.port):
+                # Inside a CONNECT tunnel the CONNECT target decides (mitmproxy reads the tunnel's
+                # requests in transparent mode, so their destination is the tunnel's); anything else
+                # here means that no longer holds, and is refused rather than sent elsewhere.
+                if port != target.port or host not in (target.host, target.pinned):
                     self._refuse(
                         flow,
                         Verdict(False, "destination_mismatch",
