@@ -1,0 +1,107 @@
+"""gateway.egress: entry syntax, which addresses count as internal, and the verdicts."""
+
+from __future__ import annotations
+
+import ipaddress
+
+import pytest
+from mitmproxy.test import tflow
+
+from codexgate.addons.key_guard import scrub_request_head
+from codexgate.policies.egress import Egress, is_internal, parse_rule
+from codexgate.policies.keys import hash_key
+from codexgate.policies.loader import PolicyError, parse_policy
+
+BASE = """\
+providers: {local: {kind: mock}}
+models: {mock-model: {routes: [{provider: local}]}}
+"""
+
+
+@pytest.mark.parametrize(
+    "address",
+    [
+        "127.0.0.1", "127.8.9.10", "10.0.0.1", "172.16.5.4", "192.168.1.1", "169.254.169.254", "100.64.0.1",
+        "100.100.100.200", "0.0.0.0", "::1", "fd00:ec2::254", "fe80::1", "::ffff:127.0.0.1", "64:ff9b::a00:1",
+        "224.0.0.1", "::",
+    ],
+)  # fmt: skip
+def test_internal_addresses(address: str) -> None:
+    assert is_internal(ipaddress.ip_address(address))
+
+
+@pytest.mark.parametrize("address", ["93.184.216.34", "140.82.112.3", "2606:4700::1111", "::ffff:8.8.8.8"])
+def test_public_addresses(address: str) -> None:
+    assert not is_internal(ipaddress.ip_address(address))
+
+
+def test_entry_syntax() -> None:
+    assert parse_rule("pypi.org").ports == frozenset({80, 443})
+    assert parse_rule("git.corp:*").ports is None
+    assert parse_rule("[fd00::1]:8443").network == ipaddress.ip_network("fd00::1/128")
+    assert parse_rule("10.1.0.0/16:5000").ports == frozenset({5000})
+    for bad in ("host:99999", "ho st", "[::1", "a:b:c/x", ""):
+        with pytest.raises(ValueError):
+            parse_rule(bad)
+
+
+def test_verdicts() -> None:
+    rules = Egress(allow=["*.corp.example:8443", "10.2.0.0/16:*"], deny=["gist.github.com"]).rules()
+    assert rules.check_destination("pypi.org", 443).allowed  # a default
+    assert not rules.check_destination("pypi.org", 6379).allowed  # defaults cover web ports only
+    assert rules.check_destination("api.corp.example", 8443).allowed
+    assert not rules.check_destination("corp.example.evil.com", 8443).allowed
+    assert rules.check_destination("gist.github.com", 443).reason == "denied"
+    assert rules.check_destination("10.2.3.4", 22).allowed  # named as a network: internal is fine
+    assert rules.check_destination("10.3.0.1", 443).reason == "internal_address"
+    assert rules.check_destination("93.184.216.34", 443).reason == "not_allowed"  # literal, not listed
+    # A name the policy allows that resolves inside: refused, unless the address is named.
+    assert rules.check_address(ipaddress.ip_address("127.0.0.1"), 443, "pypi.org").reason == "internal_address"
+    assert rules.check_address(ipaddress.ip_address("10.2.0.9"), 443, "pypi.org").allowed
+    assert not Egress(defaults=False).rules().check_destination("pypi.org", 443).allowed
+
+
+def test_bad_egress_entries_name_file_line_and_field() -> None:
+    text = 'gateway:\n  egress:\n    allow: ["pypi.org", "bad host"]\n  proxy_auth: sometimes\n' + BASE
+    with pytest.raises(PolicyError) as error:
+        parse_policy(text, "p.yaml")
+    problems = "\n".join(error.value.problems)
+    assert "p.yaml:3: gateway.egress.allow:" in problems and "'bad host'" in problems
+    assert "p.yaml:4: gateway.proxy_auth:" in problems
+
+
+def test_provider_lists_are_checked() -> None:
+    text = BASE + (
+        "orgs: {acme: {}}\n"
+        "teams: {t: {org: acme, providers: [local]}, u: {org: acme, providers: [nope]}}\n"
+        f'keys: [{{name: k, team: t, hash: "{hash_key("sk-cg-x")}", providers: [local, other]}}]\n'
+    )
+    with pytest.raises(PolicyError) as error:
+        parse_policy(text, "p.yaml")
+    problems = "\n".join(error.value.problems)
+    assert "teams.u.providers[0]: unknown provider 'nope'" in problems
+    assert "keys[0].providers[1]: unknown provider 'other'" in problems
+
+
+def test_a_key_may_only_narrow_its_teams_providers() -> None:
+    text = BASE.replace("providers: {local: {kind: mock}}", "providers: {local: {kind: mock}, other: {kind: mock}}")
+    text += (
+        "orgs: {acme: {}}\nteams: {t: {org: acme, providers: [local]}}\n"
+        f'keys: [{{name: k, team: t, hash: "{hash_key("sk-cg-x")}", providers: [other]}}]\n'
+    )
+    with pytest.raises(PolicyError) as error:
+        parse_policy(text, "p.yaml")
+    assert "a key may only narrow its team's providers" in "\n".join(error.value.problems)
+
+
+def test_scrub_request_head_removes_keys_everywhere() -> None:
+    key = "sk-cg-unit-key-000000000000"
+    flow = tflow.tflow()
+    flow.request.path = f"/a/{key}/b?token={key}&keep=1&other=x"
+    flow.request.headers["x-trace"] = f"v={key}"
+    flow.request.headers["authorization"] = "Bearer opaque-known-key"
+    flow.request.headers["x-fine"] = "yes"
+    removed = scrub_request_head(flow.request, {hash_key("opaque-known-key"): object()})
+    assert set(removed) == {"x-trace", "authorization", "query:token", "path"}
+    assert key not in flow.request.path and "keep=1" in flow.request.path and "other=x" in flow.request.path
+    assert flow.request.headers["x-fine"] == "yes" and "authorization" not in flow.request.headers
