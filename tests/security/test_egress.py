@@ -122,9 +122,24 @@ def tls_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TlsServer]:
     server.stop()
 
 
-def egress_policy(upstream_url: str, allow: list[str], extra: str = "") -> str:
+@pytest.fixture(scope="module")
+def provider_tls(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TlsServer]:
+    """A TLS server the policy names as a provider's host: governed."""
+    server = TlsServer(tmp_path_factory.mktemp("provider-tls"))
+    yield server
+    server.stop()
+
+
+def egress_policy(upstream_url: str, allow: list[str], extra: str = "", governed_tls: int | None = None) -> str:
     entries = ", ".join(json.dumps(entry) for entry in allow)
-    return f"gateway: {{egress: {{allow: [{entries}]}}{extra}}}\n" + policy_text(upstream_url)
+    text = f"gateway: {{egress: {{allow: [{entries}]}}{extra}}}\n" + policy_text(upstream_url)
+    if governed_tls is not None:
+        provider = (
+            f'  tlsprov: {{kind: openai, base_url: "https://127.0.0.1:{governed_tls}/v1", '
+            'keys: [{value: "env:CG_TEST_UPSTREAM_KEY"}]}\n'
+        )
+        text = text.replace("providers:\n", "providers:\n" + provider, 1)
+    return text
 
 
 @pytest.fixture(scope="module")
@@ -134,13 +149,14 @@ def guarded(
     redis_server: RedisServer,
     recorder: Recorder,
     tls_server: TlsServer,
+    provider_tls: TlsServer,
 ) -> Iterator[Gateway]:
     """A gateway whose egress policy names two loopback test servers by address, and the name
     `localhost` (which resolves to loopback: the DNS-rebinding case)."""
     root = tmp_path_factory.mktemp("egress")
     policy = root / "policy.yaml"
     allow = [f"127.0.0.1:{recorder.port}", f"127.0.0.1:{tls_server.port}", "localhost:*"]
-    policy.write_text(egress_policy(fake_openai.url, allow))
+    policy.write_text(egress_policy(fake_openai.url, allow, governed_tls=provider_tls.port))
     gateway = Gateway(policy, root / "data")
     gateway.metrics_port = free_port()
     gateway.start()
@@ -287,13 +303,14 @@ def test_a_tunnel_cannot_carry_a_governed_server_name(guarded: Gateway, tls_serv
     assert metric(guarded, "codexgate_egress_refusals_total", 'reason="sni_mismatch"') == before + 1
 
 
-def test_a_governed_connect_cannot_carry_another_server_name(guarded: Gateway, fake_openai: FakeOpenAI) -> None:
-    received = len(fake_openai.received)
-    target = f"127.0.0.1:{fake_openai.port}"  # a provider's host: governed
-    raw, answer = connect(guarded, target)
+def test_a_governed_connect_cannot_carry_another_server_name(guarded: Gateway, provider_tls: TlsServer) -> None:
+    """CONNECT to a provider's host (governed), TLS naming another host: refused, not tunnelled to
+    the provider untouched (which would skip admission, metering and audit)."""
+    accepted = provider_tls.accepted
+    raw, answer = connect(guarded, f"127.0.0.1:{provider_tls.port}")
     assert answer.startswith(b"HTTP/1.1 200")
     assert _tls_through(raw, "elsewhere.example") == b""
-    assert len(fake_openai.received) == received
+    assert provider_tls.accepted == accepted
 
 
 def test_the_host_header_cannot_redirect_a_governed_tunnel(guarded: Gateway, redis_server: RedisServer) -> None:
