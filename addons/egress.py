@@ -8,8 +8,9 @@ proxy request, never per request inside a tunnel:
   governed/guarded → intercepted; otherwise the egress policy, then the name is resolved and
   every address checked (internal addresses only when the policy names them as addresses), and
   the tunnel is pinned to the checked address so that no second lookup can rebind it.
-- `requestheaders`: a request inside a CONNECT tunnel must go where the CONNECT said (the Host
-  header cannot redirect it); a plain-HTTP proxy request is checked like a CONNECT.
+- `requestheaders`/`request`: a request inside a CONNECT tunnel must go where the CONNECT said;
+  a plain-HTTP proxy request is checked like a CONNECT (its lookup waits in `request`, so that
+  `requestheaders` stays synchronous for every governed request).
 - `server_connect`: the backstop every upstream connection passes — any destination not named
   by the policy is resolved, checked and pinned here again.
 
@@ -43,6 +44,7 @@ from codexgate.policies.loader import CompiledPolicy
 logger = logging.getLogger(__name__)
 
 RESOLVE_TIMEOUT = 5.0
+PENDING_LOOKUP = "codexgate.egress_lookup"  # (host, port) a plain-HTTP request waits to have resolved
 
 
 @dataclasses.dataclass(frozen=True)
@@ -115,7 +117,9 @@ class EgressGuard:
 
     # -- requests on the proxy listener ----------------------------------------------------------------
 
-    async def requestheaders(self, flow: http.HTTPFlow) -> None:
+    def requestheaders(self, flow: http.HTTPFlow) -> None:
+        """Synchronous, so that governed requests pay no coroutine: only a plain-HTTP proxy request
+        to a name not yet checked on this connection waits for a lookup (in `request`)."""
         if flow.response or flow.error or isinstance(flow.client_conn.proxy_mode, ReverseMode):
             return
         try:
@@ -139,19 +143,36 @@ class EgressGuard:
             policy = self._policy.current()
             if not self._authorized(flow, policy) or policy.should_intercept(host, port):
                 return
-            checked = self._checked.setdefault(flow.client_conn, {})
-            address = checked.get((host, port))
-            if address is None:
-                verdict, address = await self._check(policy, host, port)
-                if not verdict.allowed or address is None:
-                    self._refuse(flow, verdict, f"{flow.request.method} http://{host}:{port}")
-                    return
-                checked[(host, port)] = address
-            if address != host:
+            address = self._checked.get(flow.client_conn, {}).get((host, port))
+            if address is not None:
                 flow.request.data.host = address
+                return
+            verdict = policy.egress.check_destination(host, port) if policy.egress else None
+            if verdict is None or not verdict.allowed:
+                self._refuse(flow, verdict or Verdict(False, "not_allowed", "no egress policy"),
+                             f"{flow.request.method} http://{host}:{port}")  # fmt: skip
+                return
+            flow.metadata[PENDING_LOOKUP] = (host, port)
         except Exception:
             logger.exception("cannot decide egress for %s; refused", flow.request.pretty_url)
             self._refuse(flow, Verdict(False, "unresolvable", "the gateway could not decide this destination"), "")
+
+    async def request(self, flow: http.HTTPFlow) -> None:
+        pending = flow.metadata.pop(PENDING_LOOKUP, None)
+        if pending is None or flow.response or flow.error:
+            return
+        host, port = pending
+        try:
+            verdict, address = await self._check(self._policy.current(), host, port)
+        except Exception:
+            logger.exception("cannot decide egress for %s; refused", flow.request.pretty_url)
+            verdict, address = Verdict(False, "unresolvable", "the gateway could not decide this destination"), None
+        if not verdict.allowed or address is None:
+            self._refuse(flow, verdict, f"{flow.request.method} http://{host}:{port}")
+            return
+        self._checked.setdefault(flow.client_conn, {})[(host, port)] = address
+        if address != host:
+            flow.request.data.host = address  # mitmproxy connects to the checked address; Host stays
 
     # -- every upstream connection ---------------------------------------------------------------------
 
