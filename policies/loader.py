@@ -44,6 +44,9 @@ class CompiledPolicy:
     intercept_hosts: frozenset[str]  # "host" (any port) or "host:port"
     guard_hosts: frozenset[str]
     egress: EgressRules | None = None  # gateway.egress, compiled
+    # (key name, model) -> reachable providers: asked on every admission, fixed for this policy.
+    _reachable: dict[tuple[str, str], list[str]] = dataclasses.field(default_factory=dict, compare=False, repr=False)
+    _allowed: dict[str, frozenset[str] | None] = dataclasses.field(default_factory=dict, compare=False, repr=False)
 
     def lookup_model(self, requested: str) -> tuple[str, ModelEntry] | None:
         return self.models_by_name.get(requested)
@@ -61,13 +64,14 @@ class CompiledPolicy:
 
     def allowed_providers(self, key: VirtualKey) -> frozenset[str] | None:
         """The providers a key may reach: its own list narrowed by its team's (None: any)."""
+        if key.name in self._allowed:
+            return self._allowed[key.name]
         team = self.policy.teams.get(key.team)
         lists = [names for names in (key.providers, team.providers if team else None) if names is not None]
-        if not lists:
-            return None
-        allowed = frozenset(lists[0])
-        for names in lists[1:]:
-            allowed &= frozenset(names)
+        allowed = None
+        for names in lists:
+            allowed = frozenset(names) if allowed is None else allowed & frozenset(names)
+        self._allowed[key.name] = allowed
         return allowed
 
     def key_allows_model(self, key: VirtualKey, *names: str) -> bool:
@@ -79,6 +83,9 @@ class CompiledPolicy:
 
     def reachable_providers(self, key: VirtualKey, model: str) -> list[str]:
         """The providers of a model's routes and fallbacks' routes that the key may reach, in order."""
+        cached = self._reachable.get((key.name, model))
+        if cached is not None:
+            return cached
         allowed = self.allowed_providers(key)
         entry = self.policy.models[model]
         found: list[str] = []
@@ -86,6 +93,7 @@ class CompiledPolicy:
             for route in self.policy.models[name].routes:
                 if (allowed is None or route.provider in allowed) and route.provider not in found:
                     found.append(route.provider)
+        self._reachable[(key.name, model)] = found
         return found
 
 
