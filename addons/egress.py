@@ -145,7 +145,7 @@ class EgressGuard:
                 return
             address = self._checked.get(flow.client_conn, {}).get((host, port))
             if address is not None:
-                flow.request.data.host = address
+                self._pin(flow, address)
                 return
             verdict = policy.egress.check_destination(host, port) if policy.egress else None
             if verdict is None or not verdict.allowed:
@@ -171,8 +171,15 @@ class EgressGuard:
             self._refuse(flow, verdict, f"{flow.request.method} http://{host}:{port}")
             return
         self._checked.setdefault(flow.client_conn, {})[(host, port)] = address
-        if address != host:
-            flow.request.data.host = address  # mitmproxy connects to the checked address; Host stays
+        self._pin(flow, address)
+
+    @staticmethod
+    def _pin(flow: http.HTTPFlow, address: str) -> None:
+        """Plain HTTP connects to the checked address (the Host header keeps the name). An
+        absolute-form https:// request is not pinned here — mitmproxy would take the address for
+        the TLS server name — but in `server_connect`, which looks the name up and checks it again."""
+        if flow.request.scheme == "http" and address != flow.request.host:
+            flow.request.data.host = address
 
     # -- every upstream connection ---------------------------------------------------------------------
 

@@ -105,3 +105,43 @@ def test_scrub_request_head_removes_keys_everywhere() -> None:
     assert set(removed) == {"x-trace", "authorization", "query:token", "path"}
     assert key not in flow.request.path and "keep=1" in flow.request.path and "other=x" in flow.request.path
     assert flow.request.headers["x-fine"] == "yes" and "authorization" not in flow.request.headers
+
+
+class _Source:
+    def __init__(self, text: str) -> None:
+        self.compiled = parse_policy(text, "p.yaml")
+
+    def current(self) -> object:
+        return self.compiled
+
+
+def test_server_connect_backstop_checks_every_upstream_connection_not_named_by_the_policy() -> None:
+    """The last check before any upstream connection: named destinations pass without a lookup,
+    internal addresses and names resolving to them are killed before connect."""
+    import asyncio
+
+    from mitmproxy import connection
+    from mitmproxy.proxy.server_hooks import ServerConnectionHookData
+
+    from codexgate.addons.egress import EgressGuard
+    from codexgate.metrics import GatewayMetrics
+
+    text = (
+        'gateway: {egress: {allow: ["localhost:*", "10.9.0.0/16:*"]}}\n'
+        "providers: {ollama: {kind: chat, preset: ollama, base_url: 'http://127.0.0.1:11434/v1'}}\n"
+        "models: {llama: {routes: [{provider: ollama}]}}\n"
+    )
+    guard = EgressGuard(_Source(text), GatewayMetrics(), lambda: (7001,))  # type: ignore[arg-type]
+    client = connection.Client(peername=("10.0.0.5", 5555), sockname=("10.0.0.1", 8080))
+
+    def attempt(host: str, port: int) -> connection.Server:
+        server = connection.Server(address=(host, port))
+        asyncio.run(guard.server_connect(ServerConnectionHookData(server=server, client=client)))
+        return server
+
+    assert attempt("127.0.0.1", 11434).error is None  # a provider the policy names
+    assert attempt("127.0.0.1", 7001).error is None  # the gateway's own relay
+    assert attempt("10.9.1.2", 5432).error is None  # a network the policy names
+    for host, port in (("127.0.0.1", 6379), ("169.254.169.254", 80), ("localhost", 6379), ("10.8.0.1", 443)):
+        server = attempt(host, port)
+        assert server.error is not None and "codexgate egress policy" in server.error, (host, port)
