@@ -77,6 +77,8 @@ class GatewayMetrics:
         # dashboard see them before the first event.
         for reason in EGRESS_REFUSAL_REASONS:
             self.egress_refusals.labels(reason)
+        for where in ("header", "query", "path", "body"):
+            self.keys_scrubbed.labels(where)
         for result in ("ok", "failed"):
             self.policy_reloads.labels(result)
         for operation in ("reserve", "settle"):
