@@ -21,8 +21,6 @@ Refusals are a proxy-level `403` (or `407`) with an OpenAI-shaped JSON reason, a
 from __future__ import annotations
 
 import asyncio
-import base64
-import binascii
 import dataclasses
 import datetime as dt
 import logging
@@ -34,6 +32,7 @@ from mitmproxy import connection, http
 from mitmproxy.proxy import server_hooks
 from mitmproxy.proxy.mode_specs import ReverseMode
 
+from codexgate.addons.identify import key_from_proxy_authorization
 from codexgate.addons.policy_source import PolicySource
 from codexgate.errors import error_response
 from codexgate.metrics import GatewayMetrics
@@ -59,18 +58,6 @@ class ConnectTarget:
 
 def normal_host(host: str) -> str:
     return host.lower().rstrip(".")
-
-
-def proxy_key(value: str) -> str | None:
-    """The virtual key in `Proxy-Authorization: Basic` (the password, or the user name alone)."""
-    scheme, _, encoded = value.partition(" ")
-    if scheme.lower() != "basic":
-        return None
-    try:
-        user, _, password = base64.b64decode(encoded.strip(), validate=True).decode("utf-8").partition(":")
-    except (binascii.Error, UnicodeDecodeError):
-        return None
-    return password or user or None
 
 
 class EgressGuard:
@@ -264,7 +251,7 @@ class EgressGuard:
                 status=407,
             )  # fmt: skip
             return False
-        key_text = proxy_key(value)
+        key_text = key_from_proxy_authorization(value)
         key = policy.keys_by_hash.get(hash_key(key_text)) if key_text else None
         now = dt.datetime.now(dt.UTC)
         if key is None or key.disabled or (key.expires_at is not None and key.expires_at <= now):
