@@ -28,8 +28,8 @@ import socket
 import weakref
 from typing import Any
 
-from mitmproxy import connection, http
-from mitmproxy.proxy import server_hooks
+from mitmproxy import connection, ctx, http
+from mitmproxy.proxy import mode_specs, server_hooks
 from mitmproxy.proxy.mode_specs import ReverseMode
 
 from codexgate.addons.identify import key_from_proxy_authorization
@@ -66,11 +66,28 @@ class EgressGuard:
         self._metrics = metrics
         # A callable giving the gateway's own loopback ports its flows may connect to (the relay).
         self._internal_ports = internal_ports or (lambda: ())
+        self._own_ports: frozenset[int] = frozenset()  # the gateway's listeners (proxy, base URL, metrics)
         self._targets: weakref.WeakKeyDictionary[connection.Client, ConnectTarget] = weakref.WeakKeyDictionary()
         # Plain-HTTP proxy requests: addresses checked per client connection, (host, port) -> address.
         self._checked: weakref.WeakKeyDictionary[connection.Client, dict[tuple[str, int], str]] = (
             weakref.WeakKeyDictionary()
         )
+
+    def configure(self, updated: set[str]) -> None:
+        if not {"mode", "codexgate_metrics_port", "listen_port"} & updated:
+            return
+        ports: set[int] = set()
+        for spec in getattr(ctx.options, "mode", ()):
+            try:
+                port = mode_specs.ProxyMode.parse(spec).listen_port(getattr(ctx.options, "listen_port", None))
+            except ValueError:
+                continue
+            if port:
+                ports.add(port)
+        metrics_port = getattr(ctx.options, "codexgate_metrics_port", 0)
+        if metrics_port:
+            ports.add(metrics_port)
+        self._own_ports = frozenset(ports)
 
     def target_of(self, client: connection.Client) -> ConnectTarget | None:
         return self._targets.get(client)
@@ -217,6 +234,8 @@ class EgressGuard:
         if not verdict.allowed:
             return verdict, None
         if parse_address(host) is not None:
+            if self._is_gateway_itself(host, port):
+                return self._itself(host, port), None
             return verdict, host
         try:
             infos = await asyncio.wait_for(
@@ -235,7 +254,26 @@ class EgressGuard:
             found = rules.check_address(address, port, host)
             if not found.allowed:
                 return found, None
+            if self._is_gateway_itself(text, port):
+                return self._itself(host, port), None
         return verdict, addresses[0]
+
+    def _is_gateway_itself(self, address: str, port: int) -> bool:
+        """One of the gateway's own listeners, reached by an address of this machine (however
+        the policy names it: `--listen-host 0.0.0.0` answers on every address the host has)."""
+        if port not in self._own_ports and port not in self._internal_ports():
+            return False
+        family = socket.AF_INET6 if ":" in address else socket.AF_INET
+        with socket.socket(family, socket.SOCK_STREAM) as probe:
+            try:
+                probe.bind((address, 0))  # succeeds only for an address of this machine
+            except OSError:
+                return False
+        return True
+
+    @staticmethod
+    def _itself(host: str, port: int) -> Verdict:
+        return Verdict(False, "gateway_itself", f"{host}:{port} is one of the gateway's own listeners")
 
     def _authorized(self, flow: http.HTTPFlow, policy: CompiledPolicy) -> bool:
         """`gateway.proxy_auth: required`: a valid virtual key as proxy credentials, or 407."""

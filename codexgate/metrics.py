@@ -9,7 +9,8 @@ from __future__ import annotations
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 EGRESS_REFUSAL_REASONS = (
-    "not_allowed", "denied", "internal_address", "unresolvable", "sni_mismatch", "destination_mismatch",
+    "not_allowed", "denied", "internal_address", "gateway_itself", "unresolvable", "sni_mismatch",
+    "destination_mismatch",
     "proxy_auth_required", "proxy_auth_invalid",
 )  # fmt: skip
 

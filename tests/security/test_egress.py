@@ -151,14 +151,15 @@ def guarded(
     tls_server: TlsServer,
     provider_tls: TlsServer,
 ) -> Iterator[Gateway]:
-    """A gateway whose egress policy names two loopback test servers by address, and the name
-    `localhost` (which resolves to loopback: the DNS-rebinding case)."""
+    """A gateway whose egress policy names two loopback test servers by address, the name
+    `localhost` (which resolves to loopback: the DNS-rebinding case), and its own proxy port."""
     root = tmp_path_factory.mktemp("egress")
     policy = root / "policy.yaml"
-    allow = [f"127.0.0.1:{recorder.port}", f"127.0.0.1:{tls_server.port}", "localhost:*"]
-    policy.write_text(egress_policy(fake_openai.url, allow, governed_tls=provider_tls.port))
     gateway = Gateway(policy, root / "data")
     gateway.metrics_port = free_port()
+    allow = [f"127.0.0.1:{recorder.port}", f"127.0.0.1:{tls_server.port}", "localhost:*"]
+    allow.append(f"127.0.0.1:{gateway.proxy_port}")
+    policy.write_text(egress_policy(fake_openai.url, allow, governed_tls=provider_tls.port))
     gateway.start()
     yield gateway
     gateway.stop()
@@ -237,6 +238,16 @@ def test_plain_http_proxy_requests_to_redis_and_metrics_are_refused(
     assert refusal(answer)["code"] == "egress_not_allowed"
     assert int(store.info("stats")["total_connections_received"]) == connections_before
     assert metric(guarded, "codexgate_egress_refusals_total", 'reason="internal_address"') >= before + 5
+
+
+def test_the_gateways_own_listeners_are_refused_even_when_named(guarded: Gateway) -> None:
+    """The policy names 127.0.0.1:<proxy port>; the proxy still does not loop into itself."""
+    raw, answer = connect(guarded, f"127.0.0.1:{guarded.proxy_port}")
+    raw.close()
+    assert "one of the gateway's own listeners" in refusal(answer)["message"]
+    with httpx.Client(proxy=guarded.proxy_url, timeout=10) as http:
+        answer_http = http.get(f"http://127.0.0.1:{guarded.proxy_port}/")
+    assert answer_http.status_code == 403 and answer_http.headers["x-codexgate-refusal"] == "gateway_itself"
 
 
 def test_hosts_outside_the_allow_list_are_refused(guarded: Gateway) -> None:
