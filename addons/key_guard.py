@@ -3,7 +3,7 @@
 Codex sends its API key to chatgpt.com, and the commands its shell tool runs inherit it (and
 `HTTPS_PROXY`), so on every flow the gateway can see but does not govern, a virtual key is
 removed wherever it sits: any header, the query string or path, and the body (buffered bodies,
-gzip/deflate decoded within a bound). On guard hosts such a request is answered locally.
+gzip/deflate/br/zstd decoded within a bound). On guard hosts such a request is answered locally.
 An un-intercepted tunnel is encrypted end to end: nothing in it can be checked (see README).
 """
 
@@ -14,6 +14,8 @@ import re
 import zlib
 from collections.abc import Mapping
 
+import brotli
+import zstandard
 from mitmproxy import http
 
 from codexgate.addons.identify import key_from_proxy_authorization
@@ -73,24 +75,33 @@ def scrub_request_head(request: http.Request, known_hashes: Mapping[str, object]
 
 def _decoded(raw: bytes, encoding: str) -> bytes | None:
     """The body as sent before `encoding`, at most MAX_SCANNED_BODY bytes; None when it cannot be
-    checked within that bound (or the encoding is not one the gateway decodes)."""
+    checked within that bound (or the encoding is not one the gateway decodes). Decoding stops at
+    the bound: a small body that would inflate to gigabytes costs no more than the bound."""
     if encoding in ("", "identity"):
         return raw
-    if encoding not in ("gzip", "x-gzip", "deflate"):
-        return None
     try:
-        inflater = zlib.decompressobj(wbits=47)  # gzip or zlib header, detected
-        decoded = inflater.decompress(raw, MAX_SCANNED_BODY)
-        if inflater.unconsumed_tail:
-            return None
-        return decoded
-    except zlib.error:
-        try:
-            inflater = zlib.decompressobj(wbits=-15)  # raw deflate
-            decoded = inflater.decompress(raw, MAX_SCANNED_BODY)
-            return None if inflater.unconsumed_tail else decoded
-        except zlib.error:
-            return None
+        if encoding in ("gzip", "x-gzip", "deflate"):
+            try:
+                inflater = zlib.decompressobj(wbits=47)  # gzip or zlib header, detected
+                decoded = inflater.decompress(raw, MAX_SCANNED_BODY + 1)
+            except zlib.error:
+                inflater = zlib.decompressobj(wbits=-15)  # raw deflate
+                decoded = inflater.decompress(raw, MAX_SCANNED_BODY + 1)
+            return None if len(decoded) > MAX_SCANNED_BODY or not inflater.eof else decoded
+        if encoding == "br":
+            brotli_decoder = brotli.Decompressor()
+            decoded = brotli_decoder.process(raw, output_buffer_limit=MAX_SCANNED_BODY + 1)
+            return None if len(decoded) > MAX_SCANNED_BODY or not brotli_decoder.is_finished() else decoded
+        if encoding == "zstd":
+            parts, size = [], 0
+            with zstandard.ZstdDecompressor().stream_reader(raw) as reader:
+                while size <= MAX_SCANNED_BODY and (part := reader.read(1024 * 1024)):
+                    parts.append(part)
+                    size += len(part)
+            return None if size > MAX_SCANNED_BODY else b"".join(parts)
+    except (zlib.error, brotli.error, zstandard.ZstdError):
+        return None
+    return None
 
 
 class KeyGuard:
@@ -143,8 +154,8 @@ class KeyGuard:
             flow.response = error_response(
                 403,
                 "body_not_checkable",
-                f"codexgate cannot check this request body ({encoding or 'identity'}, larger than "
-                f"{MAX_SCANNED_BODY // (1024 * 1024)} MB decoded or not gzip/deflate) for virtual keys",
+                f"codexgate cannot check this request body for virtual keys ({encoding}: larger than "
+                f"{MAX_SCANNED_BODY // (1024 * 1024)} MB decoded, malformed, or not gzip/deflate/br/zstd)",
             )
             return
         if KEY_PREFIX.encode() not in decoded:

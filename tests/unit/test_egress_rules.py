@@ -145,3 +145,47 @@ def test_server_connect_backstop_checks_every_upstream_connection_not_named_by_t
     for host, port in (("127.0.0.1", 6379), ("169.254.169.254", 80), ("localhost", 6379), ("10.8.0.1", 443)):
         server = attempt(host, port)
         assert server.error is not None and "codexgate egress policy" in server.error, (host, port)
+
+
+def test_key_guard_scrubs_bodies_within_a_bound() -> None:
+    import gzip
+    import zlib
+
+    from codexgate.addons.key_guard import MAX_SCANNED_BODY, KeyGuard
+
+    guard = KeyGuard(_Source(BASE))  # type: ignore[arg-type]
+    key = "sk-cg-body-key-0000000000"
+
+    def sent(body: bytes, encoding: str | None) -> tuple[object, bytes]:
+        flow = tflow.tflow()
+        if encoding:
+            flow.request.headers["content-encoding"] = encoding
+        flow.request.raw_content = body
+        guard.request(flow)
+        return flow.response, flow.request.raw_content or b""
+
+    plain = f'{{"k": "{key}", "keep": 1}}'.encode()
+    response, raw = sent(plain, None)
+    assert response is None and key.encode() not in raw and b'"keep": 1' in raw
+    response, raw = sent(zlib.compress(plain), "deflate")
+    assert response is None and key.encode() not in zlib.decompress(raw)
+    response, raw = sent(gzip.compress(b"nothing secret"), "gzip")
+    assert response is None and gzip.decompress(raw) == b"nothing secret"
+    # A body that inflates past the bound is refused, not inflated: decoding stops at the bound.
+    bomb = gzip.compress(b"\0" * (MAX_SCANNED_BODY + 1024 * 1024))
+    response, _ = sent(bomb, "gzip")
+    assert response is not None and response.status_code == 403  # type: ignore[attr-defined]
+    assert b"body_not_checkable" in response.content  # type: ignore[attr-defined]
+    import brotli
+    import zstandard
+
+    response, raw = sent(brotli.compress(plain), "br")
+    assert response is None and key.encode() not in brotli.decompress(raw)
+    response, raw = sent(zstandard.ZstdCompressor().compress(plain), "zstd")
+    assert response is None and key.encode() not in zstandard.ZstdDecompressor().decompress(raw)
+    response, _ = sent(zstandard.ZstdCompressor().compress(b"\0" * (MAX_SCANNED_BODY + 1)), "zstd")
+    assert response is not None and response.status_code == 403  # type: ignore[attr-defined]
+    # Malformed, or an encoding the gateway does not decode: it cannot be checked either.
+    for body, encoding in ((b"not brotli" + plain, "br"), (plain, "compress")):
+        response, _ = sent(body, encoding)
+        assert response is not None and response.status_code == 403, encoding  # type: ignore[attr-defined]
