@@ -417,3 +417,32 @@ def test_proxy_auth_required_serves_a_client_with_its_key(authenticated: Gateway
     http_client = openai.DefaultHttpxClient(proxy=proxy, verify=context)
     sdk = openai.OpenAI(api_key="placeholder", max_retries=0, timeout=20, http_client=http_client)
     assert sdk.responses.create(model="mock-model", input="through an authenticated proxy").status == "completed"
+
+
+def test_virtual_key_scrubbed_from_plain_http_inside_a_tunnel(guarded: Gateway, recorder: Recorder) -> None:
+    received = len(recorder.received)
+    raw, answer = connect(guarded, f"127.0.0.1:{recorder.port}")
+    assert answer.startswith(b"HTTP/1.1 200")
+    body = f"key={ALICE_KEY}".encode()
+    with raw:
+        raw.sendall(
+            f"POST /in-tunnel?api_key={ALICE_KEY}&keep=1 HTTP/1.1\r\nHost: 127.0.0.1:{recorder.port}\r\n"
+            f"x-api-key: {ALICE_KEY}\r\ncontent-length: {len(body)}\r\nconnection: close\r\n\r\n".encode()
+            + body
+        )
+        reply = b""
+        while chunk := raw.recv(4096):
+            reply += chunk
+    assert reply.startswith(b"HTTP/1.0 200") and reply.endswith(b"ok")  # (the recorder speaks HTTP/1.0)
+    [(path, headers, sent)] = recorder.received[received:]
+    assert path == "/in-tunnel?keep=1" and "x-api-key" not in headers
+    assert sent == b"key=sk-cg-REMOVED"
+
+
+def test_a_virtual_key_in_a_body_to_a_guard_host_is_answered_locally(guarded: Gateway) -> None:
+    """chatgpt.com (a guard host) is intercepted; a virtual key in the body alone is enough for
+    the gateway to answer itself (nothing is sent: this test runs offline)."""
+    context = ssl.create_default_context(cafile=str(guarded.ca_cert))
+    with httpx.Client(proxy=guarded.proxy_url, verify=context, timeout=10) as http:
+        answer = http.post("https://chatgpt.com/backend-api/anything", json={"token": ALICE_KEY})
+    assert answer.status_code == 403 and answer.json()["error"]["code"] == "virtual_key_not_forwarded"
