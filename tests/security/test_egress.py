@@ -379,6 +379,13 @@ def test_the_base_url_listener_reaches_no_arbitrary_host(guarded: Gateway, redis
             f"http://127.0.0.1:{guarded.gateway_port}/anything", headers={"host": f"127.0.0.1:{redis_server.port}"}
         )
     assert answer.status_code == 400 and absolute.status_code == 404
+    for target in (f"127.0.0.1:{redis_server.port}", "pypi.org:443"):
+        raw = socket.create_connection(("127.0.0.1", guarded.gateway_port), timeout=10)
+        with raw:
+            raw.sendall(f"CONNECT {target} HTTP/1.1\r\nHost: {target}\r\n\r\nPING\r\n".encode())
+            reply = raw.recv(4096)
+        # mitmproxy's reverse mode refuses CONNECT before any addon sees it.
+        assert reply.startswith(b"HTTP/1.1 400"), reply[:200]
     assert int(store.info("stats")["total_connections_received"]) == connections_before
 
 
