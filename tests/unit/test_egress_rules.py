@@ -5,6 +5,7 @@ from __future__ import annotations
 import ipaddress
 
 import pytest
+from mitmproxy import connection
 from mitmproxy.test import tflow
 
 from codexgate.addons.key_guard import scrub_request_head
@@ -189,3 +190,49 @@ def test_key_guard_scrubs_bodies_within_a_bound() -> None:
     for body, encoding in ((b"not brotli" + plain, "br"), (plain, "compress")):
         response, _ = sent(body, encoding)
         assert response is not None and response.status_code == 403, encoding  # type: ignore[attr-defined]
+
+
+def test_a_connect_is_pinned_to_the_address_that_was_checked() -> None:
+    """DNS rebinding: the name answers a public address at the check and loopback afterwards. The
+    tunnel connects to the checked address; no second lookup is made that could be rebound."""
+    import asyncio
+    import socket
+
+    from mitmproxy.proxy import mode_specs
+    from mitmproxy.proxy.server_hooks import ServerConnectionHookData
+
+    from codexgate.addons.egress import EgressGuard
+    from codexgate.metrics import GatewayMetrics
+
+    answers = ["93.184.216.34", "127.0.0.1", "127.0.0.1"]
+    lookups: list[str] = []
+
+    async def rebinding_getaddrinfo(host: str, port: int, **_: object) -> list[tuple]:
+        lookups.append(host)
+        return [(socket.AF_INET, socket.SOCK_STREAM, 6, "", (answers[len(lookups) - 1], port))]
+
+    guard = EgressGuard(_Source('gateway: {egress: {allow: ["rebind.example"]}}\n' + BASE), GatewayMetrics())  # type: ignore[arg-type]
+    loop = asyncio.new_event_loop()
+    loop.getaddrinfo = rebinding_getaddrinfo  # type: ignore[method-assign, assignment]
+
+    def connect() -> object:
+        flow = tflow.tflow()
+        flow.client_conn.proxy_mode = mode_specs.ProxyMode.parse("regular")
+        flow.request.method, flow.request.host, flow.request.port = "CONNECT", "rebind.example", 443
+        loop.run_until_complete(guard.http_connect(flow))
+        return flow
+
+    first = connect()
+    assert first.response is None and first.request.host == "93.184.216.34"  # type: ignore[attr-defined]
+    server = connection.Server(address=(first.request.host, 443))  # type: ignore[attr-defined]
+    loop.run_until_complete(guard.server_connect(ServerConnectionHookData(server=server, client=first.client_conn)))  # type: ignore[attr-defined]
+    assert server.error is None and server.address == ("93.184.216.34", 443) and len(lookups) == 1
+    # The next CONNECT sees the rebound answer: refused.
+    second = connect()
+    assert second.response is not None and second.response.status_code == 403  # type: ignore[attr-defined]
+    assert b"internal address" in second.response.content  # type: ignore[attr-defined]
+    # A connection to the name itself (no CONNECT pinned it) is looked up and checked at connect.
+    named = connection.Server(address=("rebind.example", 443))
+    loop.run_until_complete(guard.server_connect(ServerConnectionHookData(server=named, client=first.client_conn)))  # type: ignore[attr-defined]
+    assert named.error is not None and "internal address" in named.error
+    loop.close()
