@@ -28,6 +28,7 @@ def steps(shown: bool = True) -> list[Any]:
     from codexgate.addons.admit import Admit
     from codexgate.addons.audit_log import AuditLog
     from codexgate.addons.credentials import Credentials
+    from codexgate.addons.egress import EgressGuard
     from codexgate.addons.guardrails import Guardrails
     from codexgate.addons.identify import Identify
     from codexgate.addons.intake import Intake
@@ -53,14 +54,16 @@ def steps(shown: bool = True) -> list[Any]:
     limits = Limits(policy, metrics)
     tracing = Tracing()
     resilience = Resilience(metrics)
+    egress = EgressGuard(policy, metrics, lambda: (resilience.relay.port,) if resilience.relay else ())
     chosen = [
         SecretMask(policy, shown),  # moves itself ahead of mitmproxy's own addons
         MetricsExport(metrics),
         policy,
-        TlsScope(policy),
+        egress,  # before TlsScope, which reads the CONNECT target it recorded
+        TlsScope(policy, egress),
         Intake(policy),
         tracing,  # right after Intake: starts the request's span at state.started
-        KeyGuard(policy),
+        KeyGuard(policy, metrics),
         Identify(),
         Admit(),
         Guardrails(policy),  # after the team is known, before any budget is reserved

@@ -68,4 +68,32 @@ class Admit:
                 "model_not_allowed",
             )
             return
+        team = state.policy.policy.teams.get(key.team)
+        if team is not None and not (team.allows_model(canonical) or team.allows_model(requested)):
+            refuse(
+                flow,
+                error_response(
+                    403,
+                    "model_not_allowed",
+                    f"model {requested} is not allowed for team {key.team} (key {key.name}); "
+                    f"allowed: {', '.join(team.models or ())}",
+                    "model",
+                ),
+                "model_not_allowed",
+            )
+            return
+        if not state.policy.reachable_providers(key, canonical):
+            allowed = state.policy.allowed_providers(key) or frozenset()
+            refuse(
+                flow,
+                error_response(
+                    403,
+                    "provider_not_allowed",
+                    f"model {requested} is served only by providers key {key.name} may not use; "
+                    f"allowed providers: {', '.join(sorted(allowed)) or 'none'}",
+                    "model",
+                ),
+                "provider_not_allowed",
+            )
+            return
         state.model = canonical

@@ -21,11 +21,15 @@ class ModelsEndpoint:
             return
         key = state.key
         created = int(state.policy.mtime_ns // 1_000_000_000)
-        visible = [
-            {"id": name, "object": "model", "created": created, "owned_by": entry.routes[0].provider}
-            for name, (canonical, entry) in state.policy.models_by_name.items()
-            if key.allows_model(name) or key.allows_model(canonical)
-        ]
+        compiled = state.policy
+        visible = []
+        for name, (canonical, _entry) in compiled.models_by_name.items():
+            if not compiled.key_allows_model(key, name, canonical):
+                continue
+            # Listed only when a deployment the key may use serves it (its own routes or a fallback).
+            reachable = compiled.reachable_providers(key, canonical)
+            if reachable:
+                visible.append({"id": name, "object": "model", "created": created, "owned_by": reachable[0]})
         path = flow.request.path.split("?", 1)[0].rstrip("/")
         if "/models/" in path:
             wanted = path.rsplit("/", 1)[1]

@@ -60,10 +60,14 @@ def candidate_groups(state: GatewayRequest) -> list[list[tuple[Candidate, int]]]
     policy = state.policy.policy
     groups: list[list[tuple[Candidate, int]]] = []
     assert state.model is not None
+    # A key (or its team) restricted to some providers never reaches another, not even by fallback.
+    allowed = state.policy.allowed_providers(state.key) if state.key is not None else None
     for model_name in [state.model, *policy.models[state.model].fallbacks]:
         entry = policy.models[model_name]
         group: list[tuple[Candidate, int]] = []
         for route in entry.routes:
+            if allowed is not None and route.provider not in allowed:
+                continue
             provider = policy.providers[route.provider]
             upstream = upstream_model(route, model_name)
             if isinstance(provider, MockProvider):

@@ -17,10 +17,10 @@ from mitmproxy import ctx, http
 from mitmproxy.addonmanager import Loader
 
 from codexgate.addons.identify import CLIENT_CREDENTIALS_KEY
-from codexgate.addons.key_guard import VIRTUAL_KEY_REMOVED, carries_virtual_key
+from codexgate.addons.key_guard import VIRTUAL_KEY_REMOVED, scrub_request_head
 from codexgate.addons.policy_source import PolicySource
 from codexgate.flowstate import state_of
-from codexgate.headers import CLIENT_CREDENTIAL_HEADERS, SECRET_HEADERS
+from codexgate.headers import SECRET_HEADERS
 
 logger = logging.getLogger(__name__)
 
@@ -68,12 +68,7 @@ class SecretMask:
         assert policy is not None
         # Not governed: a virtual key must not leave, nor be shown. Removed here, before View
         # publishes the flow; KeyGuard logs it and answers guard hosts.
-        removed = [
-            name for name in CLIENT_CREDENTIAL_HEADERS
-            if any(carries_virtual_key(value, policy.keys_by_hash) for value in headers.get_all(name))
-        ]  # fmt: skip
-        for name in removed:
-            del headers[name]
+        removed = scrub_request_head(flow.request, policy.keys_by_hash)  # headers, query, path
         if removed:
             flow.metadata[VIRTUAL_KEY_REMOVED] = removed
 

@@ -14,7 +14,7 @@ from typing import Any
 import yaml
 
 from codexgate.policies.keys import add_key
-from codexgate.policies.loader import PolicyError, load_policy
+from codexgate.policies.loader import PolicyError, load_policy, unreachable_key_problems
 from codexgate.stores.factory import check_store_spec
 
 CODEX_NPM_PACKAGE = "@openai/codex@0.169.0"
@@ -193,6 +193,11 @@ def cmd_check(args: argparse.Namespace) -> int:
     except PolicyError as exc:
         for problem in exc.problems:
             print(problem, file=sys.stderr)
+        return 1
+    unreachable = unreachable_key_problems(compiled)
+    for problem in unreachable:
+        print(problem, file=sys.stderr)
+    if unreachable:
         return 1
     policy = compiled.policy
     print(

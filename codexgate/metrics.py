@@ -8,6 +8,12 @@ from __future__ import annotations
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
+EGRESS_REFUSAL_REASONS = (
+    "not_allowed", "denied", "internal_address", "gateway_itself", "unresolvable", "sni_mismatch",
+    "destination_mismatch",
+    "proxy_auth_required", "proxy_auth_invalid",
+)  # fmt: skip
+
 
 class GatewayMetrics:
     def __init__(self) -> None:
@@ -60,8 +66,20 @@ class GatewayMetrics:
             "codexgate_request_duration_seconds", "Time from request to the end of the answer.", ["provider"],
             registry=self.registry, buckets=(0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300),
         )  # fmt: skip
+        self.egress_refusals = Counter(
+            "codexgate_egress_refusals", "Proxy-listener connections and requests refused, by fixed reason.",
+            ["reason"], registry=self.registry,
+        )  # fmt: skip
+        self.keys_scrubbed = Counter(
+            "codexgate_virtual_keys_scrubbed", "Virtual keys removed from flows to ungoverned hosts, by where.",
+            ["where"], registry=self.registry,
+        )  # fmt: skip
         # Label sets known in advance are exported from the start, at zero, so alerts and the
         # dashboard see them before the first event.
+        for reason in EGRESS_REFUSAL_REASONS:
+            self.egress_refusals.labels(reason)
+        for where in ("header", "query", "path", "body"):
+            self.keys_scrubbed.labels(where)
         for result in ("ok", "failed"):
             self.policy_reloads.labels(result)
         for operation in ("reserve", "settle"):

@@ -18,6 +18,7 @@ from ruamel.yaml import YAML
 from ruamel.yaml.comments import CommentedMap, CommentedSeq
 from ruamel.yaml.error import MarkedYAMLError
 
+from codexgate.policies.egress import EgressRules
 from codexgate.policies.schema import ModelEntry, Policy, Route, VirtualKey
 
 Loc = tuple[str | int, ...]
@@ -42,6 +43,10 @@ class CompiledPolicy:
     models_by_name: dict[str, tuple[str, ModelEntry]]  # name or alias -> (canonical name, entry)
     intercept_hosts: frozenset[str]  # "host" (any port) or "host:port"
     guard_hosts: frozenset[str]
+    egress: EgressRules | None = None  # gateway.egress, compiled
+    # (key name, model) -> reachable providers: asked on every admission, fixed for this policy.
+    _reachable: dict[tuple[str, str], list[str]] = dataclasses.field(default_factory=dict, compare=False, repr=False)
+    _allowed: dict[str, frozenset[str] | None] = dataclasses.field(default_factory=dict, compare=False, repr=False)
 
     def lookup_model(self, requested: str) -> tuple[str, ModelEntry] | None:
         return self.models_by_name.get(requested)
@@ -56,6 +61,40 @@ class CompiledPolicy:
     def is_governed_host(self, host: str, port: int) -> bool:
         host = host.lower().rstrip(".")
         return f"{host}:{port}" in self.intercept_hosts or host in self.intercept_hosts
+
+    def allowed_providers(self, key: VirtualKey) -> frozenset[str] | None:
+        """The providers a key may reach: its own list narrowed by its team's (None: any)."""
+        if key.name in self._allowed:
+            return self._allowed[key.name]
+        team = self.policy.teams.get(key.team)
+        lists = [names for names in (key.providers, team.providers if team else None) if names is not None]
+        allowed = None
+        for names in lists:
+            allowed = frozenset(names) if allowed is None else allowed & frozenset(names)
+        self._allowed[key.name] = allowed
+        return allowed
+
+    def key_allows_model(self, key: VirtualKey, *names: str) -> bool:
+        """The key's model patterns and its team's both admit one of `names` (name, alias)."""
+        team = self.policy.teams.get(key.team)
+        return any(key.allows_model(name) for name in names) and (
+            team is None or any(team.allows_model(name) for name in names)
+        )
+
+    def reachable_providers(self, key: VirtualKey, model: str) -> list[str]:
+        """The providers of a model's routes and fallbacks' routes that the key may reach, in order."""
+        cached = self._reachable.get((key.name, model))
+        if cached is not None:
+            return cached
+        allowed = self.allowed_providers(key)
+        entry = self.policy.models[model]
+        found: list[str] = []
+        for name in [model, *entry.fallbacks]:
+            for route in self.policy.models[name].routes:
+                if (allowed is None or route.provider in allowed) and route.provider not in found:
+                    found.append(route.provider)
+        self._reachable[(key.name, model)] = found
+        return found
 
 
 def _yaml() -> YAML:
@@ -110,9 +149,29 @@ def _cross_references(policy: Policy) -> list[tuple[Loc, str]]:
                 (("keys", index, "name"), f"duplicate key name {key.name!r} (also keys[{seen_names[key.name]}])")
             )
         seen_names.setdefault(key.name, index)
+        team = policy.teams.get(key.team)
+        for provider_index, provider in enumerate(key.providers or ()):
+            if provider not in policy.providers:
+                problems.append(
+                    (("keys", index, "providers", provider_index),
+                     f"unknown provider {provider!r}; providers: {sorted(policy.providers)}")
+                )  # fmt: skip
+            elif team is not None and team.providers is not None and provider not in team.providers:
+                problems.append(
+                    (("keys", index, "providers", provider_index),
+                     f"provider {provider!r} is not allowed for team {key.team} ({', '.join(team.providers)}); "
+                     "a key may only narrow its team's providers")
+                )  # fmt: skip
         if key.hash in seen_hashes:
             problems.append((("keys", index, "hash"), f"same hash as keys[{seen_hashes[key.hash]}]"))
         seen_hashes.setdefault(key.hash, index)
+    for team_name, team in policy.teams.items():
+        for provider_index, provider in enumerate(team.providers or ()):
+            if provider not in policy.providers:
+                problems.append(
+                    (("teams", team_name, "providers", provider_index),
+                     f"unknown provider {provider!r}; providers: {sorted(policy.providers)}")
+                )  # fmt: skip
     if policy.guardrails is not None:
         for team in policy.guardrails.team_actions:
             if team not in policy.teams:
@@ -205,6 +264,7 @@ def parse_policy(text: str, path: str = "<policy>", mtime_ns: int = 0) -> Compil
         models_by_name=models_by_name,
         intercept_hosts=_host_entries(policy),
         guard_hosts=frozenset(host.lower() for host in policy.gateway.guard_hosts),
+        egress=policy.gateway.egress.rules(),
     )
 
 
@@ -231,3 +291,29 @@ def _plain(node: Any) -> Any:
 
 def upstream_model(route: Route, canonical_name: str) -> str:
     return route.model or canonical_name
+
+
+def unreachable_key_problems(compiled: CompiledPolicy) -> list[str]:
+    """`codexgate check`: keys that can reach no model at all, because every route of every model
+    their patterns allow goes to a provider they (or their team) may not use."""
+    try:
+        document = _yaml().load(Path(compiled.path).read_text(encoding="utf-8"))
+    except (OSError, MarkedYAMLError, UnicodeDecodeError):
+        document = None
+    problems = []
+    policy = compiled.policy
+    for index, key in enumerate(policy.keys):
+        allowed_models = [name for name in policy.models if compiled.key_allows_model(key, name)]
+        if any(compiled.reachable_providers(key, name) for name in allowed_models):
+            continue
+        providers = compiled.allowed_providers(key)
+        reach = ", ".join(sorted(providers)) if providers is not None else "any"
+        why = (
+            f"its models ({', '.join(allowed_models)}) are served only by providers it may not use (allowed: {reach})"
+            if allowed_models
+            else "no model of this policy matches its (and its team's) model patterns"
+        )
+        loc: Loc = ("keys", index, "providers") if key.providers is not None else ("keys", index)
+        line = _line_of(document, loc) if document is not None else "?"
+        problems.append(f"{compiled.path}:{line}: {_field_path(loc)}: key {key.name} can reach no model: {why}")
+    return problems

@@ -15,6 +15,7 @@ from urllib.parse import urlsplit
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from codexgate.guardrails import GuardrailSettings
+from codexgate.policies.egress import Egress
 from codexgate.secrets import REFERENCE_HELP, parse_reference
 from codexgate.windows import parse_period
 
@@ -256,6 +257,15 @@ class Org(Limited):
 class Team(Limited):
     org: Name
     description: str = ""
+    providers: list[Name] | None = Field(
+        default=None, description="providers this team's keys may reach (default: all); a key may only narrow it"
+    )
+    models: list[str] | None = Field(
+        default=None, description="model patterns this team's keys may use (default: all); a key may only narrow it"
+    )
+
+    def allows_model(self, model: str) -> bool:
+        return self.models is None or any(fnmatch.fnmatchcase(model, pattern) for pattern in self.models)
 
 
 class VirtualKey(Limited):
@@ -263,6 +273,9 @@ class VirtualKey(Limited):
     team: Name
     hash: str
     models: list[str] = Field(default_factory=lambda: ["*"], min_length=1)
+    providers: list[Name] | None = Field(
+        default=None, description="providers this key may reach (default: all its team may); narrows the team's"
+    )
     disabled: bool = False
     expires_at: dt.datetime | None = None
 
@@ -311,6 +324,10 @@ class GatewaySettings(Strict):
     resilience: Resilience = Field(default_factory=Resilience)
     unknown_price: Literal["deny"] | Price = Field(
         default="deny", description="a model without a known price is refused, or charged this price"
+    )
+    egress: Egress = Field(default_factory=Egress, description="where the proxy listener may tunnel to")
+    proxy_auth: Literal["optional", "required"] = Field(
+        default="optional", description="required: the proxy listener serves only clients giving a virtual key"
     )
 
 

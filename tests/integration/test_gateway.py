@@ -6,6 +6,7 @@ import json
 import socket
 import ssl
 import threading
+from collections.abc import Iterator
 from pathlib import Path
 
 import httpx2 as httpx
@@ -213,10 +214,24 @@ def test_proxy_credentials_identify_the_key(gateway: Gateway) -> None:
     assert result.status == "completed"
 
 
-def test_virtual_key_never_leaves_for_other_hosts(gateway: Gateway, fake_openai: FakeOpenAI) -> None:
+@pytest.fixture(scope="module")
+def loopback_egress(tmp_path_factory: pytest.TempPathFactory, fake_openai: FakeOpenAI) -> Iterator[Gateway]:
+    """A gateway whose egress policy names loopback explicitly, so that test servers on 127.0.0.1
+    can stand in for hosts the proxy tunnels to (tests/security/test_egress.py: what is refused)."""
+    from fakes.gateway import policy_text
+
+    root = tmp_path_factory.mktemp("loopback-egress")
+    policy = root / "policy.yaml"
+    policy.write_text('gateway: {egress: {allow: ["127.0.0.1:*"]}}\n' + policy_text(fake_openai.url))
+    gw = Gateway(policy, root / "data").start()
+    yield gw
+    gw.stop()
+
+
+def test_virtual_key_never_leaves_for_other_hosts(loopback_egress: Gateway, fake_openai: FakeOpenAI) -> None:
     other_host = FakeOpenAI().start()  # a server that is not a provider in the policy
     try:
-        _check_key_stays(gateway, fake_openai, other_host)
+        _check_key_stays(loopback_egress, fake_openai, other_host)
     finally:
         other_host.stop()
 
@@ -296,9 +311,9 @@ def _self_signed_tls_server() -> tuple[int, bytes, threading.Event]:
     return port, cert.public_bytes(serialization.Encoding.DER), done
 
 
-def test_non_provider_host_is_tunnelled_not_intercepted(gateway: Gateway) -> None:
+def test_non_provider_host_is_tunnelled_not_intercepted(loopback_egress: Gateway) -> None:
     port, server_cert, done = _self_signed_tls_server()
-    with socket.create_connection(("127.0.0.1", gateway.proxy_port), timeout=10) as raw:
+    with socket.create_connection(("127.0.0.1", loopback_egress.proxy_port), timeout=10) as raw:
         raw.sendall(f"CONNECT 127.0.0.1:{port} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\n\r\n".encode())
         assert raw.recv(1024).startswith(b"HTTP/1.1 200")
         context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
