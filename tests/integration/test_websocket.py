@@ -1,0 +1,332 @@
+"""Responses over WebSocket through a real gateway process, spoken as Codex speaks it
+(fakes/codex_socket.py): each response.create is governed and accounted like an HTTP request."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import re
+import uuid
+from collections.abc import Iterator
+from typing import Any
+
+import aiohttp
+import httpx
+import pytest
+from fakes import anthropic_upstream as anthropic_fake
+from fakes.codex_socket import CodexSocket, output_text, user
+from fakes.gateway import ALICE_KEY, BOB_KEY, UPSTREAM_KEY, Gateway
+from fakes.openai_upstream import FakeOpenAI
+from fakes.sdk_validation import valid_stream_event
+
+from codexgate.policies.keys import hash_key
+
+
+def socket_for(gateway: Gateway, mode: str, key: str = ALICE_KEY, **kwargs: Any) -> CodexSocket:
+    if mode == "proxy":
+        return CodexSocket(
+            "wss://api.openai.com/v1/responses", key, proxy=gateway.proxy_url, ca_file=str(gateway.ca_cert), **kwargs
+        )
+    return CodexSocket(gateway.base_url.replace("http://", "ws://") + "/responses", key, **kwargs)
+
+
+def request(model: str, items: list[Any]) -> dict[str, Any]:
+    """The fields Codex sends with every request (here a small subset), and the input."""
+    return {
+        "model": model, "instructions": "be brief", "input": items, "tools": [], "tool_choice": "auto",
+        "parallel_tool_calls": False, "store": False, "stream": True, "include": [],
+        "prompt_cache_key": "cache-key-1",
+    }  # fmt: skip
+
+
+@pytest.mark.parametrize("mode", ["base-url", "proxy"])
+def test_multi_turn_session_over_one_socket(gateway: Gateway, fake_openai: FakeOpenAI, mode: str) -> None:
+    session_id = f"sess-{uuid.uuid4().hex[:10]}"
+    before = len(fake_openai.received)
+    system = {"type": "message", "role": "developer", "content": [{"type": "input_text", "text": "rules"}]}
+
+    async def session() -> tuple[CodexSocket, list[list[dict[str, Any]]]]:
+        turns = []
+        async with socket_for(gateway, mode, session_id=session_id) as codex:
+            warm = await codex.warm_up(request("gpt-test", [system]))
+            assert [e["type"] for e in warm] == ["response.created", "response.completed"]
+            conversation = [system]
+            for text in ("first question", "second question", "third question"):
+                conversation = [*conversation, user(text)]
+                events = await codex.create(request("gpt-test", conversation))
+                turns.append(events)
+                conversation = [*conversation, *codex.items_added]
+        return codex, turns
+
+    codex, turns = asyncio.run(session())
+    # Codex's continuations: after the warm-up every request went as previous_response_id + delta.
+    assert [("previous_response_id" in m, len(m["input"])) for m in codex.sent] == [
+        (False, 1), (True, 1), (True, 1), (True, 1)
+    ]  # fmt: skip
+    for events in turns:
+        assert events[-1]["type"] == "response.completed" and output_text(events)
+        for event in events:
+            valid_stream_event(event)
+    # Upstream saw three ordinary Responses requests, each with the whole conversation, the
+    # gateway's provider key, and nothing of the socket protocol or the virtual key.
+    received = fake_openai.received[before:]
+    assert len(received) == 3
+    bodies = [json.loads(r.body) for r in received]
+    assert [len(b["input"]) for b in bodies] == [2, 4, 6]  # system + (user, answer) per earlier turn + user
+    assert bodies[2]["input"][1:4] == [user("first question"), turns[0][-2]["item"], user("second question")]
+    for r, body in zip(received, bodies, strict=True):
+        assert r.headers["authorization"] == f"Bearer {UPSTREAM_KEY}"
+        assert not {"type", "previous_response_id", "generate"} & body.keys()
+        assert "sk-cg-" not in json.dumps(r.headers) and "x-codexgate-ws-relay" not in r.headers
+        assert r.headers["session-id"] == session_id
+    # One accounting line per response (the warm-up asked no model: none for it), marked ws.
+    lines = gateway.wait_accounting(lambda r: r["session_id"] == session_id, count=3)
+    assert len(lines) == 3, lines
+    assert {(r["transport"], r["mode"], r["endpoint"], r["key"], r["status"]) for r in lines} == {
+        ("ws", "gateway" if mode == "base-url" else "proxy", "responses", "alice", 200)
+    }
+    assert all(r["usage"]["input_tokens"] > 0 and r["decision"] == "forwarded" for r in lines)
+
+
+def test_unknown_and_disabled_keys_are_refused_at_the_upgrade(gateway: Gateway) -> None:
+    async def connect(key: str) -> int:
+        try:
+            async with socket_for(gateway, "base-url", key=key):
+                return 101
+        except aiohttp.WSServerHandshakeError as exc:
+            return exc.status
+
+    assert asyncio.run(connect("sk-cg-not-a-key-000000000000000000000000000")) == 401
+    assert asyncio.run(connect(BOB_KEY)) == 401
+    decisions = [r["decision"] for r in gateway.accounting()[-2:]]
+    assert decisions == ["unknown_key", "key_disabled"]
+    assert {r["transport"] for r in gateway.accounting()[-2:]} == {"ws"}
+
+
+def test_unknown_previous_response_is_reported_then_a_full_request_works(gateway: Gateway) -> None:
+    async def session() -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+        async with socket_for(gateway, "base-url") as codex:
+            missing = await codex.send_raw(
+                {**request("mock-model", [user("more")]), "previous_response_id": "resp_from_another_socket"}
+            )
+            full = await codex.create(request("mock-model", [user("hello")]))
+            return missing, full
+
+    missing, full = asyncio.run(session())
+    assert missing == [
+        {"type": "error", "status": 400, "error": {
+            "message": "Previous response with id 'resp_from_another_socket' not found.",
+            "type": "invalid_request_error", "code": "previous_response_not_found", "param": "previous_response_id",
+        }}
+    ]  # fmt: skip
+    assert full[-1]["type"] == "response.completed"
+
+
+def test_model_refusal_and_bad_messages_arrive_as_error_events(gateway: Gateway) -> None:
+    async def session() -> list[list[dict[str, Any]]]:
+        async with socket_for(gateway, "base-url") as codex:
+            assert codex.socket is not None
+            not_allowed = await codex.create(request("claude-mock", [user("hi")]))
+            await codex.socket.send_str('{"type": "session.update"}')
+            unsupported = json.loads((await codex.socket.receive(timeout=10)).data)
+            await codex.socket.send_str("not json")
+            invalid = json.loads((await codex.socket.receive(timeout=10)).data)
+            after = await codex.create(request("mock-model", [user("still there?")]))
+            return [not_allowed, [unsupported], [invalid], after]
+
+    not_allowed, unsupported, invalid, after = asyncio.run(session())
+    assert not_allowed[-1]["type"] == "error" and not_allowed[-1]["status"] == 403
+    assert not_allowed[-1]["error"]["code"] == "model_not_allowed"
+    assert "not allowed for key alice" in not_allowed[-1]["error"]["message"]
+    assert unsupported[0]["status"] == 400 and unsupported[0]["error"]["code"] == "unsupported_message"
+    assert invalid[0]["status"] == 400 and invalid[0]["error"]["code"] == "invalid_json"
+    assert after[-1]["type"] == "response.completed"  # the socket stays usable
+
+
+def test_relay_marker_from_a_client_is_ignored_and_never_forwarded(gateway: Gateway, fake_openai: FakeOpenAI) -> None:
+    session_id = f"sess-{uuid.uuid4().hex[:10]}"
+    before = len(fake_openai.received)
+    response = httpx.post(
+        f"{gateway.base_url}/responses",
+        json={"model": "gpt-test", "input": "hi"},
+        headers={"authorization": f"Bearer {ALICE_KEY}", "session-id": session_id, "x-codexgate-ws-relay": "x proxy"},
+    )
+    assert response.status_code == 200
+    [line] = gateway.wait_accounting(lambda r: r["session_id"] == session_id)
+    assert (line["transport"], line["mode"]) == ("http", "gateway")
+    assert "x-codexgate-ws-relay" not in fake_openai.received[before].headers
+    assert "carried a WebSocket relay marker that is not this gateway's" in gateway.log_text()
+
+
+def test_relay_is_not_reachable_through_the_proxy_listener(gateway: Gateway) -> None:
+    port = re.search(r"Responses WebSocket relay listening on 127\.0\.0\.1:(\d+)", gateway.log_text())
+    assert port is not None
+    with httpx.Client(proxy=gateway.proxy_url) as client:
+        response = client.get(f"http://127.0.0.1:{port.group(1)}/responses-ws/anything")
+    assert response.status_code == 403 and response.json()["error"]["code"] == "forbidden_destination"
+
+
+# -- refusals by budget and rate, on a gateway of their own -----------------------------------
+
+PACED_KEY = "sk-cg-paced-ws-key-0000000000000000000000000000"
+
+
+@pytest.fixture(scope="module")
+def limited_gateway(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Gateway]:
+    root = tmp_path_factory.mktemp("ws-limited")
+    policy = root / "policy.yaml"
+    policy.write_text(
+        f"""\
+providers:
+  local: {{kind: mock, output_tokens: 20}}
+models:
+  mock-model: {{routes: [{{provider: local}}], price: {{input_per_mtok: 1.25, output_per_mtok: 10}}}}
+teams:
+  platform: {{org: acme, budgets: [{{limit_usd: 0.000001, period: 1M}}]}}
+  paced: {{org: acme}}
+keys:
+  - {{name: alice, team: platform, hash: "{hash_key(ALICE_KEY)}"}}
+  - {{name: pacer, team: paced, hash: "{hash_key(PACED_KEY)}", rate_limits: [{{requests: 1, per: 1h}}]}}
+"""
+    )
+    gateway = Gateway(policy, root / "data").start()
+    yield gateway
+    gateway.stop()
+
+
+@pytest.mark.parametrize("mode", ["base-url", "proxy"])
+def test_budget_refusal_arrives_as_the_error_event_codex_shows(limited_gateway: Gateway, mode: str) -> None:
+    session_id = f"sess-{uuid.uuid4().hex[:10]}"
+
+    async def session() -> list[dict[str, Any]]:
+        async with socket_for(limited_gateway, mode, session_id=session_id) as codex:
+            return await codex.create(request("mock-model", [user("hello " * 200)]))
+
+    [event] = asyncio.run(session())
+    # Codex turns {"type": "error", "status": ...} into the HTTP error it stands for and prints
+    # error.message: "unexpected status 402 Payment Required: team platform: monthly budget ..."
+    assert event["type"] == "error" and event["status"] == 402
+    assert event["error"]["code"] == "budget_exceeded"
+    assert event["error"]["message"].startswith("team platform: monthly budget $0.00 used")
+    assert event["headers"]["x-codexgate-error"] == "budget_exceeded"
+    [line] = limited_gateway.wait_accounting(lambda r: r["session_id"] == session_id)
+    assert (line["decision"], line["status"], line["transport"], line["cost_usd"]) == ("budget_exceeded", 402, "ws", 0)
+
+
+def test_rate_limit_refusal_carries_retry_after(limited_gateway: Gateway) -> None:
+    session_id = f"sess-{uuid.uuid4().hex[:10]}"
+
+    async def session() -> list[list[dict[str, Any]]]:
+        async with socket_for(limited_gateway, "base-url", key=PACED_KEY, session_id=session_id) as codex:
+            first = await codex.create(request("mock-model", [user("one")]))
+            second = await codex.create(request("mock-model", [user("one"), *codex.items_added, user("two")]))
+            return [first, second]
+
+    first, second = asyncio.run(session())
+    assert first[-1]["type"] == "response.completed"
+    [event] = second
+    assert event["status"] == 429 and event["error"]["code"] == "rate_limit_exceeded"
+    assert int(event["headers"]["retry-after"]) > 0  # Codex waits exactly this long, then retries
+    assert event["headers"]["x-ratelimit-limit-requests"] == "1"
+    lines = limited_gateway.wait_accounting(lambda r: r["session_id"] == session_id, count=2)
+    assert [(r["decision"], r["transport"]) for r in lines] == [("answered", "ws"), ("rate_limited", "ws")]
+
+
+# -- a translated provider over the socket ------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def claude() -> Iterator[anthropic_fake.FakeAnthropic]:
+    fake = anthropic_fake.FakeAnthropic().start()
+    yield fake
+    fake.stop()
+
+
+@pytest.fixture(scope="module")
+def claude_gateway(tmp_path_factory: pytest.TempPathFactory, claude: anthropic_fake.FakeAnthropic) -> Iterator[Gateway]:
+    root = tmp_path_factory.mktemp("ws-claude")
+    policy = root / "policy.yaml"
+    policy.write_text(
+        f"""\
+providers:
+  claude: {{kind: anthropic, base_url: "{claude.url}", keys: [{{value: env:CG_ANTHROPIC_KEY}}]}}
+models:
+  claude-sonnet-4-5: {{routes: [{{provider: claude}}]}}
+teams: {{platform: {{org: acme}}}}
+keys:
+  - {{name: alice, team: platform, hash: "{hash_key(ALICE_KEY)}"}}
+"""
+    )
+    gateway = Gateway(policy, root / "data", extra_env={"CG_ANTHROPIC_KEY": anthropic_fake.API_KEY}).start()
+    yield gateway
+    gateway.stop()
+
+
+def test_translated_provider_answers_over_the_socket(
+    claude_gateway: Gateway, claude: anthropic_fake.FakeAnthropic
+) -> None:
+    session_id = f"sess-{uuid.uuid4().hex[:10]}"
+    claude.reset()
+    claude.replies.append(anthropic_fake.Reply(content=[{"type": "text", "text": "Bonjour from Claude."}]))
+    claude.replies.append(anthropic_fake.Reply(content=[{"type": "text", "text": "Still Claude."}]))
+
+    async def session() -> list[list[dict[str, Any]]]:
+        async with socket_for(claude_gateway, "base-url", session_id=session_id) as codex:
+            first = await codex.create(request("claude-sonnet-4-5", [user("hi")]))
+            second = await codex.create(request("claude-sonnet-4-5", [user("hi"), *codex.items_added, user("again")]))
+            assert "previous_response_id" in codex.sent[-1]
+            return [first, second]
+
+    first, second = asyncio.run(session())
+    assert output_text(first) == "Bonjour from Claude." and output_text(second) == "Still Claude."
+    for event in first + second:
+        valid_stream_event(event)
+    assert claude.invalid == []
+    # The continuation reached Claude as the whole conversation, its first answer included.
+    messages = json.loads(claude.received[-1].body)["messages"]
+    assert [m["role"] for m in messages] == ["user", "assistant", "user"]
+    assert "Bonjour from Claude." in json.dumps(messages[1])
+    assert all("sk-cg-" not in json.dumps(r.headers) for r in claude.received)
+    lines = claude_gateway.wait_accounting(lambda r: r["session_id"] == session_id, count=2)
+    assert [(r["provider"], r["transport"], r["status"]) for r in lines] == [("claude", "ws", 200)] * 2
+    assert all(r["usage"]["output_tokens"] == 40 for r in lines)
+
+
+# -- the 426 fallback, as an option --------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def refusing_gateway(tmp_path_factory: pytest.TempPathFactory, fake_openai: FakeOpenAI) -> Iterator[Gateway]:
+    from fakes.gateway import policy_text
+
+    root = tmp_path_factory.mktemp("ws-refuse")
+    policy = root / "policy.yaml"
+    policy.write_text(policy_text(fake_openai.url))
+    gateway = Gateway(policy, root / "data")
+    gateway.extra_args = ["--set", "codexgate_websocket=refuse"]
+    yield gateway.start()
+    gateway.stop()
+
+
+def test_refuse_option_answers_426_so_codex_falls_back_to_http(refusing_gateway: Gateway) -> None:
+    async def connect() -> aiohttp.WSServerHandshakeError:
+        with pytest.raises(aiohttp.WSServerHandshakeError) as refused:
+            async with socket_for(refusing_gateway, "base-url"):
+                pass
+        return refused.value
+
+    assert asyncio.run(connect()).status == 426
+    [line] = refusing_gateway.wait_accounting(lambda r: r["decision"] == "websocket_refused")
+    assert (line["status"], line["transport"]) == (426, "ws")
+
+
+def test_ws_relay_helpers_expand_continuations() -> None:
+    from codexgate.ws_relay import Conversation, input_items
+
+    conversation = Conversation()
+    conversation.remember("resp_1", [user("a")], [{"type": "message", "role": "assistant", "content": []}])
+    assert conversation.expand("resp_1", [user("b")]) == [
+        user("a"), {"type": "message", "role": "assistant", "content": []}, user("b")
+    ]  # fmt: skip
+    assert conversation.expand("resp_other", [user("b")]) is None
+    assert input_items("hi") == [user("hi")] and input_items(3) is None
