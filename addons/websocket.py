@@ -122,6 +122,10 @@ class ResponsesWebSocket:
         key = self._identify(flow, state)
         if key is None:
             return
+        refused = relay.take_refusal(key, flow.request.headers.get("session-id"))
+        if refused is not None:
+            self._refuse_426(flow, f"{refused} (continuing over HTTP)")
+            return
         session = SocketSession(key=key, headers=carried_headers(flow.request.headers), mode=state.mode,
                                 label=f"{flow.id[:8]} key={state.key.name if state.key else '?'}")  # fmt: skip
         path = relay.register(session)

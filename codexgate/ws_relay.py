@@ -55,6 +55,9 @@ RELAY_MARKER_HEADER = "x-codexgate-ws-relay"  # "<process secret> <client mode>"
 PATH_PREFIX = "/responses-ws/"
 MAX_MESSAGE_BYTES = 64 * 1024 * 1024  # as mitmproxy's body_size_limit in mitm_config.yaml
 FINAL_EVENTS = frozenset({"response.completed", "response.failed", "response.incomplete", "error"})
+# Refusals retrying cannot cure: the session's next upgrade is answered 426 (see `take_refusal`).
+FINAL_REFUSALS = frozenset({401, 402, 403})
+REFUSAL_MEMORY = 120.0  # seconds a refused session's next upgrade is sent to HTTP
 # Answer headers Codex reads from an error (retry-after for 429s) or a person reads in its log.
 _ERROR_HEADERS = ("retry-after", "retry-after-ms", "x-codexgate-request-id", "x-codexgate-error")
 
@@ -67,6 +70,10 @@ class SocketSession:
     headers: dict[str, str]  # the upgrade's headers worth carrying on each request (session-id, ...)
     mode: str  # "gateway" or "proxy": the listener the client came in on, for accounting
     label: str = ""  # for log lines
+
+    @property
+    def session_id(self) -> str | None:
+        return self.headers.get("session-id")
 
 
 @dataclasses.dataclass
@@ -126,6 +133,7 @@ class WebSocketRelay:
         self._shutdown_timeout = shutdown_timeout
         self._sessions: dict[str, tuple[SocketSession, asyncio.TimerHandle]] = {}
         self._sockets: set[web.WebSocketResponse] = set()
+        self._refused: dict[tuple[str, str], tuple[float, str]] = {}  # (key, session) -> (until, message)
         self._loop: asyncio.AbstractEventLoop | None = None
         self._runner: web.AppRunner | None = None
         self._client: aiohttp.ClientSession | None = None
@@ -186,6 +194,27 @@ class WebSocketRelay:
     @property
     def open_sockets(self) -> int:
         return len(self._sockets)
+
+    def take_refusal(self, key: str, session_id: str | None) -> str | None:
+        """The message of a refusal retrying cannot cure (401/402/403) that this key's session got
+        on a socket within `REFUSAL_MEMORY`, once; else None.
+
+        Codex retries such a refusal five times over the socket, then falls back to HTTP and
+        retries five times more (measured: 12 refusals, ~14 s before it gives up). Its next
+        upgrade answered 426 instead sends it to HTTP at once, where it ends as it would have
+        without the socket."""
+        now = time.monotonic()
+        for stale in [entry for entry, (until, _) in self._refused.items() if until < now]:
+            del self._refused[stale]
+        if session_id is None:
+            return None
+        found = self._refused.pop((key, session_id), None)
+        return found[1] if found else None
+
+    def _note_refusal(self, session: SocketSession, event: str) -> None:
+        if session.session_id is not None:
+            message = json.loads(event).get("error", {}).get("message", "")
+            self._refused[(session.key, session.session_id)] = (time.monotonic() + REFUSAL_MEMORY, str(message))
 
     def marker(self, mode: str) -> str:
         return f"{self.marker_secret} {mode}"
@@ -323,7 +352,10 @@ class WebSocketRelay:
             headers = self._request_headers(session, body)
             async with self._client.post(self.target, data=data, headers=headers) as answer:
                 if answer.status >= 300 or "text/event-stream" not in answer.headers.get("content-type", ""):
-                    await socket.send_str(await self._error_from_answer(answer))
+                    event = await self._error_from_answer(answer)
+                    if answer.status in FINAL_REFUSALS:
+                        self._note_refusal(session, event)
+                    await socket.send_str(event)
                     return
                 output, completed_id, final = await self._stream(socket, answer)
         except (TimeoutError, aiohttp.ClientConnectionError) as exc:

@@ -213,6 +213,31 @@ def test_budget_refusal_arrives_as_the_error_event_codex_shows(limited_gateway: 
     assert (line["decision"], line["status"], line["transport"], line["cost_usd"]) == ("budget_exceeded", 402, "ws", 0)
 
 
+def test_after_a_refusal_retrying_cannot_cure_the_sessions_next_upgrade_goes_to_http(
+    limited_gateway: Gateway,
+) -> None:
+    """Codex retries a 402 five times on the socket, then five times over HTTP; answering the
+    refused session's next upgrade 426 sends it to HTTP at once (once: later upgrades open)."""
+    session_id = f"sess-{uuid.uuid4().hex[:10]}"
+
+    async def upgrade(session: str) -> int:
+        try:
+            async with socket_for(limited_gateway, "base-url", session_id=session):
+                return 101
+        except aiohttp.WSServerHandshakeError as exc:
+            return exc.status
+
+    async def session() -> list[int]:
+        async with socket_for(limited_gateway, "base-url", session_id=session_id) as codex:
+            [event] = await codex.create(request("mock-model", [user("hello")]))
+            assert event["status"] == 402
+        return [await upgrade("another-session"), await upgrade(session_id), await upgrade(session_id)]
+
+    assert asyncio.run(session()) == [101, 426, 101]
+    lines = limited_gateway.wait_accounting(lambda r: r["session_id"] == session_id, count=2)
+    assert [(r["decision"], r["status"]) for r in lines] == [("budget_exceeded", 402), ("websocket_refused", 426)]
+
+
 def test_rate_limit_refusal_carries_retry_after(limited_gateway: Gateway) -> None:
     session_id = f"sess-{uuid.uuid4().hex[:10]}"
 
