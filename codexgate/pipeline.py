@@ -25,7 +25,7 @@ logger = logging.getLogger(__name__)
 LIFECYCLE_HOOKS = ("load", "configure", "running", "done")
 TRAFFIC_HOOKS = (
     "http_connect", "tls_clienthello", "requestheaders", "request", "responseheaders", "response", "error",
-    "websocket_message",
+    "websocket_message", "tcp_message",
 )  # fmt: skip
 
 

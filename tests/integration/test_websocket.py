@@ -355,3 +355,33 @@ def test_ws_relay_helpers_expand_continuations() -> None:
     ]  # fmt: skip
     assert conversation.expand("resp_other", [user("b")]) is None
     assert input_items("hi") == [user("hi")] and input_items(3) is None
+
+
+def test_socket_relayed_by_mitmproxys_websocket_layer_when_raw_tcp_is_off(
+    tmp_path_factory: pytest.TempPathFactory, fake_openai: FakeOpenAI
+) -> None:
+    """The relayed socket normally passes mitmproxy as raw TCP (cheaper); with `rawtcp` off,
+    mitmproxy's WebSocket layer relays it, message by message, just as well."""
+    from fakes.gateway import policy_text
+
+    root = tmp_path_factory.mktemp("ws-no-rawtcp")
+    policy = root / "policy.yaml"
+    policy.write_text(policy_text(fake_openai.url))
+    gateway = Gateway(policy, root / "data")
+    gateway.extra_args = ["--set", "rawtcp=false"]
+    gateway.start()
+    session_id = f"sess-{uuid.uuid4().hex[:10]}"
+    try:
+
+        async def session() -> list[list[dict[str, Any]]]:
+            async with socket_for(gateway, "base-url", session_id=session_id) as codex:
+                first = await codex.create(request("mock-model", [user("one")]))
+                second = await codex.create(request("mock-model", [user("one"), *codex.items_added, user("two")]))
+                return [first, second]
+
+        turns = asyncio.run(session())
+        assert [events[-1]["type"] for events in turns] == ["response.completed"] * 2
+        lines = gateway.wait_accounting(lambda r: r["session_id"] == session_id, count=2)
+        assert [r["transport"] for r in lines] == ["ws", "ws"]
+    finally:
+        gateway.stop()
