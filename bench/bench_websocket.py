@@ -9,18 +9,21 @@ by the last answer and a new user message each turn.
 - `ws`: one socket, Codex's warm-up, then ten `response.create` — after the first, each carries
   `previous_response_id` and only the new items (Codex on a reused socket); the gateway expands
   them and serves each as a governed POST through its own listener;
-- `direct`: the HTTP session straight to the upstream (the floor: no gateway).
+- `direct`: the HTTP session straight to the upstream (the floor: no gateway);
+- `ws-layer` (with `--websocket-layer`): `ws` on a second gateway with mitmproxy's `rawtcp` off, so
+  mitmproxy's WebSocket layer relays the socket message by message instead of as raw bytes.
 
 Per turn: request sent → `response.completed` received (and → first text delta). Sessions run one
 at a time, the three paths taking turns, so drift on a shared machine hits them alike.
 
-    python bench/bench_websocket.py [--sessions 20]
+    python bench/bench_websocket.py [--sessions 20] [--websocket-layer]
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import functools
 import json
 import multiprocessing
 import os
@@ -30,6 +33,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
@@ -161,14 +165,21 @@ async def ws_session(http: aiohttp.ClientSession, url: str, session_id: str) -> 
     return turns
 
 
-async def measure(gateway: str, upstream: str, sessions: int) -> dict[str, list[list[Turn]]]:
-    results: dict[str, list[list[Turn]]] = {"direct": [], "http": [], "ws": []}
+async def ws_path(http: aiohttp.ClientSession, url: str, label: str, number: int) -> list[Turn]:
+    return await ws_session(http, url, f"{label}-{number}")
+
+
+async def measure(gateways: dict[str, str], upstream: str, sessions: int) -> dict[str, list[list[Turn]]]:
+    """gateways: label -> base URL; the first serves `http` and `ws`, others `ws` under their label."""
     async with aiohttp.ClientSession(trust_env=False) as http:
-        runs = {
+        main_url = next(iter(gateways.values()))
+        runs: dict[str, Callable[[int], Awaitable[list[Turn]]]] = {
             "direct": lambda n: http_session(http, f"{upstream}/v1/responses", f"direct-{n}"),
-            "http": lambda n: http_session(http, f"{gateway}/v1/responses", f"http-{n}"),
-            "ws": lambda n: ws_session(http, f"{gateway.replace('http', 'ws')}/v1/responses", f"ws-{n}"),
+            "http": lambda n: http_session(http, f"{main_url}/v1/responses", f"http-{n}"),
         }
+        for label, url in gateways.items():
+            runs[label] = functools.partial(ws_path, http, f"{url.replace('http://', 'ws://')}/v1/responses", label)
+        results: dict[str, list[list[Turn]]] = {path: [] for path in runs}
         for run in runs.values():  # warm-up
             await run(-1)
         for number in range(sessions):
@@ -182,37 +193,60 @@ def percentile(values: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
 
 
+def start_gateway(root: Path, upstream: str, extra: list[str]) -> tuple[subprocess.Popen[bytes], int]:
+    root.mkdir()
+    (root / "policy.yaml").write_text(policy(upstream))
+    proxy_port, gateway_port = free_port(), free_port()
+    command = [
+        sys.executable, "-m", "codexgate.cli", "up", "--policy", str(root / "policy.yaml"),
+        "--data-dir", str(root / "data"), "--proxy-port", str(proxy_port), "--gateway-port", str(gateway_port),
+        "--metrics-port", "0", *extra,
+    ]  # fmt: skip
+    with (root / "gateway.log").open("wb") as log:
+        process = subprocess.Popen(
+            command, stdout=log, stderr=subprocess.STDOUT, env={**os.environ, "BENCH_UPSTREAM_KEY": UPSTREAM_KEY}
+        )
+    deadline = time.monotonic() + 30
+    while b"codexgate ready" not in (root / "gateway.log").read_bytes():
+        if time.monotonic() > deadline or process.poll() is not None:
+            raise SystemExit((root / "gateway.log").read_text())
+        time.sleep(0.1)
+    return process, gateway_port
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--sessions", type=int, default=20, help="10-turn sessions per path")
+    parser.add_argument(
+        "--websocket-layer", action="store_true",
+        help="also path `ws-layer`: a second gateway with rawtcp off, so mitmproxy's WebSocket layer relays the socket",
+    )  # fmt: skip
     args = parser.parse_args()
-    upstream_port, proxy_port, gateway_port = free_port(), free_port(), free_port()
+    upstream_port = free_port()
     upstream_process = multiprocessing.Process(target=run_upstream, args=(upstream_port,), daemon=True)
     upstream_process.start()
     upstream = f"http://127.0.0.1:{upstream_port}"
+    processes: list[subprocess.Popen[bytes]] = []
     with tempfile.TemporaryDirectory() as directory:
         root = Path(directory)
-        (root / "policy.yaml").write_text(policy(upstream))
-        env = {**os.environ, "BENCH_UPSTREAM_KEY": UPSTREAM_KEY}
-        command = [
-            sys.executable, "-m", "codexgate.cli", "up", "--policy", str(root / "policy.yaml"),
-            "--data-dir", str(root / "data"), "--proxy-port", str(proxy_port), "--gateway-port", str(gateway_port),
-            "--metrics-port", "0",
-        ]  # fmt: skip
-        log = (root / "gateway.log").open("wb")
-        gateway = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=env)
         try:
-            deadline = time.monotonic() + 30
-            while b"codexgate ready" not in (root / "gateway.log").read_bytes():
-                if time.monotonic() > deadline or gateway.poll() is not None:
-                    raise SystemExit((root / "gateway.log").read_text())
-                time.sleep(0.1)
+            gateways: dict[str, str] = {}
+            variants: dict[str, list[str]] = {"ws": []}
+            if args.websocket_layer:
+                variants["ws-layer"] = ["--set", "rawtcp=false"]
+            for label, extra in variants.items():
+                process, port = start_gateway(root / label, upstream, extra)
+                processes.append(process)
+                gateways[label] = f"http://127.0.0.1:{port}"
             sys.path.insert(0, str(ROOT))
-            results = asyncio.run(measure(f"http://127.0.0.1:{gateway_port}", upstream, args.sessions))
-            accounted = [json.loads(line) for line in (root / "data" / "accounting.jsonl").read_text().splitlines()]
+            results = asyncio.run(measure(gateways, upstream, args.sessions))
+            accounted = [
+                json.loads(line) for line in (root / "ws" / "data" / "accounting.jsonl").read_text().splitlines()
+            ]
         finally:
-            gateway.terminate()
-            gateway.wait(10)
+            for process in processes:
+                process.terminate()
+                process.wait(10)
             upstream_process.terminate()
     ws_lines = [line for line in accounted if line["transport"] == "ws"]
     expected = (args.sessions + 1) * TURNS
@@ -235,7 +269,18 @@ def main() -> None:
             f" | {statistics.median(deltas) * 1000:.2f} | {statistics.median(totals) * 1000:.1f}"
             f" | {(p50 - http_p50) * 1000:+.2f} |"
         )
-    print("\n" + json.dumps(summary))
+    # Sessions ran in turns (direct, http, ws, ...): the difference within each round is what drift
+    # on a shared machine disturbs least.
+    for path in [p for p in results if p.startswith("ws")]:
+        paired = [
+            statistics.median(w.completed for w in ws) - statistics.median(h.completed for h in http)
+            for http, ws in zip(results["http"], results[path], strict=True)
+        ]
+        difference = statistics.median(paired) * 1000
+        summary[f"{path}_minus_http_paired_ms"] = round(difference, 3)
+        print(f"\n{path} − http, median over rounds of each round's turn p50 difference: {difference:+.2f} ms", end="")
+    print()
+    print(json.dumps(summary))
 
 
 if __name__ == "__main__":
