@@ -14,6 +14,7 @@ with the process secret) and marks them `transport: ws` with the client's real m
 
 from __future__ import annotations
 
+import datetime as dt
 import logging
 import weakref
 
@@ -111,7 +112,7 @@ class ResponsesWebSocket:
     def _upgrade(self, flow: http.HTTPFlow, state: GatewayRequest) -> None:
         relay = self.relay
         state.transport = "ws"
-        if ctx.options.codexgate_websocket == "refuse":
+        if ctx.options.codexgate_websocket == "refuse" or flow.request.method != "GET":
             self._refuse_426(flow, "codexgate serves /v1/responses over HTTP here; use SSE")
             return
         target = self._target()
@@ -165,7 +166,11 @@ class ResponsesWebSocket:
                 message = f"virtual key {record.name} is disabled"
                 refuse(flow, error_response(401, "key_disabled", message), "key_disabled")
                 return None
-            # Expiry, model rules, limits and budgets are checked on every response.create.
+            if record.expires_at is not None and record.expires_at <= dt.datetime.now(dt.UTC):
+                message = f"virtual key {record.name} expired at {record.expires_at.isoformat(timespec='minutes')}"
+                refuse(flow, error_response(401, "key_expired", message), "key_expired")
+                return None
+            # Model rules, limits and budgets (and the key again) are checked on every response.create.
             return candidate
         refuse(
             flow, error_response(401, "invalid_api_key", "unknown virtual key; ask your platform team for one"),

@@ -82,6 +82,7 @@ class Conversation:
 
     response_id: str | None = None
     items: list[Any] = dataclasses.field(default_factory=list)  # last full input + its answer's output
+    requests: int = 0  # relayed to the gateway (warm-ups not counted)
 
     def remember(self, response_id: str, full_input: list[Any], output: list[Any]) -> None:
         self.response_id = response_id
@@ -243,7 +244,7 @@ class WebSocketRelay:
         await socket.prepare(request)
         self._sockets.add(socket)
         conversation = Conversation()
-        logger.debug("WebSocket session %s open", session.label)
+        logger.info("Responses WebSocket %s open (%s mode)", session.label, session.mode)
         try:
             async for message in socket:
                 if message.type == aiohttp.WSMsgType.TEXT:
@@ -256,7 +257,7 @@ class WebSocketRelay:
             pass  # the client went away mid-answer; the relayed request was closed with it
         finally:
             self._sockets.discard(socket)
-            logger.debug("WebSocket session %s closed", session.label)
+            logger.info("Responses WebSocket %s closed after %d request(s)", session.label, conversation.requests)
         return socket
 
     async def _send_error(
@@ -304,6 +305,7 @@ class WebSocketRelay:
             await self._warm_up(socket, conversation, body)
             return
         conversation.forget()
+        conversation.requests += 1
         body["stream"] = True
         await self._relay(socket, session, conversation, body)
 

@@ -169,6 +169,7 @@ def test_relay_is_not_reachable_through_the_proxy_listener(gateway: Gateway) -> 
 # -- refusals by budget and rate, on a gateway of their own -----------------------------------
 
 PACED_KEY = "sk-cg-paced-ws-key-0000000000000000000000000000"
+EXPIRED_KEY = "sk-cg-expired-ws-key-00000000000000000000000000"
 
 
 @pytest.fixture(scope="module")
@@ -187,6 +188,7 @@ teams:
 keys:
   - {{name: alice, team: platform, hash: "{hash_key(ALICE_KEY)}"}}
   - {{name: pacer, team: paced, hash: "{hash_key(PACED_KEY)}", rate_limits: [{{requests: 1, per: 1h}}]}}
+  - {{name: gone, team: paced, hash: "{hash_key(EXPIRED_KEY)}", expires_at: 2026-01-01T00:00:00Z}}
 """
     )
     gateway = Gateway(policy, root / "data").start()
@@ -236,6 +238,18 @@ def test_after_a_refusal_retrying_cannot_cure_the_sessions_next_upgrade_goes_to_
     assert asyncio.run(session()) == [101, 426, 101]
     lines = limited_gateway.wait_accounting(lambda r: r["session_id"] == session_id, count=2)
     assert [(r["decision"], r["status"]) for r in lines] == [("budget_exceeded", 402), ("websocket_refused", 426)]
+
+
+def test_expired_key_is_refused_at_the_upgrade(limited_gateway: Gateway) -> None:
+    async def connect() -> int:
+        with pytest.raises(aiohttp.WSServerHandshakeError) as refused:
+            async with socket_for(limited_gateway, "base-url", key=EXPIRED_KEY):
+                pass
+        return refused.value.status
+
+    assert asyncio.run(connect()) == 401
+    [line] = limited_gateway.wait_accounting(lambda r: r["key"] == "gone")
+    assert (line["decision"], line["transport"]) == ("key_expired", "ws")
 
 
 def test_rate_limit_refusal_carries_retry_after(limited_gateway: Gateway) -> None:
