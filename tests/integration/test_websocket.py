@@ -399,3 +399,39 @@ def test_socket_relayed_by_mitmproxys_websocket_layer_when_raw_tcp_is_off(
         assert [r["transport"] for r in lines] == ["ws", "ws"]
     finally:
         gateway.stop()
+
+
+def test_key_revoked_mid_session_is_refused_on_the_open_socket(
+    tmp_path_factory: pytest.TempPathFactory, fake_openai: FakeOpenAI
+) -> None:
+    """Every response.create is identified anew: a socket opened with a good key does not outlive
+    the key's revocation in the policy (hot reload)."""
+    import os
+    import time
+
+    from fakes.gateway import policy_text
+
+    root = tmp_path_factory.mktemp("ws-revoke")
+    policy = root / "policy.yaml"
+    text = policy_text(fake_openai.url)
+    policy.write_text(text)
+    gateway = Gateway(policy, root / "data").start()
+    alice = f'hash: "{hash_key(ALICE_KEY)}"'
+    assert alice in text
+    try:
+
+        async def session() -> list[list[dict[str, Any]]]:
+            async with socket_for(gateway, "base-url") as codex:
+                before = await codex.create(request("mock-model", [user("one")]))
+                policy.write_text(text.replace(alice, f"{alice}, disabled: true"))
+                stamp = time.time_ns() + 1_000_000_000  # visible to an mtime check within one tick
+                os.utime(policy, ns=(stamp, stamp))
+                after = await codex.create(request("mock-model", [user("two")]))
+                return [before, after]
+
+        before, after = asyncio.run(session())
+    finally:
+        gateway.stop()
+    assert before[-1]["type"] == "response.completed"
+    [event] = after
+    assert (event["status"], event["error"]["code"]) == (401, "key_disabled")
