@@ -83,6 +83,11 @@ class Conversation:
     response_id: str | None = None
     items: list[Any] = dataclasses.field(default_factory=list)  # last full input + its answer's output
     requests: int = 0  # relayed to the gateway (warm-ups not counted)
+    # The response being streamed: its id once `response.created` passed, whether its final event
+    # went out, and whether the client asked to interrupt it.
+    streaming_id: str | None = None
+    final_sent: bool = False
+    interrupting: bool = False
 
     def remember(self, response_id: str, full_input: list[Any], output: list[Any]) -> None:
         self.response_id = response_id
@@ -245,20 +250,51 @@ class WebSocketRelay:
         self._sockets.add(socket)
         conversation = Conversation()
         logger.info("Responses WebSocket %s open (%s mode)", session.label, session.mode)
+        # Requests are served one at a time, in order, by a task, while this loop keeps reading:
+        # an interrupt must reach the request it interrupts.
+        serving: asyncio.Task[None] | None = None
         try:
             async for message in socket:
-                if message.type == aiohttp.WSMsgType.TEXT:
-                    await self._serve(socket, session, conversation, message.data)
-                elif message.type == aiohttp.WSMsgType.BINARY:
+                if message.type == aiohttp.WSMsgType.BINARY:
                     await self._send_error(socket, 400, "unsupported_message", "send requests as text messages")
-                else:
+                    continue
+                if message.type != aiohttp.WSMsgType.TEXT:
                     break
+                try:
+                    payload = json.loads(message.data)
+                except ValueError as exc:
+                    payload = exc
+                if isinstance(payload, dict) and payload.get("type") == "response.interrupt":
+                    if serving is not None and not serving.done() and not conversation.final_sent:
+                        conversation.interrupting = True
+                        serving.cancel()
+                    continue
+                if serving is not None:
+                    await self._finish(serving, session)
+                serving = asyncio.create_task(self._serve(socket, session, conversation, payload))
         except (ConnectionResetError, aiohttp.ClientConnectionResetError):
-            pass  # the client went away mid-answer; the relayed request was closed with it
+            pass  # the client went away mid-answer
         finally:
+            if serving is not None:
+                if not serving.done():
+                    serving.cancel()  # the client is gone: close the relayed request (charged as cut)
+                await self._finish(serving, session)
             self._sockets.discard(socket)
             logger.info("Responses WebSocket %s closed after %d request(s)", session.label, conversation.requests)
         return socket
+
+    @staticmethod
+    async def _finish(serving: asyncio.Task[None], session: SocketSession) -> None:
+        try:
+            await serving
+        except asyncio.CancelledError:
+            current = asyncio.current_task()
+            if current is not None and current.cancelling():
+                raise  # this handler itself is being cancelled, not just the request it awaited
+        except (ConnectionResetError, aiohttp.ClientConnectionResetError):
+            pass  # the client went away mid-answer
+        except Exception:
+            logger.exception("Responses WebSocket %s: serving a request failed", session.label)
 
     async def _send_error(
         self, socket: web.WebSocketResponse, status: int, code: str, message: str, param: str | None = None
@@ -266,12 +302,10 @@ class WebSocketRelay:
         await socket.send_str(error_event(status, error_object(status, code, message, param)))
 
     async def _serve(
-        self, socket: web.WebSocketResponse, session: SocketSession, conversation: Conversation, text: str
+        self, socket: web.WebSocketResponse, session: SocketSession, conversation: Conversation, payload: Any
     ) -> None:
-        try:
-            payload = json.loads(text)
-        except ValueError as exc:
-            await self._send_error(socket, 400, "invalid_json", f"message is not valid JSON: {exc}")
+        if isinstance(payload, ValueError):
+            await self._send_error(socket, 400, "invalid_json", f"message is not valid JSON: {payload}")
             return
         if not isinstance(payload, dict):
             await self._send_error(socket, 400, "invalid_json", "message must be a JSON object")
@@ -306,8 +340,34 @@ class WebSocketRelay:
             return
         conversation.forget()
         conversation.requests += 1
+        conversation.streaming_id, conversation.final_sent, conversation.interrupting = None, False, False
         body["stream"] = True
-        await self._relay(socket, session, conversation, body)
+        try:
+            await self._relay(socket, session, conversation, body)
+        except asyncio.CancelledError:
+            if not conversation.interrupting:
+                raise
+            task = asyncio.current_task()
+            if task is not None:
+                task.uncancel()
+            await self._interrupted(socket, conversation, body)
+
+    async def _interrupted(
+        self, socket: web.WebSocketResponse, conversation: Conversation, body: dict[str, Any]
+    ) -> None:
+        """Codex's `response.interrupt` (e.g. the developer stopped the turn): the relayed request was
+        closed — the provider stops, the gateway charges it as a cut stream — and the response ends
+        with `response.completed` as OpenAI acknowledges it. Its continuation is forgotten, so a
+        `previous_response_id` naming it is answered `previous_response_not_found` and Codex resends
+        the conversation as it kept it: what it discarded is never replayed to the model."""
+        conversation.interrupting = False
+        conversation.forget()
+        if conversation.final_sent:
+            return
+        response_id = conversation.streaming_id or f"resp_interrupted_{uuid.uuid4().hex}"
+        response = _local_response(response_id, body.get("model"), "cancelled")
+        await socket.send_str(json.dumps({"type": "response.completed", "response": response}))
+        conversation.final_sent = True
 
     async def _warm_up(self, socket: web.WebSocketResponse, conversation: Conversation, body: dict[str, Any]) -> None:
         response_id = f"resp_warmup_{uuid.uuid4().hex}"
@@ -359,7 +419,7 @@ class WebSocketRelay:
                         self._note_refusal(session, event)
                     await socket.send_str(event)
                     return
-                output, completed_id, final = await self._stream(socket, answer)
+                output, completed_id, final = await self._stream(socket, answer, conversation)
         except (TimeoutError, aiohttp.ClientConnectionError) as exc:
             if socket.closed:
                 raise ConnectionResetError from exc
@@ -374,7 +434,7 @@ class WebSocketRelay:
             )
 
     async def _stream(
-        self, socket: web.WebSocketResponse, answer: aiohttp.ClientResponse
+        self, socket: web.WebSocketResponse, answer: aiohttp.ClientResponse, conversation: Conversation
     ) -> tuple[list[Any], str | None, str | None]:
         """Sends each event of the SSE answer as a text message; (output items, completed id, final type)."""
         parser = SSEParser()
@@ -392,15 +452,19 @@ class WebSocketRelay:
                 if not isinstance(event, dict):
                     continue
                 kind = event.get("type")
+                response = event.get("response")
                 if kind == "response.output_item.done" and isinstance(event.get("item"), dict):
                     output.append(event["item"])
+                elif kind == "response.created" and isinstance(response, dict) and response.get("id"):
+                    conversation.streaming_id = str(response["id"])
                 elif kind in FINAL_EVENTS:
                     final = str(kind)
-                    response = event.get("response")
                     if kind == "response.completed" and isinstance(response, dict) and response.get("id"):
                         completed_id = str(response["id"])
                 if socket.closed:
                     raise ConnectionResetError("client closed the socket")
+                if final is not None:
+                    conversation.final_sent = True  # set before the send: an interrupt now is too late
                 await socket.send_str(data)
         return output, completed_id, final
 

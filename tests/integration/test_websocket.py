@@ -435,3 +435,47 @@ def test_key_revoked_mid_session_is_refused_on_the_open_socket(
     assert before[-1]["type"] == "response.completed"
     [event] = after
     assert (event["status"], event["error"]["code"]) == (401, "key_disabled")
+
+
+def test_interrupt_stops_the_response_and_its_continuation_is_resent_in_full(
+    gateway: Gateway, fake_openai: FakeOpenAI
+) -> None:
+    """Codex 0.169 can interrupt a response on the socket (`response.interrupt`, e.g. the developer
+    stops the turn): the relayed request is closed, the response ends with `response.completed`,
+    and a continuation naming it is answered `previous_response_not_found` (Codex resends in full)."""
+    session_id = f"sess-{uuid.uuid4().hex[:10]}"
+    fake_openai.release_stream.clear()
+    fake_openai.hold_stream.set()  # the upstream sends response.created, then waits
+
+    async def session() -> tuple[dict[str, Any], dict[str, Any], list[dict[str, Any]], list[dict[str, Any]]]:
+        async with socket_for(gateway, "base-url", session_id=session_id) as codex:
+            assert codex.socket is not None
+            first = {"type": "response.create", **request("gpt-test", [user("a long answer please")])}
+            await codex.socket.send_str(json.dumps(first))
+            created = json.loads((await codex.socket.receive(timeout=20)).data)
+            response_id = created["response"]["id"]
+            await codex.socket.send_str(
+                json.dumps({"type": "response.interrupt", "response_id": response_id, "mode": "discard_partial_items"})
+            )
+            ack = json.loads((await codex.socket.receive(timeout=20)).data)
+            fake_openai.hold_stream.clear()
+            fake_openai.release_stream.set()
+            missing = await codex.send_raw({**request("gpt-test", [user("next")]), "previous_response_id": response_id})
+            full = await codex.create(request("gpt-test", [user("a long answer please"), user("next")]))
+            return created, ack, missing, full
+
+    try:
+        created, ack, missing, full = asyncio.run(session())
+    finally:
+        fake_openai.hold_stream.clear()
+        fake_openai.release_stream.set()
+    assert created["type"] == "response.created"
+    assert ack["type"] == "response.completed" and ack["response"]["id"] == created["response"]["id"]
+    assert ack["response"]["output"] == []
+    assert missing[0]["error"]["code"] == "previous_response_not_found"
+    assert full[-1]["type"] == "response.completed"
+    lines = gateway.wait_accounting(lambda r: r["session_id"] == session_id, count=2)
+    assert [r["transport"] for r in lines] == ["ws", "ws"]
+    # The interrupted request ended as a client disconnect does over HTTP: charged its estimate.
+    assert (lines[0]["error"], lines[0]["charge"]) == ("Client disconnected.", "estimate")
+    assert lines[0]["cost_usd"] > 0
