@@ -479,3 +479,39 @@ def test_interrupt_stops_the_response_and_its_continuation_is_resent_in_full(
     # The interrupted request ended as a client disconnect does over HTTP: charged its estimate.
     assert (lines[0]["error"], lines[0]["charge"]) == ("Client disconnected.", "estimate")
     assert lines[0]["cost_usd"] > 0
+
+
+def test_under_mitmweb_the_socket_works_and_no_flow_shows_the_key(
+    tmp_path_factory: pytest.TempPathFactory, fake_openai: FakeOpenAI
+) -> None:
+    """mitmweb publishes every flow, the upgrade and each relayed request included: none shows
+    the virtual key (the upgrade's is kept aside for the relay, the relayed POSTs' are masked)."""
+    from fakes.gateway import free_port, policy_text
+
+    root = tmp_path_factory.mktemp("ws-web")
+    policy = root / "policy.yaml"
+    policy.write_text(policy_text(fake_openai.url))
+    password = "test-web-password"
+    web_port = free_port()
+    gateway = Gateway(policy, root / "data", extra_env={"CODEXGATE_WEB_PASSWORD": password})
+    gateway.extra_args = ["--web", "--web-port", str(web_port)]
+    gateway.start()
+    session_id = f"sess-{uuid.uuid4().hex[:10]}"
+    try:
+
+        async def session() -> list[list[dict[str, Any]]]:
+            async with socket_for(gateway, "base-url", session_id=session_id) as codex:
+                first = await codex.create(request("gpt-test", [user("one")]))
+                second = await codex.create(request("gpt-test", [user("one"), *codex.items_added, user("two")]))
+                return [first, second]
+
+        turns = asyncio.run(session())
+        assert [events[-1]["type"] for events in turns] == ["response.completed"] * 2
+        gateway.wait_accounting(lambda r: r["session_id"] == session_id, count=2)
+        flows = httpx.get(f"http://127.0.0.1:{web_port}/flows?token={password}", timeout=10).json()
+    finally:
+        gateway.stop()
+    shown = json.dumps(flows)
+    assert ALICE_KEY not in shown and ALICE_KEY[len("sk-cg-") :] not in shown
+    assert any("Responses WebSocket for key alice" in flow.get("comment", "") for flow in flows)
+    assert sum(1 for flow in flows if flow.get("request", {}).get("path") == "/v1/responses") >= 2
