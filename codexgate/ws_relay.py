@@ -25,6 +25,10 @@ What the protocol adds over HTTP, handled here (each measured against Codex 0.16
   answers it itself (`response.created` + `response.completed`, no output) and remembers its
   input as the base of the next request. No provider is asked, so nothing is charged or
   accounted for it.
+- `response.interrupt` (Codex stopping a response mid-stream): the relayed request is closed (the
+  provider stops; the gateway charges it as any cut stream), the response ends with
+  `response.completed`, and its continuation is forgotten, so Codex resends what it kept. The
+  socket is therefore read while a request streams; requests are still served one at a time.
 - Refusals and provider errors (any non-2xx answer) become the wrapped error event Codex turns
   back into an HTTP error: `{"type": "error", "status": 402, "error": {...}, "headers": {...}}`
   (`codex-api/src/endpoint/responses_websocket.rs`); it shows `error.message` and honours
