@@ -176,8 +176,10 @@ class WebSocketRelay:
         for _, timer in self._sessions.values():
             timer.cancel()
         self._sessions.clear()
-        for socket in list(self._sockets):
-            await socket.close(code=aiohttp.WSCloseCode.GOING_AWAY, message=b"gateway stopping")
+        # Codex reconnects (to another instance, or this one restarted) on "going away".
+        going_away = aiohttp.WSCloseCode.GOING_AWAY
+        closing = [socket.close(code=going_away, message=b"gateway stopping") for socket in self._sockets]
+        await asyncio.gather(*closing, return_exceptions=True)
         if self._runner is not None:
             await self._runner.cleanup()
             self._runner = None
@@ -249,7 +251,7 @@ class WebSocketRelay:
         timer.cancel()
         # No permessage-deflate: the gateway is CPU-bound, events are small, and continuations
         # (previous_response_id) keep requests small too.
-        socket = web.WebSocketResponse(max_msg_size=MAX_MESSAGE_BYTES, compress=False, autoping=True)
+        socket = web.WebSocketResponse(max_msg_size=MAX_MESSAGE_BYTES, compress=False, autoping=True, timeout=2.0)
         await socket.prepare(request)
         self._sockets.add(socket)
         conversation = Conversation()

@@ -515,3 +515,32 @@ def test_under_mitmweb_the_socket_works_and_no_flow_shows_the_key(
     assert ALICE_KEY not in shown and ALICE_KEY[len("sk-cg-") :] not in shown
     assert any("Responses WebSocket for key alice" in flow.get("comment", "") for flow in flows)
     assert sum(1 for flow in flows if flow.get("request", {}).get("path") == "/v1/responses") >= 2
+
+
+def test_gateway_stop_closes_open_sockets_going_away(
+    tmp_path_factory: pytest.TempPathFactory, fake_openai: FakeOpenAI
+) -> None:
+    """SIGTERM: an idle Codex socket is closed with 1001 (going away), so Codex reconnects, and
+    the gateway still stops cleanly."""
+    from fakes.gateway import policy_text
+
+    root = tmp_path_factory.mktemp("ws-stop")
+    policy = root / "policy.yaml"
+    policy.write_text(policy_text(fake_openai.url))
+    gateway = Gateway(policy, root / "data").start()
+
+    async def session() -> tuple[aiohttp.WSMsgType, Any]:
+        async with socket_for(gateway, "base-url") as codex:
+            assert codex.socket is not None
+            assert (await codex.create(request("mock-model", [user("one")])))[-1]["type"] == "response.completed"
+            await asyncio.get_running_loop().run_in_executor(None, gateway.stop)
+            closing = await codex.socket.receive(timeout=20)
+            return closing.type, closing.data
+
+    try:
+        kind, code = asyncio.run(session())
+    finally:
+        gateway.stop()
+    assert kind in (aiohttp.WSMsgType.CLOSE, aiohttp.WSMsgType.CLOSING, aiohttp.WSMsgType.CLOSED)
+    assert code == 1001
+    assert gateway.process is not None and gateway.process.returncode == 0, gateway.log_text()[-2000:]
