@@ -26,6 +26,7 @@ class CodexSocket:
         *,
         session_id: str = "sess-ws-test",
         proxy: str | None = None,
+        proxy_auth: aiohttp.BasicAuth | None = None,
         ca_file: str | None = None,
         timeout: float = 30,
     ) -> None:
@@ -33,6 +34,7 @@ class CodexSocket:
         self.key = key
         self.session_id = session_id
         self.proxy = proxy
+        self.proxy_auth = proxy_auth
         self.ssl: ssl.SSLContext | bool = ssl.create_default_context(cafile=ca_file) if ca_file else True
         self.timeout = timeout
         self.http: aiohttp.ClientSession | None = None
@@ -57,8 +59,9 @@ class CodexSocket:
         self.http = aiohttp.ClientSession(trust_env=False)
         try:
             self.socket = await self.http.ws_connect(
-                self.url, headers=self.headers(), proxy=self.proxy, ssl=self.ssl, max_msg_size=0, autoping=True
-            )
+                self.url, headers=self.headers(), proxy=self.proxy, proxy_auth=self.proxy_auth, ssl=self.ssl,
+                max_msg_size=0, autoping=True,
+            )  # fmt: skip
         except BaseException:
             await self.http.close()
             raise

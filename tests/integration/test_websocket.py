@@ -88,6 +88,20 @@ def test_multi_turn_session_over_one_socket(gateway: Gateway, fake_openai: FakeO
     assert all(r["usage"]["input_tokens"] > 0 and r["decision"] == "forwarded" for r in lines)
 
 
+def test_key_in_proxy_credentials_identifies_the_socket(gateway: Gateway) -> None:
+    """`HTTPS_PROXY=http://user:KEY@gateway:8080`: the key comes on the CONNECT, not the upgrade."""
+    session_id = f"sess-{uuid.uuid4().hex[:10]}"
+
+    async def session() -> list[dict[str, Any]]:
+        proxy_auth = aiohttp.BasicAuth("codex", ALICE_KEY)
+        async with socket_for(gateway, "proxy", key="placeholder", session_id=session_id, proxy_auth=proxy_auth) as c:
+            return await c.create(request("mock-model", [user("hi")]))
+
+    assert asyncio.run(session())[-1]["type"] == "response.completed"
+    [line] = gateway.wait_accounting(lambda r: r["session_id"] == session_id)
+    assert (line["key"], line["transport"], line["mode"]) == ("alice", "ws", "proxy")
+
+
 def test_unknown_and_disabled_keys_are_refused_at_the_upgrade(gateway: Gateway) -> None:
     async def connect(key: str) -> int:
         try:
