@@ -47,6 +47,7 @@ def steps(shown: bool = True) -> list[Any]:
     from codexgate.addons.tracing import TraceEnd, Tracing
     from codexgate.addons.translate import Translate
     from codexgate.addons.web_view import FlowRetention, SecretMask
+    from codexgate.addons.websocket import ResponsesWebSocket
     from codexgate.metrics import GatewayMetrics
 
     metrics = GatewayMetrics()
@@ -62,6 +63,7 @@ def steps(shown: bool = True) -> list[Any]:
         egress,  # before TlsScope, which reads the CONNECT target it recorded
         TlsScope(policy, egress),
         Intake(policy),
+        ResponsesWebSocket(),  # right after Intake: takes Responses WebSocket upgrades out of the chain
         tracing,  # right after Intake: starts the request's span at state.started
         KeyGuard(policy, metrics),
         Identify(),

@@ -27,6 +27,7 @@ def accounting_record(state: GatewayRequest, status: int | None, error: str | No
         "ts": round(now, 3),
         "request_id": state.request_id,
         "mode": state.mode,
+        "transport": state.transport,
         "endpoint": state.endpoint,
         "session_id": state.session_id,
         "key": state.key.name if state.key else None,

@@ -62,12 +62,8 @@ class Intake:
         state.session_id = session[:MAX_SESSION_ID] if session else None
         path = _normalised_path(flow.request.path)
         if path.endswith("/responses") and flow.request.headers.get("upgrade", "").lower() == "websocket":
-            # Codex tries Responses over WebSocket first; 426 makes it fall back to HTTP at once.
-            refuse(
-                flow,
-                error_response(426, "websocket_not_supported", "codexgate serves /v1/responses over HTTP; use SSE"),
-                "websocket_refused",
-            )
+            # Codex tries Responses over WebSocket first: ResponsesWebSocket (next) serves it or answers 426.
+            state.endpoint = "responses_websocket"
             return
         state.endpoint = endpoint_of(flow.request.method, path)
         if state.endpoint is None:

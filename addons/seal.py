@@ -11,6 +11,7 @@ import time
 from mitmproxy import http
 
 from codexgate.addons.policy_source import PolicySource
+from codexgate.addons.websocket import RELAYED_UPGRADE
 from codexgate.failsafe import refuse_internal
 from codexgate.flowstate import state_of
 
@@ -25,6 +26,8 @@ class Seal:
         if flow.response or flow.error:
             return
         state = state_of(flow)
+        if state is None and flow.metadata.get(RELAYED_UPGRADE):
+            return  # a Responses WebSocket, checked and sent to the in-process relay (addons/websocket.py)
         try:
             governed_host = state is not None or self._policy.current().is_governed_host(
                 flow.request.host, flow.request.port

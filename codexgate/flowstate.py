@@ -32,6 +32,7 @@ class GatewayRequest:
     request_id: str
     policy: CompiledPolicy
     mode: str  # "gateway" (base-URL listener) or "proxy"
+    transport: str = "http"  # "ws": a response.create on a Responses WebSocket (addons/websocket.py)
     started: float = dataclasses.field(default_factory=time.time)
     endpoint: str | None = None  # responses / chat / models
     body: dict[str, Any] | None = None

@@ -25,7 +25,7 @@ logger = logging.getLogger(__name__)
 LIFECYCLE_HOOKS = ("load", "configure", "running", "done")
 TRAFFIC_HOOKS = (
     "http_connect", "tls_clienthello", "server_connect", "requestheaders", "request", "responseheaders", "response",
-    "error",
+    "error", "websocket_message", "tcp_message",
 )  # fmt: skip
 
 

@@ -112,17 +112,6 @@ def test_malformed_and_unknown_requests(gateway: Gateway) -> None:
     assert missing.status_code == 401 and missing.json()["error"]["code"] == "missing_api_key"
 
 
-def test_websocket_upgrade_gets_426(gateway: Gateway) -> None:
-    response = httpx.get(
-        f"{gateway.base_url}/responses",
-        headers={
-            "authorization": f"Bearer {ALICE_KEY}", "connection": "Upgrade", "upgrade": "websocket",
-            "sec-websocket-version": "13", "sec-websocket-key": "dGhlIHNhbXBsZSBub25jZQ==",
-        },
-    )  # fmt: skip
-    assert response.status_code == 426
-
-
 def test_pass_through_swaps_key_and_renames_model(gateway: Gateway, fake_openai: FakeOpenAI) -> None:
     before = len(fake_openai.received)
     response = client(gateway).responses.create(model="gpt-renamed", input="hi upstream")

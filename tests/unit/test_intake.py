@@ -85,18 +85,16 @@ def test_proxy_mode_governs_only_governed_hosts(intake):
         assert other.response is None, url
 
 
-def test_websocket_upgrade_of_responses_is_answered_426(intake):
+def test_websocket_upgrade_of_responses_is_left_to_the_websocket_addon(intake):
+    # ResponsesWebSocket (addons/websocket.py) serves it or answers 426: tests/integration/test_websocket.py
     flow = make_flow(
         "GET",
         "http://127.0.0.1:4000/v1/responses",
         headers={"connection": "Upgrade", "upgrade": "WebSocket", "sec-websocket-version": "13"},
     )
     intake.requestheaders(flow)
-    assert flow.response is not None
-    assert flow.response.status_code == 426
-    assert error_of(flow)["code"] == "websocket_not_supported"
-    assert state_of(flow).decision == "websocket_refused"
-    assert state_of(flow).answered_locally
+    assert flow.response is None
+    assert state_of(flow).endpoint == "responses_websocket"
 
 
 def test_unknown_endpoint_is_404_naming_what_is_served(intake):
