@@ -55,7 +55,10 @@ def steps(shown: bool = True) -> list[Any]:
     limits = Limits(policy, metrics)
     tracing = Tracing()
     resilience = Resilience(metrics)
-    egress = EgressGuard(policy, metrics, lambda: (resilience.relay.port,) if resilience.relay else ())
+    websocket = ResponsesWebSocket()
+    egress = EgressGuard(
+        policy, metrics, lambda: tuple(relay.port for relay in (resilience.relay, websocket.relay) if relay is not None)
+    )  # the gateway's own in-process relays are the only loopback ports its flows may reach
     chosen = [
         SecretMask(policy, shown),  # moves itself ahead of mitmproxy's own addons
         MetricsExport(metrics),
@@ -63,7 +66,7 @@ def steps(shown: bool = True) -> list[Any]:
         egress,  # before TlsScope, which reads the CONNECT target it recorded
         TlsScope(policy, egress),
         Intake(policy),
-        ResponsesWebSocket(),  # right after Intake: takes Responses WebSocket upgrades out of the chain
+        websocket,  # right after Intake: takes Responses WebSocket upgrades out of the chain
         tracing,  # right after Intake: starts the request's span at state.started
         KeyGuard(policy, metrics),
         Identify(),

@@ -177,7 +177,7 @@ def test_relay_is_not_reachable_through_the_proxy_listener(gateway: Gateway) -> 
     assert port is not None
     with httpx.Client(proxy=gateway.proxy_url) as client:
         response = client.get(f"http://127.0.0.1:{port.group(1)}/responses-ws/anything")
-    assert response.status_code == 403 and response.json()["error"]["code"] == "forbidden_destination"
+    assert response.status_code == 403 and response.json()["error"]["code"] == "egress_not_allowed"
 
 
 # -- refusals by budget and rate, on a gateway of their own -----------------------------------
