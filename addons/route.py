@@ -38,7 +38,7 @@ def chat_body_to_responses(body: dict[str, Any]) -> dict[str, Any]:
     """A Chat Completions request for a provider reached through the Responses translators."""
     from codexgate.providers import chat_ingress
 
-    return chat_ingress.chat_to_responses(body, dropped=[])
+    return chat_ingress.chat_to_translator_body(body)
 
 
 class Route:

@@ -77,7 +77,9 @@ from codexgate.providers.base import (
     Usage,
     open_reasoning,
     response_object,
+    sampling_params,
     seal_reasoning,
+    stop_sequences,
 )
 from codexgate.providers.base import input_items as _input_items
 
@@ -365,18 +367,19 @@ def _file_block(part: Mapping[str, Any]) -> dict[str, Any]:
 
 
 def _content_blocks(content: Any) -> list[dict[str, Any]]:
-    """Responses message content → Converse content blocks (text, image, document)."""
+    """Responses message content → Converse content blocks (text, image, document). Blank text is
+    left out: Bedrock refuses it ("text content blocks must contain non-whitespace text")."""
     if isinstance(content, str):
-        return [{"text": content}] if content else []
+        return [{"text": content}] if content.strip() else []
     blocks: list[dict[str, Any]] = []
     for part in content if isinstance(content, list) else []:
         if not isinstance(part, dict):
             continue
         kind = part.get("type")
         if kind in ("input_text", "output_text", "text") and isinstance(part.get("text"), str):
-            if part["text"]:
+            if part["text"].strip():
                 blocks.append({"text": part["text"]})
-        elif kind == "refusal" and isinstance(part.get("refusal"), str) and part["refusal"]:
+        elif kind == "refusal" and isinstance(part.get("refusal"), str) and part["refusal"].strip():
             blocks.append({"text": part["refusal"]})
         elif kind == "input_image":
             url = part.get("image_url")
@@ -562,6 +565,20 @@ def _reasoning_fields(
     return {}, max_tokens
 
 
+def _strip_final_assistant(messages: list[dict[str, Any]]) -> None:
+    """A final (prefill) assistant message may not end in whitespace (Claude refuses it): trim its
+    last text block, dropping the block, and the message, when nothing is left."""
+    content = messages[-1]["content"]
+    if content and isinstance(content[-1].get("text"), str):
+        text = content[-1]["text"].rstrip()
+        if text:
+            content[-1] = {**content[-1], "text": text}
+        else:
+            content.pop()
+    if not content:
+        messages.pop()
+
+
 def build_request(body: dict[str, Any], upstream_model: str, options: TranslateOptions) -> dict[str, Any]:
     """A Responses API request body → a Converse / ConverseStream request body (no modelId: that
     travels in the URL, see `request_target`)."""
@@ -627,6 +644,8 @@ def build_request(body: dict[str, Any], upstream_model: str, options: TranslateO
     if not messages or messages[0]["role"] != "user":
         # Converse conversations open with a user turn.
         messages.insert(0, {"role": "user", "content": [{"text": "(conversation start)"}]})
+    if messages[-1]["role"] == "assistant":
+        _strip_final_assistant(messages)
 
     explicit_max = isinstance(body.get("max_output_tokens"), int) and body["max_output_tokens"] > 0
     max_tokens = body["max_output_tokens"] if explicit_max else options.default_max_tokens
@@ -649,6 +668,9 @@ def build_request(body: dict[str, Any], upstream_model: str, options: TranslateO
             value = body.get(source)
             if isinstance(value, int | float) and not isinstance(value, bool):
                 inference[target] = float(value)
+    sampling = sampling_params(body, options, ("stop",))
+    if stop_sequences(sampling.get("stop")):
+        inference["stopSequences"] = stop_sequences(sampling["stop"])
     if inference:
         request["inferenceConfig"] = inference
     if offered:

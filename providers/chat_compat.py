@@ -87,13 +87,16 @@ from typing import Any, Literal
 from urllib.parse import quote
 
 from codexgate.providers.base import (
+    GATEWAY_ONLY_KEYS,
     REASONING_ENVELOPE_PREFIX,
     ResponseContext,
     TranslateOptions,
     Usage,
     open_reasoning,
     response_object,
+    sampling_params,
     seal_reasoning,
+    stop_sequences,
 )
 from codexgate.providers.base import input_items as _input_items
 from codexgate.sse import SSEParser
@@ -273,7 +276,8 @@ def azure_responses_body(body: dict[str, Any], deployment: str) -> dict[str, Any
     """A Codex Responses body for Azure's v1 Responses API: passed through as it is, except the
     deployment as `model`, no Codex-internal item metadata, and no reasoning envelopes that the
     gateway made for other providers (Azure cannot read them)."""
-    out = dict(body, model=deployment)
+    out = {key: value for key, value in body.items() if key not in GATEWAY_ONLY_KEYS}
+    out["model"] = deployment
     items = body.get("input")
     if isinstance(items, list):
         kept: list[Any] = []
@@ -473,6 +477,8 @@ def _user_content(content: Any) -> tuple[str | list[dict[str, Any]], list[dict[s
         kind = part.get("type")
         if kind in ("input_text", "output_text", "text"):
             text = str(part.get("text") or "")
+            if not text.strip():
+                continue
             texts.append(text)
             parts.append({"type": "text", "text": text})
         elif kind == "input_image":
@@ -580,11 +586,15 @@ class _Messages:
             if text:
                 self.system.append(text)
         elif kind in (None, "message") and role == "user":
-            self._close_assistant()
             content, _ = _user_content(item.get("content"))
+            if isinstance(content, str) and not content.strip():
+                return  # blank text: hosts refuse it (or take it as a turn with nothing to say)
+            self._close_assistant()
             self._append({"role": "user", "content": content})
         elif kind in (None, "message") and role == "assistant":
             text = _text_of(item.get("content"))
+            if not text.strip():
+                return  # e.g. the "\n\n" Claude sends before a tool call: nothing to replay
             message = self._assistant
             if message is not None and message.get("tool_calls"):
                 self._close_assistant()  # text after calls is a new turn
@@ -810,6 +820,12 @@ def build_request(
     elif host.needs_max_tokens:
         out[host.max_tokens_field] = options.default_max_tokens
 
+    sampling = sampling_params(body, options, ("stop", "seed", "presence_penalty", "frequency_penalty"))
+    if stop_sequences(sampling.get("stop")):
+        out["stop"] = stop_sequences(sampling["stop"])
+    for key in ("seed", "presence_penalty", "frequency_penalty"):
+        if isinstance(sampling.get(key), int | float) and not isinstance(sampling.get(key), bool):
+            out[key] = sampling[key]
     stream = bool(body.get("stream"))
     out["stream"] = stream
     if stream and host.stream_options:
@@ -1190,7 +1206,7 @@ def translate_response(
     item_status = "incomplete" if status == "incomplete" else "completed"
     if reasoning or details:
         output.append(_reasoning_item(ctx, _new_id("rs"), "".join(reasoning), details, upstream_model or ctx.model))
-    if texts:
+    if "".join(texts).strip():  # whitespace alone would be replayed as a message hosts refuse
         text = "".join(texts)
         output.append(
             {
@@ -1354,6 +1370,7 @@ class StreamTranslator:
         self._output: list[dict[str, Any] | None] = []  # finished items, by output_index
         self._splitter = _ThinkSplitter()
         self._message: dict[str, Any] | None = None  # open message: index, id, text
+        self._held = ""  # whitespace before a message opens: announced only with real text
         self._reasoning: dict[str, Any] | None = None  # open reasoning: index, id, text, details
         self._calls: dict[int, _OpenCall] = {}
         self._finish: str | None = None
@@ -1479,6 +1496,12 @@ class StreamTranslator:
     def _text_delta(self, text: str) -> list[dict[str, Any]]:
         out = self._close_reasoning()
         if self._message is None:
+            # A whitespace-only message (e.g. "\n\n" before a tool call) would be replayed by
+            # Codex next turn and refused upstream: open the item only once there is text.
+            self._held += text
+            if not self._held.strip():
+                return out
+            text, self._held = self._held, ""
             index = self._next_index()
             self._message = {"index": index, "id": _new_id("msg"), "text": ""}
             item = {
@@ -1512,7 +1535,7 @@ class StreamTranslator:
         return out
 
     def _close_message(self, status: str = "completed") -> list[dict[str, Any]]:
-        state, self._message = self._message, None
+        state, self._message, self._held = self._message, None, ""
         if state is None:
             return []
         part = {"type": "output_text", "text": state["text"], "annotations": []}

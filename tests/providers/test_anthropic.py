@@ -310,8 +310,12 @@ def test_adaptive_thinking(model: str, effort: str, expected_effort: str, thinks
 def test_explicit_max_output_tokens_shrinks_or_drops_the_budget() -> None:
     request, _ = build(body_with(user("x"), reasoning={"effort": "high"}, max_output_tokens=5000))
     assert request["max_tokens"] == 5000 and request["thinking"]["budget_tokens"] == 5000 - 1024
+    # The smallest budget (1,024) still fits under a 1,500 cap: thinking stays on.
     request, _ = build(body_with(user("x"), reasoning={"effort": "high"}, max_output_tokens=1500))
-    assert request["max_tokens"] == 1500 and "thinking" not in request
+    assert request["max_tokens"] == 1500 and request["thinking"]["budget_tokens"] == 1024
+    # A cap of 1,024 or less leaves no room for it (the budget must stay below max_tokens).
+    request, _ = build(body_with(user("x"), reasoning={"effort": "high"}, max_output_tokens=1024))
+    assert request["max_tokens"] == 1024 and "thinking" not in request
 
 
 def test_forced_tool_choice_turns_manual_thinking_off() -> None:
