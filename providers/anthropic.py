@@ -68,6 +68,7 @@ from codexgate.providers.base import (
     stop_sequences,
 )
 from codexgate.providers.base import input_items as _input_items
+from codexgate.providers.jsonstring import InputStringStream, without_lone_surrogates
 from codexgate.sse import SSEParser
 from codexgate.usage import Usage
 
@@ -927,9 +928,9 @@ def _custom_input(arguments_json: str) -> str:
     except ValueError:
         return arguments_json  # truncated input: hand over what there is
     if isinstance(parsed, dict) and isinstance(parsed.get("input"), str):
-        return parsed["input"]
+        return without_lone_surrogates(parsed["input"])
     if isinstance(parsed, dict) and len(parsed) == 1 and isinstance(next(iter(parsed.values())), str):
-        return str(next(iter(parsed.values())))
+        return without_lone_surrogates(str(next(iter(parsed.values()))))
     return arguments_json
 
 
@@ -1020,71 +1021,6 @@ class StreamDecoder:
         return events
 
 
-class _CustomInputStream:
-    """Streams the `input` string out of Claude's tool JSON (`{"input": "..."}`) as it arrives."""
-
-    _HEAD = '{"input":"'
-
-    def __init__(self) -> None:
-        self._head = ""
-        self._state = "head"  # head | body | done | off
-        self._escape = ""
-
-    def feed(self, chunk: str) -> str:
-        out: list[str] = []
-        for char in chunk:
-            if self._state == "head":
-                if char.isspace():
-                    continue
-                self._head += char
-                if self._head == self._HEAD:
-                    self._state = "body"
-                elif not self._HEAD.startswith(self._head):
-                    self._state = "off"  # another shape: only the final input will be sent
-            elif self._state == "body":
-                self._body_char(char, out)
-        return "".join(out)
-
-    def _body_char(self, char: str, out: list[str]) -> None:
-        if self._escape:
-            self._escape += char
-            escape = self._escape
-            if escape[1] != "u" or len(escape) == 6 and not 0xD800 <= int(escape[2:6], 16) <= 0xDBFF:
-                out.append(self._decode(escape))
-            elif len(escape) == 7 and char != "\\":
-                # A high surrogate without its pair: emit it and treat this char afresh.
-                out.append(self._decode(escape[:6]))
-                self._escape = ""
-                self._body_char(char, out)
-            elif len(escape) == 8 and char != "u":
-                # A high surrogate followed by another escape: emit it, then start that escape.
-                out.append(self._decode(escape[:6]))
-                self._escape = "\\"
-                self._body_char(char, out)
-            elif len(escape) == 12 and 0xDC00 <= int(escape[8:12], 16) <= 0xDFFF:
-                out.append(self._decode(escape))  # a surrogate pair: one character
-            elif len(escape) == 12:
-                # Two escapes that are not a pair: emit the first, replay the second.
-                out.append(self._decode(escape[:6]))
-                for replayed in escape[6:]:
-                    self._body_char(replayed, out)
-            return
-        if char == "\\":
-            self._escape = "\\"
-        elif char == '"':
-            self._state = "done"
-        else:
-            out.append(char)
-
-    def _decode(self, escape: str) -> str:
-        self._escape = ""
-        try:
-            return str(json.loads(f'"{escape}"'))
-        except ValueError:
-            self._state = "off"
-            return ""
-
-
 @dataclasses.dataclass
 class _OpenBlock:
     kind: str  # text | thinking | redacted | call
@@ -1097,7 +1033,7 @@ class _OpenBlock:
     call_id: str = ""
     name: str = ""
     custom: bool = False
-    custom_stream: _CustomInputStream | None = None
+    custom_stream: InputStringStream | None = None
     streamed: list[str] = dataclasses.field(default_factory=list)
     opened: bool = True  # a text block is announced only once it holds non-whitespace text
 
@@ -1221,7 +1157,7 @@ class StreamTranslator:
             custom = ref.kind == "custom"
             block = self._open_item("call", "ctc" if custom else "fc")
             block.call_id, block.name, block.custom = str(content.get("id") or _new_id("toolu")), name, custom
-            block.custom_stream = _CustomInputStream() if custom else None
+            block.custom_stream = InputStringStream() if custom else None
             item = _call_item(block.item_id, block.call_id, name, "", self.info)
             if not custom:
                 item["status"] = "in_progress"

@@ -82,6 +82,7 @@ from codexgate.providers.base import (
     stop_sequences,
 )
 from codexgate.providers.base import input_items as _input_items
+from codexgate.providers.jsonstring import InputStringStream, without_lone_surrogates
 
 __all__ = [
     "EventStreamDecoder",
@@ -793,7 +794,7 @@ def _custom_input(raw: str) -> str:
     except ValueError:
         return raw
     if isinstance(parsed, dict) and isinstance(parsed.get("input"), str):
-        return parsed["input"]
+        return without_lone_surrogates(parsed["input"])
     return raw
 
 
@@ -839,6 +840,8 @@ def translate_response(
             continue
         index = len(output)
         if isinstance(block.get("text"), str):
+            if not block["text"].strip():
+                continue  # whitespace alone: Codex would replay it and Bedrock refuse it
             output.append(_message_item(ctx, index, block["text"], "completed"))
         elif isinstance(block.get("toolUse"), dict):
             use = block["toolUse"]
@@ -932,82 +935,6 @@ def _event_of(message: EventStreamMessage) -> dict[str, Any] | None:
 # --------------------------------------------------------------------------------------------
 
 
-class _JsonStringPrefix:
-    """Decodes, as it arrives, the string value of `{"input": "..."}` streamed as raw JSON text,
-    so a custom tool's input can be shown while the model writes it."""
-
-    __slots__ = ("raw", "_pos", "_started", "_dead", "_done")
-
-    _OPENING = re.compile(r'\s*\{\s*"input"\s*:\s*"')
-    _ESCAPES = {'"': '"', "\\": "\\", "/": "/", "b": "\b", "f": "\f", "n": "\n", "r": "\r", "t": "\t"}
-
-    def __init__(self) -> None:
-        self.raw = ""
-        self._pos = 0
-        self._started = False
-        self._dead = False  # not of the expected shape: decode only at the end
-        self._done = False
-
-    def feed(self, piece: str) -> str:
-        self.raw += piece
-        if self._dead or self._done:
-            return ""
-        if not self._started:
-            match = self._OPENING.match(self.raw)
-            if match is None:
-                self._dead = not _could_still_match(self.raw)
-                return ""
-            self._started, self._pos = True, match.end()
-        out: list[str] = []
-        raw, pos = self.raw, self._pos
-        while pos < len(raw):
-            char = raw[pos]
-            if char == '"':
-                self._done = True
-                pos += 1
-                break
-            if char != "\\":
-                out.append(char)
-                pos += 1
-                continue
-            if pos + 1 >= len(raw):
-                break  # the escape continues in the next piece
-            code = raw[pos + 1]
-            if code in self._ESCAPES:
-                out.append(self._ESCAPES[code])
-                pos += 2
-                continue
-            if code != "u":
-                self._dead = True
-                break
-            if pos + 6 > len(raw):
-                break
-            unit = int(raw[pos + 2 : pos + 6], 16) if re.fullmatch(r"[0-9a-fA-F]{4}", raw[pos + 2 : pos + 6]) else -1
-            if unit < 0:
-                self._dead = True
-                break
-            if 0xD800 <= unit < 0xDC00:  # a surrogate pair needs its second half
-                if pos + 12 > len(raw):
-                    break
-                low_text = raw[pos + 6 : pos + 12]
-                if low_text[:2] != "\\u" or not re.fullmatch(r"[dD][c-fC-F][0-9a-fA-F]{2}", low_text[2:]):
-                    self._dead = True
-                    break
-                low = int(low_text[2:], 16)
-                out.append(chr(0x10000 + ((unit - 0xD800) << 10) + (low - 0xDC00)))
-                pos += 12
-                continue
-            out.append(chr(unit))
-            pos += 6
-        self._pos = pos
-        return "".join(out)
-
-
-def _could_still_match(raw: str) -> bool:
-    compact = re.sub(r"\s+", "", raw)
-    return '{"input":"'.startswith(compact)
-
-
 @dataclasses.dataclass
 class _Block:
     kind: str  # text / tool / reasoning
@@ -1017,7 +944,7 @@ class _Block:
     wire: str = ""
     call_id: str = ""
     custom: bool = False
-    custom_input: _JsonStringPrefix | None = None
+    custom_input: InputStringStream | None = None
     emitted: list[str] = dataclasses.field(default_factory=list)  # custom input shown so far
     signature: str | None = None
     redacted: list[bytes] = dataclasses.field(default_factory=list)
@@ -1143,7 +1070,7 @@ class StreamTranslator:
         _, _, custom = _resolve_tool(wire, self._tools)
         block = self._new_block("tool", index, "ctc" if custom else "fc")
         block.wire, block.call_id, block.custom = wire, call_id, custom
-        block.custom_input = _JsonStringPrefix() if custom else None
+        block.custom_input = InputStringStream() if custom else None
         item = _call_item(self.ctx, block.output_index, wire, call_id, self._tools, "", False)
         self._emit(out, "response.output_item.added", output_index=block.output_index, item=item)
 
@@ -1152,8 +1079,20 @@ class StreamTranslator:
             return
         block = self._blocks.get(index)
         if isinstance(delta.get("text"), str):
+            piece = delta["text"]
             if block is None:
+                # Held until it has non-whitespace text: a whitespace-only message item would be
+                # replayed by Codex and refused by Bedrock ("text content blocks must contain
+                # non-whitespace text"). A held block that stays blank is dropped.
+                block = _Block("held", -1, "")
+                self._blocks[index] = block
+            if block.kind == "held" and piece:
+                block.text.append(piece)
+                held = "".join(block.text)
+                if not held.strip():
+                    return
                 block = self._new_block("text", index, "msg")
+                block.text.append(held)
                 item = _message_item(self.ctx, block.output_index, "", "in_progress")
                 self._emit(out, "response.output_item.added", output_index=block.output_index, item=item)
                 self._emit(
@@ -1164,15 +1103,17 @@ class StreamTranslator:
                     content_index=0,
                     part={"type": "output_text", "text": "", "annotations": []},
                 )
-            if block.kind == "text" and delta["text"]:
-                block.text.append(delta["text"])
+                piece = held
+            elif block.kind == "text" and piece:
+                block.text.append(piece)
+            if block.kind == "text" and piece:
                 self._emit(
                     out,
                     "response.output_text.delta",
                     output_index=block.output_index,
                     item_id=block.item_id,
                     content_index=0,
-                    delta=delta["text"],
+                    delta=piece,
                     logprobs=[],
                 )
         elif isinstance(delta.get("toolUse"), dict):
@@ -1242,7 +1183,7 @@ class StreamTranslator:
 
     def _close(self, out: list[dict[str, Any]], index: Any) -> None:
         block = self._blocks.pop(index, None) if isinstance(index, int) else None
-        if block is None:
+        if block is None or block.kind == "held":
             return
         text = "".join(block.text)
         position = {"output_index": block.output_index, "item_id": block.item_id}

@@ -99,6 +99,7 @@ from codexgate.providers.base import (
     stop_sequences,
 )
 from codexgate.providers.base import input_items as _input_items
+from codexgate.providers.jsonstring import InputStringStream, without_lone_surrogates
 from codexgate.sse import SSEParser
 
 __all__ = [
@@ -1125,10 +1126,10 @@ def _custom_input(arguments: str) -> str:
         return arguments
     if isinstance(parsed, dict):
         if isinstance(parsed.get("input"), str):
-            return str(parsed["input"])
+            return without_lone_surrogates(str(parsed["input"]))
         strings = [value for value in parsed.values() if isinstance(value, str)]
         if len(strings) == 1:
-            return strings[0]
+            return without_lone_surrogates(strings[0])
     return parsed if isinstance(parsed, str) else arguments
 
 
@@ -1277,69 +1278,6 @@ class ChatStreamDecoder:
         return events
 
 
-class _InputStream:
-    """The decoded value of `"input"` out of streamed JSON arguments `{"input": "..."}`, as it
-    arrives, so a custom tool's input can be shown while the model writes it."""
-
-    _PREFIX = re.compile(r'\s*\{\s*"input"\s*:\s*"')
-    _ESCAPES = {'"': '"', "\\": "\\", "/": "/", "b": "\b", "f": "\f", "n": "\n", "r": "\r", "t": "\t"}
-
-    def __init__(self) -> None:
-        self._raw = ""
-        self._pos = 0
-        self._state = "prefix"  # prefix → string → end, or off when the JSON has another shape
-        self.emitted = ""
-
-    def feed(self, fragment: str) -> str:
-        self._raw += fragment
-        out: list[str] = []
-        if self._state == "prefix":
-            match = self._PREFIX.match(self._raw)
-            if match:
-                self._state, self._pos = "string", match.end()
-            elif not '{"input":"'.startswith(re.sub(r"\s+", "", self._raw)):
-                self._state = "off"
-        while self._state == "string" and self._pos < len(self._raw):
-            char = self._raw[self._pos]
-            if char == '"':
-                self._state = "end"
-            elif char == "\\":
-                decoded, used = self._escape(self._pos)
-                if used == 0:
-                    break  # the escape is not complete yet
-                out.append(decoded)
-                self._pos += used
-                continue
-            else:
-                out.append(char)
-            self._pos += 1
-        piece = "".join(out)
-        self.emitted += piece
-        return piece
-
-    def _escape(self, at: int) -> tuple[str, int]:
-        raw = self._raw
-        if at + 1 >= len(raw):
-            return "", 0
-        letter = raw[at + 1]
-        if letter != "u":
-            return self._ESCAPES.get(letter, letter), 2
-        if at + 6 > len(raw):
-            return "", 0
-        code = int(raw[at + 2 : at + 6], 16) if re.fullmatch(r"[0-9a-fA-F]{4}", raw[at + 2 : at + 6]) else 0xFFFD
-        if 0xD800 <= code <= 0xDBFF:
-            if at + 12 > len(raw):
-                return "", 0
-            low_text = raw[at + 6 : at + 12]
-            if re.fullmatch(r"\\u[dD][c-fC-F][0-9a-fA-F]{2}", low_text):
-                low = int(low_text[2:], 16)
-                return chr(0x10000 + ((code - 0xD800) << 10) + (low - 0xDC00)), 12
-            return "\ufffd", 6
-        if 0xDC00 <= code <= 0xDFFF:
-            return "\ufffd", 6
-        return chr(code), 6
-
-
 @dataclasses.dataclass
 class _OpenCall:
     output_index: int | None = None
@@ -1348,7 +1286,7 @@ class _OpenCall:
     chat_name: str = ""
     arguments: str = ""
     custom: bool = False
-    input_stream: _InputStream | None = None
+    input_stream: InputStringStream | None = None
     done: bool = False
 
 
@@ -1570,7 +1508,7 @@ class StreamTranslator:
             added = _call_item(self.tools, state.chat_name, state.call_id, "", state.item_id, "in_progress")
             if state.custom:
                 added["input"] = ""
-                state.input_stream = _InputStream()
+                state.input_stream = InputStringStream()
             out.append(self._event("response.output_item.added", output_index=state.output_index, item=added))
             fragment, state.arguments = state.arguments + fragment, ""
         if fragment:
