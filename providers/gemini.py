@@ -76,6 +76,7 @@ from codexgate.providers.base import (
     stop_sequences,
 )
 from codexgate.providers.base import input_items as _input_items
+from codexgate.providers.jsonstring import without_lone_surrogates
 from codexgate.sse import SSEParser
 from codexgate.usage import Usage
 
@@ -134,6 +135,8 @@ _LEVEL_FLASH = {
 _BUDGET = {"none": 0, "minimal": 512, "low": 2048, "medium": 8192, "high": 24576, "xhigh": 32768}
 # Under an output cap this small, Gemini 3 thinks at its lowest level (its levels have no token cap).
 _SMALL_CAP = 2048
+# A thinking budget below this (Gemini 2.5 Pro's own minimum) is not worth spending a capped output on.
+_MIN_USEFUL_BUDGET = 128
 
 # Responses tools the Gemini function-calling API cannot serve.
 _SERVABLE_TOOL_TYPES = {"function", "custom", "namespace"}
@@ -511,6 +514,8 @@ def _thinking_config(body: Mapping[str, Any], upstream_model: str) -> dict[str, 
         name = upstream_model.lower()
         if cap is not None:
             budget = min(budget, cap // 2)
+            if budget < _MIN_USEFUL_BUDGET and not is_pro:
+                budget = 0  # too little room to think usefully: the cap goes to the answer
         budget = min(max(budget, 128), 32768) if is_pro else min(budget, 24576)
         if budget and "lite" in name:
             # Flash-Lite takes 0 or 512..24576: under a cap too small for 512, it does not think.
@@ -1387,6 +1392,7 @@ class StreamTranslator:
             if not isinstance(value, str):
                 strings = [v for v in args.values() if isinstance(v, str)]
                 value = strings[0] if len(args) == 1 and strings else json.dumps(args, ensure_ascii=False)
+            value = without_lone_surrogates(value)  # as every family decodes custom input
             item = {"type": "custom_tool_call", "id": self._new_id("ctc"), "call_id": call_id, "name": target.name}
             if target.namespace:
                 item["namespace"] = target.namespace
