@@ -189,7 +189,8 @@ def _check_contents(body: Mapping[str, Any], model: str) -> None:
                 raise InvalidRequest("function responses must be in user turns")
     if contents[0]["role"] != "user" or contents[-1]["role"] != "user":
         raise InvalidRequest(
-            "Please ensure that multiturn requests alternate between user and model, starting and ending with a user turn."
+            "Please ensure that multiturn requests alternate between user and model, "
+            "starting and ending with a user turn."
         )
     # Each function-call turn is answered by as many function responses, same names, same order.
     for index, content in enumerate(contents):
