@@ -126,6 +126,9 @@ class Route:
         if prepared.dropped_tools:
             logger.info("request %s to %s: tools it cannot serve were dropped: %s", state.request_id,
                         state.provider, ", ".join(prepared.dropped_tools))  # fmt: skip
+        if prepared.dropped_params:
+            logger.info("request %s to %s: parameters it has no counterpart for were dropped: %s", state.request_id,
+                        state.provider, ", ".join(prepared.dropped_params))  # fmt: skip
 
     # -- several deployments: the relay tries them in order -------------------------------------------
 

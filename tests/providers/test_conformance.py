@@ -39,7 +39,7 @@ from codexgate.providers.adapters import (
     Prepared,
     new_context,
 )
-from codexgate.providers.base import ResponseContext, TranslateOptions, UnsupportedRequest
+from codexgate.providers.base import ResponseContext, TranslateOptions, UnsupportedRequest, seal_reasoning
 from codexgate.providers.chat_ingress import chat_to_translator_body
 from codexgate.sse import SSEParser
 
@@ -465,6 +465,10 @@ def test_final_assistant_message_with_trailing_whitespace_is_accepted(family: Fa
         pytest.param([user("go"), call("call_m1"), call("call_m2"), output("call_m2")], id="one-of-two-answered"),
         pytest.param([user("go"), call("call_m1")], id="call-last"),
         pytest.param([user("go"), output("call_gone"), user("next")], id="output-without-call"),
+        pytest.param([user("go"), call("call_m1"), user("wait"), output("call_m1")], id="output-after-a-user-turn"),
+        pytest.param(
+            [user("go"), call("call_m1"), call("call_m2"), output("call_m2"), output("call_m1")], id="reordered"
+        ),
     ],
 )
 def test_missing_or_orphan_tool_outputs_are_repaired(family: Family, items: list[dict[str, Any]]) -> None:
@@ -674,3 +678,21 @@ def test_anthropic_refusal_after_partial_text_is_marked() -> None:
         # Completed (Codex would retry an incomplete answer into the same refusal), but marked.
         assert response["status"] == "completed"
         assert texts[0] == "Sure, here is how to" and "declined" in texts[-1] and len(texts) == 2
+
+
+def test_other_providers_reasoning_is_never_replayed(family: Family) -> None:
+    """A session that switched providers carries reasoning envelopes made for someone else (and
+    OpenAI's opaque blobs): they are left out, and the request stays valid."""
+    foreign = [
+        {"type": "reasoning", "id": "rs_1", "summary": [], "encrypted_content": seal_reasoning("elsewhere", "m", {})},
+        {"type": "reasoning", "id": "rs_2", "summary": [], "encrypted_content": "gAAAAABopenai-blob"},
+        {
+            "type": "reasoning",
+            "id": "rs_3",
+            "summary": [],
+            "encrypted_content": seal_reasoning(PROVIDER, "another-model", {"blocks": []}),
+        },
+    ]
+    _, request = prepare(family, body_with(user("go"), *foreign, call("call_r1"), output("call_r1"), user("next")))
+    sent = json.dumps(request)
+    assert "cg1." not in sent and "gAAAAAB" not in sent
