@@ -22,7 +22,13 @@ from codexgate.policies.schema import (
     ChatProvider,
     GeminiProvider,
 )
-from codexgate.providers.base import ResponseContext, TranslateOptions, refuse_stateful, request_echo
+from codexgate.providers.base import (
+    ResponseContext,
+    TranslateOptions,
+    refuse_stateful,
+    request_echo,
+    sampling_params,
+)
 from codexgate.secrets import SecretResolver
 from codexgate.sse import encode_event
 from codexgate.usage import Usage
@@ -130,7 +136,11 @@ class ChatAdapter:
             if self.settings.api == "responses":
                 url, fixed = chat_compat.azure_target(self.settings.endpoint, upstream_model, None, "responses")
                 out = chat_compat.azure_responses_body(body, upstream_model)
-                return Prepared(url, dict(fixed), _json(out), bool(out.get("stream")), upstream_model, [], False)
+                sampling_params(body, options, ())  # the Responses API has none of them: all reported
+                return Prepared(
+                    url, dict(fixed), _json(out), bool(out.get("stream")), upstream_model, [], False,
+                    dropped_params=list(options.dropped_params),
+                )  # fmt: skip
             refuse_stateful(body, provider_name)
             preset = chat_compat.PRESETS["azure"]
             chat = chat_compat.build_request(body, upstream_model, options, preset=preset)

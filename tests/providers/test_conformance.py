@@ -25,6 +25,7 @@ from fakes.sdk_validation import valid_response, valid_stream_event
 
 from codexgate.policies.schema import (
     AnthropicProvider,
+    AzureProvider,
     BedrockProvider,
     ChatProvider,
     GeminiProvider,
@@ -696,3 +697,16 @@ def test_other_providers_reasoning_is_never_replayed(family: Family) -> None:
     _, request = prepare(family, body_with(user("go"), *foreign, call("call_r1"), output("call_r1"), user("next")))
     sent = json.dumps(request)
     assert "cg1." not in sent and "gAAAAAB" not in sent
+
+
+def test_azure_responses_pass_through_reports_chat_parameters_and_keeps_state() -> None:
+    """Azure's v1 Responses API is a pass-through: it stores responses itself (so
+    previous_response_id is its business), and the Chat-only parameters never reach it."""
+    adapter = ChatAdapter(AzureProvider(kind="azure", endpoint="https://res.openai.azure.com", keys=KEY))
+    chat = {"model": "gpt", "messages": [{"role": "user", "content": "hi"}], "stop": "END", "seed": 1}
+    prepared = adapter.prepare(chat_to_translator_body(chat), "my-gpt", PROVIDER)
+    sent = json.loads(prepared.body)
+    assert not {"stop", "seed", "codexgate_unmapped_params"} & set(sent)
+    assert sorted(prepared.dropped_params) == ["seed", "stop"]
+    stateful = adapter.prepare(body_with(user("go on"), previous_response_id="resp_1"), "my-gpt", PROVIDER)
+    assert json.loads(stateful.body)["previous_response_id"] == "resp_1"
