@@ -24,6 +24,12 @@ provides, in its own module `providers/<family>.py`:
   Decoding the provider's framing (SSE lines, AWS event-stream frames) into event dicts is
   done by a separate function `decode_stream(parser_state, chunk: bytes) -> list[dict]` or a
   small decoder class, also in the family module, so chunk boundaries can fall anywhere.
+- What every family promises (tests/providers/test_conformance.py checks it): no request it
+  builds carries whitespace-only text or an unanswered tool call or a role order its API refuses
+  (histories are repaired, not sent as they came); no answer holds a whitespace-only message item
+  (Codex would replay it); the `response` objects echo the request's fields (`request_echo`);
+  Chat sampling parameters are mapped where the API has them and named in
+  `TranslateOptions.dropped_params` where not; any split of the upstream stream gives the same events.
 - `translate_error(status: int, provider_body: bytes) -> tuple[int, dict]`
   A provider error → (status for the client, OpenAI-shaped `{"error": {...}}` body) with a
   code Codex understands where one applies (`rate_limit_exceeded`, `context_length_exceeded`,

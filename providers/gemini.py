@@ -820,11 +820,12 @@ def _repair_turns(contents: list[dict[str, Any]]) -> list[dict[str, Any]]:
         responses = [part for part in content["parts"] if "functionResponse" in part]
         others = [part for part in content["parts"] if "functionResponse" not in part]
         answers = [_answer_part(call, responses) for call in calls]
-        for part in responses:  # answers to calls not in the turn before
-            response = part["functionResponse"]
-            output = _dict(response.get("response")).get("output")
-            others.insert(0, {"text": f"Output of tool call {response.get('name')}:\n{output}"})
-        repaired.append({"role": "user", "parts": answers + others})
+        leftovers = [  # answers to calls not in the turn before
+            {"text": f"Output of tool call {part['functionResponse'].get('name')}:\n"
+                     f"{_dict(part['functionResponse'].get('response')).get('output')}"}
+            for part in responses
+        ]  # fmt: skip
+        repaired.append({"role": "user", "parts": answers + leftovers + others})
     if not repaired or repaired[0]["role"] != "user":
         repaired.insert(0, {"role": "user", "parts": [{"text": "(The conversation so far follows.)"}]})
     if repaired[-1]["role"] != "user":
