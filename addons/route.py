@@ -38,7 +38,7 @@ def chat_body_to_responses(body: dict[str, Any]) -> dict[str, Any]:
     """A Chat Completions request for a provider reached through the Responses translators."""
     from codexgate.providers import chat_ingress
 
-    return chat_ingress.chat_to_responses(body, dropped=[])
+    return chat_ingress.chat_to_translator_body(body)
 
 
 class Route:
@@ -126,6 +126,9 @@ class Route:
         if prepared.dropped_tools:
             logger.info("request %s to %s: tools it cannot serve were dropped: %s", state.request_id,
                         state.provider, ", ".join(prepared.dropped_tools))  # fmt: skip
+        if prepared.dropped_params:
+            logger.info("request %s to %s: parameters it has no counterpart for were dropped: %s", state.request_id,
+                        state.provider, ", ".join(prepared.dropped_params))  # fmt: skip
 
     # -- several deployments: the relay tries them in order -------------------------------------------
 

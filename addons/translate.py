@@ -63,6 +63,8 @@ class Translate:
             return
         if translation.prepared.dropped_tools:
             flow.response.headers["x-codexgate-dropped-tools"] = ",".join(translation.prepared.dropped_tools)
+        if translation.prepared.dropped_params:
+            flow.response.headers["x-codexgate-dropped-params"] = ",".join(translation.prepared.dropped_params)
         if not translation.prepared.translate:
             return
         if flow.response.status_code == 200 and translation.prepared.stream:

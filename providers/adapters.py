@@ -22,7 +22,13 @@ from codexgate.policies.schema import (
     ChatProvider,
     GeminiProvider,
 )
-from codexgate.providers.base import ResponseContext, TranslateOptions
+from codexgate.providers.base import (
+    ResponseContext,
+    TranslateOptions,
+    refuse_stateful,
+    request_echo,
+    sampling_params,
+)
 from codexgate.secrets import SecretResolver
 from codexgate.sse import encode_event
 from codexgate.usage import Usage
@@ -50,6 +56,8 @@ class Prepared:
     dropped_tools: list[str]
     translate: bool = True  # False: the answer is already a Responses answer (Azure v1 Responses)
     extra: dict[str, Any] = dataclasses.field(default_factory=dict)
+    # Request parameters the provider has no counterpart for (see TranslateOptions.dropped_params).
+    dropped_params: list[str] = dataclasses.field(default_factory=list)
 
 
 class StreamBridge:
@@ -106,6 +114,12 @@ def _first_secret(keys: list[Any], secrets: SecretResolver) -> str:
     return secrets.resolve(keys[0].value)
 
 
+def _answering(ctx: ResponseContext, prepared: Prepared) -> ResponseContext:
+    """`ctx` with the request fields the answer echoes (tools, tool_choice, ...)."""
+    echo = prepared.extra.get("echo")
+    return dataclasses.replace(ctx, echo=echo) if echo else ctx
+
+
 def _json(body: JSON) -> bytes:
     return json.dumps(body, separators=(",", ":")).encode()
 
@@ -122,19 +136,26 @@ class ChatAdapter:
             if self.settings.api == "responses":
                 url, fixed = chat_compat.azure_target(self.settings.endpoint, upstream_model, None, "responses")
                 out = chat_compat.azure_responses_body(body, upstream_model)
-                return Prepared(url, dict(fixed), _json(out), bool(out.get("stream")), upstream_model, [], False)
+                sampling_params(body, options, ())  # the Responses API has none of them: all reported
+                return Prepared(
+                    url, dict(fixed), _json(out), bool(out.get("stream")), upstream_model, [], False,
+                    dropped_params=list(options.dropped_params),
+                )  # fmt: skip
+            refuse_stateful(body, provider_name)
             preset = chat_compat.PRESETS["azure"]
             chat = chat_compat.build_request(body, upstream_model, options, preset=preset)
             url, fixed = chat_compat.azure_target(
                 self.settings.endpoint, upstream_model, self.settings.api_version, "chat"
             )
         else:
+            refuse_stateful(body, provider_name)
             preset = chat_compat.PRESETS[self.settings.preset]
             chat = chat_compat.build_request(body, upstream_model, options, preset=preset)
             url, fixed = chat_compat.request_target(self.settings.url, upstream_model, bool(chat.get("stream")))
         return Prepared(
             url, dict(fixed), _json(chat), bool(chat.get("stream")), upstream_model, list(options.dropped_tools),
-            extra={"tools": chat_compat.tool_map(body)},
+            extra={"tools": chat_compat.tool_map(body), "echo": request_echo(body)},
+            dropped_params=list(options.dropped_params),
         )  # fmt: skip
 
     def credentials(self, prepared: Prepared, secrets: SecretResolver) -> dict[str, str]:
@@ -151,7 +172,7 @@ class ChatAdapter:
         from codexgate.providers import chat_compat
 
         translator = chat_compat.StreamTranslator(
-            ctx, tools=prepared.extra["tools"], upstream_model=prepared.upstream_model
+            _answering(ctx, prepared), tools=prepared.extra["tools"], upstream_model=prepared.upstream_model
         )
         return StreamBridge(chat_compat.ChatStreamDecoder(), translator)
 
@@ -159,7 +180,10 @@ class ChatAdapter:
         from codexgate.providers import chat_compat
 
         result: JSON = chat_compat.translate_response(
-            json.loads(raw), ctx, tools=prepared.extra["tools"], upstream_model=prepared.upstream_model
+            json.loads(raw),
+            _answering(ctx, prepared),
+            tools=prepared.extra["tools"],
+            upstream_model=prepared.upstream_model,
         )
         return result
 
@@ -196,13 +220,15 @@ class FamilyAdapter:
         return (), {"tools": prepared.extra["tools"], "upstream_model": prepared.upstream_model}
 
     def prepare(self, body: JSON, upstream_model: str, provider_name: str) -> Prepared:
+        refuse_stateful(body, provider_name)
         options = TranslateOptions(provider_name=provider_name, default_max_tokens=self.settings.default_max_tokens)
         payload = self.module.build_request(body, upstream_model, options)
         stream = bool(body.get("stream"))
         url, fixed = self.module.request_target(self.base_url(), upstream_model, stream)
         return Prepared(
             url, dict(fixed), _json(payload), stream, upstream_model, list(options.dropped_tools),
-            extra=self.extra(body, upstream_model),
+            extra={**self.extra(body, upstream_model), "echo": request_echo(body)},
+            dropped_params=list(options.dropped_params),
         )  # fmt: skip
 
     def credentials(self, prepared: Prepared, secrets: SecretResolver) -> dict[str, str]:
@@ -212,11 +238,11 @@ class FamilyAdapter:
     def stream(self, prepared: Prepared, ctx: ResponseContext) -> StreamBridge:
         args, kwargs = self.translator_args(prepared)
         decoder = getattr(self.module, self.decoder_name)()
-        return StreamBridge(decoder, self.module.StreamTranslator(ctx, *args, **kwargs))
+        return StreamBridge(decoder, self.module.StreamTranslator(_answering(ctx, prepared), *args, **kwargs))
 
     def whole(self, prepared: Prepared, ctx: ResponseContext, raw: bytes) -> JSON:
         args, kwargs = self.translator_args(prepared)
-        result: JSON = self.module.translate_response(json.loads(raw), ctx, *args, **kwargs)
+        result: JSON = self.module.translate_response(json.loads(raw), _answering(ctx, prepared), *args, **kwargs)
         return result
 
     def error(self, status: int, raw: bytes) -> tuple[int, JSON]:

@@ -58,8 +58,17 @@ from collections import Counter
 from collections.abc import Iterable, Mapping
 from typing import Any
 
-from codexgate.providers.base import ResponseContext, TranslateOptions, open_reasoning, seal_reasoning
+from codexgate.providers.base import (
+    ResponseContext,
+    TranslateOptions,
+    echoed_fields,
+    open_reasoning,
+    sampling_params,
+    seal_reasoning,
+    stop_sequences,
+)
 from codexgate.providers.base import input_items as _input_items
+from codexgate.providers.jsonstring import InputStringStream, without_lone_surrogates
 from codexgate.sse import SSEParser
 from codexgate.usage import Usage
 
@@ -411,18 +420,20 @@ def _file_block(part: Mapping[str, Any]) -> JSON:
 
 def _content_blocks(content: Any) -> list[JSON]:
     """Responses message content (string or parts) → Anthropic user/assistant blocks, no empty text."""
+    # Anthropic refuses a text block that is empty or only whitespace ("text content blocks must
+    # contain non-whitespace text"), so such parts are left out.
     if isinstance(content, str):
-        return [_text_block(content)] if content else []
+        return [_text_block(content)] if content.strip() else []
     blocks: list[JSON] = []
     for part in content if isinstance(content, list) else []:
         if not isinstance(part, dict):
             continue
         kind = part.get("type")
         if kind in ("input_text", "output_text", "text"):
-            if isinstance(part.get("text"), str) and part["text"]:
+            if isinstance(part.get("text"), str) and part["text"].strip():
                 blocks.append(_text_block(part["text"]))
         elif kind == "refusal":
-            if isinstance(part.get("refusal"), str) and part["refusal"]:
+            if isinstance(part.get("refusal"), str) and part["refusal"].strip():
                 blocks.append(_text_block(part["refusal"]))
         elif kind == "input_image":
             blocks.append(_image_block(part))
@@ -699,7 +710,11 @@ def build_request(body: Mapping[str, Any], upstream_model: str, options: Transla
             max_tokens = max(
                 options.default_max_tokens, min(budget + options.default_max_tokens, _BUDGET_MODEL_MAX_TOKENS)
             )
+        # Leave the answer at least as much room as the smallest budget, but when the cap is too
+        # small for that, the smallest budget Claude takes still fits under it (budget < max_tokens).
         budget = min(budget, max_tokens - _MIN_BUDGET)
+        if budget < _MIN_BUDGET < max_tokens:
+            budget = _MIN_BUDGET
         if forced_tool:
             logger.debug("manual thinking left off: tool_choice forces a tool")
         elif not _turn_starts_with_thinking(messages):
@@ -707,6 +722,8 @@ def build_request(body: Mapping[str, Any], upstream_model: str, options: Transla
         elif budget >= _MIN_BUDGET:
             thinking = {"type": "enabled", "budget_tokens": budget}
 
+    if messages[-1]["role"] == "assistant":
+        _strip_final_assistant(messages)
     if thinking is not None:
         request["thinking"] = thinking
     elif messages[-1]["role"] == "assistant":
@@ -719,6 +736,9 @@ def build_request(body: Mapping[str, Any], upstream_model: str, options: Transla
     if output_config:
         request["output_config"] = output_config
     request["max_tokens"] = max_tokens
+    stops = stop_sequences(sampling_params(body, options, ("stop",)).get("stop"))
+    if stops:
+        request["stop_sequences"] = stops
 
     user = body.get("safety_identifier") or body.get("user")
     if isinstance(user, str) and user:
@@ -727,6 +747,20 @@ def build_request(body: Mapping[str, Any], upstream_model: str, options: Transla
         request["stream"] = True
     _mark_cache_breakpoints(request)
     return request
+
+
+def _strip_final_assistant(messages: list[JSON]) -> None:
+    """Anthropic refuses a final assistant message ending in whitespace ("final assistant content
+    cannot end with trailing whitespace"): trim its last text block, dropping it if nothing is left."""
+    content = messages[-1]["content"]
+    if content and content[-1]["type"] == "text":
+        text = content[-1]["text"].rstrip()
+        if text:
+            content[-1] = {**content[-1], "text": text}
+        else:
+            content.pop()
+    if not content:
+        messages.pop()
 
 
 def _mark_cache_breakpoints(request: JSON) -> None:
@@ -800,6 +834,15 @@ class _UsageCounter:
 _INCOMPLETE_STOPS = frozenset({"max_tokens", "model_context_window_exceeded"})
 
 
+def _incomplete_reason(stop_reason: Any) -> str | None:
+    """The Responses `incomplete_details.reason` for a Claude stop, None for a finished answer.
+
+    A refusal stays a finished answer: Codex treats `response.incomplete` like a failed stream and
+    would send the same request again for the same refusal. It is marked by a closing message
+    saying so instead (see `_refusal_text`), also after partial text."""
+    return "max_output_tokens" if stop_reason in _INCOMPLETE_STOPS else None
+
+
 def _response_object(
     ctx: ResponseContext,
     info: RequestInfo | None,
@@ -808,7 +851,7 @@ def _response_object(
     usage: JSON | None,
     *,
     error: JSON | None = None,
-    incomplete: bool = False,
+    incomplete: str | None = None,
 ) -> JSON:
     return {
         "id": ctx.response_id,
@@ -817,17 +860,19 @@ def _response_object(
         "status": status,
         "model": ctx.model,
         "output": output,
-        "parallel_tool_calls": info.parallel_tool_calls if info else True,
-        "tool_choice": info.tool_choice if info else "auto",
-        "tools": [],
+        **_echo(ctx, info),
         "usage": usage,
         "error": error,
-        "incomplete_details": {"reason": "max_output_tokens"} if incomplete else None,
+        "incomplete_details": {"reason": incomplete} if incomplete else None,
         "instructions": None,
-        "metadata": {},
-        "temperature": None,
-        "top_p": None,
     }
+
+
+def _echo(ctx: ResponseContext, info: RequestInfo | None) -> JSON:
+    fields = echoed_fields(ctx)
+    if info is not None and not ctx.echo:  # a context made without the request's echo
+        fields["parallel_tool_calls"], fields["tool_choice"] = info.parallel_tool_calls, info.tool_choice
+    return fields
 
 
 def _envelope_model(ctx: ResponseContext, info: RequestInfo | None) -> str:
@@ -883,14 +928,18 @@ def _custom_input(arguments_json: str) -> str:
     except ValueError:
         return arguments_json  # truncated input: hand over what there is
     if isinstance(parsed, dict) and isinstance(parsed.get("input"), str):
-        return parsed["input"]
+        return without_lone_surrogates(parsed["input"])
     if isinstance(parsed, dict) and len(parsed) == 1 and isinstance(next(iter(parsed.values())), str):
-        return str(next(iter(parsed.values())))
+        return without_lone_surrogates(str(next(iter(parsed.values()))))
     return arguments_json
 
 
-def _refusal_text(stop_details: Any) -> str:
-    text = "The model declined to answer this request."
+def _refusal_text(stop_details: Any, partial: bool = False) -> str:
+    text = (
+        "[The model stopped here and declined to continue this answer.]"
+        if partial
+        else "The model declined to answer this request."
+    )
     if isinstance(stop_details, dict) and isinstance(stop_details.get("explanation"), str):
         text += f" {stop_details['explanation']}"
     return text
@@ -911,7 +960,8 @@ def translate_response(provider_body: Mapping[str, Any], ctx: ResponseContext, i
             continue
         kind = block.get("type")
         if kind == "text" and isinstance(block.get("text"), str):
-            output.append(_message_item(_new_id("msg"), block["text"]))
+            if block["text"].strip():  # a whitespace-only block would poison the next request
+                output.append(_message_item(_new_id("msg"), block["text"]))
         elif kind == "thinking":
             text = _str(block.get("thinking"))
             signature = block.get("signature")
@@ -931,11 +981,12 @@ def translate_response(provider_body: Mapping[str, Any], ctx: ResponseContext, i
                 )
             )
     stop_reason = provider_body.get("stop_reason")
-    if stop_reason == "refusal" and not any(item["type"] == "message" for item in output):
-        output.append(_message_item(_new_id("msg"), _refusal_text(provider_body.get("stop_details"))))
+    if stop_reason == "refusal":
+        partial = any(item["type"] == "message" for item in output)
+        output.append(_message_item(_new_id("msg"), _refusal_text(provider_body.get("stop_details"), partial)))
     counter = _UsageCounter()
     counter.update(provider_body.get("usage"))
-    incomplete = stop_reason in _INCOMPLETE_STOPS
+    incomplete = _incomplete_reason(stop_reason)
     return _response_object(
         ctx, info, "incomplete" if incomplete else "completed", output, counter.responses(), incomplete=incomplete
     )
@@ -970,71 +1021,6 @@ class StreamDecoder:
         return events
 
 
-class _CustomInputStream:
-    """Streams the `input` string out of Claude's tool JSON (`{"input": "..."}`) as it arrives."""
-
-    _HEAD = '{"input":"'
-
-    def __init__(self) -> None:
-        self._head = ""
-        self._state = "head"  # head | body | done | off
-        self._escape = ""
-
-    def feed(self, chunk: str) -> str:
-        out: list[str] = []
-        for char in chunk:
-            if self._state == "head":
-                if char.isspace():
-                    continue
-                self._head += char
-                if self._head == self._HEAD:
-                    self._state = "body"
-                elif not self._HEAD.startswith(self._head):
-                    self._state = "off"  # another shape: only the final input will be sent
-            elif self._state == "body":
-                self._body_char(char, out)
-        return "".join(out)
-
-    def _body_char(self, char: str, out: list[str]) -> None:
-        if self._escape:
-            self._escape += char
-            escape = self._escape
-            if escape[1] != "u" or len(escape) == 6 and not 0xD800 <= int(escape[2:6], 16) <= 0xDBFF:
-                out.append(self._decode(escape))
-            elif len(escape) == 7 and char != "\\":
-                # A high surrogate without its pair: emit it and treat this char afresh.
-                out.append(self._decode(escape[:6]))
-                self._escape = ""
-                self._body_char(char, out)
-            elif len(escape) == 8 and char != "u":
-                # A high surrogate followed by another escape: emit it, then start that escape.
-                out.append(self._decode(escape[:6]))
-                self._escape = "\\"
-                self._body_char(char, out)
-            elif len(escape) == 12 and 0xDC00 <= int(escape[8:12], 16) <= 0xDFFF:
-                out.append(self._decode(escape))  # a surrogate pair: one character
-            elif len(escape) == 12:
-                # Two escapes that are not a pair: emit the first, replay the second.
-                out.append(self._decode(escape[:6]))
-                for replayed in escape[6:]:
-                    self._body_char(replayed, out)
-            return
-        if char == "\\":
-            self._escape = "\\"
-        elif char == '"':
-            self._state = "done"
-        else:
-            out.append(char)
-
-    def _decode(self, escape: str) -> str:
-        self._escape = ""
-        try:
-            return str(json.loads(f'"{escape}"'))
-        except ValueError:
-            self._state = "off"
-            return ""
-
-
 @dataclasses.dataclass
 class _OpenBlock:
     kind: str  # text | thinking | redacted | call
@@ -1047,8 +1033,9 @@ class _OpenBlock:
     call_id: str = ""
     name: str = ""
     custom: bool = False
-    custom_stream: _CustomInputStream | None = None
+    custom_stream: InputStringStream | None = None
     streamed: list[str] = dataclasses.field(default_factory=list)
+    opened: bool = True  # a text block is announced only once it holds non-whitespace text
 
 
 class StreamTranslator:
@@ -1143,25 +1130,7 @@ class StreamTranslator:
         if not isinstance(index, int):
             return
         if kind == "text":
-            block = self._open_item("text", "msg")
-            self._emit(
-                out,
-                {
-                    "type": "response.output_item.added",
-                    "output_index": block.output_index,
-                    "item": _message_item(block.item_id, "", "in_progress"),
-                },
-            )
-            self._emit(
-                out,
-                {
-                    "type": "response.content_part.added",
-                    "output_index": block.output_index,
-                    "item_id": block.item_id,
-                    "content_index": 0,
-                    "part": {"type": "output_text", "text": "", "annotations": []},
-                },
-            )
+            block = _OpenBlock("text", -1, _new_id("msg"), opened=False)
             self._blocks[index] = block
             if isinstance(content.get("text"), str) and content["text"]:
                 self._text_delta(out, block, content["text"])
@@ -1188,7 +1157,7 @@ class StreamTranslator:
             custom = ref.kind == "custom"
             block = self._open_item("call", "ctc" if custom else "fc")
             block.call_id, block.name, block.custom = str(content.get("id") or _new_id("toolu")), name, custom
-            block.custom_stream = _CustomInputStream() if custom else None
+            block.custom_stream = InputStringStream() if custom else None
             item = _call_item(block.item_id, block.call_id, name, "", self.info)
             if not custom:
                 item["status"] = "in_progress"
@@ -1196,8 +1165,38 @@ class StreamTranslator:
             self._blocks[index] = block
         # Server tool blocks (web search results and the like) are never requested: ignored.
 
+    def _open_text(self, out: list[JSON], block: _OpenBlock) -> None:
+        block.opened, block.output_index = True, self._next_output
+        self._next_output += 1
+        self._emit(
+            out,
+            {
+                "type": "response.output_item.added",
+                "output_index": block.output_index,
+                "item": _message_item(block.item_id, "", "in_progress"),
+            },
+        )
+        self._emit(
+            out,
+            {
+                "type": "response.content_part.added",
+                "output_index": block.output_index,
+                "item_id": block.item_id,
+                "content_index": 0,
+                "part": {"type": "output_text", "text": "", "annotations": []},
+            },
+        )
+
     def _text_delta(self, out: list[JSON], block: _OpenBlock, text: str) -> None:
         block.text.append(text)
+        if not block.opened:
+            # Claude may send "\n\n" as a block of its own before a tool call; as a message item
+            # Codex would replay it, and Anthropic refuses whitespace-only text blocks.
+            held = "".join(block.text)
+            if not held.strip():
+                return
+            self._open_text(out, block)
+            text = held
         self._emit(
             out,
             {
@@ -1293,6 +1292,8 @@ class StreamTranslator:
             self._close_call(out, block)
 
     def _close_text(self, out: list[JSON], block: _OpenBlock) -> None:
+        if not block.opened:
+            return  # only whitespace came: no message item
         text = "".join(block.text)
         common = {"output_index": block.output_index, "item_id": block.item_id, "content_index": 0}
         self._emit(out, {"type": "response.output_text.done", **common, "text": text, "logprobs": []})
@@ -1349,29 +1350,12 @@ class StreamTranslator:
     def _complete(self, out: list[JSON]) -> None:
         for index in sorted(self._blocks):
             self._close(out, self._blocks.pop(index))  # a block never stopped: close it with what it has
-        if self._stop_reason == "refusal" and not any(item["type"] == "message" for item in self._done.values()):
-            block = self._open_item("text", "msg")
-            self._emit(
-                out,
-                {
-                    "type": "response.output_item.added",
-                    "output_index": block.output_index,
-                    "item": _message_item(block.item_id, "", "in_progress"),
-                },
-            )
-            self._emit(
-                out,
-                {
-                    "type": "response.content_part.added",
-                    "output_index": block.output_index,
-                    "item_id": block.item_id,
-                    "content_index": 0,
-                    "part": {"type": "output_text", "text": "", "annotations": []},
-                },
-            )
-            self._text_delta(out, block, _refusal_text(self._stop_details))
+        if self._stop_reason == "refusal":
+            partial = any(item["type"] == "message" for item in self._done.values())
+            block = _OpenBlock("text", -1, _new_id("msg"), opened=False)
+            self._text_delta(out, block, _refusal_text(self._stop_details, partial))
             self._close_text(out, block)
-        incomplete = self._stop_reason in _INCOMPLETE_STOPS
+        incomplete = _incomplete_reason(self._stop_reason)
         self.outcome = "incomplete" if incomplete else "completed"
         self.usage = self._counter.normalised()
         response = _response_object(

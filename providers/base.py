@@ -24,6 +24,12 @@ provides, in its own module `providers/<family>.py`:
   Decoding the provider's framing (SSE lines, AWS event-stream frames) into event dicts is
   done by a separate function `decode_stream(parser_state, chunk: bytes) -> list[dict]` or a
   small decoder class, also in the family module, so chunk boundaries can fall anywhere.
+- What every family promises (tests/providers/test_conformance.py checks it): no request it
+  builds carries whitespace-only text or an unanswered tool call or a role order its API refuses
+  (histories are repaired, not sent as they came); no answer holds a whitespace-only message item
+  (Codex would replay it); the `response` objects echo the request's fields (`request_echo`);
+  Chat sampling parameters are mapped where the API has them and named in
+  `TranslateOptions.dropped_params` where not; any split of the upstream stream gives the same events.
 - `translate_error(status: int, provider_body: bytes) -> tuple[int, dict]`
   A provider error → (status for the client, OpenAI-shaped `{"error": {...}}` body) with a
   code Codex understands where one applies (`rate_limit_exceeded`, `context_length_exceeded`,
@@ -33,12 +39,27 @@ provides, in its own module `providers/<family>.py`:
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from typing import Any
 
 from codexgate.usage import Usage
 
-__all__ = ["ResponseContext", "TranslateOptions", "Usage", "input_items", "response_object"]
+__all__ = [
+    "GATEWAY_ONLY_KEYS",
+    "SAMPLING_PARAMS",
+    "UNMAPPED_PARAMS_KEY",
+    "ResponseContext",
+    "TranslateOptions",
+    "UnsupportedRequest",
+    "Usage",
+    "echoed_fields",
+    "input_items",
+    "refuse_stateful",
+    "request_echo",
+    "response_object",
+    "sampling_params",
+    "stop_sequences",
+]
 
 
 def input_items(body: Mapping[str, Any]) -> list[dict[str, Any]]:
@@ -66,17 +87,47 @@ def response_object(
         "status": status,
         "model": ctx.model,
         "output": output,
-        "parallel_tool_calls": True,
-        "tool_choice": "auto",
-        "tools": [],
+        **echoed_fields(ctx),
         "usage": usage,
         "error": error,
         "incomplete_details": {"reason": incomplete} if incomplete else None,
         "instructions": None,
-        "metadata": {},
-        "temperature": None,
-        "top_p": None,
     }
+
+
+# What a Responses `response` object repeats from its request, with the API's defaults.
+_ECHO_DEFAULTS: dict[str, Any] = {
+    "parallel_tool_calls": True,
+    "tool_choice": "auto",
+    "tools": [],
+    "metadata": {},
+    "temperature": None,
+    "top_p": None,
+}
+
+
+def request_echo(body: Mapping[str, Any]) -> dict[str, Any]:
+    """The request fields a `response` object echoes, as the request had them (well-formed ones)."""
+    echo: dict[str, Any] = {}
+    if isinstance(body.get("parallel_tool_calls"), bool):
+        echo["parallel_tool_calls"] = body["parallel_tool_calls"]
+    choice = body.get("tool_choice")
+    if choice in ("auto", "none", "required") or isinstance(choice, dict) and isinstance(choice.get("type"), str):
+        echo["tool_choice"] = choice
+    if isinstance(body.get("tools"), list):
+        echo["tools"] = [tool for tool in body["tools"] if isinstance(tool, dict) and isinstance(tool.get("type"), str)]
+    metadata = body.get("metadata")
+    if isinstance(metadata, dict) and all(isinstance(v, str) for v in metadata.values()):
+        echo["metadata"] = metadata
+    for key in ("temperature", "top_p"):
+        if isinstance(body.get(key), int | float) and not isinstance(body.get(key), bool):
+            echo[key] = body[key]
+    return echo
+
+
+def echoed_fields(ctx: ResponseContext) -> dict[str, Any]:
+    """parallel_tool_calls, tool_choice, tools, metadata, temperature, top_p for `ctx`'s answer."""
+    return {key: ctx.echo.get(key, default) for key, default in _ECHO_DEFAULTS.items()}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -88,6 +139,69 @@ class TranslateOptions:
     # Tools the provider cannot serve (web_search, tool_search, ...) are dropped; their names
     # are appended here by build_request so the addon can say so in a header and the log.
     dropped_tools: list[str] = dataclasses.field(default_factory=list)
+    # Request parameters the provider has no counterpart for (Chat `seed` to Anthropic, ...),
+    # appended by build_request (see `sampling_params`) so the client can be told.
+    dropped_params: list[str] = dataclasses.field(default_factory=list)
+
+
+# Chat Completions sampling parameters a Chat client may send. The Responses API has no field for
+# them, so `chat_ingress` carries them in the Responses body under their Chat names, for the
+# translators only (no Responses body with them ever leaves the gateway); each family maps what
+# its API has and reports the rest in `TranslateOptions.dropped_params`.
+SAMPLING_PARAMS = ("stop", "seed", "presence_penalty", "frequency_penalty", "logprobs", "top_logprobs")
+# Chat fields with no Responses counterpart at all, named for the same report.
+UNMAPPED_PARAMS_KEY = "codexgate_unmapped_params"
+GATEWAY_ONLY_KEYS = (*SAMPLING_PARAMS, UNMAPPED_PARAMS_KEY)
+
+
+def sampling_params(body: Mapping[str, Any], options: TranslateOptions, mapped: Iterable[str]) -> dict[str, Any]:
+    """The Chat sampling parameters present in `body`; those not in `mapped` (what the family can
+    send) and those Chat fields the Responses form could not carry are added to `dropped_params`."""
+    present = {key: body[key] for key in SAMPLING_PARAMS if body.get(key) is not None}
+    if present.get("logprobs") is False:
+        del present["logprobs"]  # asking for none is what every provider does anyway
+    accepted = set(mapped)
+    options.dropped_params.extend(key for key in present if key not in accepted)
+    unmapped = body.get(UNMAPPED_PARAMS_KEY)
+    if isinstance(unmapped, list):
+        options.dropped_params.extend(str(name) for name in unmapped)
+    return {key: value for key, value in present.items() if key in accepted}
+
+
+def stop_sequences(value: Any) -> list[str]:
+    """Chat `stop` (a string or a list of strings) as a list, empty strings left out."""
+    values = [value] if isinstance(value, str) else value if isinstance(value, list) else []
+    return [v for v in values if isinstance(v, str) and v]
+
+
+class UnsupportedRequest(ValueError):
+    """A request a translated provider cannot serve faithfully: answered 400 with `body()`."""
+
+    def __init__(self, message: str, param: str | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.param = param
+
+    def body(self) -> dict[str, Any]:
+        return {"error": {"message": self.message, "type": "invalid_request_error", "param": self.param, "code": None}}
+
+
+def refuse_stateful(body: Mapping[str, Any], provider_name: str) -> None:
+    """Raise `UnsupportedRequest` for what needs OpenAI's stored state: the gateway keeps no
+    responses, so `previous_response_id` would silently lose the conversation and `background`
+    would answer a job id nobody can poll."""
+    if body.get("previous_response_id") is not None:
+        raise UnsupportedRequest(
+            f"previous_response_id is not supported for provider {provider_name}: the gateway stores no responses; "
+            "send the whole conversation in `input` (as Codex does with store=false)",
+            "previous_response_id",
+        )
+    if body.get("background") is True:
+        raise UnsupportedRequest(
+            f"background responses are not supported for provider {provider_name}; send the request with "
+            "background=false (streaming if it is long)",
+            "background",
+        )
 
 
 @dataclasses.dataclass(frozen=True)
@@ -98,6 +212,8 @@ class ResponseContext:
     model: str  # the model name to report back (what the client asked for)
     provider_name: str
     created_at: int  # epoch seconds
+    # Request fields the answer repeats (see `request_echo`); absent ones take the API defaults.
+    echo: Mapping[str, Any] = dataclasses.field(default_factory=dict)
 
 
 # Reasoning state across turns. A provider's own reasoning record (Anthropic thinking

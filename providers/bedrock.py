@@ -77,9 +77,12 @@ from codexgate.providers.base import (
     Usage,
     open_reasoning,
     response_object,
+    sampling_params,
     seal_reasoning,
+    stop_sequences,
 )
 from codexgate.providers.base import input_items as _input_items
+from codexgate.providers.jsonstring import InputStringStream, without_lone_surrogates
 
 __all__ = [
     "EventStreamDecoder",
@@ -365,18 +368,19 @@ def _file_block(part: Mapping[str, Any]) -> dict[str, Any]:
 
 
 def _content_blocks(content: Any) -> list[dict[str, Any]]:
-    """Responses message content → Converse content blocks (text, image, document)."""
+    """Responses message content → Converse content blocks (text, image, document). Blank text is
+    left out: Bedrock refuses it ("text content blocks must contain non-whitespace text")."""
     if isinstance(content, str):
-        return [{"text": content}] if content else []
+        return [{"text": content}] if content.strip() else []
     blocks: list[dict[str, Any]] = []
     for part in content if isinstance(content, list) else []:
         if not isinstance(part, dict):
             continue
         kind = part.get("type")
         if kind in ("input_text", "output_text", "text") and isinstance(part.get("text"), str):
-            if part["text"]:
+            if part["text"].strip():
                 blocks.append({"text": part["text"]})
-        elif kind == "refusal" and isinstance(part.get("refusal"), str) and part["refusal"]:
+        elif kind == "refusal" and isinstance(part.get("refusal"), str) and part["refusal"].strip():
             blocks.append({"text": part["refusal"]})
         elif kind == "input_image":
             url = part.get("image_url")
@@ -562,6 +566,20 @@ def _reasoning_fields(
     return {}, max_tokens
 
 
+def _strip_final_assistant(messages: list[dict[str, Any]]) -> None:
+    """A final (prefill) assistant message may not end in whitespace (Claude refuses it): trim its
+    last text block, dropping the block, and the message, when nothing is left."""
+    content = messages[-1]["content"]
+    if content and isinstance(content[-1].get("text"), str):
+        text = content[-1]["text"].rstrip()
+        if text:
+            content[-1] = {**content[-1], "text": text}
+        else:
+            content.pop()
+    if not content:
+        messages.pop()
+
+
 def build_request(body: dict[str, Any], upstream_model: str, options: TranslateOptions) -> dict[str, Any]:
     """A Responses API request body → a Converse / ConverseStream request body (no modelId: that
     travels in the URL, see `request_target`)."""
@@ -627,6 +645,8 @@ def build_request(body: dict[str, Any], upstream_model: str, options: TranslateO
     if not messages or messages[0]["role"] != "user":
         # Converse conversations open with a user turn.
         messages.insert(0, {"role": "user", "content": [{"text": "(conversation start)"}]})
+    if messages[-1]["role"] == "assistant":
+        _strip_final_assistant(messages)
 
     explicit_max = isinstance(body.get("max_output_tokens"), int) and body["max_output_tokens"] > 0
     max_tokens = body["max_output_tokens"] if explicit_max else options.default_max_tokens
@@ -649,6 +669,9 @@ def build_request(body: dict[str, Any], upstream_model: str, options: TranslateO
             value = body.get(source)
             if isinstance(value, int | float) and not isinstance(value, bool):
                 inference[target] = float(value)
+    sampling = sampling_params(body, options, ("stop",))
+    if stop_sequences(sampling.get("stop")):
+        inference["stopSequences"] = stop_sequences(sampling["stop"])
     if inference:
         request["inferenceConfig"] = inference
     if offered:
@@ -771,7 +794,7 @@ def _custom_input(raw: str) -> str:
     except ValueError:
         return raw
     if isinstance(parsed, dict) and isinstance(parsed.get("input"), str):
-        return parsed["input"]
+        return without_lone_surrogates(parsed["input"])
     return raw
 
 
@@ -817,6 +840,8 @@ def translate_response(
             continue
         index = len(output)
         if isinstance(block.get("text"), str):
+            if not block["text"].strip():
+                continue  # whitespace alone: Codex would replay it and Bedrock refuse it
             output.append(_message_item(ctx, index, block["text"], "completed"))
         elif isinstance(block.get("toolUse"), dict):
             use = block["toolUse"]
@@ -910,82 +935,6 @@ def _event_of(message: EventStreamMessage) -> dict[str, Any] | None:
 # --------------------------------------------------------------------------------------------
 
 
-class _JsonStringPrefix:
-    """Decodes, as it arrives, the string value of `{"input": "..."}` streamed as raw JSON text,
-    so a custom tool's input can be shown while the model writes it."""
-
-    __slots__ = ("raw", "_pos", "_started", "_dead", "_done")
-
-    _OPENING = re.compile(r'\s*\{\s*"input"\s*:\s*"')
-    _ESCAPES = {'"': '"', "\\": "\\", "/": "/", "b": "\b", "f": "\f", "n": "\n", "r": "\r", "t": "\t"}
-
-    def __init__(self) -> None:
-        self.raw = ""
-        self._pos = 0
-        self._started = False
-        self._dead = False  # not of the expected shape: decode only at the end
-        self._done = False
-
-    def feed(self, piece: str) -> str:
-        self.raw += piece
-        if self._dead or self._done:
-            return ""
-        if not self._started:
-            match = self._OPENING.match(self.raw)
-            if match is None:
-                self._dead = not _could_still_match(self.raw)
-                return ""
-            self._started, self._pos = True, match.end()
-        out: list[str] = []
-        raw, pos = self.raw, self._pos
-        while pos < len(raw):
-            char = raw[pos]
-            if char == '"':
-                self._done = True
-                pos += 1
-                break
-            if char != "\\":
-                out.append(char)
-                pos += 1
-                continue
-            if pos + 1 >= len(raw):
-                break  # the escape continues in the next piece
-            code = raw[pos + 1]
-            if code in self._ESCAPES:
-                out.append(self._ESCAPES[code])
-                pos += 2
-                continue
-            if code != "u":
-                self._dead = True
-                break
-            if pos + 6 > len(raw):
-                break
-            unit = int(raw[pos + 2 : pos + 6], 16) if re.fullmatch(r"[0-9a-fA-F]{4}", raw[pos + 2 : pos + 6]) else -1
-            if unit < 0:
-                self._dead = True
-                break
-            if 0xD800 <= unit < 0xDC00:  # a surrogate pair needs its second half
-                if pos + 12 > len(raw):
-                    break
-                low_text = raw[pos + 6 : pos + 12]
-                if low_text[:2] != "\\u" or not re.fullmatch(r"[dD][c-fC-F][0-9a-fA-F]{2}", low_text[2:]):
-                    self._dead = True
-                    break
-                low = int(low_text[2:], 16)
-                out.append(chr(0x10000 + ((unit - 0xD800) << 10) + (low - 0xDC00)))
-                pos += 12
-                continue
-            out.append(chr(unit))
-            pos += 6
-        self._pos = pos
-        return "".join(out)
-
-
-def _could_still_match(raw: str) -> bool:
-    compact = re.sub(r"\s+", "", raw)
-    return '{"input":"'.startswith(compact)
-
-
 @dataclasses.dataclass
 class _Block:
     kind: str  # text / tool / reasoning
@@ -995,7 +944,7 @@ class _Block:
     wire: str = ""
     call_id: str = ""
     custom: bool = False
-    custom_input: _JsonStringPrefix | None = None
+    custom_input: InputStringStream | None = None
     emitted: list[str] = dataclasses.field(default_factory=list)  # custom input shown so far
     signature: str | None = None
     redacted: list[bytes] = dataclasses.field(default_factory=list)
@@ -1121,7 +1070,7 @@ class StreamTranslator:
         _, _, custom = _resolve_tool(wire, self._tools)
         block = self._new_block("tool", index, "ctc" if custom else "fc")
         block.wire, block.call_id, block.custom = wire, call_id, custom
-        block.custom_input = _JsonStringPrefix() if custom else None
+        block.custom_input = InputStringStream() if custom else None
         item = _call_item(self.ctx, block.output_index, wire, call_id, self._tools, "", False)
         self._emit(out, "response.output_item.added", output_index=block.output_index, item=item)
 
@@ -1130,8 +1079,20 @@ class StreamTranslator:
             return
         block = self._blocks.get(index)
         if isinstance(delta.get("text"), str):
+            piece = delta["text"]
             if block is None:
+                # Held until it has non-whitespace text: a whitespace-only message item would be
+                # replayed by Codex and refused by Bedrock ("text content blocks must contain
+                # non-whitespace text"). A held block that stays blank is dropped.
+                block = _Block("held", -1, "")
+                self._blocks[index] = block
+            if block.kind == "held" and piece:
+                block.text.append(piece)
+                held = "".join(block.text)
+                if not held.strip():
+                    return
                 block = self._new_block("text", index, "msg")
+                block.text.append(held)
                 item = _message_item(self.ctx, block.output_index, "", "in_progress")
                 self._emit(out, "response.output_item.added", output_index=block.output_index, item=item)
                 self._emit(
@@ -1142,15 +1103,17 @@ class StreamTranslator:
                     content_index=0,
                     part={"type": "output_text", "text": "", "annotations": []},
                 )
-            if block.kind == "text" and delta["text"]:
-                block.text.append(delta["text"])
+                piece = held
+            elif block.kind == "text" and piece:
+                block.text.append(piece)
+            if block.kind == "text" and piece:
                 self._emit(
                     out,
                     "response.output_text.delta",
                     output_index=block.output_index,
                     item_id=block.item_id,
                     content_index=0,
-                    delta=delta["text"],
+                    delta=piece,
                     logprobs=[],
                 )
         elif isinstance(delta.get("toolUse"), dict):
@@ -1220,7 +1183,7 @@ class StreamTranslator:
 
     def _close(self, out: list[dict[str, Any]], index: Any) -> None:
         block = self._blocks.pop(index, None) if isinstance(index, int) else None
-        if block is None:
+        if block is None or block.kind == "held":
             return
         text = "".join(block.text)
         position = {"output_index": block.output_index, "item_id": block.item_id}

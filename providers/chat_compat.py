@@ -87,15 +87,19 @@ from typing import Any, Literal
 from urllib.parse import quote
 
 from codexgate.providers.base import (
+    GATEWAY_ONLY_KEYS,
     REASONING_ENVELOPE_PREFIX,
     ResponseContext,
     TranslateOptions,
     Usage,
     open_reasoning,
     response_object,
+    sampling_params,
     seal_reasoning,
+    stop_sequences,
 )
 from codexgate.providers.base import input_items as _input_items
+from codexgate.providers.jsonstring import InputStringStream, without_lone_surrogates
 from codexgate.sse import SSEParser
 
 __all__ = [
@@ -273,7 +277,8 @@ def azure_responses_body(body: dict[str, Any], deployment: str) -> dict[str, Any
     """A Codex Responses body for Azure's v1 Responses API: passed through as it is, except the
     deployment as `model`, no Codex-internal item metadata, and no reasoning envelopes that the
     gateway made for other providers (Azure cannot read them)."""
-    out = dict(body, model=deployment)
+    out = {key: value for key, value in body.items() if key not in GATEWAY_ONLY_KEYS}
+    out["model"] = deployment
     items = body.get("input")
     if isinstance(items, list):
         kept: list[Any] = []
@@ -473,6 +478,8 @@ def _user_content(content: Any) -> tuple[str | list[dict[str, Any]], list[dict[s
         kind = part.get("type")
         if kind in ("input_text", "output_text", "text"):
             text = str(part.get("text") or "")
+            if not text.strip():
+                continue
             texts.append(text)
             parts.append({"type": "text", "text": text})
         elif kind == "input_image":
@@ -580,11 +587,15 @@ class _Messages:
             if text:
                 self.system.append(text)
         elif kind in (None, "message") and role == "user":
-            self._close_assistant()
             content, _ = _user_content(item.get("content"))
+            if isinstance(content, str) and not content.strip():
+                return  # blank text: hosts refuse it (or take it as a turn with nothing to say)
+            self._close_assistant()
             self._append({"role": "user", "content": content})
         elif kind in (None, "message") and role == "assistant":
             text = _text_of(item.get("content"))
+            if not text.strip():
+                return  # e.g. the "\n\n" Claude sends before a tool call: nothing to replay
             message = self._assistant
             if message is not None and message.get("tool_calls"):
                 self._close_assistant()  # text after calls is a new turn
@@ -810,6 +821,12 @@ def build_request(
     elif host.needs_max_tokens:
         out[host.max_tokens_field] = options.default_max_tokens
 
+    sampling = sampling_params(body, options, ("stop", "seed", "presence_penalty", "frequency_penalty"))
+    if stop_sequences(sampling.get("stop")):
+        out["stop"] = stop_sequences(sampling["stop"])
+    for key in ("seed", "presence_penalty", "frequency_penalty"):
+        if isinstance(sampling.get(key), int | float) and not isinstance(sampling.get(key), bool):
+            out[key] = sampling[key]
     stream = bool(body.get("stream"))
     out["stream"] = stream
     if stream and host.stream_options:
@@ -1109,10 +1126,10 @@ def _custom_input(arguments: str) -> str:
         return arguments
     if isinstance(parsed, dict):
         if isinstance(parsed.get("input"), str):
-            return str(parsed["input"])
+            return without_lone_surrogates(str(parsed["input"]))
         strings = [value for value in parsed.values() if isinstance(value, str)]
         if len(strings) == 1:
-            return strings[0]
+            return without_lone_surrogates(strings[0])
     return parsed if isinstance(parsed, str) else arguments
 
 
@@ -1190,7 +1207,7 @@ def translate_response(
     item_status = "incomplete" if status == "incomplete" else "completed"
     if reasoning or details:
         output.append(_reasoning_item(ctx, _new_id("rs"), "".join(reasoning), details, upstream_model or ctx.model))
-    if texts:
+    if "".join(texts).strip():  # whitespace alone would be replayed as a message hosts refuse
         text = "".join(texts)
         output.append(
             {
@@ -1261,69 +1278,6 @@ class ChatStreamDecoder:
         return events
 
 
-class _InputStream:
-    """The decoded value of `"input"` out of streamed JSON arguments `{"input": "..."}`, as it
-    arrives, so a custom tool's input can be shown while the model writes it."""
-
-    _PREFIX = re.compile(r'\s*\{\s*"input"\s*:\s*"')
-    _ESCAPES = {'"': '"', "\\": "\\", "/": "/", "b": "\b", "f": "\f", "n": "\n", "r": "\r", "t": "\t"}
-
-    def __init__(self) -> None:
-        self._raw = ""
-        self._pos = 0
-        self._state = "prefix"  # prefix → string → end, or off when the JSON has another shape
-        self.emitted = ""
-
-    def feed(self, fragment: str) -> str:
-        self._raw += fragment
-        out: list[str] = []
-        if self._state == "prefix":
-            match = self._PREFIX.match(self._raw)
-            if match:
-                self._state, self._pos = "string", match.end()
-            elif not '{"input":"'.startswith(re.sub(r"\s+", "", self._raw)):
-                self._state = "off"
-        while self._state == "string" and self._pos < len(self._raw):
-            char = self._raw[self._pos]
-            if char == '"':
-                self._state = "end"
-            elif char == "\\":
-                decoded, used = self._escape(self._pos)
-                if used == 0:
-                    break  # the escape is not complete yet
-                out.append(decoded)
-                self._pos += used
-                continue
-            else:
-                out.append(char)
-            self._pos += 1
-        piece = "".join(out)
-        self.emitted += piece
-        return piece
-
-    def _escape(self, at: int) -> tuple[str, int]:
-        raw = self._raw
-        if at + 1 >= len(raw):
-            return "", 0
-        letter = raw[at + 1]
-        if letter != "u":
-            return self._ESCAPES.get(letter, letter), 2
-        if at + 6 > len(raw):
-            return "", 0
-        code = int(raw[at + 2 : at + 6], 16) if re.fullmatch(r"[0-9a-fA-F]{4}", raw[at + 2 : at + 6]) else 0xFFFD
-        if 0xD800 <= code <= 0xDBFF:
-            if at + 12 > len(raw):
-                return "", 0
-            low_text = raw[at + 6 : at + 12]
-            if re.fullmatch(r"\\u[dD][c-fC-F][0-9a-fA-F]{2}", low_text):
-                low = int(low_text[2:], 16)
-                return chr(0x10000 + ((code - 0xD800) << 10) + (low - 0xDC00)), 12
-            return "\ufffd", 6
-        if 0xDC00 <= code <= 0xDFFF:
-            return "\ufffd", 6
-        return chr(code), 6
-
-
 @dataclasses.dataclass
 class _OpenCall:
     output_index: int | None = None
@@ -1332,7 +1286,7 @@ class _OpenCall:
     chat_name: str = ""
     arguments: str = ""
     custom: bool = False
-    input_stream: _InputStream | None = None
+    input_stream: InputStringStream | None = None
     done: bool = False
 
 
@@ -1354,6 +1308,7 @@ class StreamTranslator:
         self._output: list[dict[str, Any] | None] = []  # finished items, by output_index
         self._splitter = _ThinkSplitter()
         self._message: dict[str, Any] | None = None  # open message: index, id, text
+        self._held = ""  # whitespace before a message opens: announced only with real text
         self._reasoning: dict[str, Any] | None = None  # open reasoning: index, id, text, details
         self._calls: dict[int, _OpenCall] = {}
         self._finish: str | None = None
@@ -1479,6 +1434,12 @@ class StreamTranslator:
     def _text_delta(self, text: str) -> list[dict[str, Any]]:
         out = self._close_reasoning()
         if self._message is None:
+            # A whitespace-only message (e.g. "\n\n" before a tool call) would be replayed by
+            # Codex next turn and refused upstream: open the item only once there is text.
+            self._held += text
+            if not self._held.strip():
+                return out
+            text, self._held = self._held, ""
             index = self._next_index()
             self._message = {"index": index, "id": _new_id("msg"), "text": ""}
             item = {
@@ -1512,7 +1473,7 @@ class StreamTranslator:
         return out
 
     def _close_message(self, status: str = "completed") -> list[dict[str, Any]]:
-        state, self._message = self._message, None
+        state, self._message, self._held = self._message, None, ""
         if state is None:
             return []
         part = {"type": "output_text", "text": state["text"], "annotations": []}
@@ -1547,7 +1508,7 @@ class StreamTranslator:
             added = _call_item(self.tools, state.chat_name, state.call_id, "", state.item_id, "in_progress")
             if state.custom:
                 added["input"] = ""
-                state.input_stream = _InputStream()
+                state.input_stream = InputStringStream()
             out.append(self._event("response.output_item.added", output_index=state.output_index, item=added))
             fragment, state.arguments = state.arguments + fragment, ""
         if fragment:

@@ -78,6 +78,7 @@ import uuid
 from collections.abc import Iterable, Mapping
 from typing import Any
 
+from codexgate.providers.base import SAMPLING_PARAMS, UNMAPPED_PARAMS_KEY
 from codexgate.sse import SSEParser
 
 JSON = dict[str, Any]
@@ -88,6 +89,7 @@ __all__ = [
     "ChatSSERelay",
     "UpstreamFailed",
     "chat_to_responses",
+    "chat_to_translator_body",
     "chat_usage",
     "completion_id",
     "encode_chunks",
@@ -218,6 +220,22 @@ def chat_to_responses(body: Mapping[str, Any], *, dropped: list[str] | None = No
     for key in present:
         if key not in _HANDLED and key not in _SILENT:
             notes.append(key)
+    return out
+
+
+def chat_to_translator_body(body: Mapping[str, Any]) -> JSON:
+    """`chat_to_responses` for the gateway's own translators: the Responses body plus the Chat
+    sampling parameters (`stop`, `seed`, ...) under their Chat names and the names of the other
+    dropped fields, so each family maps what its API has and reports the rest (see
+    `base.sampling_params`). Never sent anywhere as it is: it is not a valid Responses body."""
+    dropped: list[str] = []
+    out = chat_to_responses(body, dropped=dropped)
+    for key in SAMPLING_PARAMS:
+        if body.get(key) is not None:
+            out[key] = body[key]
+    unmapped = [name for name in dropped if name not in SAMPLING_PARAMS]
+    if unmapped:
+        out[UNMAPPED_PARAMS_KEY] = unmapped
     return out
 
 

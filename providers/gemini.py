@@ -66,8 +66,17 @@ import urllib.parse
 from collections.abc import Iterable, Mapping
 from typing import Any
 
-from codexgate.providers.base import ResponseContext, TranslateOptions, open_reasoning, seal_reasoning
+from codexgate.providers.base import (
+    ResponseContext,
+    TranslateOptions,
+    echoed_fields,
+    open_reasoning,
+    sampling_params,
+    seal_reasoning,
+    stop_sequences,
+)
 from codexgate.providers.base import input_items as _input_items
+from codexgate.providers.jsonstring import without_lone_surrogates
 from codexgate.sse import SSEParser
 from codexgate.usage import Usage
 
@@ -124,6 +133,10 @@ _LEVEL_FLASH = {
 # 512..24576. Unknown model names (aliases such as gemini-flash-latest) also get a budget: Gemini 3
 # still accepts one, Gemini 2.5 does not accept a level.
 _BUDGET = {"none": 0, "minimal": 512, "low": 2048, "medium": 8192, "high": 24576, "xhigh": 32768}
+# Under an output cap this small, Gemini 3 thinks at its lowest level (its levels have no token cap).
+_SMALL_CAP = 2048
+# A thinking budget below this (Gemini 2.5 Pro's own minimum) is not worth spending a capped output on.
+_MIN_USEFUL_BUDGET = 128
 
 # Responses tools the Gemini function-calling API cannot serve.
 _SERVABLE_TOOL_TYPES = {"function", "custom", "namespace"}
@@ -291,14 +304,58 @@ def gemini_schema(schema: Mapping[str, Any]) -> dict[str, Any]:
     return _convert_schema(schema, definitions, 0)
 
 
+# Gemini's Schema has no "any value": a schema without a type (`{}`, an array's missing `items`)
+# offers every type instead, so the model is not told it must pass a string.
+_ANY_SCALAR: list[dict[str, Any]] = [{"type": "STRING"}, {"type": "NUMBER"}, {"type": "BOOLEAN"}, {"type": "OBJECT"}]
+
+
+def _any_value() -> dict[str, Any]:
+    return {"anyOf": [*_ANY_SCALAR, {"type": "ARRAY", "items": {"anyOf": list(_ANY_SCALAR)}}], "nullable": True}
+
+
+def _merge_all_of(schema: Mapping[str, Any]) -> dict[str, Any]:
+    """`allOf: [A, B]` → one schema with A's and B's properties and required names (the first
+    branch naming a type, description, ... wins; Gemini has no intersection)."""
+    merged: dict[str, Any] = {k: v for k, v in schema.items() if k != "allOf"}
+    properties: dict[str, Any] = dict(merged.get("properties") or {})
+    required: list[Any] = list(merged.get("required") or [])
+    for branch in schema["allOf"]:
+        if not isinstance(branch, dict):
+            continue
+        if isinstance(branch.get("allOf"), list):
+            branch = _merge_all_of(branch)
+        for key, value in branch.items():
+            if key == "properties" and isinstance(value, dict):
+                for name, sub in value.items():
+                    properties.setdefault(name, sub)
+            elif key == "required" and isinstance(value, list):
+                required += [name for name in value if name not in required]
+            else:
+                merged.setdefault(key, value)
+    if properties:
+        merged["properties"] = properties
+    if required:
+        merged["required"] = required
+    return merged
+
+
+def _resolve_ref(schema: Mapping[str, Any], definitions: Mapping[str, Any]) -> dict[str, Any]:
+    """A `$ref` to `#/$defs/X` or `#/definitions/X`, inlined (siblings of `$ref` win)."""
+    target = definitions.get(str(schema["$ref"]).rsplit("/", 1)[-1])
+    return {**(target if isinstance(target, dict) else {}), **{k: v for k, v in schema.items() if k != "$ref"}}
+
+
 def _convert_schema(schema: Any, definitions: Mapping[str, Any], depth: int) -> dict[str, Any]:
     if not isinstance(schema, dict) or depth > _MAX_SCHEMA_DEPTH:
         return {"type": "STRING"}
-    ref = schema.get("$ref")
-    if isinstance(ref, str):
-        target = definitions.get(ref.rsplit("/", 1)[-1])
-        merged = {**(target if isinstance(target, dict) else {}), **{k: v for k, v in schema.items() if k != "$ref"}}
-        return _convert_schema(merged, definitions, depth + 1)
+    for key in ("$defs", "definitions"):
+        if isinstance(schema.get(key), dict):  # nested definitions (bundled schemas)
+            definitions = {**definitions, **schema[key]}
+    if isinstance(schema.get("$ref"), str):
+        return _convert_schema(_resolve_ref(schema, definitions), definitions, depth + 1)
+    if isinstance(schema.get("allOf"), list):
+        branches = [_resolve_ref(b, definitions) if isinstance(b, dict) and "$ref" in b else b for b in schema["allOf"]]
+        return _convert_schema(_merge_all_of({**schema, "allOf": branches}), definitions, depth + 1)
 
     out: dict[str, Any] = {}
     nullable = schema.get("nullable") is True
@@ -322,6 +379,9 @@ def _convert_schema(schema: Any, definitions: Mapping[str, Any], depth: int) -> 
         if branches:
             out["anyOf"] = [_convert_schema(branch, definitions, depth + 1) for branch in branches]
     gemini_type = _gemini_type(types, schema)
+    if gemini_type == "ANY":
+        out = _any_value()
+        gemini_type = None
     if len([t for t in types if t in _TYPES]) > 1:
         # ["string", "number"]: Gemini has one type per schema, so offer the alternatives
         out["anyOf"] = [
@@ -332,7 +392,7 @@ def _convert_schema(schema: Any, definitions: Mapping[str, Any], depth: int) -> 
         gemini_type = None
     if gemini_type and "anyOf" not in out:
         out["type"] = gemini_type
-    if nullable:
+    if nullable or out.get("nullable"):
         out["nullable"] = True
 
     for key in ("title", "description", "pattern"):
@@ -367,6 +427,12 @@ def _convert_schema(schema: Any, definitions: Mapping[str, Any], depth: int) -> 
 
     if gemini_type == "OBJECT":
         properties = schema.get("properties")
+        extra = schema.get("additionalProperties")
+        if isinstance(extra, dict) and not properties:
+            # A map (`additionalProperties: {schema}`): Gemini's API has no field for it, so the
+            # value type is told to the model in words rather than lost.
+            note = "An object mapping any keys to values of this JSON schema: " + json.dumps(extra)
+            out["description"] = f"{out['description']} ({note})" if out.get("description") else note
         if isinstance(properties, dict) and properties:
             out["properties"] = {
                 str(name): _convert_schema(sub, definitions, depth + 1) for name, sub in properties.items()
@@ -379,8 +445,8 @@ def _convert_schema(schema: Any, definitions: Mapping[str, Any], depth: int) -> 
                 out["propertyOrdering"] = ordering
     elif gemini_type == "ARRAY":
         items = schema.get("items")
-        # Gemini rejects an ARRAY without `items`; an unspecified item type becomes STRING.
-        out["items"] = _convert_schema(items, definitions, depth + 1) if isinstance(items, dict) else {"type": "STRING"}
+        # Gemini rejects an ARRAY without `items`; unspecified items may be any value.
+        out["items"] = _convert_schema(items, definitions, depth + 1) if isinstance(items, dict) else _any_value()
     return out
 
 
@@ -395,7 +461,14 @@ def _gemini_type(types: list[Any], schema: Mapping[str, Any]) -> str | None:
         return "OBJECT"
     if "items" in schema:
         return "ARRAY"
-    return "STRING"
+    values = schema.get("enum") if isinstance(schema.get("enum"), list) else None
+    if values is None and "const" in schema:
+        values = [schema["const"]]
+    if values and all(isinstance(v, str) for v in values):
+        return "STRING"
+    if isinstance(schema.get("additionalProperties"), dict):
+        return "OBJECT"
+    return "ANY"  # `{}`, `{"not": ...}`: any JSON value
 
 
 # ==================================================================================================
@@ -429,14 +502,24 @@ def _thinking_config(body: Mapping[str, Any], upstream_model: str) -> dict[str, 
     # Summaries are on unless Codex asked for none: Codex shows them while the model thinks.
     include = reasoning.get("summary") != "none"
     config: dict[str, Any]
+    # Thinking tokens count against maxOutputTokens: with a cap, thinking gets at most half of it
+    # (the answer the other half), and a level model thinks at its lowest level under a small cap.
+    cap = body.get("max_output_tokens")
+    cap = cap if isinstance(cap, int) and not isinstance(cap, bool) and cap > 0 else None
     if family == "level":
-        config = {"thinkingLevel": (_LEVEL_PRO if is_pro else _LEVEL_FLASH)[effort]}
+        levels = _LEVEL_PRO if is_pro else _LEVEL_FLASH
+        config = {"thinkingLevel": levels["minimal" if cap is not None and cap < _SMALL_CAP else effort]}
     else:
         budget = _BUDGET[effort]
         name = upstream_model.lower()
+        if cap is not None:
+            budget = min(budget, cap // 2)
+            if budget < _MIN_USEFUL_BUDGET and not is_pro:
+                budget = 0  # too little room to think usefully: the cap goes to the answer
         budget = min(max(budget, 128), 32768) if is_pro else min(budget, 24576)
         if budget and "lite" in name:
-            budget = max(budget, 512)
+            # Flash-Lite takes 0 or 512..24576: under a cap too small for 512, it does not think.
+            budget = 0 if cap is not None and cap // 2 < 512 else max(budget, 512)
         config = {"thinkingBudget": budget}
         include = include and budget > 0
     if include:
@@ -500,15 +583,16 @@ def _media_part(part: Mapping[str, Any]) -> dict[str, Any] | None:
 
 
 def _user_parts(content: Any) -> list[dict[str, Any]]:
+    # Gemini refuses blank text ("empty text parameter"): whitespace-only text is left out.
     if isinstance(content, str):
-        return [{"text": content}] if content else []
+        return [{"text": content}] if content.strip() else []
     parts: list[dict[str, Any]] = []
     for part in content if isinstance(content, list) else []:
         if not isinstance(part, dict):
             continue
         kind = part.get("type")
         if kind in ("input_text", "output_text", "text") and isinstance(part.get("text"), str):
-            if part["text"]:
+            if part["text"].strip():
                 parts.append({"text": part["text"]})
         elif kind in ("input_image", "input_file"):
             media = _media_part(part)
@@ -640,7 +724,8 @@ class _History:
             own = [a for a in texts if a.get("item") is not None and a.get("item") == item.get("id")]
             if len(messages) == 1:
                 own += orphans
-            text_parts, used = _signed_text_parts(_text_of(item.get("content")), own)
+            text = _text_of(item.get("content"))
+            text_parts, used = _signed_text_parts(text if text.strip() else "", own)
             parts.extend(text_parts)
             placed += used
         # Text signatures not placed yet (a signature on an empty part after a call, or spans
@@ -650,7 +735,8 @@ class _History:
                 continue
             last_text = next((p for p in reversed(parts) if "text" in p and not p.get("thought")), None)
             if anchor.get("len") == 0 or last_text is None:
-                parts.append({"text": "", "thoughtSignature": anchor["sig"]})
+                held = anchor.get("text") if isinstance(anchor.get("text"), str) else ""
+                parts.append({"text": held, "thoughtSignature": anchor["sig"]})
             elif "thoughtSignature" not in last_text:
                 last_text["thoughtSignature"] = anchor["sig"]
         self._add("model", parts)
@@ -697,6 +783,55 @@ def _signed_text_parts(text: str, anchors: list[dict[str, Any]]) -> tuple[list[d
     if cursor < len(text):
         parts.append({"text": text[cursor:]})
     return parts, used
+
+
+_NO_OUTPUT = "No output was recorded for this call."
+
+
+def _answer_part(call: Mapping[str, Any], responses: list[dict[str, Any]]) -> dict[str, Any]:
+    """The function response answering `call` (taken out of `responses`), or a stand-in."""
+    for index, part in enumerate(responses):
+        response = part["functionResponse"]
+        same_id = "id" in call and response.get("id") == call["id"]
+        if same_id or ("id" not in call or "id" not in response) and response.get("name") == call.get("name"):
+            return responses.pop(index)
+    stand_in: dict[str, Any] = {"name": call.get("name"), "response": {"output": _NO_OUTPUT}}
+    if "id" in call:
+        stand_in["id"] = call["id"]
+    return {"functionResponse": stand_in}
+
+
+def _repair_turns(contents: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Make the history acceptable to generateContent: it starts and ends with a user turn, and
+    each function-call turn is followed by a user turn answering every call, in order (a call
+    whose output is missing, interrupted turns, gets a stand-in output, as for Anthropic).
+    Responses left over (their call is gone) become text."""
+    repaired: list[dict[str, Any]] = []
+    for index, content in enumerate(contents):
+        if content["role"] == "model":
+            repaired.append(content)
+            calls = [part["functionCall"] for part in content["parts"] if "functionCall" in part]
+            following = contents[index + 1] if index + 1 < len(contents) else None
+            if calls and (following is None or following["role"] != "user"):
+                repaired.append({"role": "user", "parts": [_answer_part(call, []) for call in calls]})
+            continue
+        previous = contents[index - 1] if index else None
+        calls = [p["functionCall"] for p in previous["parts"] if "functionCall" in p] if previous else []
+        responses = [part for part in content["parts"] if "functionResponse" in part]
+        others = [part for part in content["parts"] if "functionResponse" not in part]
+        answers = [_answer_part(call, responses) for call in calls]
+        leftovers = [  # answers to calls not in the turn before
+            {"text": f"Output of tool call {part['functionResponse'].get('name')}:\n"
+                     f"{_dict(part['functionResponse'].get('response')).get('output')}"}
+            for part in responses
+        ]  # fmt: skip
+        repaired.append({"role": "user", "parts": answers + leftovers + others})
+    if not repaired or repaired[0]["role"] != "user":
+        repaired.insert(0, {"role": "user", "parts": [{"text": "(The conversation so far follows.)"}]})
+    if repaired[-1]["role"] != "user":
+        # Gemini takes no final model turn to continue from; ask for the continuation instead.
+        repaired.append({"role": "user", "parts": [{"text": "Continue."}]})
+    return repaired
 
 
 def _ensure_current_turn_signatures(contents: list[dict[str, Any]]) -> None:
@@ -754,6 +889,7 @@ def build_request(body: dict[str, Any], upstream_model: str, options: TranslateO
     if isinstance(body.get("instructions"), str) and body["instructions"]:
         history.system.append(body["instructions"])
     history.build(_input_items(body))
+    history.contents = _repair_turns(history.contents)
     family, _ = _model_family(upstream_model)
     if not re.match(r"(?:.*/)?gemini-[12]\.", upstream_model.lower()):
         # Gemini 3 and names we cannot date (aliases) may insist; 1.x/2.x never do, so they
@@ -778,6 +914,13 @@ def build_request(body: dict[str, Any], upstream_model: str, options: TranslateO
     thinking = _thinking_config(body, upstream_model)
     if thinking is not None:
         generation["thinkingConfig"] = thinking
+    # Chat clients' sampling parameters; Gemini's penalties are refused by several models, so
+    # they are reported as dropped rather than sent.
+    sampling = sampling_params(body, options, ("stop", "seed"))
+    if stop_sequences(sampling.get("stop")):
+        generation["stopSequences"] = stop_sequences(sampling["stop"])
+    if isinstance(sampling.get("seed"), int) and not isinstance(sampling.get("seed"), bool):
+        generation["seed"] = sampling["seed"]
     text_format = (body.get("text") or {}).get("format") if isinstance(body.get("text"), dict) else None
     if isinstance(text_format, dict) and text_format.get("type") in ("json_schema", "json_object"):
         if declarations and family != "level":
@@ -1006,6 +1149,7 @@ class StreamTranslator:
         self.upstream_model = upstream_model or ctx.model
         self.usage: Usage | None = None
         self.outcome: str | None = None
+        self._held = ""  # whitespace before a message opens: announced only with real text
         self._sequence = 0
         self._ids = 0
         self._started = False
@@ -1034,16 +1178,11 @@ class StreamTranslator:
             "status": status,
             "model": self.ctx.model,
             "output": list(self._output),
-            "parallel_tool_calls": True,
-            "tool_choice": "auto",
-            "tools": [],
+            **echoed_fields(self.ctx),
             "usage": _usage_object(self.usage) if status != "in_progress" else None,
             "error": None,
             "incomplete_details": None,
             "instructions": None,
-            "metadata": {},
-            "temperature": None,
-            "top_p": None,
         }
         response.update(extra)
         return response
@@ -1119,7 +1258,7 @@ class StreamTranslator:
         return sealed
 
     def _close(self, status: str = "completed") -> list[dict[str, Any]]:
-        current, self._open = self._open, None
+        current, self._open, self._held = self._open, None, ""
         if current is None:
             return []
         item_id, text, index = current["id"], current["text"], self._index
@@ -1193,7 +1332,18 @@ class StreamTranslator:
     def _text(self, part: Mapping[str, Any]) -> list[dict[str, Any]]:
         text = part["text"] if isinstance(part.get("text"), str) else ""
         events: list[dict[str, Any]] = []
+        prefix = ""
         if text and (self._open is None or self._open["kind"] != "message"):
+            if not text.strip():
+                # A whitespace-only message would be replayed by Codex and refused ("empty text
+                # parameter"): hold it until real text comes; a signature on it is kept as is.
+                self._held += text
+                if isinstance(part.get("thoughtSignature"), str):
+                    self._anchors.append(
+                        {"k": "text", "item": None, "at": 0, "len": 0, "text": text, "sig": part["thoughtSignature"]}
+                    )
+                return events
+            prefix = self._held
             events += self._close()
             events += self._open_message()
         message = self._open if self._open is not None and self._open["kind"] == "message" else None
@@ -1202,11 +1352,12 @@ class StreamTranslator:
                 {
                     "k": "text",
                     "item": message["id"] if message else None,
-                    "at": len(message["text"]) if message else 0,
+                    "at": len(message["text"]) + len(prefix) if message else 0,
                     "len": len(text),
                     "sig": part["thoughtSignature"],
                 }
             )
+        text = prefix + text
         if text and message is not None:
             message["text"] += text
             events.append(
@@ -1242,6 +1393,7 @@ class StreamTranslator:
             if not isinstance(value, str):
                 strings = [v for v in args.values() if isinstance(v, str)]
                 value = strings[0] if len(args) == 1 and strings else json.dumps(args, ensure_ascii=False)
+            value = without_lone_surrogates(value)  # as every family decodes custom input
             item = {"type": "custom_tool_call", "id": self._new_id("ctc"), "call_id": call_id, "name": target.name}
             if target.namespace:
                 item["namespace"] = target.namespace

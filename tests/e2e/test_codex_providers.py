@@ -226,3 +226,76 @@ def test_codex_waits_out_a_429_when_no_fallback_is_left(
     assert result.returncode == 0, result.stdout + result.stderr
     assert "mock-model reply: say hello" in result.stdout  # the fake's answer, after Codex's retry
     assert len(flaky.received) - before == 2  # the 429, then Codex's own retry after Retry-After
+
+
+def script_blank_then_call(family: str, fake: Any, marker: str, final: str) -> None:
+    """The model's first answer opens with a whitespace-only text ("\\n\\n") before its tool call,
+    as Claude sometimes does; Codex replays what it got, and the provider refuses blank text."""
+    arguments = {"cmd": f"echo {marker}"}
+    if family == "anthropic":
+        fake.replies.extend(
+            [
+                anthropic_fake.Reply(
+                    content=[
+                        {"type": "text", "text": "\n\n"},
+                        {"type": "tool_use", "name": "exec_command", "input": arguments},
+                    ],
+                    stop_reason="tool_use",
+                ),
+                anthropic_fake.Reply(content=[{"type": "text", "text": final}]),
+            ]
+        )
+    elif family == "gemini":
+        model = "gemini-2.5-flash"
+        call = gemini_fake.call_part("exec_command", arguments, signature=gemini_fake.sign(model, "fc", "exec_command"))
+        fake.script(
+            gemini_fake.Reply(
+                chunks=[
+                    gemini_fake.chunk([gemini_fake.text_part("\n\n")]),
+                    gemini_fake.chunk([call], finish="STOP", usage=gemini_fake.usage_metadata(900, 20)),
+                ]
+            ),
+            gemini_fake.Reply(
+                chunks=[gemini_fake.chunk([gemini_fake.text_part(final)], "STOP", gemini_fake.usage_metadata(950, 12))]
+            ),
+        )
+    elif family == "bedrock":
+        fake.script(
+            bedrock_fake.Reply(
+                events=bedrock_fake.stream_events(
+                    [bedrock_fake.Text("\n\n"), bedrock_fake.ToolUse("tooluse_e2e_2", "exec_command", arguments)],
+                    "tool_use",
+                )
+            ),
+            bedrock_fake.Reply(events=bedrock_fake.stream_events([bedrock_fake.Text(final)], "end_turn")),
+        )
+    else:
+        fake.script(
+            chat_fake.Reply(
+                chunks=[
+                    chat_fake.chunk({"role": "assistant", "content": "\n\n"}),
+                    *chat_fake.tool_call_chunks("call_e2e_2", "exec_command", json.dumps(arguments)),
+                    chat_fake.chunk({}, "tool_calls"),
+                    chat_fake.chunk(empty_choices=True, usage=chat_fake.usage(900, 20)),
+                ]
+            ),
+            chat_fake.Reply(chunks=chat_fake.text_chunks(final, final_usage=chat_fake.usage(950, 12))),
+        )
+
+
+@pytest.mark.parametrize("family", sorted(CASES))
+def test_blank_text_before_a_tool_call_does_not_end_the_session(
+    family: str, fakes: dict[str, Any], provider_gateway: Gateway, tmp_path: Path
+) -> None:
+    model, _ = CASES[family]
+    fake = fakes[family]
+    marker = f"blank-{family}-{uuid.uuid4().hex[:8]}"
+    final = f"Done after a blank start via {family}: {marker}."
+    before = len(fake.received)
+    script_blank_then_call(family, fake, marker, final)
+    result = run_codex(provider_gateway, "base-url", f"please run `echo {marker}`", tmp_path, model=model)
+    output = result.stdout + result.stderr
+    assert result.returncode == 0, output
+    assert final in result.stdout, output
+    assert not fake.invalid, fake.invalid  # the replayed history carried no blank text
+    assert len(fake.received[before:]) == 2

@@ -310,6 +310,8 @@ def api_rule_errors(body: dict[str, Any], model_known: bool = True) -> list[str]
             kind_ = block.get("type")
             if kind_ == "text" and not block.get("text"):
                 errors.append(f"{where}: text content blocks must be non-empty")
+            elif kind_ == "text" and not str(block.get("text")).strip():
+                errors.append(f"{where}: text content blocks must contain non-whitespace text")
             if kind_ == "image" and block.get("source", {}).get("type") == "base64":
                 try:
                     base64.b64decode(block["source"]["data"], validate=True)
@@ -362,6 +364,9 @@ def api_rule_errors(body: dict[str, Any], model_known: bool = True) -> list[str]
 
     last = messages[-1] if messages else {}
     last_blocks = _blocks(last.get("content"))
+    final_text = str(last_blocks[-1].get("text")) if last_blocks and last_blocks[-1].get("type") == "text" else ""
+    if last.get("role") == "assistant" and final_text != final_text.rstrip():
+        errors.append("final assistant content cannot end with trailing whitespace")
     last_has_thinking = any(b.get("type") in ("thinking", "redacted_thinking") for b in last_blocks)
     if kind not in ("enabled", "adaptive") and last.get("role") == "assistant" and last_has_thinking:
         errors.append(

@@ -209,6 +209,10 @@ def _conversation_errors(body: dict[str, Any]) -> list[str]:
         }
         if calls - answered:
             errors.append(f"$.messages[{index}]: toolUse ids {sorted(calls - answered)} lack a toolResult next turn")
+    last = [block for block in (messages[-1].get("content") or []) if isinstance(block, dict)] if messages else []
+    final_text = last[-1]["text"] if last and isinstance(last[-1].get("text"), str) else ""
+    if messages and messages[-1].get("role") == "assistant" and final_text != final_text.rstrip():
+        errors.append("$.messages: final assistant content cannot end with trailing whitespace")
     thinking = (body.get("additionalModelRequestFields") or {}).get("thinking")
     if isinstance(thinking, dict) and thinking.get("type") == "enabled":
         budget = thinking.get("budget_tokens")

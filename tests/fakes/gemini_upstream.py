@@ -175,6 +175,10 @@ def _check_contents(body: Mapping[str, Any], model: str) -> None:
             data = [key for key in _PART_DATA if key in part]
             if len(data) != 1:
                 raise InvalidRequest(f"contents[{index}].parts[{number}]: exactly one data field, got {data}")
+            if "text" in part and not str(part["text"]).strip() and "thoughtSignature" not in part:
+                raise InvalidRequest(
+                    f"* GenerateContentRequest.contents[{index}].parts[{number}].data: empty text parameter"
+                )
             if part.get("thought") and "text" not in part:
                 raise InvalidRequest(f"contents[{index}].parts[{number}]: thought without text")
             if "thoughtSignature" in part:
@@ -183,16 +187,21 @@ def _check_contents(body: Mapping[str, Any], model: str) -> None:
                 raise InvalidRequest("function calls must be in model turns")
             if content["role"] == "model" and "functionResponse" in part:
                 raise InvalidRequest("function responses must be in user turns")
+    if contents[0]["role"] != "user" or contents[-1]["role"] != "user":
+        raise InvalidRequest(
+            "Please ensure that multiturn requests alternate between user and model, "
+            "starting and ending with a user turn."
+        )
     # Each function-call turn is answered by as many function responses, same names, same order.
     for index, content in enumerate(contents):
         calls = [p["functionCall"]["name"] for p in content["parts"] if "functionCall" in p]
         if not calls:
             continue
         following = contents[index + 1] if index + 1 < len(contents) else None
-        if following is None:
-            continue  # the model's last step, not yet answered (valid for a prefill)
-        answers = [p["functionResponse"]["name"] for p in following["parts"] if "functionResponse" in p]
-        if following["role"] != "user" or answers != calls:
+        answers = (
+            [p["functionResponse"]["name"] for p in following["parts"] if "functionResponse" in p] if following else []
+        )
+        if following is None or following["role"] != "user" or answers != calls:
             raise InvalidRequest(
                 "Please ensure that the number of function response parts is equal to the number of "
                 f"function call parts of the function call turn (calls {calls}, responses {answers})."

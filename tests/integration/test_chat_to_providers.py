@@ -71,3 +71,39 @@ def test_chat_completions_client_reaches_claude(claude_gateway: Gateway, claude:
     assert [c.choices[0].finish_reason for c in chunks if c.choices and c.choices[0].finish_reason] == ["tool_calls"]
     assert chunks[-1].usage is not None
     assert not claude.invalid, claude.invalid
+
+
+def test_chat_stop_reaches_claude_and_unmappable_parameters_are_named(
+    claude_gateway: Gateway, claude: anthropic_fake.FakeAnthropic
+) -> None:
+    client = openai.OpenAI(api_key=ALICE_KEY, base_url=claude_gateway.base_url, max_retries=0, timeout=20)
+    claude.reset()
+    claude.replies.append(
+        anthropic_fake.Reply(content=[{"type": "text", "text": "1 2 3"}], stop_reason="stop_sequence")
+    )
+    raw = client.chat.completions.with_raw_response.create(
+        model="claude-sonnet-4-5",
+        messages=[{"role": "user", "content": "count"}],
+        stop=["4"],
+        seed=7,
+        presence_penalty=0.5,
+    )
+    assert raw.parse().choices[0].message.content == "1 2 3"
+    sent = claude.received[-1].json()
+    assert sent["stop_sequences"] == ["4"] and "seed" not in sent
+    assert sorted(raw.headers["x-codexgate-dropped-params"].split(",")) == ["presence_penalty", "seed"]
+    assert not claude.invalid, claude.invalid
+
+
+@pytest.mark.parametrize(("field", "value"), [("previous_response_id", "resp_earlier"), ("background", True)])
+def test_stateful_responses_requests_are_refused_with_400(
+    claude_gateway: Gateway, claude: anthropic_fake.FakeAnthropic, field: str, value: object
+) -> None:
+    client = openai.OpenAI(api_key=ALICE_KEY, base_url=claude_gateway.base_url, max_retries=0, timeout=20)
+    claude.reset()
+    with pytest.raises(openai.BadRequestError) as refused:
+        client.responses.create(model="claude-sonnet-4-5", input="go on", **{field: value})  # type: ignore[call-overload]
+    assert refused.value.status_code == 400
+    error = refused.value.body
+    assert isinstance(error, dict) and error["param"] == field and error["type"] == "invalid_request_error"
+    assert not claude.received  # nothing went upstream

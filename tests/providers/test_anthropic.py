@@ -27,6 +27,7 @@ from fakes.sdk_validation import valid_response, valid_stream_event
 
 from codexgate.providers import anthropic
 from codexgate.providers.base import ResponseContext, TranslateOptions, open_reasoning, seal_reasoning
+from codexgate.providers.jsonstring import InputStringStream, without_lone_surrogates
 from codexgate.usage import Usage
 
 FIXTURE = Path(__file__).parent.parent / "fixtures" / "codex_request_tool_round_trip.json"
@@ -310,8 +311,12 @@ def test_adaptive_thinking(model: str, effort: str, expected_effort: str, thinks
 def test_explicit_max_output_tokens_shrinks_or_drops_the_budget() -> None:
     request, _ = build(body_with(user("x"), reasoning={"effort": "high"}, max_output_tokens=5000))
     assert request["max_tokens"] == 5000 and request["thinking"]["budget_tokens"] == 5000 - 1024
+    # The smallest budget (1,024) still fits under a 1,500 cap: thinking stays on.
     request, _ = build(body_with(user("x"), reasoning={"effort": "high"}, max_output_tokens=1500))
-    assert request["max_tokens"] == 1500 and "thinking" not in request
+    assert request["max_tokens"] == 1500 and request["thinking"]["budget_tokens"] == 1024
+    # A cap of 1,024 or less leaves no room for it (the budget must stay below max_tokens).
+    request, _ = build(body_with(user("x"), reasoning={"effort": "high"}, max_output_tokens=1024))
+    assert request["max_tokens"] == 1024 and "thinking" not in request
 
 
 def test_forced_tool_choice_turns_manual_thinking_off() -> None:
@@ -724,13 +729,14 @@ def test_custom_tool_input_streams_exactly_at_any_split() -> None:
         encoded = json.dumps({"input": text}, ensure_ascii=generator.random() < 0.5)
         if generator.random() < 0.3:
             encoded = encoded.replace('{"input": ', '{ "input" :')
-        stream = anthropic._CustomInputStream()
+        stream = InputStringStream()
         position, pieces = 0, []
         while position < len(encoded):
             size = generator.randint(1, 6)
             pieces.append(stream.feed(encoded[position : position + size]))
             position += size
-        assert "".join(pieces) == text == anthropic._custom_input(encoded)
+        # A lone surrogate ("\ud83d") comes out as U+FFFD, streamed and whole alike.
+        assert "".join(pieces) == without_lone_surrogates(text) == anthropic._custom_input(encoded)
 
 
 def test_stream_max_tokens_is_incomplete() -> None:

@@ -36,6 +36,7 @@ from pydantic import TypeAdapter
 
 from codexgate.providers import chat_compat as cc
 from codexgate.providers.base import ResponseContext, TranslateOptions, open_reasoning, seal_reasoning
+from codexgate.providers.jsonstring import InputStringStream
 
 FIXTURE = "tests/fixtures/codex_request_tool_round_trip.json"
 TERMINAL = ("response.completed", "response.incomplete", "response.failed")
@@ -773,10 +774,10 @@ def test_custom_input_decoder_at_every_split() -> None:
     escaped_slash = arguments.replace("/", "\\/")
     for source in (arguments, escaped_slash, json.dumps({"input": value}, ensure_ascii=False)):
         for cut in range(len(source) + 1):
-            stream = cc._InputStream()
+            stream = InputStringStream()
             shown = stream.feed(source[:cut]) + stream.feed(source[cut:])
             assert shown == value, (source, cut)
-    off = cc._InputStream()
+    off = InputStringStream()
     assert off.feed('{"path": "x", "input": "y"}') == ""  # another shape: shown only at the end
 
 

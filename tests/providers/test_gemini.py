@@ -355,14 +355,14 @@ def test_schema_sanitizer_keeps_only_what_gemini_accepts() -> None:
     assert props["where"] == {"type": "OBJECT", "properties": {"x": {"type": "NUMBER"}}, "required": ["x"]}
     assert props["maybe"] == {"type": "STRING", "nullable": True}  # "uri" is no Gemini format
     assert [branch["type"] for branch in props["either"]["anyOf"]] == ["STRING", "INTEGER"]
-    assert props["nullable_list"] == {"type": "ARRAY", "nullable": True, "items": {"type": "STRING"}}
+    assert props["nullable_list"] == {"type": "ARRAY", "nullable": True, "items": gemini._any_value()}
     assert props["mode"] == {"type": "STRING", "enum": ["fast"]}
     assert props["level"] == {"type": "INTEGER", "description": "How hard (Allowed values: 1, 2, 3)"}
     assert props["when"] == {"type": "STRING", "format": "date-time"}
     assert props["free"] == {"type": "OBJECT"}
     assert props["bounded"] == {"type": "NUMBER", "maximum": 10}
     assert props["tags"] == {"type": "ARRAY", "minItems": 1, "items": {"type": "STRING"}}
-    assert props["untyped"] == {"type": "STRING", "description": "anything"}
+    assert props["untyped"] == {**gemini._any_value(), "description": "anything"}  # any JSON value
     assert converted["required"] == ["where"]
 
 
