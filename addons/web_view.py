@@ -72,10 +72,12 @@ class SecretMask:
             name for name in CLIENT_CREDENTIAL_HEADERS
             if any(carries_virtual_key(value, policy.keys_by_hash) for value in headers.get_all(name))
         ]  # fmt: skip
+        if removed:
+            # Kept for CodexBackend, which answers Codex's catalog fetch to chatgpt.com for the key.
+            flow.metadata[CLIENT_CREDENTIALS_KEY] = [(n, v) for n in removed for v in headers.get_all(n)]
+            flow.metadata[VIRTUAL_KEY_REMOVED] = removed
         for name in removed:
             del headers[name]
-        if removed:
-            flow.metadata[VIRTUAL_KEY_REMOVED] = removed
 
     def response(self, flow: http.HTTPFlow) -> None:
         self._mask_sent(flow)

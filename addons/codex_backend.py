@@ -1,0 +1,83 @@
+"""Codex's own backend, as far as a virtual key needs it: the model catalog and startup fetches.
+
+In proxy mode Codex 0.169 asks `chatgpt.com/backend-api/codex/models?client_version=…` for its
+model catalog and fetches a few other things from `chatgpt.com/backend-api/…` at start — carrying
+the API key, i.e. the virtual key, which must not leave the gateway. Those requests are answered
+here (before KeyGuard would refuse them with 403 and Codex log ERROR lines): the catalog with the
+models this key may use, the other fetches with empty answers. In base-URL mode the same catalog
+is served at `GET /v1/codex/models` for the launcher to hand Codex as `model_catalog_json`.
+
+A request without a virtual key (a ChatGPT sign-in's token) is left alone.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import logging
+from typing import Any
+
+from mitmproxy import http
+from mitmproxy.proxy.mode_specs import ReverseMode
+
+from codexgate.addons.identify import CLIENT_CREDENTIALS_KEY, key_candidates
+from codexgate.addons.policy_source import PolicySource
+from codexgate.catalog import codex_catalog
+from codexgate.errors import error_response
+from codexgate.failsafe import fail_closed
+from codexgate.policies.keys import KEY_PREFIX, hash_key
+
+logger = logging.getLogger(__name__)
+
+CATALOG_PATHS = ("/backend-api/codex/models", "/v1/codex/models", "/codex/models")
+# Startup fetches answered with an empty result (path -> body), for requests carrying a virtual key.
+EMPTY_ANSWERS: dict[str, Any] = {
+    "/backend-api/plugins/export/curated": {"plugins": []},
+}
+
+
+def _path(flow: http.HTTPFlow) -> str:
+    return flow.request.path.split("?", 1)[0].rstrip("/") or "/"
+
+
+class CodexBackend:
+    def __init__(self, policy: PolicySource) -> None:
+        self._policy = policy
+
+    @fail_closed
+    def requestheaders(self, flow: http.HTTPFlow) -> None:
+        if flow.response or flow.error or flow.request.method != "GET":
+            return
+        path = _path(flow)
+        policy = self._policy.current()
+        gateway_listener = isinstance(flow.client_conn.proxy_mode, ReverseMode)
+        if gateway_listener:
+            if path not in CATALOG_PATHS[1:]:
+                return
+        elif not policy.is_guard_host(flow.request.pretty_host.lower()) or not path.startswith("/backend-api/"):
+            return
+        # SecretMask moved a virtual key sent to a non-governed host out of the headers.
+        saved = flow.metadata.get(CLIENT_CREDENTIALS_KEY)
+        headers = http.Headers([(n.encode(), v.encode()) for n, v in saved]) if saved else flow.request.headers
+        candidates = key_candidates(headers)
+        key = next((k for k in (policy.keys_by_hash.get(hash_key(c)) for c in candidates) if k), None)
+        if key is None:
+            if gateway_listener or any(c.startswith(KEY_PREFIX) for c in candidates):
+                flow.response = error_response(
+                    401, "invalid_api_key", "unknown virtual key; ask your platform team for one"
+                )
+            return  # a ChatGPT sign-in's request: not the gateway's business
+        if key.disabled or (key.expires_at is not None and key.expires_at <= dt.datetime.now(dt.UTC)):
+            flow.response = error_response(401, "key_disabled", f"virtual key {key.name} is disabled or expired")
+            return
+        if path in CATALOG_PATHS:
+            body: Any = codex_catalog(policy, key)
+            flow.comment = f"codexgate: model catalog for key {key.name} ({len(body['models'])} models)"
+        elif path in EMPTY_ANSWERS:
+            body = EMPTY_ANSWERS[path]
+            flow.comment = "codexgate: answered locally (Codex startup fetch)"
+        else:
+            return  # KeyGuard removes the key and refuses
+        flow.response = http.Response.make(
+            200, json.dumps(body).encode(), {"content-type": "application/json", "cache-control": "no-store"}
+        )
