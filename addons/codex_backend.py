@@ -73,6 +73,7 @@ class CodexBackend:
         if path in CATALOG_PATHS:
             body: Any = codex_catalog(policy, key)
             flow.comment = f"codexgate: model catalog for key {key.name} ({len(body['models'])} models)"
+            logger.info("Codex model catalog for key %s served (%d models, %s)", key.name, len(body["models"]), path)
         elif path in EMPTY_ANSWERS:
             body = EMPTY_ANSWERS[path]
             flow.comment = "codexgate: answered locally (Codex startup fetch)"

@@ -50,7 +50,7 @@ class FamilyDefaults:
     reasoning_levels: tuple[str, ...]
     default_reasoning_level: str
     input_modalities: tuple[str, ...]
-    apply_patch: str  # "freeform" (a grammar-constrained custom tool) or "function" (JSON arguments)
+    apply_patch: str  # "freeform" (its own grammar-constrained tool) or "shell" (patches via the shell tool)
 
 
 def _openai_context_window(model: str) -> int:
@@ -72,13 +72,12 @@ def family_defaults(kind: str, upstream_model: str) -> FamilyDefaults:
     if kind in ("openai", "azure"):
         return FamilyDefaults(_openai_context_window(name), reasoning, "medium", ("text", "image"), "freeform")
     if kind == "anthropic" or (kind == "bedrock" and "claude" in name):
-        # Claude models: 200k tokens (the 1M window is an opt-in beta); apply_patch as a JSON function.
-        return FamilyDefaults(200_000, reasoning, "medium", ("text", "image"), "function")
+        # Claude models: 200k tokens (the 1M window is an opt-in beta). Every translator carries
+        # apply_patch's freeform (custom) tool as a function of the provider and back.
+        return FamilyDefaults(200_000, reasoning, "medium", ("text", "image"), "freeform")
     if kind == "gemini":
-        return FamilyDefaults(1_048_576, reasoning, "medium", ("text", "image"), "function")
-    if kind == "mock":
-        return FamilyDefaults(128_000, reasoning, "medium", ("text",), "freeform")
-    return FamilyDefaults(128_000, reasoning, "medium", ("text",), "function")  # chat hosts, other Bedrock models
+        return FamilyDefaults(1_048_576, reasoning, "medium", ("text", "image"), "freeform")
+    return FamilyDefaults(128_000, reasoning, "medium", ("text",), "freeform")  # mock, chat hosts, other Bedrock
 
 
 def _provider_kind(policy: CompiledPolicy, entry: ModelEntry) -> str:
@@ -103,7 +102,8 @@ def model_info(policy: CompiledPolicy, name: str, entry: ModelEntry, priority: i
         "prefer_websockets": False,
         "support_verbosity": False,
         "default_verbosity": None,
-        "apply_patch_tool_type": meta.apply_patch or defaults.apply_patch,
+        # Codex 0.169 knows only "freeform"; without it (null) the model patches through the shell tool.
+        "apply_patch_tool_type": "freeform" if (meta.apply_patch or defaults.apply_patch) == "freeform" else None,
         "web_search_tool_type": "text",
         "input_modalities": list(meta.input_modalities or defaults.input_modalities),
         "supports_image_detail_original": False,

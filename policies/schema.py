@@ -250,8 +250,8 @@ class CodexModelInfo(Strict):
     reasoning_levels: list[ReasoningLevel] | None = Field(default=None, min_length=1)
     default_reasoning_level: ReasoningLevel | None = None
     input_modalities: list[Literal["text", "image"]] | None = Field(default=None, min_length=1)
-    apply_patch: Literal["freeform", "function"] | None = Field(
-        default=None, description="apply_patch as a grammar-constrained custom tool, or as a JSON function"
+    apply_patch: Literal["freeform", "shell"] | None = Field(
+        default=None, description="apply_patch as its own (grammar) tool, or patches through the shell tool"
     )
 
     @model_validator(mode="after")

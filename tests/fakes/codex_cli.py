@@ -42,7 +42,13 @@ def run_codex(
         for name, value in os.environ.items()
         if not name.startswith(("OPENAI_", "CODEX_")) and name.lower() not in ("https_proxy", "http_proxy", "all_proxy")
     }
-    env.update(CODEX_HOME=str(codex_home), CODEXGATE_CODEX_BIN=codex_binary(), RUST_LOG="error")
+    # The developer's CODEX_HOME, and codexgate's data dir (profile, overlay CODEX_HOME) per test.
+    env.update(
+        CODEX_HOME=str(codex_home),
+        CODEXGATE_HOME=str(tmp_path / "codexgate-home"),
+        CODEXGATE_CODEX_BIN=codex_binary(),
+        RUST_LOG="error",
+    )
     gateway_url = gateway.base_url if mode == "base-url" else gateway.proxy_url
     command = [
         sys.executable, "-m", "codexgate.cli", "codex", "--mode", mode, "--gateway", gateway_url, "--key", key,

@@ -1,0 +1,436 @@
+"""`codexgate codex`: launch the Codex CLI through the gateway, interactive or not.
+
+Codex's terminal UI ignores `CODEX_API_KEY`: without a stored API-key sign-in it opens its
+sign-in screen, and a developer signed in with ChatGPT talks to chatgpt.com instead of the
+gateway. So Codex runs with its own home, an *overlay* of the developer's `CODEX_HOME`
+(`DATA_DIR/codex-home`): the developer's `config.toml`, `AGENTS.md`, history, sessions, prompts,
+skills and rules are linked into it (Codex writes through the links, so they stay one), while
+its `auth.json` is the overlay's own, made by `codex login --with-api-key` with the virtual key.
+The developer's own sign-in is never read or changed.
+
+Per launch the launcher also
+- checks gateway and key (`GET /v1/models` with the key, through the proxy in proxy mode),
+  asking for them on first use and remembering them in a 0600 profile (`DATA_DIR/profile.json`);
+- in base-URL mode fetches the key's model catalog (`GET /v1/codex/models`) into a file for
+  Codex's `model_catalog_json` (in proxy mode Codex fetches it from chatgpt.com, answered by the
+  gateway);
+- keeps the key out of the commands Codex runs: the key is not in Codex's environment at all,
+  and `shell_environment_policy.exclude` drops every variable holding it or another gateway
+  credential, while `HTTPS_PROXY` and the CA stay so package managers work through the gateway.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import dataclasses
+import getpass
+import json
+import os
+import shutil
+import ssl
+import subprocess
+import sys
+import tomllib
+import urllib.error
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+CODEX_NPM_PACKAGE = "@openai/codex@0.169.0"
+DEMO_KEY_FILE = "demo-key"
+PROFILE_FILE = "profile.json"
+OVERLAY_DIR = "codex-home"
+CATALOG_FILE = "codexgate-models.json"
+DEFAULT_GATEWAY = {"base-url": "http://127.0.0.1:4000", "proxy": "http://127.0.0.1:8080"}
+# What of the developer's CODEX_HOME Codex shares with the overlay (never auth.json, logs or caches).
+SHARED_ENTRIES = (
+    "config.toml", "AGENTS.md", "AGENTS.override.md", "history.jsonl", "sessions", "archived_sessions",
+    "prompts", "skills", "rules", "memories",
+)  # fmt: skip
+CREATED_IF_MISSING = {"sessions": "dir", "archived_sessions": "dir", "history.jsonl": "file"}
+# Gateway credentials never handed to the commands Codex runs (besides any variable holding the key).
+CREDENTIAL_VARIABLES = ("CODEX_API_KEY", "OPENAI_API_KEY", "CODEXGATE_KEY", "CODEXGATE_WEB_PASSWORD")
+# Codex subcommands that are not the terminal UI (the UI also runs for `resume` and `fork`).
+NON_INTERACTIVE = {
+    "exec", "e", "review", "login", "logout", "mcp", "mcp-server", "app-server", "completion", "sandbox",
+    "debug", "apply", "a", "cloud", "features", "update", "remote-control", "help", "plugin", "marketplace",
+}  # fmt: skip
+CHECK_TIMEOUT = 15.0
+
+
+class LaunchError(Exception):
+    """Something the developer must fix before Codex can run through the gateway; the message says what."""
+
+
+@dataclasses.dataclass
+class Profile:
+    """What the launcher remembers between runs (owner-only file: it holds the virtual key)."""
+
+    key: str | None = None
+    gateways: dict[str, str] = dataclasses.field(default_factory=dict)  # mode -> URL
+    ca: str | None = None
+
+    @classmethod
+    def load(cls, path: Path) -> Profile:
+        try:
+            raw = json.loads(path.read_text(encoding="utf-8"))
+        except FileNotFoundError:
+            return cls()
+        except ValueError as exc:
+            raise LaunchError(f"{path}: not valid JSON ({exc}); fix or delete it") from None
+        if not isinstance(raw, dict):
+            raise LaunchError(f"{path}: must be a JSON object; fix or delete it")
+        gateways = raw.get("gateways")
+        gateways = gateways if isinstance(gateways, dict) else {}
+        return cls(
+            key=raw.get("key") if isinstance(raw.get("key"), str) else None,
+            gateways={str(k): str(v) for k, v in gateways.items()},
+            ca=raw.get("ca") if isinstance(raw.get("ca"), str) else None,
+        )
+
+    def save(self, path: Path) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        os.fchmod(fd, 0o600)
+        with os.fdopen(fd, "w", encoding="utf-8") as handle:
+            json.dump(dataclasses.asdict(self), handle, indent=2)
+            handle.write("\n")
+
+
+@dataclasses.dataclass(frozen=True)
+class Target:
+    mode: str  # "proxy" or "base-url"
+    gateway: str  # proxy URL, or the base URL ending in /v1
+    key: str
+    ca: Path | None  # proxy mode: the gateway CA
+
+    @property
+    def check_url(self) -> str:
+        return "https://api.openai.com/v1/models" if self.mode == "proxy" else f"{self.gateway}/models"
+
+
+def normalise_gateway(mode: str, url: str) -> str:
+    url = url.strip().rstrip("/")
+    if "://" not in url:
+        url = "http://" + url
+    if mode == "base-url" and not url.endswith("/v1"):
+        url += "/v1"
+    return url
+
+
+def opener(target: Target) -> urllib.request.OpenerDirector:
+    """An HTTP client that reaches the gateway as Codex will: through the proxy with the CA, or directly."""
+    if target.mode == "proxy":
+        context = ssl.create_default_context(cafile=str(target.ca) if target.ca else None)
+        return urllib.request.build_opener(
+            urllib.request.ProxyHandler({"https": target.gateway, "http": target.gateway}),
+            urllib.request.HTTPSHandler(context=context),
+        )
+    return urllib.request.build_opener(urllib.request.ProxyHandler({}))
+
+
+def _error_message(body: bytes) -> str:
+    with contextlib.suppress(ValueError, AttributeError, TypeError):
+        return str(json.loads(body)["error"]["message"])
+    return body[:200].decode("utf-8", "replace")
+
+
+def gateway_get(target: Target, url: str) -> bytes:
+    """GET `url` with the key; a LaunchError saying what is wrong otherwise."""
+    request = urllib.request.Request(url, headers={"Authorization": f"Bearer {target.key}"})
+    try:
+        with opener(target).open(request, timeout=CHECK_TIMEOUT) as response:
+            return bytes(response.read())
+    except urllib.error.HTTPError as exc:
+        message = _error_message(exc.read())
+        if exc.code in (401, 403):
+            raise LaunchError(f"the gateway refused the key ({exc.code}): {message}") from None
+        raise LaunchError(f"the gateway answered {exc.code} to GET {url}: {message}") from None
+    except urllib.error.URLError as exc:
+        reason = exc.reason
+        if isinstance(reason, ssl.SSLCertVerificationError) or "CERTIFICATE_VERIFY_FAILED" in str(reason):
+            raise LaunchError(
+                f"the gateway's certificate is not signed by the CA {target.ca}: use the CA of the gateway you "
+                "connect to (`codexgate ca` on the gateway host prints its path) with --ca"
+            ) from None
+        raise LaunchError(
+            f"cannot reach the gateway at {target.gateway} ({reason}); is `codexgate up` running there?"
+        ) from None
+    except (OSError, ValueError) as exc:
+        raise LaunchError(f"cannot reach the gateway at {target.gateway} ({exc})") from None
+
+
+def check_target(target: Target) -> list[str]:
+    """The model ids the key may use, from `GET /v1/models` through the gateway."""
+    body = gateway_get(target, target.check_url)
+    try:
+        return [str(model["id"]) for model in json.loads(body)["data"]]
+    except (ValueError, KeyError, TypeError):
+        raise LaunchError(f"{target.check_url} did not answer like codexgate (no model list)") from None
+
+
+def _ask(prompt: str, secret: bool = False) -> str:
+    if secret:
+        return getpass.getpass(prompt, stream=sys.stderr).strip()
+    sys.stderr.write(prompt)
+    sys.stderr.flush()
+    line = sys.stdin.readline()
+    if not line:
+        raise LaunchError("no answer (end of input)")
+    return line.strip()
+
+
+def resolve_target(args: argparse.Namespace, data_dir: Path, env: dict[str, str], interactive: bool) -> Target:
+    """Gateway, key and CA from flags, environment, the profile or the local demo set-up; what is
+    still unknown is asked for (on a terminal), checked against the gateway, and remembered."""
+    mode = args.mode
+    profile_path = data_dir / PROFILE_FILE
+    profile = Profile.load(profile_path)
+    demo = data_dir / DEMO_KEY_FILE
+    demo_key = demo.read_text().strip() if demo.exists() else None
+    key = args.key or env.get("CODEXGATE_KEY") or profile.key or demo_key
+    gateway = args.gateway or env.get("CODEXGATE_GATEWAY") or profile.gateways.get(mode)
+    if gateway is None and demo_key is not None:
+        gateway = DEFAULT_GATEWAY[mode]  # the gateway of this data dir runs here
+    ca = _ca_path(args, data_dir, profile, mode)
+    if key and gateway:
+        return Target(mode, normalise_gateway(mode, gateway), key, ca)
+    if not interactive:
+        missing = " and ".join(
+            what for what, known in (("gateway URL (--gateway)", gateway), ("virtual key (--key)", key)) if not known
+        )
+        raise LaunchError(f"no {missing}: pass it, set CODEXGATE_GATEWAY / CODEXGATE_KEY, or run on a terminal once")
+    sys.stderr.write(f"codexgate: first run — where is your gateway, and what is your key? (saved in {profile_path})\n")
+    for attempt in range(3):
+        if not gateway or attempt:
+            answer = _ask(f"Gateway URL for {mode} mode [{gateway or DEFAULT_GATEWAY[mode]}]: ")
+            gateway = answer or gateway or DEFAULT_GATEWAY[mode]
+        if not key or attempt:
+            key = _ask("Virtual key (sk-cg-…, from your platform team): ", secret=True) or key
+        if not key:
+            continue
+        target = Target(mode, normalise_gateway(mode, gateway), key, ca)
+        try:
+            models = check_target(target)
+        except LaunchError as exc:
+            sys.stderr.write(f"codexgate: {exc}\n")
+            continue
+        sys.stderr.write(f"codexgate: OK — {len(models)} models for this key: {', '.join(models[:8])}\n")
+        profile.key = key
+        profile.gateways[mode] = gateway
+        if ca is not None:
+            profile.ca = str(ca)
+        profile.save(profile_path)
+        return target
+    raise LaunchError("gateway and key could not be checked; nothing was saved")
+
+
+def _ca_path(args: argparse.Namespace, data_dir: Path, profile: Profile, mode: str) -> Path | None:
+    if mode != "proxy":
+        return None
+    given = args.ca or os.environ.get("CODEXGATE_CA") or profile.ca
+    if given:
+        path = Path(given).expanduser().resolve()
+        if not path.is_file():
+            raise LaunchError(
+                f"CA certificate {path} does not exist: `codexgate ca` on the gateway host prints the right path"
+            )
+        return path
+    local = data_dir / "mitmproxy" / "mitmproxy-ca-cert.pem"
+    if local.is_file():
+        return local
+    raise LaunchError(
+        f"proxy mode needs the gateway's CA certificate: pass --ca FILE (`codexgate ca` on the gateway host prints "
+        f"its path); none in {local.parent}"
+    )
+
+
+def find_codex(data_dir: Path, install: bool = True) -> str:
+    """The Codex CLI: $CODEXGATE_CODEX_BIN, on PATH, or installed with npm into the data dir."""
+    configured = os.environ.get("CODEXGATE_CODEX_BIN")
+    if configured and os.access(configured, os.X_OK):
+        return configured
+    found = shutil.which("codex")
+    if found:
+        return found
+    local = data_dir / "codex-cli" / "node_modules" / ".bin" / "codex"
+    if local.exists():
+        return str(local)
+    if not install:
+        raise LaunchError("codex not found")
+    npm = shutil.which("npm")
+    if not npm:
+        raise LaunchError("codex is not installed and npm is missing: install Node.js, then rerun")
+    print(f"codexgate: installing {CODEX_NPM_PACKAGE} into {data_dir / 'codex-cli'}", file=sys.stderr)
+    # npm's progress and summary go to stderr: stdout belongs to Codex (`codex exec` output).
+    subprocess.run(
+        [npm, "install", "--prefix", str(data_dir / "codex-cli"), CODEX_NPM_PACKAGE], check=True, stdout=sys.stderr
+    )
+    return str(local)
+
+
+def developer_codex_home(env: dict[str, str]) -> Path:
+    return Path(env.get("CODEX_HOME") or Path.home() / ".codex").expanduser()
+
+
+def _stored_api_key(auth_file: Path) -> str | None:
+    with contextlib.suppress(OSError, ValueError, AttributeError):
+        value = json.loads(auth_file.read_text(encoding="utf-8")).get("OPENAI_API_KEY")
+        return value if isinstance(value, str) else None
+    return None
+
+
+def prepare_overlay(overlay: Path, developer_home: Path, key: str, codex: str) -> None:
+    """The overlay CODEX_HOME: the developer's shared files linked in, an API-key sign-in of its own."""
+    overlay.mkdir(parents=True, exist_ok=True)
+    os.chmod(overlay, 0o700)
+    if developer_home.resolve() == overlay.resolve():
+        raise LaunchError(f"CODEX_HOME is codexgate's own overlay ({overlay}); unset it")
+    developer_home.mkdir(parents=True, exist_ok=True)
+    for name in SHARED_ENTRIES:
+        source = developer_home / name
+        if not source.exists() and not source.is_symlink() and name in CREATED_IF_MISSING:
+            if CREATED_IF_MISSING[name] == "dir":
+                source.mkdir()
+            else:
+                source.touch(mode=0o600)
+        link = overlay / name
+        if not (source.exists() or source.is_symlink()):
+            if link.is_symlink():
+                link.unlink()
+            continue
+        if link.is_symlink() and Path(os.readlink(link)) == source:
+            continue
+        if link.is_symlink() or link.is_file():
+            link.unlink()
+        elif link.is_dir():
+            continue  # a directory Codex made before the developer had one: left as it is
+        link.symlink_to(source)
+    # The catalog Codex cached from the last gateway it saw may be stale (policy changes, other key).
+    (overlay / "models_cache.json").unlink(missing_ok=True)
+    if _stored_api_key(overlay / "auth.json") != key:
+        login = subprocess.run(
+            [codex, "login", "--with-api-key"],
+            input=key,
+            text=True,
+            capture_output=True,
+            env={**os.environ, "CODEX_HOME": str(overlay)},
+            timeout=60,
+        )
+        if login.returncode != 0 or _stored_api_key(overlay / "auth.json") != key:
+            raise LaunchError(f"`codex login --with-api-key` failed in {overlay}: {login.stderr.strip()[-400:]}")
+
+
+def _toml_string(value: str) -> str:
+    return json.dumps(value)  # a JSON string is a valid TOML basic string
+
+
+def _developer_excludes(developer_home: Path) -> list[str]:
+    with contextlib.suppress(OSError, ValueError, AttributeError):
+        config = tomllib.loads((developer_home / "config.toml").read_text(encoding="utf-8"))
+        excludes = (config.get("shell_environment_policy") or {}).get("exclude") or []
+        return [str(pattern) for pattern in excludes]
+    return []
+
+
+def credential_excludes(env: dict[str, str], key: str, developer_home: Path) -> list[str]:
+    """Variables the commands Codex runs must not get: the gateway's credential variables and any
+    variable whose value holds the key; plus the developer's own excludes."""
+    names = list(CREDENTIAL_VARIABLES) + sorted(name for name, value in env.items() if key in value)
+    merged = _developer_excludes(developer_home) + names
+    return list(dict.fromkeys(merged))
+
+
+def is_interactive(codex_args: list[str]) -> bool:
+    first = next((arg for arg in codex_args if not arg.startswith("-")), None)
+    return first is None or first not in NON_INTERACTIVE
+
+
+def codex_launch(
+    target: Target,
+    base_env: dict[str, str],
+    codex_args: list[str],
+    overlay: Path | None = None,
+    catalog_file: Path | None = None,
+    developer_home: Path | None = None,
+) -> tuple[list[str], dict[str, str]]:
+    """(Codex arguments, environment) that send Codex through the gateway as `target` says."""
+    env = {name: value for name, value in base_env.items() if name not in CREDENTIAL_VARIABLES}
+    for name in ("HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy"):
+        env.pop(name, None)
+    if overlay is not None:
+        env["CODEX_HOME"] = str(overlay)
+    else:
+        env["CODEX_API_KEY"] = target.key  # no overlay sign-in: `codex exec` reads the key from here
+    home = developer_home or developer_codex_home(base_env)
+    excludes = credential_excludes(base_env, target.key, home)
+    config = [
+        "-c", f"shell_environment_policy.exclude=[{', '.join(_toml_string(name) for name in excludes)}]",
+        "-c", "shell_environment_policy.ignore_default_excludes=false",
+    ]  # fmt: skip
+    if target.mode == "proxy":
+        env["HTTPS_PROXY"] = target.gateway
+        if target.ca is not None:
+            env["CODEX_CA_CERTIFICATE"] = str(target.ca)
+    else:
+        config += ["-c", f"openai_base_url={_toml_string(target.gateway)}"]
+        if catalog_file is not None:
+            config += ["-c", f"model_catalog_json={_toml_string(str(catalog_file))}"]
+    # The terminal UI otherwise hands the session to a shared background server, which keeps the
+    # environment of whichever launch started it (another gateway, another key).
+    daemon = ["--no-daemon"] if is_interactive(codex_args) else []
+    return [*daemon, *config, *codex_args], env
+
+
+def _catalog_for(target: Target, overlay: Path) -> Path | None:
+    if target.mode != "base-url":
+        return None  # Codex fetches it itself, from chatgpt.com through the gateway
+    body = gateway_get(target, f"{target.gateway}/codex/models")
+    try:
+        if not isinstance(json.loads(body).get("models"), list):
+            raise ValueError("no models")
+    except (ValueError, AttributeError):
+        raise LaunchError(f"{target.gateway}/codex/models did not answer a Codex model catalog") from None
+    path = overlay / CATALOG_FILE
+    path.write_bytes(body)
+    return path
+
+
+def cmd_codex(args: argparse.Namespace) -> int:
+    from codexgate.cli import default_data_dir, ensure_data_dir
+
+    data_dir = ensure_data_dir(Path(args.data_dir).expanduser() if args.data_dir else default_data_dir())
+    env = dict(os.environ)
+    codex_args = list(args.codex_args)
+    if codex_args[:1] == ["--"]:
+        codex_args = codex_args[1:]
+    try:
+        target = resolve_target(args, data_dir, env, interactive=sys.stdin.isatty() and sys.stderr.isatty())
+        if target.mode == "proxy":
+            check_target(target)  # the CA and the key, before Codex loops on "Reconnecting…"
+        codex = find_codex(data_dir)
+        overlay = data_dir / OVERLAY_DIR
+        developer_home = developer_codex_home(env)
+        prepare_overlay(overlay, developer_home, target.key, codex)
+        catalog = _catalog_for(target, overlay)
+    except LaunchError as exc:
+        print(f"codexgate codex: {exc}", file=sys.stderr)
+        return 2
+    argv, launch_env = codex_launch(target, env, codex_args, overlay, catalog, developer_home)
+    os.execve(codex, [codex, *argv], launch_env)
+    return 0  # not reached
+
+
+def add_codex_command(sub: Any) -> None:
+    codex = sub.add_parser("codex", help="launch Codex CLI through the gateway (asks for gateway and key once)")
+    codex.add_argument(
+        "--gateway",
+        help="gateway URL (default: the profile's, or http://127.0.0.1:4000 / :8080 next to a local gateway)",
+    )
+    codex.add_argument("--key", help="virtual key (default: $CODEXGATE_KEY, the profile's, or the local demo key)")
+    codex.add_argument("--mode", choices=["proxy", "base-url"], default="base-url")
+    codex.add_argument("--ca", help="gateway CA certificate for proxy mode (default: the profile's or the data dir's)")
+    codex.add_argument("--data-dir", help="profile, overlay CODEX_HOME (default: $CODEXGATE_HOME or ~/.codexgate)")
+    codex.add_argument("codex_args", nargs=argparse.REMAINDER, help="arguments for codex, after --")
+    codex.set_defaults(func=cmd_codex)
