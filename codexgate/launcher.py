@@ -3,9 +3,10 @@
 Codex's terminal UI ignores `CODEX_API_KEY`: without a stored API-key sign-in it opens its
 sign-in screen, and a developer signed in with ChatGPT talks to chatgpt.com instead of the
 gateway. So Codex runs with its own home, an *overlay* of the developer's `CODEX_HOME`
-(`DATA_DIR/codex-home`): the developer's `config.toml`, `AGENTS.md`, history, sessions, prompts,
-skills and rules are linked into it (Codex writes through the links, so they stay one), while
-its `auth.json` is the overlay's own, made by `codex login --with-api-key` with the virtual key.
+(`DATA_DIR/codex-home`): the developer's `AGENTS.md`, history, sessions, prompts, skills and
+rules are linked into it (Codex writes through the links, so they stay one), their `config.toml`
+is copied (again whenever it changes), and its `auth.json` is the overlay's own, made by
+`codex login --with-api-key` with the virtual key.
 The developer's own sign-in is never read or changed.
 
 Per launch the launcher also
@@ -25,6 +26,7 @@ import argparse
 import contextlib
 import dataclasses
 import getpass
+import hashlib
 import json
 import os
 import shutil
@@ -45,7 +47,7 @@ CATALOG_FILE = "codexgate-models.json"
 DEFAULT_GATEWAY = {"base-url": "http://127.0.0.1:4000", "proxy": "http://127.0.0.1:8080"}
 # What of the developer's CODEX_HOME Codex shares with the overlay (never auth.json, logs or caches).
 SHARED_ENTRIES = (
-    "config.toml", "AGENTS.md", "AGENTS.override.md", "history.jsonl", "sessions", "archived_sessions",
+    "AGENTS.md", "AGENTS.override.md", "history.jsonl", "sessions", "archived_sessions",
     "prompts", "skills", "rules", "memories",
 )  # fmt: skip
 CREATED_IF_MISSING = {"sessions": "dir", "archived_sessions": "dir", "history.jsonl": "file"}
@@ -281,6 +283,23 @@ def _stored_api_key(auth_file: Path) -> str | None:
     return None
 
 
+def _refresh_config_copy(overlay: Path, developer_home: Path) -> None:
+    """The overlay's config.toml is a copy of the developer's, made again whenever theirs changes.
+    A copy, not a link: what Codex writes during a gateway session (the model picked with /model,
+    trusted projects) must not end up in the developer's own config, where their ChatGPT sign-in
+    would meet a model only the gateway serves."""
+    source = developer_home / "config.toml"
+    copy = overlay / "config.toml"
+    stamp = overlay / ".codexgate-config-source"
+    content = source.read_bytes() if source.is_file() else None
+    digest = hashlib.sha256(content).hexdigest() if content is not None else "absent"
+    if copy.is_symlink() or not stamp.is_file() or stamp.read_text().strip() != digest:
+        copy.unlink(missing_ok=True)
+        if content is not None:
+            copy.write_bytes(content)
+        stamp.write_text(digest + "\n")
+
+
 def prepare_overlay(overlay: Path, developer_home: Path, key: str, codex: str) -> None:
     """The overlay CODEX_HOME: the developer's shared files linked in, an API-key sign-in of its own."""
     overlay.mkdir(parents=True, exist_ok=True)
@@ -307,6 +326,7 @@ def prepare_overlay(overlay: Path, developer_home: Path, key: str, codex: str) -
         elif link.is_dir():
             continue  # a directory Codex made before the developer had one: left as it is
         link.symlink_to(source)
+    _refresh_config_copy(overlay, developer_home)
     # The catalog Codex cached from the last gateway it saw may be stale (policy changes, other key).
     (overlay / "models_cache.json").unlink(missing_ok=True)
     if _stored_api_key(overlay / "auth.json") != key:
@@ -374,7 +394,17 @@ def codex_launch(
         if target.ca is not None:
             env["CODEX_CA_CERTIFICATE"] = str(target.ca)
     else:
-        config += ["-c", f"openai_base_url={_toml_string(target.gateway)}"]
+        # A provider entry of its own rather than `openai_base_url`: with the OpenAI provider's URL
+        # overridden, Codex's /model warns that selecting models may not work. It signs in with the
+        # overlay's API key (requires_openai_auth), so the key is in no environment variable.
+        provider = "model_providers.codexgate"
+        config += [
+            "-c", f'{provider}.name="codexgate"',
+            "-c", f"{provider}.base_url={_toml_string(target.gateway)}",
+            "-c", f'{provider}.wire_api="responses"',
+            "-c", f"{provider}.requires_openai_auth=true",
+            "-c", 'model_provider="codexgate"',
+        ]  # fmt: skip
         if catalog_file is not None:
             config += ["-c", f"model_catalog_json={_toml_string(str(catalog_file))}"]
     # The terminal UI otherwise hands the session to a shared background server, which keeps the

@@ -1,0 +1,206 @@
+"""The real interactive Codex (its terminal UI, in tmux) launched by `codexgate codex`, both modes.
+
+A developer's day: a developer whose Codex was never signed in, and one signed in with ChatGPT,
+each runs `codexgate codex`, types a prompt, approves a command, switches model with `/model`
+(seeing exactly the models their key may use) to a model the gateway translates, and gets its
+answer — with the developer's own sign-in untouched, their AGENTS.md read, their sessions kept,
+the virtual key invisible to the commands Codex runs, and no gateway ERROR in Codex's log.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import re
+import sys
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from fakes import anthropic_upstream as anthropic_fake
+from fakes.codex_cli import codex_env, gateway_errors, log_db_errors
+from fakes.gateway import ALICE_KEY, Gateway
+from fakes.tmux_session import TmuxSession
+
+from codexgate.policies.keys import hash_key
+
+pytestmark = pytest.mark.e2e
+
+BROKE_KEY = "sk-cg-broke-tui-key-000000000000000000000000000"
+KEY_MODELS = ["mock-model", "claude-sonnet-4-5"]  # what alice's key may use, in policy order
+SHOWN_AS = {"mock-model": "mock-model", "claude-sonnet-4-5": "Claude Sonnet 4.5"}  # display names
+AGENTS_MARKER = "agents-md-marker-7c1e"
+CHATGPT_ACCESS_TOKEN = "chatgpt-access-token-of-the-developer"
+
+
+@pytest.fixture(scope="module")
+def claude() -> Iterator[anthropic_fake.FakeAnthropic]:
+    fake = anthropic_fake.FakeAnthropic().start()
+    yield fake
+    fake.stop()
+
+
+@pytest.fixture(scope="module")
+def tui_gateway(tmp_path_factory: pytest.TempPathFactory, claude: anthropic_fake.FakeAnthropic) -> Iterator[Gateway]:
+    root = tmp_path_factory.mktemp("tui")
+    policy = root / "policy.yaml"
+    policy.write_text(
+        f"""\
+providers:
+  local: {{kind: mock, output_tokens: 5}}
+  anthropic: {{kind: anthropic, base_url: "{claude.url}", keys: [{{value: env:CG_ANTHROPIC_KEY}}]}}
+models:
+  mock-model: {{routes: [{{provider: local}}], price: {{input_per_mtok: 0, output_per_mtok: 0}}}}
+  claude-sonnet-4-5:
+    routes: [{{provider: anthropic}}]
+    codex: {{display_name: "Claude Sonnet 4.5", description: "Anthropic, translated by the gateway"}}
+  hidden-model: {{routes: [{{provider: local}}], price: {{input_per_mtok: 0, output_per_mtok: 0}}}}
+teams:
+  platform: {{org: acme}}
+  broke: {{org: acme, budgets: [{{limit_usd: 0, period: 1M}}]}}
+keys:
+  - {{name: alice, team: platform, hash: "{hash_key(ALICE_KEY)}", models: ["mock-*", "claude-*"]}}
+  - {{name: broke, team: broke, hash: "{hash_key(BROKE_KEY)}", models: ["mock-*"]}}
+"""
+    )
+    gateway = Gateway(policy, root / "data", extra_env={"CG_ANTHROPIC_KEY": anthropic_fake.API_KEY}).start()
+    yield gateway
+    gateway.stop()
+
+
+def _jwt(claims: dict[str, object]) -> str:
+    def part(document: dict[str, object]) -> str:
+        return base64.urlsafe_b64encode(json.dumps(document).encode()).decode().rstrip("=")
+
+    return f"{part({'alg': 'RS256', 'typ': 'JWT'})}.{part(claims)}.c2lnbmF0dXJl"
+
+
+def developer_home(tmp_path: Path, signed_in: bool) -> Path:
+    """The developer's own CODEX_HOME: their AGENTS.md and config, and (signed_in) a ChatGPT sign-in."""
+    home = tmp_path / "developer-codex-home"
+    home.mkdir()
+    (home / "AGENTS.md").write_text(f"Team rule: mention {AGENTS_MARKER} nowhere.\n")
+    (home / "config.toml").write_text('# the developer\'s own settings\nmodel_reasoning_effort = "low"\n')
+    if signed_in:
+        claims = {
+            "email": "dev@example.com",
+            "https://api.openai.com/auth": {"chatgpt_plan_type": "pro", "chatgpt_account_id": "acct-dev"},
+        }
+        auth = {
+            "OPENAI_API_KEY": None,
+            "tokens": {
+                "id_token": _jwt(claims),
+                "access_token": CHATGPT_ACCESS_TOKEN,
+                "refresh_token": "chatgpt-refresh-token-of-the-developer",
+                "account_id": "acct-dev",
+            },
+            "last_refresh": "2026-12-01T00:00:00Z",
+        }
+        (home / "auth.json").write_text(json.dumps(auth, indent=2))
+        (home / "auth.json").chmod(0o600)
+    return home
+
+
+def launch(gateway: Gateway, mode: str, tmp_path: Path, home: Path, key: str, *codex_args: str) -> TmuxSession:
+    workdir = tmp_path / "work"
+    workdir.mkdir(exist_ok=True)
+    env = codex_env(tmp_path, home)
+    env.setdefault("TERM", "xterm-256color")
+    gateway_url = gateway.base_url if mode == "base-url" else gateway.proxy_url
+    command = [
+        sys.executable, "-m", "codexgate.cli", "codex", "--mode", mode, "--gateway", gateway_url, "--key", key,
+        "--ca", str(gateway.ca_cert), "--", *codex_args,
+    ]  # fmt: skip
+    return TmuxSession(command, env, workdir)
+
+
+def picker_models(screen: str) -> list[str]:
+    """The model names the /model picker lists (`1. name (current)   description` lines)."""
+    listing = screen.split("Select Model", 1)[1].split("enter select", 1)[0]
+    rows = re.findall(r"^\s*(?:›\s*)?\d+\.\s+(.+?)\s{2,}", listing, re.MULTILINE)
+    return [row.removesuffix(" (current)") for row in rows]
+
+
+def quit_codex(session: TmuxSession) -> None:
+    session.command("/quit", "To continue this session, run:")
+
+
+@pytest.mark.parametrize(
+    ("mode", "signed_in"),
+    [("base-url", False), ("proxy", True), ("base-url", True), ("proxy", False)],
+    ids=["base-url-fresh", "proxy-chatgpt", "base-url-chatgpt", "proxy-fresh"],
+)
+def test_interactive_day(
+    tui_gateway: Gateway, claude: anthropic_fake.FakeAnthropic, mode: str, signed_in: bool, tmp_path: Path
+) -> None:
+    home = developer_home(tmp_path, signed_in)
+    auth_before = (home / "auth.json").read_bytes() if signed_in else None
+    config_before = (home / "config.toml").read_bytes()
+    workdir = tmp_path / "work"
+    session = launch(tui_gateway, mode, tmp_path, home, ALICE_KEY, "-a", "on-request", "-s", "workspace-write")
+    try:
+        # Straight into a session on the key's first model: no sign-in screen.
+        screen = session.wait_for("? for shortcuts")
+        assert "Sign in with ChatGPT" not in screen
+
+        # A prompt whose command needs approval; approved, it runs and the model answers.
+        session.submit("please run `touch approved-file` outside the sandbox", "touch approved-file")
+        session.wait_for("Would you like to run the following command?", "touch approved-file")
+        session.press_until_gone("y", "Would you like to run the following command?")
+        session.wait_until("The command finished. Its output was")
+        assert (workdir / "approved-file").exists()
+
+        # The commands Codex runs see neither the key nor Codex's credential variables.
+        session.submit("please run `env > env-of-tools.txt`", "env > env-of-tools.txt")
+        session.wait_until("The command finished. Its output was", count=2)
+        seen = (workdir / "env-of-tools.txt").read_text()
+        assert ALICE_KEY not in seen and "CODEX_API_KEY" not in seen and CHATGPT_ACCESS_TOKEN not in seen
+        if mode == "proxy":
+            # ... but still the proxy and the CA, so package managers go through the gateway.
+            assert f"HTTPS_PROXY={tui_gateway.proxy_url}" in seen and "CODEX_CA_CERTIFICATE=" in seen
+
+        # /model lists exactly the key's models; switch to Claude, which the gateway translates.
+        session.command("/model", "Select Model")
+        screen = session.wait_for("Select Model", "enter select")
+        assert picker_models(screen) == [SHOWN_AS[model] for model in KEY_MODELS], screen
+        assert "Selecting models may not be supported" not in screen
+        session.press_until_gone(str(KEY_MODELS.index("claude-sonnet-4-5") + 1), "Select Model and Effort")
+        session.wait_for("Select Reasoning Level")
+        session.press_until_gone("Enter", "Select Reasoning Level")
+        session.wait_for("Model changed to claude-sonnet-4-5", "Claude Sonnet 4.5 medium ·")
+        marker = f"claude-answer-{uuid.uuid4().hex[:8]}"
+        before = len(claude.received)
+        claude.replies.append(anthropic_fake.Reply(content=[{"type": "text", "text": f"Claude here: {marker}"}]))
+        session.submit("hello from the terminal")
+        session.wait_until(marker)
+        claude_bodies = [r.body.decode() for r in claude.received[before:] if r.path == "/v1/messages"]
+        assert claude_bodies and not claude.invalid
+        assert AGENTS_MARKER in claude_bodies[-1]  # the developer's AGENTS.md reached the model
+        quit_codex(session)
+    finally:
+        session.close()
+
+    records = [r for r in tui_gateway.accounting() if r.get("session_id") and r["key"] == "alice"]
+    assert {"mock-model", "claude-sonnet-4-5"} <= {r["model"] for r in records}
+    # The developer's own sign-in and config are untouched; the session is in their sessions.
+    if signed_in:
+        assert (home / "auth.json").read_bytes() == auth_before
+    assert (home / "config.toml").read_bytes() == config_before
+    assert list((home / "sessions").rglob("rollout-*.jsonl"))
+    # No gateway-related ERROR in Codex's log database.
+    overlay = tmp_path / "codexgate-home" / "codex-home"
+    assert gateway_errors(log_db_errors(overlay)) == []
+
+
+@pytest.mark.parametrize("mode", ["base-url", "proxy"])
+def test_budget_refusal_on_screen(tui_gateway: Gateway, mode: str, tmp_path: Path) -> None:
+    home = developer_home(tmp_path, signed_in=False)
+    session = launch(tui_gateway, mode, tmp_path, home, BROKE_KEY)
+    try:
+        session.wait_for("? for shortcuts")
+        session.submit("hello, is there budget left?")
+        # Codex retries the 402 a few times, then shows the gateway's message.
+        session.wait_until("team broke: monthly budget $0.00 used", timeout=120)
+    finally:
+        session.close()
