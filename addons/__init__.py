@@ -27,6 +27,7 @@ def steps(shown: bool = True) -> list[Any]:
     from codexgate.addons.accounting import Accounting
     from codexgate.addons.admit import Admit
     from codexgate.addons.audit_log import AuditLog
+    from codexgate.addons.client_trust import ClientTrustHint
     from codexgate.addons.codex_backend import CodexBackend
     from codexgate.addons.credentials import Credentials
     from codexgate.addons.guardrails import Guardrails
@@ -59,6 +60,7 @@ def steps(shown: bool = True) -> list[Any]:
         MetricsExport(metrics),
         policy,
         TlsScope(policy),
+        ClientTrustHint(),
         CodexBackend(policy),  # Codex's catalog and startup fetches, before Intake/KeyGuard refuse them
         Intake(policy),
         tracing,  # right after Intake: starts the request's span at state.started

@@ -137,15 +137,10 @@ def cmd_up(args: argparse.Namespace) -> int:
     print(f"codexgate: data dir {data_dir}; CA certificate {cert}")
     if demo_key:
         print(f"codexgate: demo virtual key (team platform, models mock-*/gpt-5*): {demo_key}")
-    print("Point Codex at it, either way:")
-    print(
-        f"  base URL: CODEX_API_KEY=<key> codex -c openai_base_url='\"http://{shown}:{gateway_port}/v1\"' -m mock-model"
-    )
-    print(
-        f"  proxy:    HTTPS_PROXY=http://{shown}:{proxy_port} CODEX_CA_CERTIFICATE={cert}"
-        " CODEX_API_KEY=<key> codex -m mock-model"
-    )
-    print("  or simply: codexgate codex -- -m mock-model")
+    from codexgate.launcher import banner_commands
+
+    for line in banner_commands(shown, proxy_port, gateway_port, cert, data_dir, demo_key, "mock-model"):
+        print(line)
     sys.stdout.flush()
     metrics_port = args.metrics_port if args.metrics_port is not None else int(config.get("metrics_port", 0))
     if metrics_port:

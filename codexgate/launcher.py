@@ -29,6 +29,7 @@ import getpass
 import hashlib
 import json
 import os
+import shlex
 import shutil
 import ssl
 import subprocess
@@ -376,7 +377,9 @@ def codex_launch(
     developer_home: Path | None = None,
 ) -> tuple[list[str], dict[str, str]]:
     """(Codex arguments, environment) that send Codex through the gateway as `target` says."""
-    env = {name: value for name, value in base_env.items() if name not in CREDENTIAL_VARIABLES}
+    env = {
+        name: value for name, value in base_env.items() if name not in CREDENTIAL_VARIABLES and target.key not in value
+    }
     for name in ("HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy"):
         env.pop(name, None)
     if overlay is not None:
@@ -450,6 +453,55 @@ def cmd_codex(args: argparse.Namespace) -> int:
     argv, launch_env = codex_launch(target, env, codex_args, overlay, catalog, developer_home)
     os.execve(codex, [codex, *argv], launch_env)
     return 0  # not reached
+
+
+def codexgate_program() -> list[str]:
+    """How to run this codexgate from a shell: `codexgate` if that is on PATH and is this one,
+    else its absolute path (a venv's bin), else this Python with `-m codexgate.cli`."""
+    on_path = shutil.which("codexgate")
+    here = Path(sys.argv[0]).resolve() if sys.argv and sys.argv[0] else None
+    if on_path and here is not None and Path(on_path).resolve() == here:
+        return ["codexgate"]
+    if here is not None and here.name == "codexgate" and os.access(here, os.X_OK):
+        return [str(here)]
+    if on_path:
+        return ["codexgate"]
+    return [sys.executable, "-m", "codexgate.cli"]
+
+
+def banner_commands(
+    host: str, proxy_port: int, gateway_port: int, ca_cert: Path, data_dir: Path, key: str | None, model: str
+) -> list[str]:
+    """The banner's ways to point Codex at this gateway, each working as pasted."""
+    from codexgate.cli import default_data_dir
+
+    program = shlex.join(codexgate_program())
+    data = [] if data_dir == default_data_dir() else ["--data-dir", str(data_dir)]
+    base_url = f"http://{host}:{gateway_port}/v1"
+    proxy = f"http://{host}:{proxy_port}"
+    lines = [
+        "Start Codex through it (interactive; asks for a key on first use if none is known):",
+        f"  {program} {shlex.join(['codex', '--gateway', base_url, *data, '--', '-m', model])}",
+        f"  {program} {shlex.join(['codex', '--mode', 'proxy', '--gateway', proxy, *data, '--', '-m', model])}",
+    ]
+    if key:
+        codex = shlex.quote(find_codex(data_dir, install=False)) if _codex_installed(data_dir) else "codex"
+        lines += [
+            "Or without the launcher (`codex exec`; the terminal UI needs `codex login --with-api-key`):",
+            f"  CODEX_API_KEY={key} {codex} exec -c {shlex.quote(f'openai_base_url={json.dumps(base_url)}')}"
+            f" -m {model} 'say hello'",
+            f"  HTTPS_PROXY={proxy} CODEX_CA_CERTIFICATE={shlex.quote(str(ca_cert))} CODEX_API_KEY={key}"
+            f" {codex} exec -m {model} 'say hello'",
+        ]
+    return lines
+
+
+def _codex_installed(data_dir: Path) -> bool:
+    try:
+        find_codex(data_dir, install=False)
+    except LaunchError:
+        return False
+    return True
 
 
 def add_codex_command(sub: Any) -> None:

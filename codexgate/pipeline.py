@@ -24,7 +24,8 @@ logger = logging.getLogger(__name__)
 
 LIFECYCLE_HOOKS = ("load", "configure", "running", "done")
 TRAFFIC_HOOKS = (
-    "http_connect", "tls_clienthello", "requestheaders", "request", "responseheaders", "response", "error",
+    "http_connect", "tls_clienthello", "tls_failed_client", "requestheaders", "request", "responseheaders",
+    "response", "error",
 )  # fmt: skip
 
 

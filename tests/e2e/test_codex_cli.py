@@ -8,7 +8,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from fakes.codex_cli import run_codex
+from fakes.codex_cli import gateway_errors, log_db_errors, run_codex
 from fakes.gateway import ALICE_KEY, Gateway
 
 pytestmark = pytest.mark.e2e
@@ -34,6 +34,9 @@ def test_codex_turn_with_tool_round_trip(gateway: Gateway, mode: str, tmp_path: 
     if mode == "proxy":
         # Codex asks chatgpt.com for its model catalog with the key; the gateway answered it itself.
         assert "Codex model catalog for key alice served" in gateway.log_text()
+    # No gateway-related ERROR, neither on Codex's stderr nor in its log database.
+    assert gateway_errors(result.stderr.splitlines()) == []
+    assert gateway_errors(log_db_errors(tmp_path / "codexgate-home" / "codex-home")) == []
 
 
 def limited_policy(tmp_path: Path) -> Path:
