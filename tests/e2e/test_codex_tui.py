@@ -12,6 +12,7 @@ from __future__ import annotations
 import base64
 import json
 import re
+import stat
 import sys
 import uuid
 from collections.abc import Iterator
@@ -123,7 +124,7 @@ def picker_models(screen: str) -> list[str]:
 
 
 def quit_codex(session: TmuxSession) -> None:
-    session.command("/quit", "To continue this session, run:")
+    session.command("/quit", None)
 
 
 @pytest.mark.parametrize(
@@ -204,3 +205,40 @@ def test_budget_refusal_on_screen(tui_gateway: Gateway, mode: str, tmp_path: Pat
         session.wait_until("team broke: monthly budget $0.00 used", timeout=120)
     finally:
         session.close()
+
+
+def test_first_run_asks_checks_and_remembers(tui_gateway: Gateway, tmp_path: Path) -> None:
+    home = developer_home(tmp_path, signed_in=True)
+    workdir = tmp_path / "work"
+    workdir.mkdir()
+    env = codex_env(tmp_path, home)
+    env.setdefault("TERM", "xterm-256color")
+    command = [sys.executable, "-m", "codexgate.cli", "codex", "--", "-m", "mock-model"]
+    session = TmuxSession(command, env, workdir)
+    try:
+        session.wait_for("Gateway URL for base-url mode")
+        session.submit(tui_gateway.base_url.removesuffix("/v1"), "127.0.0.1")
+        session.wait_for("Virtual key")
+        session.type_text("sk-cg-not-a-key-of-this-gateway-0000000000000")
+        session.press("Enter")
+        # Checked against the gateway: refused, asked again.
+        session.wait_for("the gateway refused the key (401)")
+        session.wait_for("Gateway URL for base-url mode [http://127.0.0.1:")
+        session.press("Enter")  # keep the URL given before
+        session.wait_until("Virtual key", count=2)
+        session.type_text(ALICE_KEY)
+        session.press("Enter")
+        session.wait_for("? for shortcuts")
+        quit_codex(session)
+    finally:
+        session.close()
+    profile = tmp_path / "codexgate-home" / "profile.json"
+    assert stat.S_IMODE(profile.stat().st_mode) == 0o600
+    assert json.loads(profile.read_text())["key"] == ALICE_KEY
+    # The next run asks nothing.
+    again = TmuxSession(command, env, workdir)
+    try:
+        screen = again.wait_for("? for shortcuts")
+        assert "Virtual key" not in again.scrollback() and "Sign in with ChatGPT" not in screen
+    finally:
+        again.close()

@@ -91,10 +91,13 @@ class TmuxSession:
         self.wait_for(shown or text[:40])
         self.press("Enter")
 
-    def command(self, command: str, expect: str, tries: int = 5) -> str:
-        """Run a slash command and wait for `expect`. The composer's command popup may still be
-        filtering when Enter arrives (then Enter is not taken): Enter is pressed again, a bounded
-        number of times, until `expect` shows."""
+    def exited(self) -> bool:
+        return self._tmux("display-message", "-p", "-t", "main", "#{pane_dead}").stdout.strip() == "1"
+
+    def command(self, command: str, expect: str | None, tries: int = 5) -> str:
+        """Run a slash command and wait for `expect` on the screen (None: for the program to exit).
+        The composer's command popup may still be filtering when Enter arrives (then Enter is not
+        taken): Enter is pressed again, a bounded number of times, until `expect` shows."""
         self.type_text(command)
         self.wait_for(command)
         for _ in range(tries):
@@ -102,10 +105,10 @@ class TmuxSession:
             deadline = time.monotonic() + 5
             while time.monotonic() < deadline:
                 screen = self.screen()
-                if expect in screen:
+                if (expect in screen) if expect is not None else self.exited():
                     return screen
                 time.sleep(0.1)
-        pytest.fail(f"{command} never showed {expect!r}; the screen shows:\n{self.screen()}")
+        pytest.fail(f"{command} never showed {expect or 'the exit'!r}; the screen shows:\n{self.screen()}")
 
     def press_until_gone(self, key: str, text: str, tries: int = 5) -> None:
         """Press `key` until `text` leaves the screen. Codex ignores keys for a moment after a
