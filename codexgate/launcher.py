@@ -419,12 +419,18 @@ def codex_launch(
 def _catalog_for(target: Target, overlay: Path) -> Path | None:
     if target.mode != "base-url":
         return None  # Codex fetches it itself, from chatgpt.com through the gateway
-    body = gateway_get(target, f"{target.gateway}/codex/models")
     try:
+        body = gateway_get(target, f"{target.gateway}/codex/models")
         if not isinstance(json.loads(body).get("models"), list):
             raise ValueError("no models")
-    except (ValueError, AttributeError):
-        raise LaunchError(f"{target.gateway}/codex/models did not answer a Codex model catalog") from None
+    except (LaunchError, ValueError, AttributeError) as exc:
+        # An older gateway: Codex still works, with its built-in model list in /model.
+        print(
+            f"codexgate codex: warning: the gateway serves no Codex model catalog ({exc}); "
+            "/model will list Codex's built-in models",
+            file=sys.stderr,
+        )
+        return None
     path = overlay / CATALOG_FILE
     path.write_bytes(body)
     return path
