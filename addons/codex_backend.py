@@ -54,10 +54,14 @@ class CodexBackend:
         if gateway_listener:
             if path not in CATALOG_PATHS[1:]:
                 return
-        elif not policy.is_guard_host(flow.request.pretty_host.lower()) or not path.startswith("/backend-api/"):
-            return
-        # SecretMask moved a virtual key sent to a non-governed host out of the headers.
-        saved = flow.metadata.get(CLIENT_CREDENTIALS_KEY)
+            saved = flow.metadata.get(CLIENT_CREDENTIALS_KEY)  # SecretMask's, under mitmweb; Identify reads it too
+        else:
+            if not policy.is_guard_host(flow.request.pretty_host.lower()):
+                return
+            # SecretMask moved a virtual key sent to a guard host out of the headers; nothing else needs it.
+            saved = flow.metadata.pop(CLIENT_CREDENTIALS_KEY, None)
+            if not path.startswith("/backend-api/"):
+                return
         headers = http.Headers([(n.encode(), v.encode()) for n, v in saved]) if saved else flow.request.headers
         candidates = key_candidates(headers)
         key = next((k for k in (policy.keys_by_hash.get(hash_key(c)) for c in candidates) if k), None)

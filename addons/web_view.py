@@ -73,8 +73,10 @@ class SecretMask:
             if any(carries_virtual_key(value, policy.keys_by_hash) for value in headers.get_all(name))
         ]  # fmt: skip
         if removed:
-            # Kept for CodexBackend, which answers Codex's catalog fetch to chatgpt.com for the key.
-            flow.metadata[CLIENT_CREDENTIALS_KEY] = [(n, v) for n in removed for v in headers.get_all(n)]
+            if policy.is_guard_host(flow.request.pretty_host.lower()):
+                # For CodexBackend, which answers Codex's catalog fetch to chatgpt.com for the key
+                # (and drops this again).
+                flow.metadata[CLIENT_CREDENTIALS_KEY] = [(n, v) for n in removed for v in headers.get_all(n)]
             flow.metadata[VIRTUAL_KEY_REMOVED] = removed
         for name in removed:
             del headers[name]
