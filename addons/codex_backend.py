@@ -1,11 +1,12 @@
-"""Codex's own backend, as far as a virtual key needs it: the model catalog and startup fetches.
+"""Codex's own backend, as far as a virtual key needs it: the model catalog.
 
 In proxy mode Codex 0.169 asks `chatgpt.com/backend-api/codex/models?client_version=…` for its
-model catalog and fetches a few other things from `chatgpt.com/backend-api/…` at start — carrying
-the API key, i.e. the virtual key, which must not leave the gateway. Those requests are answered
-here (before KeyGuard would refuse them with 403 and Codex log ERROR lines): the catalog with the
-models this key may use, the other fetches with empty answers. In base-URL mode the same catalog
-is served at `GET /v1/codex/models` for the launcher to hand Codex as `model_catalog_json`.
+model catalog, carrying the API key, i.e. the virtual key, which must not leave the gateway. That
+request is answered here (before KeyGuard would refuse it with 403 and Codex log an ERROR) with the
+models this key may use. In base-URL mode the same catalog is served at `GET /v1/codex/models` for
+the launcher to hand Codex as `model_catalog_json`. (Measured with an API-key sign-in: Codex's
+other startup fetch from chatgpt.com, `/backend-api/plugins/export/curated`, carries no key; it is
+not the gateway's business and passes like any other request.)
 
 A request without a virtual key (a ChatGPT sign-in's token) is left alone.
 """
@@ -15,7 +16,6 @@ from __future__ import annotations
 import datetime as dt
 import json
 import logging
-from typing import Any
 
 from mitmproxy import http
 from mitmproxy.proxy.mode_specs import ReverseMode
@@ -30,10 +30,6 @@ from codexgate.policies.keys import KEY_PREFIX, hash_key
 logger = logging.getLogger(__name__)
 
 CATALOG_PATHS = ("/backend-api/codex/models", "/v1/codex/models", "/codex/models")
-# Startup fetches answered with an empty result (path -> body), for requests carrying a virtual key.
-EMPTY_ANSWERS: dict[str, Any] = {
-    "/backend-api/plugins/export/curated": {"plugins": []},
-}
 
 
 def _path(flow: http.HTTPFlow) -> str:
@@ -74,15 +70,11 @@ class CodexBackend:
         if key.disabled or (key.expires_at is not None and key.expires_at <= dt.datetime.now(dt.UTC)):
             flow.response = error_response(401, "key_disabled", f"virtual key {key.name} is disabled or expired")
             return
-        if path in CATALOG_PATHS:
-            body: Any = codex_catalog(policy, key)
-            flow.comment = f"codexgate: model catalog for key {key.name} ({len(body['models'])} models)"
-            logger.info("Codex model catalog for key %s served (%d models, %s)", key.name, len(body["models"]), path)
-        elif path in EMPTY_ANSWERS:
-            body = EMPTY_ANSWERS[path]
-            flow.comment = "codexgate: answered locally (Codex startup fetch)"
-        else:
+        if path not in CATALOG_PATHS:
             return  # KeyGuard removes the key and refuses
+        body = codex_catalog(policy, key)
+        flow.comment = f"codexgate: model catalog for key {key.name} ({len(body['models'])} models)"
+        logger.info("Codex model catalog for key %s served (%d models, %s)", key.name, len(body["models"]), path)
         flow.response = http.Response.make(
             200, json.dumps(body).encode(), {"content-type": "application/json", "cache-control": "no-store"}
         )

@@ -416,6 +416,19 @@ def codex_launch(
     return [*daemon, *config, *codex_args], env
 
 
+def default_model(codex_args: list[str], overlay: Path, models: list[str]) -> str | None:
+    """The key's first model, when neither the arguments nor the config name one the key may use
+    (Codex's own default is a model the gateway may not serve, refused on the first prompt)."""
+    if any(arg in ("-m", "--model") or arg.startswith(("--model=", "model=")) for arg in codex_args):
+        return None
+    configured = None
+    with contextlib.suppress(OSError, ValueError):
+        configured = tomllib.loads((overlay / "config.toml").read_text(encoding="utf-8")).get("model")
+    if configured in models or not models:
+        return None
+    return models[0]
+
+
 def _catalog_for(target: Target, overlay: Path) -> Path | None:
     if target.mode != "base-url":
         return None  # Codex fetches it itself, from chatgpt.com through the gateway
@@ -446,8 +459,8 @@ def cmd_codex(args: argparse.Namespace) -> int:
         codex_args = codex_args[1:]
     try:
         target = resolve_target(args, data_dir, env, interactive=sys.stdin.isatty() and sys.stderr.isatty())
-        if target.mode == "proxy":
-            check_target(target)  # the CA and the key, before Codex loops on "Reconnecting…"
+        # Gateway, key (and CA) checked before Codex starts: otherwise Codex loops on "Reconnecting…".
+        models = check_target(target)
         codex = find_codex(data_dir)
         overlay = data_dir / OVERLAY_DIR
         developer_home = developer_codex_home(env)
@@ -456,6 +469,9 @@ def cmd_codex(args: argparse.Namespace) -> int:
     except LaunchError as exc:
         print(f"codexgate codex: {exc}", file=sys.stderr)
         return 2
+    model = default_model(codex_args, overlay, models)
+    if model is not None:
+        codex_args = ["-c", f"model={_toml_string(model)}", *codex_args]
     argv, launch_env = codex_launch(target, env, codex_args, overlay, catalog, developer_home)
     os.execve(codex, [codex, *argv], launch_env)
     return 0  # not reached

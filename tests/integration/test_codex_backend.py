@@ -47,14 +47,12 @@ def _proxy_client(gateway: Gateway) -> httpx.Client:
     return httpx.Client(proxy=gateway.proxy_url, verify=context)
 
 
-def test_proxy_mode_answers_codex_startup_fetches_for_the_key(gateway: Gateway) -> None:
+def test_proxy_mode_answers_codex_catalog_fetch_for_the_key(gateway: Gateway) -> None:
     headers = {"Authorization": f"Bearer {CAROL_KEY}"}
     with _proxy_client(gateway) as http:
         catalog = http.get("https://chatgpt.com/backend-api/codex/models?client_version=0.169.0", headers=headers)
-        plugins = http.get("https://chatgpt.com/backend-api/plugins/export/curated", headers=headers)
         other = http.get("https://chatgpt.com/backend-api/wham/usage", headers=headers)
     assert catalog.status_code == 200 and [m["slug"] for m in catalog.json()["models"]] == ["mock-model"]
-    assert plugins.status_code == 200 and plugins.json() == {"plugins": []}
     # Anything else of chatgpt.com carrying the key: still refused, the key kept in (KeyGuard).
     assert other.status_code == 403 and other.json()["error"]["code"] == "virtual_key_not_forwarded"
     assert "Codex model catalog for key carol served" in gateway.wait_log("Codex model catalog for key carol")

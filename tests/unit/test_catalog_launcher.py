@@ -18,6 +18,7 @@ from codexgate.launcher import (
     Profile,
     Target,
     codex_launch,
+    default_model,
     prepare_overlay,
     resolve_target,
 )
@@ -182,3 +183,14 @@ def test_profile_is_owner_only_and_used_next_time(tmp_path: Path) -> None:
 def test_proxy_mode_checks_the_ca_path(tmp_path: Path) -> None:
     with pytest.raises(LaunchError, match="does not exist: `codexgate ca`"):
         resolve_target(_args(mode="proxy", ca=str(tmp_path / "missing.pem")), tmp_path, {}, interactive=False)
+
+
+def test_codex_starts_on_a_model_the_key_may_use(tmp_path: Path) -> None:
+    models = ["mock-model", "claude-sonnet-4-5"]
+    assert default_model([], tmp_path, models) == "mock-model"  # no config at all
+    (tmp_path / "config.toml").write_text('model = "gpt-6-astra"\n')  # not the key's
+    assert default_model(["resume"], tmp_path, models) == "mock-model"
+    (tmp_path / "config.toml").write_text('model = "claude-sonnet-4-5"\n')
+    assert default_model([], tmp_path, models) is None
+    assert default_model(["-m", "other"], tmp_path, []) is None
+    assert default_model(["exec", "--model=x"], tmp_path, models) is None
