@@ -85,11 +85,21 @@ class TmuxSession:
         for key in keys:
             self._tmux("send-keys", "-t", "main", key)
 
-    def submit(self, text: str, shown: str | None = None) -> None:
-        """Type `text`, wait until the composer shows it, then press Enter."""
-        self.type_text(text)
-        self.wait_for(shown or text[:40])
-        self.press("Enter")
+    def submit(self, text: str, shown: str | None = None, tries: int = 5) -> None:
+        """Type `text`, wait until the composer shows it, then press Enter. Keys typed while the
+        program is still setting its screen up can be lost: then the line is cleared (Ctrl-U) and
+        typed again, a bounded number of times."""
+        expected = shown or text[:40]
+        for _ in range(tries):
+            self.type_text(text)
+            deadline = time.monotonic() + 5
+            while time.monotonic() < deadline:
+                if expected in self.screen():
+                    self.press("Enter")
+                    return
+                time.sleep(0.1)
+            self.press("C-u")
+        pytest.fail(f"typed {text!r} never showed; the screen shows:\n{self.screen()}")
 
     def exited(self) -> bool:
         return self._tmux("display-message", "-p", "-t", "main", "#{pane_dead}").stdout.strip() == "1"
