@@ -388,10 +388,9 @@ def codex_launch(
         env["CODEX_API_KEY"] = target.key  # no overlay sign-in: `codex exec` reads the key from here
     home = developer_home or developer_codex_home(base_env)
     excludes = credential_excludes(base_env, target.key, home)
-    config = [
-        "-c", f"shell_environment_policy.exclude=[{', '.join(_toml_string(name) for name in excludes)}]",
-        "-c", "shell_environment_policy.ignore_default_excludes=false",
-    ]  # fmt: skip
+    # Only these names: Codex's default excludes (*KEY*, *SECRET*, *TOKEN*) would also take the
+    # developer's own tokens (NPM_TOKEN, GITHUB_TOKEN) from the commands that need them.
+    config = ["-c", f"shell_environment_policy.exclude=[{', '.join(_toml_string(name) for name in excludes)}]"]
     if target.mode == "proxy":
         env["HTTPS_PROXY"] = target.gateway
         if target.ca is not None:
