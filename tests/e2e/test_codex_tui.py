@@ -33,6 +33,7 @@ KEY_MODELS = ["mock-model", "claude-sonnet-4-5"]  # what alice's key may use, in
 SHOWN_AS = {"mock-model": "mock-model", "claude-sonnet-4-5": "Claude Sonnet 4.5"}  # display names
 AGENTS_MARKER = "agents-md-marker-7c1e"
 CHATGPT_ACCESS_TOKEN = "chatgpt-access-token-of-the-developer"
+DEVELOPER_TOKEN = "npm-token-of-the-developer"
 
 
 @pytest.fixture(scope="module")
@@ -108,6 +109,7 @@ def launch(gateway: Gateway, mode: str, tmp_path: Path, home: Path, key: str, *c
     workdir.mkdir(exist_ok=True)
     env = codex_env(tmp_path, home)
     env.setdefault("TERM", "xterm-256color")
+    env["NPM_TOKEN"] = DEVELOPER_TOKEN  # the developer's own credential, for the tools they run
     gateway_url = gateway.base_url if mode == "base-url" else gateway.proxy_url
     command = [
         sys.executable, "-m", "codexgate.cli", "codex", "--mode", mode, "--gateway", gateway_url, "--key", key,
@@ -157,6 +159,7 @@ def test_interactive_day(
         session.wait_until("The command finished. Its output was", count=2)
         seen = (workdir / "env-of-tools.txt").read_text()
         assert ALICE_KEY not in seen and "CODEX_API_KEY" not in seen and CHATGPT_ACCESS_TOKEN not in seen
+        assert f"NPM_TOKEN={DEVELOPER_TOKEN}" in seen  # the developer's own credentials stay
         if mode == "proxy":
             # ... but still the proxy and the CA, so package managers go through the gateway.
             assert f"HTTPS_PROXY={tui_gateway.proxy_url}" in seen and "CODEX_CA_CERTIFICATE=" in seen
