@@ -20,6 +20,7 @@ from pathlib import Path
 
 import pytest
 from fakes import anthropic_upstream as anthropic_fake
+from fakes import gemini_upstream as gemini_fake
 from fakes.codex_cli import codex_env, gateway_errors, log_db_errors
 from fakes.gateway import ALICE_KEY, Gateway
 from fakes.tmux_session import TmuxSession
@@ -29,8 +30,12 @@ from codexgate.policies.keys import hash_key
 pytestmark = pytest.mark.e2e
 
 BROKE_KEY = "sk-cg-broke-tui-key-000000000000000000000000000"
-KEY_MODELS = ["mock-model", "claude-sonnet-4-5"]  # what alice's key may use, in policy order
-SHOWN_AS = {"mock-model": "mock-model", "claude-sonnet-4-5": "Claude Sonnet 4.5"}  # display names
+KEY_MODELS = ["mock-model", "claude-sonnet-4-5", "gemini-2.5-flash"]  # what alice's key may use, in policy order
+SHOWN_AS = {
+    "mock-model": "mock-model",
+    "claude-sonnet-4-5": "Claude Sonnet 4.5",
+    "gemini-2.5-flash": "gemini-2.5-flash",
+}
 AGENTS_MARKER = "agents-md-marker-7c1e"
 CHATGPT_ACCESS_TOKEN = "chatgpt-access-token-of-the-developer"
 DEVELOPER_TOKEN = "npm-token-of-the-developer"
@@ -44,7 +49,16 @@ def claude() -> Iterator[anthropic_fake.FakeAnthropic]:
 
 
 @pytest.fixture(scope="module")
-def tui_gateway(tmp_path_factory: pytest.TempPathFactory, claude: anthropic_fake.FakeAnthropic) -> Iterator[Gateway]:
+def gemini() -> Iterator[gemini_fake.FakeGemini]:
+    fake = gemini_fake.FakeGemini().start()
+    yield fake
+    fake.stop()
+
+
+@pytest.fixture(scope="module")
+def tui_gateway(
+    tmp_path_factory: pytest.TempPathFactory, claude: anthropic_fake.FakeAnthropic, gemini: gemini_fake.FakeGemini
+) -> Iterator[Gateway]:
     root = tmp_path_factory.mktemp("tui")
     policy = root / "policy.yaml"
     policy.write_text(
@@ -52,21 +66,24 @@ def tui_gateway(tmp_path_factory: pytest.TempPathFactory, claude: anthropic_fake
 providers:
   local: {{kind: mock, output_tokens: 5}}
   anthropic: {{kind: anthropic, base_url: "{claude.url}", keys: [{{value: env:CG_ANTHROPIC_KEY}}]}}
+  google: {{kind: gemini, base_url: "{gemini.url}", keys: [{{value: env:CG_GEMINI_KEY}}]}}
 models:
   mock-model: {{routes: [{{provider: local}}], price: {{input_per_mtok: 0, output_per_mtok: 0}}}}
   claude-sonnet-4-5:
     routes: [{{provider: anthropic}}]
     codex: {{display_name: "Claude Sonnet 4.5", description: "Anthropic, translated by the gateway"}}
+  gemini-2.5-flash: {{routes: [{{provider: google}}]}}
   hidden-model: {{routes: [{{provider: local}}], price: {{input_per_mtok: 0, output_per_mtok: 0}}}}
 teams:
   platform: {{org: acme}}
   broke: {{org: acme, budgets: [{{limit_usd: 0, period: 1M}}]}}
 keys:
-  - {{name: alice, team: platform, hash: "{hash_key(ALICE_KEY)}", models: ["mock-*", "claude-*"]}}
+  - {{name: alice, team: platform, hash: "{hash_key(ALICE_KEY)}", models: ["mock-*", "claude-*", "gemini-*"]}}
   - {{name: broke, team: broke, hash: "{hash_key(BROKE_KEY)}", models: ["mock-*"]}}
 """
     )
-    gateway = Gateway(policy, root / "data", extra_env={"CG_ANTHROPIC_KEY": anthropic_fake.API_KEY}).start()
+    keys = {"CG_ANTHROPIC_KEY": anthropic_fake.API_KEY, "CG_GEMINI_KEY": gemini_fake.API_KEY}
+    gateway = Gateway(policy, root / "data", extra_env=keys).start()
     yield gateway
     gateway.stop()
 
@@ -135,7 +152,12 @@ def quit_codex(session: TmuxSession) -> None:
     ids=["base-url-fresh", "proxy-chatgpt", "base-url-chatgpt", "proxy-fresh"],
 )
 def test_interactive_day(
-    tui_gateway: Gateway, claude: anthropic_fake.FakeAnthropic, mode: str, signed_in: bool, tmp_path: Path
+    tui_gateway: Gateway,
+    claude: anthropic_fake.FakeAnthropic,
+    gemini: gemini_fake.FakeGemini,
+    mode: str,
+    signed_in: bool,
+    tmp_path: Path,
 ) -> None:
     home = developer_home(tmp_path, signed_in)
     auth_before = (home / "auth.json").read_bytes() if signed_in else None
@@ -181,12 +203,24 @@ def test_interactive_day(
         claude_bodies = [r.body.decode() for r in claude.received[before:] if r.path == "/v1/messages"]
         assert claude_bodies and not claude.invalid
         assert AGENTS_MARKER in claude_bodies[-1]  # the developer's AGENTS.md reached the model
+
+        # And on to Gemini, in the same session.
+        session.command("/model", "Select Model")
+        session.press_until_gone(str(KEY_MODELS.index("gemini-2.5-flash") + 1), "Select Model and Effort")
+        session.wait_for("Select Reasoning Level")
+        session.press_until_gone("Enter", "Select Reasoning Level")
+        session.wait_for("Model changed to gemini-2.5-flash")
+        marker = f"gemini-answer-{uuid.uuid4().hex[:8]}"
+        usage = gemini_fake.usage_metadata(900, 12)
+        gemini.script(gemini_fake.Reply(chunks=[gemini_fake.chunk([gemini_fake.text_part(marker)], "STOP", usage)]))
+        session.submit("and now Gemini, please")
+        session.wait_until(marker)
         quit_codex(session)
     finally:
         session.close()
 
     records = [r for r in tui_gateway.accounting() if r.get("session_id") and r["key"] == "alice"]
-    assert {"mock-model", "claude-sonnet-4-5"} <= {r["model"] for r in records}
+    assert set(KEY_MODELS) <= {r["model"] for r in records}
     # The developer's own sign-in and config are untouched; the session is in their sessions.
     if signed_in:
         assert (home / "auth.json").read_bytes() == auth_before
