@@ -194,3 +194,23 @@ def test_codex_starts_on_a_model_the_key_may_use(tmp_path: Path) -> None:
     assert default_model([], tmp_path, models) is None
     assert default_model(["-m", "other"], tmp_path, []) is None
     assert default_model(["exec", "--model=x"], tmp_path, models) is None
+
+
+def test_banner_commands_work_as_pasted(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from codexgate.launcher import banner_commands
+
+    monkeypatch.setenv("PATH", "/nonexistent")  # neither codexgate nor codex on PATH
+    monkeypatch.setenv("CODEXGATE_HOME", str(tmp_path / "default-home"))
+    lines = banner_commands("127.0.0.1", 8080, 4000, tmp_path / "ca.pem", tmp_path / "data", "sk-cg-demo", "mock-model")
+    text = "\n".join(lines)
+    assert "<key>" not in text and "CODEX_API_KEY=sk-cg-demo" in text
+    launchers = [line.split() for line in lines if " codex --" in line and "exec" not in line]
+    assert len(launchers) == 2
+    for words in launchers:
+        assert Path(words[0]).is_absolute()  # this Python (or codexgate's absolute path), not a bare name
+        assert "--data-dir" in words and str(tmp_path / "data") in words  # a data dir other than the default
+    assert any("--mode proxy --gateway http://127.0.0.1:8080" in line for line in lines)
+    # Without a demo key (a policy of one's own): only the launcher, which asks for the key.
+    assert not any("CODEX_API_KEY" in line for line in banner_commands(
+        "127.0.0.1", 8080, 4000, tmp_path / "ca.pem", tmp_path / "data", None, "mock-model"
+    ))  # fmt: skip
