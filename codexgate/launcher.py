@@ -54,11 +54,6 @@ SHARED_ENTRIES = (
 CREATED_IF_MISSING = {"sessions": "dir", "archived_sessions": "dir", "history.jsonl": "file"}
 # Gateway credentials never handed to the commands Codex runs (besides any variable holding the key).
 CREDENTIAL_VARIABLES = ("CODEX_API_KEY", "OPENAI_API_KEY", "CODEXGATE_KEY", "CODEXGATE_WEB_PASSWORD")
-# Codex subcommands that are not the terminal UI (the UI also runs for `resume` and `fork`).
-NON_INTERACTIVE = {
-    "exec", "e", "review", "login", "logout", "mcp", "mcp-server", "app-server", "completion", "sandbox",
-    "debug", "apply", "a", "cloud", "features", "update", "remote-control", "help", "plugin", "marketplace",
-}  # fmt: skip
 CHECK_TIMEOUT = 15.0
 
 
@@ -363,11 +358,6 @@ def credential_excludes(env: dict[str, str], key: str, developer_home: Path) -> 
     return list(dict.fromkeys(merged))
 
 
-def is_interactive(codex_args: list[str]) -> bool:
-    first = next((arg for arg in codex_args if not arg.startswith("-")), None)
-    return first is None or first not in NON_INTERACTIVE
-
-
 def codex_launch(
     target: Target,
     base_env: dict[str, str],
@@ -410,9 +400,9 @@ def codex_launch(
         if catalog_file is not None:
             config += ["-c", f"model_catalog_json={_toml_string(str(catalog_file))}"]
     # The terminal UI otherwise hands the session to a shared background server, which keeps the
-    # environment of whichever launch started it (another gateway, another key).
-    daemon = ["--no-daemon"] if is_interactive(codex_args) else []
-    return [*daemon, *config, *codex_args], env
+    # environment of whichever launch started it (another gateway, another key). A top-level flag
+    # every subcommand accepts.
+    return ["--no-daemon", *config, *codex_args], env
 
 
 def default_model(codex_args: list[str], overlay: Path, models: list[str]) -> str | None:

@@ -156,7 +156,7 @@ def test_launch_keeps_the_key_out_of_codex_and_its_tools(tmp_path: Path) -> None
     assert proxy_env["HTTPS_PROXY"] == "http://gw:8080" and proxy_env["CODEX_CA_CERTIFICATE"] == str(
         tmp_path / "ca.pem"
     )
-    assert "--no-daemon" not in proxy_argv and "model_provider" not in _config_values(proxy_argv)
+    assert proxy_argv[0] == "--no-daemon" and "model_provider" not in _config_values(proxy_argv)
 
 
 def _args(**given: object) -> argparse.Namespace:
