@@ -12,12 +12,14 @@ The developer's own sign-in is never read or changed.
 Per launch the launcher also
 - checks gateway and key (`GET /v1/models` with the key, through the proxy in proxy mode),
   asking for them on first use and remembering them in a 0600 profile (`DATA_DIR/profile.json`);
-- in base-URL mode fetches the key's model catalog (`GET /v1/codex/models`) into a file for
-  Codex's `model_catalog_json` (in proxy mode Codex fetches it from chatgpt.com, answered by the
-  gateway);
+- in base-URL mode points a `codexgate` model provider (not `openai_base_url`, with which /model
+  warns) at the gateway and fetches the key's model catalog (`GET /v1/codex/models`) into a file
+  for Codex's `model_catalog_json` (in proxy mode Codex fetches it from chatgpt.com, answered by
+  the gateway); starts Codex on the key's first model when nothing names one the key may use;
 - keeps the key out of the commands Codex runs: the key is not in Codex's environment at all,
   and `shell_environment_policy.exclude` drops every variable holding it or another gateway
-  credential, while `HTTPS_PROXY` and the CA stay so package managers work through the gateway.
+  credential, while `HTTPS_PROXY` and the CA stay so package managers work through the gateway;
+- runs Codex with `--no-daemon`: a shared background server would keep another launch's settings.
 """
 
 from __future__ import annotations
