@@ -27,6 +27,8 @@ def steps(shown: bool = True) -> list[Any]:
     from codexgate.addons.accounting import Accounting
     from codexgate.addons.admit import Admit
     from codexgate.addons.audit_log import AuditLog
+    from codexgate.addons.client_trust import ClientTrustHint
+    from codexgate.addons.codex_backend import CodexBackend
     from codexgate.addons.credentials import Credentials
     from codexgate.addons.egress import EgressGuard
     from codexgate.addons.guardrails import Guardrails
@@ -65,6 +67,8 @@ def steps(shown: bool = True) -> list[Any]:
         policy,
         egress,  # before TlsScope, which reads the CONNECT target it recorded
         TlsScope(policy, egress),
+        ClientTrustHint(),
+        CodexBackend(policy),  # Codex's catalog and startup fetches, before Intake/KeyGuard refuse them
         Intake(policy),
         websocket,  # right after Intake: takes Responses WebSocket upgrades out of the chain
         tracing,  # right after Intake: starts the request's span at state.started

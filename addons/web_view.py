@@ -17,10 +17,10 @@ from mitmproxy import ctx, http
 from mitmproxy.addonmanager import Loader
 
 from codexgate.addons.identify import CLIENT_CREDENTIALS_KEY
-from codexgate.addons.key_guard import VIRTUAL_KEY_REMOVED, scrub_request_head
+from codexgate.addons.key_guard import VIRTUAL_KEY_REMOVED, carries_virtual_key, scrub_request_head
 from codexgate.addons.policy_source import PolicySource
 from codexgate.flowstate import state_of
-from codexgate.headers import SECRET_HEADERS
+from codexgate.headers import CLIENT_CREDENTIAL_HEADERS, SECRET_HEADERS
 
 logger = logging.getLogger(__name__)
 
@@ -68,6 +68,15 @@ class SecretMask:
         assert policy is not None
         # Not governed: a virtual key must not leave, nor be shown. Removed here, before View
         # publishes the flow; KeyGuard logs it and answers guard hosts.
+        if policy.is_guard_host(flow.request.pretty_host.lower()):
+            # For CodexBackend, which answers Codex's catalog fetch to chatgpt.com for the key (and
+            # drops this again): the client's credentials as sent, before they are scrubbed.
+            carried = [
+                (name, value) for name in CLIENT_CREDENTIAL_HEADERS for value in headers.get_all(name)
+                if carries_virtual_key(value, policy.keys_by_hash)
+            ]  # fmt: skip
+            if carried:
+                flow.metadata[CLIENT_CREDENTIALS_KEY] = carried
         removed = scrub_request_head(flow.request, policy.keys_by_hash)  # headers, query, path
         if removed:
             flow.metadata[VIRTUAL_KEY_REMOVED] = removed

@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import shutil
-import subprocess
 import sys
 from importlib import resources
 from pathlib import Path
@@ -17,7 +15,6 @@ from codexgate.policies.keys import add_key
 from codexgate.policies.loader import PolicyError, load_policy, unreachable_key_problems
 from codexgate.stores.factory import check_store_spec
 
-CODEX_NPM_PACKAGE = "@openai/codex@0.169.0"
 DEMO_KEY_FILE = "demo-key"
 
 
@@ -140,15 +137,10 @@ def cmd_up(args: argparse.Namespace) -> int:
     print(f"codexgate: data dir {data_dir}; CA certificate {cert}")
     if demo_key:
         print(f"codexgate: demo virtual key (team platform, models mock-*/gpt-5*): {demo_key}")
-    print("Point Codex at it, either way:")
-    print(
-        f"  base URL: CODEX_API_KEY=<key> codex -c openai_base_url='\"http://{shown}:{gateway_port}/v1\"' -m mock-model"
-    )
-    print(
-        f"  proxy:    HTTPS_PROXY=http://{shown}:{proxy_port} CODEX_CA_CERTIFICATE={cert}"
-        " CODEX_API_KEY=<key> codex -m mock-model"
-    )
-    print("  or simply: codexgate codex -- -m mock-model")
+    from codexgate.launcher import banner_commands
+
+    for line in banner_commands(shown, proxy_port, gateway_port, cert, data_dir, demo_key, "mock-model"):
+        print(line)
     sys.stdout.flush()
     metrics_port = args.metrics_port if args.metrics_port is not None else int(config.get("metrics_port", 0))
     if metrics_port:
@@ -247,62 +239,6 @@ def cmd_ca(args: argparse.Namespace) -> int:
     return 0
 
 
-def find_codex(data_dir: Path, install: bool = True) -> str:
-    """The Codex CLI: $CODEXGATE_CODEX_BIN, on PATH, or installed with npm into the data dir."""
-    configured = os.environ.get("CODEXGATE_CODEX_BIN")
-    if configured and os.access(configured, os.X_OK):
-        return configured
-    found = shutil.which("codex")
-    if found:
-        return found
-    local = data_dir / "codex-cli" / "node_modules" / ".bin" / "codex"
-    if local.exists():
-        return str(local)
-    if not install:
-        raise SystemExit("codex not found")
-    npm = shutil.which("npm")
-    if not npm:
-        raise SystemExit("codex is not installed and npm is missing: install Node.js, then rerun")
-    print(f"codexgate: installing {CODEX_NPM_PACKAGE} into {local.parent.parent.parent}", file=sys.stderr)
-    subprocess.run([npm, "install", "--prefix", str(data_dir / "codex-cli"), CODEX_NPM_PACKAGE], check=True)
-    return str(local)
-
-
-def codex_launch(
-    mode: str, gateway: str, key: str, ca_cert: Path | None, base_env: dict[str, str], codex_args: list[str]
-) -> tuple[list[str], dict[str, str]]:
-    """(extra Codex arguments, environment) that send Codex through the gateway in `mode`."""
-    env = dict(base_env)
-    env["CODEX_API_KEY"] = key
-    gateway = gateway.rstrip("/")
-    if mode == "proxy":
-        for name in ("HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy"):
-            env.pop(name, None)
-        env["HTTPS_PROXY"] = gateway
-        if ca_cert is not None:
-            env["CODEX_CA_CERTIFICATE"] = str(ca_cert)
-        return list(codex_args), env
-    base_url = gateway if gateway.endswith("/v1") else gateway + "/v1"
-    return ["-c", f'openai_base_url="{base_url}"', *codex_args], env
-
-
-def cmd_codex(args: argparse.Namespace) -> int:
-    data_dir = ensure_data_dir(Path(args.data_dir).expanduser() if args.data_dir else default_data_dir())
-    key = args.key or os.environ.get("CODEXGATE_KEY")
-    if not key and (data_dir / DEMO_KEY_FILE).exists():
-        key = (data_dir / DEMO_KEY_FILE).read_text().strip()
-    if not key:
-        print("codexgate codex: no virtual key: pass --key or set CODEXGATE_KEY", file=sys.stderr)
-        return 2
-    gateway = args.gateway or ("http://127.0.0.1:8080" if args.mode == "proxy" else "http://127.0.0.1:4000")
-    ca_cert = Path(args.ca).expanduser() if args.ca else (ca_cert_path(data_dir) if args.mode == "proxy" else None)
-    codex_args = [a for a in args.codex_args if a != "--"]
-    extra, env = codex_launch(args.mode, gateway, key, ca_cert, dict(os.environ), codex_args)
-    codex = find_codex(data_dir)
-    os.execve(codex, [codex, *extra], env)
-    return 0  # not reached
-
-
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="codexgate", description="Governance gateway for the OpenAI Codex CLI")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -367,14 +303,9 @@ def build_parser() -> argparse.ArgumentParser:
     ca.add_argument("--data-dir")
     ca.set_defaults(func=cmd_ca)
 
-    codex = sub.add_parser("codex", help="launch Codex CLI through the gateway")
-    codex.add_argument("--gateway", help="gateway URL (default http://127.0.0.1:4000, or :8080 in proxy mode)")
-    codex.add_argument("--key", help="virtual key (default: $CODEXGATE_KEY, or the demo key of the data dir)")
-    codex.add_argument("--mode", choices=["proxy", "base-url"], default="base-url")
-    codex.add_argument("--ca", help="gateway CA certificate for proxy mode (default: the data dir's)")
-    codex.add_argument("--data-dir")
-    codex.add_argument("codex_args", nargs=argparse.REMAINDER, help="arguments for codex, after --")
-    codex.set_defaults(func=cmd_codex)
+    from codexgate.launcher import add_codex_command  # `codexgate codex` lives in codexgate/launcher.py
+
+    add_codex_command(sub)
     return parser
 
 

@@ -238,6 +238,34 @@ class Route(Strict):
     weight: int = Field(default=1, ge=0, description="share of traffic among the model's routes")
 
 
+ReasoningLevel = Literal["none", "minimal", "low", "medium", "high", "xhigh"]
+
+
+class CodexModelInfo(Strict):
+    """What Codex is told about a model (its `/model` picker and model catalog). Anything left out
+    comes from the provider family's defaults (codexgate/catalog.py)."""
+
+    display_name: str | None = None
+    description: str | None = None
+    context_window: int | None = Field(default=None, gt=0, description="tokens; drives Codex's auto-compaction")
+    reasoning_levels: list[ReasoningLevel] | None = Field(default=None, min_length=1)
+    default_reasoning_level: ReasoningLevel | None = None
+    input_modalities: list[Literal["text", "image"]] | None = Field(default=None, min_length=1)
+    apply_patch: Literal["freeform", "shell"] | None = Field(
+        default=None, description="apply_patch as its own (grammar) tool, or patches through the shell tool"
+    )
+
+    @model_validator(mode="after")
+    def _default_among_levels(self) -> CodexModelInfo:
+        if (
+            self.default_reasoning_level
+            and self.reasoning_levels
+            and (self.default_reasoning_level not in self.reasoning_levels)
+        ):
+            raise ValueError("default_reasoning_level must be one of reasoning_levels")
+        return self
+
+
 class ModelEntry(Limited):
     routes: list[Route] = Field(min_length=1)
     aliases: list[str] = Field(default_factory=list)
@@ -248,6 +276,7 @@ class ModelEntry(Limited):
     output_allowance: int = Field(
         default=4096, ge=1, description="output tokens reserved per request before the real count is known"
     )
+    codex: CodexModelInfo | None = Field(default=None, description="display name, context window, ... for Codex")
 
 
 class Org(Limited):

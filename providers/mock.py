@@ -19,6 +19,8 @@ from codexgate.providers.base import input_items as _input_items
 
 SHELL_TOOL_NAMES = ("shell_command", "exec_command", "shell", "container.exec", "local_shell")
 _RUN_REQUEST = re.compile(r"\brun\b[^`]*`([^`]+)`", re.IGNORECASE)
+# "... outside the sandbox": the call asks Codex for unsandboxed execution, which Codex puts to the user.
+ESCALATION_REQUEST = "outside the sandbox"
 
 
 def _new_id(prefix: str) -> str:
@@ -47,7 +49,7 @@ def _all_tools(body: dict[str, Any]) -> list[dict[str, Any]]:
     return tools
 
 
-def _shell_call(tools: list[dict[str, Any]], command: str) -> tuple[str, str] | None:
+def _shell_call(tools: list[dict[str, Any]], command: str, escalate: bool = False) -> tuple[str, str] | None:
     """(tool name, JSON arguments) calling the request's shell tool with `command`."""
     by_name = {tool.get("name"): tool for tool in tools if tool.get("type") in ("function", None)}
     for name in SHELL_TOOL_NAMES:
@@ -56,7 +58,10 @@ def _shell_call(tools: list[dict[str, Any]], command: str) -> tuple[str, str] | 
             continue
         properties = ((tool.get("parameters") or {}).get("properties")) or {}
         if "cmd" in properties:
-            return name, json.dumps({"cmd": command})
+            arguments: dict[str, Any] = {"cmd": command}
+            if escalate and "sandbox_permissions" in properties:
+                arguments.update(sandbox_permissions="require_escalated", justification="You asked for it.")
+            return name, json.dumps(arguments)
         if (properties.get("command") or {}).get("type") == "array":
             return name, json.dumps({"command": ["bash", "-lc", command]})
         return name, json.dumps({"command": command})
@@ -78,7 +83,7 @@ def plan_reply(body: dict[str, Any]) -> dict[str, Any]:
             break
     match = _RUN_REQUEST.search(user_text)
     if match:
-        call = _shell_call(_all_tools(body), match.group(1))
+        call = _shell_call(_all_tools(body), match.group(1), ESCALATION_REQUEST in user_text.lower())
         if call:
             return {"call": call}
     return {"text": f"mock-model reply: {user_text.strip()[:200] or 'hello'}"}

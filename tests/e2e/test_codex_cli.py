@@ -8,7 +8,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from fakes.codex_cli import run_codex
+from fakes.codex_cli import gateway_errors, log_db_errors, run_codex
 from fakes.gateway import ALICE_KEY, Gateway
 
 pytestmark = pytest.mark.e2e
@@ -32,8 +32,11 @@ def test_codex_turn_with_tool_round_trip(gateway: Gateway, mode: str, tmp_path: 
     }
     assert all(r["session_id"] for r in records)  # Codex's session-id header attributes the usage
     if mode == "proxy":
-        # Codex sends its API key to chatgpt.com too; the gateway kept the virtual key in.
-        assert "virtual key removed from GET request to chatgpt.com" in gateway.log_text()
+        # Codex asks chatgpt.com for its model catalog with the key; the gateway answered it itself.
+        assert "Codex model catalog for key alice served" in gateway.log_text()
+    # No gateway-related ERROR, neither on Codex's stderr nor in its log database.
+    assert gateway_errors(result.stderr.splitlines()) == []
+    assert gateway_errors(log_db_errors(tmp_path / "codexgate-home" / "codex-home")) == []
 
 
 def limited_policy(tmp_path: Path) -> Path:
@@ -91,4 +94,5 @@ def test_codex_stops_on_a_budget_with_its_name(limited_gateway: Gateway, tmp_pat
     refusals = [r for r in limited_gateway.accounting() if r["decision"] == "budget_exceeded"]
     # Codex 0.169 retries a 402 five times (about 6 s) before it prints it; none is charged.
     assert 1 <= len(refusals) <= 6 and all(not r["cost_usd"] for r in refusals)
-    assert not [r for r in limited_gateway.accounting() if r["decision"] == "answered"]
+    # (The launcher's own check, GET /v1/models, is answered; no Responses request is.)
+    assert not [r for r in limited_gateway.accounting() if r["decision"] == "answered" and r["endpoint"] != "models"]

@@ -226,11 +226,12 @@ def test_virtual_key_never_leaves_for_other_hosts(loopback_egress: Gateway, fake
 
 
 def _check_key_stays(gateway: Gateway, fake_openai: FakeOpenAI, other_host: FakeOpenAI) -> None:
-    # chatgpt.com is a guard host: Codex sends its key there; the gateway answers itself.
+    # chatgpt.com is a guard host: Codex sends its key there; the gateway answers itself (the model
+    # catalog with the key's models, tests/integration/test_codex_backend.py; anything else 403).
     context = ssl.create_default_context(cafile=str(gateway.ca_cert))
     with httpx.Client(proxy=gateway.proxy_url, verify=context) as http:
         guarded = http.get(
-            "https://chatgpt.com/backend-api/codex/models", headers={"authorization": f"Bearer {ALICE_KEY}"}
+            "https://chatgpt.com/backend-api/wham/usage", headers={"authorization": f"Bearer {ALICE_KEY}"}
         )
     assert guarded.status_code == 403 and guarded.json()["error"]["code"] == "virtual_key_not_forwarded"
     # Any other host through the proxy: forwarded, but without the virtual key.
