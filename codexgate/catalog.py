@@ -99,7 +99,7 @@ def model_info(policy: CompiledPolicy, name: str, entry: ModelEntry, priority: i
         "slug": name,
         "display_name": meta.display_name or name,
         "description": meta.description or f"{name} via codexgate ({entry.routes[0].provider})",
-        "prefer_websockets": False,
+        "prefer_websockets": True,  # the gateway serves (and governs) Responses over WebSocket
         "support_verbosity": False,
         "default_verbosity": None,
         # Codex 0.169 knows only "freeform"; without it (null) the model patches through the shell tool.

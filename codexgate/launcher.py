@@ -397,6 +397,8 @@ def codex_launch(
             "-c", f"{provider}.base_url={_toml_string(target.gateway)}",
             "-c", f'{provider}.wire_api="responses"',
             "-c", f"{provider}.requires_openai_auth=true",
+            # Responses over WebSocket, Codex's first choice, is served (and governed) by the gateway.
+            "-c", f"{provider}.supports_websockets=true",
             "-c", 'model_provider="codexgate"',
         ]  # fmt: skip
         if catalog_file is not None:

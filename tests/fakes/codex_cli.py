@@ -84,18 +84,14 @@ MACHINE_ERRORS = (
     "https://api.github.com/repos/openai/codex/releases/latest",
     "github.com/openai/plugins",
 )
-# Responses over WebSocket is being built on another branch (issue 14, "Responses over WebSocket,
-# governed"); until it lands, Codex's WebSocket attempt is refused (426) and it falls back to HTTP
-# at once, logging this line. Remove it from here when the WebSocket work is merged.
-WEBSOCKET_FALLBACK_ERROR = "failed to connect to Responses WebSocket"
 
 
 def gateway_errors(lines: list[str]) -> list[str]:
-    """The ERROR lines not explained by the machine (nor, for now, by the WebSocket fallback)."""
+    """The ERROR lines not explained by the machine."""
     return [
         line
         for line in lines
-        if "ERROR" in line and not any(known in line for known in (*MACHINE_ERRORS, WEBSOCKET_FALLBACK_ERROR))
+        if "ERROR" in line and not any(known in line for known in MACHINE_ERRORS)
     ]
 
 
