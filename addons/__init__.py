@@ -31,6 +31,7 @@ def steps(shown: bool = True) -> list[Any]:
     from codexgate.addons.guardrails import Guardrails
     from codexgate.addons.identify import Identify
     from codexgate.addons.intake import Intake
+    from codexgate.addons.intake_limits import RequestLimits
     from codexgate.addons.key_guard import KeyGuard
     from codexgate.addons.lifecycle import GracefulShutdown
     from codexgate.addons.limits import Charge, Limits
@@ -45,6 +46,7 @@ def steps(shown: bool = True) -> list[Any]:
     from codexgate.addons.tls_scope import TlsScope
     from codexgate.addons.tracing import TraceEnd, Tracing
     from codexgate.addons.translate import Translate
+    from codexgate.addons.upstream_bounds import StreamWatch, UpstreamBounds
     from codexgate.addons.web_view import FlowRetention, SecretMask
     from codexgate.metrics import GatewayMetrics
 
@@ -53,12 +55,15 @@ def steps(shown: bool = True) -> list[Any]:
     limits = Limits(policy, metrics)
     tracing = Tracing()
     resilience = Resilience(metrics)
+    request_limits = RequestLimits(policy, metrics)
+    upstream_bounds = UpstreamBounds(metrics)
     chosen = [
         SecretMask(policy, shown),  # moves itself ahead of mitmproxy's own addons
         MetricsExport(metrics),
         policy,
         TlsScope(policy),
-        Intake(policy),
+        Intake(policy, request_limits),
+        request_limits,  # header limits and slow-client timers; Intake reads its body caps
         tracing,  # right after Intake: starts the request's span at state.started
         KeyGuard(policy),
         Identify(),
@@ -70,9 +75,11 @@ def steps(shown: bool = True) -> list[Any]:
         Credentials(),
         MockUpstream(),
         Seal(policy),
+        upstream_bounds,  # request: deadlines from send time; response/error: before Translate, Meter, Charge
         resilience,  # responseheaders: which relayed attempt answered, before its answer is translated
         Translate(),
         Meter(metrics),
+        StreamWatch(upstream_bounds),  # after Meter/Translate set the stream up
         Charge(limits, metrics),
         Accounting(metrics),
         AuditLog(),

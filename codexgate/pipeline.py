@@ -24,7 +24,8 @@ logger = logging.getLogger(__name__)
 
 LIFECYCLE_HOOKS = ("load", "configure", "running", "done")
 TRAFFIC_HOOKS = (
-    "http_connect", "tls_clienthello", "requestheaders", "request", "responseheaders", "response", "error",
+    "client_connected", "client_disconnected", "http_connect", "tls_clienthello", "requestheaders", "request",
+    "responseheaders", "response", "error",
 )  # fmt: skip
 
 
