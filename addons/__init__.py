@@ -39,6 +39,7 @@ def steps(shown: bool = True) -> list[Any]:
     from codexgate.addons.metrics_export import MetricsExport
     from codexgate.addons.mock_upstream import MockUpstream
     from codexgate.addons.models_endpoint import ModelsEndpoint
+    from codexgate.addons.options_lock import OptionsLock
     from codexgate.addons.policy_source import PolicySource
     from codexgate.addons.resilience import Resilience
     from codexgate.addons.route import Route
@@ -57,8 +58,10 @@ def steps(shown: bool = True) -> list[Any]:
     resilience = Resilience(metrics)
     request_limits = RequestLimits(policy, metrics)
     upstream_bounds = UpstreamBounds(metrics)
+    audit = AuditLog()
     chosen = [
         SecretMask(policy, shown),  # moves itself ahead of mitmproxy's own addons
+        OptionsLock(audit),  # first to see a runtime option change: refuses it before any step applies it
         MetricsExport(metrics),
         policy,
         TlsScope(policy),
@@ -82,7 +85,7 @@ def steps(shown: bool = True) -> list[Any]:
         StreamWatch(upstream_bounds),  # after Meter/Translate set the stream up
         Charge(limits, metrics),
         Accounting(metrics),
-        AuditLog(),
+        audit,
         TraceEnd(tracing),  # its request hook runs right after Seal: the upstream attempt starts at send time
         FlowRetention(),
         GracefulShutdown(),  # last: a request counts as finished only once everything above settled it
