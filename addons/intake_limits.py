@@ -102,8 +102,14 @@ class RequestLimits:
         )  # fmt: skip
 
     def configure(self, updated: set[str]) -> None:
-        if not OPTIONS & updated:
-            return
+        if OPTIONS & updated:
+            self._apply()
+
+    def running(self) -> None:
+        # mitmproxy calls `configure` only for options that were set; the defaults apply from here.
+        self._apply()
+
+    def _apply(self) -> None:
         options = ctx.options
         try:
             max_body = human.parse_size(options.codexgate_max_body)

@@ -21,7 +21,7 @@ import json
 import logging
 from typing import Any
 
-from mitmproxy import ctx, http
+from mitmproxy import connection, ctx, http
 from mitmproxy.addonmanager import Loader
 
 from codexgate.addons.meter import UPSTREAM_ERROR_MARKER, failed_event
@@ -48,6 +48,7 @@ class _Watch:
     started: float
     timer: asyncio.TimerHandle | None = None
     last_data: float = 0.0
+    tail: bytes = b""  # the stream's last two bytes
     done: bool = False
 
     def cancel(self) -> None:
@@ -57,16 +58,33 @@ class _Watch:
             self.timer = None
 
 
+def _connected(flow: http.HTTPFlow) -> bool:
+    server = flow.server_conn
+    return server.timestamp_tcp_setup is not None and server.address == (flow.request.host, flow.request.port)
+
+
 def close_server(flow: http.HTTPFlow) -> bool:
     """End the flow's upstream connection as mitmproxy's own `close_connection` does: its handler
-    task is cancelled (also while it is still connecting), and the HTTP layer sees it close."""
+    task is cancelled, and the HTTP layer sees it close. While it is still connecting, the flow
+    does not hold it yet: it is the unconnected server connection to the request's address."""
     proxyserver: Any = ctx.master.addons.get("proxyserver")
     handler = getattr(proxyserver, "connections", {}).get(flow.client_conn.id) if proxyserver else None
-    transport = getattr(handler, "transports", {}).get(flow.server_conn) if handler is not None else None
-    if transport is None or transport.handler is None:
-        return False
-    transport.handler.cancel("codexgate: upstream timeout")
-    return True
+    transports: dict[Any, Any] = getattr(handler, "transports", {}) if handler is not None else {}
+    if _connected(flow):
+        targets = [flow.server_conn]
+    else:
+        address = (flow.request.host, flow.request.port)
+        targets = [
+            conn for conn in transports
+            if isinstance(conn, connection.Server) and conn.address == address and conn.timestamp_tcp_setup is None
+        ]  # fmt: skip
+    closed = False
+    for target in targets:
+        transport = transports.get(target)
+        if transport is not None and transport.handler is not None:
+            transport.handler.cancel("codexgate: upstream timeout")
+            closed = True
+    return closed
 
 
 def stream_failure_event(flow: http.HTTPFlow, message: str) -> bytes:
@@ -76,7 +94,10 @@ def stream_failure_event(flow: http.HTTPFlow, message: str) -> bytes:
         return b""
     reader = state.reader or StreamUsageReader(state.endpoint)
     marker = UPSTREAM_ERROR_MARKER + b"\ndata: " + json.dumps({"message": message}).encode() + b"\n\n"
-    return failed_event(state, reader, marker)
+    watch = flow.metadata.get(WATCH_KEY)
+    # An event the provider cut in half is ended first, so that the failure is an event of its own.
+    cut_mid_event = isinstance(watch, _Watch) and watch.tail not in (b"", b"\n\n")
+    return (b"\n\n" if cut_mid_event else b"") + failed_event(state, reader, marker)
 
 
 class UpstreamBounds:
@@ -113,7 +134,7 @@ class UpstreamBounds:
     def _check_connected(self, flow: http.HTTPFlow, watch: _Watch) -> None:
         if watch.done or flow.response is not None:
             return
-        if flow.server_conn.timestamp_tcp_setup is None:
+        if not _connected(flow):
             self._expire(flow, watch, "connect_timeout", f"the provider did not accept a connection within "
                          f"{watch.connect:g} s")  # fmt: skip
             return
@@ -230,6 +251,8 @@ class StreamWatch:
 
             def watched(chunk: bytes) -> Any:
                 watch.last_data = loop.time()
+                if chunk:
+                    watch.tail = (watch.tail + chunk)[-2:]
                 return inner(chunk) if callable(inner) else chunk
 
             flow.response.stream = watched
