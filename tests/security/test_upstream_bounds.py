@@ -38,10 +38,9 @@ class NotHttpServer:
                 conn, _ = self.server.accept()
             except OSError:
                 return
-            with conn:
-                with contextlib.suppress(OSError):
-                    conn.recv(65536)
-                    conn.sendall(b"SSH-2.0-OpenSSH_9.6 not a web server\r\n\r\n")
+            with conn, contextlib.suppress(OSError):
+                conn.recv(65536)
+                conn.sendall(b"SSH-2.0-OpenSSH_9.6 not a web server\r\n\r\n")
 
     def close(self) -> None:
         self.server.close()
@@ -55,14 +54,15 @@ def bounds_policy(upstream: FaultUpstream, dead: str, blackhole: int, not_http: 
         for name in names
     )
     models = "\n".join(f"  m-{name}: {{routes: [{{provider: {name}}}], {PRICE}}}" for name in names)
+    key = '[{value: "env:CG_TEST_UPSTREAM_KEY"}]'
     return f"""\
 gateway:
   resilience: {{connect_timeout: 1, first_byte_timeout: 2, idle_timeout: 2, cooldown_seconds: 0}}
 providers:
 {providers}
-  dead: {{kind: openai, base_url: "{dead.rsplit("/", 1)[0]}/v1", keys: [{{value: "env:CG_TEST_UPSTREAM_KEY"}}]}}
-  blackhole: {{kind: openai, base_url: "http://127.0.0.1:{blackhole}/v1", keys: [{{value: "env:CG_TEST_UPSTREAM_KEY"}}]}}
-  nothttp: {{kind: openai, base_url: "http://127.0.0.1:{not_http}/v1", keys: [{{value: "env:CG_TEST_UPSTREAM_KEY"}}]}}
+  dead: {{kind: openai, base_url: "{dead.rsplit("/", 1)[0]}/v1", keys: {key}}}
+  blackhole: {{kind: openai, base_url: "http://127.0.0.1:{blackhole}/v1", keys: {key}}}
+  nothttp: {{kind: openai, base_url: "http://127.0.0.1:{not_http}/v1", keys: {key}}}
 models:
 {models}
   m-dead: {{routes: [{{provider: dead}}], {PRICE}}}
