@@ -90,14 +90,14 @@ class RequestLimits:
         )  # fmt: skip
         loader.add_option("codexgate_max_headers", int, 100, "Most header fields a request may carry (431).")
         loader.add_option(
-            "codexgate_header_timeout", float, 30.0,
+            "codexgate_header_timeout", int, 30,
             "Seconds a new client connection (or a tunnel to a governed host) has to send a complete request head.",
         )  # fmt: skip
         loader.add_option(
-            "codexgate_body_timeout", float, 120.0, "Seconds a client has to send a request body once its head arrived."
+            "codexgate_body_timeout", int, 120, "Seconds a client has to send a request body once its head arrived."
         )
         loader.add_option(
-            "codexgate_client_idle_timeout", float, 300.0,
+            "codexgate_client_idle_timeout", int, 300,
             "Seconds a kept-alive client connection may wait, after an answer, before its next complete request head.",
         )  # fmt: skip
 
@@ -129,9 +129,9 @@ class RequestLimits:
         self._max_header_bytes = options.codexgate_max_header_bytes
         self._max_headers = options.codexgate_max_headers
         self._timeouts = {
-            "headers": options.codexgate_header_timeout,
-            "body": options.codexgate_body_timeout,
-            "idle": options.codexgate_client_idle_timeout,
+            "headers": float(options.codexgate_header_timeout),
+            "body": float(options.codexgate_body_timeout),
+            "idle": float(options.codexgate_client_idle_timeout),
         }
         if enabled:
             mitm_seams.install()

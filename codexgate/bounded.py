@@ -16,6 +16,7 @@ import zstandard
 # Input is fed to the decompressors in slices this large, so that no single call can produce
 # much more than the cap even where a library has no output limit of its own.
 _SLICE = 16 * 1024
+_PIECE = 1024 * 1024  # output per step: the cap is checked at most this far past it
 
 
 class BodyTooLarge(ValueError):
@@ -24,14 +25,23 @@ class BodyTooLarge(ValueError):
 
 def _zlib(raw: bytes, limit: int, wbits: int) -> bytes:
     inflater = zlib.decompressobj(wbits)
-    # max_length bounds the output of this call; anything left stays in unconsumed_tail.
-    out = inflater.decompress(raw, limit + 1)
-    if len(out) > limit or inflater.unconsumed_tail:
-        raise BodyTooLarge(f"decoded body exceeds {limit} bytes")
+    out = bytearray()
+    pending = raw
+    while pending:
+        # max_length bounds each call's output; the input it did not get to stays in unconsumed_tail.
+        piece = inflater.decompress(pending, _PIECE)
+        out += piece
+        if len(out) > limit:
+            raise BodyTooLarge(f"decoded body exceeds {limit} bytes")
+        pending = inflater.unconsumed_tail
+        if not piece and not pending:
+            break
     out += inflater.flush()
     if len(out) > limit:
         raise BodyTooLarge(f"decoded body exceeds {limit} bytes")
-    return out
+    if not inflater.eof:
+        raise ValueError("truncated body")
+    return bytes(out)
 
 
 def _brotli(raw: bytes, limit: int) -> bytes:
@@ -41,11 +51,11 @@ def _brotli(raw: bytes, limit: int) -> bytes:
     for start in range(0, len(raw), _SLICE):
         if not decompressor.can_accept_more_data():
             raise BodyTooLarge(f"decoded body exceeds {limit} bytes")
-        out += decompressor.process(view[start : start + _SLICE], output_buffer_limit=limit + 1 - len(out))
+        out += decompressor.process(view[start : start + _SLICE], output_buffer_limit=_PIECE)
         if len(out) > limit:
             raise BodyTooLarge(f"decoded body exceeds {limit} bytes")
     while not decompressor.is_finished() and not decompressor.can_accept_more_data():
-        out += decompressor.process(b"", output_buffer_limit=limit + 1 - len(out))
+        out += decompressor.process(b"", output_buffer_limit=_PIECE)
         if len(out) > limit:
             raise BodyTooLarge(f"decoded body exceeds {limit} bytes")
     if not decompressor.is_finished():
@@ -54,11 +64,13 @@ def _brotli(raw: bytes, limit: int) -> bytes:
 
 
 def _zstd(raw: bytes, limit: int) -> bytes:
+    out = bytearray()
     with zstandard.ZstdDecompressor().stream_reader(raw) as reader:
-        out = reader.read(limit + 1)
-    if len(out) > limit:
-        raise BodyTooLarge(f"decoded body exceeds {limit} bytes")
-    return out
+        while piece := reader.read(_PIECE):
+            out += piece
+            if len(out) > limit:
+                raise BodyTooLarge(f"decoded body exceeds {limit} bytes")
+    return bytes(out)
 
 
 def decode_body(raw: bytes, content_encoding: str, limit: int) -> bytes:
