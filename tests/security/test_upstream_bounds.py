@@ -135,12 +135,13 @@ def test_unreachable_connect_is_bounded(bounded: Gateway) -> None:
 def test_dead_provider_is_a_json_502_without_addresses_and_charges_nothing(bounded: Gateway) -> None:
     # Each request reserves ~$0.5 of a $1.2 budget: were failures charged, the third would be refused (402).
     for attempt in range(4):
-        answer = post(bounded, "m-dead", f"dead-{attempt}", key=BUDGET_KEY)
+        session = f"dead-{attempt}"
+        answer = post(bounded, "m-dead", session, key=BUDGET_KEY)
         assert answer.status_code == 502, answer.text
         error = error_of(answer)
         assert error["code"] == "upstream_unavailable"
         assert "127.0.0.1" not in answer.text and "<html" not in answer.text.lower()
-        (line,) = bounded.wait_accounting(lambda r, a=attempt: r["session_id"] == f"dead-{a}")
+        (line,) = bounded.wait_accounting(lambda r, s=session: bool(r["session_id"] == s))
         assert line["cost_usd"] == 0 and line["charge"] == "release"
         assert line["decision"] == "upstream_unavailable"
 
