@@ -115,7 +115,7 @@ class Intake:
                 "invalid_json",
             )  # fmt: skip
             return
-        if too_deep or (caps.enabled and nesting_exceeds(raw, body, caps.max_json_depth)):
+        if too_deep or (caps.enabled and nesting_exceeds(body, caps.max_json_depth)):
             refuse(
                 flow,
                 error_response(400, "json_too_deep", f"request body nests deeper than {caps.max_json_depth} levels"),
