@@ -251,6 +251,12 @@ class RequestLimits:
         clock = self._clocks.get(flow.client_conn.id)
         if clock is None:
             return
+        if flow.response is not None and flow.response.status_code == 101:
+            # The connection now carries another protocol (WebSocket): no more request heads.
+            self._disarm(flow.client_conn)
+            self._clocks.pop(flow.client_conn.id, None)
+            self._receiving_flows.discard(flow.id)
+            return
         if flow.id in self._receiving_flows:
             self._receiving_flows.discard(flow.id)
             clock.receiving -= 1
