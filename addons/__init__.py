@@ -82,7 +82,7 @@ def steps(shown: bool = True) -> list[Any]:
         resilience,  # responseheaders: which relayed attempt answered, before its answer is translated
         Translate(),
         Meter(metrics),
-        StreamWatch(upstream_bounds),  # after Meter/Translate set the stream up
+        StreamWatch(),  # after Meter/Translate set the stream up
         Charge(limits, metrics),
         Accounting(metrics),
         audit,

@@ -53,10 +53,14 @@ class IntakeCaps:
 
 @dataclasses.dataclass(eq=False)
 class _ClientClock:
-    """One client connection's phase and the timer that ends it if the phase takes too long."""
+    """One client connection's phase and its deadline. Phases change several times per request,
+    so they only move `deadline`; the one timer of the connection, when it fires, ends the
+    connection if the deadline has passed and otherwise sleeps until the new one (no timer is
+    cancelled and re-created per request)."""
 
     timer: asyncio.TimerHandle | None = None
     phase: str = "headers"
+    deadline: float | None = None  # loop time; None while the connection waits on an answer
     in_flight: int = 0
     receiving: int = 0
 
@@ -142,17 +146,33 @@ class RequestLimits:
         clock = self._clocks.get(client.id)
         if clock is None:
             return
-        if clock.timer is not None:
-            clock.timer.cancel()
+        loop = asyncio.get_running_loop()
         clock.phase = phase
-        clock.timer = asyncio.get_running_loop().call_later(self._timeouts[phase], self._expire, client)
+        clock.deadline = loop.time() + self._timeouts[phase]
+        if clock.timer is not None and clock.timer.when() > clock.deadline:
+            clock.timer.cancel()  # would fire too late for this phase's shorter deadline
+            clock.timer = None
+        if clock.timer is None:
+            clock.timer = loop.call_at(clock.deadline, self._check, client)
 
     def _disarm(self, client: connection.Client) -> _ClientClock | None:
         clock = self._clocks.get(client.id)
-        if clock is not None and clock.timer is not None:
-            clock.timer.cancel()
-            clock.timer = None
+        if clock is not None:
+            clock.deadline = None
         return clock
+
+    def _check(self, client: connection.Client) -> None:
+        clock = self._clocks.get(client.id)
+        if clock is None:
+            return
+        clock.timer = None
+        if clock.deadline is None:
+            return  # waiting on an answer: the next phase change starts a timer again
+        loop = asyncio.get_running_loop()
+        if loop.time() < clock.deadline:
+            clock.timer = loop.call_at(clock.deadline, self._check, client)
+            return
+        self._expire(client)
 
     def _expire(self, client: connection.Client) -> None:
         clock = self._clocks.pop(client.id, None)
@@ -173,8 +193,9 @@ class RequestLimits:
         self._arm(client, "headers")
 
     def client_disconnected(self, client: connection.Client) -> None:
-        self._disarm(client)
-        self._clocks.pop(client.id, None)
+        clock = self._clocks.pop(client.id, None)
+        if clock is not None and clock.timer is not None:
+            clock.timer.cancel()
 
     def http_connect(self, flow: http.HTTPFlow) -> None:
         if not self.caps.enabled or flow.client_conn.id not in self._clocks:
@@ -188,8 +209,7 @@ class RequestLimits:
         else:
             # An ungoverned tunnel carries anything (git, package registries): mitmproxy's
             # tcp_timeout is its bound, not a request-head deadline.
-            self._disarm(flow.client_conn)
-            self._clocks.pop(flow.client_conn.id, None)
+            self.client_disconnected(flow.client_conn)
 
     # -- request heads ------------------------------------------------------------------------------
 
@@ -253,8 +273,7 @@ class RequestLimits:
             return
         if flow.response is not None and flow.response.status_code == 101:
             # The connection now carries another protocol (WebSocket): no more request heads.
-            self._disarm(flow.client_conn)
-            self._clocks.pop(flow.client_conn.id, None)
+            self.client_disconnected(flow.client_conn)
             self._receiving_flows.discard(flow.id)
             return
         if flow.id in self._receiving_flows:

@@ -40,13 +40,16 @@ ANSWER_ENDPOINTS = ("responses", "chat")
 
 @dataclasses.dataclass(eq=False)
 class _Watch:
-    """The deadlines of one forwarded request."""
+    """The deadlines of one forwarded request. One timer, scheduled once: it fires at the connect
+    deadline and, if the request is still going, sleeps until the next one (first byte, then
+    idle since the last data); the stages move on without cancelling or re-creating it."""
 
     connect: float
     first_byte: float
     idle: float
     started: float
     timer: asyncio.TimerHandle | None = None
+    stage: str = "connect"  # connect / first_byte / idle
     last_data: float = 0.0
     tail: bytes = b""  # the stream's last two bytes
     done: bool = False
@@ -129,32 +132,33 @@ class UpstreamBounds:
         watch = _Watch(settings.connect_timeout, settings.first_byte_timeout, settings.idle_timeout, loop.time())
         flow.metadata[WATCH_KEY] = watch
         flow.metadata[FAILED_EVENT] = stream_failure_event
-        watch.timer = loop.call_later(min(watch.connect, watch.first_byte), self._check_connected, flow, watch)
+        watch.timer = loop.call_at(watch.started + min(watch.connect, watch.first_byte), self._check, flow, watch)
 
-    def _check_connected(self, flow: http.HTTPFlow, watch: _Watch) -> None:
-        if watch.done or flow.response is not None:
-            return
-        if not _connected(flow):
-            self._expire(flow, watch, "connect_timeout", f"the provider did not accept a connection within "
-                         f"{watch.connect:g} s")  # fmt: skip
-            return
-        remaining = watch.started + watch.first_byte - asyncio.get_running_loop().time()
-        watch.timer = asyncio.get_running_loop().call_later(max(0.0, remaining), self._check_first_byte, flow, watch)
-
-    def _check_first_byte(self, flow: http.HTTPFlow, watch: _Watch) -> None:
-        if watch.done or flow.response is not None:
-            return
-        self._expire(flow, watch, "first_byte_timeout", f"the provider sent no answer within {watch.first_byte:g} s")
-
-    def _check_idle(self, flow: http.HTTPFlow, watch: _Watch) -> None:
+    def _check(self, flow: http.HTTPFlow, watch: _Watch) -> None:
+        watch.timer = None
         if watch.done:
             return
         loop = asyncio.get_running_loop()
-        quiet = loop.time() - watch.last_data
-        if quiet < watch.idle:
-            watch.timer = loop.call_later(watch.idle - quiet, self._check_idle, flow, watch)
+        now = loop.time()
+        if watch.stage == "connect":
+            if not _connected(flow) and flow.response is None:
+                self._expire(flow, watch, "connect_timeout",
+                             f"the provider did not accept a connection within {watch.connect:g} s")  # fmt: skip
+                return
+            if flow.response is None:
+                watch.stage = "first_byte"
+        if watch.stage == "first_byte":
+            if now < watch.started + watch.first_byte:
+                watch.timer = loop.call_at(watch.started + watch.first_byte, self._check, flow, watch)
+                return
+            message = f"the provider sent no answer within {watch.first_byte:g} s"
+            self._expire(flow, watch, "first_byte_timeout", message)
             return
-        self._expire(flow, watch, "idle_timeout", f"the provider's answer stalled for {watch.idle:g} s")
+        if watch.stage == "idle":
+            if now < watch.last_data + watch.idle:
+                watch.timer = loop.call_at(watch.last_data + watch.idle, self._check, flow, watch)
+                return
+            self._expire(flow, watch, "idle_timeout", f"the provider's answer stalled for {watch.idle:g} s")
 
     def _expire(self, flow: http.HTTPFlow, watch: _Watch, outcome: str, message: str) -> None:
         watch.timer = None
@@ -170,9 +174,11 @@ class UpstreamBounds:
 
     def responseheaders(self, flow: http.HTTPFlow) -> None:
         watch = flow.metadata.get(WATCH_KEY)
-        if isinstance(watch, _Watch) and watch.timer is not None:
-            watch.timer.cancel()
-            watch.timer = None
+        if isinstance(watch, _Watch):
+            # From here on the answer may not go quiet for longer than idle_timeout; a whole
+            # (unstreamed) answer must complete within it. StreamWatch notes a stream's progress.
+            watch.stage = "idle"
+            watch.last_data = asyncio.get_running_loop().time()
 
     # -- the outcome ---------------------------------------------------------------------------------
 
@@ -237,15 +243,11 @@ def _is_json(response: http.Response) -> bool:
 class StreamWatch:
     """Runs after Meter and Translate have set up the stream: notes its progress for the idle timeout."""
 
-    def __init__(self, bounds: UpstreamBounds) -> None:
-        self._bounds = bounds
-
     def responseheaders(self, flow: http.HTTPFlow) -> None:
         watch = flow.metadata.get(WATCH_KEY)
         if not isinstance(watch, _Watch) or watch.done or flow.response is None:
             return
         loop = asyncio.get_running_loop()
-        watch.last_data = loop.time()
         inner = flow.response.stream
         if inner:
 
@@ -256,5 +258,3 @@ class StreamWatch:
                 return inner(chunk) if callable(inner) else chunk
 
             flow.response.stream = watched
-        # A whole (unstreamed) answer must complete within the idle timeout of its headers.
-        watch.timer = loop.call_later(watch.idle, self._bounds._check_idle, flow, watch)
