@@ -216,18 +216,31 @@ class RequestLimits:
     def requestheaders(self, flow: http.HTTPFlow) -> None:
         if not self.caps.enabled:
             return
+        # One pass over the raw header fields: size, count, and the body's framing.
+        fields = flow.request.headers.fields
+        size = 0
+        length = b""
+        chunked = False
+        for name, value in fields:
+            size += len(name) + len(value) + 4
+            if len(name) == 14 and name.lower() == b"content-length":
+                length = value.strip()
+            elif len(name) == 17 and name.lower() == b"transfer-encoding":
+                chunked = b"chunked" in value.lower()
         clock = self._disarm(flow.client_conn)
         if clock is not None:
             clock.in_flight += 1
-            if _expects_body(flow.request):
+            if (
+                chunked
+                or (length not in (b"", b"0"))
+                or (not length and flow.request.is_http2 and flow.request.method in ("POST", "PUT", "PATCH"))
+            ):
                 clock.receiving += 1
                 self._receiving_flows.add(flow.id)
                 self._arm(flow.client_conn, "body")
         if flow.response or flow.error:
             return
-        headers = flow.request.headers
-        count = len(headers.fields)
-        size = sum(len(name) + len(value) + 4 for name, value in headers.fields)
+        count = len(fields)
         if count > self._max_headers or size > self._max_header_bytes:
             self._refuse(
                 flow,
@@ -239,10 +252,7 @@ class RequestLimits:
                 "headers_too_large",
             )  # fmt: skip
             return
-        if state_of(flow) is None:
-            return
-        length = flow.request.headers.get("content-length", "")
-        if length.isdigit() and int(length) > self.caps.max_body:
+        if length.isdigit() and int(length) > self.caps.max_body and state_of(flow) is not None:
             self._refuse(
                 flow,
                 error_response(
@@ -290,15 +300,6 @@ class RequestLimits:
             flow.response = response
         else:
             refuse(flow, response, reason)
-
-
-def _expects_body(request: http.Request) -> bool:
-    length = request.headers.get("content-length")
-    if length is not None:
-        return length.strip() not in ("", "0")
-    return "chunked" in request.headers.get("transfer-encoding", "").lower() or (
-        request.is_http2 and request.method in ("POST", "PUT", "PATCH")
-    )
 
 
 def close_client(client: connection.Client, answer: bool, seconds: float) -> None:
