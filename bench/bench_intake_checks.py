@@ -49,8 +49,11 @@ ANSWER = json.dumps(
 def make_flow(body: bytes) -> http.HTTPFlow:
     flow = tflow.tflow()
     flow.client_conn.proxy_mode = ProxyMode.parse("reverse:http://127.0.0.1:9@4000")
-    headers: dict[str | bytes, str | bytes] = {"content-type": "application/json", "authorization": "Bearer sk-cg-bench", "user-agent": "codex_cli_rs/0.169",
-         "session-id": "bench", "accept": "text/event-stream", "originator": "codex_cli_rs"}  # fmt: skip
+    headers: dict[str | bytes, str | bytes] = {
+        "content-type": "application/json", "authorization": "Bearer sk-cg-bench",
+        "user-agent": "codex_cli_rs/0.169", "session-id": "bench", "accept": "text/event-stream",
+        "originator": "codex_cli_rs",
+    }  # fmt: skip
     flow.request = http.Request.make("POST", "http://127.0.0.1:4000/v1/responses", body, headers)
     return flow
 
