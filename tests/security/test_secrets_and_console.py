@@ -17,6 +17,8 @@ from fakes.gateway import ALICE_KEY, Gateway, free_port, policy_text
 from fakes.openai_upstream import FakeOpenAI
 from fakes.redis_server import RedisServer
 
+from codexgate.audit import verify
+
 WEB_PASSWORD = "console-secret-4711"
 REDIS_PASSWORD = "redis-secret-0815"
 
@@ -112,6 +114,9 @@ def test_console_cannot_switch_enforcement_off_and_changes_are_audited(web_gatew
     assert accepted.status_code == 200, accepted.text
     _wait(lambda: any(r.get("options") == ["view_filter"] for r in _audit_records(web_gateway)))
     assert [r for r in _audit_records(web_gateway) if r.get("options") == ["view_filter"]][0]["refused"] is False
+    # The option records are links of the same tamper-evident chain.
+    result = verify(web_gateway.data_dir / "audit")
+    assert result.ok, result.problem
 
 
 def test_cli_keeps_store_credentials_out_of_arguments(tmp_path: Path) -> None:
