@@ -180,7 +180,6 @@ def _patched_read_headers(original: Callable[..., Any]) -> Callable[..., Any]:
                     ),
                 )
                 yield commands.CloseConnection(self.conn)
-                self.buf.clear() if hasattr(self.buf, "clear") else None
                 self.state = self.done
 
     return read_headers
