@@ -1,5 +1,5 @@
-"""Every upstream bounded: connect, first-byte and idle timeouts on requests mitmproxy forwards
-itself (one route), as the failover relay applies them to the requests it carries.
+"""Every upstream bounded: connect, first-byte, idle and total timeouts on requests mitmproxy
+forwards itself (one route), as the failover relay applies them to the requests it carries.
 
 mitmproxy has no such timeouts: a provider that accepts and never answers, or stalls mid-stream,
 holds the client until the client gives up. `UpstreamBounds` starts a watch when a governed
@@ -42,11 +42,12 @@ ANSWER_ENDPOINTS = ("responses", "chat")
 class _Watch:
     """The deadlines of one forwarded request. One timer, scheduled once: it fires at the connect
     deadline and, if the request is still going, sleeps until the next one (first byte, then
-    idle since the last data); the stages move on without cancelling or re-creating it."""
+    idle since the last data, and the total); the stages move on without re-creating it."""
 
     connect: float
     first_byte: float
     idle: float
+    total: float
     started: float
     timer: asyncio.TimerHandle | None = None
     stage: str = "connect"  # connect / first_byte / idle
@@ -129,7 +130,8 @@ class UpstreamBounds:
             return  # the relay bounds what it carries itself
         settings = state.policy.policy.gateway.resilience
         loop = asyncio.get_running_loop()
-        watch = _Watch(settings.connect_timeout, settings.first_byte_timeout, settings.idle_timeout, loop.time())
+        watch = _Watch(settings.connect_timeout, settings.first_byte_timeout, settings.idle_timeout,
+                       settings.total_timeout, loop.time())  # fmt: skip
         flow.metadata[WATCH_KEY] = watch
         flow.metadata[FAILED_EVENT] = stream_failure_event
         watch.timer = loop.call_at(watch.started + min(watch.connect, watch.first_byte), self._check, flow, watch)
@@ -155,10 +157,13 @@ class UpstreamBounds:
             self._expire(flow, watch, "first_byte_timeout", message)
             return
         if watch.stage == "idle":
-            if now < watch.last_data + watch.idle:
-                watch.timer = loop.call_at(watch.last_data + watch.idle, self._check, flow, watch)
-                return
-            self._expire(flow, watch, "idle_timeout", f"the provider's answer stalled for {watch.idle:g} s")
+            end = watch.started + watch.total
+            if now >= end:
+                self._expire(flow, watch, "total_timeout", f"the provider's answer took longer than {watch.total:g} s")
+            elif now < watch.last_data + watch.idle:
+                watch.timer = loop.call_at(min(watch.last_data + watch.idle, end), self._check, flow, watch)
+            else:
+                self._expire(flow, watch, "idle_timeout", f"the provider's answer stalled for {watch.idle:g} s")
 
     def _expire(self, flow: http.HTTPFlow, watch: _Watch, outcome: str, message: str) -> None:
         watch.timer = None

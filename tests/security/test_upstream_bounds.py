@@ -57,7 +57,7 @@ def bounds_policy(upstream: FaultUpstream, dead: str, blackhole: int, not_http: 
     key = '[{value: "env:CG_TEST_UPSTREAM_KEY"}]'
     return f"""\
 gateway:
-  resilience: {{connect_timeout: 1, first_byte_timeout: 2, idle_timeout: 2, cooldown_seconds: 0}}
+  resilience: {{connect_timeout: 1, first_byte_timeout: 2, idle_timeout: 2, total_timeout: 4, cooldown_seconds: 0}}
 providers:
 {providers}
   dead: {{kind: openai, base_url: "{dead.rsplit("/", 1)[0]}/v1", keys: {key}}}
@@ -82,6 +82,7 @@ def upstream() -> Iterator[FaultUpstream]:
     fake.script("hang", Fault.hang_headers())
     fake.script("stall", Fault.hang_mid(events=2))
     fake.script("cut", Fault.reset_after(events=2))
+    fake.script("slowstream", Fault.trickle(chunks=60, interval=0.25))  # never silent for long, but endless
     fake.script("garbage", Fault("status", code=200, body=b"<html>gateway of the provider</html>",
                                  headers={"content-type": "text/html"}))  # fmt: skip
     yield fake
@@ -185,8 +186,11 @@ def _failed_event(text: str) -> dict:
     return data
 
 
-@pytest.mark.parametrize(("model", "words"), [("m-stall", "stalled for 2 s"), ("m-cut", "broke off")],
-                         ids=["stall", "cut"])  # fmt: skip
+@pytest.mark.parametrize(
+    ("model", "words"),
+    [("m-stall", "stalled for 2 s"), ("m-cut", "broke off"), ("m-slowstream", "took longer than 4 s")],
+    ids=["stall", "cut", "total"],
+)
 def test_stream_that_stalls_or_is_cut_ends_with_response_failed_charged_once(
     bounded: Gateway, model: str, words: str
 ) -> None:
