@@ -5,7 +5,8 @@ mitmproxy answers some failures itself, below the addon API, with an HTML page: 
 parse (400). A governed client reads OpenAI-shaped JSON, so `install()` replaces those pages,
 and adds what the addon API cannot express:
 
-- **JSON error pages** (`_http1.make_error_response`, and `format_error` for HTTP/2 and HTTP/3):
+- **JSON error pages** (`_http1.make_error_response`, and `format_error` for HTTP/2 and HTTP/3,
+  whose `content-type` HTTP/2 sets inline: `Http2Server._handle_event` corrects it):
   `{"error": {...}}` with a code the client can act on, never the internal address mitmproxy
   would print (`upstream_unavailable`, `upstream_invalid_response`, `request_too_large`, ...).
 - **Why an upstream failed** (`HttpStream.handle_protocol_error`): a failure on the server side
@@ -185,6 +186,29 @@ def _patched_read_headers(original: Callable[..., Any]) -> Callable[..., Any]:
     return read_headers
 
 
+def _patched_h2_server_event(original: Callable[..., Any]) -> Callable[..., Any]:
+    """HTTP/2 writes its error page's headers inline (`content-type: text/html`); for the moment
+    it writes one, its connection's `send_headers` says JSON instead."""
+
+    def _handle_event(self: Any, event: Any) -> Generator[Any, Any, None]:
+        if not isinstance(event, ResponseProtocolError):
+            return (yield from original(self, event))
+        connection = self.h2_conn
+        send_headers = connection.send_headers
+
+        def json_headers(stream_id: int, headers: list[tuple[bytes, bytes]], *args: Any, **kwargs: Any) -> Any:
+            headers = [(n, b"application/json") if n == b"content-type" else (n, v) for n, v in headers]
+            return send_headers(stream_id, headers, *args, **kwargs)
+
+        connection.send_headers = json_headers
+        try:
+            return (yield from original(self, event))
+        finally:
+            del connection.send_headers
+
+    return _handle_event
+
+
 def install() -> None:
     """Patch mitmproxy's HTTP layer (once per process)."""
     if getattr(http_layer, _INSTALLED, False):
@@ -199,4 +223,6 @@ def install() -> None:
     )
     server = _http1.Http1Server
     server.read_headers = _patched_read_headers(server.read_headers)  # type: ignore[method-assign]
+    h2_server = _http2.Http2Server
+    h2_server._handle_event = _patched_h2_server_event(h2_server._handle_event)  # type: ignore[method-assign]
     setattr(http_layer, _INSTALLED, True)

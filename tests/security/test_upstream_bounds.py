@@ -7,6 +7,7 @@ from __future__ import annotations
 import contextlib
 import json
 import socket
+import ssl
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -208,3 +209,17 @@ def test_upstream_failures_never_show_mitmproxy_pages(bounded: Gateway, tmp_path
     for answer in answers:
         assert "mitmproxy" not in answer.text.lower() and "<html" not in answer.text.lower()
         assert answer.json()["error"]["type"] == "server_error"
+
+
+def test_http2_client_through_the_proxy_gets_json_too(bounded: Gateway) -> None:
+    context = ssl.create_default_context(cafile=str(bounded.ca_cert))
+    with httpx.Client(proxy=bounded.proxy_url, verify=context, http2=True, timeout=30) as client:
+        answer = client.post(
+            "https://api.openai.com/v1/responses",
+            json={"model": "m-dead", "input": "hello"},
+            headers={"authorization": f"Bearer {ALICE_KEY}"},
+        )
+    assert answer.http_version == "HTTP/2"
+    assert answer.status_code == 502
+    assert answer.headers["content-type"] == "application/json"
+    assert error_of(answer)["code"] == "upstream_unavailable"
