@@ -34,6 +34,7 @@ def steps(shown: bool = True) -> list[Any]:
     from codexgate.addons.guardrails import Guardrails
     from codexgate.addons.identify import Identify
     from codexgate.addons.intake import Intake
+    from codexgate.addons.intake_limits import RequestLimits
     from codexgate.addons.key_guard import KeyGuard
     from codexgate.addons.lifecycle import GracefulShutdown
     from codexgate.addons.limits import Charge, Limits
@@ -41,6 +42,7 @@ def steps(shown: bool = True) -> list[Any]:
     from codexgate.addons.metrics_export import MetricsExport
     from codexgate.addons.mock_upstream import MockUpstream
     from codexgate.addons.models_endpoint import ModelsEndpoint
+    from codexgate.addons.options_lock import OptionsLock
     from codexgate.addons.policy_source import PolicySource
     from codexgate.addons.resilience import Resilience
     from codexgate.addons.route import Route
@@ -48,6 +50,7 @@ def steps(shown: bool = True) -> list[Any]:
     from codexgate.addons.tls_scope import TlsScope
     from codexgate.addons.tracing import TraceEnd, Tracing
     from codexgate.addons.translate import Translate
+    from codexgate.addons.upstream_bounds import StreamWatch, UpstreamBounds
     from codexgate.addons.web_view import FlowRetention, SecretMask
     from codexgate.addons.websocket import ResponsesWebSocket
     from codexgate.metrics import GatewayMetrics
@@ -61,15 +64,20 @@ def steps(shown: bool = True) -> list[Any]:
     egress = EgressGuard(
         policy, metrics, lambda: tuple(relay.port for relay in (resilience.relay, websocket.relay) if relay is not None)
     )  # the gateway's own in-process relays are the only loopback ports its flows may reach
+    request_limits = RequestLimits(policy, metrics)
+    upstream_bounds = UpstreamBounds(metrics)
+    audit = AuditLog()
     chosen = [
         SecretMask(policy, shown),  # moves itself ahead of mitmproxy's own addons
+        OptionsLock(audit),  # first to see a runtime option change: refuses it before any step applies it
         MetricsExport(metrics),
         policy,
         egress,  # before TlsScope, which reads the CONNECT target it recorded
         TlsScope(policy, egress),
         ClientTrustHint(),
         CodexBackend(policy),  # Codex's catalog and startup fetches, before Intake/KeyGuard refuse them
-        Intake(policy),
+        Intake(policy, request_limits),
+        request_limits,  # header limits and slow-client timers; Intake reads its body caps
         websocket,  # right after Intake: takes Responses WebSocket upgrades out of the chain
         tracing,  # right after Intake: starts the request's span at state.started
         KeyGuard(policy, metrics),
@@ -82,12 +90,14 @@ def steps(shown: bool = True) -> list[Any]:
         Credentials(),
         MockUpstream(),
         Seal(policy),
+        upstream_bounds,  # request: deadlines from send time; response/error: before Translate, Meter, Charge
         resilience,  # responseheaders: which relayed attempt answered, before its answer is translated
         Translate(),
         Meter(metrics),
+        StreamWatch(),  # after Meter/Translate set the stream up
         Charge(limits, metrics),
         Accounting(metrics),
-        AuditLog(),
+        audit,
         TraceEnd(tracing),  # its request hook runs right after Seal: the upstream attempt starts at send time
         FlowRetention(),
         GracefulShutdown(),  # last: a request counts as finished only once everything above settled it

@@ -12,6 +12,7 @@ import asyncio
 import json
 import logging
 import os
+import time
 from pathlib import Path
 
 from mitmproxy import ctx, exceptions, http
@@ -110,6 +111,16 @@ class AuditLog:
             "HMAC-SHA256" if key else "sha256",
             self._writer.seq + 1,
         )
+
+    def record_option_change(self, names: list[str], refused: bool) -> None:
+        """An option changed (or a change refused) while the gateway runs: one audit record, with
+        the option names only (values can be secrets)."""
+        if self._writer is None:
+            return
+        self._writer.write(
+            {"event": "option_change", "ts": round(time.time(), 3), "options": names, "refused": refused}
+        )
+        self.records += 1
 
     def response(self, flow: http.HTTPFlow) -> None:
         state = state_of(flow)

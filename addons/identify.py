@@ -1,4 +1,4 @@
-"""Identifies the virtual key of a governed request.
+"""Identifies the virtual key of a governed request, from its head alone (`requestheaders`).
 
 Looked for in `Authorization: Bearer`, `x-api-key`, `api-key`, and the proxy credentials
 (`Proxy-Authorization` on the request or on the CONNECT that opened the connection; the
@@ -64,7 +64,9 @@ class Identify:
                 self._connect_keys[flow.client_conn] = key
 
     @fail_closed
-    def request(self, flow: http.HTTPFlow) -> None:
+    def requestheaders(self, flow: http.HTTPFlow) -> None:
+        """At the request head, before any of the body is read: a request without a valid key is
+        answered at once and its body discarded as it arrives, never decoded or parsed."""
         if flow.response or flow.error:
             return
         state = state_of(flow)

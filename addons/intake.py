@@ -13,7 +13,9 @@ import time
 from mitmproxy import http
 from mitmproxy.proxy.mode_specs import ReverseMode
 
+from codexgate.addons.intake_limits import IntakeCaps, RequestLimits
 from codexgate.addons.policy_source import PolicySource
+from codexgate.bounded import BodyTooLarge, clip, decode_body, nesting_exceeds
 from codexgate.errors import error_response
 from codexgate.failsafe import fail_closed
 from codexgate.flowstate import METADATA_KEY, GatewayRequest, refuse, state_of
@@ -45,8 +47,12 @@ def endpoint_of(method: str, path: str) -> str | None:
 
 
 class Intake:
-    def __init__(self, policy: PolicySource) -> None:
+    def __init__(self, policy: PolicySource, limits: RequestLimits | None = None) -> None:
         self._policy = policy
+        self._limits = limits
+
+    def _caps(self) -> IntakeCaps:
+        return self._limits.caps if self._limits is not None else IntakeCaps()
 
     @fail_closed
     def requestheaders(self, flow: http.HTTPFlow) -> None:
@@ -72,7 +78,7 @@ class Intake:
                 error_response(
                     404,
                     "unknown_endpoint",
-                    f"codexgate does not serve {flow.request.method} {path}; it serves {SERVED}",
+                    f"codexgate does not serve {clip(flow.request.method, 16)} {clip(path)}; it serves {SERVED}",
                 ),
                 "unknown_endpoint",
             )
@@ -85,19 +91,32 @@ class Intake:
         if state is None or state.endpoint in (None, "models"):
             return
         state.received_at = time.time()
-        try:
-            raw = flow.request.get_content(strict=True) or b""
-        except ValueError:
-            refuse(
-                flow,
-                error_response(400, "invalid_body", "request body cannot be decoded (content-encoding)"),
-                "invalid_body",
-            )
-            return
+        caps = self._caps()
+        if not caps.enabled:
+            raw = self._decoded_unbounded(flow)
+            if raw is None:
+                return
+        else:
+            raw = self._decoded(flow, caps)
+            if raw is None:
+                return
+        too_deep = False
         try:
             body = json.loads(raw)
+        except RecursionError:  # deeper than the interpreter's own limit (about 1,000 levels)
+            body, too_deep = None, True
         except ValueError as exc:
-            refuse(flow, error_response(400, "invalid_json", f"request body is not valid JSON: {exc}"), "invalid_json")
+            refuse(
+                flow, error_response(400, "invalid_json", f"request body is not valid JSON: {clip(str(exc))}"),
+                "invalid_json",
+            )  # fmt: skip
+            return
+        if too_deep or (caps.enabled and nesting_exceeds(body, caps.max_json_depth)):
+            refuse(
+                flow,
+                error_response(400, "json_too_deep", f"request body nests deeper than {caps.max_json_depth} levels"),
+                "invalid_json",
+            )
             return
         if not isinstance(body, dict):
             refuse(flow, error_response(400, "invalid_json", "request body must be a JSON object"), "invalid_json")
@@ -110,6 +129,16 @@ class Intake:
                 "missing_model",
             )
             return
+        if caps.enabled and len(model) > caps.max_model_chars:
+            refuse(
+                flow,
+                error_response(
+                    400, "invalid_model", f"'model' is {len(model)} characters; at most {caps.max_model_chars}",
+                    "model",
+                ),
+                "invalid_model",
+            )  # fmt: skip
+            return
         stream = body.get("stream", False)
         if not isinstance(stream, bool):
             refuse(
@@ -119,3 +148,52 @@ class Intake:
         state.body = body
         state.model_requested = model
         state.stream = stream
+
+    @staticmethod
+    def _decoded(flow: http.HTTPFlow, caps: IntakeCaps) -> bytes | None:
+        """The body with its content-encoding removed under the decoded-size cap; what is
+        forwarded and estimated from then on (the header goes: the upstream gets it plain)."""
+        raw = flow.request.raw_content or b""
+        encoding = flow.request.headers.get("content-encoding", "")
+        try:
+            decoded = decode_body(raw, encoding, caps.max_body) if encoding else raw
+        except BodyTooLarge:
+            refuse(
+                flow,
+                error_response(
+                    413, "request_too_large", f"the request body exceeds {caps.max_body} bytes once decoded"
+                ),
+                "request_too_large",
+            )
+            return None
+        except ValueError as exc:
+            refuse(
+                flow,
+                error_response(400, "invalid_body", f"request body cannot be decoded: {clip(str(exc))}"),
+                "invalid_body",
+            )
+            return None
+        if len(decoded) > caps.max_body:
+            refuse(
+                flow,
+                error_response(413, "request_too_large", f"the request body exceeds {caps.max_body} bytes"),
+                "request_too_large",
+            )
+            return None
+        if encoding:
+            del flow.request.headers["content-encoding"]
+            flow.request.content = decoded  # (sets content-length)
+        return decoded
+
+    @staticmethod
+    def _decoded_unbounded(flow: http.HTTPFlow) -> bytes | None:
+        """Without limits (codexgate_intake_limits=false): mitmproxy's own decoding."""
+        try:
+            return flow.request.get_content(strict=True) or b""
+        except ValueError:
+            refuse(
+                flow,
+                error_response(400, "invalid_body", "request body cannot be decoded (content-encoding)"),
+                "invalid_body",
+            )
+            return None

@@ -27,6 +27,7 @@ from codexgate.policies.loader import upstream_model
 from codexgate.policies.schema import MockProvider, OpenAIProvider
 from codexgate.resilience import Relay
 from codexgate.secrets import SecretResolver
+from codexgate.stores.factory import resolve_store_reference
 
 logger = logging.getLogger(__name__)
 
@@ -100,7 +101,7 @@ class Resilience:
 
     def configure(self, updated: set[str]) -> None:
         if "codexgate_store" in updated:
-            spec = ctx.options.codexgate_store
+            spec = resolve_store_reference(ctx.options.codexgate_store)
             # Cooldowns are shared where limits are: in Redis when several instances run.
             self.health = RedisHealth(spec) if spec.startswith(("redis://", "rediss://", "unix://")) else MemoryHealth()
 

@@ -824,6 +824,17 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--ratio-rate", type=float, default=200, help="rate at which the key ratio is taken")
     parser.add_argument("--body-bytes", type=int, default=0, help="pad the request's input to about this size")
     parser.add_argument(
+        "--body-file",
+        help="send this JSON request body instead (its model replaced, not streamed), e.g. a real Codex turn: "
+        "tests/fixtures/codex_request_tool_round_trip.json",
+    )
+    parser.add_argument(
+        "--checks-off",
+        action="store_true",
+        help="also measure codexgate~checks-off: the gateway without the intake limits and upstream bounds "
+        "(codexgate_intake_limits=false, codexgate_upstream_bounds=false), for --paired codexgate~checks-off,codexgate",
+    )
+    parser.add_argument(
         "--quiet-wait", type=float, default=60, help="wait up to this long for other load to drop before measuring"
     )
     parser.add_argument(
@@ -884,6 +895,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     if unknown or "direct" not in args.path_list:
         parser.error(f"--paths: choose from {PATHS}; direct is always needed (the baseline)")
     args.variant_options = {}
+    if args.checks_off:
+        args.variant.append("checks-off:codexgate_intake_limits=false,codexgate_upstream_bounds=false")
     for variant in args.variant:
         label, _, options = variant.partition(":")
         if not label or not options or "=" not in options:
@@ -903,7 +916,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return args
 
 
-def request_body(size: int) -> str:
+def request_body(size: int, body_file: str | None = None) -> str:
+    if body_file:
+        return json.dumps(dict(json.loads(Path(body_file).read_text()), model=MODEL, stream=False))
     body = {"model": MODEL, "input": "Say hello.", "stream": False}
     if size > 0:
         body["input"] = "Say hello. " + "x" * max(0, size - 60)
@@ -1143,7 +1158,7 @@ def run_all(args: argparse.Namespace, procs: Processes, work: Path, body: str, r
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # run the finally block on SIGTERM too
-    body = request_body(args.body_bytes)
+    body = request_body(args.body_bytes, args.body_file)
     report: dict[str, Any] = {
         "config": {
             "rates": args.rate_list,

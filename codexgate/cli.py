@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+import urllib.parse
 from importlib import resources
 from pathlib import Path
 from typing import Any
@@ -65,6 +66,51 @@ def _embedded_policy(data_dir: Path) -> tuple[Path, str | None]:
     with os.fdopen(fd, "w") as handle:
         handle.write(key + "\n")
     return policy, key
+
+
+def _write_private(path: Path, text: str) -> None:
+    """Write an owner-only file (atomically: no moment where it is readable or half-written)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    temporary = path.with_name(f".{path.name}.tmp")
+    fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w", encoding="utf-8") as handle:
+        handle.write(text)
+    os.chmod(temporary, 0o600)
+    os.replace(temporary, path)
+
+
+def store_option(store: str, data_dir: Path) -> str:
+    """The `codexgate_store` value for the command line: a store URL that carries credentials goes
+    into an owner-only file, and the option names the file (`ps` and mitmweb show only the path)."""
+    parsed = urllib.parse.urlsplit(store)
+    query = urllib.parse.parse_qs(parsed.query)
+    if parsed.password is None and parsed.username is None and "password" not in query:
+        return store
+    path = data_dir / "store.url"
+    _write_private(path, store + "\n")
+    return f"file:{path}"
+
+
+def write_mitmproxy_secrets(confdir: Path, web_password: str) -> None:
+    """mitmproxy reads `confdir/config.yaml` at start: the console password goes there as an
+    argon2 hash (mitmweb verifies tokens against it), never as an argument. Other settings in the
+    file are kept."""
+    path = confdir / "config.yaml"
+    try:
+        current = yaml.safe_load(path.read_text(encoding="utf-8")) if path.exists() else {}
+    except (OSError, yaml.YAMLError):
+        current = {}
+    settings = current if isinstance(current, dict) else {}
+    if web_password:
+        import argon2
+
+        # OWASP's smallest argon2id setting: mitmweb verifies the token on each API call.
+        hasher = argon2.PasswordHasher(time_cost=2, memory_cost=19 * 1024, parallelism=1)
+        settings["web_password"] = hasher.hash(web_password)
+    else:
+        settings.pop("web_password", None)
+    if settings or path.exists():
+        _write_private(path, yaml.safe_dump(settings, default_flow_style=False))
 
 
 def mitm_arguments(
@@ -152,15 +198,16 @@ def cmd_up(args: argparse.Namespace) -> int:
         listen_host=host,
         proxy_port=proxy_port,
         gateway_port=gateway_port,
-        store=store,
+        store=store_option(store, data_dir),
         metrics_port=metrics_port,
         with_script=args.web or args.mitmdump,
     )
     if args.web:
         argv += ["--set", "web_open_browser=false", "--set", f"web_host={host}", "--set", f"web_port={args.web_port}"]
-        if os.environ.get("CODEXGATE_WEB_PASSWORD"):
-            argv += ["--set", f"web_password={os.environ['CODEXGATE_WEB_PASSWORD']}"]
+        write_mitmproxy_secrets(data_dir / "mitmproxy", os.environ.get("CODEXGATE_WEB_PASSWORD", ""))
         print(f"codexgate: mitmweb at http://{shown}:{args.web_port}/ (provider and virtual keys are masked)")
+    else:
+        write_mitmproxy_secrets(data_dir / "mitmproxy", "")  # no stale console password from a --web run
     if args.web or args.mitmdump:
         # Their flow log would repeat the accounting line codexgate writes per request (--set
         # flow_detail=1.. brings it back). The gateway master has no flow log at all.

@@ -17,11 +17,15 @@ _TYPES = {
     402: "insufficient_quota",
     403: "permission_denied",
     404: "invalid_request_error",
+    408: "invalid_request_error",
+    413: "invalid_request_error",
     426: "invalid_request_error",
     429: "rate_limit_exceeded",
+    431: "invalid_request_error",
     500: "server_error",
     502: "server_error",
     503: "server_error",
+    504: "server_error",
 }
 
 

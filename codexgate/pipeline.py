@@ -24,8 +24,9 @@ logger = logging.getLogger(__name__)
 
 LIFECYCLE_HOOKS = ("load", "configure", "running", "done")
 TRAFFIC_HOOKS = (
-    "http_connect", "tls_clienthello", "tls_failed_client", "server_connect", "requestheaders", "request",
-    "responseheaders", "response", "error", "websocket_message", "tcp_message",
+    "client_connected", "client_disconnected", "http_connect", "tls_clienthello", "tls_failed_client",
+    "server_connect", "requestheaders", "request", "responseheaders", "response", "error", "websocket_message",
+    "tcp_message",
 )  # fmt: skip
 
 

@@ -16,9 +16,24 @@ EMBEDDED_FILE = "counters.sqlite3"
 _REDIS_SCHEMES = ("redis://", "rediss://", "unix://")
 
 
+def resolve_store_reference(spec: str) -> str:
+    """The store spec itself, or what an `env:NAME` / `file:PATH` reference holds: a Redis URL with
+    a password then stays out of the command line and mitmweb's options (`codexgate up` writes it
+    to an owner-only file)."""
+    spec = spec.strip()
+    if not spec.startswith(("env:", "file:")):
+        return spec
+    from codexgate.secrets import SecretResolver, SecretUnavailable
+
+    try:
+        return SecretResolver().resolve(spec).strip()
+    except SecretUnavailable as exc:
+        raise ValueError(f"counter store reference {spec}: {exc}") from None
+
+
 def check_store_spec(spec: str) -> None:
     """Raises ValueError for what `open_store` would refuse, without opening anything."""
-    spec = spec.strip()
+    spec = resolve_store_reference(spec)
     if spec == "embedded":
         return
     if spec.startswith(_REDIS_SCHEMES):
@@ -34,7 +49,7 @@ def open_store(spec: str, data_dir: str, stale_after_seconds: float = 900) -> Co
     Raises ValueError for an unknown spec, StoreUnavailable when the embedded file cannot be
     opened. A Redis store connects lazily: an unreachable Redis shows on the first operation.
     """
-    spec = spec.strip()
+    spec = resolve_store_reference(spec)
     check_store_spec(spec)
     if spec != "embedded":
         logger.info("counter store: Redis at %s", redact(spec))

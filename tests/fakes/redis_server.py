@@ -25,7 +25,7 @@ class RedisServer:
     With `tls` (certificate file, key file, CA file) it listens with TLS only (no plain port) and
     its URL is rediss://localhost:PORT/0."""
 
-    def __init__(self, workdir: Path, tls: tuple[Path, Path, Path] | None = None) -> None:
+    def __init__(self, workdir: Path, tls: tuple[Path, Path, Path] | None = None, password: str | None = None) -> None:
         exe = shutil.which("redis-server")
         if exe is None:
             if os.environ.get("CI"):
@@ -35,6 +35,9 @@ class RedisServer:
         self.url = f"redis://127.0.0.1:{self.port}/0"
         args = ["--port", str(self.port)]
         context: ssl.SSLContext | None = None
+        if password is not None:
+            args += ["--requirepass", password]
+            self.url = f"redis://:{password}@127.0.0.1:{self.port}/0"
         if tls is not None:
             cert, key, ca = tls
             self.url = f"rediss://localhost:{self.port}/0"
@@ -55,8 +58,8 @@ class RedisServer:
             try:
                 with socket.create_connection(("127.0.0.1", self.port), timeout=0.2) as raw:
                     s = context.wrap_socket(raw, server_hostname="localhost") if context else raw
-                    s.sendall(b"PING\r\n")
-                    if s.recv(16).startswith(b"+PONG"):
+                    s.sendall((f"AUTH {password}\r\n" if password else "").encode() + b"PING\r\n")
+                    if s.recv(32).replace(b"+OK\r\n", b"").startswith(b"+PONG"):
                         return
             except OSError:
                 pass

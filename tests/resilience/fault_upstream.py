@@ -132,6 +132,8 @@ class FaultUpstream:
         self._stopping = asyncio.Event()
         app = web.Application()
         app.router.add_route("*", "/f/{name}", self._handle)
+        # As a provider's base URL (…/f/NAME): the gateway appends the endpoint path.
+        app.router.add_route("*", "/f/{name}/{endpoint:.*}", self._handle)
         self._runner = web.AppRunner(app, access_log=None, shutdown_timeout=1.0)
         await self._runner.setup()
         site = web.TCPSite(self._runner, "127.0.0.1", 0)

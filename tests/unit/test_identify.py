@@ -40,7 +40,7 @@ def identify():
 def test_key_found_in_every_supported_place(identify, compiled, headers):
     flow = make_flow(body={"model": "gpt-5.5"}, headers=headers)
     state = governed(flow, compiled)
-    identify.request(flow)
+    identify.requestheaders(flow)
     assert flow.response is None
     assert state.key is not None and state.key.name == "alice"
     assert state.team == "platform"
@@ -50,7 +50,7 @@ def test_key_found_in_every_supported_place(identify, compiled, headers):
 def test_key_without_prefix_identified_by_hash(identify, compiled):
     flow = make_flow(body={"model": "gpt-5.5"}, headers={"authorization": f"Bearer {KEYS['erin']}"})
     state = governed(flow, compiled)
-    identify.request(flow)
+    identify.requestheaders(flow)
     assert state.key.name == "erin"
 
 
@@ -62,14 +62,14 @@ def test_key_given_on_connect_identifies_later_requests_of_that_connection(ident
     flow = make_flow(url="https://api.openai.com/v1/responses", body={"model": "mock"}, mode="regular")
     flow.client_conn = connect.client_conn
     state = governed(flow, compiled, mode="proxy")
-    identify.request(flow)
+    identify.requestheaders(flow)
     assert flow.response is None
     assert state.key.name == "dave"
 
     # another client connection did not authenticate
     other = make_flow(url="https://api.openai.com/v1/responses", body={"model": "mock"}, mode="regular")
     governed(other, compiled, mode="proxy")
-    identify.request(other)
+    identify.requestheaders(other)
     assert other.response.status_code == 401
     assert error_of(other)["code"] == "missing_api_key"
 
@@ -81,7 +81,7 @@ def test_header_key_wins_over_connect_key(identify, compiled):
     flow = make_flow(url="https://api.openai.com/v1/responses", headers={"authorization": f"Bearer {KEYS['alice']}"})
     flow.client_conn = connect.client_conn
     state = governed(flow, compiled, mode="proxy")
-    identify.request(flow)
+    identify.requestheaders(flow)
     assert state.key.name == "alice"
 
 
@@ -99,7 +99,7 @@ def test_header_key_wins_over_connect_key(identify, compiled):
 def test_missing_key_is_401(identify, compiled, headers):
     flow = make_flow(body={"model": "gpt-5.5"}, headers=headers)
     state = governed(flow, compiled)
-    identify.request(flow)
+    identify.requestheaders(flow)
     assert flow.response is not None
     assert flow.response.status_code == 401
     error = error_of(flow)
@@ -113,7 +113,7 @@ def test_unknown_key_is_401_and_not_echoed(identify, compiled):
     unknown = "sk-cg-unknown-999999999999999999999"
     flow = make_flow(body={"model": "gpt-5.5"}, headers={"authorization": f"Bearer {unknown}"})
     state = governed(flow, compiled)
-    identify.request(flow)
+    identify.requestheaders(flow)
     assert flow.response.status_code == 401
     error = error_of(flow)
     assert error["code"] == "invalid_api_key"
@@ -124,7 +124,7 @@ def test_unknown_key_is_401_and_not_echoed(identify, compiled):
 
 def test_ungoverned_flow_untouched(identify):
     flow = make_flow(url="https://example.org/", mode="regular")
-    identify.request(flow)
+    identify.requestheaders(flow)
     assert flow.response is None
     assert state_of(flow) is None
 

@@ -1,0 +1,65 @@
+"""Bounded reading of client input: decoding under a cap, nesting without recursion, clipping."""
+
+from __future__ import annotations
+
+import gzip
+import json
+import zlib
+
+import brotli
+import pytest
+import zstandard
+
+from codexgate.bounded import BodyTooLarge, clip, decode_body, nesting_exceeds
+
+BODY = json.dumps({"model": "gpt-test", "input": "hello " * 2000}).encode()
+ENCODED = {
+    "gzip": gzip.compress(BODY),
+    "deflate": zlib.compress(BODY),
+    "br": brotli.compress(BODY),
+    "zstd": zstandard.ZstdCompressor().compress(BODY),
+}
+
+
+@pytest.mark.parametrize("encoding", sorted(ENCODED))
+def test_each_encoding_decodes_under_the_cap_and_refuses_over_it(encoding: str) -> None:
+    assert decode_body(ENCODED[encoding], encoding, len(BODY)) == BODY
+    with pytest.raises(BodyTooLarge):
+        decode_body(ENCODED[encoding], encoding, len(BODY) - 1)
+
+
+def test_raw_deflate_stacked_encodings_and_identity() -> None:
+    raw_deflate = zlib.compressobj(6, zlib.DEFLATED, -zlib.MAX_WBITS)
+    data = raw_deflate.compress(BODY) + raw_deflate.flush()
+    assert decode_body(data, "deflate", len(BODY)) == BODY
+    assert decode_body(gzip.compress(zlib.compress(BODY)), "deflate, gzip", len(BODY)) == BODY
+    assert decode_body(BODY, "identity", len(BODY)) == BODY
+
+
+def test_a_bomb_stops_at_the_cap() -> None:
+    bomb = gzip.compress(bytes(64 * 1024 * 1024))
+    with pytest.raises(BodyTooLarge):
+        decode_body(bomb, "gzip", 1024 * 1024)
+
+
+@pytest.mark.parametrize(("data", "encoding"), [(b"not gzip", "gzip"), (gzip.compress(BODY)[:-12], "gzip"),
+                                                (b"x", "compress")])  # fmt: skip
+def test_broken_or_unknown_encodings_are_value_errors(data: bytes, encoding: str) -> None:
+    with pytest.raises(ValueError) as raised:
+        decode_body(data, encoding, 10**6)
+    assert not isinstance(raised.value, BodyTooLarge)
+
+
+def test_nesting_is_measured_without_recursion() -> None:
+    deep = json.loads("[" * 900 + "]" * 900)
+    assert nesting_exceeds(deep, 100)
+    assert not nesting_exceeds(deep, 900)
+    assert nesting_exceeds({"a": {"b": [1]}}, 2) and not nesting_exceeds({"a": {"b": [1]}}, 3)
+    assert not nesting_exceeds("scalar", 1)
+
+
+def test_clip_bounds_and_escapes() -> None:
+    assert clip("short") == "short"
+    clipped = clip("x" * 10_000, 50)
+    assert len(clipped) < 80 and clipped.endswith("(10000 chars)")
+    assert "\n" not in clip("line\nbreak")
