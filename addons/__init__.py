@@ -35,7 +35,7 @@ def steps(shown: bool = True) -> list[Any]:
     from codexgate.addons.lifecycle import GracefulShutdown
     from codexgate.addons.limits import Charge, Limits
     from codexgate.addons.meter import Meter
-    from codexgate.addons.metrics_export import MetricsExport
+    from codexgate.addons.metrics_export import MetricsExport, Readiness
     from codexgate.addons.mock_upstream import MockUpstream
     from codexgate.addons.models_endpoint import ModelsEndpoint
     from codexgate.addons.policy_source import PolicySource
@@ -53,9 +53,10 @@ def steps(shown: bool = True) -> list[Any]:
     limits = Limits(policy, metrics)
     tracing = Tracing()
     resilience = Resilience(metrics)
+    shutdown = GracefulShutdown()
     chosen = [
         SecretMask(policy, shown),  # moves itself ahead of mitmproxy's own addons
-        MetricsExport(metrics),
+        MetricsExport(metrics, Readiness(policy, limits, shutdown)),  # /metrics, /healthz, /readyz
         policy,
         TlsScope(policy),
         Intake(policy),
@@ -78,6 +79,6 @@ def steps(shown: bool = True) -> list[Any]:
         AuditLog(),
         TraceEnd(tracing),  # its request hook runs right after Seal: the upstream attempt starts at send time
         FlowRetention(),
-        GracefulShutdown(),  # last: a request counts as finished only once everything above settled it
+        shutdown,  # last: a request counts as finished only once everything above settled it
     ]
     return chosen if shown else [step for step in chosen if not isinstance(step, FlowRetention)]

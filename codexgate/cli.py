@@ -183,7 +183,9 @@ def cmd_up(args: argparse.Namespace) -> int:
         entry = "from mitmproxy.tools.main import mitmdump; mitmdump()"
     else:
         entry = "from codexgate.master import main; main()"
-    os.execv(sys.executable, [sys.executable, "-c", entry, *argv])
+    # -P: `-c` would put the current directory first on the import path, and a folder named
+    # codexgate there (the parent of a clone, say) would shadow the installed package.
+    os.execv(sys.executable, [sys.executable, "-P", "-c", entry, *argv])
     return 0  # not reached
 
 
