@@ -131,6 +131,9 @@ def cmd_up(args: argparse.Namespace) -> int:
     except ValueError as exc:
         print(f"codexgate up: --store: {exc}", file=sys.stderr)
         return 2
+    ca_file = args.ca_file or os.environ.get("CODEXGATE_CA_FILE")
+    if ca_file and not _install_ca_file(Path(ca_file).expanduser(), data_dir):
+        return 1
     cert = ca_cert_path(data_dir)
     host = args.listen_host or config.get("listen_host", "127.0.0.1")
     proxy_port = args.proxy_port or int(config.get("proxy_port", 8080))
@@ -238,8 +241,44 @@ def cmd_audit_verify(args: argparse.Namespace) -> int:
     return verify_command(args.paths, args.data_dir, args.hmac_key)
 
 
+def _install_ca_file(path: Path, data_dir: Path) -> bool:
+    """`up --ca-file`: the fleet's CA (a file or a mounted secret) is the one this instance uses."""
+    from codexgate.ca_bundle import BundleError, import_bundle
+
+    try:
+        if import_bundle(path.read_bytes(), data_dir, str(path), replace=True):
+            print(f"codexgate: CA installed from {path}")
+    except (OSError, BundleError) as exc:
+        print(f"codexgate up: --ca-file: {exc}", file=sys.stderr)
+        return False
+    return True
+
+
 def cmd_ca(args: argparse.Namespace) -> int:
+    from codexgate.ca_bundle import BundleError, export_bundle, import_bundle
+
     data_dir = ensure_data_dir(Path(args.data_dir).expanduser() if args.data_dir else default_data_dir())
+    try:
+        if getattr(args, "ca_command", None) == "export":
+            bundle = export_bundle(data_dir)
+            if args.out in (None, "-"):
+                sys.stdout.buffer.write(bundle)
+            else:
+                fd = os.open(args.out, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)  # holds the private key
+                with os.fdopen(fd, "wb") as handle:
+                    handle.write(bundle)
+                print(f"codexgate: CA key and certificate written to {args.out} (keep it secret)", file=sys.stderr)
+            return 0
+        if getattr(args, "ca_command", None) == "import":
+            raw = sys.stdin.buffer.read() if args.file == "-" else Path(args.file).read_bytes()
+            changed = import_bundle(raw, data_dir, args.file, replace=args.replace)
+            print(
+                f"codexgate: CA {'imported into' if changed else 'already in'} {data_dir / 'mitmproxy'}",
+                file=sys.stderr,
+            )
+    except (OSError, BundleError) as exc:
+        print(f"codexgate ca: {exc}", file=sys.stderr)
+        return 1
     print(ca_cert_path(data_dir))
     return 0
 
@@ -310,6 +349,10 @@ def build_parser() -> argparse.ArgumentParser:
     up.add_argument("--listen-host", help="address to listen on (default from mitm_config.yaml: 127.0.0.1)")
     up.add_argument("--proxy-port", type=int, help="HTTPS_PROXY listener port (default 8080)")
     up.add_argument("--gateway-port", type=int, help="base-URL listener port (default 4000)")
+    up.add_argument(
+        "--ca-file", help="CA bundle (PEM key and certificate, `codexgate ca export`) shared by a fleet; "
+        "installed into the data dir at start (default: $CODEXGATE_CA_FILE)",
+    )  # fmt: skip
     up.add_argument("--store", help="counter store: embedded (default) or redis://HOST:PORT/DB for several instances")
     up.add_argument(
         "--metrics-port", type=int, help="Prometheus /metrics port (default from mitm_config.yaml; 0 = off)"
@@ -360,9 +403,17 @@ def build_parser() -> argparse.ArgumentParser:
     verify.add_argument("paths", nargs="*", help="audit files or directories, in order")
     verify.set_defaults(func=cmd_audit_verify)
 
-    ca = sub.add_parser("ca", help="print the gateway CA certificate path (CODEX_CA_CERTIFICATE)")
+    ca = sub.add_parser("ca", help="print the gateway CA certificate path (CODEX_CA_CERTIFICATE); export/import")
     ca.add_argument("--data-dir")
     ca.set_defaults(func=cmd_ca)
+    ca_sub = ca.add_subparsers(dest="ca_command")
+    ca_export = ca_sub.add_parser("export", help="write the CA's key and certificate (PEM) for other instances")
+    ca_export.add_argument("--out", help="file to write, owner-only (default: standard output)")
+    ca_export.add_argument("--data-dir", default=argparse.SUPPRESS)
+    ca_import = ca_sub.add_parser("import", help="use a CA bundle (PEM key and certificate) from another instance")
+    ca_import.add_argument("file", help="the bundle `codexgate ca export` wrote, or - for standard input")
+    ca_import.add_argument("--replace", action="store_true", help="replace a different CA already in the data dir")
+    ca_import.add_argument("--data-dir", default=argparse.SUPPRESS)
 
     codex = sub.add_parser("codex", help="launch Codex CLI through the gateway")
     codex.add_argument("--gateway", help="gateway URL (default http://127.0.0.1:4000, or :8080 in proxy mode)")
