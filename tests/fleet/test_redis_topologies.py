@@ -1,0 +1,131 @@
+"""The counter store on Redis Cluster and behind Sentinel, through `open_store` as the gateway
+opens it: one slot for every key, and a master failover the store rides out without charging
+anything twice. (The whole store contract runs against both too: tests/stores.)"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import redis
+from fakes.redis_topology import SERVICE, RedisCluster, SentinelGroup, wait_until
+
+from codexgate.stores.base import Amounts, Counter, StoreUnavailable
+from codexgate.stores.factory import CLUSTER_PREFIX, check_store_spec, open_store
+
+DAY = 86400.0
+FAILOVER_BOUND = 60.0  # seconds: only a failover that never completes takes this long
+
+
+def _budget(now: float, counter_id: str = "team:platform/usd/1d", limit: float = 10.0) -> Counter:
+    start = now - now % DAY
+    return Counter(counter_id, "usd", limit, start, DAY, DAY, start + DAY)
+
+
+@pytest.fixture
+def cluster(tmp_path: Path) -> Iterator[RedisCluster]:
+    made = RedisCluster(tmp_path / "cluster")
+    yield made
+    made.kill()
+
+
+def test_cluster_store_keeps_every_key_in_one_slot(cluster: RedisCluster, tmp_path: Path) -> None:
+    now = time.time()
+    counters = [_budget(now, f"{level}/usd/1d") for level in ("key:alice", "team:platform", "org:acme")]
+
+    async def main() -> list[float]:
+        store = open_store(cluster.url, str(tmp_path))
+        try:
+            for i in range(5):
+                admission = await store.reserve(f"req-{i}", counters, Amounts(usd=1.0), now)
+                assert admission.admitted
+                assert await store.settle(f"req-{i}", Amounts(usd=0.5))
+            assert (await store.reserve("req-open", counters, Amounts(usd=1.0), now)).admitted
+            return [state.used for state in await store.snapshot(counters, now)]
+        finally:
+            await store.close()
+
+    assert asyncio.run(main()) == [3.5, 3.5, 3.5]
+    keys: list[str] = []
+    slots: set[int] = set()
+    for port in cluster.ports:
+        node = redis.Redis(host="127.0.0.1", port=port, decode_responses=True)
+        mine = [k for k in node.keys(CLUSTER_PREFIX + "*")]
+        keys += mine
+        slots |= {node.cluster("keyslot", k) for k in mine}
+        node.close()
+    assert len(keys) >= 5 and len(slots) == 1, (keys, slots)  # counters, reservation, index: one slot
+
+
+def test_sentinel_failover_store_continues_without_double_charge(tmp_path: Path) -> None:
+    group = SentinelGroup(tmp_path / "sentinel")
+    try:
+        _failover(group, tmp_path)
+    finally:
+        group.kill()
+
+
+def _failover(group: SentinelGroup, tmp_path: Path) -> None:
+    now = time.time()
+    budget = [_budget(now)]
+    old_master = group.master_address()
+
+    async def main() -> tuple[float, int]:
+        store = open_store(group.url, str(tmp_path))
+        try:
+            assert (await store.reserve("before", budget, Amounts(usd=2.0), now)).admitted
+            assert await store.settle("before", Amounts(usd=1.5))
+            # Replication is asynchronous: make sure the replica has what was charged before the kill.
+            master = redis.Redis(host=old_master[0], port=old_master[1])
+            assert master.execute_command("WAIT", 1, 5000) == 1
+            master.close()
+            group.kill_master()
+            failures = 0
+            deadline = time.monotonic() + FAILOVER_BOUND
+            while True:  # the same request, again and again, as a client retrying a 503 would
+                try:
+                    admission = await store.reserve("during", budget, Amounts(usd=1.0), now)
+                    break
+                except StoreUnavailable:
+                    failures += 1
+                    assert time.monotonic() < deadline, "the store did not continue after the failover"
+                    await asyncio.sleep(0.1)
+            assert admission.admitted
+            assert await store.settle("during", Amounts(usd=0.25))
+            assert not await store.settle("during", Amounts(usd=0.25))  # settled once only
+            used = (await store.snapshot(budget, now))[0].used
+            return used, failures
+        finally:
+            await store.close()
+
+    used, failures = asyncio.run(main())
+    assert failures >= 1  # the master really was gone for a while
+    wait_until("Sentinel names a new master", lambda: group.master_address() != old_master)
+    assert group.master_address()[1] == group.replica_port
+    assert used == 1.75  # 1.5 settled before, 0.25 after: nothing charged twice, nothing lost
+
+
+@pytest.mark.parametrize(
+    ("spec", "message"),
+    [
+        ("redis+sentinel://127.0.0.1:26379", "service name is missing"),
+        ("redis+sentinel://127.0.0.1:26379/svc/x", "[/db]"),
+        ("redis+cluster://127.0.0.1:7000/1", "only database 0"),
+        ("redis+cluster://127.0.0.1:7000?sentinel_password=x", "are for redis+sentinel"),
+        ("redis+cluster://127.0.0.1", "host:port"),
+        ("redis+sentinel://:secret@127.0.0.1:1/svc?bogus=1", "unsupported Redis URL option"),
+    ],
+)
+def test_topology_urls_are_checked_before_anything_connects(spec: str, message: str) -> None:
+    with pytest.raises(ValueError) as caught:
+        check_store_spec(spec)
+    assert message in str(caught.value)
+    assert "secret" not in str(caught.value)
+
+
+def test_topology_urls_accept_tls_auth_and_several_hosts() -> None:
+    check_store_spec(f"rediss+sentinel://user:pw@h1:26379,h2:26379/{SERVICE}/2?sentinel_password=s&ssl_cert_reqs=none")
+    check_store_spec("rediss+cluster://:pw@h1:7000,h2:7001,[::1]:7002?ssl_check_hostname=false")
