@@ -16,7 +16,10 @@ from packaging.requirements import Requirement
 
 ROOT = Path(__file__).resolve().parents[2]
 RUNTIME_CODE = ("codexgate", "addons", "providers", "policies")
-TEST_TOOLS = {"pytest", "pytest-timeout", "openai", "anthropic", "google-genai", "ruff", "mypy", "types-pyyaml"}
+TEST_TOOLS = {
+    "pytest", "pytest-timeout", "openai", "anthropic", "google-genai", "ruff", "mypy", "types-pyyaml",
+    "kubernetes-validate", "check-jsonschema",
+}  # fmt: skip
 
 
 def _name(text: str) -> str:
