@@ -42,8 +42,13 @@ class Readiness:
             "ca": self._ca(),
             "store": await self._store(),
         }
-        ready = not self.shutdown.draining and all(v == "ok" for k, v in checks.items() if k != "draining")
-        return ready, checks
+        if checks["store"] != "ok" and self._fails_open():
+            # The policy says to serve unmetered while the store is down: the instance is still useful.
+            checks["store"] += " (serving unmetered: on_store_error open)"
+            failing = [k for k, v in checks.items() if k not in ("draining", "store") and v != "ok"]
+        else:
+            failing = [k for k, v in checks.items() if k != "draining" and v != "ok"]
+        return not self.shutdown.draining and not failing, checks
 
     def _policy(self) -> str:
         try:
@@ -51,6 +56,12 @@ class Readiness:
         except Exception as exc:
             return f"not loaded: {exc}"
         return "ok"
+
+    def _fails_open(self) -> bool:
+        try:
+            return self.policy.current().policy.gateway.on_store_error == "open"
+        except Exception:
+            return False
 
     def _ca(self) -> str:
         tlsconfig = ctx.master.addons.get("tlsconfig")

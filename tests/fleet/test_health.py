@@ -88,3 +88,26 @@ def test_sigterm_flips_readyz_before_requests_are_refused(tmp_path: Path) -> Non
         if gateway.process is not None:
             gateway.process.kill()
             gateway.process.wait(10)
+
+
+def test_readyz_stays_ready_without_the_store_when_the_policy_fails_open(tmp_path: Path) -> None:
+    redis = RedisServer(tmp_path / "redis")
+    policy = tmp_path / "policy.yaml"
+    policy.write_text(policy_text("http://127.0.0.1:9/v1") + "gateway: {on_store_error: open}\n")
+    gateway = Gateway(policy, tmp_path / "data")
+    gateway.metrics_port = free_port()
+    gateway.store = redis.url
+    gateway.start()
+    try:
+        redis.kill()
+        store = _get(gateway, "/readyz").json()["checks"]["store"]
+        deadline = time.monotonic() + 20
+        while not store.startswith("unreachable") and time.monotonic() < deadline:
+            time.sleep(0.05)
+            store = _get(gateway, "/readyz").json()["checks"]["store"]
+        assert store.startswith("unreachable") and "serving unmetered" in store
+        assert _get(gateway, "/readyz").status_code == 200
+        assert _ask(gateway)  # and it does serve
+    finally:
+        gateway.stop()
+        redis.kill()
