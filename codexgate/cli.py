@@ -353,7 +353,11 @@ def build_parser() -> argparse.ArgumentParser:
         "--ca-file", help="CA bundle (PEM key and certificate, `codexgate ca export`) shared by a fleet; "
         "installed into the data dir at start (default: $CODEXGATE_CA_FILE)",
     )  # fmt: skip
-    up.add_argument("--store", help="counter store: embedded (default) or redis://HOST:PORT/DB for several instances")
+    up.add_argument(
+        "--store",
+        help="counter store: embedded (default), or for several instances redis://HOST:PORT/DB, "
+        "redis+sentinel://HOST:PORT[,...]/SERVICE/DB or redis+cluster://HOST:PORT[,...]",
+    )
     up.add_argument(
         "--metrics-port", type=int, help="Prometheus /metrics port (default from mitm_config.yaml; 0 = off)"
     )
