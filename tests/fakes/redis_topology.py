@@ -59,7 +59,7 @@ def wait_until[T](what: str, probe: Callable[[], T], timeout: float = 30.0) -> T
     while time.monotonic() < deadline:
         try:
             result = probe()
-        except (redis.RedisError, OSError) as exc:
+        except Exception as exc:  # not up yet (connection refused, ...): the timeout reports the last one
             last = exc
         else:
             if result:

@@ -12,16 +12,22 @@ import io
 import os
 import shutil
 import signal
+import socket
 import subprocess
+import sys
 import time
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
+from types import SimpleNamespace
 
 import httpx2 as httpx
 import pytest
 import redis
+from fakes.codex_cli import run_codex
 from fakes.gateway import ALICE_KEY, Gateway, free_port
 from fakes.openai_upstream import FakeOpenAI
+from fakes.redis_server import RedisServer
 from fakes.redis_topology import SentinelGroup, wait_until
 
 from codexgate.policies.keys import hash_key
@@ -45,9 +51,12 @@ keys:
 """
 
 
-def _haproxy_config(gateways: list[Gateway], port: int, stats_port: int) -> str:
+def _haproxy_config(gateways: list[Gateway], port: int, proxy_port: int, stats_port: int) -> str:
     servers = "\n".join(
         f"    server gw{i} 127.0.0.1:{g.gateway_port} check port {g.metrics_port}" for i, g in enumerate(gateways)
+    )
+    proxies = "\n".join(
+        f"    server gw{i} 127.0.0.1:{g.proxy_port} check port {g.metrics_port}" for i, g in enumerate(gateways)
     )
     return f"""\
 defaults
@@ -70,6 +79,18 @@ backend gateways
     http-response set-header x-served-by %[srv_name]
 {servers}
 
+frontend proxy
+    mode tcp
+    bind 127.0.0.1:{proxy_port}
+    default_backend proxies
+
+backend proxies
+    mode tcp
+    balance roundrobin
+    option httpchk GET /readyz
+    http-check expect status 200
+{proxies}
+
 frontend stats
     bind 127.0.0.1:{stats_port}
     stats enable
@@ -84,16 +105,25 @@ class HAProxy:
             if os.environ.get("CI"):
                 pytest.fail("haproxy is required in CI (./dev test installs it)")
             pytest.skip("haproxy not installed: ./dev test installs it")
-        self.port, self.stats_port = free_port(), free_port()
+        self.port, self.proxy_port, self.stats_port = free_port(), free_port(), free_port()
         config = workdir / "haproxy.cfg"
-        config.write_text(_haproxy_config(gateways, self.port, self.stats_port))
+        config.write_text(_haproxy_config(gateways, self.port, self.proxy_port, self.stats_port))
         self.log = workdir / "haproxy.log"
         with self.log.open("wb") as out:
             self.process = subprocess.Popen([exe, "-db", "-f", str(config)], stdout=out, stderr=subprocess.STDOUT)
+        for port in (self.port, self.proxy_port, self.stats_port):
+            wait_until(f"haproxy listening on {port}", lambda p=port: _listening(p), timeout=15)
+
+    def __repr__(self) -> str:
+        return f"HAProxy(port={self.port}, log={self.log})"
 
     @property
     def url(self) -> str:
         return f"http://127.0.0.1:{self.port}/v1"
+
+    @property
+    def proxy_url(self) -> str:
+        return f"http://127.0.0.1:{self.proxy_port}"
 
     def states(self) -> dict[str, str]:
         text = httpx.get(f"http://127.0.0.1:{self.stats_port}/stats;csv", timeout=5).text.lstrip("# ")
@@ -108,6 +138,11 @@ class HAProxy:
         if self.process.poll() is None:
             self.process.terminate()
             self.process.wait(10)
+
+
+def _listening(port: int) -> bool:
+    with socket.socket() as sock:
+        return sock.connect_ex(("127.0.0.1", port)) == 0
 
 
 @pytest.fixture
@@ -209,3 +244,42 @@ def test_fleet_behind_haproxy_with_sentinel(tmp_path: Path, upstream: FakeOpenAI
         for gateway in gateways:
             gateway.stop()
         group.kill()
+
+
+@pytest.mark.e2e
+def test_codex_exec_through_haproxy_in_proxy_mode_trusts_the_one_ca(
+    tmp_path: Path, upstream: FakeOpenAI, redis_server: RedisServer
+) -> None:
+    """Real Codex, HTTPS_PROXY = the balancer, CODEX_CA_CERTIFICATE = the fleet's one CA: whichever
+    gateway each of its connections lands on presents a certificate from that CA."""
+    made = subprocess.run([sys.executable, "-m", "codexgate.cli", "ca", "--data-dir", str(tmp_path / "ca")],
+                          capture_output=True, text=True, check=True)  # fmt: skip
+    shared_cert = Path(made.stdout.strip())
+    bundle = tmp_path / "ca.pem"
+    subprocess.run([sys.executable, "-m", "codexgate.cli", "ca", "--data-dir", str(tmp_path / "ca"), "export",
+                    "--out", str(bundle)], check=True, capture_output=True)  # fmt: skip
+    policy = tmp_path / "policy.yaml"
+    policy.write_text(_policy(upstream.url))
+    gateways: list[Gateway] = []
+    balancer: HAProxy | None = None
+    try:
+        for i in range(2):
+            gateway = Gateway(policy, tmp_path / f"gw{i}")
+            gateway.store = redis_server.url
+            gateway.metrics_port = free_port()
+            gateway.extra_args = ["--ca-file", str(bundle)]
+            gateways.append(gateway.start())
+        balancer = HAProxy(tmp_path, gateways)
+        wait_until("both gateways in rotation", lambda: set(balancer.states().values()) == {"UP"})
+        entry = SimpleNamespace(proxy_url=balancer.proxy_url, base_url=balancer.url, ca_cert=shared_cert)
+        marker = f"marker-{uuid.uuid4().hex[:10]}"
+        result = run_codex(entry, "proxy", f"please run `echo {marker}` and tell me what it printed", tmp_path)  # type: ignore[arg-type]
+        assert result.returncode == 0, result.stdout + result.stderr
+        assert marker in result.stdout
+        answered = [r for g in gateways for r in g.accounting() if r.get("decision") == "answered"]
+        assert len(answered) >= 2 and {r["mode"] for r in answered} == {"proxy"}
+    finally:
+        if balancer is not None:
+            balancer.stop()
+        for gateway in gateways:
+            gateway.stop()
