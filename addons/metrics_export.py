@@ -88,6 +88,7 @@ class MetricsExport:
         self.metrics = metrics
         self.readiness = readiness
         self._server: AdminServer | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None  # the proxy's, once running: probes run on it
 
     def load(self, loader: Loader) -> None:
         loader.add_option(
@@ -112,8 +113,6 @@ class MetricsExport:
             logger.info(
                 "metrics at http://%s:%d/metrics (and /healthz, /readyz)", ctx.options.codexgate_metrics_host, port
             )
-
-    _loop: asyncio.AbstractEventLoop | None = None
 
     def running(self) -> None:
         self._loop = asyncio.get_running_loop()

@@ -81,8 +81,8 @@ class _Processes:
         with open(directory / "log", "wb") as log:
             self.procs[port] = subprocess.Popen(argv, cwd=directory, stdout=log, stderr=subprocess.STDOUT)
 
-    def wait_ping(self, port: int) -> None:
-        client = redis.Redis(host="127.0.0.1", port=port, socket_timeout=1)
+    def wait_ping(self, port: int, password: str | None = None) -> None:
+        client = redis.Redis(host="127.0.0.1", port=port, password=password, socket_timeout=1)
         try:
             wait_until(f"redis on {port}", client.ping, timeout=15)
         finally:
@@ -136,20 +136,29 @@ class RedisCluster:
 class SentinelGroup:
     """A master, one replica and three Sentinels (quorum 2) watching them as `SERVICE`."""
 
-    def __init__(self, workdir: Path, down_after_ms: int = 1000) -> None:
+    def __init__(
+        self,
+        workdir: Path,
+        down_after_ms: int = 1000,
+        password: str | None = None,
+        sentinel_password: str | None = None,
+    ) -> None:
         server = _require("redis-server")
         sentinel = _require("redis-sentinel")
         self.processes = _Processes(workdir)
         self.master_port, self.replica_port = _free_port(), _free_port()
         self.sentinel_ports = [_free_port() for _ in range(3)]
         common = ["--bind", "127.0.0.1", "--save", "", "--appendonly", "no"]
+        if password:
+            common += ["--requirepass", password, "--masterauth", password]
+        self.password, self.sentinel_password = password, sentinel_password
         try:
             self.processes.spawn(self.master_port, [server, "--port", str(self.master_port), *common])
             self.processes.spawn(self.replica_port, [server, "--port", str(self.replica_port), *common,
                                                      "--replicaof", "127.0.0.1", str(self.master_port)])  # fmt: skip
             for port in (self.master_port, self.replica_port):
-                self.processes.wait_ping(port)
-            replica = redis.Redis(host="127.0.0.1", port=self.replica_port, decode_responses=True)
+                self.processes.wait_ping(port, password)
+            replica = redis.Redis(host="127.0.0.1", port=self.replica_port, password=password, decode_responses=True)
             wait_until("replica in sync", lambda: replica.info("replication")["master_link_status"] == "up")
             replica.close()
             for port in self.sentinel_ports:
@@ -162,11 +171,13 @@ class SentinelGroup:
                     f"sentinel down-after-milliseconds {SERVICE} {down_after_ms}\n"
                     f"sentinel failover-timeout {SERVICE} 10000\n"
                     f"sentinel parallel-syncs {SERVICE} 1\n"
+                    + (f"sentinel auth-pass {SERVICE} {password}\n" if password else "")
+                    + (f"requirepass {sentinel_password}\n" if sentinel_password else "")
                 )
                 self.processes.spawn(port, [sentinel, str(config)])
             for port in self.sentinel_ports:
-                self.processes.wait_ping(port)
-                client = redis.Redis(host="127.0.0.1", port=port, decode_responses=True)
+                self.processes.wait_ping(port, sentinel_password)
+                client = redis.Redis(host="127.0.0.1", port=port, password=sentinel_password, decode_responses=True)
                 # Failover needs each Sentinel to know the replica and a majority of its peers.
                 wait_until(f"sentinel {port} sees the replica", lambda c=client: c.sentinel_slaves(SERVICE))
                 wait_until(f"sentinel {port} sees its peers", lambda c=client: len(c.sentinel_sentinels(SERVICE)) >= 2)
@@ -174,10 +185,13 @@ class SentinelGroup:
         except BaseException:
             self.kill()
             raise
-        self.url = f"redis+sentinel://{','.join(f'127.0.0.1:{p}' for p in self.sentinel_ports)}/{SERVICE}/0"
+        hosts = ",".join(f"127.0.0.1:{p}" for p in self.sentinel_ports)
+        self.url = f"redis+sentinel://{hosts}/{SERVICE}/0"
 
     def master_address(self) -> tuple[str, int]:
-        client = redis.Redis(host="127.0.0.1", port=self.sentinel_ports[0], decode_responses=True)
+        client = redis.Redis(
+            host="127.0.0.1", port=self.sentinel_ports[0], password=self.sentinel_password, decode_responses=True
+        )
         try:
             host, port = client.sentinel_get_master_addr_by_name(SERVICE)
         finally:

@@ -114,7 +114,7 @@ def test_compose_file_is_valid_against_the_compose_specification() -> None:
     # A broken compose file is refused by the same check.
     broken = compose.with_name("broken.test.yaml")
     try:
-        broken.write_text(compose.read_text().replace("    ports: [\"4000:4000\"", "    portz: [\"4000:4000\""))
+        broken.write_text(compose.read_text().replace('    ports: ["4000:4000"', '    portz: ["4000:4000"'))
         result = subprocess.run(
             [str(checker), "--builtin-schema", "vendor.compose-spec", str(broken)], capture_output=True, text=True
         )

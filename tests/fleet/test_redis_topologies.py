@@ -108,6 +108,32 @@ def _failover(group: SentinelGroup, tmp_path: Path) -> None:
     assert used == 1.75  # 1.5 settled before, 0.25 after: nothing charged twice, nothing lost
 
 
+def test_sentinel_with_passwords_for_servers_and_sentinels(tmp_path: Path) -> None:
+    group = SentinelGroup(tmp_path / "sentinel", password="server-secret", sentinel_password="sentinel-secret")
+    hosts = group.url.removeprefix("redis+sentinel://")
+    good = f"redis+sentinel://:server-secret@{hosts}?sentinel_password=sentinel-secret"
+    wrong = f"redis+sentinel://:server-secret@{hosts}?sentinel_password=guessed-secret"
+    now = time.time()
+
+    async def main(url: str) -> float:
+        store = open_store(url, str(tmp_path))
+        try:
+            assert (await store.reserve("one", [_budget(now)], Amounts(usd=1.0), now)).admitted
+            assert await store.settle("one", Amounts(usd=0.5))
+            return (await store.snapshot([_budget(now)], now))[0].used
+        finally:
+            await store.close()
+
+    try:
+        assert asyncio.run(main(good)) == 0.5
+        with pytest.raises(StoreUnavailable) as refused:
+            asyncio.run(main(wrong))
+        assert "no Sentinel named the master" in str(refused.value) and "AUTH refused" in str(refused.value)
+        assert "guessed-secret" not in str(refused.value) and "server-secret" not in str(refused.value)
+    finally:
+        group.kill()
+
+
 @pytest.mark.parametrize(
     ("spec", "message"),
     [
