@@ -103,31 +103,48 @@ class _Processes:
 
 
 class RedisCluster:
-    """Three masters, no replicas, slots spread by `redis-cli --cluster create`."""
+    """Three masters, no replicas, slots spread by `redis-cli --cluster create`.
 
-    def __init__(self, workdir: Path) -> None:
+    With `tls` (certificate file, key file, CA file) the nodes speak TLS only, to clients and to
+    each other, and the URL is rediss+cluster://… with ssl_ca_certs."""
+
+    def __init__(self, workdir: Path, tls: tuple[Path, Path, Path] | None = None) -> None:
         server = _require("redis-server")
         cli = _require("redis-cli")
         self.processes = _Processes(workdir)
         self.ports = [_cluster_port() for _ in range(3)]
+        tls_client: dict[str, object] = {}
+        cli_tls: list[str] = []
         for port in self.ports:
-            argv = [server, "--port", str(port), "--bind", "127.0.0.1", "--cluster-enabled", "yes",
+            argv = [server, "--bind", "127.0.0.1", "--cluster-enabled", "yes",
                     "--cluster-config-file", "nodes.conf", "--save", "", "--appendonly", "no"]  # fmt: skip
+            if tls is None:
+                argv += ["--port", str(port)]
+            else:
+                cert, key, ca = (str(p) for p in tls)
+                argv += ["--port", "0", "--tls-port", str(port), "--tls-cluster", "yes", "--tls-cert-file", cert,
+                         "--tls-key-file", key, "--tls-ca-cert-file", ca, "--tls-auth-clients", "no"]  # fmt: skip
+                tls_client = {"ssl": True, "ssl_ca_certs": ca}
+                cli_tls = ["--tls", "--cacert", ca]
             self.processes.spawn(port, argv)
         try:
             for port in self.ports:
-                self.processes.wait_ping(port)
+                client = redis.Redis(host="127.0.0.1", port=port, socket_timeout=1, **tls_client)  # type: ignore[arg-type]
+                wait_until(f"redis on {port}", client.ping, timeout=15)
+                client.close()
             nodes = [f"127.0.0.1:{port}" for port in self.ports]
-            subprocess.run([cli, "--cluster", "create", *nodes, "--cluster-yes"], check=True, capture_output=True,
-                           timeout=60)  # fmt: skip
+            subprocess.run([cli, *cli_tls, "--cluster", "create", *nodes, "--cluster-yes"], check=True,
+                           capture_output=True, timeout=60)  # fmt: skip
             for port in self.ports:
-                client = redis.Redis(host="127.0.0.1", port=port, decode_responses=True)
+                client = redis.Redis(host="127.0.0.1", port=port, decode_responses=True, **tls_client)  # type: ignore[arg-type]
                 wait_until(f"cluster state ok on {port}", lambda c=client: c.cluster("info")["cluster_state"] == "ok")
                 client.close()
         except BaseException:
             self.kill()
             raise
-        self.url = "redis+cluster://" + ",".join(f"127.0.0.1:{port}" for port in self.ports)
+        self.client_options = tls_client
+        hosts = ",".join(f"127.0.0.1:{port}" for port in self.ports)
+        self.url = f"redis+cluster://{hosts}" if tls is None else f"rediss+cluster://{hosts}?ssl_ca_certs={tls[2]}"
 
     def kill(self) -> None:
         self.processes.kill_all()

@@ -5,12 +5,18 @@ anything twice. (The whole store contract runs against both too: tests/stores.)"
 from __future__ import annotations
 
 import asyncio
+import datetime
+import ipaddress
 import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 import redis
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import rsa
+from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 from fakes.redis_topology import SERVICE, RedisCluster, SentinelGroup, wait_until
 
 from codexgate.stores.base import Amounts, Counter, StoreUnavailable
@@ -58,6 +64,70 @@ def test_cluster_store_keeps_every_key_in_one_slot(cluster: RedisCluster, tmp_pa
         slots |= {node.cluster("keyslot", k) for k in mine}
         node.close()
     assert len(keys) >= 5 and len(slots) == 1, (keys, slots)  # counters, reservation, index: one slot
+
+
+def _tls_files(tmp_path: Path) -> tuple[Path, Path, Path]:
+    """A CA, and a node certificate from it for localhost and 127.0.0.1 (cluster nodes announce
+    their IP address in MOVED replies, so the certificate must name it), usable as server and as
+    client certificate (nodes authenticate each other on the cluster bus; mitmproxy's CA limits
+    itself to server certificates, so this one is made here)."""
+    now = datetime.datetime.now(datetime.UTC)
+
+    def issue(subject: str, key: rsa.RSAPrivateKey, issuer: x509.Name, signer: rsa.RSAPrivateKey, ca: bool):
+        builder = (
+            x509.CertificateBuilder()
+            .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, subject)]))
+            .issuer_name(issuer)
+            .public_key(key.public_key())
+            .serial_number(x509.random_serial_number())
+            .not_valid_before(now - datetime.timedelta(hours=1))
+            .not_valid_after(now + datetime.timedelta(days=1))
+            .add_extension(x509.BasicConstraints(ca=ca, path_length=None), critical=True)
+        )
+        if not ca:
+            sans = [x509.DNSName("localhost"), x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]
+            usages = [ExtendedKeyUsageOID.SERVER_AUTH, ExtendedKeyUsageOID.CLIENT_AUTH]
+            builder = builder.add_extension(x509.SubjectAlternativeName(sans), critical=False)
+            builder = builder.add_extension(x509.ExtendedKeyUsage(usages), critical=False)
+        return builder.sign(signer, hashes.SHA256())
+
+    ca_key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "codexgate test CA")])
+    ca_cert = issue("codexgate test CA", ca_key, ca_name, ca_key, ca=True)
+    node_key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    node_cert = issue("localhost", node_key, ca_name, ca_key, ca=False)
+    cert_file, key_file, ca_file = tmp_path / "node.pem", tmp_path / "node.key", tmp_path / "ca.pem"
+    cert_file.write_bytes(node_cert.public_bytes(serialization.Encoding.PEM))
+    ca_file.write_bytes(ca_cert.public_bytes(serialization.Encoding.PEM))
+    key_file.write_bytes(
+        node_key.private_bytes(
+            serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+        )
+    )
+    return cert_file, key_file, ca_file
+
+
+def test_tls_cluster_store_follows_moved_over_tls_and_refuses_an_unknown_ca(tmp_path: Path) -> None:
+    tls = _tls_files(tmp_path)
+    cluster = RedisCluster(tmp_path / "cluster", tls=tls)
+    now = time.time()
+    counters = [_budget(now, f"key:user{i}/usd/1d") for i in range(3)]
+
+    async def main(url: str) -> list[float]:
+        store = open_store(url, str(tmp_path))
+        try:
+            assert (await store.reserve("tls-1", counters, Amounts(usd=1.0), now)).admitted
+            assert await store.settle("tls-1", Amounts(usd=0.75))
+            return [state.used for state in await store.snapshot(counters, now)]
+        finally:
+            await store.close()
+
+    try:
+        assert asyncio.run(main(cluster.url)) == [0.75, 0.75, 0.75]
+        with pytest.raises(StoreUnavailable, match="cannot connect"):
+            asyncio.run(main(cluster.url.split("?")[0]))  # the system CAs do not vouch for this one
+    finally:
+        cluster.kill()
 
 
 def test_sentinel_failover_store_continues_without_double_charge(tmp_path: Path) -> None:
