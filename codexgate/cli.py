@@ -115,7 +115,9 @@ def cmd_up(args: argparse.Namespace) -> int:
     data_dir = ensure_data_dir(Path(args.data_dir).expanduser() if args.data_dir else default_data_dir())
     demo_key = None
     if args.policy:
-        policy = Path(args.policy).resolve()
+        # Absolute, not resolved: a ConfigMap mount swaps the symlinks under the path on each update
+        # and deletes the directory it resolved to before.
+        policy = Path(args.policy).absolute()
     else:
         policy, demo_key = _embedded_policy(data_dir)
     try:
