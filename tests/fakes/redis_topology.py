@@ -108,16 +108,17 @@ class RedisCluster:
     With `tls` (certificate file, key file, CA file) the nodes speak TLS only, to clients and to
     each other, and the URL is rediss+cluster://… with ssl_ca_certs."""
 
-    def __init__(self, workdir: Path, tls: tuple[Path, Path, Path] | None = None) -> None:
+    def __init__(self, workdir: Path, tls: tuple[Path, Path, Path] | None = None, replicas: int = 0) -> None:
         server = _require("redis-server")
         cli = _require("redis-cli")
         self.processes = _Processes(workdir)
-        self.ports = [_cluster_port() for _ in range(3)]
+        self.ports = [_cluster_port() for _ in range(3 * (1 + replicas))]
         tls_client: dict[str, object] = {}
         cli_tls: list[str] = []
         for port in self.ports:
             argv = [server, "--bind", "127.0.0.1", "--cluster-enabled", "yes",
-                    "--cluster-config-file", "nodes.conf", "--save", "", "--appendonly", "no"]  # fmt: skip
+                    "--cluster-config-file", "nodes.conf", "--save", "", "--appendonly", "no",
+                    "--cluster-node-timeout", "1000"]  # fmt: skip
             if tls is None:
                 argv += ["--port", str(port)]
             else:
@@ -133,8 +134,8 @@ class RedisCluster:
                 wait_until(f"redis on {port}", client.ping, timeout=15)
                 client.close()
             nodes = [f"127.0.0.1:{port}" for port in self.ports]
-            subprocess.run([cli, *cli_tls, "--cluster", "create", *nodes, "--cluster-yes"], check=True,
-                           capture_output=True, timeout=60)  # fmt: skip
+            subprocess.run([cli, *cli_tls, "--cluster", "create", *nodes, "--cluster-replicas", str(replicas),
+                            "--cluster-yes"], check=True, capture_output=True, timeout=60)  # fmt: skip
             for port in self.ports:
                 client = redis.Redis(host="127.0.0.1", port=port, decode_responses=True, **tls_client)  # type: ignore[arg-type]
                 wait_until(f"cluster state ok on {port}", lambda c=client: c.cluster("info")["cluster_state"] == "ok")
@@ -145,6 +146,24 @@ class RedisCluster:
         self.client_options = tls_client
         hosts = ",".join(f"127.0.0.1:{port}" for port in self.ports)
         self.url = f"redis+cluster://{hosts}" if tls is None else f"rediss+cluster://{hosts}?ssl_ca_certs={tls[2]}"
+
+    def owner_of(self, key: str) -> int:
+        """The port of the master serving `key`'s slot, as the cluster sees it now."""
+        for port in self.ports:
+            if self.processes.procs[port].poll() is not None:
+                continue
+            client = redis.Redis(host="127.0.0.1", port=port, **self.client_options)  # type: ignore[arg-type]
+            try:
+                slot = client.cluster("keyslot", key)
+                for start, end, master, *_ in client.execute_command("CLUSTER SLOTS"):
+                    if start <= slot <= end:
+                        return int(master[1])
+            finally:
+                client.close()
+        raise AssertionError(f"no live node knows the owner of {key!r}")
+
+    def kill_node(self, port: int) -> None:
+        self.processes.kill(port)
 
     def kill(self) -> None:
         self.processes.kill_all()

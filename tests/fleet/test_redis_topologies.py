@@ -130,6 +130,47 @@ def test_tls_cluster_store_follows_moved_over_tls_and_refuses_an_unknown_ca(tmp_
         cluster.kill()
 
 
+def test_cluster_failover_store_follows_the_promoted_replica_without_double_charge(tmp_path: Path) -> None:
+    cluster = RedisCluster(tmp_path / "cluster", replicas=1)
+    now = time.time()
+    budget = [_budget(now)]
+    key = CLUSTER_PREFIX + "c:" + budget[0].counter_id
+    try:
+        old_owner = cluster.owner_of(key)
+
+        async def main() -> tuple[float, int]:
+            store = open_store(cluster.url, str(tmp_path))
+            try:
+                assert (await store.reserve("before", budget, Amounts(usd=2.0), now)).admitted
+                assert await store.settle("before", Amounts(usd=1.5))
+                owner = redis.Redis(host="127.0.0.1", port=old_owner)
+                assert owner.execute_command("WAIT", 1, 5000) == 1  # its replica has the charge
+                owner.close()
+                cluster.kill_node(old_owner)
+                failures = 0
+                deadline = time.monotonic() + FAILOVER_BOUND
+                while True:
+                    try:
+                        admission = await store.reserve("during", budget, Amounts(usd=1.0), now)
+                        break
+                    except StoreUnavailable:
+                        failures += 1
+                        assert time.monotonic() < deadline, "the store did not continue after the cluster failover"
+                        await asyncio.sleep(0.1)
+                assert admission.admitted
+                assert await store.settle("during", Amounts(usd=0.25))
+                return (await store.snapshot(budget, now))[0].used, failures
+            finally:
+                await store.close()
+
+        used, failures = asyncio.run(main())
+        assert failures >= 1
+        assert cluster.owner_of(key) != old_owner
+        assert used == 1.75
+    finally:
+        cluster.kill()
+
+
 def test_sentinel_failover_store_continues_without_double_charge(tmp_path: Path) -> None:
     group = SentinelGroup(tmp_path / "sentinel")
     try:
