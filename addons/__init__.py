@@ -39,7 +39,7 @@ def steps(shown: bool = True) -> list[Any]:
     from codexgate.addons.lifecycle import GracefulShutdown
     from codexgate.addons.limits import Charge, Limits
     from codexgate.addons.meter import Meter
-    from codexgate.addons.metrics_export import MetricsExport
+    from codexgate.addons.metrics_export import MetricsExport, Readiness
     from codexgate.addons.mock_upstream import MockUpstream
     from codexgate.addons.models_endpoint import ModelsEndpoint
     from codexgate.addons.options_lock import OptionsLock
@@ -67,10 +67,11 @@ def steps(shown: bool = True) -> list[Any]:
     request_limits = RequestLimits(policy, metrics)
     upstream_bounds = UpstreamBounds(metrics)
     audit = AuditLog()
+    shutdown = GracefulShutdown()
     chosen = [
         SecretMask(policy, shown),  # moves itself ahead of mitmproxy's own addons
         OptionsLock(audit),  # first to see a runtime option change: refuses it before any step applies it
-        MetricsExport(metrics),
+        MetricsExport(metrics, Readiness(policy, limits, shutdown)),  # /metrics, /healthz, /readyz
         policy,
         egress,  # before TlsScope, which reads the CONNECT target it recorded
         TlsScope(policy, egress),
@@ -100,6 +101,6 @@ def steps(shown: bool = True) -> list[Any]:
         audit,
         TraceEnd(tracing),  # its request hook runs right after Seal: the upstream attempt starts at send time
         FlowRetention(),
-        GracefulShutdown(),  # last: a request counts as finished only once everything above settled it
+        shutdown,  # last: a request counts as finished only once everything above settled it
     ]
     return chosen if shown else [step for step in chosen if not isinstance(step, FlowRetention)]

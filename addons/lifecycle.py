@@ -23,7 +23,8 @@ logger = logging.getLogger(__name__)
 class GracefulShutdown:
     def __init__(self) -> None:
         self._in_flight: set[str] = set()
-        self.draining = False
+        self.draining = False  # /readyz answers 503 from here on
+        self.refusing = False  # new requests are told to retry elsewhere (after codexgate_shutdown_delay)
         self._drain_task: asyncio.Task[None] | None = None
 
     def load(self, loader: Loader) -> None:
@@ -31,10 +32,16 @@ class GracefulShutdown:
             "codexgate_shutdown_grace", float, 30.0,
             "Seconds in-flight requests get to finish after SIGTERM before the gateway stops.",
         )  # fmt: skip
+        loader.add_option(
+            "codexgate_shutdown_delay", int, 0,
+            "Seconds after SIGTERM during which /readyz already answers 503 but new requests are still "
+            "served, so a balancer or Kubernetes takes the instance out before it starts refusing.",
+        )  # fmt: skip
 
     def configure(self, updated: set[str]) -> None:
-        if "codexgate_shutdown_grace" in updated and ctx.options.codexgate_shutdown_grace < 0:
-            raise exceptions.OptionsError("codexgate_shutdown_grace must be >= 0")
+        for name in ("codexgate_shutdown_grace", "codexgate_shutdown_delay"):
+            if name in updated and getattr(ctx.options, name) < 0:
+                raise exceptions.OptionsError(f"{name} must be >= 0")
 
     def running(self) -> None:
         # What start-up allocated (policy, SDK types, translators) lives as long as the process:
@@ -59,6 +66,11 @@ class GracefulShutdown:
         self._drain_task = asyncio.get_running_loop().create_task(self._drain())
 
     async def _drain(self) -> None:
+        delay = ctx.options.codexgate_shutdown_delay
+        if delay:
+            logger.info("not ready; still serving new requests for %d s while balancers take us out", delay)
+            await asyncio.sleep(delay)
+        self.refusing = True
         deadline = time.monotonic() + ctx.options.codexgate_shutdown_grace
         while self._in_flight and time.monotonic() < deadline:
             await asyncio.sleep(0.05)
@@ -72,7 +84,7 @@ class GracefulShutdown:
         state = state_of(flow)
         if state is None:
             return
-        if self.draining and flow.response is None:
+        if self.refusing and flow.response is None:
             refuse(
                 flow,
                 error_response(503, "gateway_shutting_down", "this codexgate instance is shutting down; retry",

@@ -158,7 +158,9 @@ def cmd_up(args: argparse.Namespace) -> int:
     data_dir = ensure_data_dir(Path(args.data_dir).expanduser() if args.data_dir else default_data_dir())
     demo_key = None
     if args.policy:
-        policy = Path(args.policy).resolve()
+        # Absolute, not resolved: a ConfigMap mount swaps the symlinks under the path on each update
+        # and deletes the directory it resolved to before.
+        policy = Path(args.policy).absolute()
     else:
         policy, demo_key = _embedded_policy(data_dir)
     try:
@@ -174,6 +176,9 @@ def cmd_up(args: argparse.Namespace) -> int:
     except ValueError as exc:
         print(f"codexgate up: --store: {exc}", file=sys.stderr)
         return 2
+    ca_file = args.ca_file or os.environ.get("CODEXGATE_CA_FILE")
+    if ca_file and not _install_ca_file(Path(ca_file).expanduser(), data_dir):
+        return 1
     cert = ca_cert_path(data_dir)
     host = args.listen_host or config.get("listen_host", "127.0.0.1")
     proxy_port = args.proxy_port or int(config.get("proxy_port", 8080))
@@ -222,7 +227,9 @@ def cmd_up(args: argparse.Namespace) -> int:
         entry = "from mitmproxy.tools.main import mitmdump; mitmdump()"
     else:
         entry = "from codexgate.master import main; main()"
-    os.execv(sys.executable, [sys.executable, "-c", entry, *argv])
+    # -P: `-c` would put the current directory first on the import path, and a folder named
+    # codexgate there (the parent of a clone, say) would shadow the installed package.
+    os.execv(sys.executable, [sys.executable, "-P", "-c", entry, *argv])
     return 0  # not reached
 
 
@@ -280,8 +287,44 @@ def cmd_audit_verify(args: argparse.Namespace) -> int:
     return verify_command(args.paths, args.data_dir, args.hmac_key)
 
 
+def _install_ca_file(path: Path, data_dir: Path) -> bool:
+    """`up --ca-file`: the fleet's CA (a file or a mounted secret) is the one this instance uses."""
+    from codexgate.ca_bundle import BundleError, import_bundle
+
+    try:
+        if import_bundle(path.read_bytes(), data_dir, str(path), replace=True):
+            print(f"codexgate: CA installed from {path}")
+    except (OSError, BundleError) as exc:
+        print(f"codexgate up: --ca-file: {exc}", file=sys.stderr)
+        return False
+    return True
+
+
 def cmd_ca(args: argparse.Namespace) -> int:
+    from codexgate.ca_bundle import BundleError, export_bundle, import_bundle
+
     data_dir = ensure_data_dir(Path(args.data_dir).expanduser() if args.data_dir else default_data_dir())
+    try:
+        if getattr(args, "ca_command", None) == "export":
+            bundle = export_bundle(data_dir)
+            if args.out in (None, "-"):
+                sys.stdout.buffer.write(bundle)
+            else:
+                fd = os.open(args.out, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)  # holds the private key
+                with os.fdopen(fd, "wb") as handle:
+                    handle.write(bundle)
+                print(f"codexgate: CA key and certificate written to {args.out} (keep it secret)", file=sys.stderr)
+            return 0
+        if getattr(args, "ca_command", None) == "import":
+            raw = sys.stdin.buffer.read() if args.file == "-" else Path(args.file).read_bytes()
+            changed = import_bundle(raw, data_dir, args.file, replace=args.replace)
+            print(
+                f"codexgate: CA {'imported into' if changed else 'already in'} {data_dir / 'mitmproxy'}",
+                file=sys.stderr,
+            )
+    except (OSError, BundleError) as exc:
+        print(f"codexgate ca: {exc}", file=sys.stderr)
+        return 1
     print(ca_cert_path(data_dir))
     return 0
 
@@ -296,7 +339,15 @@ def build_parser() -> argparse.ArgumentParser:
     up.add_argument("--listen-host", help="address to listen on (default from mitm_config.yaml: 127.0.0.1)")
     up.add_argument("--proxy-port", type=int, help="HTTPS_PROXY listener port (default 8080)")
     up.add_argument("--gateway-port", type=int, help="base-URL listener port (default 4000)")
-    up.add_argument("--store", help="counter store: embedded (default) or redis://HOST:PORT/DB for several instances")
+    up.add_argument(
+        "--ca-file", help="CA bundle (PEM key and certificate, `codexgate ca export`) shared by a fleet; "
+        "installed into the data dir at start (default: $CODEXGATE_CA_FILE)",
+    )  # fmt: skip
+    up.add_argument(
+        "--store",
+        help="counter store: embedded (default), or for several instances redis://HOST:PORT/DB, "
+        "redis+sentinel://HOST:PORT[,...]/SERVICE/DB or redis+cluster://HOST:PORT[,...]",
+    )
     up.add_argument(
         "--metrics-port", type=int, help="Prometheus /metrics port (default from mitm_config.yaml; 0 = off)"
     )
@@ -346,9 +397,17 @@ def build_parser() -> argparse.ArgumentParser:
     verify.add_argument("paths", nargs="*", help="audit files or directories, in order")
     verify.set_defaults(func=cmd_audit_verify)
 
-    ca = sub.add_parser("ca", help="print the gateway CA certificate path (CODEX_CA_CERTIFICATE)")
+    ca = sub.add_parser("ca", help="print the gateway CA certificate path (CODEX_CA_CERTIFICATE); export/import")
     ca.add_argument("--data-dir")
     ca.set_defaults(func=cmd_ca)
+    ca_sub = ca.add_subparsers(dest="ca_command")
+    ca_export = ca_sub.add_parser("export", help="write the CA's key and certificate (PEM) for other instances")
+    ca_export.add_argument("--out", help="file to write, owner-only (default: standard output)")
+    ca_export.add_argument("--data-dir", default=argparse.SUPPRESS)
+    ca_import = ca_sub.add_parser("import", help="use a CA bundle (PEM key and certificate) from another instance")
+    ca_import.add_argument("file", help="the bundle `codexgate ca export` wrote, or - for standard input")
+    ca_import.add_argument("--replace", action="store_true", help="replace a different CA already in the data dir")
+    ca_import.add_argument("--data-dir", default=argparse.SUPPRESS)
 
     from codexgate.launcher import add_codex_command  # `codexgate codex` lives in codexgate/launcher.py
 

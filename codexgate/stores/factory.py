@@ -14,6 +14,13 @@ logger = logging.getLogger(__name__)
 
 EMBEDDED_FILE = "counters.sqlite3"
 _REDIS_SCHEMES = ("redis://", "rediss://", "unix://")
+_TOPOLOGY_SCHEMES = ("redis+sentinel://", "rediss+sentinel://", "redis+cluster://", "rediss+cluster://")
+_CLUSTER_SCHEMES = ("redis+cluster://", "rediss+cluster://")
+# In a Redis Cluster every key of the store carries this hash tag, so all keys one script touches
+# (counters of key, team and org, the reservation, the open-reservation index and the settlements
+# riding along) hash to one slot: one node runs each script atomically, in one round trip. The
+# store then lives on one shard (with its replicas); a cluster gives it failover, not more room.
+CLUSTER_PREFIX = "codexgate:{counters}:"
 
 
 def resolve_store_reference(spec: str) -> str:
@@ -36,10 +43,13 @@ def check_store_spec(spec: str) -> None:
     spec = resolve_store_reference(spec)
     if spec == "embedded":
         return
-    if spec.startswith(_REDIS_SCHEMES):
+    if spec.lower().startswith(_REDIS_SCHEMES + _TOPOLOGY_SCHEMES):
         RedisLink(spec, 1.0, 1.0)  # parses the URL and its options; connects only when first used
         return
-    raise ValueError(f"counter store {redact(spec)!r}: expected 'embedded' or a redis://, rediss:// or unix:// URL")
+    raise ValueError(
+        f"counter store {redact(spec)!r}: expected 'embedded' or a redis://, rediss://, unix://, "
+        "redis+sentinel:// or redis+cluster:// URL"
+    )
 
 
 def open_store(spec: str, data_dir: str, stale_after_seconds: float = 900) -> CounterStore:
@@ -53,6 +63,8 @@ def open_store(spec: str, data_dir: str, stale_after_seconds: float = 900) -> Co
     check_store_spec(spec)
     if spec != "embedded":
         logger.info("counter store: Redis at %s", redact(spec))
+        if spec.lower().startswith(_CLUSTER_SCHEMES):
+            return RedisStore(spec, stale_after_seconds=stale_after_seconds, prefix=CLUSTER_PREFIX)
         return RedisStore(spec, stale_after_seconds=stale_after_seconds)
     # The file records spend per key: the directory is the owner's alone, like the file.
     try:

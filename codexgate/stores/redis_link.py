@@ -17,7 +17,11 @@ closed, because replies on it could no longer be matched to their calls.
 
 URLs are read with redis-py's `parse_url` (the same rules as every other Redis client of the
 gateway): redis://, rediss:// (TLS; ssl_ca_certs, ssl_certfile, ssl_keyfile, ssl_cert_reqs,
-ssl_check_hostname) and unix://, with username, password and db.
+ssl_check_hostname) and unix://, with username, password and db. redis+sentinel:// and
+redis+cluster:// (and their rediss+ forms) name a Sentinel group or a Redis Cluster instead of one
+server: each new connection asks them where to go, and a MOVED or READONLY reply (the slot's owner
+is elsewhere, or the master was demoted) closes the connection and sends the call once more to the
+right server. See redis_topology.py.
 """
 
 from __future__ import annotations
@@ -29,6 +33,8 @@ from typing import Any
 
 import hiredis
 from redis.asyncio.connection import SSLConnection, parse_url
+
+from codexgate.stores.redis_topology import Topology, TopologyError, is_topology_url, parse_topology_url
 
 # URL options the link understands; anything else is refused when the store is opened rather
 # than silently ignored.
@@ -139,12 +145,19 @@ def _ssl_context(options: dict[str, Any]) -> ssl.SSLContext:
 
 class RedisLink:
     def __init__(self, url: str, connect_timeout_seconds: float, read_timeout_seconds: float) -> None:
-        options: dict[str, Any] = dict(parse_url(url))
+        self._topology: Topology | None = None
+        if is_topology_url(url):
+            self._topology = parse_topology_url(url)
+            options: dict[str, Any] = self._topology.options
+            tls = self._topology.tls
+        else:
+            options = dict(parse_url(url))
+            tls = options.get("connection_class") is SSLConnection
         unknown = set(options) - _OPTIONS
         if unknown:
             raise ValueError(f"unsupported Redis URL option(s): {', '.join(sorted(unknown))}")
         self._options = options
-        self._ssl = _ssl_context(options) if options.get("connection_class") is SSLConnection else None
+        self._ssl = _ssl_context(options) if tls else None
         self._connect_timeout = connect_timeout_seconds
         self._read_timeout = read_timeout_seconds
         self._replies: _Replies | None = None
@@ -170,6 +183,10 @@ class RedisLink:
         except LinkError as exc:
             raise _Dropped(str(exc)) from exc
         if isinstance(reply, hiredis.ReplyError):
+            if self._topology is not None and self._topology.redirected(str(reply)):
+                # The replies after this one on the connection came from the wrong server too.
+                replies.fail(LinkError(f"redirected: {reply}"))
+                raise _Dropped(f"redirected: {reply}")
             raise ReplyError(str(reply))
         return reply
 
@@ -196,6 +213,8 @@ class RedisLink:
             async with asyncio.timeout(self._connect_timeout):
                 if options.get("path"):
                     _, replies = await loop.create_unix_connection(protocol, options["path"])
+                elif self._topology is not None:
+                    replies = await self._connect_topology(self._topology, protocol)
                 else:
                     host = options.get("host", "localhost")
                     _, replies = await loop.create_connection(
@@ -208,6 +227,9 @@ class RedisLink:
                     handshake.append(("AUTH", user, options["password"]) if user else ("AUTH", options["password"]))
                 if options.get("db"):
                     handshake.append(("SELECT", int(options["db"])))
+                if self._topology is not None and self._topology.kind == "sentinel":
+                    # Sentinel may not have noticed a failover yet: only a master will do.
+                    handshake.append(("ROLE",))
                 futures = [replies.send(command) for command in handshake]
                 for command, future in zip(handshake, futures, strict=True):
                     reply = await future
@@ -215,6 +237,10 @@ class RedisLink:
                         # Redis's message (e.g. WRONGPASS) never contains the password.
                         replies.fail(LinkError(f"{command[0]} refused: {reply}"))
                         raise LinkError(f"{command[0]} refused: {reply}")
+                    if command[0] == "ROLE" and not (isinstance(reply, list) and reply and reply[0] == b"master"):
+                        role = reply[0].decode() if isinstance(reply, list) and reply else reply
+                        replies.fail(LinkError("not a master"))
+                        raise LinkError(f"the server Sentinel named is a {role}, not a master (failover under way)")
         except BaseException as exc:
             if replies is not None and not replies.closed:
                 replies.fail(LinkError("connection setup failed"))
@@ -222,9 +248,28 @@ class RedisLink:
                 raise LinkError(f"no connection within {self._connect_timeout} s") from None
             if isinstance(exc, OSError):
                 raise LinkError(f"cannot connect: {exc.strerror or exc}") from None
+            if isinstance(exc, TopologyError):
+                raise LinkError(str(exc)) from None
             raise
         self._replies = replies
         return replies
+
+    async def _connect_topology(self, topology: Topology, protocol: Any) -> _Replies:
+        """A connection to the first address the Sentinels or cluster nodes lead to."""
+        loop = asyncio.get_running_loop()
+        problems = []
+        for host, port in await topology.candidates(self._connect_timeout, self._ssl):
+            try:
+                _, replies = await loop.create_connection(
+                    protocol, host, port, ssl=self._ssl, server_hostname=host if self._ssl is not None else None
+                )
+            except OSError as exc:
+                problems.append(f"{host}:{port}: {exc.strerror or exc}")
+                if topology.moved_to == (host, port):
+                    topology.moved_to = None  # that node is gone: start from the seeds again
+                continue
+            return replies  # type: ignore[no-any-return]
+        raise TopologyError(f"cannot connect to any {topology.kind} node ({'; '.join(problems)})")
 
     async def close(self) -> None:
         replies, self._replies = self._replies, None

@@ -30,6 +30,7 @@ import dataclasses
 import hashlib
 import logging
 import math
+import re
 import urllib.parse
 from typing import Any
 
@@ -315,10 +316,13 @@ return out
 
 
 def redact(url: str) -> str:
-    """The URL without its password, for messages."""
+    """The URL without its passwords (the server's, and a Sentinel's in the query), for messages."""
     parts = urllib.parse.urlsplit(url)
+    if "password" in parts.query:
+        query = re.sub(r"((?:^|&)[^=&]*password=)[^&]*", r"\1***", parts.query)
+        parts = parts._replace(query=query)
     if parts.password is None:
-        return url
+        return urllib.parse.urlunsplit(parts)
     netloc = parts.netloc.rsplit("@", 1)[1]
     user = f"{parts.username}:***@" if parts.username else ":***@"
     return urllib.parse.urlunsplit(parts._replace(netloc=user + netloc))
