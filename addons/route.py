@@ -221,3 +221,12 @@ def unsupported_chat(provider: str | None) -> http.Response:
     return error_response(
         400, "endpoint_not_supported", f"provider {provider} is reached through POST /v1/responses only"
     )
+
+
+def retranslate(flow: http.HTTPFlow, state: GatewayRequest) -> None:
+    """Translates a directly routed request anew from `state.body` (a hard budget capped its output)."""
+    assert state.provider is not None
+    adapter = adapter_for(state.policy.policy.providers[state.provider])
+    if adapter is None:
+        raise RuntimeError(f"provider {state.provider} has no translator")
+    Route._translated(flow, state, adapter)

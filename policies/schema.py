@@ -39,6 +39,11 @@ class Budget(Strict):
     limit_usd: float = Field(ge=0)
     period: str = "1M"
     rolling: bool = False
+    hard: bool = Field(
+        default=True,
+        description="no request may take this budget past its limit (+ gateway.hard_budgets.epsilon_usd): a"
+        " request whose worst case does not fit gets its output capped to what remains, or a 402",
+    )
 
     _check_period = field_validator("period")(_period)
 
@@ -247,6 +252,12 @@ class ModelEntry(Limited):
     output_allowance: int = Field(
         default=4096, ge=1, description="output tokens reserved per request before the real count is known"
     )
+    max_output_tokens: int = Field(
+        default=128_000,
+        ge=1,
+        description="the most output (reasoning included) the model can produce in one answer: a request's"
+        " worst case under a hard budget (genai-prices does not know it; 128000 is the GPT-5 family's)",
+    )
 
 
 class Org(Limited):
@@ -296,6 +307,17 @@ class Resilience(Strict):
     retry_after_max: float = Field(default=2.0, ge=0, description="a shorter provider Retry-After is waited out")
 
 
+class HardBudgets(Strict):
+    """How hard budgets cap requests (see Budget.hard)."""
+
+    epsilon_usd: float = Field(
+        default=0.0, ge=0, description="how far a hard budget may go past its limit (added to the room it admits)"
+    )
+    min_output_tokens: int = Field(
+        default=1024, ge=1, description="a request whose output would be capped below this is refused (402) instead"
+    )
+
+
 class GatewaySettings(Strict):
     intercept_hosts: list[str] = Field(
         default_factory=lambda: ["api.openai.com"],
@@ -309,6 +331,7 @@ class GatewaySettings(Strict):
         default="closed", description="when the counter store is unreachable: refuse (503) or admit unmetered"
     )
     resilience: Resilience = Field(default_factory=Resilience)
+    hard_budgets: HardBudgets = Field(default_factory=HardBudgets)
     unknown_price: Literal["deny"] | Price = Field(
         default="deny", description="a model without a known price is refused, or charged this price"
     )
