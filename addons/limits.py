@@ -502,9 +502,14 @@ class Charge:
             else:
                 await self._limits.store.settle(state.request_id, amounts)
         except StoreUnavailable as exc:
-            # The reservation stays; the store charges it at its estimate once it is stale.
+            # The store tries again for a while (settling is idempotent); if it never gets through,
+            # the reservation stays and is charged at what it holds once it is stale.
             self._metrics.store_errors.labels("settle", state.policy.policy.gateway.on_store_error).inc()
-            logger.error("cannot settle %s (%s); its reservation will be charged as estimated", state.request_id, exc)
+            logger.error(
+                "cannot settle %s yet (%s); the store retries it, else its reservation is charged as held",
+                state.request_id,
+                exc,
+            )
         except Exception:
             logger.exception("settling %s failed", state.request_id)
 
