@@ -96,10 +96,12 @@ class Accounting:
     def error(self, flow: http.HTTPFlow) -> None:
         state = state_of(flow)
         if state is not None:
-            if state.reader is not None:
+            if state.reader is not None and state.usage is None:
                 state.usage = state.reader.usage
             status = flow.response.status_code if flow.response else 502
-            if state.decision in ("pending", "forwarded"):
+            if state.decision == "client_disconnected" and flow.response is None:
+                status = 499  # the client closed the request before an answer started (nginx's code)
+            elif state.decision in ("pending", "forwarded"):
                 state.decision = "upstream_error"
             self._record(flow, state, status, flow.error.msg if flow.error else "unknown error")
 
@@ -152,7 +154,7 @@ class Accounting:
         key = state.key.name if state.key else ""
         labels = (state.org or "", state.team or "", key, state.model or "", state.provider or "")
         child(metrics.requests, *labels, state.decision, str(status)).inc()
-        if state.decision not in ("pending", "forwarded", "answered"):
+        if state.decision not in ("pending", "forwarded", "answered", "client_disconnected"):
             child(metrics.refusals, state.decision, state.team or "").inc()
         usage = state.usage
         if usage is not None:

@@ -39,6 +39,7 @@ from codexgate.headers import replace_header_fields
 from codexgate.metrics import GatewayMetrics
 from codexgate.policies.schema import Limited, Price
 from codexgate.pricing import Pricer, PriceSource, PriceUnknown, price_provider_id
+from codexgate.resilience import DRAIN_MAX_SECONDS
 from codexgate.stores.base import Admission, Amounts, Counter, CounterState, CounterStore, Kind, StoreUnavailable
 from codexgate.usage import Usage
 from codexgate.windows import describe_period, format_reset, window
@@ -178,6 +179,12 @@ def requested_output_cap(state: GatewayRequest) -> int | None:
     caps = [body[name] for name in names if isinstance(body.get(name), int) and not isinstance(body.get(name), bool)]
     caps = [cap for cap in caps if cap > 0]
     return min(caps) if caps else None
+
+
+def client_left(flow: http.HTTPFlow) -> bool:
+    """The flow ended because its client went away (mitmproxy's HTTP/1 and HTTP/2 messages)."""
+    message = flow.error.msg if flow.error is not None else ""
+    return message.startswith(("Client disconnected", "stream reset by client"))
 
 
 def levels_of(state: GatewayRequest) -> list[tuple[str, str, Limited]]:
@@ -467,7 +474,28 @@ class Charge:
         await self._settle(flow, broken=False)
 
     async def error(self, flow: http.HTTPFlow) -> None:
+        state = state_of(flow)
+        if state is not None and client_left(flow) and state.decision in ("pending", "forwarded"):
+            # Not the provider's failure: its own outcome, charged what the provider produced when
+            # its usage can still be read (the relay reads a stream on after the client left).
+            state.decision = "client_disconnected"
+            await self._usage_after_client_left(state)
         await self._settle(flow, broken=True)
+
+    @staticmethod
+    async def _usage_after_client_left(state: GatewayRequest) -> None:
+        if state.usage is None and state.reader is not None and state.reader.usage is not None:
+            state.usage = state.reader.usage  # it had passed before the client went
+        relayed = state.relayed
+        if state.usage is not None or relayed is None or relayed.ended is None:
+            return
+        try:
+            # The relay bounds its reading on (DRAIN_MAX_SECONDS); this bound is only a backstop.
+            await asyncio.wait_for(asyncio.shield(relayed.ended), DRAIN_MAX_SECONDS + 5)
+        except TimeoutError:
+            logger.warning("request %s: the relay did not finish reading after the client left", state.request_id)
+        if relayed.drained_usage is not None:
+            state.usage = relayed.drained_usage
 
     async def _settle(self, flow: http.HTTPFlow, broken: bool) -> None:
         state = state_of(flow)
