@@ -76,3 +76,24 @@ def test_paused_redis_leaves_no_phantom_reservation(fresh_redis_server: RedisSer
     counted = sum(float(v) for v in raw.hgetall(prefix + "c:" + REQUESTS.counter_id).values())
     assert counted == len(served)
     assert spent == pytest.approx(ACTUAL.usd * len(served), rel=1e-9)
+
+
+def test_a_wrong_clock_offset_is_relearnt_not_fatal(fresh_redis_server: RedisServer) -> None:
+    """The deadline is on Redis's clock, through an offset learnt from TIME. Should this host's
+    clock jump back after that, a reservation arrives "past its deadline" although its caller still
+    waits: Redis refuses it (nothing is reserved), the store learns the offset again and retries."""
+
+    async def body() -> None:
+        store = RedisStore(fresh_redis_server.url, prefix=f"clock-{uuid.uuid4().hex[:8]}:")
+        try:
+            assert (await store.reserve("warm-up", [BUDGET], ESTIMATE, time.time())).admitted
+            store._clock_offset = -3600.0  # as if this clock had jumped an hour ahead of Redis's
+            admission = await store.reserve("after-the-jump", [BUDGET], ESTIMATE, time.time())
+            assert admission.admitted
+            assert store._clock_offset is not None and store._clock_offset > -1
+            (state,) = await store.snapshot([BUDGET], time.time())
+            assert state.used == 2 * ESTIMATE.usd  # the refused try reserved nothing
+        finally:
+            await store.close()
+
+    asyncio.run(body())

@@ -135,3 +135,17 @@ def test_soft_budget_is_not_capped(tmp_path, upstream_env):
     state = admit(tmp_path, policy, flow, dict(body), spent=0.45)
     assert state.metering.reserved and state.metering.output_cap is None
     assert "max_output_tokens" not in json.loads(flow.request.content)
+
+
+def test_chat_requests_are_capped_in_the_field_the_client_uses():
+    from codexgate.addons.output_cap import cap_body
+
+    legacy = {"model": "m", "messages": [], "max_tokens": 9000}
+    cap_body(legacy, "chat", 500)
+    assert legacy["max_tokens"] == 500 and "max_completion_tokens" not in legacy
+    modern: dict = {"model": "m", "messages": []}
+    cap_body(modern, "chat", 500)
+    assert modern == {"model": "m", "messages": [], "max_completion_tokens": 500}
+    responses: dict = {"model": "m", "input": "x"}
+    cap_body(responses, "responses", 500)
+    assert responses["max_output_tokens"] == 500
