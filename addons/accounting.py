@@ -44,6 +44,7 @@ def accounting_record(state: GatewayRequest, status: int | None, error: str | No
         "usage": state.usage.as_dict() if state.usage else None,
         "cost_usd": round(state.cost_usd, 12) if state.cost_usd is not None else None,
         "charge": state.charge_basis,
+        "output_cap": getattr(state.metering, "output_cap", None),  # set by a hard budget
         "attempts": state.attempts,
         "duration_ms": round((now - state.started) * 1000, 1),
         "ttfb_ms": round((state.first_byte - state.started) * 1000, 1) if state.first_byte else None,
