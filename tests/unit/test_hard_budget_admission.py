@@ -149,3 +149,13 @@ def test_chat_requests_are_capped_in_the_field_the_client_uses():
     responses: dict = {"model": "m", "input": "x"}
     cap_body(responses, "responses", 500)
     assert responses["max_output_tokens"] == 500
+
+
+def test_the_mock_provider_stops_at_the_cap_like_a_real_one():
+    from codexgate.policies.schema import MockProvider
+    from codexgate.providers import mock
+
+    settings = MockProvider(kind="mock", output_tokens=500)
+    assert mock.within_cap(settings, {"max_output_tokens": 120}).output_tokens == 120
+    assert mock.within_cap(settings, {"max_completion_tokens": 9000}).output_tokens == 500
+    assert mock.within_cap(settings, {}).output_tokens == 500
