@@ -595,9 +595,10 @@ class RedisStore:
                 if not isinstance(out, list) or len(out) != len(batch):
                     raise StoreUnavailable(f"counter store {self.url} answered settle with {out!r}")
             except StoreUnavailable as exc:
-                failed += batch
+                # The rest waits too: while the store is down, one connection attempt per retry.
+                failed += todo[first:]
                 error = exc
-                continue
+                break
             except BaseException:
                 self._requeue(todo[first:])
                 raise
