@@ -7,13 +7,22 @@ the answer is complete, releases it when the gateway refused the request after a
 charges the estimate when a stream was cut before usage arrived. Each request is settled
 exactly once (the store makes settlement idempotent per request id).
 
-Overspend bound: admission only passes a request whose *estimate* fits, and reserves it, so
-N concurrent requests can overspend a cap only by what their actual costs exceed their
-estimates: at most sum(max(0, actual_i - estimate_i)) over the requests in flight. The
-estimate is input bytes / 4 tokens plus the model's `output_allowance` output tokens. With
-Redis, a settlement rides along with the instance's next reservation (applied before that one
-is checked) or goes alone after `SETTLE_BATCH_SECONDS` (20 ms); so for other instances "in
-flight" extends to requests answered within the last 20 ms.
+Hard budgets (the default): a request reserves its worst case — its decoded body's bytes as input
+tokens (a text token is never shorter than a byte) plus the model's `max_output_tokens` — and when
+that does not fit in what remains at some level, its output is capped upstream to what the
+remainder can pay for (`output_cap.py`), and the capped worst case is reserved; below
+`gateway.hard_budgets.min_output_tokens` it is refused (402). Since a provider stops at the cap,
+no hard level passes its limit + `epsilon_usd` (the tolerance, added to the counter's limit).
+
+Soft budgets (`hard: false`): admission passes a request whose *estimate* (input bytes / 4
+tokens plus the model's `output_allowance`) fits, so N concurrent requests can overspend a cap by
+sum(max(0, actual_i - estimate_i)) over the requests in flight, without a ceiling. With Redis, a
+settlement rides along with the instance's next reservation (applied before that one is checked)
+or goes alone after `SETTLE_BATCH_SECONDS` (20 ms); so for other instances "in flight" extends to
+requests answered within the last 20 ms.
+
+A client that leaves mid-answer is `client_disconnected`: charged the usage the relay could still
+read from the provider's stream, else the estimate.
 """
 
 from __future__ import annotations
