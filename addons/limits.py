@@ -499,7 +499,7 @@ class Charge:
         if state.usage is not None or relayed is None or relayed.ended is None:
             return
         try:
-            # The relay bounds its reading on (DRAIN_MAX_SECONDS); this bound is only a backstop.
+            # The relay bounds its reading on (read_after_client_left); this bound is only a backstop.
             await asyncio.wait_for(asyncio.shield(relayed.ended), DRAIN_MAX_SECONDS + 5)
         except TimeoutError:
             logger.warning("request %s: the relay did not finish reading after the client left", state.request_id)

@@ -159,6 +159,7 @@ class Route:
             label=state.request_id,
         )  # fmt: skip
         plan.drain = functools.partial(_usage_sink, state, relayed)
+        plan.drain_seconds = settings.read_after_client_left
         relayed.ended = asyncio.get_running_loop().create_future()
         plan.ended = functools.partial(_resolve_ended, relayed.ended)
         relayed.token = relay.register(plan)

@@ -56,7 +56,7 @@ ATTEMPT_HEADER = "x-codexgate-attempt"
 ATTEMPTS_HEADER = "x-codexgate-attempts"
 UPSTREAM_ERROR_EVENT = "codexgate.upstream_error"
 # Reading on after the client left (for the provider's usage): bounded in time and bytes.
-DRAIN_MAX_SECONDS = 120.0
+DRAIN_MAX_SECONDS = 600.0  # whatever the plan asks for
 DRAIN_MAX_BYTES = 32 * 1024 * 1024
 
 # Outcomes of an attempt (the `outcome` of a record and of `on_attempt`).
@@ -121,9 +121,10 @@ class Plan:
     label: str = ""  # for log lines (the gateway's request id)
     max_attempts: int = 16  # a bound for factories that never return None
     # When the client leaves mid-answer: a sink for the rest of attempt i's SSE answer (None: close
-    # it at once). The relay keeps reading (at most DRAIN_MAX_SECONDS / DRAIN_MAX_BYTES) and hands
+    # it at once). The relay keeps reading (at most drain_seconds / DRAIN_MAX_BYTES) and hands
     # each chunk to the sink until it returns True (it has what it wanted, e.g. the usage); then b"".
     drain: Callable[[int], Callable[[bytes], bool] | None] | None = None
+    drain_seconds: float = 120.0  # at most this long (and DRAIN_MAX_BYTES)
     ended: Callable[[], None] | None = None  # called once the relay is done with the request, drain included
     draining: bool = dataclasses.field(default=False, init=False)
 
@@ -576,7 +577,7 @@ class Relay:
         read it on in a task of its own — the handler itself is being cancelled. `pending` is what was
         read last: the client may never have got it (a reader of whole events sees it again)."""
         sink = None
-        if readable and plan.drain is not None and not upstream.content.at_eof():
+        if readable and plan.drain is not None and plan.drain_seconds > 0 and not upstream.content.at_eof():
             try:
                 sink = plan.drain(index)
             except Exception:
@@ -595,7 +596,7 @@ class Relay:
     ) -> None:
         read = 0
         try:
-            async with asyncio.timeout(DRAIN_MAX_SECONDS):
+            async with asyncio.timeout(min(plan.drain_seconds, DRAIN_MAX_SECONDS)):
                 done = bool(pending) and sink(pending)
                 while not done and read < DRAIN_MAX_BYTES:
                     async with asyncio.timeout(plan.timeouts.idle):

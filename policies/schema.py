@@ -305,6 +305,13 @@ class Resilience(Strict):
     total_timeout: float = Field(default=900, gt=0)
     cooldown_seconds: float = Field(default=30, ge=0, description="a failing deployment is skipped this long")
     retry_after_max: float = Field(default=2.0, ge=0, description="a shorter provider Retry-After is waited out")
+    read_after_client_left: float = Field(
+        default=120,
+        ge=0,
+        le=600,
+        description="seconds a relayed stream is read on after its client left, for the provider's usage (the"
+        " provider keeps generating meanwhile; 0: close it at once and charge the estimate)",
+    )
 
 
 class HardBudgets(Strict):

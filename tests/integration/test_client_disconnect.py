@@ -24,11 +24,11 @@ def upstream() -> Iterator[FakeOpenAI]:
     fake.stop()
 
 
-@pytest.fixture
-def gateway(tmp_path: Path, upstream: FakeOpenAI) -> Iterator[Gateway]:
+def start_gateway(tmp_path: Path, upstream: FakeOpenAI, gateway_settings: str = "{}") -> Gateway:
     price = "price: {input_per_mtok: 1, output_per_mtok: 8}"
     policy = tmp_path / "policy.yaml"
     policy.write_text(f"""\
+gateway: {gateway_settings}
 providers:
   openai: {{kind: openai, base_url: "{upstream.url}", keys: [{{value: env:CG_TEST_UPSTREAM_KEY}}]}}
   openai-b: {{kind: openai, base_url: "{upstream.url}", keys: [{{value: env:CG_TEST_UPSTREAM_KEY}}]}}
@@ -39,7 +39,12 @@ teams: {{platform: {{org: acme}}}}
 keys:
   - {{name: leaver, team: platform, hash: "{hash_key(KEY)}", budgets: [{{limit_usd: 50, period: 1d}}]}}
 """)
-    running = Gateway(policy, tmp_path / "data").start()
+    return Gateway(policy, tmp_path / "data").start()
+
+
+@pytest.fixture
+def gateway(tmp_path: Path, upstream: FakeOpenAI) -> Iterator[Gateway]:
+    running = start_gateway(tmp_path, upstream)
     yield running
     running.stop()
 
@@ -78,3 +83,19 @@ def test_direct_stream_is_charged_its_estimate_and_says_so(gateway: Gateway, ups
     assert line["charge"] == "estimate"
     assert line["cost_usd"] > 0
     assert "upstream_error" not in gateway.log_text()
+
+
+def test_reading_on_can_be_turned_off(tmp_path: Path, upstream: FakeOpenAI) -> None:
+    """read_after_client_left: 0 — the provider's stream is closed with the client's (it stops
+    generating), and the request is charged its estimate."""
+    gateway = start_gateway(tmp_path, upstream, "{resilience: {read_after_client_left: 0}}")
+    try:
+        upstream.hold_stream.set()
+        leave_after_first_event(gateway, "gpt-relayed")
+        (line,) = gateway.wait_accounting(lambda r: r["model"] == "gpt-relayed")
+        upstream.release_stream.set()
+        assert line["decision"] == "client_disconnected"
+        assert line["charge"] == "estimate"
+        assert "reading the answer on" not in gateway.log_text()
+    finally:
+        gateway.stop()
