@@ -661,8 +661,14 @@ class RedisStore:
             self._flush_timer = None
         if self._flushes:
             await asyncio.gather(*self._flushes, return_exceptions=True)
+        if self._orphans:
+            # Releases not yet due: each waits out its time (at most a read timeout), so that it
+            # still runs after any late reservation it undoes; then none is left held.
+            wait = max(handle.when() for handle in self._orphans) - asyncio.get_running_loop().time()
+            if wait > 0:
+                await asyncio.sleep(wait)
         orphans, self._orphans = self._orphans, {}
-        for handle, queue in orphans.items():  # releases not yet due go now: none is left held
+        for handle, queue in orphans.items():
             handle.cancel()
             queue()
         if self._flush_timer is not None:
