@@ -496,8 +496,8 @@ class Charge:
         if state.usage is None and state.reader is not None and state.reader.usage is not None:
             state.usage = state.reader.usage  # it had passed before the client went
         relayed = state.relayed
-        if state.usage is not None or relayed is None or relayed.ended is None:
-            return
+        if state.usage is not None or relayed is None or relayed.ended is None or state.forwarded_at is None:
+            return  # (a request that never left never reached the relay: nothing to wait for)
         try:
             # The relay bounds its reading on (read_after_client_left); this bound is only a backstop.
             await asyncio.wait_for(asyncio.shield(relayed.ended), DRAIN_MAX_SECONDS + 5)

@@ -293,8 +293,9 @@ class Relay:
 
     async def stop(self) -> None:
         """Stop accepting; in-flight relayed requests get `shutdown_timeout` seconds to finish."""
-        for _, timer in self._plans.values():
+        for plan, timer in self._plans.values():
             timer.cancel()
+            _ended(plan)
         self._plans.clear()
         for task in list(self._drains):
             task.cancel()
@@ -326,14 +327,17 @@ class Relay:
         entry = self._plans.pop(token, None)
         if entry is not None:
             entry[1].cancel()
+            _ended(entry[0])
 
     @property
     def pending(self) -> int:
         return len(self._plans)
 
     def _expire(self, token: str) -> None:
-        if self._plans.pop(token, None) is not None:
+        entry = self._plans.pop(token, None)
+        if entry is not None:
             logger.info("relay plan expired unused")
+            _ended(entry[0])
 
     # -- callbacks -------------------------------------------------------------------------
 
