@@ -45,6 +45,7 @@ def accounting_record(state: GatewayRequest, status: int | None, error: str | No
         "usage": state.usage.as_dict() if state.usage else None,
         "cost_usd": round(state.cost_usd, 12) if state.cost_usd is not None else None,
         "charge": state.charge_basis,
+        "output_cap": getattr(state.metering, "output_cap", None),  # set by a hard budget
         "attempts": state.attempts,
         "duration_ms": round((now - state.started) * 1000, 1),
         "ttfb_ms": round((state.first_byte - state.started) * 1000, 1) if state.first_byte else None,
@@ -97,10 +98,12 @@ class Accounting:
     def error(self, flow: http.HTTPFlow) -> None:
         state = state_of(flow)
         if state is not None:
-            if state.reader is not None:
+            if state.reader is not None and state.usage is None:
                 state.usage = state.reader.usage
             status = flow.response.status_code if flow.response else 502
-            if state.decision in ("pending", "forwarded"):
+            if state.decision == "client_disconnected" and flow.response is None:
+                status = 499  # the client closed the request before an answer started (nginx's code)
+            elif state.decision in ("pending", "forwarded"):
                 state.decision = "upstream_error"
             self._record(flow, state, status, flow.error.msg if flow.error else "unknown error")
 
@@ -153,7 +156,7 @@ class Accounting:
         key = state.key.name if state.key else ""
         labels = (state.org or "", state.team or "", key, state.model or "", state.provider or "")
         child(metrics.requests, *labels, state.decision, str(status)).inc()
-        if state.decision not in ("pending", "forwarded", "answered"):
+        if state.decision not in ("pending", "forwarded", "answered", "client_disconnected"):
             child(metrics.refusals, state.decision, state.team or "").inc()
         usage = state.usage
         if usage is not None:

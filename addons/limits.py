@@ -7,13 +7,22 @@ the answer is complete, releases it when the gateway refused the request after a
 charges the estimate when a stream was cut before usage arrived. Each request is settled
 exactly once (the store makes settlement idempotent per request id).
 
-Overspend bound: admission only passes a request whose *estimate* fits, and reserves it, so
-N concurrent requests can overspend a cap only by what their actual costs exceed their
-estimates: at most sum(max(0, actual_i - estimate_i)) over the requests in flight. The
-estimate is input bytes / 4 tokens plus the model's `output_allowance` output tokens. With
-Redis, a settlement rides along with the instance's next reservation (applied before that one
-is checked) or goes alone after `SETTLE_BATCH_SECONDS` (20 ms); so for other instances "in
-flight" extends to requests answered within the last 20 ms.
+Hard budgets (the default): a request reserves its worst case — its decoded body's bytes as input
+tokens (a text token is never shorter than a byte) plus the model's `max_output_tokens` — and when
+that does not fit in what remains at some level, its output is capped upstream to what the
+remainder can pay for (`output_cap.py`), and the capped worst case is reserved; below
+`gateway.hard_budgets.min_output_tokens` it is refused (402). Since a provider stops at the cap,
+no hard level passes its limit + `epsilon_usd` (the tolerance, added to the counter's limit).
+
+Soft budgets (`hard: false`): admission passes a request whose *estimate* (input bytes / 4
+tokens plus the model's `output_allowance`) fits, so N concurrent requests can overspend a cap by
+sum(max(0, actual_i - estimate_i)) over the requests in flight, without a ceiling. With Redis, a
+settlement rides along with the instance's next reservation (applied before that one is checked)
+or goes alone after `SETTLE_BATCH_SECONDS` (20 ms); so for other instances "in flight" extends to
+requests answered within the last 20 ms.
+
+A client that leaves mid-answer is `client_disconnected`: charged the usage the relay could still
+read from the provider's stream, else the estimate.
 """
 
 from __future__ import annotations
@@ -30,6 +39,7 @@ from typing import Any
 from mitmproxy import ctx, exceptions, http
 from mitmproxy.addonmanager import Loader
 
+from codexgate.addons.output_cap import cap_output
 from codexgate.addons.policy_source import PolicySource
 from codexgate.errors import error_response
 from codexgate.failsafe import fail_closed
@@ -38,6 +48,7 @@ from codexgate.headers import replace_header_fields
 from codexgate.metrics import GatewayMetrics
 from codexgate.policies.schema import Limited, Price
 from codexgate.pricing import Pricer, PriceSource, PriceUnknown, price_provider_id
+from codexgate.resilience import DRAIN_MAX_SECONDS
 from codexgate.stores.base import Admission, Amounts, Counter, CounterState, CounterStore, Kind, StoreUnavailable
 from codexgate.usage import Usage
 from codexgate.windows import describe_period, format_reset, window
@@ -54,26 +65,31 @@ class Metering:
     price: PriceSource | None
     estimate: Amounts
     counters: list[Counter]
+    reservation: Amounts = dataclasses.field(default_factory=Amounts)  # what is held: the worst case under hard budgets
+    output_cap: int | None = None  # the output cap a hard budget set on the request upstream
     reserved: bool = False
     unmetered: bool = False  # the store was down and the policy says fail open
     admission: Admission | None = None
     settled: bool = False
 
 
-def counters_for(levels: list[tuple[str, str, Limited]], now: float) -> list[Counter]:
+def counters_for(levels: list[tuple[str, str, Limited]], now: float, epsilon_usd: float = 0.0) -> list[Counter]:
     counters: list[Counter] = []
     for level, name, limited in levels:
         for budget in limited.budgets:
             span = window(budget.period, now, budget.rolling)
+            tolerance = epsilon_usd if budget.hard else 0.0
             counters.append(
                 Counter(
                     f"{level}:{name}/usd/{budget.period}{'/rolling' if budget.rolling else ''}",
                     "usd",
-                    budget.limit_usd,
+                    budget.limit_usd + tolerance,
                     span.bucket_start,
                     span.bucket_seconds,
                     span.span_seconds,
                     span.resets_at,
+                    tolerance=tolerance,
+                    hard=budget.hard,
                 )  # fmt: skip
             )
         for limit in limited.rate_limits:
@@ -107,8 +123,9 @@ def refusal_message(counter: Counter, state: CounterState, now: float) -> str:
     when = describe_period(period)
     if counter.kind == "usd":
         per = f"{'rolling ' if '/rolling' in counter.counter_id else ''}{'monthly' if period == '1M' else when}"
+        limit = counter.limit - counter.tolerance
         return (
-            f"{level} {name}: {per} budget ${counter.limit:,.2f} used (${state.used:,.2f} of ${counter.limit:,.2f});"
+            f"{level} {name}: {per} budget ${limit:,.2f} used (${state.used:,.2f} of ${limit:,.2f});"
             f" resets {format_reset(counter.resets_at)}"
         )
     wait = max(1, math.ceil(counter.resets_at - now))
@@ -155,6 +172,30 @@ def ratelimit_headers(states: list[CounterState], now: float) -> dict[str, str]:
     return {name.decode(): value.decode() for name, value in ratelimit_header_fields(states, now)}
 
 
+def decoded_length(flow: http.HTTPFlow) -> int:
+    """The request body's length as the provider reads it: decoded when it came compressed (a
+    gzipped prompt is as many tokens as the plain one)."""
+    encoding = flow.request.headers.get("content-encoding", "").strip().lower()
+    if encoding and encoding != "identity":
+        return len(flow.request.get_content(strict=False) or b"")
+    return len(flow.request.raw_content or b"")
+
+
+def requested_output_cap(state: GatewayRequest) -> int | None:
+    """The output cap the client set itself, if any."""
+    body = state.body or {}
+    names = ("max_completion_tokens", "max_tokens") if state.endpoint == "chat" else ("max_output_tokens",)
+    caps = [body[name] for name in names if isinstance(body.get(name), int) and not isinstance(body.get(name), bool)]
+    caps = [cap for cap in caps if cap > 0]
+    return min(caps) if caps else None
+
+
+def client_left(flow: http.HTTPFlow) -> bool:
+    """The flow ended because its client went away (mitmproxy's HTTP/1 and HTTP/2 messages)."""
+    message = flow.error.msg if flow.error is not None else ""
+    return message.startswith(("Client disconnected", "stream reset by client"))
+
+
 def levels_of(state: GatewayRequest) -> list[tuple[str, str, Limited]]:
     policy = state.policy.policy
     levels: list[tuple[str, str, Limited]] = []
@@ -172,6 +213,9 @@ def levels_of(state: GatewayRequest) -> list[tuple[str, str, Limited]]:
 
 
 COUNTERS_CACHE_SIZE = 10_000
+# Reservations tried with a smaller output cap when a hard budget cannot pay the worst case (each
+# try uses the remainder the store reported; concurrent requests may take it meanwhile).
+HARD_CAP_TRIES = 3
 # A settlement starts this long after the response hook: mitmproxy writes the answer a few loop
 # turns after its response hooks return, so a settlement started on the next turn (call_soon) still
 # ran before the answer left; with the embedded store that put a SQLite transaction on every
@@ -274,22 +318,57 @@ class Limits:
                 "price_unknown",
             )
             return
-        input_tokens = max(1, len(flow.request.raw_content or b"") // 4)
-        output_tokens = entry.output_allowance
-        estimate = Amounts(
-            usd=self.pricer.estimate(price, input_tokens, output_tokens),
-            requests=1,
-            tokens=input_tokens + output_tokens,
-        )
+        body_bytes = decoded_length(flow)
+        input_tokens = max(1, body_bytes // 4)
         now = time.time()
-        metering = Metering(price=price, estimate=estimate, counters=self._counters(state, now))
+        counters = self._counters(state, now)
+        hard = any(counter.hard for counter in counters)
+        output_tokens = entry.output_allowance
+        ceiling = entry.max_output_tokens
+        if hard:
+            client_cap = requested_output_cap(state)
+            if client_cap is not None:
+                ceiling = min(ceiling, client_cap)
+            output_tokens = ceiling
+        metering = Metering(
+            price=price, estimate=self._amounts(price, input_tokens, entry.output_allowance, output_tokens),
+            counters=counters,
+        )  # fmt: skip
+        metering.reservation = metering.estimate
+        if hard:
+            # The worst case: every byte of the body a token (a text token is never shorter than one
+            # byte, and the body carries all the text) and the most output the answer can have.
+            metering.reservation = Amounts(
+                usd=self.pricer.estimate(price, max(1, body_bytes), output_tokens),
+                requests=1,
+                tokens=metering.estimate.tokens,
+            )
         state.metering = metering
-        if not metering.counters:
+        if not counters:
             return
         if self.store is None:
             raise RuntimeError("no counter store configured")
+        hard_settings = policy.gateway.hard_budgets
         try:
-            admission = await self.store.reserve(state.request_id, metering.counters, estimate, now)
+            admission = await self.store.reserve(state.request_id, counters, metering.reservation, now)
+            # A hard budget whose remainder cannot pay the worst case: the output is capped to what it
+            # can pay, and that is reserved instead (again atomically: another request may have taken
+            # the room meanwhile, so a few tries with what the store then reports).
+            for _ in range(HARD_CAP_TRIES if hard else 0):
+                refused_by = admission.refused_by
+                if refused_by is None or refused_by.kind != "usd":
+                    break
+                cap = self._affordable_output(price, max(1, body_bytes), admission)
+                if cap < min(hard_settings.min_output_tokens, ceiling) or cap >= output_tokens:
+                    break
+                output_tokens = cap
+                metering.output_cap = cap
+                metering.estimate = self._amounts(price, input_tokens, entry.output_allowance, cap)
+                metering.reservation = Amounts(
+                    usd=self.pricer.estimate(price, max(1, body_bytes), cap), requests=1,
+                    tokens=metering.estimate.tokens,
+                )  # fmt: skip
+                admission = await self.store.reserve(state.request_id, counters, metering.reservation, now)
         except StoreUnavailable as exc:
             self._metrics.store_errors.labels("reserve", policy.gateway.on_store_error).inc()
             if policy.gateway.on_store_error == "open":
@@ -299,6 +378,7 @@ class Limits:
                     state.request_id,
                 )
                 metering.unmetered = True
+                metering.output_cap = None
                 return
             logger.error("counter store unavailable (%s); refusing %s (on_store_error: closed)", exc, state.request_id)
             refuse(
@@ -315,6 +395,8 @@ class Limits:
                 self._budget_gauge(counter_state.counter).set(max(0.0, counter_state.remaining))
         if admission.admitted:
             metering.reserved = True
+            if metering.output_cap is not None:
+                cap_output(flow, state, metering.output_cap)
             return
         counter = admission.refused_by
         assert counter is not None
@@ -322,10 +404,31 @@ class Limits:
         message = refusal_message(counter, refused_state, now)
         headers = ratelimit_headers(admission.states, now)
         if counter.kind == "usd":
+            if hard and refused_state.used < counter.limit:
+                message += (
+                    f"; what remains cannot pay for this request's input and"
+                    f" {min(hard_settings.min_output_tokens, ceiling):,} output tokens"
+                )
             refuse(flow, error_response(402, "budget_exceeded", message, headers=headers), "budget_exceeded")
         else:
             headers["retry-after"] = str(max(1, math.ceil(counter.resets_at - now)))
             refuse(flow, error_response(429, "rate_limit_exceeded", message, headers=headers), "rate_limited")
+
+    def _amounts(self, price: PriceSource, input_tokens: int, allowance: int, output_tokens: int) -> Amounts:
+        """What a request is charged when its usage never arrives (and reserves, under soft budgets)."""
+        output = min(allowance, output_tokens)
+        return Amounts(usd=self.pricer.estimate(price, input_tokens, output), requests=1, tokens=input_tokens + output)
+
+    def _affordable_output(self, price: PriceSource, input_bound: int, admission: Admission) -> int:
+        """The most output tokens every budget of the request can still pay for, with its input."""
+        room = min((s.counter.limit - s.used for s in admission.states if s.counter.kind == "usd"), default=math.inf)
+        per_output = self.pricer.estimate(price, 0, 1)
+        if per_output <= 0 or room == math.inf:
+            return -1  # free output (or no budget): the input itself does not fit
+        cap = math.floor((room - self.pricer.estimate(price, input_bound, 0)) / per_output)
+        while cap > 0 and self.pricer.estimate(price, input_bound, cap) > room:
+            cap -= max(1, cap // 1_000_000)  # float rounding: a token or two at most
+        return cap
 
     def _counters(self, state: GatewayRequest, now: float) -> list[Counter]:
         levels = levels_of(state)
@@ -333,7 +436,7 @@ class Limits:
         cached = self._counters_cache.get(cache_key)
         if cached is not None and cached.policy is state.policy and cached.valid_from <= now < cached.valid_until:
             return list(cached.counters)
-        counters = counters_for(levels, now)
+        counters = counters_for(levels, now, state.policy.policy.gateway.hard_budgets.epsilon_usd)
         if len(self._counters_cache) >= COUNTERS_CACHE_SIZE:
             self._counters_cache.clear()  # policy reloads and many keys: start over rather than grow
         self._counters_cache[cache_key] = CachedCounters(
@@ -380,7 +483,28 @@ class Charge:
         await self._settle(flow, broken=False)
 
     async def error(self, flow: http.HTTPFlow) -> None:
+        state = state_of(flow)
+        if state is not None and client_left(flow) and state.decision in ("pending", "forwarded"):
+            # Not the provider's failure: its own outcome, charged what the provider produced when
+            # its usage can still be read (the relay reads a stream on after the client left).
+            state.decision = "client_disconnected"
+            await self._usage_after_client_left(state)
         await self._settle(flow, broken=True)
+
+    @staticmethod
+    async def _usage_after_client_left(state: GatewayRequest) -> None:
+        if state.usage is None and state.reader is not None and state.reader.usage is not None:
+            state.usage = state.reader.usage  # it had passed before the client went
+        relayed = state.relayed
+        if state.usage is not None or relayed is None or relayed.ended is None or state.forwarded_at is None:
+            return  # (a request that never left never reached the relay: nothing to wait for)
+        try:
+            # The relay bounds its reading on (read_after_client_left); this bound is only a backstop.
+            await asyncio.wait_for(asyncio.shield(relayed.ended), DRAIN_MAX_SECONDS + 5)
+        except TimeoutError:
+            logger.warning("request %s: the relay did not finish reading after the client left", state.request_id)
+        if relayed.drained_usage is not None:
+            state.usage = relayed.drained_usage
 
     async def _settle(self, flow: http.HTTPFlow, broken: bool) -> None:
         state = state_of(flow)
@@ -415,9 +539,14 @@ class Charge:
             else:
                 await self._limits.store.settle(state.request_id, amounts)
         except StoreUnavailable as exc:
-            # The reservation stays; the store charges it at its estimate once it is stale.
+            # The store tries again for a while (settling is idempotent); if it never gets through,
+            # the reservation stays and is charged at what it holds once it is stale.
             self._metrics.store_errors.labels("settle", state.policy.policy.gateway.on_store_error).inc()
-            logger.error("cannot settle %s (%s); its reservation will be charged as estimated", state.request_id, exc)
+            logger.error(
+                "cannot settle %s yet (%s); the store retries it, else its reservation is charged as held",
+                state.request_id,
+                exc,
+            )
         except Exception:
             logger.exception("settling %s failed", state.request_id)
 

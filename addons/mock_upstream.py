@@ -29,6 +29,7 @@ class MockUpstream:
         if settings.latency_ms:
             await asyncio.sleep(settings.latency_ms / 1000)
         model = state.upstream_model or state.model or "mock-model"
+        settings = mock.within_cap(settings, state.body)
         input_tokens = mock.estimated_input_tokens(flow.request.raw_content or b"", settings)
         if state.endpoint == "responses" and state.stream:
             content = encode_responses_stream(mock.responses_events(state.body, model, input_tokens, settings))

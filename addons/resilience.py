@@ -54,6 +54,8 @@ class RelayedRequest:
     token: str
     candidates: list[Candidate]
     translations: dict[int, Any] = dataclasses.field(default_factory=dict)
+    ended: asyncio.Future[None] | None = None  # resolved once the relay is done with it (reading on included)
+    drained_usage: Any = None  # usage.Usage read after the client left, when the provider still sent it
 
 
 def candidate_groups(state: GatewayRequest) -> list[list[tuple[Candidate, int]]]:

@@ -8,8 +8,11 @@ with every candidate prepared — translated anew for each provider — right be
 
 from __future__ import annotations
 
+import asyncio
+import functools
 import json
 import logging
+from collections.abc import Callable
 from typing import Any
 
 from mitmproxy import http
@@ -24,6 +27,7 @@ from codexgate.policies.schema import MockProvider, OpenAIProvider
 from codexgate.providers.adapters import CODEX_HEADERS, Adapter, adapter_for, new_context
 from codexgate.providers.openai import auth_headers, upstream_target
 from codexgate.resilience import Attempt, Plan, Timeouts
+from codexgate.usage import StreamUsageReader
 
 logger = logging.getLogger(__name__)
 
@@ -157,6 +161,10 @@ class Route:
             retry_after_max=settings.retry_after_max,
             label=state.request_id,
         )  # fmt: skip
+        plan.drain = functools.partial(_usage_sink, state, relayed)
+        plan.drain_seconds = settings.read_after_client_left
+        relayed.ended = asyncio.get_running_loop().create_future()
+        plan.ended = functools.partial(_resolve_ended, relayed.ended)
         relayed.token = relay.register(plan)
         state.relayed = relayed
         # Limits are reserved against the first choice; the answering attempt is recorded later.
@@ -224,3 +232,34 @@ def unsupported_chat(provider: str | None) -> http.Response:
     return error_response(
         400, "endpoint_not_supported", f"provider {provider} is reached through POST /v1/responses only"
     )
+
+
+def _usage_sink(state: GatewayRequest, relayed: RelayedRequest, index: int) -> Callable[[bytes], bool] | None:
+    """What the relay feeds the rest of an answer to once the client left: the provider's usage
+    is read from it, so the request is charged what was produced rather than its estimate."""
+    if index in relayed.translations:
+        return None  # a translated stream's usage needs the translator's state from its start: closed
+    reader = StreamUsageReader(state.endpoint or "responses")
+
+    def sink(chunk: bytes) -> bool:
+        if chunk:
+            reader.feed(chunk)
+        if reader.usage is not None:
+            relayed.drained_usage = reader.usage
+        return reader.usage is not None
+
+    return sink
+
+
+def _resolve_ended(ended: asyncio.Future[None]) -> None:
+    if not ended.done():
+        ended.set_result(None)
+
+
+def retranslate(flow: http.HTTPFlow, state: GatewayRequest) -> None:
+    """Translates a directly routed request anew from `state.body` (a hard budget capped its output)."""
+    assert state.provider is not None
+    adapter = adapter_for(state.policy.policy.providers[state.provider])
+    if adapter is None:
+        raise RuntimeError(f"provider {state.provider} has no translator")
+    Route._translated(flow, state, adapter)

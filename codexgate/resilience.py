@@ -55,6 +55,9 @@ logger = logging.getLogger(__name__)
 ATTEMPT_HEADER = "x-codexgate-attempt"
 ATTEMPTS_HEADER = "x-codexgate-attempts"
 UPSTREAM_ERROR_EVENT = "codexgate.upstream_error"
+# Reading on after the client left (for the provider's usage): bounded in time and bytes.
+DRAIN_MAX_SECONDS = 600.0  # whatever the plan asks for
+DRAIN_MAX_BYTES = 32 * 1024 * 1024
 
 # Outcomes of an attempt (the `outcome` of a record and of `on_attempt`).
 OK = "ok"  # 2xx, answered (and, reported to on_attempt, streamed to the end)
@@ -117,6 +120,13 @@ class Plan:
     exhausted_retry_after: float = 1.0  # Retry-After of an all-rate-limited 429 when no upstream gave one
     label: str = ""  # for log lines (the gateway's request id)
     max_attempts: int = 16  # a bound for factories that never return None
+    # When the client leaves mid-answer: a sink for the rest of attempt i's SSE answer (None: close
+    # it at once). The relay keeps reading (at most drain_seconds / DRAIN_MAX_BYTES) and hands
+    # each chunk to the sink until it returns True (it has what it wanted, e.g. the usage); then b"".
+    drain: Callable[[int], Callable[[bytes], bool] | None] | None = None
+    drain_seconds: float = 120.0  # at most this long (and DRAIN_MAX_BYTES)
+    ended: Callable[[], None] | None = None  # called once the relay is done with the request, drain included
+    draining: bool = dataclasses.field(default=False, init=False)
 
     async def attempt(self, index: int) -> Attempt | None:
         if index >= self.max_attempts:
@@ -247,6 +257,7 @@ class Relay:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._runner: web.AppRunner | None = None
         self._session: aiohttp.ClientSession | None = None
+        self._drains: set[asyncio.Task[None]] = set()
         self.host = "127.0.0.1"
         self.port = 0
 
@@ -282,9 +293,14 @@ class Relay:
 
     async def stop(self) -> None:
         """Stop accepting; in-flight relayed requests get `shutdown_timeout` seconds to finish."""
-        for _, timer in self._plans.values():
+        for plan, timer in self._plans.values():
             timer.cancel()
+            _ended(plan)
         self._plans.clear()
+        for task in list(self._drains):
+            task.cancel()
+        if self._drains:
+            await asyncio.gather(*self._drains, return_exceptions=True)
         if self._runner is not None:
             await self._runner.cleanup()
             self._runner = None
@@ -311,14 +327,17 @@ class Relay:
         entry = self._plans.pop(token, None)
         if entry is not None:
             entry[1].cancel()
+            _ended(entry[0])
 
     @property
     def pending(self) -> int:
         return len(self._plans)
 
     def _expire(self, token: str) -> None:
-        if self._plans.pop(token, None) is not None:
+        entry = self._plans.pop(token, None)
+        if entry is not None:
             logger.info("relay plan expired unused")
+            _ended(entry[0])
 
     # -- callbacks -------------------------------------------------------------------------
 
@@ -353,6 +372,9 @@ class Relay:
         except Exception:  # a bug here must still answer (before the answer started; see _relay_answer)
             logger.exception("relay %s failed", plan.label)
             return _error_response(502, "relay_error", "codexgate relay failed; see the gateway log", None, [])
+        finally:
+            if not plan.draining:
+                _ended(plan)
 
     async def _run(self, request: web.Request, plan: Plan) -> web.StreamResponse:
         loop = asyncio.get_running_loop()
@@ -483,9 +505,10 @@ class Relay:
         final = answered.outcome
         broken: str | None = None
         detail = ""
+        pending = b""  # SSE only: the incomplete event at the end of what arrived
+        chunk = b""  # the last events read (perhaps never delivered when the client left)
         try:
             await out.prepare(request)
-            pending = b""  # SSE only: the incomplete event at the end of what arrived
             content = upstream.content
             while True:
                 remaining = deadline - loop.time()
@@ -536,10 +559,10 @@ class Relay:
                     request.transport.close()
         except (ConnectionError, aiohttp.ClientConnectionResetError):
             final = CLIENT_CLOSED
-            upstream.close()
+            self._drain_or_close(plan, index, upstream, sse and broken is None, chunk + pending)
         except asyncio.CancelledError:
             final = CLIENT_CLOSED
-            upstream.close()
+            self._drain_or_close(plan, index, upstream, sse and broken is None, chunk + pending)
             self._report(dataclasses.replace(answered, outcome=final, seconds=loop.time() - started))
             raise
         except Exception:
@@ -550,6 +573,53 @@ class Relay:
                 request.transport.close()
         self._report(dataclasses.replace(answered, outcome=final, seconds=loop.time() - started))
         return out
+
+    def _drain_or_close(
+        self, plan: Plan, index: int, upstream: aiohttp.ClientResponse, readable: bool, pending: bytes
+    ) -> None:
+        """The client left mid-answer: close the upstream answer, or (when the plan asks for it)
+        read it on in a task of its own — the handler itself is being cancelled. `pending` is what was
+        read last: the client may never have got it (a reader of whole events sees it again)."""
+        sink = None
+        if readable and plan.drain is not None and plan.drain_seconds > 0 and not upstream.content.at_eof():
+            try:
+                sink = plan.drain(index)
+            except Exception:
+                logger.exception("relay %s: drain callback failed", plan.label)
+        if sink is None:
+            upstream.close()
+            return
+        plan.draining = True
+        logger.info("relay %s: the client left mid-answer; reading the answer on for its usage", plan.label)
+        task = asyncio.get_running_loop().create_task(self._drain(plan, upstream, sink, pending))
+        self._drains.add(task)
+        task.add_done_callback(self._drains.discard)
+
+    async def _drain(
+        self, plan: Plan, upstream: aiohttp.ClientResponse, sink: Callable[[bytes], bool], pending: bytes
+    ) -> None:
+        read = 0
+        try:
+            async with asyncio.timeout(min(plan.drain_seconds, DRAIN_MAX_SECONDS)):
+                done = bool(pending) and sink(pending)
+                while not done and read < DRAIN_MAX_BYTES:
+                    async with asyncio.timeout(plan.timeouts.idle):
+                        chunk = await upstream.content.readany()
+                    if not chunk:
+                        break
+                    read += len(chunk)
+                    done = sink(chunk)
+        except (TimeoutError, aiohttp.ClientError, OSError) as exc:
+            logger.info("relay %s: reading on after the client left stopped: %s", plan.label, type(exc).__name__)
+        except Exception:
+            logger.exception("relay %s: reading on after the client left failed", plan.label)
+        finally:
+            upstream.close()
+            try:
+                sink(b"")
+            except Exception:
+                logger.exception("relay %s: drain callback failed", plan.label)
+            _ended(plan)
 
     def _exhausted(self, plan: Plan, records: list[AttemptRecord]) -> web.Response:
         outcomes = {r.outcome for r in records}
@@ -581,6 +651,14 @@ class Relay:
         response = _error_response(status, code, message, headers, records)
         response.headers[ATTEMPTS_HEADER] = json.dumps([r.public() for r in records], separators=(",", ":"))
         return response
+
+
+def _ended(plan: Plan) -> None:
+    if plan.ended is not None:
+        try:
+            plan.ended()
+        except Exception:
+            logger.exception("relay %s: ended callback failed", plan.label)
 
 
 def _describe(record: AttemptRecord) -> str:

@@ -49,7 +49,7 @@ def aggregate(records: Iterable[dict[str, Any]], by: str, since: float) -> list[
              "reasoning_tokens": 0, "cost_usd": 0.0},
         )  # fmt: skip
         row["requests"] += 1
-        if record.get("decision") not in ("forwarded", "answered"):
+        if record.get("decision") not in ("forwarded", "answered", "client_disconnected"):
             row["refused"] += 1
         for kind, value in (record.get("usage") or {}).items():
             if kind in row:

@@ -40,6 +40,11 @@ class Budget(Strict):
     limit_usd: float = Field(ge=0)
     period: str = "1M"
     rolling: bool = False
+    hard: bool = Field(
+        default=True,
+        description="no request may take this budget past its limit (+ gateway.hard_budgets.epsilon_usd): a"
+        " request whose worst case does not fit gets its output capped to what remains, or a 402",
+    )
 
     _check_period = field_validator("period")(_period)
 
@@ -277,6 +282,12 @@ class ModelEntry(Limited):
         default=4096, ge=1, description="output tokens reserved per request before the real count is known"
     )
     codex: CodexModelInfo | None = Field(default=None, description="display name, context window, ... for Codex")
+    max_output_tokens: int = Field(
+        default=128_000,
+        ge=1,
+        description="the most output (reasoning included) the model can produce in one answer: a request's"
+        " worst case under a hard budget (genai-prices does not know it; 128000 is the GPT-5 family's)",
+    )
 
 
 class Org(Limited):
@@ -336,6 +347,24 @@ class Resilience(Strict):
     total_timeout: float = Field(default=900, gt=0)
     cooldown_seconds: float = Field(default=30, ge=0, description="a failing deployment is skipped this long")
     retry_after_max: float = Field(default=2.0, ge=0, description="a shorter provider Retry-After is waited out")
+    read_after_client_left: float = Field(
+        default=120,
+        ge=0,
+        le=600,
+        description="seconds a relayed stream is read on after its client left, for the provider's usage (the"
+        " provider keeps generating meanwhile; 0: close it at once and charge the estimate)",
+    )
+
+
+class HardBudgets(Strict):
+    """How hard budgets cap requests (see Budget.hard)."""
+
+    epsilon_usd: float = Field(
+        default=0.0, ge=0, description="how far a hard budget may go past its limit (added to the room it admits)"
+    )
+    min_output_tokens: int = Field(
+        default=1024, ge=1, description="a request whose output would be capped below this is refused (402) instead"
+    )
 
 
 class GatewaySettings(Strict):
@@ -351,6 +380,7 @@ class GatewaySettings(Strict):
         default="closed", description="when the counter store is unreachable: refuse (503) or admit unmetered"
     )
     resilience: Resilience = Field(default_factory=Resilience)
+    hard_budgets: HardBudgets = Field(default_factory=HardBudgets)
     unknown_price: Literal["deny"] | Price = Field(
         default="deny", description="a model without a known price is refused, or charged this price"
     )

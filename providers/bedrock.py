@@ -560,6 +560,8 @@ def _reasoning_fields(
         return {"thinking": {"type": "enabled", "budget_tokens": budget}}, max(max_tokens, budget + _ANSWER_ROOM)
     if "nova-2" in lowered and effort in _NOVA_EFFORT:
         level = _NOVA_EFFORT[effort]
+        if level == "high" and explicit_max:
+            level = "medium"  # high takes no maxTokens, and a client's (or a hard budget's) cap must hold
         fields = {"reasoningConfig": {"type": "enabled", "maxReasoningEffort": level}}
         # Nova 2 at high effort takes no maxTokens (nor temperature / topP); it sets them itself.
         return fields, (None if level == "high" else max_tokens)

@@ -93,6 +93,15 @@ def estimated_input_tokens(raw_body: bytes, settings: MockProvider) -> int:
     return settings.input_tokens if settings.input_tokens is not None else max(1, len(raw_body) // 4)
 
 
+def within_cap(settings: MockProvider, body: dict[str, Any]) -> MockProvider:
+    """The settings with output no longer than the request's own cap, as a real provider stops there."""
+    caps = [body.get(name) for name in ("max_output_tokens", "max_completion_tokens", "max_tokens")]
+    limits = [cap for cap in caps if isinstance(cap, int) and not isinstance(cap, bool) and cap > 0]
+    if not limits or min(limits) >= settings.output_tokens:
+        return settings
+    return settings.model_copy(update={"output_tokens": min(limits)})
+
+
 def _responses_usage(input_tokens: int, settings: MockProvider) -> dict[str, Any]:
     return {
         "input_tokens": input_tokens,

@@ -33,6 +33,10 @@ class Counter:
     bucket_seconds: float  # bucket length
     span_seconds: float  # window the limit applies to (== bucket_seconds for calendar windows)
     resets_at: float  # epoch seconds when room frees up (calendar: bucket end; rolling: oldest bucket + span)
+    # A hard budget: `limit` includes this tolerance (gateway.hard_budgets.epsilon_usd); messages
+    # name the limit without it. Stores see only `limit`.
+    tolerance: float = 0.0
+    hard: bool = False
 
 
 @dataclasses.dataclass(frozen=True)

@@ -31,7 +31,9 @@ import hashlib
 import logging
 import math
 import re
+import time
 import urllib.parse
+from collections.abc import Callable
 from typing import Any
 
 from codexgate.stores.base import Admission, Amounts, Counter, CounterState, StoreUnavailable
@@ -57,6 +59,12 @@ SETTLE_BATCH_SECONDS = 0.02
 SETTLE_BATCH_MAX = 32
 # Counters whose script arguments are kept (they change when a window rolls over).
 COUNTER_ARGS_CACHE_SIZE = 10_000
+# A settlement that failed (store slow, restarting) is tried again after this long, for at most
+# SETTLE_RETRY_SECONDS; only then is its reservation left to be charged at its estimate.
+SETTLE_RETRY_DELAY_SECONDS = 0.25
+SETTLE_RETRY_SECONDS = 60.0
+# A release of a reservation whose caller gave up goes this long after its read timeout ran out.
+RELEASE_MARGIN_SECONDS = 0.05
 # Stale reservations are looked for at most this often per instance (by the caller's clock).
 SWEEP_INTERVAL_SECONDS = 1.0
 _PRUNE_MARGIN = repr(float(PRUNE_MARGIN_SECONDS))
@@ -68,6 +76,7 @@ class _PendingFinish:
     reservation_key: str
     actual_args: tuple[str, str, str]  # usd, requests, tokens, as exact strings for the script
     done: asyncio.Future[bool]
+    since: float  # loop time it was first asked for (failed ones are retried for a while)
 
 
 # Lua helpers shared by the scripts. Values of counter hashes are read once per script run into
@@ -147,22 +156,24 @@ _RESERVE_BODY = """
 -- KEYS[1..n] counter hashes, KEYS[n+1] reservation record, KEYS[n+2] open-reservation zset,
 -- KEYS[n+3..n+2+m] reservations to finish first (settlements riding along, see RedisStore)
 -- ARGV[1] now, ARGV[2] stale cutoff, ARGV[3] prune margin s, ARGV[4] reservation ttl ms,
--- ARGV[5] sweep limit (0: no sweep this time), ARGV[6] m, ARGV[7..9] amounts usd, requests, tokens;
--- then six per counter: field (bucket start), lo, span (0: calendar, count (lo, hi]; else rolling,
--- lo = now - span), limit, kind, expires_at (epoch s when no window includes the bucket, plus
--- margin); then three per finish: actual usd, requests, tokens.
--- returns {code (0 refused, 1 admitted, 2 already held), refused index (0 = none), used_1, held_1, ...,
--- finished_1 .. finished_m}
+-- ARGV[5] sweep limit (0: no sweep this time), ARGV[6] m, ARGV[7..9] amounts usd, requests, tokens,
+-- ARGV[10] deadline (Redis clock, epoch s; 0: none); then six per counter: field (bucket start), lo,
+-- span (0: calendar, count (lo, hi]; else rolling, lo = now - span), limit, kind, expires_at (epoch s
+-- when no window includes the bucket, plus margin); then three per finish: actual usd, requests, tokens.
+-- returns {code (0 refused, 1 admitted, 2 already held, 3 past its deadline: nothing reserved), refused
+-- index (0 = none), used_1, held_1, ..., finished_1 .. finished_m, Redis clock (epoch s)}
 local m = tonumber(ARGV[6])
 local n = #KEYS - 2 - m
 local now = tonumber(ARGV[1])
 local rkey, index = KEYS[n + 1], KEYS[n + 2]
 local margin = tonumber(ARGV[3])
-local C = 9           -- counter arguments start after this
+local C = 10          -- counter arguments start after this
 local F = C + 6 * n   -- finish arguments start after this
 local function amount_arg(kind)
   return kind == 'usd' and ARGV[7] or (kind == 'requests' and ARGV[8] or ARGV[9])
 end
+local clock = call('TIME')
+local redis_now = tonumber(clock[1]) + tonumber(clock[2]) / 1000000
 
 for i = 1, n do load_full(KEYS[i]) end
 
@@ -172,6 +183,18 @@ local finished = {}
 for i = 1, m do
   local a = F + 3 * (i - 1)
   finished[i] = finish(KEYS[n + 2 + i], index, ARGV[a + 1], ARGV[a + 2], ARGV[a + 3])
+end
+
+-- The caller gives up waiting at its deadline and answers 503: a reservation made after it would
+-- be held for a request that never ran (a phantom charge). Settlements riding along still count.
+local deadline = tonumber(ARGV[10])
+if deadline > 0 and redis_now > deadline then
+  flush()
+  out[1] = 3
+  for i = 1, n do out[#out + 1] = '0'; out[#out + 1] = '0' end
+  for i = 1, m do out[#out + 1] = finished[i] end
+  out[#out + 1] = format('%.17g', redis_now)
+  return out
 end
 
 -- Stale reservations are settled at their reserved amount: that amount is already in the
@@ -241,6 +264,7 @@ local function done(code)
   flush()  -- what the settlements changed, when nothing else is written
   out[1] = code
   for i = 1, m do out[#out + 1] = finished[i] end
+  out[#out + 1] = format('%.17g', redis_now)
   return out
 end
 
@@ -357,6 +381,10 @@ class RedisStore:
         self._flush_timer: asyncio.TimerHandle | None = None
         self._flushes: set[asyncio.Task[None]] = set()
         self._last_sweep = -math.inf
+        self._read_timeout = float(read_timeout_seconds)
+        self._clock_offset: float | None = None  # upper bound on Redis clock - this clock, see reserve()
+        # Releases of reservations whose caller gave up, not yet due (see _release_later).
+        self._orphans: dict[asyncio.TimerHandle, Callable[[], None]] = {}
 
     def _reservation_key(self, request_id: str) -> str:
         return f"{self.prefix}res:{request_id}"
@@ -399,8 +427,76 @@ class RedisStore:
             detail = str(exc) or type(exc).__name__
             raise StoreUnavailable(f"counter store {self.url} unavailable during {what}: {detail}") from exc
 
+    async def _redis_clock_offset(self) -> float:
+        """An upper bound on (Redis clock - this host's clock): Redis's TIME minus when it was asked."""
+        if self._clock_offset is None:
+            asked = time.time()
+            try:
+                reply = await self._link.call("TIME")
+                offset = float(reply[0]) + float(reply[1]) / 1_000_000 - asked
+            except (LinkError, ReplyError, OSError, TimeoutError, TypeError, ValueError, IndexError) as exc:
+                raise StoreUnavailable(f"counter store {self.url} unavailable during reserve: {exc}") from exc
+            self._clock_offset = offset
+        return self._clock_offset
+
     async def reserve(self, request_id: str, counters: list[Counter], amounts: Amounts, now: float) -> Admission:
         check_request(counters, amounts)
+        for _attempt in (1, 2):
+            sent = time.time()
+            try:
+                offset = await self._redis_clock_offset()
+                # Redis refuses the reservation past this moment (by its own clock): by then this
+                # caller may have given up and answered 503, and the request never runs. Half the read
+                # timeout, so a reservation made in time was also made well before the caller stops
+                # waiting (see _release_later).
+                deadline = sent + self._read_timeout / 2 + offset
+                code, admission, redis_now = await self._reserve_once(request_id, counters, amounts, now, deadline)
+            except StoreUnavailable:
+                self._release_later(request_id, sent)
+                raise
+            except BaseException:
+                self._release_later(request_id, sent)  # cancelled: the script may still run
+                raise
+            # Redis ran the script before the reply came: its clock then minus our sending time is an
+            # upper bound on the offset; the least one seen is the tightest.
+            sample = redis_now - sent
+            if code != 3:
+                assert self._clock_offset is not None
+                self._clock_offset = min(self._clock_offset, sample)
+                assert admission is not None
+                return admission
+            # Past the deadline although the answer came in time: this host's clock jumped back (or
+            # Redis's ahead) since the offset was learnt. Learn it again and try once more.
+            logger.warning("counter store %s: clock offset moved (reservation past its deadline); relearning", self.url)
+            self._clock_offset = sample
+        raise StoreUnavailable(f"counter store {self.url}: reservation refused as past its deadline twice")
+
+    def _release_later(self, request_id: str, sent: float) -> None:
+        """Releases a reservation whose caller gave up (timeout, lost connection, cancellation).
+
+        The script may still run later (Redis was stuck, not gone); it refuses work past its
+        deadline (sent + read_timeout / 2, by Redis's clock), so a reservation exists only if it ran
+        before then. The release is sent a full read timeout after the reservation was, so it runs
+        after any such reservation: no reservation of a refused request stays charged. Releasing
+        one that was never made changes nothing (finishing is idempotent)."""
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[bool] = loop.create_future()
+        future.add_done_callback(_consume)
+        pending = _PendingFinish(self._reservation_key(request_id), ("0.0", "0.0", "0.0"), future, loop.time())
+
+        def queue() -> None:
+            self._orphans.pop(handle, None)
+            self._pending.append(pending)
+            if self._flush_timer is None:  # or it rides along with the next reservation
+                self._flush_timer = loop.call_later(self.settle_batch_seconds, self._start_flush)
+
+        delay = max(0.0, sent + self._read_timeout - time.time()) + RELEASE_MARGIN_SECONDS
+        handle = loop.call_later(delay, queue)
+        self._orphans[handle] = queue
+
+    async def _reserve_once(
+        self, request_id: str, counters: list[Counter], amounts: Amounts, now: float, deadline: float
+    ) -> tuple[int, Admission | None, float]:
         riders = self._pending[:SETTLE_BATCH_MAX]
         del self._pending[: len(riders)]
         if not self._pending and self._flush_timer is not None:
@@ -422,6 +518,7 @@ class RedisStore:
             repr(float(amounts.usd)),
             repr(float(amounts.requests)),
             repr(float(amounts.tokens)),
+            repr(float(deadline)),
         ]
         keys = []
         for counter in counters:
@@ -439,21 +536,30 @@ class RedisStore:
                 code, refused = int(out[0]), int(out[1])
                 used = [float(out[2 + 2 * i]) for i in range(n)]
                 held = [float(out[3 + 2 * i]) for i in range(n)]
-                finished = [int(v) == 1 for v in out[2 + 2 * n :]]
-                if code not in (0, 1, 2) or (code == 0) != (1 <= refused <= n) or len(finished) != len(riders):
+                finished = [int(v) == 1 for v in out[2 + 2 * n : -1]]
+                redis_now = float(out[-1])
+                if (
+                    code not in (0, 1, 2, 3)
+                    or (code == 0) != (1 <= refused <= n)
+                    or len(finished) != len(riders)
+                    or not math.isfinite(redis_now)
+                ):
                     raise ValueError("inconsistent admission")
             except (TypeError, ValueError, IndexError) as exc:
                 raise StoreUnavailable(f"counter store {self.url} answered reserve with {out!r}") from exc
-        except StoreUnavailable as exc:
-            _resolve(riders, exc)
+        except StoreUnavailable:
+            # The script may have run or may run yet: the settlements go again (idempotent).
+            self._retry(riders)
             raise
         except BaseException:
             self._requeue(riders)  # cancelled: finishing again is harmless (idempotent), losing it is not
             raise
         _resolve(riders, finished)
+        if code == 3:
+            return code, None, redis_now
         if code == 2:
-            return build_admission(counters, amounts, used, held, None)
-        return build_admission(counters, amounts, used, None, refused - 1 if code == 0 else None)
+            return code, build_admission(counters, amounts, used, held, None), redis_now
+        return code, build_admission(counters, amounts, used, None, refused - 1 if code == 0 else None), redis_now
 
     async def _finish_reservation(self, request_id: str, actual: Amounts) -> bool:
         loop = asyncio.get_running_loop()
@@ -461,6 +567,7 @@ class RedisStore:
             self._reservation_key(request_id),
             (repr(float(actual.usd)), repr(float(actual.requests)), repr(float(actual.tokens))),
             loop.create_future(),
+            loop.time(),
         )
         self._pending.append(pending)
         if self.settle_batch_seconds <= 0:
@@ -477,11 +584,14 @@ class RedisStore:
         self._flushes.add(task)
         task.add_done_callback(self._flushes.discard)
 
-    async def _flush(self) -> None:
-        """Settles what no reservation took along, SETTLE_BATCH_MAX per round trip."""
-        while self._pending:
-            batch = self._pending[:SETTLE_BATCH_MAX]
-            del self._pending[: len(batch)]
+    async def _flush(self, final: bool = False) -> None:
+        """Settles what no reservation took along, SETTLE_BATCH_MAX per round trip. One that fails
+        is tried again (finishing is idempotent) for SETTLE_RETRY_SECONDS, or not at all when `final`."""
+        todo, self._pending = self._pending, []
+        failed: list[_PendingFinish] = []
+        error: StoreUnavailable | None = None
+        for first in range(0, len(todo), SETTLE_BATCH_MAX):
+            batch = todo[first : first + SETTLE_BATCH_MAX]
             keys = [self._open_key] + [item.reservation_key for item in batch]
             args = [amount for item in batch for amount in item.actual_args]
             try:
@@ -489,12 +599,36 @@ class RedisStore:
                 if not isinstance(out, list) or len(out) != len(batch):
                     raise StoreUnavailable(f"counter store {self.url} answered settle with {out!r}")
             except StoreUnavailable as exc:
-                _resolve(batch, exc)
-                continue
+                # The rest waits too: while the store is down, one connection attempt per retry.
+                failed += todo[first:]
+                error = exc
+                break
             except BaseException:
-                self._requeue(batch)
+                self._requeue(todo[first:])
                 raise
             _resolve(batch, [int(v) == 1 for v in out])
+        if failed:
+            assert error is not None
+            if final:
+                _resolve(failed, error)
+            else:
+                self._retry(failed, error)
+
+    def _retry(self, batch: list[_PendingFinish], error: StoreUnavailable | None = None) -> None:
+        """Finishes that failed: their callers learn it at once, and the store tries them again
+        every SETTLE_RETRY_DELAY_SECONDS for SETTLE_RETRY_SECONDS after they were first asked for
+        (idempotent), so a store that was slow or restarting does not leave their reservations to
+        be charged at their estimates."""
+        loop = asyncio.get_running_loop()
+        _resolve(batch, error or StoreUnavailable(f"counter store {self.url} unavailable during settle"))
+        now = loop.time()
+        again = [item for item in batch if now - item.since <= SETTLE_RETRY_SECONDS]
+        if not again:
+            return
+        self._pending[:0] = again
+        if self._flush_timer is not None:
+            self._flush_timer.cancel()
+        self._flush_timer = loop.call_later(SETTLE_RETRY_DELAY_SECONDS, self._start_flush)
 
     def _requeue(self, batch: list[_PendingFinish]) -> None:
         self._pending[:0] = [item for item in batch if not item.done.done()]
@@ -531,7 +665,20 @@ class RedisStore:
             self._flush_timer = None
         if self._flushes:
             await asyncio.gather(*self._flushes, return_exceptions=True)
-        await self._flush()  # nothing waiting is dropped
+        if self._orphans:
+            # Releases not yet due: each waits out its time (at most a read timeout), so that it
+            # still runs after any late reservation it undoes; then none is left held.
+            wait = max(handle.when() for handle in self._orphans) - asyncio.get_running_loop().time()
+            if wait > 0:
+                await asyncio.sleep(wait)
+        orphans, self._orphans = self._orphans, {}
+        for handle, queue in orphans.items():
+            handle.cancel()
+            queue()
+        if self._flush_timer is not None:
+            self._flush_timer.cancel()
+            self._flush_timer = None
+        await self._flush(final=True)  # nothing waiting is dropped
         await self._link.close()
 
 
@@ -542,6 +689,12 @@ class _Script:
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "sha", hashlib.sha1(self.source.encode()).hexdigest())
+
+
+def _consume(future: asyncio.Future[bool]) -> None:
+    """Nobody waits for a release after a timeout: its failure is logged, not left unretrieved."""
+    if not future.cancelled() and future.exception() is not None:
+        logger.error("releasing a reservation whose caller gave up failed: %s", future.exception())
 
 
 def _resolve(batch: list[_PendingFinish], outcome: list[bool] | BaseException) -> None:

@@ -587,6 +587,8 @@ class FakeAnthropic(ThreadedApp):
         self.received: list[Received] = []
         self.invalid: list[list[str]] = []
         self.replies: list[Reply] = []  # consumed in order; the default reply when empty
+        # Set → replies have this many output tokens, or max_tokens if smaller (stop_reason max_tokens).
+        self.output_tokens: int | None = None
 
     @property
     def url(self) -> str:
@@ -623,6 +625,10 @@ class FakeAnthropic(ThreadedApp):
             self.invalid.append(errors)
             return self._error(400, "invalid_request_error", "; ".join(errors))
         reply = self.replies.pop(0) if self.replies else Reply()
+        if self.output_tokens is not None:
+            produced = min(self.output_tokens, body["max_tokens"])
+            stop = "max_tokens" if produced < self.output_tokens else reply.stop_reason
+            reply = dataclasses.replace(reply, output_tokens=produced, stop_reason=stop)
         if reply.status != 200:
             error = reply.error or {"type": "api_error", "message": "Internal server error"}
             return self._error(reply.status, error["type"], error["message"], reply.headers)

@@ -44,6 +44,9 @@ class FakeOpenAI(ThreadedApp):
         self.cut_stream = threading.Event()  # set → streams break after their first event
         self.failures: list[tuple[int, dict[str, str]]] = []  # answered, in order, before normal answers
         self.failure_message: str | None = None
+        # Set → answers have this many output tokens, or the request's own cap if smaller (real
+        # providers stop at max_output_tokens / max_completion_tokens / max_tokens).
+        self.output_tokens: int | None = None
 
     @property
     def url(self) -> str:
@@ -82,8 +85,14 @@ class FakeOpenAI(ThreadedApp):
             return web.json_response({"error": {"message": str(exc), "type": "invalid_request_error"}}, status=400)
         model = body["model"]
         stream = body.get("stream", False)
+        settings = _SETTINGS
+        if self.output_tokens is not None:
+            caps = [
+                body[name] for name in ("max_output_tokens", "max_completion_tokens", "max_tokens") if body.get(name)
+            ]
+            settings = _SETTINGS.model_copy(update={"output_tokens": min([self.output_tokens, *caps])})
         if request.path == "/v1/responses" and stream:
-            events = mock.responses_events(body, model, 11, _SETTINGS)
+            events = mock.responses_events(body, model, 11, settings)
             response = web.StreamResponse(headers={"content-type": "text/event-stream"})
             await response.prepare(request)
             await response.write(encode_event(events[0]))
@@ -97,10 +106,10 @@ class FakeOpenAI(ThreadedApp):
             await response.write_eof()
             return response
         if request.path == "/v1/responses":
-            return web.json_response(mock.responses_body(body, model, 11, _SETTINGS))
+            return web.json_response(mock.responses_body(body, model, 11, settings))
         if stream:
             return web.Response(
-                body=encode_chat_stream(mock.chat_chunks(body, model, 11, _SETTINGS)),
+                body=encode_chat_stream(mock.chat_chunks(body, model, 11, settings)),
                 headers={"content-type": "text/event-stream"},
             )
-        return web.json_response(mock.chat_body(body, model, 11, _SETTINGS))
+        return web.json_response(mock.chat_body(body, model, 11, settings))

@@ -46,6 +46,7 @@ models:
     routes: [{{provider: local}}]
     price: {{input_per_mtok: 1000, output_per_mtok: 1000}}
     output_allowance: {OUTPUT_TOKENS}
+    max_output_tokens: {OUTPUT_TOKENS}  # the mock writes exactly this: its worst case under hard budgets
 orgs:
   free: {{}}
   capped: {{budgets: [{{limit_usd: 1.2, period: 1w}}]}}

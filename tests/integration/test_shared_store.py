@@ -27,7 +27,8 @@ models:
     routes: [{{provider: local}}]
     price: {{input_per_mtok: 1000, output_per_mtok: 1000}}
     output_allowance: 100
-teams: {{platform: {{org: acme, budgets: [{{limit_usd: {budget_usd}, period: 1d}}]}}}}
+# A soft budget: this file is about sharing one (hard budgets: test_hard_budgets.py).
+teams: {{platform: {{org: acme, budgets: [{{limit_usd: {budget_usd}, period: 1d, hard: false}}]}}}}
 keys:
   - {{name: shared, team: platform, hash: "{hash_key(KEY)}", rate_limits: [{{requests: 7, per: 1h}}]}}
 """

@@ -78,7 +78,7 @@ def test_settlement_starts_after_the_answer_and_lands_at_shutdown(tmp_path, upst
         await limits.request(flow)
         assert state.metering is not None and state.metering.reserved
         (budget,) = [c for c in state.metering.counters if c.kind == "usd"]
-        estimate = state.metering.estimate.usd
+        estimate = state.metering.reservation.usd  # what admission holds (the worst case: a hard budget)
         flow.response = http.Response.make(200, b"{}")
         state.usage = Usage(input_tokens=1000, output_tokens=10)
         await charge.response(flow)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import stat
@@ -13,9 +14,14 @@ from mitmproxy.test import taddons
 from unit_support import governed, make_flow
 
 from codexgate.addons.accounting import ACCOUNTING_FILE, Accounting
+from codexgate.addons.limits import Charge, Limits, Metering
 from codexgate.addons.meter import Meter
 from codexgate.addons.policy_source import PolicySource
-from codexgate.usage import Usage
+from codexgate.metrics import GatewayMetrics
+from codexgate.policies.schema import Price
+from codexgate.pricing import PriceSource
+from codexgate.stores.base import Amounts
+from codexgate.usage import StreamUsageReader, Usage
 
 pytest_plugins = ["unit_support"]
 
@@ -197,3 +203,37 @@ def test_ungoverned_flow_not_recorded(accounting, tmp_path):
     accounting.response(flow)
     assert "x-codexgate-request-id" not in flow.response.headers
     assert lines(tmp_path) == []
+
+
+def test_client_disconnect_is_its_own_outcome(accounting, compiled, tmp_path):
+    """Charge names the outcome (and prices the usage that had passed); Accounting keeps it, with
+    499 when no answer had started, and it is not counted as a refusal."""
+    metrics = GatewayMetrics()
+    charge = Charge(Limits(PolicySource(metrics), metrics), metrics)
+    price = PriceSource(Price(input_per_mtok=1, output_per_mtok=8), None, None)
+
+    def leaving(with_answer: bool):
+        flow = make_flow(body={"model": "gpt-5.5", "stream": True})
+        state = governed(flow, compiled, key="alice", body={"model": "gpt-5.5", "stream": True}, model="gpt-5.5")
+        state.decision = "forwarded"
+        state.metering = Metering(price=price, estimate=Amounts(usd=0.5, requests=1), counters=[])
+        if with_answer:
+            flow.response = sse_response()
+            state.reader = StreamUsageReader("responses")
+            state.reader.feed(RESPONSES_SSE)  # the usage had passed before the client went
+        flow.error = flow_module.Error("Client disconnected.")
+        return flow
+
+    async def run() -> None:
+        for flow in (leaving(True), leaving(False)):
+            await charge.error(flow)
+            accounting.error(flow)
+
+    asyncio.run(run())
+    records = lines(tmp_path)
+    assert [(r["decision"], r["status"], r["charge"]) for r in records] == [
+        ("client_disconnected", 200, "actual"),
+        ("client_disconnected", 499, "estimate"),
+    ]
+    assert records[0]["cost_usd"] == pytest.approx((1200 * 1 + 80 * 8) / 1e6)
+    assert records[1]["cost_usd"] == 0.5
