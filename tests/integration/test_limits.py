@@ -35,7 +35,10 @@ def limits_policy() -> str:
             ("org", KEYS["org"], "t2", ""),
             ("rate", KEYS["rate"], "free", ", rate_limits: [{requests: 2, per: 1m}]"),
             ("tok", KEYS["tok"], "free", ", rate_limits: [{tokens: 1200, per: 1h}]"),
-            ("crowd", KEYS["crowd"], "free", ", budgets: [{limit_usd: 7.0, period: 1d}]"),
+            # A soft budget: the reservation is the estimate, so exactly cap // cost fit however the
+            # 24 requests interleave (a hard budget reserves the worst case while requests are in
+            # flight; tests/integration/test_hard_budgets.py proves its ceiling).
+            ("crowd", KEYS["crowd"], "free", ", budgets: [{limit_usd: 7.0, period: 1d, hard: false}]"),
         ]
     )
     return f"""\
