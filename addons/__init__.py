@@ -28,6 +28,8 @@ def steps(shown: bool = True) -> list[Any]:
     from codexgate.addons.admit import Admit
     from codexgate.addons.audit_log import AuditLog
     from codexgate.addons.credentials import Credentials
+    from codexgate.addons.data_dir import DataDirLock
+    from codexgate.addons.flow_saving import SaveAfterChain
     from codexgate.addons.guardrails import Guardrails
     from codexgate.addons.identify import Identify
     from codexgate.addons.intake import Intake
@@ -46,6 +48,7 @@ def steps(shown: bool = True) -> list[Any]:
     from codexgate.addons.tracing import TraceEnd, Tracing
     from codexgate.addons.translate import Translate
     from codexgate.addons.web_view import FlowRetention, SecretMask
+    from codexgate.addons.write_ahead import WriteAhead
     from codexgate.metrics import GatewayMetrics
 
     metrics = GatewayMetrics()
@@ -53,10 +56,13 @@ def steps(shown: bool = True) -> list[Any]:
     limits = Limits(policy, metrics)
     tracing = Tracing()
     resilience = Resilience(metrics)
+    accounting = Accounting(metrics)
+    audit_log = AuditLog(metrics)
     chosen = [
         SecretMask(policy, shown),  # moves itself ahead of mitmproxy's own addons
         MetricsExport(metrics),
         policy,
+        DataDirLock(),  # before anything opens a file in the data dir
         TlsScope(policy),
         Intake(policy),
         tracing,  # right after Intake: starts the request's span at state.started
@@ -70,14 +76,16 @@ def steps(shown: bool = True) -> list[Any]:
         Credentials(),
         MockUpstream(),
         Seal(policy),
+        WriteAhead(limits, accounting, audit_log, metrics),  # right after Seal: on record before it leaves
         resilience,  # responseheaders: which relayed attempt answered, before its answer is translated
         Translate(),
         Meter(metrics),
         Charge(limits, metrics),
-        Accounting(metrics),
-        AuditLog(),
+        accounting,
+        audit_log,
         TraceEnd(tracing),  # its request hook runs right after Seal: the upstream attempt starts at send time
         FlowRetention(),
+        SaveAfterChain(),
         GracefulShutdown(),  # last: a request counts as finished only once everything above settled it
     ]
-    return chosen if shown else [step for step in chosen if not isinstance(step, FlowRetention)]
+    return chosen if shown else [step for step in chosen if not isinstance(step, FlowRetention | SaveAfterChain)]

@@ -111,8 +111,18 @@ def mitm_arguments(
 
 
 def cmd_up(args: argparse.Namespace) -> int:
+    from codexgate import datadir
+
     config = mitm_config()
     data_dir = ensure_data_dir(Path(args.data_dir).expanduser() if args.data_dir else default_data_dir())
+    try:
+        # Before anything in the data dir is touched; kept across the exec below (codexgate/datadir.py).
+        lock_fd = datadir.acquire(data_dir)
+    except datadir.DataDirBusy as exc:
+        print(f"codexgate up: {exc}", file=sys.stderr)
+        return 1
+    os.set_inheritable(lock_fd, True)
+    os.environ[datadir.LOCK_FD_ENV] = str(lock_fd)
     demo_key = None
     if args.policy:
         policy = Path(args.policy).resolve()
