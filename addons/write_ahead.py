@@ -187,8 +187,8 @@ class WriteAhead:
             f"{len(lost)} had no record and were recorded now, charged their estimate; "
             f"{len(entries) - len(lost)} were recorded already"
         )
-        level = logging.ERROR if previous.crashed else logging.WARNING
-        logger.log(level, "write-ahead log: %s", summary)
+        # A warning, not an error: mitmproxy stops a gateway that logs an error while starting.
+        logger.warning("write-ahead log: %s", summary)
         if previous.crashed or lost:
             self._audit_append(
                 {
@@ -260,7 +260,7 @@ class WriteAhead:
         try:
             self._audit.append(record)
         except Exception:
-            logger.error("AUDIT RECORD NOT WRITTEN during crash recovery", exc_info=True)
+            logger.warning("AUDIT RECORD NOT WRITTEN during crash recovery", exc_info=True)
 
     def request(self, flow: http.HTTPFlow) -> None:
         if flow.response or flow.error or self._log is None:

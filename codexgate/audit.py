@@ -244,7 +244,9 @@ class AuditWriter:
         if not files:
             self._open(1, new=True)
             if known is not None:
-                self._continue_after_break(known, f"no audit files, but the writer had written up to seq {known[0]}")
+                self._continue_after_break(
+                    known, f"no audit files, but the writer had written up to seq {known[0]}", starting=True
+                )
             return
         newest = files[-1]
         number = file_number(newest)
@@ -281,7 +283,7 @@ class AuditWriter:
                 )
             self._open(self._free_number(number + 1), new=True)
             if lost:
-                self._continue_after_break(known, lost)  # type: ignore[arg-type]
+                self._continue_after_break(known, lost, starting=True)  # type: ignore[arg-type]
         else:
             self._open(number, new=False)
 
@@ -305,10 +307,13 @@ class AuditWriter:
             number += 1
         return number
 
-    def _continue_after_break(self, known: tuple[int, str], reason: str) -> None:
+    def _continue_after_break(self, known: tuple[int, str], reason: str, *, starting: bool = False) -> None:
         """Sequence numbers are never reused: the chain goes on from the furthest known record, and
         the new segment's first record says why records before it are missing."""
-        logger.error(
+        # A warning while starting: mitmproxy stops a gateway that logs an error during start-up,
+        # and a gateway that cannot start records nothing at all.
+        logger.log(
+            logging.WARNING if starting else logging.ERROR,
             "AUDIT CHAIN BREAK in %s: %s; continuing from seq %d in %s",
             self.directory,
             reason,
