@@ -197,7 +197,7 @@ class WriteAhead:
                     "ts": round(time.time(), 3),
                     "summary": summary,
                     "in_flight": len(entries),
-                    "recovered": sorted(entry["id"] for entry in lost),
+                    "recovered_ids": sorted(entry["id"] for entry in lost),
                 }
             )
         for entry in lost:
