@@ -76,6 +76,8 @@ class GatewayMetrics:
         # dashboard see them before the first event.
         for result in ("ok", "failed"):
             self.policy_reloads.labels(result)
+        for missing in ("answer", "settlement"):
+            self.recovered.labels(missing)
         for operation in ("reserve", "settle"):
             for policy in ("closed", "open"):
                 self.store_errors.labels(operation, policy)
