@@ -216,7 +216,8 @@ def test_crash_between_answer_and_settlement_is_settled_at_the_actual_cost(tmp_p
     audit_log = AuditLog(metrics)
     write_ahead = WriteAhead(limits, accounting, audit_log, metrics)
 
-    async def start() -> None:
+    async def start() -> tuple[float, Any]:
+        # Everything that logs happens while the loop lives: taddons' log handler is bound to it.
         with taddons.context(source, limits, accounting, audit_log, write_ahead) as context:
             context.configure(source, codexgate_policy=str(policy), codexgate_data_dir=str(data_dir))
             await write_ahead.running()
@@ -224,15 +225,20 @@ def test_crash_between_answer_and_settlement_is_settled_at_the_actual_cost(tmp_p
             accounting.done()
             audit_log.done()
             write_ahead.done()
+            store = open_store("embedded", str(data_dir))
+            try:
+                (state,) = await store.snapshot(counters, time.time())
+            finally:
+                await store.close()
+            return state.used, verify(data_dir / "audit")
 
-    asyncio.run(start())
+    total, result = asyncio.run(start())
     assert (write_ahead.recovered, write_ahead.resettled) == (1, 1)
-    assert store_total(policy, "embedded", data_dir) == pytest.approx(0.001 + 0.5)
+    assert total == pytest.approx(0.001 + 0.5)
     lines = [json.loads(line) for line in (data_dir / "accounting.jsonl").read_text().splitlines()]
     assert [(line["request_id"], line["charge"], line.get("recovered")) for line in lines] == [
         ("req-settled-late", "actual", None),
         ("req-lost", "estimate", True),
     ]
     assert not list((data_dir / "wal").glob("forwarded-*.jsonl"))
-    result = verify(data_dir / "audit")
     assert result.ok and len(result.crashes) == 1 and "1 had no record" in result.crashes[0]
