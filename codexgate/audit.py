@@ -42,6 +42,7 @@ import json
 import logging
 import os
 import re
+import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -445,7 +446,8 @@ class AuditWriter:
     def save_head(self, head: dict[str, Any]) -> None:
         """Atomically replace the head file (thread-safe: touches nothing else of the writer)."""
         path = head_path(self.directory, self.writer)
-        temporary = path.with_suffix(".tmp")
+        # One temporary file per thread: the group commit's and the final one at shutdown may overlap.
+        temporary = path.with_suffix(f".{threading.get_ident()}.tmp")
         fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
         try:
             os.write(fd, canonical(head))
