@@ -35,7 +35,8 @@ from codexgate.addons.accounting import Accounting
 from codexgate.addons.audit_log import AuditLog
 from codexgate.addons.limits import Limits
 from codexgate.audit import CRASH_EVENT, _utc_iso
-from codexgate.flowstate import state_of
+from codexgate.errors import error_response
+from codexgate.flowstate import refuse, state_of
 from codexgate.metrics import GatewayMetrics
 from codexgate.stores.base import Amounts, StoreUnavailable
 from codexgate.wal import ForwardLog, PreviousRun
@@ -271,9 +272,20 @@ class WriteAhead:
         try:
             self._log.append(state.request_id, forwarded_entry(state))
         except Exception:
-            # The request still goes (refusing it for a full disk would take the gateway down
-            # with it), but nobody may miss that it is not on record.
-            logger.error("WRITE-AHEAD RECORD NOT WRITTEN for %s", state.request_id, exc_info=True)
+            # Fail closed: a request that cannot be put on record does not leave (its reservation
+            # is released like any refusal's). A full disk stops traffic rather than the record.
+            self._metrics.audit_failures.inc()
+            logger.error("write-ahead record not written for %s; refused", state.request_id, exc_info=True)
+            state.cleared = False
+            refuse(
+                flow,
+                error_response(
+                    503, "record_unavailable",
+                    "codexgate cannot put this request on record right now (its write-ahead log failed); retry shortly",
+                    headers={"retry-after": "5"},
+                ),
+                "record_unavailable",
+            )  # fmt: skip
             return
         self._schedule_sync()
 

@@ -61,7 +61,9 @@ class GatewayMetrics:
             "and started a new segment.", registry=self.registry,
         )  # fmt: skip
         self.audit_failures = Counter(
-            "codexgate_audit_write_failures", "Audit records that could not be written.", registry=self.registry
+            "codexgate_audit_write_failures",
+            "Audit and write-ahead records that could not be written.",
+            registry=self.registry,
         )
         self.recovered = Counter(
             "codexgate_recovered_requests", "Forwarded requests recorded at start-up from the write-ahead log, "

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import subprocess
 import sys
 import threading
@@ -17,7 +18,7 @@ import openai
 import pytest
 from fakes.gateway import ALICE_KEY, Gateway
 from fakes.openai_upstream import FakeOpenAI
-from mitmproxy.test import taddons
+from mitmproxy.test import taddons, tflow
 
 from codexgate.addons.accounting import Accounting
 from codexgate.addons.audit_log import AuditLog
@@ -25,6 +26,7 @@ from codexgate.addons.limits import Limits, counters_for
 from codexgate.addons.policy_source import PolicySource
 from codexgate.addons.write_ahead import WriteAhead
 from codexgate.audit import verify
+from codexgate.flowstate import METADATA_KEY, GatewayRequest
 from codexgate.metrics import GatewayMetrics
 from codexgate.policies.keys import hash_key
 from codexgate.policies.loader import load_policy
@@ -242,3 +244,29 @@ def test_crash_between_answer_and_settlement_is_settled_at_the_actual_cost(tmp_p
     ]
     assert not list((data_dir / "wal").glob("forwarded-*.jsonl"))
     assert result.ok and len(result.crashes) == 1 and "1 had no record" in result.crashes[0]
+
+
+def test_a_request_that_cannot_be_put_on_record_does_not_leave(tmp_path: Path) -> None:
+    """Fail closed: the write-ahead log failing (disk full, I/O error) refuses the request with 503."""
+    data_dir = tmp_path / "data"
+    data_dir.mkdir()
+    policy = policy_file(tmp_path, "http://127.0.0.1:9/v1")
+    compiled = load_policy(policy)
+    metrics = GatewayMetrics()
+    source = PolicySource(metrics)
+    write_ahead = WriteAhead(Limits(source, metrics), Accounting(metrics), AuditLog(metrics), metrics)
+    with taddons.context(source, write_ahead) as context:
+        context.configure(source, codexgate_policy=str(policy), codexgate_data_dir=str(data_dir))
+        flow = tflow.tflow()
+        state = GatewayRequest(request_id=flow.id, policy=compiled, mode="gateway", endpoint="responses")
+        state.cleared, state.decision = True, "forwarded"
+        flow.metadata[METADATA_KEY] = state
+        log = write_ahead._log
+        assert log is not None and log._fd is not None
+        os.close(log._fd)  # what a failing disk looks like to write(2): an error
+        write_ahead.request(flow)
+        assert flow.response is not None and flow.response.status_code == 503
+        assert json.loads(flow.response.content or b"{}")["error"]["code"] == "record_unavailable"
+        assert state.decision == "record_unavailable" and not state.cleared
+        log._fd = None
+    assert metrics.registry.get_sample_value("codexgate_audit_write_failures_total") == 1
