@@ -29,7 +29,6 @@ def steps(shown: bool = True) -> list[Any]:
     from codexgate.addons.audit_log import AuditLog
     from codexgate.addons.credentials import Credentials
     from codexgate.addons.data_dir import DataDirLock
-    from codexgate.addons.flow_saving import SaveAfterChain
     from codexgate.addons.guardrails import Guardrails
     from codexgate.addons.identify import Identify
     from codexgate.addons.intake import Intake
@@ -85,7 +84,6 @@ def steps(shown: bool = True) -> list[Any]:
         audit_log,
         TraceEnd(tracing),  # its request hook runs right after Seal: the upstream attempt starts at send time
         FlowRetention(),
-        SaveAfterChain(),
         GracefulShutdown(),  # last: a request counts as finished only once everything above settled it
     ]
-    return chosen if shown else [step for step in chosen if not isinstance(step, FlowRetention | SaveAfterChain)]
+    return chosen if shown else [step for step in chosen if not isinstance(step, FlowRetention)]
