@@ -158,8 +158,7 @@ class AuditLog:
             if signing_key is not None:
                 from codexgate.audit_signing import CheckpointLog
 
-                path.mkdir(mode=0o700, parents=True, exist_ok=True)
-                signer = CheckpointLog(path, writer_id, signing_key)
+                signer = CheckpointLog(path, writer_id, signing_key)  # the writer makes the directory (0700)
             self._writer = AuditWriter(
                 path,
                 hmac_key=key,
