@@ -29,6 +29,7 @@ logger = logging.getLogger(__name__)
 
 AUDITED = "codexgate.audited"
 SYNC_INTERVAL = 0.05  # seconds a record may wait for its fsync in "batch" mode
+HEAD_INTERVAL = 1.0  # seconds between updates of the head file (the restart check lags by that much)
 
 OPTIONS = {
     "codexgate_audit",
@@ -51,6 +52,7 @@ class AuditLog:
         self._checkpoint_seconds = 60.0
         self._last_checkpoint = time.monotonic()
         self._checkpoint_timer: asyncio.TimerHandle | None = None
+        self._last_head = 0.0
         self._fsync_mode = "batch"
         self._written = 0  # records written so far
         self._syncing = False
@@ -274,7 +276,10 @@ class AuditLog:
             self._syncing = False
             return
         target = self._written
-        head = writer.head()
+        now = time.monotonic()
+        head = None
+        if now - self._last_head >= HEAD_INTERVAL:
+            head, self._last_head = writer.head(), now
         snapshot = writer.checkpoint_snapshot() if force_checkpoint or self._checkpoint_due() else None
         if snapshot is not None:
             self._last_checkpoint = time.monotonic()
@@ -284,7 +289,8 @@ class AuditLog:
                 if fd is not None:
                     os.fsync(fd)
                 # Only records known to be on disk go into the head file and a checkpoint.
-                writer.save_head(head)
+                if head is not None:
+                    writer.save_head(head)
                 if snapshot is not None:
                     writer.sign_checkpoint(snapshot)
             except OSError:

@@ -7,6 +7,7 @@ and are batched per 50 ms, so they are not on the request's path):
   audit          AuditWriter.write of a request-sized record (with the file check: one stat(2))
   audit-nocheck  the same without the file check
   audit-signed   the same with the running sha256 for checkpoints
+  head           the head file a group commit writes (in the worker thread, at most once a second)
   checkpoint     one checkpoint: snapshot on the loop + Ed25519 signature and append (in the
                  worker thread in the gateway), amortised over codexgate_audit_checkpoint_records
 
@@ -123,12 +124,19 @@ def main() -> None:
             signed_writer.sign_checkpoint(snapshot)
 
     results["checkpoint"] = per_call_us({"checkpoint": checkpoint}, 400, 20)["checkpoint"] - results["audit-signed"]
+
+    def head(n: int) -> None:
+        for _ in range(n):
+            signed_writer.save_head(signed_writer.head())
+
+    results["head"] = per_call_us({"head": head}, 400, 20)["head"]
     for writer in writers:
         writer.close()
     for name, value in results.items():
         print(f"{name:14s} {value:8.1f} µs")
     print(f"file check (audit - audit-nocheck): {results['audit'] - results['audit-nocheck']:.1f} µs")
     print(f"checkpoint every 1000 records: {results['checkpoint'] / 1000:.2f} µs per record (in the sync thread)")
+    print(f"head file, once a second: {results['head'] / 1000:.2f} ms of CPU a second (sync thread)")
 
 
 if __name__ == "__main__":

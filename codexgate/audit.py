@@ -451,9 +451,10 @@ class AuditWriter:
         fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
         try:
             os.write(fd, canonical(head))
-            os.fsync(fd)
         finally:
             os.close(fd)
+        # No fsync: the records it names were synced first, and a head file that a power loss
+        # leaves older (or unreadable) only makes the check after a restart less strict.
         os.replace(temporary, path)
 
     def checkpoint_snapshot(self) -> dict[str, Any] | None:
