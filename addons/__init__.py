@@ -30,6 +30,7 @@ def steps(shown: bool = True) -> list[Any]:
     from codexgate.addons.client_trust import ClientTrustHint
     from codexgate.addons.codex_backend import CodexBackend
     from codexgate.addons.credentials import Credentials
+    from codexgate.addons.data_dir import DataDirLock
     from codexgate.addons.egress import EgressGuard
     from codexgate.addons.guardrails import Guardrails
     from codexgate.addons.identify import Identify
@@ -53,6 +54,7 @@ def steps(shown: bool = True) -> list[Any]:
     from codexgate.addons.upstream_bounds import StreamWatch, UpstreamBounds
     from codexgate.addons.web_view import FlowRetention, SecretMask
     from codexgate.addons.websocket import ResponsesWebSocket
+    from codexgate.addons.write_ahead import WriteAhead
     from codexgate.metrics import GatewayMetrics
 
     metrics = GatewayMetrics()
@@ -66,13 +68,15 @@ def steps(shown: bool = True) -> list[Any]:
     )  # the gateway's own in-process relays are the only loopback ports its flows may reach
     request_limits = RequestLimits(policy, metrics)
     upstream_bounds = UpstreamBounds(metrics)
-    audit = AuditLog()
+    accounting = Accounting(metrics)
+    audit = AuditLog(metrics)
     shutdown = GracefulShutdown()
     chosen = [
         SecretMask(policy, shown),  # moves itself ahead of mitmproxy's own addons
         OptionsLock(audit),  # first to see a runtime option change: refuses it before any step applies it
         MetricsExport(metrics, Readiness(policy, limits, shutdown)),  # /metrics, /healthz, /readyz
         policy,
+        DataDirLock(),  # before anything opens a file in the data dir
         egress,  # before TlsScope, which reads the CONNECT target it recorded
         TlsScope(policy, egress),
         ClientTrustHint(),
@@ -91,13 +95,14 @@ def steps(shown: bool = True) -> list[Any]:
         Credentials(),
         MockUpstream(),
         Seal(policy),
+        WriteAhead(limits, accounting, audit, metrics),  # right after Seal: on record before it leaves
         upstream_bounds,  # request: deadlines from send time; response/error: before Translate, Meter, Charge
         resilience,  # responseheaders: which relayed attempt answered, before its answer is translated
         Translate(),
         Meter(metrics),
         StreamWatch(),  # after Meter/Translate set the stream up
         Charge(limits, metrics),
-        Accounting(metrics),
+        accounting,
         audit,
         TraceEnd(tracing),  # its request hook runs right after Seal: the upstream attempt starts at send time
         FlowRetention(),

@@ -143,6 +143,24 @@ class Accounting:
             except OSError:
                 logger.exception("cannot write accounting line for %s", state.request_id)
 
+    @property
+    def path(self) -> str | None:
+        data_dir = ctx.options.codexgate_data_dir
+        return os.path.join(data_dir, ACCOUNTING_FILE) if data_dir else None
+
+    def append_record(self, record: dict[str, Any]) -> bool:
+        """A line not made from a live flow (a request recovered after a crash); False if the log is off."""
+        if self._file is None:
+            return False
+        self._file.write(json.dumps(record, separators=(",", ":")) + "\n")
+        self.records += 1
+        return True
+
+    def sync(self) -> None:
+        if self._file is not None:
+            self._file.flush()
+            os.fsync(self._file.fileno())
+
     def _child(self, metric: Any, *labels: str) -> Any:
         """A labelled metric child, looked up once per label set (`labels()` costs ~10 µs a call)."""
         cache_key = (id(metric), labels)

@@ -33,6 +33,14 @@ def mask_value(value: str) -> str:
     return f"{scheme} {MASKED}" if rest and scheme.lower() in ("bearer", "basic") else MASKED
 
 
+class CredentialsKeptAside(list[tuple[str, str]]):
+    """The client's credential headers SecretMask took out of the flow, for `Identify`. A deep copy
+    (what mitmproxy's flow files and mitmweb's dump store) holds them masked."""
+
+    def __deepcopy__(self, memo: dict[int, object]) -> list[tuple[str, str]]:
+        return [(name, mask_value(value)) for name, value in self]
+
+
 class SecretMask:
     def __init__(self, policy: PolicySource, shown: bool = True) -> None:
         self._policy = policy
@@ -61,7 +69,7 @@ class SecretMask:
                 return
             saved = [(name, value) for name in SECRET_HEADERS for value in headers.get_all(name)]
             if saved:
-                flow.metadata[CLIENT_CREDENTIALS_KEY] = saved
+                flow.metadata[CLIENT_CREDENTIALS_KEY] = CredentialsKeptAside(saved)
                 for name in {name for name, _ in saved}:
                     headers.set_all(name, [mask_value(v) for v in headers.get_all(name)])
             return

@@ -33,6 +33,7 @@ crash (chain continues) from other damage.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import datetime as dt
 import hashlib
@@ -41,18 +42,27 @@ import json
 import logging
 import os
 import re
+import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+
+    from codexgate.audit_signing import CheckpointLog
     from codexgate.flowstate import GatewayRequest
 
 logger = logging.getLogger(__name__)
 
 GENESIS = "0" * 64
-FILE_PATTERN = re.compile(r"^audit-(\d{6,})\.jsonl$")
+# audit-000001.jsonl is the default writer's chain; audit-w1-000001.jsonl is writer "w1"'s (several
+# processes of one deployment each keep a chain of their own; `verify` checks them all).
+WRITER_PATTERN = re.compile(r"^[a-z][a-z0-9_]{0,31}$")
+FILE_PATTERN = re.compile(r"^audit-(?:([a-z][a-z0-9_]{0,31})-)?(\d{6,})\.jsonl$")
+BREAK_EVENT = "chain_break"  # first record of a segment the writer started because its file changed under it
+CRASH_EVENT = "crash"  # written at start-up when the previous run ended without shutting down
 CHAIN_FIELDS = ("seq", "prev", "hash")
 _TAIL_BLOCK = 64 * 1024
 
@@ -72,19 +82,41 @@ def record_hash(payload: bytes, hmac_key: bytes | None) -> str:
     return hashlib.sha256(payload).hexdigest()
 
 
-def file_name(number: int) -> str:
-    return f"audit-{number:06d}.jsonl"
+def file_name(number: int, writer: str = "") -> str:
+    return f"audit-{writer}-{number:06d}.jsonl" if writer else f"audit-{number:06d}.jsonl"
 
 
 def file_number(path: Path) -> int | None:
     match = FILE_PATTERN.match(path.name)
-    return int(match.group(1)) if match else None
+    return int(match.group(2)) if match else None
 
 
-def audit_files(directory: Path) -> list[Path]:
-    """The chain's files in `directory`, in chain order (by number, not by name)."""
-    found = [(file_number(path), path) for path in directory.glob("audit-*.jsonl") if path.is_file()]
+def file_writer(path: Path) -> str | None:
+    """The writer whose chain `path` belongs to ("" for the default one), None if not a chain file."""
+    match = FILE_PATTERN.match(path.name)
+    return (match.group(1) or "") if match else None
+
+
+def audit_files(directory: Path, writer: str = "") -> list[Path]:
+    """One writer's chain files in `directory`, in chain order (by number, not by name)."""
+    found = [
+        (file_number(path), path)
+        for path in directory.glob("audit-*.jsonl")
+        if path.is_file() and file_writer(path) == writer
+    ]
     return [path for number, path in sorted((n, p) for n, p in found if n is not None)]
+
+
+def writers(directory: Path) -> list[str]:
+    """Every writer with a chain in `directory`, the default one ("") first."""
+    found = {file_writer(path) for path in directory.glob("audit-*.jsonl") if path.is_file()}
+    return sorted(name for name in found if name is not None)
+
+
+def head_path(directory: Path, writer: str = "") -> Path:
+    """Where the writer notes its last synced record, so a restart never reuses sequence numbers
+    of records that were removed while it was down."""
+    return directory / (f"head-{writer}.json" if writer else "head.json")
 
 
 def _parse_record(text: bytes) -> dict[str, Any] | None:
@@ -133,7 +165,13 @@ def _last_record(path: Path) -> tuple[dict[str, Any] | None, bool]:
 
 
 class AuditWriter:
-    """Appends hash-chained records; one instance per directory and process."""
+    """Appends hash-chained records; one instance per directory, writer id and process.
+
+    Before each record it checks that its file is still the one it writes (same inode, the size it
+    left it at): a file replaced (e.g. `sed -i`), truncated, appended to by someone else or deleted
+    is never appended to blindly. The writer starts a new segment whose first record
+    (``event: chain_break``) names what it found, logs an error and calls `on_break` (a metric).
+    """
 
     def __init__(
         self,
@@ -141,19 +179,34 @@ class AuditWriter:
         hmac_key: bytes | None = None,
         max_bytes: int = 64 * 1024 * 1024,
         fsync: bool = True,
+        writer: str = "",
+        signer: CheckpointLog | None = None,
+        on_break: Callable[[str], None] | None = None,
     ) -> None:
         if max_bytes <= 0:
             raise ValueError("max_bytes must be positive")
+        if writer and not WRITER_PATTERN.match(writer):
+            raise ValueError(f"writer id {writer!r}: use a lower-case letter, then letters, digits or _ (max 32)")
         self.directory = Path(directory)
+        self.writer = writer
         self._key = hmac_key or None
         self._max_bytes = max_bytes
         self._fsync = fsync
+        self._signer = signer
+        self._on_break = on_break
         self._fd: int | None = None
+        self._path = ""
+        self._inode: tuple[int, int] = (0, 0)
         self._size = 0
         self._number = 0
         self._seq = 0
         self._prev = GENESIS
         self._torn = False  # the current file ends in a partial write: the next record needs a new file
+        # Checkpoints: the sha256 of the current file so far, and of files finished since the last one.
+        self._file_digest: Any = None
+        self._touched: dict[str, tuple[int, str]] = {}
+        self.checkpointed_seq = 0
+        self.breaks = 0
         self._make_directory()
         self._resume()
 
@@ -169,7 +222,11 @@ class AuditWriter:
     @property
     def path(self) -> Path:
         """The file the next record goes to (unless it rotates first)."""
-        return self.directory / file_name(self._number)
+        return self.directory / file_name(self._number, self.writer)
+
+    @property
+    def signing(self) -> bool:
+        return self._signer is not None
 
     def _make_directory(self) -> None:
         if not self.directory.exists():
@@ -183,9 +240,14 @@ class AuditWriter:
             logger.warning("audit directory %s is accessible to other users; it should be 0700", self.directory)
 
     def _resume(self) -> None:
-        files = audit_files(self.directory)
+        files = audit_files(self.directory, self.writer)
+        known = self._known_head()
         if not files:
             self._open(1, new=True)
+            if known is not None:
+                self._continue_after_break(
+                    known, f"no audit files, but the writer had written up to seq {known[0]}", starting=True
+                )
             return
         newest = files[-1]
         number = file_number(newest)
@@ -206,28 +268,95 @@ class AuditWriter:
                     self.directory,
                     self._seq,
                 )
-        if torn:
-            logger.warning(
-                "audit log %s ends in an incomplete record (crash while writing?); continuing the chain in a new file",
-                newest,
+        lost: str | None = None
+        if known is not None and (known[0] > self._seq or (known[0] == self._seq and known[1] != self._prev)):
+            lost = (
+                f"the log ends at seq {self._seq} but the writer had written up to seq {known[0]} "
+                "(records were removed or replaced while it was stopped)"
+                if known[0] > self._seq
+                else f"record seq {known[0]} is not the one the writer wrote (replaced while it was stopped)"
             )
-            self._open(number + 1, new=True)
+        if torn or lost:
+            if torn:
+                logger.warning(
+                    "audit log %s ends in an incomplete record (crash while writing?); the chain goes on in a new file",
+                    newest,
+                )
+            self._open(self._free_number(number + 1), new=True)
+            if lost:
+                self._continue_after_break(known, lost, starting=True)  # type: ignore[arg-type]
         else:
             self._open(number, new=False)
 
+    def _known_head(self) -> tuple[int, str] | None:
+        """The furthest record the writer is known to have written: its head file or its last checkpoint."""
+        best: tuple[int, str] | None = None
+        candidates: list[Any] = []
+        with contextlib.suppress(OSError, ValueError):
+            candidates.append(json.loads(head_path(self.directory, self.writer).read_bytes()))
+        from codexgate.audit_signing import checkpoints_path, last_checkpoint
+
+        candidates.append(last_checkpoint(checkpoints_path(self.directory, self.writer)))
+        for item in candidates:
+            usable = isinstance(item, dict) and type(item.get("seq")) is int and isinstance(item.get("hash"), str)
+            if usable and (best is None or item["seq"] > best[0]):
+                best = (item["seq"], item["hash"])
+        return best
+
+    def _free_number(self, number: int) -> int:
+        while (self.directory / file_name(number, self.writer)).exists():
+            number += 1
+        return number
+
+    def _continue_after_break(self, known: tuple[int, str], reason: str, *, starting: bool = False) -> None:
+        """Sequence numbers are never reused: the chain goes on from the furthest known record, and
+        the new segment's first record says why records before it are missing."""
+        # A warning while starting: mitmproxy stops a gateway that logs an error during start-up,
+        # and a gateway that cannot start records nothing at all.
+        logger.log(
+            logging.WARNING if starting else logging.ERROR,
+            "AUDIT CHAIN BREAK in %s: %s; continuing from seq %d in %s",
+            self.directory,
+            reason,
+            known[0],
+            self.path.name,
+        )
+        self.breaks += 1
+        if self._on_break is not None:
+            self._on_break(reason)
+        self._seq, self._prev = known
+        self._write_chained(
+            {"event": BREAK_EVENT, "reason": reason, "time": _utc_iso(time.time()), "after_seq": known[0]}
+        )
+
     def _open(self, number: int, *, new: bool) -> None:
-        path = self.directory / file_name(number)
+        path = self.directory / file_name(number, self.writer)
         flags = os.O_WRONLY | os.O_APPEND | os.O_CREAT | (os.O_EXCL if new else 0)
         fd = os.open(path, flags, 0o600)
         try:
             os.fchmod(fd, 0o600)  # an existing file may have been made readable by someone
-            size = os.fstat(fd).st_size
+            status = os.fstat(fd)
+            digest = None
+            if self._signer is not None:
+                digest = hashlib.sha256()
+                if status.st_size:
+                    with open(path, "rb") as handle:  # once, at start: checkpoints cover the whole file
+                        for block in iter(lambda: handle.read(1 << 20), b""):
+                            digest.update(block)
         except OSError:
             os.close(fd)
             raise
+        if self._fd is not None and self._file_digest is not None:
+            self._touched[self.path.name] = (self._size, self._file_digest.hexdigest())
         # Only now let go of the old file: if opening failed, the writer keeps a usable one.
+        if self._fd is not None and self._fsync is False and new:
+            with contextlib.suppress(OSError):
+                os.fsync(self._fd)  # batch mode syncs only the current file: the finished one first
         self.close()
-        self._fd, self._number, self._size, self._torn = fd, number, size, False
+        self._fd, self._number, self._size, self._torn = fd, number, status.st_size, False
+        self._path = str(path)
+        self._inode = (status.st_dev, status.st_ino)
+        self._file_digest = digest
         if new and self._fsync:
             # Without this a crash can lose the new file's directory entry, which verify
             # would then (rightly) report as a missing file.
@@ -237,6 +366,21 @@ class AuditWriter:
             finally:
                 os.close(dir_fd)
 
+    def _file_changed(self) -> str | None:
+        """What happened to the current file since the writer last wrote it, or None."""
+        name = os.path.basename(self._path)
+        try:
+            status = os.stat(self._path)
+        except FileNotFoundError:
+            return f"{name} was deleted while the writer had it open"
+        if (status.st_dev, status.st_ino) != self._inode:
+            return f"{name} was replaced by another file (e.g. sed -i) while the writer had it open"
+        if status.st_size < self._size:
+            return f"{name} was truncated to {status.st_size} bytes; the writer had written {self._size}"
+        if status.st_size > self._size:
+            return f"{name} grew to {status.st_size} bytes; the writer had written {self._size} (another writer?)"
+        return None
+
     def write(self, record: dict[str, Any]) -> dict[str, Any]:
         """Append `record` to the chain; returns it as stored (with seq, prev and hash)."""
         if self._fd is None:
@@ -244,13 +388,21 @@ class AuditWriter:
         clash = [name for name in CHAIN_FIELDS if name in record]
         if clash:
             raise ValueError(f"audit record must not carry {', '.join(clash)}: the writer sets them")
+        changed = None if self._torn else self._file_changed()
+        if changed is not None:
+            # Whatever is in that file now, the writer's own chain head is what it wrote last.
+            self._open(self._free_number(self._number + 1), new=True)
+            self._continue_after_break((self._seq, self._prev), changed)
+        return self._write_chained(record)
+
+    def _write_chained(self, record: dict[str, Any]) -> dict[str, Any]:
         stored = dict(record)
         stored["seq"] = self._seq + 1
         stored["prev"] = self._prev
         stored["hash"] = record_hash(canonical(stored), self._key)
         line = canonical(stored) + b"\n"
         if self._torn or (self._size > 0 and self._size + len(line) > self._max_bytes):
-            self._open(self._number + 1, new=True)
+            self._open(self._free_number(self._number + 1), new=True)
         self._append(line)
         # The record is in the file now; only from here on does the chain move forward.
         self._seq, self._prev = stored["seq"], stored["hash"]
@@ -277,6 +429,57 @@ class AuditWriter:
             self._torn = True
             raise
         self._size += written
+        if self._file_digest is not None:
+            self._file_digest.update(line)
+
+    # -- head file and checkpoints (called at group commit, after the records' fsync) --------------------
+
+    def head(self) -> dict[str, Any]:
+        return {
+            "writer": self.writer,
+            "seq": self._seq,
+            "hash": self._prev,
+            "file": self.path.name,
+            "bytes": self._size,
+        }
+
+    def save_head(self, head: dict[str, Any]) -> None:
+        """Atomically replace the head file (thread-safe: touches nothing else of the writer)."""
+        path = head_path(self.directory, self.writer)
+        # One temporary file per thread: the group commit's and the final one at shutdown may overlap.
+        temporary = path.with_suffix(f".{threading.get_ident()}.tmp")
+        fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        try:
+            os.write(fd, canonical(head))
+        finally:
+            os.close(fd)
+        # No fsync: the records it names were synced first, and a head file that a power loss
+        # leaves older (or unreadable) only makes the check after a restart less strict.
+        os.replace(temporary, path)
+
+    def checkpoint_snapshot(self) -> dict[str, Any] | None:
+        """What the next checkpoint covers (on the event loop; cheap), None if nothing new."""
+        if self._signer is None or self._seq == self.checkpointed_seq or self._file_digest is None:
+            return None
+        files = dict(self._touched)
+        files[self.path.name] = (self._size, self._file_digest.copy().hexdigest())
+        self._touched = {}
+        self.checkpointed_seq = self._seq
+        now = time.time()
+        return {
+            "writer": self.writer,
+            "seq": self._seq,
+            "hash": self._prev,
+            "chain": "hmac-sha256" if self._key else "sha256",
+            "files": [{"name": name, "bytes": size, "sha256": digest} for name, (size, digest) in files.items()],
+            "time": _utc_iso(now),
+            "ts": round(now, 3),
+        }
+
+    def sign_checkpoint(self, snapshot: dict[str, Any]) -> dict[str, Any]:
+        """Sign and append a snapshot (off the loop is fine: one sync at a time calls this)."""
+        assert self._signer is not None
+        return self._signer.append(snapshot)
 
     def close(self) -> None:
         if self._fd is not None:
@@ -300,6 +503,10 @@ class VerifyResult:
     line: int | None
     head_seq: int = 0  # the chain's head, to compare with an anchor kept elsewhere
     head_hash: str | None = None
+    writer: str = ""
+    crashes: tuple[str, ...] = ()  # crashes the gateway recorded (chain intact, records recovered)
+    notes: tuple[str, ...] = ()  # breaks that lost nothing, signed coverage, ...
+    signed_seq: int | None = None  # with --public-key: records up to here are proven by a signature
 
 
 @dataclasses.dataclass
@@ -330,24 +537,40 @@ def _make_line(path: Path, number: int, raw: bytes, *, last: bool) -> _Line:
     return _Line(path, number, text, complete, last, _parse_record(text))
 
 
-def _expand(paths: list[Path] | list[str] | Path | str) -> tuple[list[Path], Path | None]:
-    """Files in chain order, and the directory they came from when a single one was given."""
+def _expand(paths: list[Path] | list[str] | Path | str) -> list[tuple[str, list[Path], Path | None]]:
+    """(writer, its files in chain order, the directory its checkpoints are in) per chain.
+
+    A directory stands for every chain in it; files given one by one are grouped by writer
+    and kept in the order given."""
     items: list[Path | str] = [paths] if isinstance(paths, str | Path) else list(paths)
-    files: list[Path] = []
-    directory: Path | None = None
+    chains: list[tuple[str, list[Path], Path | None]] = []
+    loose: dict[str, list[Path]] = {}
     for item in (Path(raw) for raw in items):
         if item.is_dir():
-            directory = item
-            files.extend(audit_files(item))
+            found = writers(item)
+            if not found and len(items) == 1:
+                chains.append(("", [], item))
+            chains.extend((writer, audit_files(item, writer), item) for writer in found)
         else:
-            files.append(item)
-    return files, directory if len(items) == 1 else None
+            loose.setdefault(file_writer(item) or "", []).append(item)
+    chains.extend((writer, files, files[0].parent) for writer, files in loose.items())
+    return chains
 
 
 class _Verifier:
-    def __init__(self, files: list[Path], hmac_key: bytes | None) -> None:
+    def __init__(
+        self, files: list[Path], hmac_key: bytes | None, check_hashes: bool = True, capture: set[int] | None = None
+    ) -> None:
         self.files = files
         self.key = hmac_key or None
+        # False for an HMAC chain checked without its key: links are followed, content is proven by
+        # the signed checkpoints' file digests instead.
+        self.check_hashes = check_hashes
+        self.capture = capture or set()
+        self.captured: dict[int, str] = {}
+        self.crashes: list[str] = []
+        self.notes: list[str] = []
+        self.writer = ""
         self.seq = 0
         self.prev = GENESIS
         self.records = 0
@@ -382,24 +605,39 @@ class _Verifier:
         return self._result()
 
     def _result(self) -> VerifyResult:
+        crashes, notes = tuple(self.crashes), tuple(self.notes)
         if self.problem is None:
-            return VerifyResult(True, self.records, self.files_read, None, None, None, self.seq, self.prev)
+            return VerifyResult(
+                True, self.records, self.files_read, None, None, None, self.seq, self.prev, self.writer, crashes, notes
+            )
         message, path, line = self.problem
         after = self.records - self.records_at_problem
         if not self.later_problem and after:
             message += f"; the chain continues intact after it ({after} more records)"
-        return VerifyResult(False, self.records, self.files_read, message, str(path), line, self.seq, self.prev)
+        return VerifyResult(
+            False,
+            self.records,
+            self.files_read,
+            message,
+            str(path),
+            line,
+            self.seq,
+            self.prev,
+            self.writer,
+            crashes,
+            notes,
+        )
 
-    def _report(self, message: str, path: Path, line: int | None) -> bool:
+    def _report(self, message: str, path: Path, line: int | None, go_on: bool = False) -> bool:
         """Remember the first problem; True when verification should stop.
 
-        After a truncated tail the chain is followed further (the writer resumes it in the
-        next file), only to say in the message whether it continues intact.
+        After a truncated tail or a break the writer recorded, the chain is followed further (the
+        writer resumed it), only to say in the message whether it continues intact.
         """
         if self.problem is None:
             self.problem = (message, path, line)
             self.records_at_problem = self.records
-            return not message.startswith("truncated tail")
+            return not (go_on or message.startswith("truncated tail"))
         self.later_problem = True
         first, first_path, first_line = self.problem
         self.problem = (f"{first}; after it also: {message} at {path}:{line}", first_path, first_line)
@@ -418,13 +656,38 @@ class _Verifier:
             )
         if record is None:
             return not self._report("malformed record: the line is not a valid audit record", line.path, line.number)
-        if _expected_hash(record, self.key) != record["hash"]:
+        if self.check_hashes and _expected_hash(record, self.key) != record["hash"]:
             return not self._report(self._hash_problem(line, index), line.path, line.number)
         if canonical(record) != line.text:
             return not self._report("record is not in canonical form: the line was rewritten", line.path, line.number)
+        event = record.get("event")
         if record["seq"] != self.seq + 1 or record["prev"] != self.prev:
-            return not self._report(self._link_problem(line, index, missing_before), line.path, line.number)
+            if event != BREAK_EVENT:
+                return not self._report(self._link_problem(line, index, missing_before), line.path, line.number)
+            # The writer itself found its file changed and said so: records before it are lost,
+            # which is an error, but the chain goes on from its own last record.
+            lost = record["seq"] - self.seq - 1
+            what = (
+                f"{lost} record{'s' if lost != 1 else ''} (seq {self.seq + 1}..{record['seq'] - 1}) lost"
+                if lost > 0
+                else "records lost"
+            )
+            if self._report(
+                f"chain break recorded by the writer: {record.get('reason')}; {what}",
+                line.path,
+                line.number,
+                go_on=True,
+            ):
+                return False
+        elif event == BREAK_EVENT:
+            self.notes.append(
+                f"seq {record['seq']}: the writer started a new segment: {record.get('reason')} (nothing lost)"
+            )
+        if event == CRASH_EVENT:
+            self.crashes.append(f"seq {record['seq']} ({record.get('time')}): {record.get('summary')}")
         self.seq, self.prev = record["seq"], record["hash"]
+        if self.seq in self.capture:
+            self.captured[self.seq] = self.prev
         self.records += 1
         return True
 
@@ -505,20 +768,132 @@ class _Verifier:
         return f"seq goes backwards: expected seq {expected}, found seq {seq} (inserted, replayed or reordered record)"
 
 
-def verify(paths: list[Path] | Path, hmac_key: bytes | None = None) -> VerifyResult:
-    """Check the whole chain; the result names the FIRST problem's file and line."""
-    files, directory = _expand(paths)
-    if not files:
-        where = str(directory) if directory is not None else None
-        return VerifyResult(False, 0, 0, "no audit files found (wrong directory, or the log was deleted)", where, None)
-    result = _Verifier(files, hmac_key).run()
-    if result.ok:
-        logger.debug("audit chain intact: %d records in %d files", result.records, result.files)
-    return result
+def _check_checkpoints(
+    result: VerifyResult, verifier: _Verifier, directory: Path, writer: str, public_key: Ed25519PublicKey
+) -> VerifyResult:
+    """What the signed checkpoints prove on top of the chain: a verifier with the public key only."""
+    from codexgate.audit_signing import checkpoints_path, prefix_sha256, read_checkpoints
+
+    path = checkpoints_path(directory, writer)
+    checkpoints, problem = read_checkpoints(path, public_key)
+    problems: list[str] = [problem] if problem else []
+    for checkpoint in checkpoints:
+        number, seq = checkpoint["checkpoint"], checkpoint["seq"]
+        found = verifier.captured.get(seq)
+        if found is None and result.ok:
+            problems.append(
+                f"checkpoint {number} signed records up to seq {seq}, but the log ends at seq {result.head_seq}"
+                " (records were cut off or deleted)"
+            )
+        elif found is not None and found != checkpoint["hash"]:
+            problems.append(
+                f"record seq {seq} is not the one checkpoint {number} signed (the chain was rebuilt after an edit)"
+            )
+    claims: dict[str, tuple[int, str, int]] = {}
+    for checkpoint in checkpoints:
+        for item in checkpoint.get("files") or []:
+            claims[item["name"]] = (item["bytes"], item["sha256"], checkpoint["checkpoint"])
+    for name, (size, digest, number) in claims.items():
+        file = directory / name
+        got = prefix_sha256(file, size) if file.is_file() else "missing"
+        if got == "missing":
+            problems.append(f"{name} is missing; checkpoint {number} signed {size} bytes of it")
+        elif got is None:
+            problems.append(f"{name} is shorter than the {size} bytes checkpoint {number} signed (cut off)")
+        elif got != digest:
+            problems.append(
+                f"{name}: its first {size} bytes are not what checkpoint {number} signed "
+                "(records edited, inserted, deleted or reordered)"
+            )
+    notes = list(result.notes)
+    signed_seq = None
+    if checkpoints:
+        last = checkpoints[-1]
+        signed_seq = last["seq"]
+        unsigned = max(0, result.head_seq - signed_seq)
+        notes.append(
+            f"signed: records up to seq {signed_seq} are proven by checkpoint {last['checkpoint']} "
+            f"(key {last['key_id']}, {last['time']}); {unsigned} newer record(s) not signed yet"
+        )
+    if not problems:
+        return dataclasses.replace(result, notes=tuple(notes), signed_seq=signed_seq)
+    if not result.ok:
+        message = f"{result.problem}; signed checkpoints: {'; '.join(problems)}"
+        return dataclasses.replace(result, problem=message, notes=tuple(notes), signed_seq=signed_seq)
+    return dataclasses.replace(
+        result,
+        ok=False,
+        problem="; ".join(problems),
+        file=str(path),
+        line=None,
+        notes=tuple(notes),
+        signed_seq=signed_seq,
+    )
 
 
-def verify_command(paths: list[str], data_dir: str | None, hmac_key_ref: str | None) -> int:
-    """`codexgate audit verify [--data-dir DIR | PATH...]`: print the verdict, return the exit code."""
+def verify_chains(
+    paths: list[Path] | list[str] | Path | str,
+    hmac_key: bytes | None = None,
+    public_key: Ed25519PublicKey | None = None,
+) -> list[VerifyResult]:
+    """Check every chain (one per writer) in `paths`; each result names its FIRST problem's file and line.
+
+    With `public_key`, the writer's signed checkpoints are checked as well, and an HMAC chain is
+    checked without its key (links only: the checkpoints' file digests prove the content)."""
+    results: list[VerifyResult] = []
+    for writer, files, directory in _expand(paths):
+        if not files:
+            where = str(directory) if directory is not None else None
+            problem = "no audit files found (wrong directory, or the log was deleted)"
+            results.append(VerifyResult(False, 0, 0, problem, where, None, writer=writer))
+            continue
+        check_hashes = True
+        captured: set[int] = set()
+        if public_key is not None and directory is not None:
+            from codexgate.audit_signing import checkpoints_path, read_checkpoints
+
+            checkpoints, _ = read_checkpoints(checkpoints_path(directory, writer), public_key)
+            captured = {checkpoint["seq"] for checkpoint in checkpoints}
+            if hmac_key is None and checkpoints and checkpoints[-1].get("chain") == "hmac-sha256":
+                check_hashes = False
+        verifier = _Verifier(files, hmac_key, check_hashes, captured)
+        verifier.writer = writer
+        result = verifier.run()
+        if public_key is not None and directory is not None:
+            result = _check_checkpoints(result, verifier, directory, writer, public_key)
+        if result.ok:
+            logger.debug("audit chain %r intact: %d records in %d files", writer, result.records, result.files)
+        results.append(result)
+    return results
+
+
+def verify(
+    paths: list[Path] | Path, hmac_key: bytes | None = None, public_key: Ed25519PublicKey | None = None
+) -> VerifyResult:
+    """Check the whole log (every writer's chain); the result names the FIRST problem's file and line."""
+    results = verify_chains(paths, hmac_key, public_key)
+    if not results:
+        return VerifyResult(False, 0, 0, "no audit files found", None, None)
+    if len(results) == 1:
+        return results[0]
+    bad = next((result for result in results if not result.ok), None)
+    combined = dataclasses.replace(
+        bad or results[0],
+        records=sum(result.records for result in results),
+        files=sum(result.files for result in results),
+        crashes=tuple(crash for result in results for crash in result.crashes),
+        notes=tuple(note for result in results for note in result.notes),
+    )
+    if bad is not None and bad.problem is not None:
+        combined = dataclasses.replace(combined, problem=f"chain {bad.writer or '(default)'}: {bad.problem}")
+    return combined
+
+
+def verify_command(
+    paths: list[str], data_dir: str | None, hmac_key_ref: str | None, public_key_path: str | None = None
+) -> int:
+    """`codexgate audit verify`: print the verdict per chain; exit 0 intact, 1 tampered or damaged,
+    2 intact but with crashes recorded (requests recovered from the write-ahead log)."""
     from codexgate.secrets import SecretResolver, SecretUnavailable
 
     if paths:
@@ -526,7 +901,7 @@ def verify_command(paths: list[str], data_dir: str | None, hmac_key_ref: str | N
         for raw in paths:
             path = Path(raw).expanduser()
             # Accept the data dir itself as well as its audit subdirectory.
-            if path.is_dir() and not audit_files(path) and (path / "audit").is_dir():
+            if path.is_dir() and not writers(path) and (path / "audit").is_dir():
                 path = path / "audit"
             targets.append(path)
     else:
@@ -544,20 +919,45 @@ def verify_command(paths: list[str], data_dir: str | None, hmac_key_ref: str | N
         except SecretUnavailable as exc:
             print(f"ERROR: audit HMAC key: {exc}")
             return 1
+    public_key = None
+    if public_key_path:
+        from codexgate.audit_signing import load_public_key
+
+        try:
+            public_key = load_public_key(Path(public_key_path).expanduser())
+        except (OSError, ValueError) as exc:
+            print(f"ERROR: public key: {exc}")
+            return 1
     missing = [str(path) for path in targets if not path.exists()]
     if missing:
         print(f"ERROR: no such file or directory: {', '.join(missing)}")
         return 1
-    result = verify(targets[0] if len(targets) == 1 else targets, key)
-    if result.ok:
-        print(f"OK: {result.records} records in {result.files} files, chain intact")
-        print(f"head: seq {result.head_seq} hash {result.head_hash}")
-        return 0
-    where = result.file or "?"
-    if result.line is not None:
-        where = f"{where}:{result.line}"
-    print(f"TAMPERED: {result.problem} at {where}")
-    return 1
+    results = verify_chains(targets[0] if len(targets) == 1 else targets, key, public_key)
+    status = 0
+    for result in results:
+        label = f"chain {result.writer}: " if result.writer else ""
+        if not result.ok:
+            where = result.file or "?"
+            if result.line is not None:
+                where = f"{where}:{result.line}"
+            print(f"{label}TAMPERED: {result.problem} at {where}")
+            status = 1
+        elif result.crashes:
+            print(
+                f"{label}CRASH: {result.records} records in {result.files} files, chain intact, but the gateway "
+                f"crashed {len(result.crashes)} time{'s' if len(result.crashes) != 1 else ''}; what was in flight "
+                "was recorded from its write-ahead log:"
+            )
+            status = max(status, 2)
+        else:
+            print(f"{label}OK: {result.records} records in {result.files} files, chain intact")
+        for crash in result.crashes:
+            print(f"  crash at {crash}")
+        if result.ok:
+            print(f"{label}head: seq {result.head_seq} hash {result.head_hash}")
+        for note in result.notes:
+            print(f"  note: {note}")
+    return status
 
 
 def _utc_iso(epoch: float) -> str:

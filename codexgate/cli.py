@@ -154,8 +154,18 @@ def mitm_arguments(
 
 
 def cmd_up(args: argparse.Namespace) -> int:
+    from codexgate import datadir
+
     config = mitm_config()
     data_dir = ensure_data_dir(Path(args.data_dir).expanduser() if args.data_dir else default_data_dir())
+    try:
+        # Before anything in the data dir is touched; kept across the exec below (codexgate/datadir.py).
+        lock_fd = datadir.acquire(data_dir)
+    except datadir.DataDirBusy as exc:
+        print(f"codexgate up: {exc}", file=sys.stderr)
+        return 1
+    os.set_inheritable(lock_fd, True)
+    os.environ[datadir.LOCK_FD_ENV] = str(lock_fd)
     demo_key = None
     if args.policy:
         # Absolute, not resolved: a ConfigMap mount swaps the symlinks under the path on each update
@@ -284,7 +294,22 @@ def cmd_usage(args: argparse.Namespace) -> int:
 def cmd_audit_verify(args: argparse.Namespace) -> int:
     from codexgate.audit import verify_command
 
-    return verify_command(args.paths, args.data_dir, args.hmac_key)
+    return verify_command(args.paths, args.data_dir, args.hmac_key, args.public_key)
+
+
+def cmd_audit_keygen(args: argparse.Namespace) -> int:
+    from codexgate.audit_signing import write_key_pair
+
+    private, public = Path(args.private).expanduser(), Path(args.public).expanduser()
+    try:
+        key_id = write_key_pair(private, public)
+    except FileExistsError:
+        print(f"codexgate audit keygen: {private} exists; not overwriting a signing key", file=sys.stderr)
+        return 1
+    print(f"key {key_id}: private {private} (0600: keep it with the gateway or in a secret store), public {public}")
+    print(f"  gateway:  codexgate up --set codexgate_audit_signing_key=file:{private}")
+    print(f"  auditor:  codexgate audit verify --public-key {public} [--data-dir DIR]")
+    return 0
 
 
 def _install_ca_file(path: Path, data_dir: Path) -> bool:
@@ -394,8 +419,15 @@ def build_parser() -> argparse.ArgumentParser:
     verify = audit_sub.add_parser("verify", help="check the hash chain; exit 1 at the first tampered record")
     verify.add_argument("--data-dir", help="verify DATA_DIR/audit (default: $CODEXGATE_HOME or ~/.codexgate)")
     verify.add_argument("--hmac-key", help="env:NAME or file:PATH of the HMAC key, if the log is keyed")
+    verify.add_argument(
+        "--public-key", help="PEM public key of the signed checkpoints: proves the log without any secret"
+    )
     verify.add_argument("paths", nargs="*", help="audit files or directories, in order")
     verify.set_defaults(func=cmd_audit_verify)
+    keygen = audit_sub.add_parser("keygen", help="make the Ed25519 key pair that signs audit checkpoints")
+    keygen.add_argument("--private", default="audit-signing.key", help="private key file to create (0600)")
+    keygen.add_argument("--public", default="audit-signing.pub", help="public key file for auditors")
+    keygen.set_defaults(func=cmd_audit_keygen)
 
     ca = sub.add_parser("ca", help="print the gateway CA certificate path (CODEX_CA_CERTIFICATE); export/import")
     ca.add_argument("--data-dir")

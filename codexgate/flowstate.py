@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import time
 from typing import Any
@@ -29,13 +30,21 @@ class Translation:
 
 @dataclasses.dataclass(eq=False)
 class GatewayRequest:
+    """The live state of one governed request, in `flow.metadata["codexgate"]` (see `state_of`).
+
+    mitmproxy copies `flow.metadata` with `copy.deepcopy` whenever it serializes a flow
+    (`save_stream_file`, mitmweb's flow dump, `flow.copy()`); its flow files hold only plain
+    values. A deep copy of this object is therefore its *record*, `as_record()`: plain values
+    (key name, team, model, decision, cost, ...), never the policy, the body (the prompt) or a
+    credential. The object itself stays on the live flow, unchanged, for the chain."""
+
     request_id: str
-    policy: CompiledPolicy
+    policy: CompiledPolicy = dataclasses.field(repr=False)
     mode: str  # "gateway" (base-URL listener) or "proxy"
     transport: str = "http"  # "ws": a response.create on a Responses WebSocket (addons/websocket.py)
     started: float = dataclasses.field(default_factory=time.time)
     endpoint: str | None = None  # responses / chat / models
-    body: dict[str, Any] | None = None
+    body: dict[str, Any] | None = dataclasses.field(default=None, repr=False)  # the prompt: never in a log line
     stream: bool = False
     session_id: str | None = None
     key: VirtualKey | None = None
@@ -54,14 +63,47 @@ class GatewayRequest:
     received_at: float | None = None  # when the whole request had arrived (Intake)
     forwarded_at: float | None = None  # when Seal let the request leave for the provider
     accounted: bool = False
-    translation: Translation | None = None
+    translation: Translation | None = dataclasses.field(default=None, repr=False)
     key_index: int = 0  # which of the provider's keys
-    relayed: Any = None  # addons.resilience.RelayedRequest when the failover relay carries the request
+    relayed: Any = dataclasses.field(default=None, repr=False)  # addons.resilience.RelayedRequest (relay)
     attempts: list[dict[str, Any]] | None = None  # what the relay tried, as it reported
     metering: Any = None  # addons.limits.Metering, once admission priced the request
     cost_usd: float | None = None
     charge_basis: str | None = None  # actual / estimate / upstream_error / release
     notes: list[str] = dataclasses.field(default_factory=list)
+
+    def as_record(self) -> dict[str, Any]:
+        """The request in plain values, for flow files and mitmweb's dump (no body, no secret)."""
+        usage = self.usage if self.usage is not None else (self.reader.usage if self.reader is not None else None)
+        estimate = getattr(getattr(self.metering, "estimate", None), "usd", None)
+        return {
+            "request_id": self.request_id,
+            "mode": self.mode,
+            "endpoint": self.endpoint,
+            "stream": self.stream,
+            "session_id": self.session_id,
+            "key": self.key.name if self.key is not None else None,
+            "team": self.team,
+            "org": self.org,
+            "model_requested": self.model_requested,
+            "model": self.model,
+            "provider": self.provider,
+            "upstream_model": self.upstream_model,
+            "decision": self.decision,
+            "usage": usage.as_dict() if usage is not None else None,
+            "estimate_usd": estimate if isinstance(estimate, float | int) else None,
+            "cost_usd": self.cost_usd,
+            "charge": self.charge_basis,
+            "attempts": copy.deepcopy(self.attempts),
+            "started": self.started,
+            "forwarded_at": self.forwarded_at,
+            "first_byte": self.first_byte,
+            "notes": list(self.notes),
+        }
+
+    def __deepcopy__(self, memo: dict[int, Any]) -> dict[str, Any]:
+        # See the class docstring: this is how mitmproxy's flow serialization sees the request.
+        return self.as_record()
 
 
 def state_of(flow: http.HTTPFlow) -> GatewayRequest | None:

@@ -62,6 +62,20 @@ class GatewayMetrics:
             "codexgate_upstream_attempts", "Upstream attempts by outcome (ok, http_<status>, error).",
             ["provider", "outcome"], registry=self.registry,
         )  # fmt: skip
+        self.audit_breaks = Counter(
+            "codexgate_audit_chain_breaks", "Times the audit writer found its file replaced, truncated or deleted "
+            "and started a new segment.", registry=self.registry,
+        )  # fmt: skip
+        self.audit_failures = Counter(
+            "codexgate_audit_write_failures",
+            "Audit and write-ahead records that could not be written.",
+            registry=self.registry,
+        )
+        self.recovered = Counter(
+            "codexgate_recovered_requests", "Forwarded requests recorded at start-up from the write-ahead log, "
+            "by what was missing (answer: no record at all; settlement: only the store's).", ["missing"],
+            registry=self.registry,
+        )  # fmt: skip
         self.duration = Histogram(
             "codexgate_request_duration_seconds", "Time from request to the end of the answer.", ["provider"],
             registry=self.registry, buckets=(0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300),
@@ -82,6 +96,8 @@ class GatewayMetrics:
             self.keys_scrubbed.labels(where)
         for result in ("ok", "failed"):
             self.policy_reloads.labels(result)
+        for missing in ("answer", "settlement"):
+            self.recovered.labels(missing)
         for operation in ("reserve", "settle"):
             for policy in ("closed", "open"):
                 self.store_errors.labels(operation, policy)
