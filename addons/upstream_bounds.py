@@ -29,7 +29,7 @@ from codexgate.bounded import clip
 from codexgate.errors import error_response
 from codexgate.flowstate import GatewayRequest, state_of
 from codexgate.metrics import GatewayMetrics
-from codexgate.mitm_seams import FAILED_EVENT, UPSTREAM_FAILURE, UpstreamFailure
+from codexgate.mitm_seams import FAILED_EVENT, UPSTREAM_FAILURE, LiveCallable, UpstreamFailure
 from codexgate.usage import StreamUsageReader
 
 logger = logging.getLogger(__name__)
@@ -54,6 +54,9 @@ class _Watch:
     last_data: float = 0.0
     tail: bytes = b""  # the stream's last two bytes
     done: bool = False
+
+    def __deepcopy__(self, memo: dict[int, object]) -> None:
+        return None  # live timers: not part of a saved flow (mitmproxy serializes a deep copy)
 
     def cancel(self) -> None:
         self.done = True
@@ -133,7 +136,7 @@ class UpstreamBounds:
         watch = _Watch(settings.connect_timeout, settings.first_byte_timeout, settings.idle_timeout,
                        settings.total_timeout, loop.time())  # fmt: skip
         flow.metadata[WATCH_KEY] = watch
-        flow.metadata[FAILED_EVENT] = stream_failure_event
+        flow.metadata[FAILED_EVENT] = LiveCallable(stream_failure_event)
         watch.timer = loop.call_at(watch.started + min(watch.connect, watch.first_byte), self._check, flow, watch)
 
     def _check(self, flow: http.HTTPFlow, watch: _Watch) -> None:

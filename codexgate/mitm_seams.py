@@ -63,6 +63,26 @@ class UpstreamFailure:
     def __repr__(self) -> str:
         return f"UpstreamFailure({self.status}, {self.code!r})"
 
+    def __deepcopy__(self, memo: dict[int, Any]) -> dict[str, Any]:
+        # What mitmproxy serializes (saved flows, mitmweb's dump): plain values.
+        return {"status": self.status, "code": self.code, "message": self.message, "received": self.received}
+
+
+class LiveCallable:
+    """A function kept in `flow.metadata` for the live flow only: mitmproxy serializes a deep copy
+    of the metadata (saved flows, mitmweb), where it becomes None instead of failing the flow."""
+
+    __slots__ = ("function",)
+
+    def __init__(self, function: Callable[..., Any]) -> None:
+        self.function = function
+
+    def __call__(self, *args: Any) -> Any:
+        return self.function(*args)
+
+    def __deepcopy__(self, memo: dict[int, Any]) -> None:
+        return None
+
 
 def marked(status: int, code: str, message: str) -> str:
     """An error message the JSON error page turns into exactly this answer."""
