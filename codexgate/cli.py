@@ -164,6 +164,18 @@ def cmd_up(args: argparse.Namespace) -> int:
     except datadir.DataDirBusy as exc:
         print(f"codexgate up: {exc}", file=sys.stderr)
         return 1
+    try:
+        return _up_locked(args, config, data_dir, lock_fd)
+    finally:
+        # Reached only when `up` stops before the exec into mitmproxy (a bad option, a broken
+        # policy): the next `up` in this process, or any other, must find the data dir free.
+        os.environ.pop(datadir.LOCK_FD_ENV, None)
+        datadir.release(lock_fd)
+
+
+def _up_locked(args: argparse.Namespace, config: dict[str, Any], data_dir: Path, lock_fd: int) -> int:
+    from codexgate import datadir
+
     os.set_inheritable(lock_fd, True)
     os.environ[datadir.LOCK_FD_ENV] = str(lock_fd)
     demo_key = None
