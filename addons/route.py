@@ -67,6 +67,21 @@ class Route:
         relayable = [c for c in candidates if not isinstance(providers[c.provider], MockProvider)]
         self._relayed(flow, state, relayable)
 
+    def response(self, flow: http.HTTPFlow) -> None:
+        self._release_plan(flow)
+
+    def error(self, flow: http.HTTPFlow) -> None:
+        self._release_plan(flow)
+
+    def _release_plan(self, flow: http.HTTPFlow) -> None:
+        """Drop the relay plan of a request that never reached the relay — refused by a later
+        step (Limits, Credentials, Seal) or failed before it left — instead of holding its
+        closure and body until `total_timeout`. A plan the relay took is already gone: no-op."""
+        state = state_of(flow)
+        relayed = state.relayed if state is not None else None
+        if relayed is not None and relayed.token and self._resilience.relay is not None:
+            self._resilience.relay.discard(relayed.token)
+
     # -- one deployment: mitmproxy forwards the request itself ---------------------------------------
 
     def _direct(self, flow: http.HTTPFlow, state: GatewayRequest, chosen: Candidate) -> None:
