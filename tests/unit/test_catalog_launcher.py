@@ -158,6 +158,17 @@ def test_launch_keeps_the_key_out_of_codex_and_its_tools(tmp_path: Path) -> None
     )
     assert proxy_argv[0] == "--no-daemon" and "model_provider" not in _config_values(proxy_argv)
 
+    assert "shell_environment_policy.set.HTTPS_PROXY" not in _config_values(proxy_argv)
+
+
+def test_proxy_credentials_reach_codex_but_not_its_tools(tmp_path: Path) -> None:
+    key = "sk-cg-secret/key"  # (a character that must be escaped in a URL's userinfo)
+    target = Target("proxy", "http://gw:8080", key, tmp_path / "ca.pem", proxy_auth=True)
+    argv, launch_env = codex_launch(target, {"PATH": "/bin"}, ["exec", "hi"], tmp_path / "overlay")
+    assert launch_env["HTTPS_PROXY"] == "http://codex:sk-cg-secret%2Fkey@gw:8080"
+    assert _config_values(argv)["shell_environment_policy.set.HTTPS_PROXY"] == "http://gw:8080"
+    assert not any(key in arg or "secret" in arg for arg in argv)
+
 
 def _args(**given: object) -> argparse.Namespace:
     defaults: dict[str, object] = {"mode": "base-url", "key": None, "gateway": None, "ca": None}
