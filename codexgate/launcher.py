@@ -541,13 +541,20 @@ def banner_commands(
         f"  {program} {shlex.join(['codex', '--mode', 'proxy', '--gateway', proxy, *data, '--', '-m', model])}",
     ]
     if key:
-        codex = shlex.quote(find_codex(data_dir, install=False)) if _codex_installed(data_dir) else "codex"
+        # Not installed here yet: npx fetches the version the launcher would install.
+        codex = (
+            shlex.quote(find_codex(data_dir, install=False))
+            if _codex_installed(data_dir)
+            else f"npx -y {CODEX_NPM_PACKAGE}"
+        )
+        # --skip-git-repo-check: `codex exec` otherwise refuses to run outside a git repository.
+        exec_ = f"{codex} exec --skip-git-repo-check"
         lines += [
             "Or without the launcher (`codex exec`; the terminal UI needs `codex login --with-api-key`):",
-            f"  CODEX_API_KEY={key} {codex} exec -c {shlex.quote(f'openai_base_url={json.dumps(base_url)}')}"
+            f"  CODEX_API_KEY={key} {exec_} -c {shlex.quote(f'openai_base_url={json.dumps(base_url)}')}"
             f" -m {model} 'say hello'",
             f"  HTTPS_PROXY={proxy} CODEX_CA_CERTIFICATE={shlex.quote(str(ca_cert))} CODEX_API_KEY={key}"
-            f" {codex} exec -m {model} 'say hello'",
+            f" {exec_} -m {model} 'say hello'",
         ]
     return lines
 

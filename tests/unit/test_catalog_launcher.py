@@ -221,6 +221,10 @@ def test_banner_commands_work_as_pasted(tmp_path: Path, monkeypatch: pytest.Monk
         assert Path(words[0]).is_absolute()  # this Python (or codexgate's absolute path), not a bare name
         assert "--data-dir" in words and str(tmp_path / "data") in words  # a data dir other than the default
     assert any("--mode proxy --gateway http://127.0.0.1:8080" in line for line in lines)
+    # `codex exec` lines: Codex fetched by npx when it is not installed, and runnable outside a git repository.
+    execs = [line for line in lines if " exec " in line]
+    assert len(execs) == 2
+    assert all("npx -y @openai/codex@0.169.0 exec --skip-git-repo-check " in line for line in execs), execs
     # Without a demo key (a policy of one's own): only the launcher, which asks for the key.
     assert not any("CODEX_API_KEY" in line for line in banner_commands(
         "127.0.0.1", 8080, 4000, tmp_path / "ca.pem", tmp_path / "data", None, "mock-model"
