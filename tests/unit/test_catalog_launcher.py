@@ -211,6 +211,7 @@ def test_banner_commands_work_as_pasted(tmp_path: Path, monkeypatch: pytest.Monk
     from codexgate.launcher import banner_commands
 
     monkeypatch.setenv("PATH", "/nonexistent")  # neither codexgate nor codex on PATH
+    monkeypatch.delenv("CODEXGATE_CODEX_BIN", raising=False)  # (./dev test points it at its own Codex)
     monkeypatch.setenv("CODEXGATE_HOME", str(tmp_path / "default-home"))
     lines = banner_commands("127.0.0.1", 8080, 4000, tmp_path / "ca.pem", tmp_path / "data", "sk-cg-demo", "mock-model")
     text = "\n".join(lines)
