@@ -23,8 +23,8 @@ Per launch the launcher also
   Codex the key as proxy credentials (`HTTPS_PROXY=http://codex:KEY@host:port`) — the one place
   the key is in Codex's environment — and hands the commands Codex runs the proxy URL *without*
   them (`shell_environment_policy.set`, applied after every exclude): a tool's request through the
-  proxy is then refused `407` with the gateway's reason instead of carrying the developer's key,
-  and a tool that should not go through the proxy is not silently sent around it either;
+  proxy is then refused `407` with the gateway's reason instead of carrying the developer's key
+  (dropping `HTTPS_PROXY` for the tools instead would send them around the gateway's egress policy);
 - runs Codex with `--no-daemon`: a shared background server would keep another launch's settings.
 """
 
