@@ -135,5 +135,9 @@ def test_codex_through_a_proxy_that_requires_the_key(proxy_auth_gateway: Gateway
     assert [r["decision"] for r in records].count("answered") >= 2 and {r["mode"] for r in records} == {"proxy"}
     seen = (tmp_path / "work" / "env-of-tools.txt").read_text()
     assert ALICE_KEY not in seen and f"HTTPS_PROXY={proxy_auth_gateway.proxy_url}\n" in seen
+    # Nor in any file Codex or the gateway wrote (logs, log database, accounting, audit), but the
+    # overlay's own sign-in.
+    holding = [p for p in tmp_path.rglob("*") if p.is_file() and ALICE_KEY.encode() in p.read_bytes()]
+    assert holding == [tmp_path / "codexgate-home" / "codex-home" / "auth.json"], holding
     assert gateway_errors(result.stderr.splitlines()) == []
     assert gateway_errors(log_db_errors(tmp_path / "codexgate-home" / "codex-home")) == []
