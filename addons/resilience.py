@@ -110,6 +110,8 @@ class Resilience:
     async def running(self) -> None:
         self.relay = Relay(on_attempt=self._on_attempt, on_auth_failure=self._on_auth_failure)
         await self.relay.start()  # it logs where it listens
+        relay = self.relay
+        self._metrics.relay_plans.set_function(lambda: relay.pending)  # read at scrape time
 
     async def done(self) -> None:
         if self.relay is not None:

@@ -25,6 +25,7 @@ from codexgate.headers import CLIENT_CREDENTIAL_HEADERS
 from codexgate.metrics import GatewayMetrics
 from codexgate.policies.schema import MockProvider, OpenAIProvider
 from codexgate.providers.adapters import CODEX_HEADERS, Adapter, adapter_for, new_context
+from codexgate.providers.base import UnsupportedRequest, refuse_stateful
 from codexgate.providers.openai import auth_headers, upstream_target
 from codexgate.resilience import Attempt, Plan, Timeouts
 from codexgate.usage import StreamUsageReader
@@ -60,12 +61,36 @@ class Route:
             raise RuntimeError(f"admitted model {state.model} has no entry")
         candidates = await self._resilience.order(state)
         providers = state.policy.policy.providers
+        if state.endpoint == "responses" and needs_stored_state(state.body):
+            # Only OpenAI-style deployments keep responses; a translated one would refuse the
+            # request after the relay had already counted it a failed attempt (and tried the next,
+            # ending in 502). Such a request goes to the deployments that can serve it, in order.
+            servable = [c for c in candidates if adapter_for(providers[c.provider]) is None]
+            if not servable:
+                refuse(flow, stateful_refusal(state.body, candidates[0].provider), "invalid_body")
+                return
+            candidates = servable
         first = candidates[0]
         if len(candidates) == 1 or isinstance(providers[first.provider], MockProvider):
             self._direct(flow, state, first)
             return
         relayable = [c for c in candidates if not isinstance(providers[c.provider], MockProvider)]
         self._relayed(flow, state, relayable)
+
+    def response(self, flow: http.HTTPFlow) -> None:
+        self._release_plan(flow)
+
+    def error(self, flow: http.HTTPFlow) -> None:
+        self._release_plan(flow)
+
+    def _release_plan(self, flow: http.HTTPFlow) -> None:
+        """Drop the relay plan of a request that never reached the relay — refused by a later
+        step (Limits, Credentials, Seal) or failed before it left — instead of holding its
+        closure and body until `total_timeout`. A plan the relay took is already gone: no-op."""
+        state = state_of(flow)
+        relayed = state.relayed if state is not None else None
+        if relayed is not None and relayed.token and self._resilience.relay is not None:
+            self._resilience.relay.discard(relayed.token)
 
     # -- one deployment: mitmproxy forwards the request itself ---------------------------------------
 
@@ -226,6 +251,20 @@ def prepare_translation(state: GatewayRequest, adapter: Adapter, upstream: str, 
         translation.chat_model = chat_model
         translation.chat_usage = chat_ingress.wants_usage(state.body)
     return translation
+
+
+def needs_stored_state(body: dict[str, Any]) -> bool:
+    """A Responses request that relies on OpenAI keeping responses (see `refuse_stateful`)."""
+    return body.get("previous_response_id") is not None or body.get("background") is True
+
+
+def stateful_refusal(body: dict[str, Any], provider: str) -> http.Response:
+    """The 400 a translated provider gives such a request, naming the parameter."""
+    try:
+        refuse_stateful(body, provider)
+    except UnsupportedRequest as refusal:
+        return http.Response.make(400, json.dumps(refusal.body()).encode(), {"content-type": "application/json"})
+    raise AssertionError("needs_stored_state and refuse_stateful disagree")
 
 
 def unsupported_chat(provider: str | None) -> http.Response:

@@ -473,6 +473,13 @@ class TraceEnd:
         if not self.tracing.enabled:
             return
         try:
+            state = state_of(flow)
+            if state is not None and state.decision == "client_disconnected":
+                # Charge.error (before this step) found the client left: not the provider's failure.
+                # 499 before any answer started, as the accounting line says.
+                status = flow.response.status_code if flow.response is not None else 499
+                self.tracing.finish(flow, status, error="client_disconnected")
+                return
             status = flow.response.status_code if flow.response is not None else 502
             self.tracing.finish(flow, status, error="upstream_error")
         except Exception:

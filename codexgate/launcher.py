@@ -19,6 +19,12 @@ Per launch the launcher also
 - keeps the key out of the commands Codex runs: the key is not in Codex's environment at all,
   and `shell_environment_policy.exclude` drops every variable holding it or another gateway
   credential, while `HTTPS_PROXY` and the CA stay so package managers work through the gateway;
+- in proxy mode, when the gateway answers the check `407` (`gateway.proxy_auth: required`), gives
+  Codex the key as proxy credentials (`HTTPS_PROXY=http://codex:KEY@host:port`) — the one place
+  the key is in Codex's environment — and hands the commands Codex runs the proxy URL *without*
+  them (`shell_environment_policy.set`, applied after every exclude): a tool's request through the
+  proxy is then refused `407` with the gateway's reason instead of carrying the developer's key
+  (dropping `HTTPS_PROXY` for the tools instead would send them around the gateway's egress policy);
 - runs Codex with `--no-daemon`: a shared background server would keep another launch's settings.
 """
 
@@ -38,6 +44,7 @@ import subprocess
 import sys
 import tomllib
 import urllib.error
+import urllib.parse
 import urllib.request
 from pathlib import Path
 from typing import Any
@@ -104,10 +111,24 @@ class Target:
     gateway: str  # proxy URL, or the base URL ending in /v1
     key: str
     ca: Path | None  # proxy mode: the gateway CA
+    proxy_auth: bool = False  # proxy mode: the gateway wants the key as proxy credentials (it answered 407)
 
     @property
     def check_url(self) -> str:
         return "https://api.openai.com/v1/models" if self.mode == "proxy" else f"{self.gateway}/models"
+
+    @property
+    def proxy_url(self) -> str:
+        """The proxy URL Codex (and the check) use: with the key as credentials when the gateway asks for them."""
+        if not self.proxy_auth:
+            return self.gateway
+        parts = urllib.parse.urlsplit(self.gateway)
+        credentials = f"codex:{urllib.parse.quote(self.key, safe='')}"
+        return urllib.parse.urlunsplit(parts._replace(netloc=f"{credentials}@{parts.netloc}"))
+
+
+class ProxyAuthRequired(LaunchError):
+    """The proxy answered 407: it serves only clients giving a virtual key as proxy credentials."""
 
 
 def normalise_gateway(mode: str, url: str) -> str:
@@ -124,7 +145,7 @@ def opener(target: Target) -> urllib.request.OpenerDirector:
     if target.mode == "proxy":
         context = ssl.create_default_context(cafile=str(target.ca) if target.ca else None)
         return urllib.request.build_opener(
-            urllib.request.ProxyHandler({"https": target.gateway, "http": target.gateway}),
+            urllib.request.ProxyHandler({"https": target.proxy_url, "http": target.proxy_url}),
             urllib.request.HTTPSHandler(context=context),
         )
     return urllib.request.build_opener(urllib.request.ProxyHandler({}))
@@ -144,11 +165,19 @@ def gateway_get(target: Target, url: str) -> bytes:
             return bytes(response.read())
     except urllib.error.HTTPError as exc:
         message = _error_message(exc.read())
+        if exc.code == 407 and target.mode == "proxy":
+            raise ProxyAuthRequired(f"the gateway refused the key as proxy credentials (407): {message}") from None
         if exc.code in (401, 403):
             raise LaunchError(f"the gateway refused the key ({exc.code}): {message}") from None
         raise LaunchError(f"the gateway answered {exc.code} to GET {url}: {message}") from None
     except urllib.error.URLError as exc:
         reason = exc.reason
+        if target.mode == "proxy" and "Tunnel connection failed: 407" in str(reason):  # (http.client's words)
+            raise ProxyAuthRequired(
+                "the gateway refused the key as proxy credentials (407 to CONNECT)"
+                if target.proxy_auth
+                else "the gateway's proxy asks for proxy credentials (407 to CONNECT)"
+            ) from None
         if isinstance(reason, ssl.SSLCertVerificationError) or "CERTIFICATE_VERIFY_FAILED" in str(reason):
             raise LaunchError(
                 f"the gateway's certificate is not signed by the CA {target.ca}: use the CA of the gateway you "
@@ -161,11 +190,19 @@ def gateway_get(target: Target, url: str) -> bytes:
         raise LaunchError(f"cannot reach the gateway at {target.gateway} ({exc})") from None
 
 
-def check_target(target: Target) -> list[str]:
-    """The model ids the key may use, from `GET /v1/models` through the gateway."""
-    body = gateway_get(target, target.check_url)
+def check_target(target: Target) -> tuple[Target, list[str]]:
+    """The target as it reaches the gateway (with proxy credentials if the proxy asks for them)
+    and the model ids the key may use, from `GET /v1/models` through the gateway."""
     try:
-        return [str(model["id"]) for model in json.loads(body)["data"]]
+        body = gateway_get(target, target.check_url)
+    except ProxyAuthRequired:
+        if target.proxy_auth:
+            raise
+        # The CONNECT was refused before the key in Authorization was seen; once more, as Codex will.
+        target = dataclasses.replace(target, proxy_auth=True)
+        body = gateway_get(target, target.check_url)
+    try:
+        return target, [str(model["id"]) for model in json.loads(body)["data"]]
     except (ValueError, KeyError, TypeError):
         raise LaunchError(f"{target.check_url} did not answer like codexgate (no model list)") from None
 
@@ -212,7 +249,7 @@ def resolve_target(args: argparse.Namespace, data_dir: Path, env: dict[str, str]
             continue
         target = Target(mode, normalise_gateway(mode, gateway), key, ca)
         try:
-            models = check_target(target)
+            target, models = check_target(target)
         except LaunchError as exc:
             sys.stderr.write(f"codexgate: {exc}\n")
             continue
@@ -384,7 +421,11 @@ def codex_launch(
     # developer's own tokens (NPM_TOKEN, GITHUB_TOKEN) from the commands that need them.
     config = ["-c", f"shell_environment_policy.exclude=[{', '.join(_toml_string(name) for name in excludes)}]"]
     if target.mode == "proxy":
-        env["HTTPS_PROXY"] = target.gateway
+        env["HTTPS_PROXY"] = target.proxy_url
+        if target.proxy_auth:
+            # Codex needs the credentials; the commands it runs get the bare proxy URL (`set` comes
+            # after the excludes in Codex's env policy, so it replaces the inherited value).
+            config += ["-c", f"shell_environment_policy.set.HTTPS_PROXY={_toml_string(target.gateway)}"]
         if target.ca is not None:
             env["CODEX_CA_CERTIFICATE"] = str(target.ca)
     else:
@@ -453,7 +494,7 @@ def cmd_codex(args: argparse.Namespace) -> int:
     try:
         target = resolve_target(args, data_dir, env, interactive=sys.stdin.isatty() and sys.stderr.isatty())
         # Gateway, key (and CA) checked before Codex starts: otherwise Codex loops on "Reconnecting…".
-        models = check_target(target)
+        target, models = check_target(target)
         codex = find_codex(data_dir)
         overlay = data_dir / OVERLAY_DIR
         developer_home = developer_codex_home(env)
@@ -500,13 +541,20 @@ def banner_commands(
         f"  {program} {shlex.join(['codex', '--mode', 'proxy', '--gateway', proxy, *data, '--', '-m', model])}",
     ]
     if key:
-        codex = shlex.quote(find_codex(data_dir, install=False)) if _codex_installed(data_dir) else "codex"
+        # Not installed here yet: npx fetches the version the launcher would install.
+        codex = (
+            shlex.quote(find_codex(data_dir, install=False))
+            if _codex_installed(data_dir)
+            else f"npx -y {CODEX_NPM_PACKAGE}"
+        )
+        # --skip-git-repo-check: `codex exec` otherwise refuses to run outside a git repository.
+        exec_ = f"{codex} exec --skip-git-repo-check"
         lines += [
             "Or without the launcher (`codex exec`; the terminal UI needs `codex login --with-api-key`):",
-            f"  CODEX_API_KEY={key} {codex} exec -c {shlex.quote(f'openai_base_url={json.dumps(base_url)}')}"
+            f"  CODEX_API_KEY={key} {exec_} -c {shlex.quote(f'openai_base_url={json.dumps(base_url)}')}"
             f" -m {model} 'say hello'",
             f"  HTTPS_PROXY={proxy} CODEX_CA_CERTIFICATE={shlex.quote(str(ca_cert))} CODEX_API_KEY={key}"
-            f" {codex} exec -m {model} 'say hello'",
+            f" {exec_} -m {model} 'say hello'",
         ]
     return lines
 

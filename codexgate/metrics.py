@@ -58,6 +58,10 @@ class GatewayMetrics:
             registry=self.registry, buckets=(0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1),
         )  # fmt: skip
         self.active_streams = Gauge("codexgate_active_streams", "Streamed answers in flight.", registry=self.registry)
+        self.relay_plans = Gauge(
+            "codexgate_relay_plans", "Failover plans registered with the relay and not yet used, discarded or expired.",
+            registry=self.registry,
+        )  # fmt: skip
         self.attempts = Counter(
             "codexgate_upstream_attempts", "Upstream attempts by outcome (ok, http_<status>, error).",
             ["provider", "outcome"], registry=self.registry,

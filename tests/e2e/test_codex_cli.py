@@ -96,3 +96,48 @@ def test_codex_stops_on_a_budget_with_its_name(limited_gateway: Gateway, tmp_pat
     assert 1 <= len(refusals) <= 6 and all(not r["cost_usd"] for r in refusals)
     # (The launcher's own check, GET /v1/models, is answered; no Responses request is.)
     assert not [r for r in limited_gateway.accounting() if r["decision"] == "answered" and r["endpoint"] != "models"]
+
+
+PROXY_AUTH_POLICY = """\
+gateway: {{proxy_auth: required}}
+providers:
+  local: {{kind: mock, output_tokens: 20}}
+models:
+  mock-model: {{routes: [{{provider: local}}], price: {{input_per_mtok: 0, output_per_mtok: 0}}}}
+teams: {{platform: {{org: acme}}}}
+keys:
+  - {{name: alice, team: platform, hash: "{alice}"}}
+"""
+
+
+@pytest.fixture
+def proxy_auth_gateway(tmp_path: Path) -> Iterator[Gateway]:
+    from codexgate.policies.keys import hash_key
+
+    policy = tmp_path / "policy.yaml"
+    policy.write_text(PROXY_AUTH_POLICY.format(alice=hash_key(ALICE_KEY)))
+    gateway = Gateway(policy, tmp_path / "data").start()
+    yield gateway
+    gateway.stop()
+
+
+def test_codex_through_a_proxy_that_requires_the_key(proxy_auth_gateway: Gateway, tmp_path: Path) -> None:
+    """`gateway.proxy_auth: required`: the launcher sees the 407, gives Codex the key as proxy
+    credentials, and the commands Codex runs get the proxy without them."""
+    marker = f"proxied-{uuid.uuid4().hex[:8]}"
+    result = run_codex(
+        proxy_auth_gateway, "proxy", f"please run `echo {marker} && env > env-of-tools.txt` and tell me", tmp_path
+    )
+    output = result.stdout + result.stderr
+    assert result.returncode == 0, output
+    assert marker in result.stdout and "The command finished." in result.stdout
+    records = [r for r in proxy_auth_gateway.accounting() if r["endpoint"] == "responses"]
+    assert [r["decision"] for r in records].count("answered") >= 2 and {r["mode"] for r in records} == {"proxy"}
+    seen = (tmp_path / "work" / "env-of-tools.txt").read_text()
+    assert ALICE_KEY not in seen and f"HTTPS_PROXY={proxy_auth_gateway.proxy_url}\n" in seen
+    # Nor in any file Codex or the gateway wrote (logs, log database, accounting, audit), but the
+    # overlay's own sign-in.
+    holding = [p for p in tmp_path.rglob("*") if p.is_file() and ALICE_KEY.encode() in p.read_bytes()]
+    assert holding == [tmp_path / "codexgate-home" / "codex-home" / "auth.json"], holding
+    assert gateway_errors(result.stderr.splitlines()) == []
+    assert gateway_errors(log_db_errors(tmp_path / "codexgate-home" / "codex-home")) == []

@@ -9,10 +9,12 @@ from collections.abc import Iterator
 import httpx2 as httpx
 import openai
 import pytest
-from fakes.gateway import ALICE_KEY, Gateway
+from fakes.gateway import ALICE_KEY, Gateway, free_port
 from fakes.openai_upstream import FakeOpenAI
 
 from codexgate.policies.keys import hash_key
+
+BROKE_KEY = "sk-cg-failover-broke-" + "0" * 24  # a budget no request fits: Limits refuses after Route
 
 
 @pytest.fixture(scope="module")
@@ -44,9 +46,12 @@ models:
 teams: {{platform: {{org: acme, budgets: [{{limit_usd: 100, period: 1M}}]}}}}
 keys:
   - {{name: alice, team: platform, hash: "{hash_key(ALICE_KEY)}"}}
+  - {{name: broke, team: platform, hash: "{hash_key(BROKE_KEY)}", budgets: [{{limit_usd: 0.000001, period: 1d}}]}}
 """
     )
-    gateway = Gateway(policy, root / "data").start()
+    gateway = Gateway(policy, root / "data")
+    gateway.metrics_port = free_port()
+    gateway.start()
     yield gateway
     gateway.stop()
 
@@ -168,3 +173,27 @@ def test_relay_is_not_reachable_through_the_proxy(ha_gateway: Gateway) -> None:
         answer = http.post(f"http://127.0.0.1:{port}/relay/guessed-token", content=b"{}")
     # Refused by the egress policy (loopback) before the relay's own guard would see it.
     assert answer.status_code == 403 and answer.json()["error"]["code"] == "egress_not_allowed"
+
+
+def relay_plans(gateway: Gateway) -> float:
+    text = httpx.get(f"http://127.0.0.1:{gateway.metrics_port}/metrics", timeout=10).text
+    (line,) = [line for line in text.splitlines() if line.startswith("codexgate_relay_plans ")]
+    return float(line.split()[1])
+
+
+def test_refused_multi_route_requests_leave_no_relay_plan(
+    ha_gateway: Gateway, upstreams: dict[str, FakeOpenAI]
+) -> None:
+    """Route registers a relay plan before Limits refuses; the plan (its closure and the request
+    body) must go with the refusal, not linger for total_timeout (900 s)."""
+    before = {name: len(fake.received) for name, fake in upstreams.items()}
+    broke = openai.OpenAI(api_key=BROKE_KEY, base_url=ha_gateway.base_url, max_retries=0, timeout=30)
+    for model in ("gpt-ha", "gpt-weighted", "gpt-ha"):  # fallbacks and weighted routes: relayed
+        with pytest.raises(openai.APIStatusError) as refused:
+            broke.responses.create(model=model, input="over budget")
+        assert refused.value.status_code == 402
+    assert {name: len(fake.received) for name, fake in upstreams.items()} == before
+    assert relay_plans(ha_gateway) == 0
+    # ...while a request that is relayed still goes through, and its plan is used up.
+    assert sdk(ha_gateway).responses.create(model="gpt-weighted", input="hello").output_text
+    assert relay_plans(ha_gateway) == 0

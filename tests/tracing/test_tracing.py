@@ -305,6 +305,25 @@ def test_upstream_failure_marks_span_and_attempt(traced, collector, compiled):
     assert b"Server disconnected" not in b"".join(collector.raw)
 
 
+def test_client_disconnect_is_not_an_upstream_error(traced, collector, compiled):
+    flow, state = incoming(compiled)
+    traced.tracing.requestheaders(flow)
+    admit_and_route(flow, state, request_body())
+    traced.end.request(flow)
+    flow.error = tflow.terr("Client disconnected.")
+    state.decision = "client_disconnected"  # as Charge.error leaves it when the client left
+    traced.end.error(flow)
+    traced.tracing.done()
+
+    named = by_name(collector.wait_for(2))
+    server, attempt = named["chat gpt-5.5"], named["openai attempt"]
+    assert attributes(server)["codexgate.decision"] == "client_disconnected"
+    assert attributes(server)["error.type"] == "client_disconnected"
+    assert attributes(server)["http.response.status_code"] == 499  # as the accounting line says
+    assert attributes(attempt)["error.type"] == "client_disconnected"
+    assert "upstream_error" not in b"".join(collector.raw).decode(errors="replace")
+
+
 def test_upstream_5xx_answer_is_an_error(traced, collector, compiled):
     flow, state = incoming(compiled)
     traced.tracing.requestheaders(flow)

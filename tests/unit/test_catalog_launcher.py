@@ -158,6 +158,17 @@ def test_launch_keeps_the_key_out_of_codex_and_its_tools(tmp_path: Path) -> None
     )
     assert proxy_argv[0] == "--no-daemon" and "model_provider" not in _config_values(proxy_argv)
 
+    assert "shell_environment_policy.set.HTTPS_PROXY" not in _config_values(proxy_argv)
+
+
+def test_proxy_credentials_reach_codex_but_not_its_tools(tmp_path: Path) -> None:
+    key = "sk-cg-secret/key"  # (a character that must be escaped in a URL's userinfo)
+    target = Target("proxy", "http://gw:8080", key, tmp_path / "ca.pem", proxy_auth=True)
+    argv, launch_env = codex_launch(target, {"PATH": "/bin"}, ["exec", "hi"], tmp_path / "overlay")
+    assert launch_env["HTTPS_PROXY"] == "http://codex:sk-cg-secret%2Fkey@gw:8080"
+    assert _config_values(argv)["shell_environment_policy.set.HTTPS_PROXY"] == "http://gw:8080"
+    assert not any(key in arg or "secret" in arg for arg in argv)
+
 
 def _args(**given: object) -> argparse.Namespace:
     defaults: dict[str, object] = {"mode": "base-url", "key": None, "gateway": None, "ca": None}
@@ -200,6 +211,7 @@ def test_banner_commands_work_as_pasted(tmp_path: Path, monkeypatch: pytest.Monk
     from codexgate.launcher import banner_commands
 
     monkeypatch.setenv("PATH", "/nonexistent")  # neither codexgate nor codex on PATH
+    monkeypatch.delenv("CODEXGATE_CODEX_BIN", raising=False)  # (./dev test points it at its own Codex)
     monkeypatch.setenv("CODEXGATE_HOME", str(tmp_path / "default-home"))
     lines = banner_commands("127.0.0.1", 8080, 4000, tmp_path / "ca.pem", tmp_path / "data", "sk-cg-demo", "mock-model")
     text = "\n".join(lines)
@@ -210,6 +222,10 @@ def test_banner_commands_work_as_pasted(tmp_path: Path, monkeypatch: pytest.Monk
         assert Path(words[0]).is_absolute()  # this Python (or codexgate's absolute path), not a bare name
         assert "--data-dir" in words and str(tmp_path / "data") in words  # a data dir other than the default
     assert any("--mode proxy --gateway http://127.0.0.1:8080" in line for line in lines)
+    # `codex exec` lines: Codex fetched by npx when it is not installed, and runnable outside a git repository.
+    execs = [line for line in lines if " exec " in line]
+    assert len(execs) == 2
+    assert all("npx -y @openai/codex@0.169.0 exec --skip-git-repo-check " in line for line in execs), execs
     # Without a demo key (a policy of one's own): only the launcher, which asks for the key.
     assert not any("CODEX_API_KEY" in line for line in banner_commands(
         "127.0.0.1", 8080, 4000, tmp_path / "ca.pem", tmp_path / "data", None, "mock-model"
