@@ -1,5 +1,11 @@
 """Gateway overhead benchmark: direct vs bare mitmdump vs codexgate, side by side, in one run.
 
+Two kinds of request, each measured on all paths (`--kinds`, default both, streamed first):
+  sse   `"stream": true`, answered with 50 Responses events (`--sse-events`), as Codex always asks;
+        the bare proxies then run with `--set stream_large_bodies=1`, i.e. they stream every body
+        as it arrives, which codexgate must do for a stream
+  json  a non-streamed request, answered with one Responses object
+
 Paths to the same fake OpenAI upstream (`bench/fake_upstream.py`, its own process):
 
   direct          client -> upstream
@@ -15,7 +21,7 @@ A, B, ..., so all see the same moments of the machine; each path's p50 minus A's
 drift between rounds that dominates a difference of two separate measurements (docs/benchmarks.md).
 The load generator is a separate process (this script re-run as `_loadgen`).
 
-    .venv/bin/python bench/bench_overhead.py                # ~2 minutes
+    .venv/bin/python bench/bench_overhead.py                # ~4 minutes (both kinds)
     .venv/bin/python bench/bench_overhead.py --rates 50,200 --duration 5 --json out.json
 """
 
@@ -297,6 +303,12 @@ def sanity_check(name: str, target: dict[str, Any], body: str) -> list[str]:
     status, headers, content = http_post(target["url"], target["headers"], body)
     if status != 200:
         return [f"{name}: HTTP {status}: {content[:200]!r}"]
+    if headers.get("content-type", "").startswith("text/event-stream"):
+        lines = content.split(b"\n")
+        completed = [line[5:] for line in lines if line.startswith(b"data:") and b'"response.completed"' in line]
+        if not completed:
+            return [f"{name}: a stream without response.completed: {content[-200:]!r}"]
+        content = json.dumps(json.loads(completed[-1])["response"]).encode()
     try:
         from openai.types.responses import Response
 
@@ -804,6 +816,13 @@ def markdown_report(report: dict[str, Any]) -> str:
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description="Latency/throughput overhead: direct vs mitmdump vs codexgate.")
+    parser.add_argument(
+        "--kinds",
+        default="sse,json",
+        help="request kinds, measured one after the other (each on all paths, interleaved): sse (streamed, "
+        "the bare proxies with stream_large_bodies=1), json (not streamed)",
+    )
+    parser.add_argument("--sse-events", type=int, default=50, help="events per streamed answer")
     parser.add_argument("--rates", default="50,200", help="open-loop rates in req/s, comma separated")
     parser.add_argument("--duration", type=float, default=10, help="measured seconds per rate and path (all rounds)")
     parser.add_argument(
@@ -884,6 +903,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--py-spy", default=shutil.which("py-spy") or "py-spy", help="py-spy executable")
     parser.add_argument("--keep-dir", action="store_true", help="keep the temporary dir (logs, policy, accounting)")
     args = parser.parse_args(argv)
+    args.kind_list = [k.strip() for k in args.kinds.split(",") if k.strip()]
+    if not args.kind_list or not set(args.kind_list) <= {"sse", "json"}:
+        parser.error("--kinds: sse, json or both")
     args.rate_list = [float(r) for r in args.rates.split(",") if r.strip()]
     if args.ratio_rate not in args.rate_list:
         args.rate_list.append(args.ratio_rate)
@@ -916,36 +938,43 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return args
 
 
-def request_body(size: int, body_file: str | None = None) -> str:
+def request_body(size: int, body_file: str | None = None, stream: bool = False) -> str:
     if body_file:
-        return json.dumps(dict(json.loads(Path(body_file).read_text()), model=MODEL, stream=False))
-    body = {"model": MODEL, "input": "Say hello.", "stream": False}
+        return json.dumps(dict(json.loads(Path(body_file).read_text()), model=MODEL, stream=stream))
+    body: dict[str, Any] = {"model": MODEL, "input": "Say hello.", "stream": stream}
     if size > 0:
         body["input"] = "Say hello. " + "x" * max(0, size - 60)
     return json.dumps(body)
 
 
-def start_mitmdump(procs: Processes, work: Path, upstream_base: str, port: int, env: dict[str, str]) -> None:
-    """Bare mitmdump in reverse mode, no addons (its own confdir keeps ~/.mitmproxy untouched)."""
+def start_mitmdump(
+    procs: Processes, work: Path, upstream_base: str, port: int, env: dict[str, str], stream: bool = False
+) -> None:
+    """Bare mitmdump in reverse mode, no addons (its own confdir keeps ~/.mitmproxy untouched);
+    with `stream`, every body is streamed as it arrives (stream_large_bodies=1)."""
     confdir = work / "mitmdump-conf"
-    confdir.mkdir()
+    confdir.mkdir(exist_ok=True)
     procs.start(
         "mitmdump",
         [sys.executable, "-c", "from mitmproxy.tools.main import mitmdump; mitmdump()"]
         + ["--mode", f"reverse:{upstream_base}@127.0.0.1:{port}"]
-        + ["--set", "flow_detail=0", "--set", "connection_strategy=lazy", "--set", f"confdir={confdir}"],
+        + ["--set", "flow_detail=0", "--set", "connection_strategy=lazy", "--set", f"confdir={confdir}"]
+        + (["--set", "stream_large_bodies=1"] if stream else []),
         env,
     )
 
 
-def start_proxy_core(procs: Processes, work: Path, upstream_base: str, port: int, env: dict[str, str]) -> None:
+def start_proxy_core(
+    procs: Processes, work: Path, upstream_base: str, port: int, env: dict[str, str], stream: bool = False
+) -> None:
     """codexgate's own master without the codexgate chain (the mitmproxy addons it keeps, no
     others), in reverse mode: what the chain itself adds is codexgate minus this path."""
     procs.start(
         "mitmproxy-core",
         [sys.executable, "-c", "from codexgate.master import main; main(with_chain=False)"]
         + ["--mode", f"reverse:{upstream_base}@127.0.0.1:{port}"]
-        + ["--set", "connection_strategy=lazy", "--set", f"confdir={work / 'core-conf'}"],
+        + ["--set", "connection_strategy=lazy", "--set", f"confdir={work / 'core-conf'}"]
+        + (["--set", "stream_large_bodies=1"] if stream else []),
         env,
     )
 
@@ -1051,13 +1080,14 @@ def measure_paired(
     return paired
 
 
-def run_all(args: argparse.Namespace, procs: Processes, work: Path, body: str, report: dict[str, Any]) -> None:
+def run_all(
+    args: argparse.Namespace, procs: Processes, work: Path, body: str, report: dict[str, Any], stream: bool = False
+) -> None:
     upstream_key = "sk-bench-upstream-" + os.urandom(8).hex()
     env = {**os.environ, UPSTREAM_KEY_ENV: upstream_key, "PYTHONUNBUFFERED": "1"}
     procs.ports = {name: free_port() for name in ("upstream", *args.path_list)}
-    procs.start(
-        "upstream", [sys.executable, str(HERE / "fake_upstream.py"), "--port", str(procs.ports["upstream"])], env
-    )
+    upstream_cmd = [sys.executable, str(HERE / "fake_upstream.py"), "--port", str(procs.ports["upstream"])]
+    procs.start("upstream", upstream_cmd + ["--sse-events", str(args.sse_events)], env)
     upstream_base = f"http://127.0.0.1:{procs.ports['upstream']}"
     upstream_headers = {"Authorization": f"Bearer {upstream_key}", "Content-Type": "application/json"}
     targets: dict[str, dict[str, Any]] = {}
@@ -1067,7 +1097,7 @@ def run_all(args: argparse.Namespace, procs: Processes, work: Path, body: str, r
             continue
         if name in ("mitmdump", "mitmproxy-core"):
             start = start_mitmdump if name == "mitmdump" else start_proxy_core
-            start(procs, work, upstream_base, procs.ports[name], env)
+            start(procs, work, upstream_base, procs.ports[name], env, stream)
             headers = upstream_headers
         else:
             options = args.gateway_set + args.variant_options.get(name, [])
@@ -1155,12 +1185,13 @@ def run_all(args: argparse.Namespace, procs: Processes, work: Path, body: str, r
             report["problems"] += problems
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = parse_args(argv)
-    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # run the finally block on SIGTERM too
-    body = request_body(args.body_bytes, args.body_file)
+def measure_kind(args: argparse.Namespace, kind: str) -> dict[str, Any]:
+    """All paths for one kind of request (sse or json), in processes of their own."""
+    body = request_body(args.body_bytes, args.body_file, stream=kind == "sse")
     report: dict[str, Any] = {
         "config": {
+            "kind": kind,
+            "sse_events": args.sse_events if kind == "sse" else None,
             "rates": args.rate_list,
             "duration": args.duration,
             "rounds": args.rounds,
@@ -1180,10 +1211,10 @@ def main(argv: list[str] | None = None) -> int:
         "closed_loop": [],
         "problems": [],
     }
-    work = Path(tempfile.mkdtemp(prefix="codexgate-bench-"))
+    work = Path(tempfile.mkdtemp(prefix=f"codexgate-bench-{kind}-"))
     procs = Processes(work)
     try:
-        run_all(args, procs, work, body, report)
+        run_all(args, procs, work, body, report, stream=kind == "sse")
     finally:
         procs.stop_all()
         if args.keep_dir:
@@ -1208,23 +1239,58 @@ def main(argv: list[str] | None = None) -> int:
         for name in args.path_list
         if name.startswith("codexgate")
     }
-    machine = report["machine"]
+    closed = {r["path"]: r for r in report["closed_loop"]}
+    report["throughput_ratio"] = (
+        round(closed["codexgate"]["throughput_rps"] / closed["mitmdump"]["throughput_rps"], 2)
+        if "codexgate" in closed and "mitmdump" in closed and closed["mitmdump"]["throughput_rps"]
+        else None
+    )
+    cpu = {r["path"]: r["server_cpu_us_per_req"] for r in report["open_loop"] if r["rate"] == args.ratio_rate}
+    report["chain_cpu_us_per_req"] = (
+        round(cpu["codexgate"] - cpu["mitmproxy-core"], 1) if "codexgate" in cpu and "mitmproxy-core" in cpu else None
+    )
+    return report
+
+
+def kind_label(report: dict[str, Any]) -> str:
+    cfg = report["config"]
+    if cfg["kind"] == "sse":
+        return f"streamed (SSE, {cfg['sse_events']} events per answer; bare proxies with stream_large_bodies=1)"
+    return "not streamed (one JSON answer)"
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # run the finally block on SIGTERM too
+    reports = {kind: measure_kind(args, kind) for kind in args.kind_list}
+    machine = next(iter(reports.values()))["machine"]
     print(
         f"Machine: {machine['nproc']} CPUs ({machine['cpu_model']}), Python {machine['python']}, "
-        f"mitmproxy {machine['mitmproxy']}, aiohttp {machine['aiohttp']}; codexgate {machine['codexgate_commit']}; "
-        f"request body {len(body)} bytes"
+        f"mitmproxy {machine['mitmproxy']}, aiohttp {machine['aiohttp']}; codexgate {machine['codexgate_commit']}"
     )
-    print()
-    print(markdown_report(report))
-    for name, acc in report.get("accounting", {}).items():
-        print(f"\n{name} accounting lines: {acc['records']} ({acc['forwarded_with_usage']} forwarded with usage)")
+    for report in reports.values():
+        print(f"\n## {kind_label(report)}; request body {report['config']['request_bytes']} bytes\n")
+        print(markdown_report(report))
+        for name, acc in report.get("accounting", {}).items():
+            print(f"\n{name} accounting lines: {acc['records']} ({acc['forwarded_with_usage']} forwarded with usage)")
+    print("\n## Both kinds\n")
+    print(
+        "| kind | key ratio (added p50 / mitmdump's) | max req/s codexgate / mitmdump "
+        "| chain CPU µs/req over mitmproxy-core |"
+    )
+    print("|---|---:|---:|---:|")
+    for kind, report in reports.items():
+        ratio = report["key_ratio"]
+        print(
+            f"| {kind} | {fmt(ratio)} | {fmt(report['throughput_ratio'])} | {fmt(report['chain_cpu_us_per_req'], 0)} |"
+        )
     if args.json:
-        text = json.dumps(report, indent=1)
+        text = json.dumps(reports, indent=1)
         if args.json == "-":
             print(text)
         else:
             Path(args.json).write_text(text + "\n")
-    return 1 if report["problems"] else 0
+    return 1 if any(report["problems"] for report in reports.values()) else 0
 
 
 if __name__ == "__main__":
