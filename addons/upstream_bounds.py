@@ -256,14 +256,26 @@ class StreamWatch:
         watch = flow.metadata.get(WATCH_KEY)
         if not isinstance(watch, _Watch) or watch.done or flow.response is None:
             return
-        loop = asyncio.get_running_loop()
+        clock = asyncio.get_running_loop().time
         inner = flow.response.stream
-        if inner:
+        if not inner:
+            return
+        # Runs once per chunk: no more than the clock and the last two bytes (kept without copying
+        # the chunk), and the inner callable chosen here rather than tested each time.
+        if callable(inner):
 
             def watched(chunk: bytes) -> Any:
-                watch.last_data = loop.time()
+                watch.last_data = clock()
                 if chunk:
-                    watch.tail = (watch.tail + chunk)[-2:]
-                return inner(chunk) if callable(inner) else chunk
+                    watch.tail = chunk[-2:] if len(chunk) > 1 else watch.tail[-1:] + chunk
+                return inner(chunk)
 
-            flow.response.stream = watched
+        else:
+
+            def watched(chunk: bytes) -> Any:
+                watch.last_data = clock()
+                if chunk:
+                    watch.tail = chunk[-2:] if len(chunk) > 1 else watch.tail[-1:] + chunk
+                return chunk
+
+        flow.response.stream = watched

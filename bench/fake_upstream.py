@@ -92,7 +92,7 @@ def make_app(api_key: str, sse_count: int = 50) -> web.Application:
         {"error": {"message": "bench upstream: wrong API key", "type": "invalid_request_error", "code": "bad_key"}}
     ).encode()
 
-    async def responses(request: web.Request) -> web.Response:
+    async def responses(request: web.Request) -> web.StreamResponse:
         raw = await request.read()
         if request.headers.get("Authorization") != expected:
             return web.Response(status=401, body=unauthorized, content_type="application/json")
