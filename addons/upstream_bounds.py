@@ -19,6 +19,7 @@ import asyncio
 import dataclasses
 import json
 import logging
+import time
 from typing import Any
 
 from mitmproxy import connection, ctx, http
@@ -256,7 +257,9 @@ class StreamWatch:
         watch = flow.metadata.get(WATCH_KEY)
         if not isinstance(watch, _Watch) or watch.done or flow.response is None:
             return
-        clock = asyncio.get_running_loop().time
+        loop = asyncio.get_running_loop()
+        # asyncio's own loops tell time.monotonic(): called directly, without the method's frame.
+        clock = time.monotonic if type(loop).time is asyncio.BaseEventLoop.time else loop.time
         inner = flow.response.stream
         if not inner:
             return
