@@ -84,13 +84,17 @@ def latency_summary(latencies_ms: list[float]) -> dict[str, float | None]:
     return out
 
 
-async def _post(session: Any, target: dict[str, Any], body: bytes) -> int | str:
+async def _post(session: Any, target: dict[str, Any], body: bytes) -> tuple[int | str, float | None]:
+    """(status or error name, loop time at which the first bytes of the body arrived)."""
+    loop = asyncio.get_running_loop()
     try:
         async with session.post(target["url"], data=body, headers=target["headers"]) as resp:
+            await resp.content.readany()  # for a stream: its first event(s)
+            first = loop.time()
             await resp.read()
-            return resp.status
+            return resp.status, first
     except Exception as exc:  # every failure is a data point, not a crash
-        return type(exc).__name__
+        return type(exc).__name__, None
 
 
 def _session(spec: dict[str, Any], connections: int) -> Any:
@@ -108,14 +112,16 @@ async def open_loop(spec: dict[str, Any]) -> dict[str, Any]:
     body = spec["body"].encode()
     total = int(round((warmup + duration) * rate))
     loop = asyncio.get_running_loop()
-    samples: list[tuple[float, float, int | str, float, int]] = []  # (offset, latency, status, lag, target)
+    # (offset, latency, status, lag, target, time to the body's first bytes)
+    samples: list[tuple[float, float, int | str, float, int, float | None]] = []
     async with _session(spec, spec["connections"]) as session:
         start = loop.time() + 0.05
 
         async def one(scheduled: float, index: int) -> None:
             lag = loop.time() - scheduled
-            status = await _post(session, targets[index], body)
-            samples.append((scheduled - start, loop.time() - scheduled, status, lag, index))
+            status, first = await _post(session, targets[index], body)
+            ttfb = None if first is None else first - scheduled
+            samples.append((scheduled - start, loop.time() - scheduled, status, lag, index, ttfb))
 
         tasks: set[asyncio.Task[None]] = set()
         i = 0
@@ -144,7 +150,7 @@ async def open_loop(spec: dict[str, Any]) -> dict[str, Any]:
 
 
 def _open_result(
-    samples: list[tuple[float, float, int | str, float, int]], warmup: float, rate: float, total: int
+    samples: list[tuple[float, float, int | str, float, int, float | None]], warmup: float, rate: float, total: int
 ) -> dict[str, Any]:
     measured = [s for s in samples if s[0] >= warmup - 1e-9]
     ok = [s for s in measured if s[2] == 200]
@@ -161,6 +167,7 @@ def _open_result(
         "error_kinds": dict(errors),
         "span_s": span,
         "latencies_ms": [round(s[1] * 1000, 3) for s in ok],
+        "ttfb_ms": [round(s[5] * 1000, 3) for s in ok if s[5] is not None],
         "send_lag_p99_ms": round((percentile(lags, 99) or 0) * 1000, 3),
         "requests_total": len(samples),
     }
@@ -178,7 +185,7 @@ async def closed_loop(spec: dict[str, Any]) -> dict[str, Any]:
 
         async def worker() -> None:
             while (sent := loop.time()) < stop:
-                status = await _post(session, spec, body)
+                status, _first = await _post(session, spec, body)
                 finished = loop.time()
                 done.append((finished - start, finished - sent, status))
 
@@ -407,6 +414,7 @@ def merge_open(path: str, rate: float, segments: list[dict[str, Any]]) -> dict[s
         "error_kinds": dict(errors),
         "achieved_rps": round(ok / max(sum(s["span_s"] for s in segments), 1e-9), 1),
         "latency_ms": latency_summary([x for s in segments for x in s["latencies_ms"]]),
+        "ttfb_ms": latency_summary([x for s in segments for x in s.get("ttfb_ms", [])]),
         "round_p50_ms": [percentile(sorted(s["latencies_ms"]), 50) for s in segments],
         "send_lag_p99_ms": max(s["send_lag_p99_ms"] for s in segments),
         **cpu_fields(dict(cpu_s), sum(s["requests_total"] for s in segments)),
@@ -628,6 +636,14 @@ def fmt(value: float | None, digits: int = 2) -> str:
     return "–" if value is None or (isinstance(value, float) and math.isnan(value)) else f"{value:.{digits}f}"
 
 
+def added_ttfb(results: dict[tuple[str, float], Any], path: str, rate: float) -> float | None:
+    """Time to the body's first bytes, p50, over direct's at the same rate."""
+    mine, direct = results.get((path, rate)), results.get(("direct", rate))
+    if not mine or not direct or mine["ttfb_ms"]["p50"] is None or direct["ttfb_ms"]["p50"] is None:
+        return None
+    return float(mine["ttfb_ms"]["p50"] - direct["ttfb_ms"]["p50"])
+
+
 def added(results: dict[tuple[str, float], Any], path: str, rate: float, pct: str) -> float | None:
     mine = results.get((path, rate))
     direct = results.get(("direct", rate))
@@ -689,9 +705,9 @@ def markdown_report(report: dict[str, Any]) -> str:
         "(the upstream for direct) per request; other load = CPU used meanwhile by processes outside the bench, "
         "in % of one core.",
         "",
-        "| path | req/s | achieved | ok | errors | p50 | p90 | p99 | added p50 | added p99 | server CPU µs/req "
-        "| other load % |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "| path | req/s | achieved | ok | errors | p50 | p90 | p99 | added p50 | added p99 | first byte p50 "
+        "| added first byte p50 | server CPU µs/req | other load % |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for r in report["open_loop"]:
         lat = r["latency_ms"]
@@ -701,6 +717,8 @@ def markdown_report(report: dict[str, Any]) -> str:
             f"| {fmt(lat['p50'])} | {fmt(lat['p90'])} | {fmt(lat['p99'])} "
             f"| {'–' if is_direct else fmt(added(open_results, r['path'], r['rate'], 'p50'))} "
             f"| {'–' if is_direct else fmt(added(open_results, r['path'], r['rate'], 'p99'))} "
+            f"| {fmt(r['ttfb_ms']['p50'])} "
+            f"| {'–' if is_direct else fmt(added_ttfb(open_results, r['path'], r['rate']))} "
             f"| {fmt(r['server_cpu_us_per_req'], 0)} | {fmt(r['other_cpu_pct'], 0)} |"
         )
     if report["open_loop"]:
@@ -1239,6 +1257,12 @@ def measure_kind(args: argparse.Namespace, kind: str) -> dict[str, Any]:
         for name in args.path_list
         if name.startswith("codexgate")
     }
+    report["ttfb_over_mitmdump_ms"] = {
+        rate: round(gate - bare, 3)
+        for rate in args.rate_list
+        if (gate := (open_results.get(("codexgate", rate)) or {}).get("ttfb_ms", {}).get("p50")) is not None
+        and (bare := (open_results.get(("mitmdump", rate)) or {}).get("ttfb_ms", {}).get("p50")) is not None
+    }
     closed = {r["path"]: r for r in report["closed_loop"]}
     report["throughput_ratio"] = (
         round(closed["codexgate"]["throughput_rps"] / closed["mitmdump"]["throughput_rps"], 2)
@@ -1276,13 +1300,15 @@ def main(argv: list[str] | None = None) -> int:
     print("\n## Both kinds\n")
     print(
         "| kind | key ratio (added p50 / mitmdump's) | max req/s codexgate / mitmdump "
-        "| chain CPU µs/req over mitmproxy-core |"
+        "| chain CPU µs/req over mitmproxy-core | first byte p50 over mitmdump's, ms |"
     )
-    print("|---|---:|---:|---:|")
+    print("|---|---:|---:|---:|---|")
     for kind, report in reports.items():
         ratio = report["key_ratio"]
+        ttfb = ", ".join(f"{d:+.2f} at {rate:g}/s" for rate, d in report["ttfb_over_mitmdump_ms"].items()) or "–"
         print(
-            f"| {kind} | {fmt(ratio)} | {fmt(report['throughput_ratio'])} | {fmt(report['chain_cpu_us_per_req'], 0)} |"
+            f"| {kind} | {fmt(ratio)} | {fmt(report['throughput_ratio'])} | {fmt(report['chain_cpu_us_per_req'], 0)} "
+            f"| {ttfb} |"
         )
     if args.json:
         text = json.dumps(reports, indent=1)
