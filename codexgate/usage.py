@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import json
+import re
 from typing import Any
 
 from codexgate.sse import SSEParser
@@ -69,6 +70,8 @@ RESPONSES_TERMINAL = {
 # (named, or unnamed with its `type`), or the first event with the response's id.
 _RESPONSES_TERMINAL_WORDS = tuple(name.encode() for name in RESPONSES_TERMINAL)
 _RESPONSES_CREATED_WORD = b"response.created"
+# response.created's `{"type": ..., "sequence_number": ..., "response": {"id": "resp_..."`.
+_CREATED_RESPONSE_ID = re.compile(r'"response"\s*:\s*\{\s*"id"\s*:\s*"([^"\\]+)"')
 _CHAT_WORDS = (b'"usage"', b"[DONE]")
 # A chunk that is one whole event named `response.<anything but these>` is counted, nothing more.
 _NAMED_RESPONSES_EVENT = b"event: response."
@@ -86,15 +89,13 @@ class StreamUsageReader:
     last event boundary, the whole events before it are counted (blank-line separators) and
     searched for the few words that matter (`response.completed`, ..., `"usage"`); only a run
     of events holding one of them goes through the SSE parser, and only the events that can
-    carry usage are JSON-decoded (response.created only if a failure event needs its id). A
+    carry usage are JSON-decoded (response.created's id is read without decoding it). A
     stream with `\r` line ends, comment lines or runs of blank lines is parsed event by event
     from there on (exact). Counted without parsing, a block of only `id:`/`retry:` fields would
     count as an event (OpenAI sends none; the count only numbers a failure event).
     """
 
-    __slots__ = (
-        "endpoint", "_parser", "_pending", "_exact", "usage", "outcome", "events", "_response_id", "_created"
-    )  # fmt: skip
+    __slots__ = ("endpoint", "_parser", "_pending", "_exact", "usage", "outcome", "events", "response_id")
 
     def __init__(self, endpoint: str) -> None:
         self.endpoint = endpoint
@@ -104,18 +105,7 @@ class StreamUsageReader:
         self.usage: Usage | None = None
         self.outcome: str | None = None  # completed / incomplete / failed / done; None = cut short
         self.events = 0
-        self._response_id: str | None = None
-        self._created: str | None = None  # response.created's data, decoded only if its id is asked for
-
-    @property
-    def response_id(self) -> str | None:
-        """The response's id: from its terminal event, else from response.created (only a failure
-        event needs it before the end, so the first event is not decoded as it passes)."""
-        if self._response_id is None and self._created is not None:
-            created, self._created = self._created, None
-            with contextlib.suppress(ValueError, AttributeError):
-                self._response_id = (json.loads(created).get("response") or {}).get("id")
-        return self._response_id
+        self.response_id: str | None = None
 
     def feed(self, chunk: bytes) -> None:
         if (
@@ -152,7 +142,7 @@ class StreamUsageReader:
     def _matters(self, whole: bytes) -> bool:
         if self.endpoint != "responses":
             return any(word in whole for word in _CHAT_WORDS)
-        if self._response_id is None and self._created is None and _RESPONSES_CREATED_WORD in whole:
+        if self.response_id is None and _RESPONSES_CREATED_WORD in whole:
             return True
         return any(word in whole for word in _RESPONSES_TERMINAL_WORDS)
 
@@ -171,9 +161,14 @@ class StreamUsageReader:
                 self._chat_event(data)
 
     def _responses_event(self, name: str, data: str) -> None:
-        if name == "response.created":
-            if self._response_id is None and self._created is None:
-                self._created = data
+        if name == "response.created" and self.response_id is None:
+            # Only a failure event needs the id: read where OpenAI puts it, decode all if elsewhere.
+            found = _CREATED_RESPONSE_ID.search(data, 0, 300)
+            if found is not None:
+                self.response_id = found.group(1)
+            else:
+                with contextlib.suppress(ValueError, AttributeError):
+                    self.response_id = (json.loads(data).get("response") or {}).get("id")
             return
         kind = name if name in RESPONSES_TERMINAL else None
         if (
@@ -193,7 +188,7 @@ class StreamUsageReader:
             return
         self.outcome = outcome
         response = event.get("response") or {}
-        self._response_id, self._created = response.get("id"), None
+        self.response_id = response.get("id")
         self.usage = usage_from_responses(response.get("usage")) or self.usage
 
     def _chat_event(self, data: str) -> None:

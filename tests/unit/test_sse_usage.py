@@ -241,3 +241,12 @@ def test_responses_reader_one_event_per_chunk_and_cut_after_the_first():
     assert reader.response_id == "resp_mixed"
     reader.feed(events[-1])
     assert (reader.events, reader.response_id, reader.outcome) == (6, "resp_mixed", "completed")
+
+
+@pytest.mark.parametrize(
+    "response", [{"id": "resp_first", "status": "in_progress"}, {"status": "in_progress", "id": "resp_first"}]
+)
+def test_responses_reader_takes_the_id_from_response_created_wherever_it_is(response):
+    reader = StreamUsageReader("responses")
+    reader.feed(encode_event({"type": "response.created", "sequence_number": 0, "response": response}))
+    assert reader.response_id == "resp_first"
