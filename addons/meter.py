@@ -40,7 +40,27 @@ def failed_event(state: GatewayRequest, reader: StreamUsageReader, marker: bytes
     return f"event: response.failed\ndata: {json.dumps(event)}\n\n".encode()
 
 
+def _pass_through(state: GatewayRequest, reader: StreamUsageReader) -> Callable[[bytes], bytes]:
+    """A provider's stream forwarded by mitmproxy itself: read for its usage, the bytes unchanged.
+    Runs once per chunk, so it does no more than that (the reader counts most chunks only)."""
+    feed = reader.feed
+
+    def observe(chunk: bytes) -> bytes:
+        if state.first_byte is None and chunk:
+            state.first_byte = time.time()
+        try:
+            feed(chunk)
+        except Exception:  # a reading problem must never disturb the stream itself
+            logger.exception("usage reader failed on request %s", state.request_id)
+        return chunk
+
+    return observe
+
+
 def _observer(state: GatewayRequest, reader: StreamUsageReader) -> Callable[[bytes], bytes]:
+    """A stream the failover relay carries: also turns the relay's in-band error marker into the
+    client API's failure event (only the relay writes it: a provider's own bytes pass unchanged)."""
+
     def observe(chunk: bytes) -> bytes:
         if state.first_byte is None and chunk:
             state.first_byte = time.time()
@@ -72,7 +92,8 @@ class Meter:
             return  # Translate reads usage from its own translator
         if "text/event-stream" in flow.response.headers.get("content-type", ""):
             state.reader = StreamUsageReader(state.endpoint)
-            flow.response.stream = _observer(state, state.reader)
+            relayed = state.relayed is not None
+            flow.response.stream = (_observer if relayed else _pass_through)(state, state.reader)
             self._metrics.active_streams.inc()
             state.notes.append("stream")
 

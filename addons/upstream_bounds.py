@@ -19,6 +19,7 @@ import asyncio
 import dataclasses
 import json
 import logging
+import time
 from typing import Any
 
 from mitmproxy import connection, ctx, http
@@ -260,13 +261,27 @@ class StreamWatch:
         if not isinstance(watch, _Watch) or watch.done or flow.response is None:
             return
         loop = asyncio.get_running_loop()
+        # asyncio's own loops tell time.monotonic(): called directly, without the method's frame.
+        clock = time.monotonic if type(loop).time is asyncio.BaseEventLoop.time else loop.time
         inner = flow.response.stream
-        if inner:
+        if not inner:
+            return
+        # Runs once per chunk: no more than the clock and the last two bytes (kept without copying
+        # the chunk), and the inner callable chosen here rather than tested each time.
+        if callable(inner):
 
             def watched(chunk: bytes) -> Any:
-                watch.last_data = loop.time()
+                watch.last_data = clock()
                 if chunk:
-                    watch.tail = (watch.tail + chunk)[-2:]
-                return inner(chunk) if callable(inner) else chunk
+                    watch.tail = chunk[-2:] if len(chunk) > 1 else watch.tail[-1:] + chunk
+                return inner(chunk)
 
-            flow.response.stream = watched
+        else:
+
+            def watched(chunk: bytes) -> Any:
+                watch.last_data = clock()
+                if chunk:
+                    watch.tail = chunk[-2:] if len(chunk) > 1 else watch.tail[-1:] + chunk
+                return chunk
+
+        flow.response.stream = watched

@@ -1,5 +1,11 @@
 """Gateway overhead benchmark: direct vs bare mitmdump vs codexgate, side by side, in one run.
 
+Two kinds of request, each measured on all paths (`--kinds`, default both, streamed first):
+  sse   `"stream": true`, answered with 50 Responses events (`--sse-events`), as Codex always asks;
+        the bare proxies then run with `--set stream_large_bodies=1`, i.e. they stream every body
+        as it arrives, which codexgate must do for a stream
+  json  a non-streamed request, answered with one Responses object
+
 Paths to the same fake OpenAI upstream (`bench/fake_upstream.py`, its own process):
 
   direct          client -> upstream
@@ -15,7 +21,7 @@ A, B, ..., so all see the same moments of the machine; each path's p50 minus A's
 drift between rounds that dominates a difference of two separate measurements (docs/benchmarks.md).
 The load generator is a separate process (this script re-run as `_loadgen`).
 
-    .venv/bin/python bench/bench_overhead.py                # ~2 minutes
+    .venv/bin/python bench/bench_overhead.py                # ~4 minutes (both kinds)
     .venv/bin/python bench/bench_overhead.py --rates 50,200 --duration 5 --json out.json
 """
 
@@ -78,13 +84,17 @@ def latency_summary(latencies_ms: list[float]) -> dict[str, float | None]:
     return out
 
 
-async def _post(session: Any, target: dict[str, Any], body: bytes) -> int | str:
+async def _post(session: Any, target: dict[str, Any], body: bytes) -> tuple[int | str, float | None]:
+    """(status or error name, loop time at which the first bytes of the body arrived)."""
+    loop = asyncio.get_running_loop()
     try:
         async with session.post(target["url"], data=body, headers=target["headers"]) as resp:
+            await resp.content.readany()  # for a stream: its first event(s)
+            first = loop.time()
             await resp.read()
-            return resp.status
+            return resp.status, first
     except Exception as exc:  # every failure is a data point, not a crash
-        return type(exc).__name__
+        return type(exc).__name__, None
 
 
 def _session(spec: dict[str, Any], connections: int) -> Any:
@@ -102,14 +112,16 @@ async def open_loop(spec: dict[str, Any]) -> dict[str, Any]:
     body = spec["body"].encode()
     total = int(round((warmup + duration) * rate))
     loop = asyncio.get_running_loop()
-    samples: list[tuple[float, float, int | str, float, int]] = []  # (offset, latency, status, lag, target)
+    # (offset, latency, status, lag, target, time to the body's first bytes)
+    samples: list[tuple[float, float, int | str, float, int, float | None]] = []
     async with _session(spec, spec["connections"]) as session:
         start = loop.time() + 0.05
 
         async def one(scheduled: float, index: int) -> None:
             lag = loop.time() - scheduled
-            status = await _post(session, targets[index], body)
-            samples.append((scheduled - start, loop.time() - scheduled, status, lag, index))
+            status, first = await _post(session, targets[index], body)
+            ttfb = None if first is None else first - scheduled
+            samples.append((scheduled - start, loop.time() - scheduled, status, lag, index, ttfb))
 
         tasks: set[asyncio.Task[None]] = set()
         i = 0
@@ -138,7 +150,7 @@ async def open_loop(spec: dict[str, Any]) -> dict[str, Any]:
 
 
 def _open_result(
-    samples: list[tuple[float, float, int | str, float, int]], warmup: float, rate: float, total: int
+    samples: list[tuple[float, float, int | str, float, int, float | None]], warmup: float, rate: float, total: int
 ) -> dict[str, Any]:
     measured = [s for s in samples if s[0] >= warmup - 1e-9]
     ok = [s for s in measured if s[2] == 200]
@@ -155,6 +167,7 @@ def _open_result(
         "error_kinds": dict(errors),
         "span_s": span,
         "latencies_ms": [round(s[1] * 1000, 3) for s in ok],
+        "ttfb_ms": [round(s[5] * 1000, 3) for s in ok if s[5] is not None],
         "send_lag_p99_ms": round((percentile(lags, 99) or 0) * 1000, 3),
         "requests_total": len(samples),
     }
@@ -172,7 +185,7 @@ async def closed_loop(spec: dict[str, Any]) -> dict[str, Any]:
 
         async def worker() -> None:
             while (sent := loop.time()) < stop:
-                status = await _post(session, spec, body)
+                status, _first = await _post(session, spec, body)
                 finished = loop.time()
                 done.append((finished - start, finished - sent, status))
 
@@ -297,6 +310,12 @@ def sanity_check(name: str, target: dict[str, Any], body: str) -> list[str]:
     status, headers, content = http_post(target["url"], target["headers"], body)
     if status != 200:
         return [f"{name}: HTTP {status}: {content[:200]!r}"]
+    if headers.get("content-type", "").startswith("text/event-stream"):
+        lines = content.split(b"\n")
+        completed = [line[5:] for line in lines if line.startswith(b"data:") and b'"response.completed"' in line]
+        if not completed:
+            return [f"{name}: a stream without response.completed: {content[-200:]!r}"]
+        content = json.dumps(json.loads(completed[-1])["response"]).encode()
     try:
         from openai.types.responses import Response
 
@@ -395,6 +414,7 @@ def merge_open(path: str, rate: float, segments: list[dict[str, Any]]) -> dict[s
         "error_kinds": dict(errors),
         "achieved_rps": round(ok / max(sum(s["span_s"] for s in segments), 1e-9), 1),
         "latency_ms": latency_summary([x for s in segments for x in s["latencies_ms"]]),
+        "ttfb_ms": latency_summary([x for s in segments for x in s.get("ttfb_ms", [])]),
         "round_p50_ms": [percentile(sorted(s["latencies_ms"]), 50) for s in segments],
         "send_lag_p99_ms": max(s["send_lag_p99_ms"] for s in segments),
         **cpu_fields(dict(cpu_s), sum(s["requests_total"] for s in segments)),
@@ -616,6 +636,14 @@ def fmt(value: float | None, digits: int = 2) -> str:
     return "–" if value is None or (isinstance(value, float) and math.isnan(value)) else f"{value:.{digits}f}"
 
 
+def added_ttfb(results: dict[tuple[str, float], Any], path: str, rate: float) -> float | None:
+    """Time to the body's first bytes, p50, over direct's at the same rate."""
+    mine, direct = results.get((path, rate)), results.get(("direct", rate))
+    if not mine or not direct or mine["ttfb_ms"]["p50"] is None or direct["ttfb_ms"]["p50"] is None:
+        return None
+    return float(mine["ttfb_ms"]["p50"] - direct["ttfb_ms"]["p50"])
+
+
 def added(results: dict[tuple[str, float], Any], path: str, rate: float, pct: str) -> float | None:
     mine = results.get((path, rate))
     direct = results.get(("direct", rate))
@@ -677,9 +705,9 @@ def markdown_report(report: dict[str, Any]) -> str:
         "(the upstream for direct) per request; other load = CPU used meanwhile by processes outside the bench, "
         "in % of one core.",
         "",
-        "| path | req/s | achieved | ok | errors | p50 | p90 | p99 | added p50 | added p99 | server CPU µs/req "
-        "| other load % |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "| path | req/s | achieved | ok | errors | p50 | p90 | p99 | added p50 | added p99 | first byte p50 "
+        "| added first byte p50 | server CPU µs/req | other load % |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for r in report["open_loop"]:
         lat = r["latency_ms"]
@@ -689,6 +717,8 @@ def markdown_report(report: dict[str, Any]) -> str:
             f"| {fmt(lat['p50'])} | {fmt(lat['p90'])} | {fmt(lat['p99'])} "
             f"| {'–' if is_direct else fmt(added(open_results, r['path'], r['rate'], 'p50'))} "
             f"| {'–' if is_direct else fmt(added(open_results, r['path'], r['rate'], 'p99'))} "
+            f"| {fmt(r['ttfb_ms']['p50'])} "
+            f"| {'–' if is_direct else fmt(added_ttfb(open_results, r['path'], r['rate']))} "
             f"| {fmt(r['server_cpu_us_per_req'], 0)} | {fmt(r['other_cpu_pct'], 0)} |"
         )
     if report["open_loop"]:
@@ -804,6 +834,13 @@ def markdown_report(report: dict[str, Any]) -> str:
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description="Latency/throughput overhead: direct vs mitmdump vs codexgate.")
+    parser.add_argument(
+        "--kinds",
+        default="sse,json",
+        help="request kinds, measured one after the other (each on all paths, interleaved): sse (streamed, "
+        "the bare proxies with stream_large_bodies=1), json (not streamed)",
+    )
+    parser.add_argument("--sse-events", type=int, default=50, help="events per streamed answer")
     parser.add_argument("--rates", default="50,200", help="open-loop rates in req/s, comma separated")
     parser.add_argument("--duration", type=float, default=10, help="measured seconds per rate and path (all rounds)")
     parser.add_argument(
@@ -884,6 +921,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--py-spy", default=shutil.which("py-spy") or "py-spy", help="py-spy executable")
     parser.add_argument("--keep-dir", action="store_true", help="keep the temporary dir (logs, policy, accounting)")
     args = parser.parse_args(argv)
+    args.kind_list = [k.strip() for k in args.kinds.split(",") if k.strip()]
+    if not args.kind_list or not set(args.kind_list) <= {"sse", "json"}:
+        parser.error("--kinds: sse, json or both")
     args.rate_list = [float(r) for r in args.rates.split(",") if r.strip()]
     if args.ratio_rate not in args.rate_list:
         args.rate_list.append(args.ratio_rate)
@@ -916,36 +956,43 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return args
 
 
-def request_body(size: int, body_file: str | None = None) -> str:
+def request_body(size: int, body_file: str | None = None, stream: bool = False) -> str:
     if body_file:
-        return json.dumps(dict(json.loads(Path(body_file).read_text()), model=MODEL, stream=False))
-    body = {"model": MODEL, "input": "Say hello.", "stream": False}
+        return json.dumps(dict(json.loads(Path(body_file).read_text()), model=MODEL, stream=stream))
+    body: dict[str, Any] = {"model": MODEL, "input": "Say hello.", "stream": stream}
     if size > 0:
         body["input"] = "Say hello. " + "x" * max(0, size - 60)
     return json.dumps(body)
 
 
-def start_mitmdump(procs: Processes, work: Path, upstream_base: str, port: int, env: dict[str, str]) -> None:
-    """Bare mitmdump in reverse mode, no addons (its own confdir keeps ~/.mitmproxy untouched)."""
+def start_mitmdump(
+    procs: Processes, work: Path, upstream_base: str, port: int, env: dict[str, str], stream: bool = False
+) -> None:
+    """Bare mitmdump in reverse mode, no addons (its own confdir keeps ~/.mitmproxy untouched);
+    with `stream`, every body is streamed as it arrives (stream_large_bodies=1)."""
     confdir = work / "mitmdump-conf"
-    confdir.mkdir()
+    confdir.mkdir(exist_ok=True)
     procs.start(
         "mitmdump",
         [sys.executable, "-c", "from mitmproxy.tools.main import mitmdump; mitmdump()"]
         + ["--mode", f"reverse:{upstream_base}@127.0.0.1:{port}"]
-        + ["--set", "flow_detail=0", "--set", "connection_strategy=lazy", "--set", f"confdir={confdir}"],
+        + ["--set", "flow_detail=0", "--set", "connection_strategy=lazy", "--set", f"confdir={confdir}"]
+        + (["--set", "stream_large_bodies=1"] if stream else []),
         env,
     )
 
 
-def start_proxy_core(procs: Processes, work: Path, upstream_base: str, port: int, env: dict[str, str]) -> None:
+def start_proxy_core(
+    procs: Processes, work: Path, upstream_base: str, port: int, env: dict[str, str], stream: bool = False
+) -> None:
     """codexgate's own master without the codexgate chain (the mitmproxy addons it keeps, no
     others), in reverse mode: what the chain itself adds is codexgate minus this path."""
     procs.start(
         "mitmproxy-core",
         [sys.executable, "-c", "from codexgate.master import main; main(with_chain=False)"]
         + ["--mode", f"reverse:{upstream_base}@127.0.0.1:{port}"]
-        + ["--set", "connection_strategy=lazy", "--set", f"confdir={work / 'core-conf'}"],
+        + ["--set", "connection_strategy=lazy", "--set", f"confdir={work / 'core-conf'}"]
+        + (["--set", "stream_large_bodies=1"] if stream else []),
         env,
     )
 
@@ -1051,13 +1098,14 @@ def measure_paired(
     return paired
 
 
-def run_all(args: argparse.Namespace, procs: Processes, work: Path, body: str, report: dict[str, Any]) -> None:
+def run_all(
+    args: argparse.Namespace, procs: Processes, work: Path, body: str, report: dict[str, Any], stream: bool = False
+) -> None:
     upstream_key = "sk-bench-upstream-" + os.urandom(8).hex()
     env = {**os.environ, UPSTREAM_KEY_ENV: upstream_key, "PYTHONUNBUFFERED": "1"}
     procs.ports = {name: free_port() for name in ("upstream", *args.path_list)}
-    procs.start(
-        "upstream", [sys.executable, str(HERE / "fake_upstream.py"), "--port", str(procs.ports["upstream"])], env
-    )
+    upstream_cmd = [sys.executable, str(HERE / "fake_upstream.py"), "--port", str(procs.ports["upstream"])]
+    procs.start("upstream", upstream_cmd + ["--sse-events", str(args.sse_events)], env)
     upstream_base = f"http://127.0.0.1:{procs.ports['upstream']}"
     upstream_headers = {"Authorization": f"Bearer {upstream_key}", "Content-Type": "application/json"}
     targets: dict[str, dict[str, Any]] = {}
@@ -1067,7 +1115,7 @@ def run_all(args: argparse.Namespace, procs: Processes, work: Path, body: str, r
             continue
         if name in ("mitmdump", "mitmproxy-core"):
             start = start_mitmdump if name == "mitmdump" else start_proxy_core
-            start(procs, work, upstream_base, procs.ports[name], env)
+            start(procs, work, upstream_base, procs.ports[name], env, stream)
             headers = upstream_headers
         else:
             options = args.gateway_set + args.variant_options.get(name, [])
@@ -1155,12 +1203,13 @@ def run_all(args: argparse.Namespace, procs: Processes, work: Path, body: str, r
             report["problems"] += problems
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = parse_args(argv)
-    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # run the finally block on SIGTERM too
-    body = request_body(args.body_bytes, args.body_file)
+def measure_kind(args: argparse.Namespace, kind: str) -> dict[str, Any]:
+    """All paths for one kind of request (sse or json), in processes of their own."""
+    body = request_body(args.body_bytes, args.body_file, stream=kind == "sse")
     report: dict[str, Any] = {
         "config": {
+            "kind": kind,
+            "sse_events": args.sse_events if kind == "sse" else None,
             "rates": args.rate_list,
             "duration": args.duration,
             "rounds": args.rounds,
@@ -1180,10 +1229,10 @@ def main(argv: list[str] | None = None) -> int:
         "closed_loop": [],
         "problems": [],
     }
-    work = Path(tempfile.mkdtemp(prefix="codexgate-bench-"))
+    work = Path(tempfile.mkdtemp(prefix=f"codexgate-bench-{kind}-"))
     procs = Processes(work)
     try:
-        run_all(args, procs, work, body, report)
+        run_all(args, procs, work, body, report, stream=kind == "sse")
     finally:
         procs.stop_all()
         if args.keep_dir:
@@ -1208,23 +1257,66 @@ def main(argv: list[str] | None = None) -> int:
         for name in args.path_list
         if name.startswith("codexgate")
     }
-    machine = report["machine"]
+    report["ttfb_over_mitmdump_ms"] = {
+        rate: round(gate - bare, 3)
+        for rate in args.rate_list
+        if (gate := (open_results.get(("codexgate", rate)) or {}).get("ttfb_ms", {}).get("p50")) is not None
+        and (bare := (open_results.get(("mitmdump", rate)) or {}).get("ttfb_ms", {}).get("p50")) is not None
+    }
+    closed = {r["path"]: r for r in report["closed_loop"]}
+    report["throughput_ratio"] = (
+        round(closed["codexgate"]["throughput_rps"] / closed["mitmdump"]["throughput_rps"], 2)
+        if "codexgate" in closed and "mitmdump" in closed and closed["mitmdump"]["throughput_rps"]
+        else None
+    )
+    cpu = {r["path"]: r["server_cpu_us_per_req"] for r in report["open_loop"] if r["rate"] == args.ratio_rate}
+    report["chain_cpu_us_per_req"] = (
+        round(cpu["codexgate"] - cpu["mitmproxy-core"], 1) if "codexgate" in cpu and "mitmproxy-core" in cpu else None
+    )
+    return report
+
+
+def kind_label(report: dict[str, Any]) -> str:
+    cfg = report["config"]
+    if cfg["kind"] == "sse":
+        return f"streamed (SSE, {cfg['sse_events']} events per answer; bare proxies with stream_large_bodies=1)"
+    return "not streamed (one JSON answer)"
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # run the finally block on SIGTERM too
+    reports = {kind: measure_kind(args, kind) for kind in args.kind_list}
+    machine = next(iter(reports.values()))["machine"]
     print(
         f"Machine: {machine['nproc']} CPUs ({machine['cpu_model']}), Python {machine['python']}, "
-        f"mitmproxy {machine['mitmproxy']}, aiohttp {machine['aiohttp']}; codexgate {machine['codexgate_commit']}; "
-        f"request body {len(body)} bytes"
+        f"mitmproxy {machine['mitmproxy']}, aiohttp {machine['aiohttp']}; codexgate {machine['codexgate_commit']}"
     )
-    print()
-    print(markdown_report(report))
-    for name, acc in report.get("accounting", {}).items():
-        print(f"\n{name} accounting lines: {acc['records']} ({acc['forwarded_with_usage']} forwarded with usage)")
+    for report in reports.values():
+        print(f"\n## {kind_label(report)}; request body {report['config']['request_bytes']} bytes\n")
+        print(markdown_report(report))
+        for name, acc in report.get("accounting", {}).items():
+            print(f"\n{name} accounting lines: {acc['records']} ({acc['forwarded_with_usage']} forwarded with usage)")
+    print("\n## Both kinds\n")
+    print(
+        "| kind | key ratio (added p50 / mitmdump's) | max req/s codexgate / mitmdump "
+        "| chain CPU µs/req over mitmproxy-core | first byte p50 over mitmdump's, ms |"
+    )
+    print("|---|---:|---:|---:|---|")
+    for kind, report in reports.items():
+        ratio = report["key_ratio"]
+        ttfb = ", ".join(f"{d:+.2f} at {rate:g}/s" for rate, d in report["ttfb_over_mitmdump_ms"].items()) or "–"
+        print(
+            f"| {kind} | {fmt(ratio)} | {fmt(report['throughput_ratio'])} | {fmt(report['chain_cpu_us_per_req'], 0)} "
+            f"| {ttfb} |"
+        )
     if args.json:
-        text = json.dumps(report, indent=1)
+        text = json.dumps(reports, indent=1)
         if args.json == "-":
             print(text)
         else:
             Path(args.json).write_text(text + "\n")
-    return 1 if report["problems"] else 0
+    return 1 if any(report["problems"] for report in reports.values()) else 0
 
 
 if __name__ == "__main__":

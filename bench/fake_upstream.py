@@ -1,5 +1,7 @@
 """A fake OpenAI upstream for benchmarks: `POST /v1/responses` answers a small, valid,
-non-streamed Responses API object (with `usage`) at once.
+non-streamed Responses API object (with `usage`) at once; with `"stream": true`, a Responses
+event stream of `--sse-events` events (default 50: created, text deltas, completed with the
+usage), each event written on its own, as a provider sends them while it generates.
 
 Only `Authorization: Bearer $BENCH_UPSTREAM_KEY` is accepted (401 otherwise), so a benchmark
 notices when a gateway forwards the client's virtual key instead of the provider key.
@@ -66,21 +68,47 @@ def response_body(model: str, number: int) -> bytes:
     ).encode()
 
 
-def make_app(api_key: str) -> web.Application:
+def sse_events(model: str, number: int, count: int) -> list[bytes]:
+    """`count` (>= 2) Responses stream events: response.created, text deltas, response.completed."""
+    body = json.loads(response_body(model, number))
+    created = dict(body, status="in_progress", output=[], usage=None)
+    item_id = f"msg_bench{number:012d}"
+
+    def event(kind: str, payload: dict[str, object], sequence: int) -> bytes:
+        data = json.dumps({"type": kind, "sequence_number": sequence, **payload}, separators=(",", ":"))
+        return f"event: {kind}\ndata: {data}\n\n".encode()
+
+    events = [event("response.created", {"response": created}, 0)]
+    for i in range(1, count - 1):
+        delta = {"item_id": item_id, "output_index": 0, "content_index": 0, "delta": " token", "logprobs": []}
+        events.append(event("response.output_text.delta", delta, i))
+    events.append(event("response.completed", {"response": body}, count - 1))
+    return events
+
+
+def make_app(api_key: str, sse_count: int = 50) -> web.Application:
     expected = f"Bearer {api_key}"
     unauthorized = json.dumps(
         {"error": {"message": "bench upstream: wrong API key", "type": "invalid_request_error", "code": "bad_key"}}
     ).encode()
 
-    async def responses(request: web.Request) -> web.Response:
+    async def responses(request: web.Request) -> web.StreamResponse:
         raw = await request.read()
         if request.headers.get("Authorization") != expected:
             return web.Response(status=401, body=unauthorized, content_type="application/json")
         try:
-            model = json.loads(raw).get("model") or "unknown"
+            parsed = json.loads(raw)
+            model, stream = parsed.get("model") or "unknown", parsed.get("stream") is True
         except (ValueError, AttributeError):
-            model = "unknown"
-        return web.Response(body=response_body(str(model), next(_ids)), content_type="application/json")
+            model, stream = "unknown", False
+        if not stream:
+            return web.Response(body=response_body(str(model), next(_ids)), content_type="application/json")
+        answer = web.StreamResponse(headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache"})
+        await answer.prepare(request)
+        for chunk in sse_events(str(model), next(_ids), sse_count):
+            await answer.write(chunk)  # one write (and, unless the socket is full, one segment) per event
+        await answer.write_eof()
+        return answer
 
     async def health(_request: web.Request) -> web.Response:
         return web.Response(text="ok")
@@ -95,11 +123,12 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, required=True)
+    parser.add_argument("--sse-events", type=int, default=50, help="events per streamed answer (>= 2)")
     args = parser.parse_args()
     api_key = os.environ.get("BENCH_UPSTREAM_KEY", "")
     if not api_key:
         raise SystemExit("fake_upstream: set BENCH_UPSTREAM_KEY")
-    web.run_app(make_app(api_key), host=args.host, port=args.port, access_log=None, print=None)
+    web.run_app(make_app(api_key, max(2, args.sse_events)), host=args.host, port=args.port, access_log=None, print=None)
 
 
 if __name__ == "__main__":

@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import json
+import re
 from typing import Any
 
 from codexgate.sse import SSEParser
@@ -65,23 +66,93 @@ RESPONSES_TERMINAL = {
 }
 
 
+# Words whose presence in a run of whole events sends it to the exact parser: a terminal event
+# (named, or unnamed with its `type`), or the first event with the response's id.
+_RESPONSES_TERMINAL_WORDS = tuple(name.encode() for name in RESPONSES_TERMINAL)
+_RESPONSES_CREATED_WORD = b"response.created"
+# response.created's `{"type": ..., "sequence_number": ..., "response": {"id": "resp_..."`.
+_CREATED_RESPONSE_ID = re.compile(r'"response"\s*:\s*\{\s*"id"\s*:\s*"([^"\\]+)"')
+_CHAT_WORDS = (b'"usage"', b"[DONE]")
+# A chunk that is one whole event named `response.<anything but these>` is counted, nothing more.
+_NAMED_RESPONSES_EVENT = b"event: response."
+_KEY_EVENT_NAMES = tuple(
+    f"{name}{end}".encode() for name in ("completed", "incomplete", "failed", "created") for end in ("\n", "\r")
+)
+
+
 class StreamUsageReader:
     """Watches a streamed answer go by, unchanged, and keeps its usage and outcome.
 
-    Only events that can carry usage are JSON-decoded: text deltas pass with a substring test.
+    The usage comes in one of the last events, so most chunks need no parsing at all: a chunk
+    that is one whole event named other than response.created/completed/incomplete/failed is
+    only counted (two prefix tests and one search for its end); any other chunk is cut at its
+    last event boundary, the whole events before it are counted (blank-line separators) and
+    searched for the few words that matter (`response.completed`, ..., `"usage"`); only a run
+    of events holding one of them goes through the SSE parser, and only the events that can
+    carry usage are JSON-decoded (response.created's id is read without decoding it). A
+    stream with `\r` line ends, comment lines or runs of blank lines is parsed event by event
+    from there on (exact). Counted without parsing, a block of only `id:`/`retry:` fields would
+    count as an event (OpenAI sends none; the count only numbers a failure event).
     """
 
-    __slots__ = ("endpoint", "_parser", "usage", "outcome", "events", "response_id")
+    __slots__ = ("endpoint", "_parser", "_pending", "_exact", "usage", "outcome", "events", "response_id")
 
     def __init__(self, endpoint: str) -> None:
         self.endpoint = endpoint
         self._parser = SSEParser()
+        self._pending = b""  # the start of an event whose end has not come yet
+        self._exact = False
         self.usage: Usage | None = None
         self.outcome: str | None = None  # completed / incomplete / failed / done; None = cut short
         self.events = 0
         self.response_id: str | None = None
 
     def feed(self, chunk: bytes) -> None:
+        if (
+            not self._pending
+            and chunk.startswith(_NAMED_RESPONSES_EVENT)
+            and not chunk.startswith(_KEY_EVENT_NAMES, len(_NAMED_RESPONSES_EVENT))
+            and chunk.find(b"\n\n") == len(chunk) - 2
+            and not self._exact
+        ):
+            self.events += 1  # most of a stream: one delta event per chunk
+            return
+        if self._exact or b"\r" in chunk:
+            self._exact_feed(chunk)
+            return
+        data = self._pending + chunk if self._pending else chunk
+        end = data.rfind(b"\n\n")
+        if end < 0:
+            self._pending = data
+            return
+        if end + 2 == len(data):  # the usual case: a chunk ends where an event ends
+            whole, self._pending = data, b""
+        else:
+            whole, self._pending = data[: end + 2], data[end + 2 :]
+        if whole.startswith((b":", b"\n")) or b"\n:" in whole or b"\n\n\n" in whole:
+            # A comment line, or a run of blank lines, is no event: count exactly from here on.
+            self._exact, self._pending = True, b""
+            self._feed_events(data)
+            return
+        if self._matters(whole):
+            self._feed_events(whole)
+        else:
+            self.events += whole.count(b"\n\n")  # each event ends with a blank line
+
+    def _matters(self, whole: bytes) -> bool:
+        if self.endpoint != "responses":
+            return any(word in whole for word in _CHAT_WORDS)
+        if self.response_id is None and _RESPONSES_CREATED_WORD in whole:
+            return True
+        return any(word in whole for word in _RESPONSES_TERMINAL_WORDS)
+
+    def _exact_feed(self, chunk: bytes) -> None:
+        if not self._exact:
+            self._exact = True
+            chunk, self._pending = self._pending + chunk, b""
+        self._feed_events(chunk)
+
+    def _feed_events(self, chunk: bytes) -> None:
         for name, data in self._parser.feed(chunk):
             self.events += 1
             if self.endpoint == "responses":
@@ -91,8 +162,13 @@ class StreamUsageReader:
 
     def _responses_event(self, name: str, data: str) -> None:
         if name == "response.created" and self.response_id is None:
-            with contextlib.suppress(ValueError):
-                self.response_id = (json.loads(data).get("response") or {}).get("id")
+            # Only a failure event needs the id: read where OpenAI puts it, decode all if elsewhere.
+            found = _CREATED_RESPONSE_ID.search(data, 0, 300)
+            if found is not None:
+                self.response_id = found.group(1)
+            else:
+                with contextlib.suppress(ValueError, AttributeError):
+                    self.response_id = (json.loads(data).get("response") or {}).get("id")
             return
         kind = name if name in RESPONSES_TERMINAL else None
         if (

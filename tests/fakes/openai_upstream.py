@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import json
+import queue
 import threading
 from typing import Any
 
@@ -42,6 +43,10 @@ class FakeOpenAI(ThreadedApp):
         self.hold_stream = threading.Event()  # set → streams send their first event, then wait
         self.release_stream = threading.Event()
         self.cut_stream = threading.Event()  # set → streams break after their first event
+        # Set → a stream sends each event after the first only once it took one item from here;
+        # `stream_sent` lists the types of the events sent (or being sent) so far.
+        self.step_stream: queue.Queue[None] | None = None
+        self.stream_sent: list[str] = []
         self.failures: list[tuple[int, dict[str, str]]] = []  # answered, in order, before normal answers
         self.failure_message: str | None = None
         # Set → answers have this many output tokens, or the request's own cap if smaller (real
@@ -54,6 +59,9 @@ class FakeOpenAI(ThreadedApp):
 
     def _before_stop(self) -> None:
         self.release_stream.set()
+        if self.step_stream is not None:
+            for _ in range(100):  # let a stream that waits for its next step end
+                self.step_stream.put(None)
 
     async def _handle(self, request: web.Request) -> web.StreamResponse:
         raw = await request.read()
@@ -95,6 +103,7 @@ class FakeOpenAI(ThreadedApp):
             events = mock.responses_events(body, model, 11, settings)
             response = web.StreamResponse(headers={"content-type": "text/event-stream"})
             await response.prepare(request)
+            self.stream_sent.append(events[0]["type"])  # noted first: the client may see it at once
             await response.write(encode_event(events[0]))
             if self.cut_stream.is_set() and request.transport is not None:
                 request.transport.abort()  # the connection drops mid-stream, before any usage
@@ -102,6 +111,9 @@ class FakeOpenAI(ThreadedApp):
             if self.hold_stream.is_set():
                 await asyncio.get_running_loop().run_in_executor(None, self.release_stream.wait, 30)
             for event in events[1:]:
+                if self.step_stream is not None:
+                    await asyncio.get_running_loop().run_in_executor(None, self.step_stream.get, True, 30)
+                self.stream_sent.append(event["type"])
                 await response.write(encode_event(event))
             await response.write_eof()
             return response

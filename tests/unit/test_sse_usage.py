@@ -170,3 +170,83 @@ def test_usage_normalisation_rejects_garbage():
         "output_tokens": 3,
         "reasoning_tokens": 4,
     }
+
+
+def reference_reading(data: bytes) -> tuple[int, str | None, str | None, Usage | None]:
+    """(events, response id, outcome, usage) read the slow, obvious way: every event parsed."""
+    events = SSEParser().feed(data)
+    response_id = outcome = usage = None
+    for _name, text in events:
+        try:
+            event = json.loads(text)
+        except ValueError:
+            continue
+        kind = event.get("type")
+        if kind == "response.created" and response_id is None:
+            response_id = event["response"]["id"]
+        terminal = {"response.completed": "completed", "response.incomplete": "incomplete"}
+        if kind in terminal or kind == "response.failed":
+            outcome = terminal.get(kind, "failed")
+            response_id = event["response"]["id"]
+            usage = usage_from_responses(event["response"].get("usage")) or usage
+    return len(events), response_id, outcome, usage
+
+
+MIXED_STREAM = (
+    encode_event({"type": "response.created", "response": {"id": "resp_mixed", "usage": None}})
+    + encode_event({"type": "response.output_text.delta", "delta": "one"})
+    + b"\n\n"  # a run of blank lines is no event
+    + encode_event({"type": "response.output_text.delta", "delta": 'quoting "response.completed" in text'})
+    + encode_event({"type": "response.output_item.done", "item": {"status": "completed"}})
+    + b'data: {"type":"response.output_text.delta","delta":"unnamed"}\n\n'
+    + encode_event({"type": "response.completed", "response": {"id": "resp_mixed", "usage": USAGE}})
+)
+
+
+def test_responses_reader_agrees_with_reading_every_event_at_every_split():
+    """The reader skips most events unparsed: wherever a chunk ends, it counts and reads the same."""
+    expected = reference_reading(MIXED_STREAM)
+    assert expected == (6, "resp_mixed", "completed", Usage(500, 100, 40, 30))
+    for first in range(0, len(MIXED_STREAM) + 1, 5):
+        for second in range(first, len(MIXED_STREAM) + 1, 3):
+            reader = StreamUsageReader("responses")
+            for piece in (MIXED_STREAM[:first], MIXED_STREAM[first:second], MIXED_STREAM[second:]):
+                reader.feed(piece)
+            assert (reader.events, reader.response_id, reader.outcome, reader.usage) == expected, (first, second)
+
+
+@pytest.mark.parametrize("variant", ["comments", "crlf"])
+def test_responses_reader_comments_and_crlf_still_counted_exactly(variant):
+    data = MIXED_STREAM.replace(b"event: response.output_item.done", b": ping\n\nevent: response.output_item.done")
+    if variant == "crlf":
+        data = MIXED_STREAM.replace(b"\n", b"\r\n")
+    expected = reference_reading(data)
+    pieces = [part + b"\n\n" for part in data.split(b"\n\n") if part]
+    if variant == "crlf":
+        pieces = [data[:40], data[40:]]
+    reader = StreamUsageReader("responses")
+    for piece in pieces:
+        reader.feed(piece)
+    assert (reader.events, reader.response_id, reader.outcome, reader.usage) == expected
+
+
+def test_responses_reader_one_event_per_chunk_and_cut_after_the_first():
+    """The usual shape (one chunk per event): counted one by one; a stream cut before its end
+    still knows its id (from response.created) for the failure event, and has no usage."""
+    events = [part + b"\n\n" for part in MIXED_STREAM.split(b"\n\n") if part]
+    reader = StreamUsageReader("responses")
+    for event in events[:-1]:
+        reader.feed(event)
+    assert (reader.events, reader.outcome, reader.usage) == (5, None, None)
+    assert reader.response_id == "resp_mixed"
+    reader.feed(events[-1])
+    assert (reader.events, reader.response_id, reader.outcome) == (6, "resp_mixed", "completed")
+
+
+@pytest.mark.parametrize(
+    "response", [{"id": "resp_first", "status": "in_progress"}, {"status": "in_progress", "id": "resp_first"}]
+)
+def test_responses_reader_takes_the_id_from_response_created_wherever_it_is(response):
+    reader = StreamUsageReader("responses")
+    reader.feed(encode_event({"type": "response.created", "sequence_number": 0, "response": response}))
+    assert reader.response_id == "resp_first"
