@@ -23,8 +23,9 @@ starts N workers, each the ordinary gateway master (codexgate/master.py) with:
   the admin port and sums them (counters and histograms over every worker that ever ran, the
   in-flight gauge over live workers, the budget gauge the most recent write).
 
-Failover cooldowns (codexgate/health.py) stay per worker: each learns a failing provider from
-its own requests, so a provider can see up to N failed attempts before all workers avoid it.
+Failover cooldowns are shared: with the embedded store, through `DATA_DIR/cooldowns.sqlite3`
+(codexgate/health_shared.py), with Redis as across hosts; a deployment one worker finds failing
+is skipped by all.
 
 SIGTERM (or Ctrl-C) is passed to every worker, which drains as a single gateway does
 (addons/lifecycle.py); the supervisor exits when all have. A worker that dies otherwise is

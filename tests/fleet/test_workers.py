@@ -31,9 +31,15 @@ def _policy(upstream: str) -> str:
 providers:
   openai: {{kind: openai, base_url: "{upstream}", keys: [{{value: "env:CG_TEST_UPSTREAM_KEY"}}]}}
   local: {{kind: mock, output_tokens: 5}}
+  dead: {{kind: openai, base_url: "http://127.0.0.1:9/v1", keys: [{{value: "env:CG_TEST_UPSTREAM_KEY"}}]}}
 models:
   gpt-test: {{routes: [{{provider: openai}}], price: {{input_per_mtok: 1.0, output_per_mtok: 8.0}}}}
   mock-model: {{routes: [{{provider: local}}], price: {{input_per_mtok: 0, output_per_mtok: 0}}}}
+  gpt-flaky:
+    routes: [{{provider: dead}}]
+    fallbacks: [gpt-test]
+    price: {{input_per_mtok: 1.0, output_per_mtok: 8.0}}
+gateway: {{resilience: {{cooldown_seconds: 600}}}}
 orgs: {{acme: {{}}}}
 teams: {{platform: {{org: acme}}}}
 keys:
@@ -75,10 +81,10 @@ def _readyz(gateway: Gateway) -> dict:
         return {}
 
 
-def _ask(gateway: Gateway, key: str = ALICE_KEY) -> httpx.Response:
+def _ask(gateway: Gateway, key: str = ALICE_KEY, model: str = "mock-model") -> httpx.Response:
     # A new connection each time: the kernel spreads connections (not requests) over the workers.
     return httpx.post(
-        f"{gateway.base_url}/responses", json={"model": "mock-model", "input": "hi"},
+        f"{gateway.base_url}/responses", json={"model": model, "input": "hi"},
         headers={"authorization": f"Bearer {key}"}, timeout=20,
     )  # fmt: skip
 
@@ -202,4 +208,26 @@ def test_sigterm_drains_every_worker(tmp_path: Path, upstream: FakeOpenAI) -> No
     finally:
         upstream.hold_stream.clear()
         upstream.release_stream.clear()
+        gateway.stop()
+
+
+def test_a_cooldown_one_worker_learns_is_shared_with_the_other(tmp_path: Path, upstream: FakeOpenAI) -> None:
+    gateway = _start(tmp_path, upstream)
+    try:
+        # The first request finds the `dead` deployment refusing connections and falls back.
+        first = _ask(gateway, model="gpt-flaky")
+        assert first.status_code == 200, first.text
+        assert first.headers["x-codexgate-attempt-count"] == "2"
+        # From then on every worker skips it: each request is served at the first attempt.
+        for _ in range(200):
+            answer = _ask(gateway, model="gpt-flaky")
+            assert answer.status_code == 200, answer.text
+            assert answer.headers["x-codexgate-attempt-count"] == "1", answer.headers
+            lines = gateway.wait_accounting(lambda line: line.get("model_requested") == "gpt-flaky", count=1)
+            writers = {path.name for path in gateway.data_dir.glob("accounting-w*.jsonl")
+                       if "gpt-flaky" in path.read_text()}  # fmt: skip
+            if len(writers) == 2:
+                break
+        assert len(writers) == 2 and lines, writers  # both workers served it, neither tried `dead` again
+    finally:
         gateway.stop()
