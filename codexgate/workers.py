@@ -38,6 +38,7 @@ import asyncio
 import contextlib
 import json
 import logging
+import math
 import os
 import shutil
 import signal
@@ -53,6 +54,7 @@ from typing import Any
 logger = logging.getLogger(__name__)
 
 METRICS_DIR = "metrics-workers"
+CGROUP_CPU_MAX = Path("/sys/fs/cgroup/cpu.max")  # cgroup v2: "<quota> <period>" or "max <period>"
 RESTART_DELAY_SECONDS = 1.0
 RESTART_DELAY_MAX_SECONDS = 30.0
 STABLE_AFTER_SECONDS = 30.0  # a worker that ran this long starts the restart delay from the beginning again
@@ -62,14 +64,22 @@ SUPERVISOR_PID_ENV = "CODEXGATE_SUPERVISOR_PID"
 PR_SET_PDEATHSIG = 1  # linux/prctl.h
 
 
-def available_cores() -> int:
-    """The cores this process may run on (`os.process_cpu_count()` from Python 3.13)."""
+def available_cores(cpu_max: Path = CGROUP_CPU_MAX) -> int:
+    """The cores this process may run on (`os.process_cpu_count()` from Python 3.13), and no more
+    than its cgroup's CPU quota allows: a container limited to 2 CPUs on a 64-core node sees 64
+    cores but gets the time of 2, and 64 workers would only compete for it."""
     counter = getattr(os, "process_cpu_count", None)
-    if counter is not None:
-        return int(counter() or 1)
-    with contextlib.suppress(AttributeError, OSError):
-        return len(os.sched_getaffinity(0)) or 1
-    return os.cpu_count() or 1
+    cores = int(counter() or 1) if counter is not None else 0
+    if not cores:
+        try:
+            cores = len(os.sched_getaffinity(0)) or 1
+        except (AttributeError, OSError):
+            cores = os.cpu_count() or 1
+    with contextlib.suppress(OSError, ValueError, IndexError):
+        quota, period = cpu_max.read_text().split()[:2]
+        if quota != "max":
+            cores = min(cores, max(1, math.ceil(int(quota) / int(period))))
+    return cores
 
 
 def default_workers() -> int:

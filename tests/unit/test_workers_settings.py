@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from codexgate.usage_report import report
-from codexgate.workers import _last_setting, _with_settings, default_workers
+from codexgate.workers import _last_setting, _with_settings, available_cores, default_workers
 
 
 def test_worker_settings_replace_the_ones_given_instead_of_repeating_them() -> None:
@@ -45,3 +45,15 @@ def test_usage_reads_every_writers_accounting_file(tmp_path: Path) -> None:
     rows = {row["key"]: row for row in json.loads(report(tmp_path, "key", "1h", "json", now=1010.0))}
     assert rows["alice"]["requests"] == 3 and rows["bob"]["requests"] == 1
     assert rows["alice"]["input_tokens"] == 6
+
+
+def test_available_cores_honours_the_cgroup_quota(tmp_path: Path) -> None:
+    cpu_max = tmp_path / "cpu.max"
+    cpu_max.write_text("max 100000\n")
+    unlimited = available_cores(cpu_max)
+    assert unlimited >= 1
+    cpu_max.write_text("150000 100000\n")  # 1.5 CPUs: two workers can use it
+    assert available_cores(cpu_max) == min(unlimited, 2)
+    cpu_max.write_text("50000 100000\n")
+    assert available_cores(cpu_max) == 1
+    assert available_cores(tmp_path / "absent") == unlimited
