@@ -210,10 +210,13 @@ class Supervisor:
         """Run one worker slot until the supervisor stops: restart the worker whenever it dies."""
         assert self._stop is not None
         delay = RESTART_DELAY_SECONDS
-        while True:
+        while not self._stop.is_set():
             await self._start(worker)
             process = worker.process
             assert process is not None
+            if self._stop.is_set():  # the stop came while this one was starting: it drains too
+                with contextlib.suppress(ProcessLookupError):
+                    process.send_signal(signal.SIGTERM)
             relay = asyncio.create_task(self._relay_output(worker, process))
             code = await process.wait()
             await relay
@@ -242,8 +245,6 @@ class Supervisor:
             )
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._stop.wait(), delay)
-            if self._stop.is_set():
-                return
             delay = min(delay * 2, RESTART_DELAY_MAX_SECONDS)
             worker.restarts += 1
 
