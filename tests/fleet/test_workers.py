@@ -69,8 +69,7 @@ def _start(tmp_path: Path, upstream: FakeOpenAI, *extra: str) -> Gateway:
     gateway.metrics_port = free_port()
     gateway.extra_args = ["--workers", "2", *extra]
     gateway.start()
-    wait_until("both workers ready", lambda: _readyz(gateway).get("checks", {}).keys() >= {"w0", "w1"}
-               and {_readyz(gateway)["checks"][w] for w in ("w0", "w1")} == {"ready"})  # fmt: skip
+    wait_until("both workers ready", lambda: _both_ready(gateway))
     return gateway
 
 
@@ -79,6 +78,11 @@ def _readyz(gateway: Gateway) -> dict:
         return httpx.get(f"http://127.0.0.1:{gateway.metrics_port}/readyz", timeout=10).json()
     except httpx.HTTPError:
         return {}
+
+
+def _both_ready(gateway: Gateway) -> bool:
+    checks = _readyz(gateway).get("checks", {})
+    return checks.get("w0") == "ready" and checks.get("w1") == "ready"
 
 
 def _ask(gateway: Gateway, key: str = ALICE_KEY, model: str = "mock-model") -> httpx.Response:
@@ -164,11 +168,12 @@ def test_a_killed_worker_is_restarted_and_the_other_keeps_serving(tmp_path: Path
     try:
         victim = _worker_pids(gateway)["w0"]
         subprocess.run(["kill", "-9", str(victim)], check=True)
-        # Requests keep succeeding: new connections go to the worker still listening.
+        # Once it is gone (a connection the kernel queued for it in the instant before is reset with
+        # it), requests keep succeeding while it restarts: new connections go to the worker listening.
+        wait_until("the supervisor saw w0 die", lambda: f"(pid {victim}) died (exit -9)" in gateway.log_text())
         for _ in range(10):
             answer = _ask(gateway)
             assert answer.status_code == 200, answer.text
-        wait_until("the supervisor saw w0 die", lambda: f"(pid {victim}) died (exit -9)" in gateway.log_text())
         wait_until("w0 restarted", lambda: _worker_pids(gateway)["w0"] != victim)
         wait_until("w0 ready again", lambda: _readyz(gateway).get("checks", {}).get("w0") == "ready")
         assert _readyz(gateway)["status"] == "ready"
@@ -230,4 +235,42 @@ def test_a_cooldown_one_worker_learns_is_shared_with_the_other(tmp_path: Path, u
                 break
         assert len(writers) == 2 and lines, writers  # both workers served it, neither tried `dead` again
     finally:
+        gateway.stop()
+
+
+def test_a_worker_killed_mid_stream_is_recorded_once_by_its_successor(tmp_path: Path, upstream: FakeOpenAI) -> None:
+    gateway = _start(tmp_path, upstream)
+    try:
+        upstream.hold_stream.set()
+        with httpx.stream(
+            "POST", f"{gateway.base_url}/responses", json={"model": "gpt-test", "input": "stream", "stream": True},
+            headers={"authorization": f"Bearer {ALICE_KEY}"}, timeout=30,
+        ) as stream:  # fmt: skip
+            assert stream.status_code == 200
+            request_id = stream.headers["x-codexgate-request-id"]
+            chunks = stream.iter_bytes()
+            next(chunks)  # mid-stream
+            # Which worker holds it is the kernel's choice: kill both, as a crash of the host's gateway would.
+            victims = _worker_pids(gateway)
+            for pid in victims.values():
+                subprocess.run(["kill", "-9", str(pid)], check=True)
+            with pytest.raises(httpx.HTTPError):
+                for _ in chunks:
+                    pass
+        upstream.release_stream.set()
+        wait_until("both workers restarted", lambda: all(
+            _worker_pids(gateway)[name] != pid for name, pid in victims.items()))  # fmt: skip
+        wait_until("both workers ready", lambda: _both_ready(gateway))
+        lines = gateway.wait_accounting(lambda line: line.get("request_id") == request_id)
+        # Recorded once, by the worker that had it in flight (from its write-ahead log), charged its estimate.
+        assert len(lines) == 1, lines
+        assert lines[0]["recovered"] is True and lines[0]["charge"] == "estimate"
+        answer = _ask(gateway)
+        assert answer.status_code == 200, answer.text
+        verify = _codexgate("audit", "verify", "--data-dir", str(gateway.data_dir))
+        assert verify.returncode == 2 and "CRASH" in verify.stdout, verify.stdout  # recorded crashes, chains intact
+        assert "tampered" not in verify.stdout.lower()
+    finally:
+        upstream.hold_stream.clear()
+        upstream.release_stream.clear()
         gateway.stop()
