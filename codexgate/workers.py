@@ -167,6 +167,7 @@ class Supervisor:
         self.exit_code = 0
         self._stop: asyncio.Event | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
+        self._admin: Any = None  # codexgate.admin_http.AdminServer, on the public admin port
 
     # -- the workers -------------------------------------------------------------------------
 
@@ -182,6 +183,9 @@ class Supervisor:
             **os.environ,
             "PROMETHEUS_MULTIPROC_DIR": str(self.metrics_dir),
             SUPERVISOR_PID_ENV: str(os.getpid()),
+            # Its log is a pipe to the supervisor: line by line, not in 8 KiB blocks (the supervisor
+            # also learns from it when the worker is ready).
+            "PYTHONUNBUFFERED": "1",
         }
         worker.process = await asyncio.create_subprocess_exec(
             *self._command(worker),
@@ -203,6 +207,10 @@ class Supervisor:
         while line := await process.stdout.readline():
             if not worker.ever_ready and READY_LINE in line:
                 worker.ever_ready = True
+                if self._admin is not None:
+                    # Like a single gateway's, the probes answer once it serves: a balancer or the
+                    # image's health check must not see a supervisor whose workers are still starting.
+                    self._admin.loop = self._loop
             out.write(prefix + line)
             out.flush()
 
@@ -307,9 +315,7 @@ class Supervisor:
 
         registry = CollectorRegistry()
         multiprocess.MultiProcessCollector(registry, path=str(self.metrics_dir))
-        server = AdminServer(self.metrics_host, self.metrics_port, registry, self._readiness)
-        server.loop = self._loop
-        return server
+        return AdminServer(self.metrics_host, self.metrics_port, registry, self._readiness)
 
     # -- running -----------------------------------------------------------------------------
 
@@ -326,10 +332,9 @@ class Supervisor:
         self._stop = asyncio.Event()
         for signum in (signal.SIGTERM, signal.SIGINT):
             self._loop.add_signal_handler(signum, self._begin_stop, signum)
-        admin = None
         if self.metrics_port:
             try:
-                admin = self._admin_server()
+                self._admin = self._admin_server()
             except OSError as exc:
                 print(f"codexgate up: codexgate_metrics_port {self.metrics_port}: {exc.strerror}", file=sys.stderr)
                 return 1
@@ -337,8 +342,8 @@ class Supervisor:
         try:
             await asyncio.gather(*(self._keep(worker) for worker in self.workers))
         finally:
-            if admin is not None:
-                admin.stop()
+            if self._admin is not None:
+                self._admin.stop()
         print("codexgate: all workers stopped", flush=True)
         return self.exit_code
 
