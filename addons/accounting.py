@@ -20,6 +20,14 @@ logger = logging.getLogger(__name__)
 ACCOUNTING_FILE = "accounting.jsonl"
 
 
+def accounting_file(writer_id: str) -> str:
+    """The accounting log of one writer: the single gateway's `accounting.jsonl`, or each worker of
+    `codexgate up --workers N` its own `accounting-<writer>.jsonl`. Lines of several processes are
+    never appended to one file (a line longer than the text buffer would be several `write()`s,
+    which another process's line could split); `codexgate usage` reads them all."""
+    return f"accounting-{writer_id}.jsonl" if writer_id else ACCOUNTING_FILE
+
+
 def accounting_record(state: GatewayRequest, status: int | None, error: str | None) -> dict[str, Any]:
     now = time.time()
     outcome = state.reader.outcome if state.reader is not None else None
@@ -66,11 +74,11 @@ class Accounting:
         )
 
     def configure(self, updated: set[str]) -> None:
-        if {"codexgate_data_dir", "codexgate_accounting"} & updated:
+        if {"codexgate_data_dir", "codexgate_accounting", "codexgate_writer_id"} & updated:
             self._close()
             data_dir = ctx.options.codexgate_data_dir
             if data_dir and ctx.options.codexgate_accounting:
-                path = os.path.join(data_dir, ACCOUNTING_FILE)
+                path = os.path.join(data_dir, accounting_file(getattr(ctx.options, "codexgate_writer_id", "") or ""))
                 fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
                 self._file = os.fdopen(fd, "a", encoding="utf-8", buffering=1)
 
@@ -146,7 +154,8 @@ class Accounting:
     @property
     def path(self) -> str | None:
         data_dir = ctx.options.codexgate_data_dir
-        return os.path.join(data_dir, ACCOUNTING_FILE) if data_dir else None
+        writer_id = getattr(ctx.options, "codexgate_writer_id", "") or ""
+        return os.path.join(data_dir, accounting_file(writer_id)) if data_dir else None
 
     def append_record(self, record: dict[str, Any]) -> bool:
         """A line not made from a live flow (a request recovered after a crash); False if the log is off."""

@@ -14,7 +14,9 @@ import asyncio
 import dataclasses
 import json
 import logging
+import os
 import random
+import sqlite3
 from typing import Any
 
 from mitmproxy import ctx, http
@@ -22,6 +24,7 @@ from mitmproxy import ctx, http
 from codexgate.errors import error_response
 from codexgate.flowstate import GatewayRequest, state_of
 from codexgate.health import HealthStore, MemoryHealth, RedisHealth, weighted_order
+from codexgate.health_shared import COOLDOWNS_FILE, SQLiteHealth
 from codexgate.metrics import GatewayMetrics
 from codexgate.policies.loader import upstream_model
 from codexgate.policies.schema import MockProvider, OpenAIProvider
@@ -102,10 +105,21 @@ class Resilience:
         self._cooldown = 30.0
 
     def configure(self, updated: set[str]) -> None:
-        if "codexgate_store" in updated:
+        if {"codexgate_store", "codexgate_writer_id", "codexgate_data_dir"} & updated:
             spec = resolve_store_reference(ctx.options.codexgate_store)
-            # Cooldowns are shared where limits are: in Redis when several instances run.
-            self.health = RedisHealth(spec) if spec.startswith(("redis://", "rediss://", "unix://")) else MemoryHealth()
+            # Cooldowns are shared where limits are: in Redis when several instances run, in the
+            # data dir when several workers of one `codexgate up --workers N` share it.
+            if spec.startswith(("redis://", "rediss://", "unix://")):
+                self.health = RedisHealth(spec)
+            elif getattr(ctx.options, "codexgate_writer_id", "") and ctx.options.codexgate_data_dir:
+                path = os.path.join(ctx.options.codexgate_data_dir, COOLDOWNS_FILE)
+                try:
+                    self.health = SQLiteHealth(path)
+                except sqlite3.Error as exc:  # advisory: this worker keeps its own cooldowns
+                    logger.warning("shared cooldowns %s cannot be opened (%s); this worker keeps its own", path, exc)
+                    self.health = MemoryHealth()
+            else:
+                self.health = MemoryHealth()
 
     async def running(self) -> None:
         self.relay = Relay(on_attempt=self._on_attempt, on_auth_failure=self._on_auth_failure)

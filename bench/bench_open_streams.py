@@ -24,6 +24,9 @@ from pathlib import Path
 import aiohttp
 from aiohttp import web
 
+# One gateway process, as these figures have always been (bench/bench_workers.py measures --workers).
+os.environ.setdefault("CODEXGATE_WORKERS", "1")
+
 KEY = "sk-cg-bench-streams-00000000000000000000000000"
 UPSTREAM_KEY = "sk-upstream-bench"
 

@@ -50,6 +50,9 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+# One gateway process, as these figures have always been (bench/bench_workers.py measures --workers).
+os.environ.setdefault("CODEXGATE_WORKERS", "1")
+
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
 MODEL = "gpt-bench"

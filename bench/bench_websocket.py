@@ -40,6 +40,9 @@ from typing import Any
 import aiohttp
 from aiohttp import web
 
+# One gateway process, as these figures have always been (bench/bench_workers.py measures --workers).
+os.environ.setdefault("CODEXGATE_WORKERS", "1")
+
 ROOT = Path(__file__).resolve().parents[1]
 KEY = "sk-cg-bench-websocket-000000000000000000000000"
 UPSTREAM_KEY = "sk-upstream-bench"

@@ -249,6 +249,21 @@ def _up_locked(args: argparse.Namespace, config: dict[str, Any], data_dir: Path,
         entry = "from mitmproxy.tools.main import mitmdump; mitmdump()"
     else:
         entry = "from codexgate.master import main; main()"
+    workers = args.workers if args.workers is not None else 1 if args.web or args.mitmdump else None
+    if workers is None:
+        from codexgate.workers import default_workers
+
+        workers = default_workers()
+    if workers < 1:
+        print(f"codexgate up: --workers {workers}: at least 1", file=sys.stderr)
+        return 2
+    if workers > 1:
+        if args.web or args.mitmdump:
+            print("codexgate up: --workers: --web and --mitmdump run one process", file=sys.stderr)
+            return 2
+        from codexgate.workers import supervise  # N gateway processes on the same ports (codexgate/workers.py)
+
+        return supervise(workers, argv, data_dir, lock_fd, host, [proxy_port, gateway_port])
     # -P: `-c` would put the current directory first on the import path, and a folder named
     # codexgate there (the parent of a clone, say) would shadow the installed package.
     os.execv(sys.executable, [sys.executable, "-P", "-c", entry, *argv])
@@ -395,6 +410,11 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="run under stock mitmdump with all of mitmproxy's addons (~0.7 ms slower a request)",
     )
+    up.add_argument(
+        "--workers", type=int, metavar="N",
+        help="gateway processes sharing the listeners, the data dir and the store (default: $CODEXGATE_WORKERS, "
+        "else the cores available; 1 = one process, as with --web and --mitmdump)",
+    )  # fmt: skip
     up.add_argument("--web-port", type=int, default=8081, help="mitmweb port (password: $CODEXGATE_WEB_PASSWORD)")
     up.add_argument(
         "--set",

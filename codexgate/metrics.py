@@ -43,7 +43,7 @@ class GatewayMetrics:
         )
         self.budget_remaining = Gauge(
             "codexgate_budget_remaining_usd", "Budget left at the last admission, per counter.",
-            ["level", "name", "period"], registry=self.registry,
+            ["level", "name", "period"], registry=self.registry, multiprocess_mode="mostrecent",
         )  # fmt: skip
         self.ttfb = Histogram(
             "codexgate_time_to_first_byte_seconds", "From the request's arrival to the first byte of the answer.",
@@ -57,7 +57,13 @@ class GatewayMetrics:
             "codexgate_gateway_overhead_seconds", "Time the gateway spent on a request before forwarding it.",
             registry=self.registry, buckets=(0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1),
         )  # fmt: skip
-        self.active_streams = Gauge("codexgate_active_streams", "Streamed answers in flight.", registry=self.registry)
+        # The gauges' multiprocess modes only matter under `codexgate up --workers N` (codexgate/workers.py).
+        self.active_streams = Gauge(
+            "codexgate_active_streams", "Streamed answers in flight.", registry=self.registry,
+            multiprocess_mode="livesum",
+        )  # fmt: skip
+        # Read at scrape time from this process's relay; under `--workers N` it is on each worker's
+        # own admin port only (a function gauge has no multiprocess file to be summed from).
         self.relay_plans = Gauge(
             "codexgate_relay_plans", "Failover plans registered with the relay and not yet used, discarded or expired.",
             registry=self.registry,

@@ -36,6 +36,16 @@ def read_records(path: Path) -> Iterator[dict[str, Any]]:
                 yield record
 
 
+def accounting_paths(data_dir: Path) -> list[Path]:
+    """The single gateway's log and each worker's (`codexgate up --workers N`)."""
+    return [data_dir / "accounting.jsonl", *sorted(data_dir.glob("accounting-*.jsonl"))]
+
+
+def all_records(data_dir: Path) -> Iterator[dict[str, Any]]:
+    for path in accounting_paths(data_dir):
+        yield from read_records(path)
+
+
 def aggregate(records: Iterable[dict[str, Any]], by: str, since: float) -> list[dict[str, Any]]:
     field = GROUPS[by]
     rows: dict[str, dict[str, Any]] = {}
@@ -98,4 +108,4 @@ def render(rows: list[dict[str, Any]], by: str, fmt: str) -> str:
 
 def report(data_dir: Path, by: str, since: str, fmt: str, now: float | None = None) -> str:
     start = parse_since(since, now if now is not None else time.time())
-    return render(aggregate(read_records(data_dir / "accounting.jsonl"), by, start), by, fmt)
+    return render(aggregate(all_records(data_dir), by, start), by, fmt)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -9,6 +10,10 @@ import pytest
 from fakes.gateway import Gateway, policy_text
 from fakes.openai_upstream import FakeOpenAI
 from fakes.redis_server import RedisServer
+
+# `codexgate up` runs one worker per core by default; the tests of one gateway's behaviour run one
+# process (tests/fleet/test_workers.py starts its workers with --workers).
+os.environ.setdefault("CODEXGATE_WORKERS", "1")
 
 
 @pytest.fixture(scope="session")

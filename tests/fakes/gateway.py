@@ -122,8 +122,15 @@ class Gateway:
         return self.log.read_text(errors="replace")
 
     def accounting(self) -> list[dict]:
-        path = self.data_dir / "accounting.jsonl"
-        return [json.loads(line) for line in path.read_text().splitlines() if line.strip()] if path.exists() else []
+        from codexgate.usage_report import accounting_paths  # each worker's file too (`up --workers N`)
+
+        return [
+            json.loads(line)
+            for path in accounting_paths(self.data_dir)
+            if path.exists()
+            for line in path.read_text().splitlines()
+            if line.strip()
+        ]
 
     def wait_accounting(self, match: Callable[[dict], bool], count: int = 1, timeout: float = 15) -> list[dict]:
         """The accounting lines `match` selects, once there are at least `count` (a line is written
