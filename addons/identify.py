@@ -11,6 +11,7 @@ import base64
 import binascii
 import logging
 import weakref
+from collections.abc import Mapping
 
 from mitmproxy import connection, http
 
@@ -51,6 +52,20 @@ def key_candidates(headers: http.Headers) -> list[str]:
     return candidates
 
 
+def flow_key_candidates(
+    flow: http.HTTPFlow, connect_keys: Mapping[connection.Client, str] | None = None
+) -> list[str]:
+    """Every credential a flow carries, in order of preference: its headers (or what SecretMask set
+    aside from them, under mitmweb), then the proxy credentials its CONNECT gave (`connect_keys`)."""
+    saved = flow.metadata.get(CLIENT_CREDENTIALS_KEY)
+    headers = http.Headers([(n.encode(), v.encode()) for n, v in saved]) if saved else flow.request.headers
+    candidates = key_candidates(headers)
+    connect_key = connect_keys.get(flow.client_conn) if connect_keys is not None else None
+    if connect_key:
+        candidates.append(connect_key)
+    return candidates
+
+
 class Identify:
     def __init__(self) -> None:
         # Proxy credentials given on CONNECT, per client connection (gone with the connection).
@@ -72,13 +87,7 @@ class Identify:
         state = state_of(flow)
         if state is None:
             return
-        # SecretMask may have moved the client's credentials out of the headers (for mitmweb).
-        saved = flow.metadata.get(CLIENT_CREDENTIALS_KEY)
-        headers = http.Headers([(n.encode(), v.encode()) for n, v in saved]) if saved else flow.request.headers
-        candidates = key_candidates(headers)
-        connect_key = self._connect_keys.get(flow.client_conn)
-        if connect_key:
-            candidates.append(connect_key)
+        candidates = flow_key_candidates(flow, self._connect_keys)
         if not candidates:
             refuse(
                 flow,

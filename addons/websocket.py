@@ -22,7 +22,7 @@ from mitmproxy import connection, ctx, exceptions, http, tcp
 from mitmproxy.addonmanager import Loader
 from mitmproxy.proxy.mode_specs import ReverseMode
 
-from codexgate.addons.identify import CLIENT_CREDENTIALS_KEY, key_candidates, key_from_proxy_authorization
+from codexgate.addons.identify import CLIENT_CREDENTIALS_KEY, flow_key_candidates, key_from_proxy_authorization
 from codexgate.errors import error_response
 from codexgate.failsafe import fail_closed
 from codexgate.flowstate import METADATA_KEY, GatewayRequest, refuse, state_of
@@ -145,12 +145,7 @@ class ResponsesWebSocket:
 
     def _identify(self, flow: http.HTTPFlow, state: GatewayRequest) -> str | None:
         """The upgrade's virtual key if it is known and usable now; otherwise refuses (401)."""
-        saved = flow.metadata.get(CLIENT_CREDENTIALS_KEY)
-        headers = http.Headers([(n.encode(), v.encode()) for n, v in saved]) if saved else flow.request.headers
-        candidates = key_candidates(headers)
-        connect_key = self._connect_keys.get(flow.client_conn)
-        if connect_key:
-            candidates.append(connect_key)
+        candidates = flow_key_candidates(flow, self._connect_keys)
         if not candidates:
             message = "no virtual key: send it as 'Authorization: Bearer <key>' (CODEX_API_KEY for Codex)"
             refuse(flow, error_response(401, "missing_api_key", message), "missing_key")
