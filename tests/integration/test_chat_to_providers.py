@@ -2,41 +2,10 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-
 import openai
 import pytest
 from fakes import anthropic_upstream as anthropic_fake
 from fakes.gateway import ALICE_KEY, Gateway
-
-from codexgate.policies.keys import hash_key
-
-
-@pytest.fixture(scope="module")
-def claude() -> Iterator[anthropic_fake.FakeAnthropic]:
-    fake = anthropic_fake.FakeAnthropic().start()
-    yield fake
-    fake.stop()
-
-
-@pytest.fixture(scope="module")
-def claude_gateway(tmp_path_factory: pytest.TempPathFactory, claude: anthropic_fake.FakeAnthropic) -> Iterator[Gateway]:
-    root = tmp_path_factory.mktemp("chat-claude")
-    policy = root / "policy.yaml"
-    policy.write_text(
-        f"""\
-providers:
-  claude: {{kind: anthropic, base_url: "{claude.url}", keys: [{{value: env:CG_ANTHROPIC_KEY}}]}}
-models:
-  claude-sonnet-4-5: {{routes: [{{provider: claude}}]}}
-teams: {{platform: {{org: acme}}}}
-keys:
-  - {{name: alice, team: platform, hash: "{hash_key(ALICE_KEY)}"}}
-"""
-    )
-    gateway = Gateway(policy, root / "data", extra_env={"CG_ANTHROPIC_KEY": anthropic_fake.API_KEY}).start()
-    yield gateway
-    gateway.stop()
 
 
 def test_chat_completions_client_reaches_claude(claude_gateway: Gateway, claude: anthropic_fake.FakeAnthropic) -> None:
