@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import datetime as dt
 import logging
 
 from mitmproxy import http
@@ -25,19 +24,10 @@ class Admit:
         key = state.key
         if key is None:
             raise RuntimeError("admit reached without an identified key")
-        if key.disabled:
-            refuse(flow, error_response(401, "key_disabled", f"virtual key {key.name} is disabled"), "key_disabled")
-            return
-        if key.expires_at is not None and key.expires_at <= dt.datetime.now(dt.UTC):
-            refuse(
-                flow,
-                error_response(
-                    401,
-                    "key_expired",
-                    f"virtual key {key.name} expired at {key.expires_at.isoformat(timespec='minutes')}",
-                ),
-                "key_expired",
-            )
+        unusable = key.unusable()
+        if unusable is not None:
+            code, message = unusable
+            refuse(flow, error_response(401, code, message), code)
             return
         if state.endpoint == "models":
             return

@@ -13,7 +13,6 @@ A request without a virtual key (a ChatGPT sign-in's token) is left alone.
 
 from __future__ import annotations
 
-import datetime as dt
 import json
 import logging
 
@@ -67,8 +66,9 @@ class CodexBackend:
                     401, "invalid_api_key", "unknown virtual key; ask your platform team for one"
                 )
             return  # a ChatGPT sign-in's request: not the gateway's business
-        if key.disabled or (key.expires_at is not None and key.expires_at <= dt.datetime.now(dt.UTC)):
-            flow.response = error_response(401, "key_disabled", f"virtual key {key.name} is disabled or expired")
+        unusable = key.unusable()
+        if unusable is not None:
+            flow.response = error_response(401, *unusable)
             return
         if path not in CATALOG_PATHS:
             return  # KeyGuard removes the key and refuses

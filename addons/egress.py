@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
-import datetime as dt
 import logging
 import socket
 import weakref
@@ -291,8 +290,7 @@ class EgressGuard:
             return False
         key_text = key_from_proxy_authorization(value)
         key = policy.keys_by_hash.get(hash_key(key_text)) if key_text else None
-        now = dt.datetime.now(dt.UTC)
-        if key is None or key.disabled or (key.expires_at is not None and key.expires_at <= now):
+        if key is None or key.unusable() is not None:
             self._refuse(
                 flow,
                 Verdict(False, "proxy_auth_invalid", "the proxy credentials are not a valid, active virtual key"),

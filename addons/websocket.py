@@ -14,7 +14,6 @@ with the process secret) and marks them `transport: ws` with the client's real m
 
 from __future__ import annotations
 
-import datetime as dt
 import logging
 import weakref
 
@@ -157,13 +156,10 @@ class ResponsesWebSocket:
             state.key, state.team = record, record.team
             team = state.policy.policy.teams.get(record.team)
             state.org = team.org if team else None
-            if record.disabled:
-                message = f"virtual key {record.name} is disabled"
-                refuse(flow, error_response(401, "key_disabled", message), "key_disabled")
-                return None
-            if record.expires_at is not None and record.expires_at <= dt.datetime.now(dt.UTC):
-                message = f"virtual key {record.name} expired at {record.expires_at.isoformat(timespec='minutes')}"
-                refuse(flow, error_response(401, "key_expired", message), "key_expired")
+            unusable = record.unusable()
+            if unusable is not None:
+                code, message = unusable
+                refuse(flow, error_response(401, code, message), code)
                 return None
             # Model rules, limits and budgets (and the key again) are checked on every response.create.
             return candidate

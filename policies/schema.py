@@ -336,6 +336,16 @@ class VirtualKey(Limited):
     def allows_model(self, model: str) -> bool:
         return any(fnmatch.fnmatchcase(model, pattern) for pattern in self.models)
 
+    def unusable(self, now: dt.datetime | None = None) -> tuple[str, str] | None:
+        """Why this key cannot be used at `now` — (error code, message for its holder) — or None.
+        The one reading of "usable now" for every door a key opens (proxy credentials, the Codex
+        backend, the WebSocket upgrade, each model request)."""
+        if self.disabled:
+            return "key_disabled", f"virtual key {self.name} is disabled"
+        if self.expires_at is not None and self.expires_at <= (now or dt.datetime.now(dt.UTC)):
+            return "key_expired", f"virtual key {self.name} expired at {self.expires_at.isoformat(timespec='minutes')}"
+        return None
+
 
 class Resilience(Strict):
     """When an upstream attempt is given up and the next deployment tried (before any byte

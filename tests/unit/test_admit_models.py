@@ -165,3 +165,20 @@ def test_models_endpoint_ignores_other_endpoints(models, compiled):
     governed(flow, compiled, key="alice", endpoint="responses")
     models.request(flow)
     assert flow.response is None
+
+
+def test_key_usable_until_its_expiry_instant(compiled):
+    """The one reading of "usable now" that every door (proxy credentials, the Codex backend, the
+    WebSocket upgrade, Admit) asks: usable before `expires_at`, expired from it on."""
+    import datetime as dt
+
+    carol = next(key for key in compiled.policy.keys if key.name == "carol")
+    expiry = carol.expires_at
+    assert expiry is not None
+    assert carol.unusable(expiry - dt.timedelta(seconds=1)) is None
+    assert carol.unusable(expiry) == (
+        "key_expired",
+        f"virtual key carol expired at {expiry.isoformat(timespec='minutes')}",
+    )
+    bob = next(key for key in compiled.policy.keys if key.name == "bob")
+    assert bob.unusable(expiry - dt.timedelta(days=1)) == ("key_disabled", "virtual key bob is disabled")
