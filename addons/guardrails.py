@@ -41,10 +41,7 @@ from typing import Any
 from mitmproxy import http
 
 from codexgate.addons.policy_source import PolicySource
-from codexgate.errors import error_response
-from codexgate.failsafe import fail_closed
-from codexgate.flowstate import refuse, state_of
-from codexgate.guardrails import (
+from codexgate.detectors import (
     Detector,
     Finding,
     GuardrailSettings,
@@ -55,6 +52,9 @@ from codexgate.guardrails import (
     scan,
     texts,
 )
+from codexgate.errors import error_response
+from codexgate.failsafe import fail_closed
+from codexgate.flowstate import refuse, state_of
 
 logger = logging.getLogger(__name__)
 

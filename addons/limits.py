@@ -48,7 +48,7 @@ from codexgate.headers import replace_header_fields
 from codexgate.metrics import GatewayMetrics
 from codexgate.policies.schema import Limited, Price
 from codexgate.pricing import Pricer, PriceSource, PriceUnknown, price_provider_id
-from codexgate.resilience import DRAIN_MAX_SECONDS
+from codexgate.relay import DRAIN_MAX_SECONDS
 from codexgate.stores.base import Admission, Amounts, Counter, CounterState, CounterStore, Kind, StoreUnavailable
 from codexgate.usage import Usage
 from codexgate.windows import describe_period, format_reset, window

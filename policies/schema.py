@@ -14,7 +14,7 @@ from urllib.parse import urlsplit
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from codexgate.guardrails import GuardrailSettings
+from codexgate.detectors import GuardrailSettings
 from codexgate.policies.egress import Egress
 from codexgate.secrets import REFERENCE_HELP, parse_reference
 from codexgate.windows import parse_period
@@ -237,7 +237,7 @@ Provider = Annotated[
 TRANSLATED_KINDS = ("anthropic", "gemini", "bedrock", "chat", "azure")
 
 
-class Route(Strict):
+class ModelRoute(Strict):
     provider: Name
     model: str | None = Field(default=None, description="upstream model name; default: the model asked for")
     weight: int = Field(default=1, ge=0, description="share of traffic among the model's routes")
@@ -272,7 +272,7 @@ class CodexModelInfo(Strict):
 
 
 class ModelEntry(Limited):
-    routes: list[Route] = Field(min_length=1)
+    routes: list[ModelRoute] = Field(min_length=1)
     aliases: list[str] = Field(default_factory=list)
     fallbacks: list[str] = Field(
         default_factory=list, description="models tried in order when every route of this one failed (429/5xx/timeout)"

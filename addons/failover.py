@@ -28,7 +28,7 @@ from codexgate.health_shared import COOLDOWNS_FILE, SQLiteHealth
 from codexgate.metrics import GatewayMetrics
 from codexgate.policies.loader import upstream_model
 from codexgate.policies.schema import MockProvider, OpenAIProvider
-from codexgate.resilience import Relay
+from codexgate.relay import Relay
 from codexgate.secrets import SecretResolver
 from codexgate.stores.factory import resolve_store_reference
 
@@ -94,7 +94,7 @@ def candidate_groups(state: GatewayRequest) -> list[list[tuple[Candidate, int]]]
     return groups
 
 
-class Resilience:
+class Failover:
     def __init__(self, metrics: GatewayMetrics) -> None:
         self._metrics = metrics
         self.relay: Relay | None = None
