@@ -2,7 +2,7 @@
 
 mitmproxy streams only what it forwards itself and cannot send a request again elsewhere after
 a 429/5xx. A request with more than one candidate deployment (several routes or keys, or
-fallback models) is therefore pointed at the in-process relay (`codexgate.resilience.Relay`),
+fallback models) is therefore pointed at the in-process relay (`codexgate.relay.Relay`),
 which tries the candidates in order and streams the first good answer back through mitmproxy.
 This addon owns the relay and the health store, plans the candidates (`plan_candidates`, used by
 `Route`), and reads back which attempt answered (`responseheaders`).

@@ -1,4 +1,4 @@
-"""The hostile-client tests use the resilience tests' fault-injecting upstream."""
+"""The hostile-client tests use the failover tests' fault-injecting upstream."""
 
 import sys
 from pathlib import Path
