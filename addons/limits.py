@@ -55,9 +55,6 @@ from codexgate.windows import describe_period, format_reset, window
 
 logger = logging.getLogger(__name__)
 
-LEVEL_NAMES = {"key": "key", "team": "team", "org": "org", "provider": "provider", "model": "model"}
-
-
 @dataclasses.dataclass
 class Metering:
     """What admission decided for one request; settlement reads it."""
@@ -561,13 +558,3 @@ class Charge:
             return Amounts(requests=1), "upstream_error"  # the provider refused: it charges nothing
         # Cut short before usage arrived (or no usage reported): never zero.
         return metering.estimate, "estimate"
-
-
-def metering_summary(state: GatewayRequest) -> dict[str, Any]:
-    metering: Metering | None = getattr(state, "metering", None)
-    if metering is None:
-        return {}
-    return {
-        "estimate_usd": round(metering.estimate.usd, 8),
-        "unmetered": metering.unmetered,
-    }

@@ -328,7 +328,7 @@ class Tracing:
     ) -> AttemptSpan:
         """Start a CLIENT span for one attempt of `flow` at `provider` (`address`: the upstream's host and port,
         default: where the request points now). An attempt still open on the flow is ended first, without a
-        status. End it with `AttemptSpan.end(status=...)`, `end_attempt(flow, ...)`, or a `with` block; the request's
+        status. End it with `AttemptSpan.end(status=...)` or a `with` block; the request's
         end ends it otherwise. With tracing off this returns a no-op attempt."""
         if self._tracer is None:
             return NO_ATTEMPT
@@ -376,15 +376,6 @@ class Tracing:
         )
         found.attempt = AttemptSpan(span)
         return found.attempt
-
-    def end_attempt(
-        self, flow: http.HTTPFlow, status: int | None = None, error: str | None = None, end: float | None = None
-    ) -> None:
-        """End the attempt open on `flow`, if any (e.g. a fallback saw its 429 before trying the next one)."""
-        found = self._traces.get(flow)
-        if found is not None and found.attempt is not None:
-            found.attempt.end(status=status, error=error, end=end)
-            found.attempt = None
 
     # -- content (codexgate_trace_content only) --------------------------------------------------------
 

@@ -203,10 +203,6 @@ class WebSocketRelay:
         if entry is not None:
             entry[1].cancel()
 
-    @property
-    def open_sockets(self) -> int:
-        return len(self._sockets)
-
     def take_refusal(self, key: str, session_id: str | None) -> str | None:
         """The message of a refusal retrying cannot cure (401/402/403) that this key's session got
         on a socket within `REFUSAL_MEMORY`, once; else None.

@@ -102,11 +102,6 @@ def window(counter: Counter, now: float) -> tuple[float, float]:
     return now - counter.span_seconds, hi
 
 
-def bucket_ttl(counter: Counter, now: float) -> float:
-    """Seconds from `now` until no window includes the counter's current bucket, plus margin."""
-    return counter.bucket_start + counter.span_seconds - now + PRUNE_MARGIN_SECONDS
-
-
 def build_admission(
     counters: list[Counter],
     amounts: Amounts,
