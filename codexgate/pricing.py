@@ -8,11 +8,11 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+from typing import Protocol
 
 from genai_prices import Usage as PriceUsage
 from genai_prices import calc_price
 
-from codexgate.policies.schema import Price
 from codexgate.usage import Usage
 
 logger = logging.getLogger(__name__)
@@ -69,6 +69,20 @@ class PriceSource:
             provider_id=self.provider_id,
         )
         return float(calculation.total_price)
+
+
+class Price(Protocol):
+    """A fixed price, USD per million tokens: the shape of the policy's `price:` (core reads it,
+    the policy defines it)."""
+
+    @property
+    def input_per_mtok(self) -> float: ...
+
+    @property
+    def output_per_mtok(self) -> float: ...
+
+    @property
+    def cached_input_per_mtok(self) -> float | None: ...
 
 
 def fixed_cost(price: Price, usage: Usage) -> float:
