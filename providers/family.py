@@ -17,6 +17,7 @@ from typing import Any, ClassVar, Protocol
 
 from pydantic import BaseModel
 
+from codexgate.catalog import GENERIC_DEFAULTS, FamilyDefaults
 from codexgate.providers.responses.objects import ResponseContext
 from codexgate.secrets import SecretResolver
 from codexgate.sse import encode_event
@@ -177,6 +178,10 @@ class ProviderFamily[SettingsT: BaseModel]:
     `price_id() -> str | None`
         The provider id genai-prices knows its models under ("anthropic", "google", ...), None
         where there is no list price (self-hosted hosts: the policy sets one).
+
+    `codex_defaults(upstream_model) -> FamilyDefaults`
+        What Codex's model catalog says about a model the policy describes no further (context
+        window, reasoning levels, input modalities, apply_patch flavour).
     """
 
     kind: ClassVar[str]
@@ -242,6 +247,9 @@ class ProviderFamily[SettingsT: BaseModel]:
 
     def price_id(self) -> str | None:
         return None
+
+    def codex_defaults(self, upstream_model: str) -> FamilyDefaults:
+        return GENERIC_DEFAULTS
 
 
 def new_context(model: str, provider_name: str, echo: JSON | None = None) -> ResponseContext:
