@@ -76,8 +76,14 @@ class StreamTranslator(Protocol):
     event, `outcome` ("completed" | "incomplete" | "failed"), `usage` and `response` (the final
     `response` object) are set."""
 
-    usage: Usage | None
-    outcome: str | None
+    @property
+    def usage(self) -> Usage | None: ...
+
+    @property
+    def outcome(self) -> str | None: ...
+
+    @property
+    def response(self) -> JSON | None: ...
 
     def feed(self, event: Any) -> list[JSON]: ...
 
@@ -228,7 +234,7 @@ class ProviderFamily[SettingsT: BaseModel]:
         for event in self.whole_events(prepared, raw):
             translator.feed(event)
         translator.finish()
-        response: JSON | None = getattr(translator, "response", None)
+        response = translator.response
         if response is None:
             raise RuntimeError(f"the {self.kind} stream translator gave no final response")
         return response
