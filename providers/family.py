@@ -52,7 +52,7 @@ class Prepared:
 
     url: str
     headers: dict[str, str]  # fixed headers of the family (versions, content negotiation), no credentials
-    body: bytes | None  # None: the client's body as it came (a pass-through family that changed nothing)
+    body: bytes | None  # None: the body the flow already carries (a pass-through family that changed nothing)
     stream: bool
     upstream_model: str
     dropped_tools: list[str] = dataclasses.field(default_factory=list)  # tools it cannot serve (header, log)
