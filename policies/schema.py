@@ -196,7 +196,7 @@ class ChatProvider(Limited):
     @field_validator("preset")
     @classmethod
     def _known_preset(cls, value: str) -> str:
-        from codexgate.providers.chat_compat import PRESETS
+        from codexgate.providers.chat import PRESETS
 
         if value not in PRESETS:
             raise ValueError(f"unknown preset {value!r}; presets: {', '.join(sorted(PRESETS))}")
@@ -204,7 +204,7 @@ class ChatProvider(Limited):
 
     @model_validator(mode="after")
     def _has_url(self) -> ChatProvider:
-        from codexgate.providers.chat_compat import PRESETS
+        from codexgate.providers.chat import PRESETS
 
         if not (self.base_url or PRESETS[self.preset].base_url):
             raise ValueError("the generic preset needs a base_url")
@@ -212,7 +212,7 @@ class ChatProvider(Limited):
 
     @property
     def url(self) -> str:
-        from codexgate.providers.chat_compat import PRESETS
+        from codexgate.providers.chat import PRESETS
 
         return (self.base_url or PRESETS[self.preset].base_url).rstrip("/")
 

@@ -129,7 +129,7 @@ class ChatAdapter:
     settings: ChatProvider | AzureProvider
 
     def prepare(self, body: JSON, upstream_model: str, provider_name: str) -> Prepared:
-        from codexgate.providers import chat_compat
+        from codexgate.providers import chat as chat_compat
 
         options = TranslateOptions(provider_name=provider_name, default_max_tokens=self.settings.default_max_tokens)
         if isinstance(self.settings, AzureProvider):
@@ -159,7 +159,7 @@ class ChatAdapter:
         )  # fmt: skip
 
     def credentials(self, prepared: Prepared, secrets: SecretResolver) -> dict[str, str]:
-        from codexgate.providers import chat_compat
+        from codexgate.providers import chat as chat_compat
 
         if not self.settings.keys:
             return {}
@@ -169,7 +169,7 @@ class ChatAdapter:
         return chat_compat.auth_headers(secret)
 
     def stream(self, prepared: Prepared, ctx: ResponseContext) -> StreamBridge:
-        from codexgate.providers import chat_compat
+        from codexgate.providers import chat as chat_compat
 
         translator = chat_compat.StreamTranslator(
             _answering(ctx, prepared), tools=prepared.extra["tools"], upstream_model=prepared.upstream_model
@@ -177,7 +177,7 @@ class ChatAdapter:
         return StreamBridge(chat_compat.ChatStreamDecoder(), translator)
 
     def whole(self, prepared: Prepared, ctx: ResponseContext, raw: bytes) -> JSON:
-        from codexgate.providers import chat_compat
+        from codexgate.providers import chat as chat_compat
 
         result: JSON = chat_compat.translate_response(
             json.loads(raw),
@@ -188,7 +188,7 @@ class ChatAdapter:
         return result
 
     def error(self, status: int, raw: bytes) -> tuple[int, JSON]:
-        from codexgate.providers import chat_compat
+        from codexgate.providers import chat as chat_compat
 
         return chat_compat.translate_error(status, raw)
 

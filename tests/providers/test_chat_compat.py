@@ -34,7 +34,7 @@ from openai.types.responses import ResponseError
 from openai.types.responses.response_create_params import ResponseCreateParamsStreaming
 from pydantic import TypeAdapter
 
-from codexgate.providers import chat_compat as cc
+from codexgate.providers import chat as cc
 from codexgate.providers.base import ResponseContext, TranslateOptions, open_reasoning, seal_reasoning
 from codexgate.providers.jsonstring import InputStringStream
 
