@@ -18,7 +18,8 @@ Request (one Codex `POST /v1/responses` body `body`, routed to upstream model `u
     tools = chat_compat.tool_map(body)        # chat function name -> Codex tool (custom/namespace)
     # Reasoning envelopes are scoped to (provider_name, upstream): pass the same `upstream` below.
 
-Answer, not streamed (HTTP 200)::
+Answer, not streamed (HTTP 200) — derived from the stream translator below (the completion is
+read as the chunks its stream would have carried, `whole.completion_chunks`)::
 
     responses_body = chat_compat.translate_response(json.loads(raw), ctx, tools=tools, upstream_model=upstream)
 

@@ -94,6 +94,7 @@ class StreamTranslator:
         self.tools = tools or ToolMap({})
         self.usage: Usage | None = None
         self.outcome: str | None = None
+        self.response: dict[str, Any] | None = None  # the terminal event's `response` object
         self.content_filtered = False  # the host's content filter ended the answer
         self._sequence = 0
         self._started = False
@@ -355,23 +356,23 @@ class StreamTranslator:
         out = self._close_all()
         if self._finish == "length":
             self.outcome = "incomplete"
-            response = _response_object(
+            self.response = _response_object(
                 self.ctx, "incomplete", self._final_output(), self.usage, incomplete="max_output_tokens"
             )
-            return out + [self._event("response.incomplete", response=response)]
+            return out + [self._event("response.incomplete", response=self.response)]
         if self._finish == "content_filter":
             self.content_filtered = True
             log.warning(
                 "provider %s: answer %s stopped by its content filter", self.ctx.provider_name, self.ctx.response_id
             )
         self.outcome = "completed"
-        response = _response_object(self.ctx, "completed", self._final_output(), self.usage)
-        return out + [self._event("response.completed", response=response)]
+        self.response = _response_object(self.ctx, "completed", self._final_output(), self.usage)
+        return out + [self._event("response.completed", response=self.response)]
 
     def _fail(self, error: dict[str, Any]) -> list[dict[str, Any]]:
         self.outcome = "failed"
-        response = _response_object(self.ctx, "failed", self._final_output(), self.usage, error=error)
-        return [self._event("response.failed", response=response)]
+        self.response = _response_object(self.ctx, "failed", self._final_output(), self.usage, error=error)
+        return [self._event("response.failed", response=self.response)]
 
     def finish(self) -> list[dict[str, Any]]:
         """The upstream stream ended: the terminal event, unless one was sent already."""

@@ -615,6 +615,99 @@ def test_mistral_thinking_chunks() -> None:
     assert [item["type"] for item in response["output"]] == ["reasoning", "message"]
 
 
+PATCH_TEXT = "*** Begin Patch\n*** Add File: a.txt\n+hi\n*** End Patch\n"
+
+
+def _call(call_id: str, name: str, arguments: str) -> dict[str, Any]:
+    return {"id": call_id, "type": "function", "function": {"name": name, "arguments": arguments}}
+
+
+def _stream_tail(finish: str, usage_: dict[str, Any] | None = None) -> list[dict[str, Any]]:
+    return [chunk({}, finish), chunk(empty_choices=True, usage=usage_ or usage(10, 5))]
+
+
+# (whole chat.completion, the chunks a host streams for the same answer)
+WHOLE_AND_STREAMED: dict[str, tuple[dict[str, Any], list[dict[str, Any]]]] = {
+    "text": (
+        completion({"content": "Hello there"}, usage_=usage(10, 5, cached=4)),
+        text_chunks("Hello there", final_usage=usage(10, 5, cached=4)),
+    ),
+    "reasoning, patch and call": (
+        completion(
+            {
+                "content": "Patching now.",
+                "reasoning_content": "Let me think.",
+                "tool_calls": [
+                    _call("call_p", "apply_patch", json.dumps({"input": PATCH_TEXT})),
+                    _call("call_x", "exec_command", '{"cmd": "ls"}'),
+                ],
+            },
+            "tool_calls",
+        ),
+        [chunk({"role": "assistant", "reasoning_content": "Let me "}), chunk({"reasoning_content": "think."})]
+        + [chunk({"content": "Patching "}), chunk({"content": "now."})]
+        + tool_call_chunks("call_p", "apply_patch", json.dumps({"input": PATCH_TEXT}), pieces=5)
+        + tool_call_chunks("call_x", "exec_command", '{"cmd": "ls"}', index=1)
+        + _stream_tail("tool_calls"),
+    ),
+    "think tags cut by the length limit": (
+        completion({"content": "<think>hmm</think>\n\nThe answer is 4"}, "length"),
+        [chunk({"content": "<thi"}), chunk({"content": "nk>hmm</think>\n\nThe answer"}), chunk({"content": " is 4"})]
+        + _stream_tail("length"),
+    ),
+    "content filter": (
+        completion({"content": "partial"}, "content_filter"),
+        [chunk({"content": "part"}), chunk({"content": "ial"})] + _stream_tail("content_filter"),
+    ),
+    "refusal": (
+        completion({"content": None, "refusal": "I can't help with that."}),
+        [chunk({"refusal": "I can't "}), chunk({"refusal": "help with that."})] + _stream_tail("stop"),
+    ),
+    "blank text before a call": (
+        completion({"content": "\n\n", "tool_calls": [_call("call_x", "exec_command", '{"cmd": "ls"}')]}, "tool_calls"),
+        [chunk({"content": "\n"}), chunk({"content": "\n"})]
+        + tool_call_chunks("call_x", "exec_command", '{"cmd": "ls"}')
+        + _stream_tail("tool_calls"),
+    ),
+    # The host gave up after writing part of an answer: nothing half-written is kept.
+    "finish_reason error after a partial answer": (
+        completion({"content": "Partial", "tool_calls": [_call("call_x", "exec_command", '{"cmd"')]}, "error"),
+        [chunk({"content": "Partial"}), *tool_call_chunks("call_x", "exec_command", '{"cmd"')]
+        + [chunk({}, "error", usage=usage(10, 5))],
+    ),
+}
+
+
+def comparable(response: dict[str, Any]) -> dict[str, Any]:
+    """`response` with generated item ids reduced to their prefix and order, and sealed reasoning
+    opened (envelopes are sealed afresh each time)."""
+    seen: list[str] = []
+
+    def item(entry: dict[str, Any]) -> dict[str, Any]:
+        entry = dict(entry)
+        seen.append(entry["id"])
+        entry["id"] = f"{entry['id'].split('_')[0]}#{len(seen)}"
+        if "encrypted_content" in entry:
+            entry["encrypted_content"] = open_reasoning(entry["encrypted_content"], "deepseek-prod", "codex-model")
+        return entry
+
+    return dict(response, output=[item(entry) for entry in response["output"]])
+
+
+@pytest.mark.parametrize("case", sorted(WHOLE_AND_STREAMED))
+def test_whole_answer_is_the_final_response_of_its_stream(case: str) -> None:
+    """The non-streamed answer is derived from the stream translator: a whole completion and the
+    stream of the same answer end in the same `response` object, item for item."""
+    whole_answer, streamed = WHOLE_AND_STREAMED[case]
+    tools = cc.tool_map(codex_body())
+    events, translator = run_stream([sse(streamed)], ctx(), tools)
+    terminal = check_stream(events, ctx())
+    whole = cc.translate_response(whole_answer, ctx(), tools=tools)
+    check_response(whole)
+    assert comparable(whole) == comparable(terminal["response"])
+    assert whole["status"] == translator.outcome
+
+
 # ------------------------------------------------------------------ streams
 
 
