@@ -100,7 +100,7 @@ def _error_body(message: str, kind: str, code: str) -> dict[str, Any]:
     return {"error": {"message": message, "type": kind, "code": code, "param": None}}
 
 
-def _failure(status: int, raw: Any) -> dict[str, Any]:
+def answer_failure(status: int, raw: Any) -> dict[str, Any]:
     """A `response.error` object for an error met inside an answer."""
     message, code, kind = _error_fields(raw)
     if code.isdigit():  # OpenRouter puts the HTTP status of a mid-stream failure in `code`

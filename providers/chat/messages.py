@@ -107,7 +107,7 @@ def _chat_call_id(call_id: str, alnum9: bool) -> str:
     return digest[:9]
 
 
-class _Messages:
+class ChatMessages:
     """Builds the chat `messages` list from Responses input items, in order."""
 
     def __init__(self, preset: Preset, tools: ToolMap, provider_name: str, model: str) -> None:

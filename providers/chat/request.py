@@ -12,7 +12,7 @@ from codexgate.providers.base import (
     stop_sequences,
 )
 from codexgate.providers.base import input_items as _input_items
-from codexgate.providers.chat.messages import _Messages
+from codexgate.providers.chat.messages import ChatMessages
 from codexgate.providers.chat.presets import Preset, get_preset
 from codexgate.providers.chat.tools import ToolMap, _custom_tool_function, _function_tool, _tool_choice, _tool_entries
 
@@ -80,7 +80,7 @@ def build_request(
     host = get_preset(preset)
     entries, served, dropped = _tool_entries(body)
     tools = ToolMap(types.MappingProxyType(entries))
-    builder = _Messages(host, tools, options.provider_name, upstream_model)
+    builder = ChatMessages(host, tools, options.provider_name, upstream_model)
     if isinstance(body.get("instructions"), str) and body["instructions"]:
         builder.system.append(body["instructions"])
     for item in _input_items(body):

@@ -26,7 +26,7 @@ from codexgate.providers.chat.answer import (
     _response_object,
     _ThinkSplitter,
 )
-from codexgate.providers.chat.errors import _failure
+from codexgate.providers.chat.errors import answer_failure
 from codexgate.providers.chat.tools import ToolMap
 from codexgate.providers.jsonstring import InputStringStream
 from codexgate.sse import SSEParser
@@ -142,7 +142,7 @@ class StreamTranslator:
             self.usage = usage
         choices = event.get("choices")
         if event.get("error") is not None and not choices:
-            return out + self._fail(_failure(500, event))
+            return out + self._fail(answer_failure(500, event))
         for choice in choices if isinstance(choices, list) else []:
             if not isinstance(choice, dict) or choice.get("index", 0) != 0:
                 continue  # Codex asks for one answer
@@ -153,7 +153,7 @@ class StreamTranslator:
                 self._finish = str(finish)
                 if self._finish == "error":
                     error = event.get("error") or choice.get("error") or "the provider stopped with an error"
-                    return out + self._fail(_failure(500, error))
+                    return out + self._fail(answer_failure(500, error))
                 out += self._close_all()
         return out
 

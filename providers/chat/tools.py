@@ -13,8 +13,6 @@ from codexgate.providers.base import input_items as _input_items
 # --------------------------------------------------------------------------- tools
 
 _NAME_OK = re.compile(r"[^A-Za-z0-9_-]")
-# Tool types Codex sends that a chat host cannot run (hosted by OpenAI, or Responses-only).
-_FUNCTION_LIKE = ("function", "custom", "namespace")
 
 
 @dataclasses.dataclass(frozen=True)
