@@ -80,7 +80,7 @@ from codexgate.providers.chat.errors import translate_error
 from codexgate.providers.chat.presets import PRESETS, Preset, get_preset
 from codexgate.providers.chat.request import auth_headers, build_request, request_target
 from codexgate.providers.chat.stream import DONE, ChatStreamDecoder, StreamTranslator
-from codexgate.providers.chat.tools import ToolEntry, ToolMap, tool_map
+from codexgate.providers.chat.tools import tool_map
 from codexgate.providers.chat.whole import translate_response
 
 __all__ = [
@@ -89,8 +89,6 @@ __all__ = [
     "ChatStreamDecoder",
     "Preset",
     "StreamTranslator",
-    "ToolEntry",
-    "ToolMap",
     "auth_headers",
     "azure_auth_headers",
     "azure_responses_body",

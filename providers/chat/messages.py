@@ -12,7 +12,7 @@ from codexgate.providers.base import (
     open_reasoning,
 )
 from codexgate.providers.chat.presets import Preset
-from codexgate.providers.chat.tools import ToolMap
+from codexgate.providers.responses.tools import ToolNameMap
 
 
 def _text_of(content: Any) -> str:
@@ -110,7 +110,7 @@ def _chat_call_id(call_id: str, alnum9: bool) -> str:
 class ChatMessages:
     """Builds the chat `messages` list from Responses input items, in order."""
 
-    def __init__(self, preset: Preset, tools: ToolMap, provider_name: str, model: str) -> None:
+    def __init__(self, preset: Preset, tools: ToolNameMap, provider_name: str, model: str) -> None:
         self.preset = preset
         self.tools = tools
         self.provider_name = provider_name
@@ -217,7 +217,7 @@ class ChatMessages:
             {
                 "id": _chat_call_id(call_id, self.preset.alnum9_tool_call_ids),
                 "type": "function",
-                "function": {"name": self.tools.chat_name(name, namespace), "arguments": arguments},
+                "function": {"name": self.tools.wire_name(name, namespace), "arguments": arguments},
             }
         )
 

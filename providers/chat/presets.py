@@ -32,6 +32,9 @@ class Preset:
     alnum9_tool_call_ids: bool = False
     # Hosts that insist on alternating user/assistant turns (consecutive same roles merged).
     merge_consecutive_roles: bool = False
+    # The provider id genai-prices lists the host's models under; None for self-hosted ones (the
+    # policy sets a price, 0 is one too).
+    price_id: str | None = None
 
     @property
     def reasoning_effort(self) -> bool:
@@ -51,43 +54,55 @@ _LOW_MED_HIGH = ("low", "medium", "high")
 PRESETS: Mapping[str, Preset] = types.MappingProxyType(
     {
         "generic": Preset("generic", "", parallel_tool_calls=False),
-        "groq": Preset("groq", "https://api.groq.com/openai/v1", reasoning_effort_values=_LOW_MED_HIGH),
+        "groq": Preset(
+            "groq", "https://api.groq.com/openai/v1", price_id="groq", reasoning_effort_values=_LOW_MED_HIGH
+        ),
         # Mistral forbids unknown fields (422 extra_forbidden), `stream_options` among them; it
         # sends usage on the last chunk unasked. Tool call ids: [a-zA-Z0-9]{9}.
-        "mistral": Preset("mistral", "https://api.mistral.ai/v1", stream_options=False, alnum9_tool_call_ids=True),
+        "mistral": Preset(
+            "mistral", "https://api.mistral.ai/v1", price_id="mistral", stream_options=False, alnum9_tool_call_ids=True
+        ),
         # DeepSeek: thinking mode wants `reasoning_content` of tool-calling turns back (else 400);
         # structured output is json_object only.
         "deepseek": Preset(
             "deepseek",
             "https://api.deepseek.com",
+            price_id="deepseek",
             reasoning_effort_values=("low", "high", "max"),
             parallel_tool_calls=False,
             structured_output="json_object",
             reasoning_replay="reasoning_content",
         ),
-        "xai": Preset("xai", "https://api.x.ai/v1"),
+        "xai": Preset("xai", "https://api.x.ai/v1", price_id="x-ai"),
         "openrouter": Preset(
             "openrouter",
             "https://openrouter.ai/api/v1",
+            price_id="openrouter",
             reasoning_effort_values=("none", "minimal", "low", "medium", "high", "xhigh"),
             reasoning_replay="reasoning_details",
         ),
-        "together": Preset("together", "https://api.together.ai/v1", parallel_tool_calls=False),
+        "together": Preset("together", "https://api.together.ai/v1", price_id="together", parallel_tool_calls=False),
         "fireworks": Preset(
             "fireworks",
             "https://api.fireworks.ai/inference/v1",
+            price_id="fireworks",
             reasoning_effort_values=_LOW_MED_HIGH,
             needs_max_tokens=True,
             parallel_tool_calls=False,
         ),
         # Cerebras rejects parallel_tool_calls with 400.
         "cerebras": Preset(
-            "cerebras", "https://api.cerebras.ai/v1", reasoning_effort_values=_LOW_MED_HIGH, parallel_tool_calls=False
+            "cerebras",
+            "https://api.cerebras.ai/v1",
+            price_id="cerebras",
+            reasoning_effort_values=_LOW_MED_HIGH,
+            parallel_tool_calls=False,
         ),
         # Perplexity Sonar: no tool calling; turns must alternate.
         "perplexity": Preset(
             "perplexity",
             "https://api.perplexity.ai",
+            price_id="perplexity",
             parallel_tool_calls=False,
             stream_options=False,
             tools=False,

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import types
 from typing import Any
 
 from codexgate.providers.base import (
@@ -14,7 +13,7 @@ from codexgate.providers.base import (
 from codexgate.providers.base import input_items as _input_items
 from codexgate.providers.chat.messages import ChatMessages
 from codexgate.providers.chat.presets import Preset, get_preset
-from codexgate.providers.chat.tools import ToolMap, _custom_tool_function, _function_tool, _tool_choice, _tool_entries
+from codexgate.providers.chat.tools import chat_tools, custom_tool_function, function_tool, tool_choice
 
 # --------------------------------------------------------------------------- targets and auth
 
@@ -78,8 +77,7 @@ def build_request(
 ) -> dict[str, Any]:
     """A Codex Responses request body → a Chat Completions request body for `preset`'s host."""
     host = get_preset(preset)
-    entries, served, dropped = _tool_entries(body)
-    tools = ToolMap(types.MappingProxyType(entries))
+    tools, served, dropped = chat_tools(body)
     builder = ChatMessages(host, tools, options.provider_name, upstream_model)
     if isinstance(body.get("instructions"), str) and body["instructions"]:
         builder.system.append(body["instructions"])
@@ -92,20 +90,20 @@ def build_request(
     out: dict[str, Any] = {"model": upstream_model, "messages": builder.result(host.developer_role)}
 
     if not host.tools:
-        dropped = dropped + [str(tool.get("name")) for _, tool in served]
+        dropped = dropped + [str(tool.definition.get("name")) for tool in served]
         served = []
     if served:
         out["tools"] = [
             {
                 "type": "function",
-                "function": _custom_tool_function(chat, tool)
-                if tool.get("type") == "custom"
-                else _function_tool(chat, tool),
+                "function": custom_tool_function(tool.wire, tool.definition)
+                if tool.kind == "custom"
+                else function_tool(tool.wire, tool.definition),
             }
-            for chat, tool in served
+            for tool in served
         ]
         if "tool_choice" in body:
-            out["tool_choice"] = _tool_choice(body["tool_choice"], tools)
+            out["tool_choice"] = tool_choice(body["tool_choice"], tools)
         if host.parallel_tool_calls and isinstance(body.get("parallel_tool_calls"), bool):
             out["parallel_tool_calls"] = body["parallel_tool_calls"]
     options.dropped_tools.extend(dropped)

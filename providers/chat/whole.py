@@ -9,9 +9,9 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from codexgate.providers.base import ResponseContext
 from codexgate.providers.chat.stream import DONE, StreamTranslator
-from codexgate.providers.chat.tools import ToolMap
+from codexgate.providers.responses.objects import ResponseContext
+from codexgate.providers.responses.tools import ToolNameMap
 
 __all__ = ["completion_chunks", "translate_response"]
 
@@ -48,7 +48,7 @@ def translate_response(
     provider_body: Mapping[str, Any],
     ctx: ResponseContext,
     *,
-    tools: ToolMap | None = None,
+    tools: ToolNameMap | None = None,
     upstream_model: str | None = None,
 ) -> dict[str, Any]:
     """A non-streamed chat completion → a Responses API `response` object, exactly as the stream of

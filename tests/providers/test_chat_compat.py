@@ -37,6 +37,7 @@ from pydantic import TypeAdapter
 from codexgate.providers import chat as cc
 from codexgate.providers.base import ResponseContext, TranslateOptions, open_reasoning, seal_reasoning
 from codexgate.providers.jsonstring import InputStringStream
+from codexgate.providers.responses.tools import CodexTool, ToolNameMap
 
 FIXTURE = "tests/fixtures/codex_request_tool_round_trip.json"
 TERMINAL = ("response.completed", "response.incomplete", "response.failed")
@@ -175,7 +176,7 @@ def pieces(raw: bytes, rng: random.Random, largest: int = 40) -> Iterator[bytes]
 
 
 def run_stream(
-    raw_parts: Any, context: ResponseContext, tools: cc.ToolMap | None = None, upstream_model: str | None = None
+    raw_parts: Any, context: ResponseContext, tools: ToolNameMap | None = None, upstream_model: str | None = None
 ) -> tuple[list[dict[str, Any]], cc.StreamTranslator]:
     decoder = cc.ChatStreamDecoder()
     translator = cc.StreamTranslator(context, tools=tools, upstream_model=upstream_model)
@@ -415,7 +416,7 @@ def test_namespaced_additional_tools_are_flattened_and_collisions_renamed() -> N
     assert opts.dropped_tools == ["web_search"]
     assert chat["messages"][2]["tool_calls"][0]["function"]["name"] == "mcp_files__exec_command"
     tools = cc.tool_map(body)
-    assert tools.entry("mcp_files__exec_command") == cc.ToolEntry("function", "exec_command", "mcp.files")
+    assert tools.resolve("mcp_files__exec_command") == CodexTool("function", "exec_command", "mcp.files")
     answer = completion(
         {
             "content": None,
