@@ -2,52 +2,37 @@
 Fireworks, Cerebras, Perplexity, Ollama, vLLM, LM Studio, any generic host) and Azure OpenAI.
 
 Codex speaks the Responses API only; these hosts speak `POST {base_url}/chat/completions`. This
-module translates both ways, purely (no I/O). Each host's quirks live in a `Preset` (see `PRESETS`).
+package translates both ways, purely (no I/O). Each host's quirks live in a `Preset` (`PRESETS`).
 
-How the gateway drives it
--------------------------
-Request (one Codex `POST /v1/responses` body `body`, routed to upstream model `upstream`)::
+The gateway drives it through the `chat` and `azure` families (`family.py`, registered in
+`providers/registry.py`); the modules, in the order a request meets them:
 
-    preset = chat_compat.PRESETS["groq"]                      # or a Preset of your own
-    base = policy_base_url or preset.base_url
+- `presets`: each host's base URL, the Chat fields it accepts, its genai-prices id.
+- `tools`: Codex tools → chat functions (the toolkit's `ToolNameMap` under Chat's naming rule),
+  custom tools as a function taking one string `input`, `tool_choice`.
+- `messages`: Responses input items → `messages`, repaired for strict hosts (no blank text, every
+  tool call answered, roles alternating where a host insists).
+- `request`: `build_request` (the whole chat body), `request_target`, `auth_headers`.
+- `azure`: Azure OpenAI's URLs and `api-key`, the body of its v1 Responses API (passed through).
+- `stream`: `ChatStreamDecoder` (SSE → chunk dicts) and `StreamTranslator` (chunks → Responses
+  events through the toolkit's `ResponseEmitter`); `answer`: what chunks carry, read.
+- `whole`: a whole completion read as the chunks its stream would have been, through the same
+  translator — one translation, streamed or not.
+- `errors`: a host's errors → OpenAI-shaped errors with the codes Codex understands.
+
+Used directly (as the tests do)::
+
     options = TranslateOptions(provider_name="groq-prod")
-    chat_body = chat_compat.build_request(body, upstream, options, preset=preset)
-    url, fixed = chat_compat.request_target(base, upstream, stream=chat_body["stream"])
-    headers = {"content-type": "application/json", **fixed, **chat_compat.auth_headers(secret)}
-    # options.dropped_tools now names the Codex tools the host cannot serve (say so in a header)
-    tools = chat_compat.tool_map(body)        # chat function name -> Codex tool (custom/namespace)
-    # Reasoning envelopes are scoped to (provider_name, upstream): pass the same `upstream` below.
-
-Answer, not streamed (HTTP 200) — derived from the stream translator below (the completion is
-read as the chunks its stream would have carried, `whole.completion_chunks`)::
-
-    responses_body = chat_compat.translate_response(json.loads(raw), ctx, tools=tools, upstream_model=upstream)
-
-Answer, streamed (HTTP 200, `text/event-stream`); chunk boundaries may fall anywhere::
-
-    decoder = chat_compat.ChatStreamDecoder()
-    translator = chat_compat.StreamTranslator(ctx, tools=tools, upstream_model=upstream)
-    for chunk in upstream_bytes:                       # b"" at the end is fine too
-        for event in decoder.feed(chunk):
-            for out in translator.feed(event):
-                send(codexgate.sse.encode_event(out))
-    for out in translator.finish():                    # once, when the upstream stream ended
-        send(codexgate.sse.encode_event(out))
-    # translator.usage (Usage | None), translator.outcome ("completed"/"incomplete"/"failed")
-
-Answer with an error status (any time before the stream started)::
-
-    status, error_body = chat_compat.translate_error(upstream_status, raw_body)
-    # keep the host's Retry-After header on a 429: Codex retries a 429 only when it is there
-
-Azure OpenAI
-------------
-* Chat deployments: ``url, fixed = azure_target(endpoint, deployment, "2024-10-21", "chat")``,
-  body from ``build_request(body, deployment, options, preset=PRESETS["azure"])``, credentials
-  from ``azure_auth_headers(secret)`` (the `api-key` header); answers translate as above.
-* v1 Responses API: ``url, fixed = azure_target(endpoint, deployment, None, "responses")`` and
-  ``azure_responses_body(body, deployment)`` — a pass-through (the answer is already a Responses
-  answer; nothing to translate back), with `api-key` credentials.
+    chat_body = chat.build_request(body, upstream, options, preset=chat.PRESETS["groq"])
+    tools = chat.tool_map(body)     # wire name -> Codex tool; envelopes are scoped to `upstream`
+    translator = chat.StreamTranslator(ctx, tools=tools, upstream_model=upstream)
+    decoder = chat.ChatStreamDecoder()
+    for piece in upstream_bytes:    # chunk boundaries anywhere
+        for chunk in decoder.feed(piece):
+            send(translator.feed(chunk))
+    send(translator.finish())       # the terminal event unless one was sent; then .usage, .outcome
+    whole = chat.translate_response(json.loads(raw), ctx, tools=tools, upstream_model=upstream)
+    status, error_body = chat.translate_error(upstream_status, raw_body)
 
 What is translated
 ------------------

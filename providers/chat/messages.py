@@ -8,9 +8,7 @@ import json
 import re
 from typing import Any
 
-from codexgate.providers.base import (
-    open_reasoning,
-)
+from codexgate.providers.base import open_reasoning
 from codexgate.providers.chat.presets import Preset
 from codexgate.providers.responses.tools import ToolNameMap
 

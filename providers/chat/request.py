@@ -15,8 +15,6 @@ from codexgate.providers.chat.messages import ChatMessages
 from codexgate.providers.chat.presets import Preset, get_preset
 from codexgate.providers.chat.tools import chat_tools, custom_tool_function, function_tool, tool_choice
 
-# --------------------------------------------------------------------------- targets and auth
-
 
 def request_target(base_url: str, upstream_model: str, stream: bool) -> tuple[str, dict[str, str]]:
     """The chat completions URL under `base_url` (which ends in /v1 or the host's equivalent)."""
@@ -27,8 +25,6 @@ def auth_headers(secret: str) -> dict[str, str]:
     # Local hosts (Ollama, vLLM, LM Studio) usually run without a key.
     return {"authorization": f"Bearer {secret}"} if secret else {}
 
-
-# --------------------------------------------------------------------------- request
 
 _EFFORT_ORDER = ("none", "minimal", "low", "medium", "high", "xhigh", "max")
 
