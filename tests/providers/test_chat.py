@@ -7,6 +7,7 @@ fake host, `fakes.chat_upstream`), answers against `Response` / `ResponseStreamE
 
 from __future__ import annotations
 
+import asyncio
 import copy
 import http.client
 import json
@@ -34,10 +35,13 @@ from openai.types.responses import ResponseError
 from openai.types.responses.response_create_params import ResponseCreateParamsStreaming
 from pydantic import TypeAdapter
 
+from codexgate.policies.schema import AzureProvider, ChatProvider, SecretRef
 from codexgate.providers import chat as cc
 from codexgate.providers.base import ResponseContext, TranslateOptions, open_reasoning, seal_reasoning
 from codexgate.providers.jsonstring import InputStringStream
+from codexgate.providers.registry import family_for
 from codexgate.providers.responses.tools import CodexTool, ToolNameMap
+from codexgate.secrets import SecretResolver
 
 FIXTURE = "tests/fixtures/codex_request_tool_round_trip.json"
 TERMINAL = ("response.completed", "response.incomplete", "response.failed")
@@ -1198,3 +1202,54 @@ def test_decoder_named_error_events_and_done() -> None:
     raw = b'event: error\ndata: {"message": "boom"}\n\ndata: [DONE]\n\ndata: not json\n\n'
     events = [event for byte in range(len(raw)) for event in decoder.feed(raw[byte : byte + 1])]
     assert events == [{"error": {"message": "boom"}}, {"done": True}]
+
+
+# ------------------------------------------------------------------ the families (registry)
+
+
+def test_every_priced_preset_names_a_genai_prices_provider() -> None:
+    """The price id of a hosted preset is one genai-prices lists; self-hosted ones have none (the
+    policy sets a price)."""
+    from genai_prices import data
+
+    known = {provider.id for provider in data.providers}
+    for name, host in cc.PRESETS.items():
+        if host.base_url.startswith("https://"):
+            assert host.price_id in known, name
+        else:
+            assert host.price_id is None, name
+    assert family_for(ChatProvider(kind="chat", preset="xai", keys=[SecretRef(value="env:K")])).price_id() == "x-ai"
+    assert family_for(ChatProvider(kind="chat", preset="ollama")).price_id() is None
+    azure = AzureProvider(kind="azure", endpoint="https://res.openai.azure.com", keys=[SecretRef(value="env:K")])
+    assert family_for(azure).price_id() == "azure"
+
+
+def test_family_credentials_use_the_chosen_key(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("CG_CHAT_K1", "key-one")
+    monkeypatch.setenv("CG_CHAT_K2", "key-two")
+    keys = [SecretRef(value="env:CG_CHAT_K1", weight=3), SecretRef(value="env:CG_CHAT_K2", weight=1)]
+    secrets = SecretResolver(environ={})
+    chat = family_for(ChatProvider(kind="chat", preset="groq", keys=keys))
+    prepared = chat.prepare(codex_body(user("hi")), "llama", "groq-prod")
+    assert chat.key_weights() == [3, 1]
+    assert asyncio.run(chat.credentials(prepared, 1, secrets)) == {"authorization": "Bearer key-two"}
+    local = family_for(ChatProvider(kind="chat", preset="ollama"))
+    assert asyncio.run(local.credentials(local.prepare(codex_body(user("hi")), "qwen", "local"), 0, secrets)) == {}
+    azure = family_for(AzureProvider(kind="azure", endpoint="https://res.openai.azure.com", api="chat", keys=keys))
+    prepared = azure.prepare(codex_body(user("hi")), "my-deployment", "azure-east")
+    assert asyncio.run(azure.credentials(prepared, 0, secrets)) == {"api-key": "key-one"}
+    assert (
+        prepared.url
+        == "https://res.openai.azure.com/openai/deployments/my-deployment/chat/completions?api-version=2024-10-21"
+    )
+    assert prepared.translate and set(chat.secret_headers) | set(azure.secret_headers) == {"authorization", "api-key"}
+
+
+def test_azure_responses_api_is_passed_through_not_translated() -> None:
+    azure = family_for(
+        AzureProvider(kind="azure", endpoint="https://res.openai.azure.com/", keys=[SecretRef(value="env:K")])
+    )
+    prepared = azure.prepare(codex_body(user("hi"), previous_response_id="resp_1"), "my-deployment", "azure-east")
+    assert not prepared.translate and prepared.url == "https://res.openai.azure.com/openai/v1/responses"
+    sent = json.loads(prepared.body or b"{}")
+    assert sent["model"] == "my-deployment" and sent["previous_response_id"] == "resp_1"
