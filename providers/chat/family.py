@@ -9,6 +9,7 @@ import json
 from collections.abc import Iterable
 from typing import Any
 
+from codexgate.catalog import FamilyDefaults
 from codexgate.policies.schema import AzureProvider, ChatProvider
 from codexgate.providers.base import TranslateOptions, refuse_stateful, sampling_params
 from codexgate.providers.chat.azure import azure_auth_headers, azure_responses_body, azure_target
@@ -19,6 +20,7 @@ from codexgate.providers.chat.stream import ChatStreamDecoder, StreamTranslator
 from codexgate.providers.chat.tools import tool_map
 from codexgate.providers.chat.whole import completion_chunks
 from codexgate.providers.family import JSON, Prepared, ProviderFamily, StreamBridge, answering, json_bytes
+from codexgate.providers.openai import openai_model_defaults
 from codexgate.providers.responses.objects import ResponseContext, request_echo
 from codexgate.secrets import SecretResolver
 
@@ -97,3 +99,6 @@ class AzureFamily(_ChatCompletions[AzureProvider]):
 
     def price_id(self) -> str | None:
         return "azure"
+
+    def codex_defaults(self, upstream_model: str) -> FamilyDefaults:
+        return openai_model_defaults(upstream_model)  # Azure deploys OpenAI's own models
