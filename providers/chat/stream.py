@@ -30,10 +30,10 @@ from codexgate.providers.chat.answer import (
 from codexgate.providers.chat.errors import answer_failure
 from codexgate.providers.responses.emitter import (
     CustomToolCallItem,
+    EmittingTranslator,
     FunctionCallItem,
     MessageItem,
     ReasoningItem,
-    ResponseEmitter,
 )
 from codexgate.providers.responses.jsonstring import InputStringStream, custom_input
 from codexgate.providers.responses.objects import ResponseContext
@@ -93,18 +93,17 @@ class _OpenCall:
     input_stream: InputStringStream | None = None  # custom tools: the `input` string as it decodes
 
 
-class StreamTranslator:
+class StreamTranslator(EmittingTranslator):
     """Chat completion chunks (from `ChatStreamDecoder`) → Responses stream events, as they come."""
 
     def __init__(
         self, ctx: ResponseContext, *, tools: ToolNameMap | None = None, upstream_model: str | None = None
     ) -> None:
-        self.emitter = ResponseEmitter(ctx)
-        self.ctx = ctx
+        super().__init__(ctx)
         # Envelopes are scoped to the model the host ran, as `build_request` opens them.
         self.envelope_model = upstream_model or ctx.model
         self.tools = tools if tools is not None else ToolNameMap()
-        self.usage: Usage | None = None
+        self._usage: Usage | None = None  # the latest counts a chunk carried
         self.content_filtered = False  # the host's content filter ended the answer
         self._splitter = ThinkSplitter()
         self._message: MessageItem | None = None
@@ -115,19 +114,16 @@ class StreamTranslator:
         self._done_seen = False
 
     @property
-    def outcome(self) -> str | None:
-        """ "completed" | "incomplete" | "failed" once the terminal event was emitted."""
-        return self.emitter.outcome
-
-    @property
-    def response(self) -> JSON | None:
-        """The terminal event's `response` object (the whole answer)."""
-        return self.emitter.response
+    def usage(self) -> Usage | None:
+        """The counts of the latest chunk that carried usage: hosts send them before the end (with
+        `finish_reason`, or in a chunk of their own before `[DONE]`), and a stream cut after them
+        is still accounted by them."""
+        return self._usage
 
     # ---- feeding
 
     def feed(self, event: Mapping[str, Any]) -> list[JSON]:
-        emit = self.emitter
+        emit = self.emit
         if emit.outcome is not None:
             return []  # the answer is over; a host's trailing chunks change nothing
         emit.start()
@@ -137,7 +133,7 @@ class StreamTranslator:
             return emit.take()
         usage = chunk_usage(event)
         if usage is not None:
-            self.usage = usage
+            self._usage = usage
         choices = event.get("choices")
         if event.get("error") is not None and not choices:
             self._fail(answer_failure(500, event))
@@ -179,7 +175,7 @@ class StreamTranslator:
     def _reasoning_delta(self, text: str, details: Any) -> None:
         self._close_message()
         if self._reasoning is None:
-            self._reasoning = self.emitter.reasoning()
+            self._reasoning = self.emit.reasoning()
             self._details = []
         merge_details(self._details, details)
         self._reasoning.delta(text)
@@ -198,7 +194,7 @@ class StreamTranslator:
         if self._message is None:
             # Announced only once it holds real text: a whitespace-only message (e.g. "\n\n"
             # before a tool call) would be replayed by Codex next turn and refused upstream.
-            self._message = self.emitter.message()
+            self._message = self.emit.message()
         self._message.delta(text)
 
     def _close_message(self, status: str = "completed") -> None:
@@ -222,8 +218,8 @@ class StreamTranslator:
                 state.pending += fragment  # nothing to announce before the name is known
                 return
             tool = self.tools.resolve(state.chat_name)
-            call_id = state.call_id or self.emitter.new_id("call")
-            state.item = self.emitter.tool_call(tool.kind, call_id, tool.name, tool.namespace)
+            call_id = state.call_id or self.emit.new_id("call")
+            state.item = self.emit.tool_call(tool.kind, call_id, tool.name, tool.namespace)
             if isinstance(state.item, CustomToolCallItem):
                 state.input_stream = InputStringStream()
             fragment, state.pending = state.pending + fragment, ""
@@ -265,26 +261,26 @@ class StreamTranslator:
     def _terminal(self) -> None:
         self._close_all()
         if self._finish == "length":
-            self.emitter.complete(self.usage, incomplete="max_output_tokens")
+            self.emit.complete(self._usage, incomplete="max_output_tokens")
             return
         if self._finish == "content_filter":
             self.content_filtered = True
             log.warning(
                 "provider %s: answer %s stopped by its content filter", self.ctx.provider_name, self.ctx.response_id
             )
-        self.emitter.complete(self.usage)
+        self.emit.complete(self._usage)
 
     def _fail(self, error: JSON) -> None:
-        self.emitter.fail(str(error["code"]), str(error["message"]), self.usage)
+        self.emit.fail(str(error["code"]), str(error["message"]), self._usage)
 
     def finish(self) -> list[JSON]:
         """The upstream stream ended: the terminal event, unless one was sent already."""
-        emit = self.emitter
+        emit = self.emit
         if emit.outcome is not None:
             return []
         emit.start()
         if self._finish is not None or self._done_seen:
             self._terminal()
         else:
-            emit.fail("server_error", f"The provider's stream ended early ({self.ctx.provider_name}).", self.usage)
+            emit.fail("server_error", f"The provider's stream ended early ({self.ctx.provider_name}).", self._usage)
         return emit.take()
