@@ -36,14 +36,6 @@ class Preset:
     # policy sets a price, 0 is one too).
     price_id: str | None = None
 
-    @property
-    def reasoning_effort(self) -> bool:
-        return bool(self.reasoning_effort_values)
-
-    @property
-    def needs_key(self) -> bool:
-        return not self.base_url.startswith("http://localhost")
-
 
 _LOW_MED_HIGH = ("low", "medium", "high")
 
