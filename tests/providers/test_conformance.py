@@ -724,3 +724,123 @@ def test_azure_responses_pass_through_reports_chat_parameters_and_keeps_state() 
     assert sorted(prepared.dropped_params) == ["seed", "stop"]
     stateful = adapter.prepare(body_with(user("go on"), previous_response_id="resp_1"), "my-gpt", PROVIDER)
     assert json.loads(stateful.body)["previous_response_id"] == "resp_1"
+
+
+# --------------------------------------------------------------------------------------------
+# Chat Completions hosts and Azure chat deployments: whole answers, schemas, refusals, filters
+
+CHAT_FAMILIES = ["azure", "chat"]
+PATCH_ANSWER = Answer(
+    (Text("Patching."), Call("call_p1", "apply_patch", {"input": '*** Begin Patch\n+"ünï" \\ /\n*** End Patch\n'})),
+    stop="tool_use",
+)
+
+
+def chat_whole(answer: Answer) -> bytes:
+    """The non-streamed `chat.completion` of `answer`, as the fake host sends it."""
+    text = "".join(block.text for block in answer.blocks if isinstance(block, Text))
+    calls = [
+        {
+            "id": block.call_id,
+            "type": "function",
+            "function": {"name": block.name, "arguments": json.dumps(block.arguments)},
+        }
+        for block in answer.blocks
+        if isinstance(block, Call)
+    ]
+    message: dict[str, Any] = {"content": text or None}
+    if calls:
+        message["tool_calls"] = calls
+    finish = {"end": "stop", "max_tokens": "length", "tool_use": "tool_calls"}[answer.stop]
+    body = chat_fake.completion(message, finish, usage_=chat_fake.usage(40, 12))
+    assert not chat_fake.answer_problems(body, streamed=False)
+    return json.dumps(body).encode()
+
+
+def keyed_ids(response: dict[str, Any]) -> dict[str, Any]:
+    """`response` with each item id reduced to its kind prefix and place (`fc#1`, `ctc#2`), sealed
+    reasoning to a marker: what two translations of one answer must agree on."""
+    output = []
+    for place, item in enumerate(response["output"]):
+        item = dict(item, id=f"{item['id'].split('_')[0]}#{place}")
+        if "encrypted_content" in item:
+            item["encrypted_content"] = "sealed"
+        output.append(item)
+    return dict(response, output=output)
+
+
+@pytest.mark.parametrize("name", CHAT_FAMILIES)
+@pytest.mark.parametrize(
+    "answer",
+    [TOOL_ANSWER, PATCH_ANSWER, Answer((Text("Hello there"),)), Answer((Text("Hello th"),), "max_tokens")],
+    ids=["call", "patch", "text", "max_tokens"],
+)
+def test_whole_answer_is_the_final_response_of_its_stream(name: str, answer: Answer) -> None:
+    """The non-streamed answer is derived from the stream translator: the same answer, whole or
+    streamed, ends in the same `response` object (item kinds, texts, arguments, usage, status)."""
+    family = FAMILIES[name]
+    prepared, _ = prepare(family, body_with(user("go"), stream=False))
+    whole = family.provider.whole(prepared, context(), chat_whole(answer))
+    valid_response(whole)
+    events, _ = run(family, prepared, [family.stream(answer, family.model)])
+    assert keyed_ids(whole) == keyed_ids(final(events))
+
+
+@pytest.mark.parametrize("name", CHAT_FAMILIES)
+def test_chat_tool_schemas_reach_the_host_unchanged(name: str) -> None:
+    """Chat hosts read JSON Schema as OpenAI does: `allOf`/`$ref`/`anyOf`/`additionalProperties`
+    are sent as Codex wrote them (the model is told the real argument types)."""
+    schema = {
+        "type": "object",
+        "$defs": {"Range": {"type": "object", "properties": {"start": {"type": "integer"}}, "required": ["start"]}},
+        "properties": {
+            "range": {"allOf": [{"$ref": "#/$defs/Range"}, {"properties": {"end": {"type": "integer"}}}]},
+            "env": {"type": "object", "additionalProperties": {"type": "string"}},
+            "choice": {"anyOf": [{"type": "string"}, {"type": "integer"}]},
+            "anything": {},
+        },
+        "required": ["range"],
+    }
+    tool = dict(EXEC, name="edit_range", parameters=schema)
+    _, request = prepare(FAMILIES[name], body_with(user("go"), tools=[tool, APPLY_PATCH]))
+    sent = {entry["function"]["name"]: entry["function"] for entry in request["tools"]}
+    assert sent["edit_range"]["parameters"] == schema
+    patch = sent["apply_patch"]["parameters"]
+    assert patch["properties"]["input"]["type"] == "string" and patch["required"] == ["input"]
+
+
+def _chat_sse(chunks: list[dict[str, Any]]) -> bytes:
+    return b"".join(f"data: {json.dumps(c)}\n\n".encode() for c in chunks) + b"data: [DONE]\n\n"
+
+
+@pytest.mark.parametrize("name", CHAT_FAMILIES)
+def test_chat_refusal_is_answered_as_text_streamed_and_whole(name: str) -> None:
+    """A model's refusal (`delta.refusal` / `message.refusal`) is what Codex shows: the answer's
+    text, completed — not an empty answer."""
+    family = FAMILIES[name]
+    prepared, _ = prepare(family, body_with(user("do something bad")))
+    refusal = "I can't help with that."
+    chunks = [
+        chat_fake.chunk({"role": "assistant", "refusal": "I can't "}),
+        chat_fake.chunk({"refusal": "help with that."}),
+    ]
+    chunks.append(chat_fake.chunk({}, "stop", usage=chat_fake.usage(9, 4)))
+    events, bridge = run(family, prepared, [_chat_sse(chunks)])
+    whole_body = chat_fake.completion({"content": None, "refusal": refusal})
+    whole = family.provider.whole(prepared, context(), json.dumps(whole_body).encode())
+    for response in (final(events), whole):
+        assert response["status"] == "completed"
+        assert [item["content"][0]["text"] for item in response["output"]] == [refusal]
+    assert bridge.outcome == "completed"
+
+
+@pytest.mark.parametrize("name", CHAT_FAMILIES)
+def test_chat_content_filter_keeps_what_it_let_through(name: str) -> None:
+    """`finish_reason: content_filter` ends the answer with the text the filter let through,
+    completed (Codex would retry an incomplete one into the same filter)."""
+    family = FAMILIES[name]
+    prepared, _ = prepare(family, body_with(user("hi")))
+    chunks = [chat_fake.chunk({"content": "Partial"}), chat_fake.chunk({}, "content_filter")]
+    events, bridge = run(family, prepared, [_chat_sse(chunks)])
+    assert events[-1]["type"] == "response.completed" and bridge.outcome == "completed"
+    assert [item["content"][0]["text"] for item in final(events)["output"]] == ["Partial"]

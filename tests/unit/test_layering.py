@@ -7,9 +7,7 @@ import pytest
 from pydantic import ValidationError
 
 from codexgate.policies.schema import CHAT_PRESET_URLS, ChatProvider
-
-# The chat family's presets (moving to codexgate.providers.chat with the chat package).
-from codexgate.providers.chat_compat import PRESETS
+from codexgate.providers.chat import PRESETS
 
 
 def test_chat_preset_names_and_addresses_agree_with_the_chat_family() -> None:

@@ -7,6 +7,7 @@ fake host, `fakes.chat_upstream`), answers against `Response` / `ResponseStreamE
 
 from __future__ import annotations
 
+import asyncio
 import copy
 import http.client
 import json
@@ -34,9 +35,13 @@ from openai.types.responses import ResponseError
 from openai.types.responses.response_create_params import ResponseCreateParamsStreaming
 from pydantic import TypeAdapter
 
-from codexgate.providers import chat_compat as cc
+from codexgate.policies.schema import AzureProvider, ChatProvider, SecretRef
+from codexgate.providers import chat as cc
 from codexgate.providers.base import ResponseContext, TranslateOptions, open_reasoning, seal_reasoning
-from codexgate.providers.jsonstring import InputStringStream
+from codexgate.providers.registry import family_for
+from codexgate.providers.responses.jsonstring import InputStringStream
+from codexgate.providers.responses.tools import CodexTool, ToolNameMap
+from codexgate.secrets import SecretResolver
 
 FIXTURE = "tests/fixtures/codex_request_tool_round_trip.json"
 TERMINAL = ("response.completed", "response.incomplete", "response.failed")
@@ -175,7 +180,7 @@ def pieces(raw: bytes, rng: random.Random, largest: int = 40) -> Iterator[bytes]
 
 
 def run_stream(
-    raw_parts: Any, context: ResponseContext, tools: cc.ToolMap | None = None, upstream_model: str | None = None
+    raw_parts: Any, context: ResponseContext, tools: ToolNameMap | None = None, upstream_model: str | None = None
 ) -> tuple[list[dict[str, Any]], cc.StreamTranslator]:
     decoder = cc.ChatStreamDecoder()
     translator = cc.StreamTranslator(context, tools=tools, upstream_model=upstream_model)
@@ -211,7 +216,7 @@ def test_real_codex_request_translates_for_every_preset(preset: str) -> None:
     assert ("stream_options" in chat) == host.stream_options
     assert ("parallel_tool_calls" in chat) == (host.parallel_tool_calls and host.tools)
     assert ("max_tokens" in chat or "max_completion_tokens" in chat) == host.needs_max_tokens
-    if host.reasoning_effort:
+    if host.reasoning_effort_values:
         assert chat["reasoning_effort"] in host.reasoning_effort_values
     else:
         assert "reasoning_effort" not in chat
@@ -415,7 +420,7 @@ def test_namespaced_additional_tools_are_flattened_and_collisions_renamed() -> N
     assert opts.dropped_tools == ["web_search"]
     assert chat["messages"][2]["tool_calls"][0]["function"]["name"] == "mcp_files__exec_command"
     tools = cc.tool_map(body)
-    assert tools.entry("mcp_files__exec_command") == cc.ToolEntry("function", "exec_command", "mcp.files")
+    assert tools.resolve("mcp_files__exec_command") == CodexTool("function", "exec_command", "mcp.files")
     answer = completion(
         {
             "content": None,
@@ -613,6 +618,99 @@ def test_mistral_thinking_chunks() -> None:
     response = cc.translate_response(answer, ctx())
     check_response(response)
     assert [item["type"] for item in response["output"]] == ["reasoning", "message"]
+
+
+PATCH_TEXT = "*** Begin Patch\n*** Add File: a.txt\n+hi\n*** End Patch\n"
+
+
+def _call(call_id: str, name: str, arguments: str) -> dict[str, Any]:
+    return {"id": call_id, "type": "function", "function": {"name": name, "arguments": arguments}}
+
+
+def _stream_tail(finish: str, usage_: dict[str, Any] | None = None) -> list[dict[str, Any]]:
+    return [chunk({}, finish), chunk(empty_choices=True, usage=usage_ or usage(10, 5))]
+
+
+# (whole chat.completion, the chunks a host streams for the same answer)
+WHOLE_AND_STREAMED: dict[str, tuple[dict[str, Any], list[dict[str, Any]]]] = {
+    "text": (
+        completion({"content": "Hello there"}, usage_=usage(10, 5, cached=4)),
+        text_chunks("Hello there", final_usage=usage(10, 5, cached=4)),
+    ),
+    "reasoning, patch and call": (
+        completion(
+            {
+                "content": "Patching now.",
+                "reasoning_content": "Let me think.",
+                "tool_calls": [
+                    _call("call_p", "apply_patch", json.dumps({"input": PATCH_TEXT})),
+                    _call("call_x", "exec_command", '{"cmd": "ls"}'),
+                ],
+            },
+            "tool_calls",
+        ),
+        [chunk({"role": "assistant", "reasoning_content": "Let me "}), chunk({"reasoning_content": "think."})]
+        + [chunk({"content": "Patching "}), chunk({"content": "now."})]
+        + tool_call_chunks("call_p", "apply_patch", json.dumps({"input": PATCH_TEXT}), pieces=5)
+        + tool_call_chunks("call_x", "exec_command", '{"cmd": "ls"}', index=1)
+        + _stream_tail("tool_calls"),
+    ),
+    "think tags cut by the length limit": (
+        completion({"content": "<think>hmm</think>\n\nThe answer is 4"}, "length"),
+        [chunk({"content": "<thi"}), chunk({"content": "nk>hmm</think>\n\nThe answer"}), chunk({"content": " is 4"})]
+        + _stream_tail("length"),
+    ),
+    "content filter": (
+        completion({"content": "partial"}, "content_filter"),
+        [chunk({"content": "part"}), chunk({"content": "ial"})] + _stream_tail("content_filter"),
+    ),
+    "refusal": (
+        completion({"content": None, "refusal": "I can't help with that."}),
+        [chunk({"refusal": "I can't "}), chunk({"refusal": "help with that."})] + _stream_tail("stop"),
+    ),
+    "blank text before a call": (
+        completion({"content": "\n\n", "tool_calls": [_call("call_x", "exec_command", '{"cmd": "ls"}')]}, "tool_calls"),
+        [chunk({"content": "\n"}), chunk({"content": "\n"})]
+        + tool_call_chunks("call_x", "exec_command", '{"cmd": "ls"}')
+        + _stream_tail("tool_calls"),
+    ),
+    # The host gave up after writing part of an answer: nothing half-written is kept.
+    "finish_reason error after a partial answer": (
+        completion({"content": "Partial", "tool_calls": [_call("call_x", "exec_command", '{"cmd"')]}, "error"),
+        [chunk({"content": "Partial"}), *tool_call_chunks("call_x", "exec_command", '{"cmd"')]
+        + [chunk({}, "error", usage=usage(10, 5))],
+    ),
+}
+
+
+def comparable(response: dict[str, Any]) -> dict[str, Any]:
+    """`response` with generated item ids reduced to their prefix and order, and sealed reasoning
+    opened (envelopes are sealed afresh each time)."""
+    seen: list[str] = []
+
+    def item(entry: dict[str, Any]) -> dict[str, Any]:
+        entry = dict(entry)
+        seen.append(entry["id"])
+        entry["id"] = f"{entry['id'].split('_')[0]}#{len(seen)}"
+        if "encrypted_content" in entry:
+            entry["encrypted_content"] = open_reasoning(entry["encrypted_content"], "deepseek-prod", "codex-model")
+        return entry
+
+    return dict(response, output=[item(entry) for entry in response["output"]])
+
+
+@pytest.mark.parametrize("case", sorted(WHOLE_AND_STREAMED))
+def test_whole_answer_is_the_final_response_of_its_stream(case: str) -> None:
+    """The non-streamed answer is derived from the stream translator: a whole completion and the
+    stream of the same answer end in the same `response` object, item for item."""
+    whole_answer, streamed = WHOLE_AND_STREAMED[case]
+    tools = cc.tool_map(codex_body())
+    events, translator = run_stream([sse(streamed)], ctx(), tools)
+    terminal = check_stream(events, ctx())
+    whole = cc.translate_response(whole_answer, ctx(), tools=tools)
+    check_response(whole)
+    assert comparable(whole) == comparable(terminal["response"])
+    assert whole["status"] == translator.outcome
 
 
 # ------------------------------------------------------------------ streams
@@ -1054,7 +1152,6 @@ def test_presets_table() -> None:
             assert value in ("none", "minimal", "low", "medium", "high", "xhigh", "max")
         assert isinstance(host.needs_max_tokens, bool) and isinstance(host.developer_role, bool)
         assert isinstance(host.parallel_tool_calls, bool) and isinstance(host.stream_options, bool)
-    assert not cc.PRESETS["ollama"].needs_key and cc.PRESETS["groq"].needs_key
     assert cc.request_target("https://api.groq.com/openai/v1/", "m", True) == (
         "https://api.groq.com/openai/v1/chat/completions",
         {},
@@ -1104,3 +1201,54 @@ def test_decoder_named_error_events_and_done() -> None:
     raw = b'event: error\ndata: {"message": "boom"}\n\ndata: [DONE]\n\ndata: not json\n\n'
     events = [event for byte in range(len(raw)) for event in decoder.feed(raw[byte : byte + 1])]
     assert events == [{"error": {"message": "boom"}}, {"done": True}]
+
+
+# ------------------------------------------------------------------ the families (registry)
+
+
+def test_every_priced_preset_names_a_genai_prices_provider() -> None:
+    """The price id of a hosted preset is one genai-prices lists; self-hosted ones have none (the
+    policy sets a price)."""
+    from genai_prices import data
+
+    known = {provider.id for provider in data.providers}
+    for name, host in cc.PRESETS.items():
+        if host.base_url.startswith("https://"):
+            assert host.price_id in known, name
+        else:
+            assert host.price_id is None, name
+    assert family_for(ChatProvider(kind="chat", preset="xai", keys=[SecretRef(value="env:K")])).price_id() == "x-ai"
+    assert family_for(ChatProvider(kind="chat", preset="ollama")).price_id() is None
+    azure = AzureProvider(kind="azure", endpoint="https://res.openai.azure.com", keys=[SecretRef(value="env:K")])
+    assert family_for(azure).price_id() == "azure"
+
+
+def test_family_credentials_use_the_chosen_key(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("CG_CHAT_K1", "key-one")
+    monkeypatch.setenv("CG_CHAT_K2", "key-two")
+    keys = [SecretRef(value="env:CG_CHAT_K1", weight=3), SecretRef(value="env:CG_CHAT_K2", weight=1)]
+    secrets = SecretResolver(environ={})
+    chat = family_for(ChatProvider(kind="chat", preset="groq", keys=keys))
+    prepared = chat.prepare(codex_body(user("hi")), "llama", "groq-prod")
+    assert chat.key_weights() == [3, 1]
+    assert asyncio.run(chat.credentials(prepared, 1, secrets)) == {"authorization": "Bearer key-two"}
+    local = family_for(ChatProvider(kind="chat", preset="ollama"))
+    assert asyncio.run(local.credentials(local.prepare(codex_body(user("hi")), "qwen", "local"), 0, secrets)) == {}
+    azure = family_for(AzureProvider(kind="azure", endpoint="https://res.openai.azure.com", api="chat", keys=keys))
+    prepared = azure.prepare(codex_body(user("hi")), "my-deployment", "azure-east")
+    assert asyncio.run(azure.credentials(prepared, 0, secrets)) == {"api-key": "key-one"}
+    assert (
+        prepared.url
+        == "https://res.openai.azure.com/openai/deployments/my-deployment/chat/completions?api-version=2024-10-21"
+    )
+    assert prepared.translate and set(chat.secret_headers) | set(azure.secret_headers) == {"authorization", "api-key"}
+
+
+def test_azure_responses_api_is_passed_through_not_translated() -> None:
+    azure = family_for(
+        AzureProvider(kind="azure", endpoint="https://res.openai.azure.com/", keys=[SecretRef(value="env:K")])
+    )
+    prepared = azure.prepare(codex_body(user("hi"), previous_response_id="resp_1"), "my-deployment", "azure-east")
+    assert not prepared.translate and prepared.url == "https://res.openai.azure.com/openai/v1/responses"
+    sent = json.loads(prepared.body or b"{}")
+    assert sent["model"] == "my-deployment" and sent["previous_response_id"] == "resp_1"
