@@ -58,7 +58,7 @@ from codexgate.providers.gemini.errors import retry_after_seconds, translate_err
 from codexgate.providers.gemini.history import DUMMY_THOUGHT_SIGNATURE
 from codexgate.providers.gemini.request import API_VERSION, auth_headers, build_request, request_target
 from codexgate.providers.gemini.schema import SCHEMA_KEYS_KEPT, SCHEMA_KEYS_STRIPPED, _any_value, gemini_schema
-from codexgate.providers.gemini.stream import StreamDecoder, StreamTranslator, decode_stream, translate_response
+from codexgate.providers.gemini.stream import StreamDecoder, StreamTranslator, translate_response
 from codexgate.providers.gemini.tools import ToolMap, ToolTarget, tool_map
 
 __all__ = [
@@ -73,7 +73,6 @@ __all__ = [
     "_any_value",
     "auth_headers",
     "build_request",
-    "decode_stream",
     "gemini_schema",
     "request_target",
     "retry_after_seconds",

@@ -4,15 +4,12 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import logging
 import math
 import re
 from collections.abc import Mapping
 from typing import Any
 
-from codexgate.providers.gemini.tools import _str
-
-log = logging.getLogger(__name__)
+from codexgate.providers.gemini.tools import as_str
 
 _GOOGLE_KEY = re.compile(r"AIza[0-9A-Za-z_\-]{20,}")
 _URL_KEY = re.compile(r"([?&](?:key|access_token)=)[^&\s\"']+")
@@ -22,7 +19,7 @@ _CONTEXT_TOO_LONG = re.compile(
 )
 
 
-def _scrub(message: str) -> str:
+def scrub(message: str) -> str:
     """No key ever goes back to the client, even if Google echoed one."""
     return _URL_KEY.sub(r"\1[redacted]", _GOOGLE_KEY.sub("[redacted]", message))
 
@@ -36,10 +33,10 @@ class _Classified:
     message: str
 
 
-def _classify(status: int, error: Mapping[str, Any]) -> _Classified:
+def classify(status: int, error: Mapping[str, Any]) -> _Classified:
     google_status = str(error.get("status") or "")
-    raw_message = _str(error.get("message"))
-    message = _scrub(raw_message) or f"HTTP {status}"
+    raw_message = as_str(error.get("message"))
+    message = scrub(raw_message) or f"HTTP {status}"
     details = [d for d in error.get("details") or [] if isinstance(d, dict)]
     reasons = {str(d.get("reason")) for d in details if d.get("reason")}
     quota_ids = [str(v.get("quotaId") or "") for d in details for v in d.get("violations") or [] if isinstance(v, dict)]
@@ -109,7 +106,7 @@ def _error_of(provider_body: bytes) -> dict[str, Any]:
 
 def translate_error(status: int, provider_body: bytes) -> tuple[int, dict[str, Any]]:
     """A Gemini error answer → (status for the client, OpenAI-shaped error body)."""
-    classified = _classify(status, _error_of(provider_body))
+    classified = classify(status, _error_of(provider_body))
     return classified.status, {
         "error": {"message": classified.message, "type": classified.type, "code": classified.code, "param": None}
     }

@@ -14,7 +14,7 @@ from typing import Any
 from codexgate.providers.base import (
     open_reasoning,
 )
-from codexgate.providers.gemini.tools import ToolMap, _dict
+from codexgate.providers.gemini.tools import ToolMap, as_dict
 
 log = logging.getLogger(__name__)
 
@@ -120,7 +120,7 @@ def _is_model_item(item: Mapping[str, Any]) -> bool:
     return kind in ("message", None) and item.get("role") == "assistant"
 
 
-class _History:
+class History:
     """Builds `contents` (and collects the system text) from Codex's input items."""
 
     def __init__(self, tools: ToolMap, provider_name: str, upstream_model: str) -> None:
@@ -299,7 +299,7 @@ def _answer_part(call: Mapping[str, Any], responses: list[dict[str, Any]]) -> di
     return {"functionResponse": stand_in}
 
 
-def _repair_turns(contents: list[dict[str, Any]]) -> list[dict[str, Any]]:
+def repair_turns(contents: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """Make the history acceptable to generateContent: it starts and ends with a user turn, and
     each function-call turn is followed by a user turn answering every call, in order (a call
     whose output is missing, interrupted turns, gets a stand-in output, as for Anthropic).
@@ -320,7 +320,7 @@ def _repair_turns(contents: list[dict[str, Any]]) -> list[dict[str, Any]]:
         answers = [_answer_part(call, responses) for call in calls]
         leftovers = [  # answers to calls not in the turn before
             {"text": f"Output of tool call {part['functionResponse'].get('name')}:\n"
-                     f"{_dict(part['functionResponse'].get('response')).get('output')}"}
+                     f"{as_dict(part['functionResponse'].get('response')).get('output')}"}
             for part in responses
         ]  # fmt: skip
         repaired.append({"role": "user", "parts": answers + leftovers + others})
@@ -332,7 +332,7 @@ def _repair_turns(contents: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return repaired
 
 
-def _ensure_current_turn_signatures(contents: list[dict[str, Any]]) -> None:
+def ensure_current_turn_signatures(contents: list[dict[str, Any]]) -> None:
     """Gemini 3 rejects a function-call step of the current turn without a signature on its first
     call. Steps we could not restore (another provider's calls) get the documented dummy."""
     last_user = -1

@@ -13,9 +13,9 @@ from codexgate.providers.base import (
     stop_sequences,
 )
 from codexgate.providers.base import input_items as _input_items
-from codexgate.providers.gemini.history import _ensure_current_turn_signatures, _History, _repair_turns
+from codexgate.providers.gemini.history import History, ensure_current_turn_signatures, repair_turns
 from codexgate.providers.gemini.schema import gemini_schema
-from codexgate.providers.gemini.tools import ToolMap, _collect_tools
+from codexgate.providers.gemini.tools import ToolMap, collect_tools
 
 log = logging.getLogger(__name__)
 
@@ -130,19 +130,19 @@ def _tool_config(choice: Any, tools: ToolMap, declared: set[str]) -> dict[str, A
 
 def build_request(body: dict[str, Any], upstream_model: str, options: TranslateOptions) -> dict[str, Any]:
     """A Responses API request (as Codex sends it) → a generateContent request body."""
-    tools, declarations, dropped = _collect_tools(body)
+    tools, declarations, dropped = collect_tools(body)
     options.dropped_tools.extend(dropped)
 
-    history = _History(tools, options.provider_name, upstream_model)
+    history = History(tools, options.provider_name, upstream_model)
     if isinstance(body.get("instructions"), str) and body["instructions"]:
         history.system.append(body["instructions"])
     history.build(_input_items(body))
-    history.contents = _repair_turns(history.contents)
+    history.contents = repair_turns(history.contents)
     family, _ = _model_family(upstream_model)
     if not re.match(r"(?:.*/)?gemini-[12]\.", upstream_model.lower()):
         # Gemini 3 and names we cannot date (aliases) may insist; 1.x/2.x never do, so they
         # never see a stand-in signature.
-        _ensure_current_turn_signatures(history.contents)
+        ensure_current_turn_signatures(history.contents)
 
     request: dict[str, Any] = {"contents": history.contents}
     if history.system:

@@ -3,11 +3,8 @@
 from __future__ import annotations
 
 import json
-import logging
 from collections.abc import Mapping
 from typing import Any
-
-log = logging.getLogger(__name__)
 
 # --- JSON Schema → Gemini's OpenAPI subset ------------------------------------------------------
 # Gemini's `Schema` (Gemini API, not Vertex) knows exactly these keys; everything else is

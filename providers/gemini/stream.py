@@ -13,8 +13,8 @@ from codexgate.providers.base import (
     echoed_fields,
     seal_reasoning,
 )
-from codexgate.providers.gemini.errors import _classify, _scrub
-from codexgate.providers.gemini.tools import ToolMap, _dict
+from codexgate.providers.gemini.errors import classify, scrub
+from codexgate.providers.gemini.tools import ToolMap, as_dict
 from codexgate.providers.jsonstring import without_lone_surrogates
 from codexgate.sse import SSEParser
 from codexgate.usage import Usage
@@ -91,10 +91,6 @@ class StreamDecoder:
     def close(self) -> list[dict[str, Any]]:
         """Events of a last block the server did not terminate with a blank line."""
         return self.feed(b"\n\n")
-
-
-def decode_stream(decoder: StreamDecoder, chunk: bytes) -> list[dict[str, Any]]:
-    return decoder.feed(chunk)
 
 
 def _item_id(response_id: str, prefix: str, index: int) -> str:
@@ -341,10 +337,10 @@ class StreamTranslator:
         return events
 
     def _function_call(self, part: Mapping[str, Any]) -> list[dict[str, Any]]:
-        call = _dict(part.get("functionCall"))
+        call = as_dict(part.get("functionCall"))
         events = self._close()
         target = self.tools.resolve(str(call.get("name") or ""))
-        args = _dict(call.get("args"))
+        args = as_dict(call.get("args"))
         gemini_id = call.get("id") if isinstance(call.get("id"), str) and call.get("id") else None
         call_id = gemini_id or self._new_id("call")
         if gemini_id is not None or isinstance(part.get("thoughtSignature"), str):
@@ -467,7 +463,7 @@ class StreamTranslator:
         error = event.get("error")
         if isinstance(error, dict):
             code = error["code"] if isinstance(error.get("code"), int) else 500
-            classified = _classify(code, error)
+            classified = classify(code, error)
             return events + self._fail(classified.stream_code, classified.message)
         self.usage = _usage(event.get("usageMetadata")) or self.usage
         feedback = event.get("promptFeedback")
@@ -477,7 +473,7 @@ class StreamTranslator:
         candidate = candidates[0] if isinstance(candidates, list) and candidates else None
         if not isinstance(candidate, dict):
             return events
-        content = _dict(candidate.get("content"))
+        content = as_dict(candidate.get("content"))
         for part in content.get("parts") or []:
             if not isinstance(part, dict):
                 continue
@@ -493,7 +489,7 @@ class StreamTranslator:
         if isinstance(candidate.get("finishReason"), str):
             self._finish_reason = candidate["finishReason"]
             if isinstance(candidate.get("finishMessage"), str):
-                self._finish_message = _scrub(candidate["finishMessage"])
+                self._finish_message = scrub(candidate["finishMessage"])
         return events
 
     def finish(self) -> list[dict[str, Any]]:

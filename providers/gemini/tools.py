@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import dataclasses
-import logging
 import re
 from collections.abc import Mapping
 from typing import Any
@@ -11,12 +10,9 @@ from typing import Any
 from codexgate.providers.base import input_items as _input_items
 from codexgate.providers.gemini.schema import gemini_schema
 
-log = logging.getLogger(__name__)
-
 # Responses tools the Gemini function-calling API cannot serve.
 _SERVABLE_TOOL_TYPES = {"function", "custom", "namespace"}
 
-_FUNCTION_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_.:\-]{0,63}$")
 
 # ==================================================================================================
 # Tools: Codex's names ↔ Gemini function names
@@ -67,11 +63,11 @@ def _sanitize_function_name(name: str, taken: set[str]) -> str:
     return candidate
 
 
-def _dict(value: Any) -> dict[str, Any]:
+def as_dict(value: Any) -> dict[str, Any]:
     return value if isinstance(value, dict) else {}
 
 
-def _str(value: Any) -> str:
+def as_str(value: Any) -> str:
     return value if isinstance(value, str) else ""
 
 
@@ -84,7 +80,7 @@ def _request_tools(body: Mapping[str, Any]) -> list[dict[str, Any]]:
     return tools
 
 
-def _collect_tools(body: Mapping[str, Any]) -> tuple[ToolMap, list[dict[str, Any]], list[str]]:
+def collect_tools(body: Mapping[str, Any]) -> tuple[ToolMap, list[dict[str, Any]], list[str]]:
     """(name map, Gemini function declarations, names of tools Gemini cannot serve)."""
     targets: dict[str, ToolTarget] = {}
     names: dict[tuple[str | None, str], str] = {}
@@ -123,7 +119,7 @@ def _collect_tools(body: Mapping[str, Any]) -> tuple[ToolMap, list[dict[str, Any
 
 def tool_map(body: Mapping[str, Any]) -> ToolMap:
     """Which Gemini function names stand for which Codex tools in this request."""
-    return _collect_tools(body)[0]
+    return collect_tools(body)[0]
 
 
 def _function_declaration(gemini_name: str, tool: Mapping[str, Any]) -> dict[str, Any]:
@@ -142,9 +138,9 @@ def _function_declaration(gemini_name: str, tool: Mapping[str, Any]) -> dict[str
 
 def _custom_declaration(gemini_name: str, tool: Mapping[str, Any]) -> dict[str, Any]:
     """A freeform tool (apply_patch) as a function with one string parameter, `input`."""
-    description = _str(tool.get("description"))
-    tool_format = _dict(tool.get("format"))
-    if tool_format.get("type") == "grammar" and _str(tool_format.get("definition")):
+    description = as_str(tool.get("description"))
+    tool_format = as_dict(tool.get("format"))
+    if tool_format.get("type") == "grammar" and as_str(tool_format.get("definition")):
         description += (
             "\n\nPass the tool's raw text (not JSON) as the `input` argument. It must match this "
             f"{tool_format.get('syntax', 'lark')} grammar:\n{tool_format['definition']}"
