@@ -75,7 +75,7 @@ def family_defaults(kind: str, upstream_model: str) -> FamilyDefaults:
         # Claude models: 200k tokens (the 1M window is an opt-in beta). Every translator carries
         # apply_patch's freeform (custom) tool as a function of the provider and back.
         return FamilyDefaults(200_000, reasoning, "medium", ("text", "image"), "freeform")
-    if kind == "gemini":
+    if kind in ("gemini", "vertex"):
         return FamilyDefaults(1_048_576, reasoning, "medium", ("text", "image"), "freeform")
     return FamilyDefaults(128_000, reasoning, "medium", ("text",), "freeform")  # mock, chat hosts, other Bedrock
 

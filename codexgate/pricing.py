@@ -24,6 +24,7 @@ PRICE_PROVIDER_IDS = {
     "openai": "openai",
     "anthropic": "anthropic",
     "gemini": "google",
+    "vertex": "google",
     "bedrock": "aws",
     "azure": "azure",
 }

@@ -204,7 +204,7 @@ def _cross_references(policy: Policy) -> list[tuple[Loc, str]]:
     return problems
 
 
-PROVIDER_KINDS = ("openai", "mock", "anthropic", "gemini", "bedrock", "chat", "azure")
+PROVIDER_KINDS = ("openai", "mock", "anthropic", "gemini", "vertex", "bedrock", "chat", "azure")
 
 
 def _provider_url(provider: object) -> str | None:
