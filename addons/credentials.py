@@ -15,6 +15,7 @@ from codexgate.flowstate import refuse, state_of
 from codexgate.headers import replace_headers, strip_client_credentials
 from codexgate.policies.schema import MockProvider, OpenAIProvider
 from codexgate.providers.openai import auth_headers
+from codexgate.providers.registry import CLIENT_CREDENTIAL_FIELDS
 from codexgate.secrets import SecretResolver, SecretUnavailable
 
 logger = logging.getLogger(__name__)
@@ -31,7 +32,7 @@ class Credentials:
         state = state_of(flow)
         if state is None or state.provider is None:
             return
-        strip_client_credentials(flow.request.headers)
+        strip_client_credentials(flow.request.headers, CLIENT_CREDENTIAL_FIELDS)
         provider = state.policy.policy.providers[state.provider]
         if state.relayed is not None:
             state.cleared = True  # each relayed attempt carries its own provider credentials

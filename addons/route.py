@@ -21,12 +21,12 @@ from codexgate.addons.resilience import Candidate, RelayedRequest, Resilience
 from codexgate.errors import error_response
 from codexgate.failsafe import fail_closed
 from codexgate.flowstate import GatewayRequest, Translation, refuse, state_of
-from codexgate.headers import CLIENT_CREDENTIAL_HEADERS
 from codexgate.metrics import GatewayMetrics
 from codexgate.policies.schema import MockProvider, OpenAIProvider
 from codexgate.providers.adapters import CODEX_HEADERS, Adapter, adapter_for, new_context
 from codexgate.providers.base import UnsupportedRequest, refuse_stateful
 from codexgate.providers.openai import auth_headers, upstream_target
+from codexgate.providers.registry import CLIENT_CREDENTIAL_HEADERS
 from codexgate.resilience import Attempt, Plan, Timeouts
 from codexgate.usage import StreamUsageReader
 

@@ -42,6 +42,7 @@ import dataclasses
 from collections.abc import Iterable, Mapping
 from typing import Any
 
+from codexgate.providers.responses.objects import ResponseContext, echoed_fields, request_echo, response_object
 from codexgate.usage import Usage
 
 __all__ = [
@@ -68,66 +69,6 @@ def input_items(body: Mapping[str, Any]) -> list[dict[str, Any]]:
     if isinstance(items, str):
         return [{"type": "message", "role": "user", "content": items}]
     return [item for item in items if isinstance(item, dict)] if isinstance(items, list) else []
-
-
-def response_object(
-    ctx: ResponseContext,
-    status: str,
-    output: list[dict[str, Any]],
-    usage: dict[str, Any] | None,
-    *,
-    error: dict[str, Any] | None = None,
-    incomplete: str | None = None,
-) -> dict[str, Any]:
-    """A Responses API `response` object as translators report it (SDK-valid, no extra keys)."""
-    return {
-        "id": ctx.response_id,
-        "object": "response",
-        "created_at": ctx.created_at,
-        "status": status,
-        "model": ctx.model,
-        "output": output,
-        **echoed_fields(ctx),
-        "usage": usage,
-        "error": error,
-        "incomplete_details": {"reason": incomplete} if incomplete else None,
-        "instructions": None,
-    }
-
-
-# What a Responses `response` object repeats from its request, with the API's defaults.
-_ECHO_DEFAULTS: dict[str, Any] = {
-    "parallel_tool_calls": True,
-    "tool_choice": "auto",
-    "tools": [],
-    "metadata": {},
-    "temperature": None,
-    "top_p": None,
-}
-
-
-def request_echo(body: Mapping[str, Any]) -> dict[str, Any]:
-    """The request fields a `response` object echoes, as the request had them (well-formed ones)."""
-    echo: dict[str, Any] = {}
-    if isinstance(body.get("parallel_tool_calls"), bool):
-        echo["parallel_tool_calls"] = body["parallel_tool_calls"]
-    choice = body.get("tool_choice")
-    if choice in ("auto", "none", "required") or isinstance(choice, dict) and isinstance(choice.get("type"), str):
-        echo["tool_choice"] = choice
-    if isinstance(body.get("tools"), list):
-        echo["tools"] = [tool for tool in body["tools"] if isinstance(tool, dict) and isinstance(tool.get("type"), str)]
-    metadata = body.get("metadata")
-    if isinstance(metadata, dict) and all(isinstance(v, str) for v in metadata.values()):
-        echo["metadata"] = metadata
-    for key in ("temperature", "top_p"):
-        if isinstance(body.get(key), int | float) and not isinstance(body.get(key), bool):
-            echo[key] = body[key]
-    return echo
-
-
-def echoed_fields(ctx: ResponseContext) -> dict[str, Any]:
-    """parallel_tool_calls, tool_choice, tools, metadata, temperature, top_p for `ctx`'s answer."""
-    return {key: ctx.echo.get(key, default) for key, default in _ECHO_DEFAULTS.items()}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -202,18 +143,6 @@ def refuse_stateful(body: Mapping[str, Any], provider_name: str) -> None:
             "background=false (streaming if it is long)",
             "background",
         )
-
-
-@dataclasses.dataclass(frozen=True)
-class ResponseContext:
-    """What a response translator needs to know about the request it answers."""
-
-    response_id: str  # "resp_..." minted by the gateway, stable for the whole stream
-    model: str  # the model name to report back (what the client asked for)
-    provider_name: str
-    created_at: int  # epoch seconds
-    # Request fields the answer repeats (see `request_echo`); absent ones take the API defaults.
-    echo: Mapping[str, Any] = dataclasses.field(default_factory=dict)
 
 
 # Reasoning state across turns. A provider's own reasoning record (Anthropic thinking
