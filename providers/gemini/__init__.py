@@ -59,17 +59,16 @@ from codexgate.providers.gemini.history import DUMMY_THOUGHT_SIGNATURE
 from codexgate.providers.gemini.request import API_VERSION, auth_headers, build_request, request_target
 from codexgate.providers.gemini.schema import SCHEMA_KEYS_KEPT, SCHEMA_KEYS_STRIPPED, _any_value, gemini_schema
 from codexgate.providers.gemini.stream import StreamDecoder, StreamTranslator, translate_response
-from codexgate.providers.gemini.tools import ToolMap, ToolTarget, tool_map
+from codexgate.providers.gemini.tools import GEMINI_NAMES, tool_map
 
 __all__ = [
+    "GEMINI_NAMES",
     "API_VERSION",
     "DUMMY_THOUGHT_SIGNATURE",
     "SCHEMA_KEYS_KEPT",
     "SCHEMA_KEYS_STRIPPED",
     "StreamDecoder",
     "StreamTranslator",
-    "ToolMap",
-    "ToolTarget",
     "_any_value",
     "auth_headers",
     "build_request",

@@ -14,7 +14,8 @@ from typing import Any
 from codexgate.providers.base import (
     open_reasoning,
 )
-from codexgate.providers.gemini.tools import ToolMap, as_dict
+from codexgate.providers.gemini.tools import as_dict
+from codexgate.providers.responses.tools import ToolNameMap
 
 log = logging.getLogger(__name__)
 
@@ -123,7 +124,7 @@ def _is_model_item(item: Mapping[str, Any]) -> bool:
 class History:
     """Builds `contents` (and collects the system text) from Codex's input items."""
 
-    def __init__(self, tools: ToolMap, provider_name: str, upstream_model: str) -> None:
+    def __init__(self, tools: ToolNameMap, provider_name: str, upstream_model: str) -> None:
         self.tools = tools
         self.provider_name = provider_name
         self.upstream_model = upstream_model
@@ -242,7 +243,7 @@ class History:
     def _call_part(self, item: Mapping[str, Any], anchors: Mapping[Any, dict[str, Any]]) -> dict[str, Any]:
         call_id = str(item.get("call_id") or "")
         namespace = item.get("namespace") if isinstance(item.get("namespace"), str) else None
-        name = self.tools.gemini_name(str(item.get("name") or ""), namespace)
+        name = self.tools.wire_name(str(item.get("name") or ""), namespace)
         self._call_names[call_id] = name
         if item.get("type") == "custom_tool_call":
             args: dict[str, Any] = {"input": item.get("input") if isinstance(item.get("input"), str) else ""}

@@ -15,7 +15,8 @@ from codexgate.providers.base import (
 from codexgate.providers.base import input_items as _input_items
 from codexgate.providers.gemini.history import History, ensure_current_turn_signatures, repair_turns
 from codexgate.providers.gemini.schema import gemini_schema
-from codexgate.providers.gemini.tools import ToolMap, collect_tools
+from codexgate.providers.gemini.tools import collect_tools
+from codexgate.providers.responses.tools import ToolNameMap
 
 log = logging.getLogger(__name__)
 
@@ -98,7 +99,7 @@ def _thinking_config(body: Mapping[str, Any], upstream_model: str) -> dict[str, 
     return config
 
 
-def _tool_config(choice: Any, tools: ToolMap, declared: set[str]) -> dict[str, Any] | None:
+def _tool_config(choice: Any, tools: ToolNameMap, declared: set[str]) -> dict[str, Any] | None:
     mode: str | None = None
     allowed: list[str] = []
     if choice == "none":
@@ -110,12 +111,12 @@ def _tool_config(choice: Any, tools: ToolMap, declared: set[str]) -> dict[str, A
         if kind in ("function", "custom") and isinstance(choice.get("name"), str):
             mode = "ANY"
             namespace = choice.get("namespace") if isinstance(choice.get("namespace"), str) else None
-            allowed = [tools.gemini_name(choice["name"], namespace)]
+            allowed = [tools.wire_name(choice["name"], namespace)]
         elif kind == "allowed_tools" and choice.get("mode") == "required":
             # Gemini restricts names only in mode ANY; with "auto" the restriction is lost.
             mode = "ANY"
             allowed = [
-                tools.gemini_name(t["name"], t.get("namespace") if isinstance(t.get("namespace"), str) else None)
+                tools.wire_name(t["name"], t.get("namespace") if isinstance(t.get("namespace"), str) else None)
                 for t in choice.get("tools") or []
                 if isinstance(t, dict) and isinstance(t.get("name"), str)
             ]
@@ -130,6 +131,11 @@ def _tool_config(choice: Any, tools: ToolMap, declared: set[str]) -> dict[str, A
 
 def build_request(body: dict[str, Any], upstream_model: str, options: TranslateOptions) -> dict[str, Any]:
     """A Responses API request (as Codex sends it) → a generateContent request body."""
+    return build(body, upstream_model, options)[0]
+
+
+def build(body: dict[str, Any], upstream_model: str, options: TranslateOptions) -> tuple[dict[str, Any], ToolNameMap]:
+    """The generateContent request body, and the tool names its answer is read with."""
     tools, declarations, dropped = collect_tools(body)
     options.dropped_tools.extend(dropped)
 
@@ -180,7 +186,7 @@ def build_request(body: dict[str, Any], upstream_model: str, options: TranslateO
                 generation["responseSchema"] = gemini_schema(text_format["schema"])
     if generation:
         request["generationConfig"] = generation
-    return request
+    return request, tools
 
 
 def request_target(base_url: str, upstream_model: str, stream: bool) -> tuple[str, dict[str, str]]:
