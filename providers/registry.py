@@ -24,12 +24,12 @@ from codexgate.headers import CLIENT_CREDENTIAL_HEADERS as CLIENT_HEADERS_CORE
 from codexgate.headers import field_names
 from codexgate.policies.schema import Provider
 from codexgate.providers.family import ProviderFamily, header_names
+from codexgate.providers.gemini.family import GeminiFamily, VertexFamily
 from codexgate.providers.mock import MockFamily
 from codexgate.providers.openai import OpenAIFamily
 from codexgate.providers.wrappers.anthropic import AnthropicFamily
 from codexgate.providers.wrappers.bedrock import BedrockFamily
 from codexgate.providers.wrappers.chat import AzureFamily, ChatFamily
-from codexgate.providers.wrappers.gemini import GeminiFamily
 
 __all__ = [
     "CLIENT_CREDENTIAL_FIELDS",
@@ -50,6 +50,7 @@ FAMILIES: dict[str, FamilyType] = {
         MockFamily,
         AnthropicFamily,
         GeminiFamily,
+        VertexFamily,
         BedrockFamily,
         ChatFamily,
         AzureFamily,
