@@ -275,7 +275,6 @@ Provider = Annotated[
     | AzureProvider,
     Field(discriminator="kind"),
 ]
-TRANSLATED_KINDS = ("anthropic", "gemini", "bedrock", "chat", "azure")
 
 
 class Route(Strict):

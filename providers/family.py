@@ -132,7 +132,8 @@ class ProviderFamily[SettingsT: BaseModel]:
         `passthrough`: True when the provider already speaks what the client speaks (OpenAI,
         Azure's Responses API): the answer is not translated and Codex's own headers are kept.
         `answers_locally`: True for a family answered inside the gateway (mock): never relayed,
-        no credentials. `endpoints`: the client endpoints it serves natively ("responses",
+        no credentials; `answer_locally(body, endpoint, stream, model, raw_body)` gives the
+        answer's bytes and content type. `endpoints`: the client endpoints it serves natively ("responses",
         "chat"); a Chat Completions request to a family serving only "responses" is translated
         to a Responses request first (`chat_ingress`) and its answer back.
 
@@ -228,6 +229,12 @@ class ProviderFamily[SettingsT: BaseModel]:
         return response
 
     def error(self, status: int, raw: bytes) -> tuple[int, JSON]:
+        raise NotImplementedError
+
+    async def answer_locally(
+        self, body: JSON, endpoint: str, stream: bool, model: str, raw_body: bytes
+    ) -> tuple[bytes, str]:
+        """(content, content type) of the answer of a family that `answers_locally`."""
         raise NotImplementedError
 
     def retry_after(self, raw: bytes) -> int | None:
