@@ -1,32 +1,31 @@
-"""Google Gemini API (generateContent): translate Codex's Responses API traffic to and from it.
+"""Google Gemini (`kind: gemini`) and Gemini on Vertex AI (`kind: vertex`): Codex's Responses API
+traffic translated to and from `generateContent` / `streamGenerateContent?alt=sse`.
 
-Pure functions and small state machines, no I/O. How the gateway drives this module:
+The gateway drives both through `family.py` (`GeminiFamily`, `VertexFamily`, registered in
+providers/registry.py); the modules are pure functions and small state machines, no I/O except
+Vertex's token fetch:
 
-    from codexgate.providers import gemini
+    schema.py    JSON Schema → Gemini's OpenAPI-subset `Schema` (tool parameters, structured output)
+    tools.py     Codex's tools ↔ function declarations and names (the shared `ToolNameMap`)
+    history.py   input items → `contents`: roles, media, tool calls/outputs, thought signatures
+    request.py   thinking config, tool choice, generation config, `build_request`, the Gemini URL
+    stream.py    SSE decoder and the stream translator (through the shared `ResponseEmitter`);
+                 a whole answer is fed through the same translator
+    errors.py    Google errors → OpenAI-shaped errors and Codex's codes; RetryInfo → Retry-After
+    vertex.py    Vertex URLs; OAuth2 tokens from a service-account key, refreshed ahead of expiry
 
-    tools = gemini.tool_map(body)                        # Codex's tool names, for the way back
+Used directly (tests, benchmarks):
+
     payload = gemini.build_request(body, upstream_model, options)
     url, headers = gemini.request_target(base_url, upstream_model, stream=True)
     headers |= gemini.auth_headers(secret)               # {"x-goog-api-key": secret}
-    # POST json.dumps(payload) to url with headers (content-type: application/json).
-
-    # 200, streamed (`:streamGenerateContent?alt=sse`, SSE of GenerateContentResponse chunks):
-    decoder = gemini.StreamDecoder()
-    translator = gemini.StreamTranslator(ctx, tools=tools, upstream_model=upstream_model)
+    decoder, translator = gemini.StreamDecoder(), gemini.StreamTranslator(ctx, tools=gemini.tool_map(body))
     for chunk in response_bytes:                         # any chunk boundaries
         for event in decoder.feed(chunk):
-            client_sse += encode_responses_stream(translator.feed(event))
-    for event in decoder.close():                        # flush an unterminated last event
-        client_sse += encode_responses_stream(translator.feed(event))
-    client_sse += encode_responses_stream(translator.finish())
-    translator.usage, translator.outcome                 # for accounting
-
-    # 200, not streamed (`:generateContent`, one GenerateContentResponse JSON):
-    response = gemini.translate_response(json.loads(body), ctx, tools=tools, upstream_model=upstream_model)
-
-    # non-200 (both endpoints answer errors as plain JSON, not SSE):
+            events += translator.feed(event)
+    events += translator.finish()                        # translator.usage, .outcome, .response
+    response = gemini.translate_response(json.loads(body), ctx, tools=...)   # a whole answer
     status, error_body = gemini.translate_error(upstream_status, upstream_body_bytes)
-    retry = gemini.retry_after_seconds(upstream_body_bytes)   # → a Retry-After header on 429
 
 `base_url` is the API root, e.g. `https://generativelanguage.googleapis.com` (a trailing
 `/v1beta` or `/v1` is kept as given). `tools` and `upstream_model` are optional: without `tools`
@@ -44,12 +43,6 @@ text) and handed to Codex in a `reasoning` item's `encrypted_content`, sealed wi
 parts, Gemini's thought summaries) becomes the reasoning item's summary. On replay, the anchors of
 all reasoning items in one model turn are put back onto the rebuilt parts; envelopes for another
 provider or model, and OpenAI's own blobs, are dropped.
-
-Vertex AI would differ in: URL (`https://{location}-aiplatform.googleapis.com/v1/projects/{project}/
-locations/{location}/publishers/google/models/{model}:generateContent`), auth (OAuth2 bearer token
-of a service account, not an API key), schema (Vertex accepts `additionalProperties`, so less would
-be stripped), and a few Vertex-only fields; the body and the responses are otherwise the same, so
-`build_request`/`StreamTranslator` would serve it with a different `request_target`/`auth_headers`.
 """
 
 from __future__ import annotations
