@@ -8,6 +8,7 @@ import json
 from collections.abc import Iterable
 from typing import Any
 
+from codexgate.catalog import REASONING_LEVELS, FamilyDefaults
 from codexgate.policies.schema import GeminiProvider, VertexProvider
 from codexgate.providers.base import TranslateOptions, refuse_stateful
 from codexgate.providers.family import JSON, Prepared, ProviderFamily, StreamBridge, answering, json_bytes
@@ -55,6 +56,10 @@ class _GenerateContentFamily[SettingsT: GeminiProvider | VertexProvider](Provide
 
     def price_id(self) -> str | None:
         return "google"
+
+    def codex_defaults(self, upstream_model: str) -> FamilyDefaults:
+        # Gemini 2.5 and 3 models: a 1M-token window, images in
+        return FamilyDefaults(1_048_576, REASONING_LEVELS, "medium", ("text", "image"), "freeform")
 
 
 class GeminiFamily(_GenerateContentFamily[GeminiProvider]):

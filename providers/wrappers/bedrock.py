@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from codexgate.catalog import GENERIC_DEFAULTS, REASONING_LEVELS, FamilyDefaults
 from codexgate.policies.schema import BedrockProvider
 from codexgate.providers import bedrock
 from codexgate.providers.family import JSON, Prepared
@@ -47,3 +48,8 @@ class BedrockFamily(ModuleFamily):
 
     def price_id(self) -> str | None:
         return "aws"
+
+    def codex_defaults(self, upstream_model: str) -> FamilyDefaults:
+        if "claude" in upstream_model.lower():
+            return FamilyDefaults(200_000, REASONING_LEVELS, "medium", ("text", "image"), "freeform")
+        return GENERIC_DEFAULTS
