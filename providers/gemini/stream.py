@@ -19,10 +19,10 @@ from codexgate.providers.responses import (
     MessageItem,
     ReasoningItem,
     ResponseContext,
-    ResponseEmitter,
     ToolNameMap,
     without_lone_surrogates,
 )
+from codexgate.providers.responses.emitter import EmittingTranslator
 from codexgate.sse import SSEParser
 from codexgate.usage import Usage
 
@@ -84,20 +84,21 @@ class StreamDecoder:
         return self.feed(b"\n\n")
 
 
-class StreamTranslator:
+class StreamTranslator(EmittingTranslator):
     """Gemini stream chunks in, Responses stream events out (see the package docstring).
 
-    `usage` and `outcome` are for accounting; `response` is the final `response` object once the
-    terminal event was emitted (a whole answer is exactly that)."""
+    `usage` (as the chunks report it so far) and `outcome` are for accounting; `response` is the
+    final `response` object once the terminal event was emitted (a whole answer is exactly that)."""
+
+    cut_message = "The Gemini stream ended before its final chunk (no finishReason); the answer is cut off."
 
     def __init__(
         self, ctx: ResponseContext, tools: ToolNameMap | None = None, upstream_model: str | None = None
     ) -> None:
-        self.ctx = ctx
+        super().__init__(ctx)
         self.tools = tools or default_tool_map()
         self.upstream_model = upstream_model or ctx.model
-        self.usage: Usage | None = None
-        self._emit = ResponseEmitter(ctx)
+        self._usage: Usage | None = None  # the latest usageMetadata (Gemini repeats it cumulatively)
         self._held = ""  # whitespace before a message opens: announced only with real text
         self._open: MessageItem | ReasoningItem | None = None  # the item being streamed
         self._anchors: list[dict[str, Any]] = []  # signatures not yet sealed into a reasoning item
@@ -106,12 +107,8 @@ class StreamTranslator:
         self._blocked: str | None = None
 
     @property
-    def outcome(self) -> str | None:
-        return self._emit.outcome
-
-    @property
-    def response(self) -> dict[str, Any] | None:
-        return self._emit.response
+    def usage(self) -> Usage | None:
+        return self._usage
 
     # -- items ---------------------------------------------------------------------------------
     def _seal(self) -> str:
@@ -131,7 +128,7 @@ class StreamTranslator:
         if text:
             if not isinstance(self._open, ReasoningItem):
                 self._close()
-                self._open = self._emit.reasoning()
+                self._open = self.emit.reasoning()
             self._open.delta(text)
         if isinstance(part.get("thoughtSignature"), str):
             self._anchors.append({"k": "thought", "text": text, "sig": part["thoughtSignature"]})
@@ -150,7 +147,7 @@ class StreamTranslator:
                 return
             prefix = self._held
             self._close()
-            self._open = self._emit.message()
+            self._open = self.emit.message()
         message = self._open if isinstance(self._open, MessageItem) else None
         if signature is not None:
             self._anchors.append(
@@ -171,7 +168,7 @@ class StreamTranslator:
         target = self.tools.resolve(str(call.get("name") or ""))
         args = as_dict(call.get("args"))
         gemini_id = call.get("id") if isinstance(call.get("id"), str) and call.get("id") else None
-        call_id = gemini_id or self._emit.new_id("call")
+        call_id = gemini_id or self.emit.new_id("call")
         if gemini_id is not None or isinstance(part.get("thoughtSignature"), str):
             anchor: dict[str, Any] = {"k": "call", "call_id": call_id, "sig": part.get("thoughtSignature")}
             if gemini_id is not None:
@@ -183,16 +180,16 @@ class StreamTranslator:
                 strings = [v for v in args.values() if isinstance(v, str)]
                 value = strings[0] if len(args) == 1 and strings else json.dumps(args, ensure_ascii=False)
             value = without_lone_surrogates(value)  # as every family decodes custom input
-            custom = self._emit.custom_tool_call(call_id, target.name, target.namespace)
+            custom = self.emit.custom_tool_call(call_id, target.name, target.namespace)
             custom.delta(value)
             custom.done(value)
         else:
-            function = self._emit.function_call(call_id, target.name, target.namespace)
+            function = self.emit.function_call(call_id, target.name, target.namespace)
             function.delta(json.dumps(args, ensure_ascii=False))  # Gemini sends a call whole
             function.done()
 
     def _notice(self, text: str) -> None:
-        message = self._emit.message()
+        message = self.emit.message()
         message.delta(text)
         message.done()
 
@@ -200,19 +197,19 @@ class StreamTranslator:
         """Signatures that arrived after the last reasoning item closed, in a reasoning item of
         their own (Codex replays it with the turn; the replay matches anchors, not positions)."""
         if self._anchors:
-            self._emit.reasoning().done(self._seal())
+            self.emit.reasoning().done(self._seal())
 
     def _fail(self, code: str, message: str) -> None:
         # Items still open are not finished: Codex retries a failed turn from the start.
         self._open = None
-        self._emit.fail(code, message, self.usage)
+        self.emit.fail(code, message, self.usage)
 
     # -- interface -----------------------------------------------------------------------------
     def feed(self, event: dict[str, Any]) -> list[dict[str, Any]]:
-        self._emit.start()
+        self.emit.start()
         if self.outcome is None:
             self._read(event)
-        return self._emit.take()
+        return self.emit.take()
 
     def _read(self, event: dict[str, Any]) -> None:
         error = event.get("error")
@@ -221,7 +218,7 @@ class StreamTranslator:
             classified = classify(code, error)
             self._fail(classified.stream_code, classified.message)
             return
-        self.usage = _usage(event.get("usageMetadata")) or self.usage
+        self._usage = _usage(event.get("usageMetadata")) or self._usage
         feedback = event.get("promptFeedback")
         if isinstance(feedback, dict) and isinstance(feedback.get("blockReason"), str):
             self._blocked = feedback["blockReason"]
@@ -247,18 +244,15 @@ class StreamTranslator:
                 self._finish_message = scrub(candidate["finishMessage"])
 
     def finish(self) -> list[dict[str, Any]]:
-        self._emit.start()
+        self.emit.start()
         if self.outcome is None:
             self._end()
-        return self._emit.take()
+        return self.emit.take()
 
     def _end(self) -> None:
         reason = self._finish_reason
         if reason is None and self._blocked is None:
-            self._fail(
-                "server_error",
-                "The Gemini stream ended before its final chunk (no finishReason); the answer is cut off.",
-            )
+            self._fail("server_error", self.cut_message)
             return
         incomplete = reason == "MAX_TOKENS"
         self._close("incomplete" if incomplete else "completed")
@@ -271,7 +265,7 @@ class StreamTranslator:
             detail = f" ({self._finish_message})" if self._finish_message else ""
             self._notice(f"[Gemini stopped this answer, finish reason {reason}: {explanation}{detail}.]")
         self._signatures_item()
-        self._emit.complete(self.usage, incomplete="max_output_tokens" if incomplete else None)
+        self.emit.complete(self.usage, incomplete="max_output_tokens" if incomplete else None)
 
 
 def translate_response(
