@@ -7,7 +7,8 @@ Vertex's token fetch:
 
     schema.py    JSON Schema → Gemini's OpenAPI-subset `Schema` (tool parameters, structured output)
     tools.py     Codex's tools ↔ function declarations and names (the shared `ToolNameMap`)
-    history.py   input items → `contents`: roles, media, tool calls/outputs, thought signatures
+    content.py   message content → parts: text, images and files
+    history.py   input items → `contents`: roles, tool calls/outputs, thought signatures, repairs
     request.py   thinking config, tool choice, generation config, `build_request`, the Gemini URL
     stream.py    SSE decoder and the stream translator (through the shared `ResponseEmitter`);
                  a whole answer is fed through the same translator

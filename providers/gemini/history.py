@@ -1,19 +1,15 @@
-"""Codex's input items → Gemini `contents`: roles, media, tool calls and outputs, thought signatures."""
+"""Codex's input items → Gemini `contents`: roles, tool calls and their outputs, thought signatures,
+and the repairs that make any history one Gemini accepts."""
 
 from __future__ import annotations
 
-import base64
 import json
 import logging
-import mimetypes
-import re
-import urllib.parse
-from collections.abc import Iterable, Mapping
+from collections.abc import Mapping
 from typing import Any
 
-from codexgate.providers.base import (
-    open_reasoning,
-)
+from codexgate.providers.base import open_reasoning
+from codexgate.providers.gemini.content import text_of, user_parts
 from codexgate.providers.gemini.tools import as_dict
 from codexgate.providers.responses.tools import ToolNameMap
 
@@ -23,84 +19,6 @@ log = logging.getLogger(__name__)
 # (another provider earlier in the session, or an envelope that cannot be opened): Gemini 3
 # answers 400 for a function call in the current turn without any signature.
 DUMMY_THOUGHT_SIGNATURE = "skip_thought_signature_validator"
-_DATA_URL = re.compile(r"^data:([^;,]*)((?:;[^;,]*)*),(.*)$", re.DOTALL)
-
-
-def _text_of(content: Any, kinds: Iterable[str] = ("input_text", "output_text", "text", "refusal")) -> str:
-    if isinstance(content, str):
-        return content
-    if not isinstance(content, list):
-        return ""
-    wanted = set(kinds)
-    pieces = []
-    for part in content:
-        if isinstance(part, dict) and part.get("type") in wanted:
-            text = part.get("refusal") if part.get("type") == "refusal" else part.get("text")
-            if isinstance(text, str):
-                pieces.append(text)
-    return "".join(pieces)
-
-
-def _data_url_part(url: str) -> dict[str, Any] | None:
-    match = _DATA_URL.match(url)
-    if match is None:
-        return None
-    mime, params, payload = match.group(1) or "application/octet-stream", match.group(2), match.group(3)
-    if ";base64" in params:
-        # Gemini wants standard base64; accept the URL-safe alphabet and stray whitespace too
-        data = re.sub(r"\s+", "", payload).replace("-", "+").replace("_", "/")
-        data += "=" * (-len(data) % 4)
-    else:
-        data = base64.b64encode(urllib.parse.unquote_to_bytes(payload)).decode()
-    return {"inlineData": {"mimeType": mime, "data": data}}
-
-
-def _guess_mime(url: str, default: str) -> str:
-    guessed, _ = mimetypes.guess_type(urllib.parse.urlsplit(url).path)
-    return guessed or default
-
-
-def _media_part(part: Mapping[str, Any]) -> dict[str, Any] | None:
-    """An input_image / input_file content part → inlineData or fileData (None: cannot send)."""
-    if part.get("type") == "input_image":
-        url = part.get("image_url")
-        if isinstance(url, str) and url.startswith("data:"):
-            return _data_url_part(url)
-        if isinstance(url, str) and url.startswith(("http://", "https://", "gs://")):
-            return {"fileData": {"mimeType": _guess_mime(url, "image/jpeg"), "fileUri": url}}
-        return None
-    if part.get("type") == "input_file":
-        data, url, filename = part.get("file_data"), part.get("file_url"), part.get("filename")
-        if isinstance(data, str) and data.startswith("data:"):
-            return _data_url_part(data)
-        if isinstance(data, str) and data:
-            mime = _guess_mime(filename, "application/pdf") if isinstance(filename, str) else "application/pdf"
-            return {"inlineData": {"mimeType": mime, "data": re.sub(r"\s+", "", data)}}
-        if isinstance(url, str) and url:
-            return {"fileData": {"mimeType": _guess_mime(url, "application/pdf"), "fileUri": url}}
-    return None
-
-
-def _user_parts(content: Any) -> list[dict[str, Any]]:
-    # Gemini refuses blank text ("empty text parameter"): whitespace-only text is left out.
-    if isinstance(content, str):
-        return [{"text": content}] if content.strip() else []
-    parts: list[dict[str, Any]] = []
-    for part in content if isinstance(content, list) else []:
-        if not isinstance(part, dict):
-            continue
-        kind = part.get("type")
-        if kind in ("input_text", "output_text", "text") and isinstance(part.get("text"), str):
-            if part["text"].strip():
-                parts.append({"text": part["text"]})
-        elif kind in ("input_image", "input_file"):
-            media = _media_part(part)
-            if media is not None:
-                parts.append(media)
-            else:
-                what = "image" if kind == "input_image" else "file"
-                parts.append({"text": f"[{what} omitted: only inline data and URLs can be sent to Gemini]"})
-    return parts
 
 
 def _call_args(arguments: Any) -> dict[str, Any]:
@@ -140,7 +58,7 @@ class History:
             role = item.get("role")
             if kind in ("message", None) and role in ("developer", "system"):
                 # Gemini has one system instruction; Codex's developer messages all go there.
-                text = _text_of(item.get("content"))
+                text = text_of(item.get("content"))
                 if text:
                     self.system.append(text)
                 continue
@@ -150,7 +68,7 @@ class History:
             if kind in ("message", None) and role == "user":
                 self._flush(group)
                 group = []
-                self._add("user", _user_parts(item.get("content")))
+                self._add("user", user_parts(item.get("content")))
             elif kind in ("function_call_output", "custom_tool_call_output"):
                 self._flush(group)
                 group = []
@@ -171,11 +89,11 @@ class History:
     def _tool_output_parts(self, item: Mapping[str, Any]) -> list[dict[str, Any]]:
         call_id = str(item.get("call_id") or "")
         output = item.get("output")
-        text = output if isinstance(output, str) else _text_of(output)
+        text = output if isinstance(output, str) else text_of(output)
         media = (
             [
                 part
-                for part in _user_parts(output)
+                for part in user_parts(output)
                 if "text" not in part  # the text went into the function response
             ]
             if isinstance(output, list)
@@ -223,7 +141,7 @@ class History:
             own = [a for a in texts if a.get("item") is not None and a.get("item") == item.get("id")]
             if len(messages) == 1:
                 own += orphans
-            text = _text_of(item.get("content"))
+            text = text_of(item.get("content"))
             text_parts, used = _signed_text_parts(text if text.strip() else "", own)
             parts.extend(text_parts)
             placed += used
