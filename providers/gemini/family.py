@@ -8,10 +8,18 @@ import json
 from collections.abc import Iterable
 from typing import Any
 
-from codexgate.catalog import REASONING_LEVELS, FamilyDefaults
 from codexgate.policies.schema import GeminiProvider, VertexProvider
 from codexgate.providers.base import TranslateOptions, refuse_stateful
-from codexgate.providers.family import JSON, Prepared, ProviderFamily, StreamBridge, answering, json_bytes
+from codexgate.providers.family import (
+    JSON,
+    REASONING_LEVELS,
+    FamilyDefaults,
+    Prepared,
+    ProviderFamily,
+    StreamBridge,
+    answering,
+    json_bytes,
+)
 from codexgate.providers.gemini import vertex
 from codexgate.providers.gemini.errors import retry_after_seconds, translate_error
 from codexgate.providers.gemini.request import auth_headers, build, request_target

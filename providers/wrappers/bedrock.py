@@ -4,10 +4,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from codexgate.catalog import GENERIC_DEFAULTS, REASONING_LEVELS, FamilyDefaults
 from codexgate.policies.schema import BedrockProvider
 from codexgate.providers import bedrock
-from codexgate.providers.family import JSON, Prepared
+from codexgate.providers.family import GENERIC_DEFAULTS, JSON, REASONING_LEVELS, FamilyDefaults, Prepared
 from codexgate.providers.wrappers.module_family import ModuleFamily
 from codexgate.secrets import SecretResolver, SecretUnavailable
 
