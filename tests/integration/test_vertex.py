@@ -100,6 +100,10 @@ def test_responses_reach_vertex_with_a_minted_bearer_token_fetched_once(
     assert len(token_endpoint.grants) == 1  # cached: one token for both requests
     for received in vertex_fake.received:  # neither the virtual key nor an API-key header went upstream
         assert ALICE_KEY not in str(received.headers) and "x-goog-api-key" not in received.headers
+    # accounted to the provider that answered, priced by genai-prices as Google's model
+    records = gateway.wait_accounting(lambda r: r.get("model_requested") == "gemini-2.5-pro", count=2)
+    assert [r["provider"] for r in records[-2:]] == ["vertex", "vertex"], records
+    assert all(r["usage"]["output_tokens"] == 3 and r["cost_usd"] > 0 for r in records[-2:]), records
 
 
 def test_a_failing_token_endpoint_is_a_503_with_a_log_line_and_a_metric(
