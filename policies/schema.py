@@ -150,6 +150,40 @@ class GeminiProvider(Limited):
     _url = field_validator("base_url")(_check_http_url)
 
 
+class VertexProvider(Limited):
+    """Gemini models on Google Cloud Vertex AI (`publishers/google/models/MODEL:generateContent`),
+    authorized by OAuth2 bearer tokens: minted from a service-account key (`credentials`, refreshed
+    before they expire) or given as they are (`access_token`, e.g. from a sidecar)."""
+
+    kind: Literal["vertex"]
+    project: str = Field(pattern=r"^[a-z][a-z0-9-]{4,28}[a-z0-9]$", description="Google Cloud project id")
+    location: str = Field(default="us-central1", pattern=r"^(global|[a-z]+-[a-z]+[0-9]+)$")
+    credentials: SecretRef | None = Field(default=None, description="the service account's JSON key")
+    access_token: SecretRef | None = Field(default=None, description="an OAuth2 access token, used as it is")
+    base_url: str | None = Field(default=None, description="endpoint override; default LOCATION-aiplatform")
+    default_max_tokens: int = Field(default=16384, ge=1)
+
+    @field_validator("base_url")
+    @classmethod
+    def _url(cls, value: str | None) -> str | None:
+        return None if value is None else _check_http_url(value)
+
+    @model_validator(mode="after")
+    def _one_credential(self) -> VertexProvider:
+        if (self.credentials is None) == (self.access_token is None):
+            raise ValueError("give exactly one of credentials (a service-account key) or access_token")
+        return self
+
+    @property
+    def endpoint(self) -> str:
+        if self.base_url:
+            return self.base_url
+        host = (
+            "aiplatform.googleapis.com" if self.location == "global" else f"{self.location}-aiplatform.googleapis.com"
+        )
+        return f"https://{host}"
+
+
 class BedrockProvider(Limited):
     """AWS Bedrock Converse / ConverseStream, signed with SigV4. Credentials: the policy's
     references, else the usual AWS sources (environment, shared config, instance role)."""
@@ -246,7 +280,14 @@ class AzureProvider(Limited):
 
 
 Provider = Annotated[
-    OpenAIProvider | MockProvider | AnthropicProvider | GeminiProvider | BedrockProvider | ChatProvider | AzureProvider,
+    OpenAIProvider
+    | MockProvider
+    | AnthropicProvider
+    | GeminiProvider
+    | VertexProvider
+    | BedrockProvider
+    | ChatProvider
+    | AzureProvider,
     Field(discriminator="kind"),
 ]
 

@@ -27,11 +27,11 @@ from codexgate.headers import field_names
 from codexgate.policies.schema import Provider
 from codexgate.providers.chat.family import AzureFamily, ChatFamily
 from codexgate.providers.family import FamilyDefaults, ProviderFamily, header_names
+from codexgate.providers.gemini.family import GeminiFamily, VertexFamily
 from codexgate.providers.mock import MockFamily
 from codexgate.providers.openai import OpenAIFamily
 from codexgate.providers.wrappers.anthropic import AnthropicFamily
 from codexgate.providers.wrappers.bedrock import BedrockFamily
-from codexgate.providers.wrappers.gemini import GeminiFamily
 
 __all__ = [
     "CLIENT_CREDENTIAL_FIELDS",
@@ -53,6 +53,7 @@ FAMILIES: dict[str, FamilyType] = {
         MockFamily,
         AnthropicFamily,
         GeminiFamily,
+        VertexFamily,
         BedrockFamily,
         ChatFamily,
         AzureFamily,

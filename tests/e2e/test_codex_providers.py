@@ -18,6 +18,7 @@ from fakes import anthropic_upstream as anthropic_fake
 from fakes import bedrock_upstream as bedrock_fake
 from fakes import chat_upstream as chat_fake
 from fakes import gemini_upstream as gemini_fake
+from fakes import vertex_upstream as vertex_fake
 from fakes.codex_cli import run_codex
 from fakes.gateway import ALICE_KEY, Gateway
 from fakes.openai_upstream import FakeOpenAI
@@ -31,9 +32,12 @@ CHAT_KEY = "sk-chat-upstream-e2e"
 
 @pytest.fixture(scope="module")
 def fakes() -> Iterator[dict[str, Any]]:
+    tokens = vertex_fake.FakeTokenEndpoint().start()
     started = {
         "chat": chat_fake.FakeChatHost(expect_headers={"authorization": f"Bearer {CHAT_KEY}"}).start(),
         "gemini": gemini_fake.FakeGemini().start(),
+        "vertex_tokens": tokens,
+        "vertex": vertex_fake.FakeVertex(tokens).start(),
         "bedrock": bedrock_fake.FakeBedrock().start(),
         "anthropic": anthropic_fake.FakeAnthropic().start(),
         "flaky": FakeOpenAI().start(),
@@ -53,6 +57,12 @@ def provider_gateway(tmp_path_factory: pytest.TempPathFactory, fakes: dict[str, 
 providers:
   groqish: {{kind: chat, preset: generic, base_url: "{fakes["chat"].url}", keys: [{{value: env:CG_CHAT_KEY}}]}}
   gem: {{kind: gemini, base_url: "{fakes["gemini"].url}", keys: [{{value: env:CG_GEMINI_KEY}}]}}
+  vx:
+    kind: vertex
+    project: {vertex_fake.PROJECT}
+    location: {vertex_fake.LOCATION}
+    base_url: "{fakes["vertex"].url}"
+    credentials: {{value: env:CG_VERTEX_KEY}}
   br:
     kind: bedrock
     region: {bedrock_fake.REGION}
@@ -67,6 +77,7 @@ models:
   flaky-only: {{routes: [{{provider: flaky}}], {price}}}
   chat-model: {{routes: [{{provider: groqish, model: upstream-model}}], {price}}}
   gemini-2.5-flash: {{routes: [{{provider: gem}}]}}
+  vertex-gemini: {{routes: [{{provider: vx, model: gemini-2.5-flash}}]}}
   bedrock-claude: {{routes: [{{provider: br, model: "anthropic.claude-sonnet-4-5-20250929-v1:0"}}]}}
 teams: {{platform: {{org: acme}}}}
 keys:
@@ -79,6 +90,7 @@ keys:
         "CG_AWS_AK": bedrock_fake.ACCESS_KEY,
         "CG_AWS_SK": bedrock_fake.SECRET_KEY,
         "CG_ANTHROPIC_KEY": anthropic_fake.API_KEY,
+        "CG_VERTEX_KEY": fakes["vertex_tokens"].key().json,
     }
     gateway = Gateway(policy, root / "data", extra_env=env).start()
     yield gateway
@@ -150,6 +162,7 @@ CASES: dict[str, tuple[str, Callable[[Any, str, str], None]]] = {
     "anthropic": ("claude-sonnet-4-5", script_anthropic),
     "chat": ("chat-model", script_chat),
     "gemini": ("gemini-2.5-flash", script_gemini),
+    "vertex": ("vertex-gemini", script_gemini),  # Gemini's wire format on Vertex AI, OAuth2 bearer auth
     "bedrock": ("bedrock-claude", script_bedrock),
 }
 
@@ -245,7 +258,7 @@ def script_blank_then_call(family: str, fake: Any, marker: str, final: str) -> N
                 anthropic_fake.Reply(content=[{"type": "text", "text": final}]),
             ]
         )
-    elif family == "gemini":
+    elif family in ("gemini", "vertex"):
         model = "gemini-2.5-flash"
         call = gemini_fake.call_part("exec_command", arguments, signature=gemini_fake.sign(model, "fc", "exec_command"))
         fake.script(

@@ -88,11 +88,7 @@ MACHINE_ERRORS = (
 
 def gateway_errors(lines: list[str]) -> list[str]:
     """The ERROR lines not explained by the machine."""
-    return [
-        line
-        for line in lines
-        if "ERROR" in line and not any(known in line for known in MACHINE_ERRORS)
-    ]
+    return [line for line in lines if "ERROR" in line and not any(known in line for known in MACHINE_ERRORS)]
 
 
 def log_db_errors(codex_home: Path) -> list[str]:

@@ -492,9 +492,9 @@ class FakeGemini(ThreadedApp):
 
     async def _handle(self, request: web.Request) -> web.StreamResponse:
         raw = await request.read()
-        match = re.fullmatch(r"/v1beta/models/([^/:]+):(generateContent|streamGenerateContent)", request.path)
-        model = match.group(1) if match else ""
-        mode = Mode(match.group(2)) if match else Mode.UNARY
+        match = self.route(request.path)
+        model = match.group("model") if match else ""
+        mode = Mode(match.group("method")) if match else Mode.UNARY
         self.received.append(
             Received(
                 request.method,
@@ -510,6 +510,22 @@ class FakeGemini(ThreadedApp):
             return self._error(404, "NOT_FOUND", f"Method not found: {request.path}")
         if mode is Mode.STREAM and request.query.get("alt") != "sse":
             return self._error(400, "INVALID_ARGUMENT", "this fake only streams with alt=sse")
+        refused = self.refuse_credentials(request)
+        if refused is not None:
+            return refused
+        try:
+            validate_request(raw, model)
+        except InvalidRequest as exc:
+            self.invalid.append(str(exc))
+            return self._error(400, "INVALID_ARGUMENT", str(exc))
+        return await self._answer(request, model, mode)
+
+    def route(self, path: str) -> re.Match[str] | None:
+        """The model and method of a Gemini API path (a Vertex AI fake has its own)."""
+        return re.fullmatch(r"/v1beta/models/(?P<model>[^/:]+):(?P<method>generateContent|streamGenerateContent)", path)
+
+    def refuse_credentials(self, request: web.Request) -> web.Response | None:
+        """The answer to a request without the right credentials (None: they are right)."""
         if request.headers.get("x-goog-api-key") != API_KEY:
             return self._error(
                 400,
@@ -523,11 +539,9 @@ class FakeGemini(ThreadedApp):
                     }
                 ],
             )
-        try:
-            validate_request(raw, model)
-        except InvalidRequest as exc:
-            self.invalid.append(str(exc))
-            return self._error(400, "INVALID_ARGUMENT", str(exc))
+        return None
+
+    async def _answer(self, request: web.Request, model: str, mode: Mode) -> web.StreamResponse:
         reply = (
             self.replies.pop(0)
             if self.replies

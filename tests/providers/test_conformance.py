@@ -12,6 +12,7 @@ every translating family of the registry must have one (`test_every_translating_
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import json
 from collections.abc import Callable
@@ -31,11 +32,13 @@ from codexgate.policies.schema import (
     ChatProvider,
     GeminiProvider,
     SecretRef,
+    VertexProvider,
 )
 from codexgate.providers import anthropic, gemini, registry
 from codexgate.providers.base import ResponseContext, TranslateOptions, UnsupportedRequest, seal_reasoning
 from codexgate.providers.chat_ingress import chat_to_translator_body
 from codexgate.providers.family import Prepared, ProviderFamily, new_context
+from codexgate.secrets import SecretResolver
 from codexgate.sse import SSEParser
 
 KEY = [SecretRef(value="env:UNUSED")]
@@ -236,6 +239,15 @@ FAMILIES = {
         "gemini",
         registry.family_for(GeminiProvider(kind="gemini", keys=KEY)),
         "gemini-2.5-flash",
+        _gemini_errors,
+        gemini_stream,
+        gemini_error,
+    ),
+    # Gemini on Vertex AI: the same wire format under another address and auth
+    "vertex": Family(
+        "vertex",
+        registry.family_for(VertexProvider(kind="vertex", project="codexgate-test-1", access_token=KEY[0])),
+        "gemini-2.5-pro",
         _gemini_errors,
         gemini_stream,
         gemini_error,
@@ -542,6 +554,7 @@ def test_stateful_requests_are_refused_with_400(family: Family, field: str, valu
 STOP_FIELD: dict[str, Callable[[dict[str, Any]], Any]] = {
     "anthropic": lambda request: request.get("stop_sequences"),
     "gemini": lambda request: request.get("generationConfig", {}).get("stopSequences"),
+    "vertex": lambda request: request.get("generationConfig", {}).get("stopSequences"),
     "bedrock": lambda request: request.get("inferenceConfig", {}).get("stopSequences"),
     "chat": lambda request: request.get("stop"),
     "azure": lambda request: request.get("stop"),
@@ -550,6 +563,7 @@ STOP_FIELD: dict[str, Callable[[dict[str, Any]], Any]] = {
 SENT = {
     "anthropic": {"stop"},
     "gemini": {"stop", "seed"},
+    "vertex": {"stop", "seed"},
     "bedrock": {"stop"},
     "chat": {"stop", "seed", "presence_penalty"},
     "azure": {"stop", "seed", "presence_penalty"},
@@ -581,7 +595,7 @@ def test_chat_stop_is_mapped_and_unmappable_parameters_are_reported(family: Fami
 
 @pytest.mark.parametrize("text", ['*** Begin Patch\n+ok "q" \\ /\n', "cut mid-emoji \ud83d!", "low \udc00 alone"])
 def test_custom_tool_input_streams_the_same_at_any_split(family: Family, text: str) -> None:
-    if family.name == "gemini" and text != text.encode("utf-8", "replace").decode():
+    if family.name in ("gemini", "vertex") and text != text.encode("utf-8", "replace").decode():
         pytest.skip("Gemini's API sends valid UTF-8 only (protobuf strings): its fake refuses a lone surrogate")
     prepared, _ = prepare(family, body_with(user("patch it")))
     answer = Answer((Call("call_p1", "apply_patch", {"input": text}),), stop="tool_use")
@@ -844,3 +858,109 @@ def test_chat_content_filter_keeps_what_it_let_through(name: str) -> None:
     events, bridge = run(family, prepared, [_chat_sse(chunks)])
     assert events[-1]["type"] == "response.completed" and bridge.outcome == "completed"
     assert [item["content"][0]["text"] for item in final(events)["output"]] == ["Partial"]
+
+
+# Gemini's wire format, on the Gemini API and on Vertex AI: refusals, quota errors mid-stream,
+# thought signatures replayed across turns, the whole answer derived from the stream
+
+GEMINI_WIRE = ["gemini", "vertex"]
+
+
+def _gemini_sse_of(*chunks: dict[str, Any]) -> bytes:
+    for piece in chunks:
+        gemini_fake.validate_response(piece)
+    return _gemini_sse(list(chunks))
+
+
+@pytest.mark.parametrize("name", GEMINI_WIRE)
+def test_gemini_safety_stop_after_partial_text_is_a_marked_completed_turn(name: str) -> None:
+    """Codex would retry a failed turn into the same refusal: the turn completes, the partial text
+    kept and a notice naming the finish reason added."""
+    family = FAMILIES[name]
+    prepared, _ = prepare(family, body_with(user("x")))
+    data = _gemini_sse_of(
+        gemini_fake.chunk([gemini_fake.text_part("Sure, here is how to")]),
+        gemini_fake.chunk([], "SAFETY", gemini_fake.usage_metadata(10, 4)),
+    )
+    events, bridge = run(family, prepared, [data])
+    assert bridge.outcome == "completed" and events[-1]["type"] == "response.completed"
+    texts = [item["content"][0]["text"] for item in final(events)["output"] if item["type"] == "message"]
+    assert texts[0] == "Sure, here is how to" and "SAFETY" in texts[-1] and len(texts) == 2
+
+
+@pytest.mark.parametrize("name", GEMINI_WIRE)
+def test_gemini_blocked_prompt_is_answered_with_the_block_reason(name: str) -> None:
+    family = FAMILIES[name]
+    prepared, _ = prepare(family, body_with(user("x")))
+    blocked = {"promptFeedback": {"blockReason": "PROHIBITED_CONTENT"}, "usageMetadata": {"promptTokenCount": 9}}
+    events, bridge = run(family, prepared, [_gemini_sse_of(blocked)])
+    assert bridge.outcome == "completed"
+    [message] = [item for item in final(events)["output"] if item["type"] == "message"]
+    assert "PROHIBITED_CONTENT" in message["content"][0]["text"]
+    assert final(events)["usage"]["input_tokens"] == 9
+
+
+@pytest.mark.parametrize("name", GEMINI_WIRE)
+def test_gemini_quota_error_mid_stream_fails_with_the_code_codex_retries_on(name: str) -> None:
+    """(`context_length_exceeded`, which Codex also acts on, is not in the SDK's `ResponseError`
+    codes, so this strict suite cannot carry it; tests/providers/test_gemini.py does.)"""
+    family = FAMILIES[name]
+    error = {"code": 429, "status": "RESOURCE_EXHAUSTED", "message": "Resource exhausted"}
+    prepared, _ = prepare(family, body_with(user("x")))
+    data = _gemini_sse_of(gemini_fake.chunk([gemini_fake.text_part("Partial")])) + _gemini_sse([{"error": error}])
+    events, bridge = run(family, prepared, [data])
+    assert bridge.outcome == "failed" and final(events)["error"]["code"] == "rate_limit_exceeded"
+    assert not [item for item in final(events)["output"] if item["type"] == "message"]  # half a message is no answer
+
+
+@pytest.mark.parametrize("name", GEMINI_WIRE)
+def test_gemini_3_thought_signatures_come_back_on_their_parts_in_the_next_turn(name: str) -> None:
+    """Gemini 3 refuses a current-turn function call without its signature; the one it issued
+    (not the stand-in) must be replayed on the same call, and its thought on a thought part."""
+    family = FAMILIES[name]
+    model = "gemini-3-pro-preview"
+    body = body_with(user("list the files"), reasoning={"effort": "high"})
+    prepared = family.provider.prepare(body, model, PROVIDER)
+    call_signature = gemini_fake.sign(model, "fc", "exec_command")
+    thought_signature = gemini_fake.sign(model, "thought", "Listing.")
+    data = _gemini_sse_of(
+        gemini_fake.chunk([gemini_fake.text_part("Listing.", thought_signature, thought=True)]),
+        gemini_fake.chunk([gemini_fake.call_part("exec_command", {"cmd": "ls"}, call_signature)]),
+        gemini_fake.chunk([], "STOP", gemini_fake.usage_metadata(20, 5, thoughts=3)),
+    )
+    events, _ = run(family, prepared, [data])
+    produced = final(events)["output"]
+    call_id = next(item["call_id"] for item in produced if item["type"] == "function_call")
+    replayed = body_with(user("list the files"), *produced, output(call_id, "a.txt"), reasoning={"effort": "high"})
+    request = json.loads(family.provider.prepare(replayed, model, PROVIDER).body)
+    gemini_fake.validate_request(request, model)
+    model_parts = request["contents"][1]["parts"]
+    assert [p.get("thoughtSignature") for p in model_parts if "functionCall" in p] == [call_signature]
+    assert [p.get("thoughtSignature") for p in model_parts if p.get("thought")] == [thought_signature]
+
+
+@pytest.mark.parametrize("name", GEMINI_WIRE)
+def test_gemini_whole_answer_is_the_streams_final_response(name: str) -> None:
+    family = FAMILIES[name]
+    prepared, _ = prepare(family, body_with(user("list the files"), stream=False))
+    chunks = _gemini_chunks(TOOL_ANSWER, family.model)
+    whole = family.provider.whole(prepared, context(), json.dumps(gemini_fake.merge_chunks(chunks)).encode())
+    valid_response(whole)
+    events, _ = run(family, prepared, [_gemini_sse(chunks)])
+    assert without_ids([whole]) == without_ids([final(events)])
+    assert kinds(whole) == ["message", "function_call"] and whole["usage"]["output_tokens"] == 12
+
+
+def test_vertex_addresses_the_project_model_and_authorizes_with_a_bearer_token(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("UNUSED", "ya29.explicit")
+    family = FAMILIES["vertex"]
+    prepared, _ = prepare(family, body_with(user("hi")))
+    assert prepared.url == (
+        "https://us-central1-aiplatform.googleapis.com/v1/projects/codexgate-test-1/locations/us-central1"
+        "/publishers/google/models/gemini-2.5-pro:streamGenerateContent?alt=sse"
+    )
+    headers = asyncio.run(family.provider.credentials(prepared, 0, SecretResolver()))
+    assert headers == {"authorization": "Bearer ya29.explicit"}
+    assert family.provider.price_id() == "google" and family.provider.key_weights() == []

@@ -24,7 +24,7 @@ from codexgate.usage import Usage
 
 def test_every_policy_kind_has_exactly_its_family() -> None:
     check_registry()
-    assert set(kinds()) == {"openai", "mock", "anthropic", "gemini", "bedrock", "chat", "azure"}
+    assert set(kinds()) == {"openai", "mock", "anthropic", "gemini", "vertex", "bedrock", "chat", "azure"}
     settings = AnthropicProvider(kind="anthropic", keys=[SecretRef(value="env:K")])
     family = family_for(settings)
     assert family.kind == "anthropic" and family.settings is settings
