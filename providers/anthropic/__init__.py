@@ -22,7 +22,7 @@ How the gateway drives this package (everything here is pure; the addon does the
             out_events.extend(translator.feed(event))             # Responses events, sequence-numbered
     out_events.extend(translator.finish())                       # at end of stream, always
     translator.usage, translator.outcome                         # for accounting
-    # 2xx, not streamed:
+    # 2xx, not streamed (replayed as its stream events through the same StreamTranslator):
     response = anthropic.translate_response(json.loads(body), ctx, info)
     # non-2xx before the stream started:
     status, error_body = anthropic.translate_error(upstream_status, upstream_body_bytes)

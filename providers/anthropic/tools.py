@@ -11,7 +11,6 @@ from typing import Any
 from codexgate.providers.anthropic.values import JSON, _dict, _str
 from codexgate.providers.base import input_items as _input_items
 
-_TOOL_NAME = re.compile(r"^[a-zA-Z0-9_-]{1,64}$")
 _TOOL_NAME_BAD_CHARS = re.compile(r"[^a-zA-Z0-9_-]")
 
 

@@ -1,68 +1,79 @@
-"""A whole (not streamed) Anthropic Message as a Responses `response` object."""
+"""A whole (not streamed) Anthropic Message as a Responses `response` object.
+
+There is no second translator for whole answers: the Message is replayed as the stream events
+the Messages API would have sent for it (`message_events`) and fed to the same
+`StreamTranslator`, whose terminal event carries the response. Whatever the stream does with a
+block (whitespace-only text left out, custom tool input decoded, thinking sealed for replay, a
+refusal marked) the whole answer does too.
+"""
 
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from typing import Any
 
-from codexgate.providers.anthropic.answer import (
-    _call_item,
-    _custom_input,
-    _incomplete_reason,
-    _message_item,
-    _reasoning_item,
-    _refusal_text,
-    _response_object,
-    _UsageCounter,
-)
-from codexgate.providers.anthropic.errors import _stream_error
+from codexgate.providers.anthropic.stream import StreamTranslator
 from codexgate.providers.anthropic.tools import RequestInfo
-from codexgate.providers.anthropic.values import JSON, _dict, _new_id, _str
+from codexgate.providers.anthropic.values import JSON
 from codexgate.providers.base import ResponseContext
-
-# --------------------------------------------------------------------------------------------
-# Answers: not streamed
 
 
 def translate_response(provider_body: Mapping[str, Any], ctx: ResponseContext, info: RequestInfo | None = None) -> JSON:
-    """A non-streamed Anthropic Message → a Responses API `response` object."""
-    if provider_body.get("type") == "error":
-        code, message = _stream_error(provider_body.get("error"))
-        return _response_object(ctx, info, "failed", [], None, error={"code": code, "message": message})
-    output: list[JSON] = []
-    for block in provider_body.get("content") or []:
-        if not isinstance(block, dict):
-            continue
-        kind = block.get("type")
-        if kind == "text" and isinstance(block.get("text"), str):
-            if block["text"].strip():  # a whitespace-only block would poison the next request
-                output.append(_message_item(_new_id("msg"), block["text"]))
-        elif kind == "thinking":
-            text = _str(block.get("thinking"))
-            signature = block.get("signature")
-            record = {"type": "thinking", "thinking": text, "signature": signature} if signature else None
-            output.append(_reasoning_item(_new_id("rs"), text, record, ctx, info))
-        elif kind == "redacted_thinking" and isinstance(block.get("data"), str):
-            record = {"type": "redacted_thinking", "data": block["data"]}
-            output.append(_reasoning_item(_new_id("rs"), "", record, ctx, info))
-        elif kind == "tool_use":
-            arguments = json.dumps(_dict(block.get("input")))
-            name = str(block.get("name") or "")
-            ref = info.tools.get(name) if info else None
-            payload = _custom_input(arguments) if ref is not None and ref.kind == "custom" else arguments
-            output.append(
-                _call_item(
-                    _new_id("ctc" if ref and ref.kind == "custom" else "fc"), str(block.get("id")), name, payload, info
-                )
-            )
-    stop_reason = provider_body.get("stop_reason")
-    if stop_reason == "refusal":
-        partial = any(item["type"] == "message" for item in output)
-        output.append(_message_item(_new_id("msg"), _refusal_text(provider_body.get("stop_details"), partial)))
-    counter = _UsageCounter()
-    counter.update(provider_body.get("usage"))
-    incomplete = _incomplete_reason(stop_reason)
-    return _response_object(
-        ctx, info, "incomplete" if incomplete else "completed", output, counter.responses(), incomplete=incomplete
-    )
+    """A non-streamed Anthropic Message (or error document) → a Responses API `response` object."""
+    translator = StreamTranslator(ctx, info)
+    events: list[JSON] = []
+    for event in message_events(provider_body):
+        events += translator.feed(event)
+    events += translator.finish()
+    response: JSON = events[-1]["response"]
+    return response
+
+
+def message_events(message: Mapping[str, Any]) -> Iterator[JSON]:
+    """The stream events (`message_start` … `message_stop`) that carry this whole Message.
+
+    Each block comes whole, in one delta; blocks the stream translator has no use for, and
+    blocks of the wrong shape, are left out. An error document becomes one `error` event."""
+    if message.get("type") == "error":
+        yield {"type": "error", "error": message.get("error")}
+        return
+    yield {"type": "message_start", "message": {"type": "message", "role": "assistant", "content": []}}
+    content = message.get("content")
+    for index, block in enumerate(content if isinstance(content, list) else []):
+        if isinstance(block, dict):
+            for event in _block_events(block):
+                yield {**event, "index": index}
+    delta = {"stop_reason": message.get("stop_reason"), "stop_details": message.get("stop_details")}
+    yield {"type": "message_delta", "delta": delta, "usage": message.get("usage")}
+    yield {"type": "message_stop"}
+
+
+def _block_events(block: Mapping[str, Any]) -> list[JSON]:
+    """content_block_start, its deltas and content_block_stop for one content block (no index)."""
+    kind = block.get("type")
+    deltas: list[JSON]
+    if kind == "text" and isinstance(block.get("text"), str):
+        start: JSON = {"type": "text", "text": ""}
+        deltas = [{"type": "text_delta", "text": block["text"]}]
+    elif kind == "thinking":
+        start = {"type": "thinking", "thinking": "", "signature": ""}
+        thinking, signature = block.get("thinking"), block.get("signature")
+        deltas = [{"type": "thinking_delta", "thinking": thinking}] if isinstance(thinking, str) else []
+        if isinstance(signature, str) and signature:
+            deltas.append({"type": "signature_delta", "signature": signature})
+    elif kind == "redacted_thinking" and isinstance(block.get("data"), str):
+        start, deltas = {"type": "redacted_thinking", "data": block["data"]}, []
+    elif kind == "tool_use":
+        start = {"type": "tool_use", "id": block.get("id"), "name": block.get("name"), "input": {}}
+        arguments = block.get("input")
+        deltas = [
+            {"type": "input_json_delta", "partial_json": json.dumps(arguments if isinstance(arguments, dict) else {})}
+        ]
+    else:
+        return []  # server tool blocks and the like: the stream translator ignores them too
+    return [
+        {"type": "content_block_start", "content_block": start},
+        *({"type": "content_block_delta", "delta": delta} for delta in deltas),
+        {"type": "content_block_stop"},
+    ]
