@@ -456,7 +456,7 @@ def test_whole_answer_is_the_streams_final_response(family: Family, answer: Answ
     body["stream"] = False
     prepared, _ = prepare(family, body)
     streamed, _ = run(family, prepared, [family.stream(answer, family.model)])
-    whole = family.adapter.whole(prepared, context(), family.whole(answer, family.model))
+    whole = family.provider.whole(prepared, context(), family.whole(answer, family.model))
     valid_response(whole)
     assert without_ids([whole]) == without_ids([final(streamed)])
 
