@@ -9,7 +9,7 @@ import re
 from collections.abc import Mapping
 from typing import Any
 
-from codexgate.providers.anthropic.values import JSON, _str
+from codexgate.providers.anthropic.values import JSON, as_str
 
 _TOOL_ID_BAD_CHARS = re.compile(r"[^a-zA-Z0-9_-]")
 _DATA_URL = re.compile(r"^data:([^;,]+)?((?:;[^;,]+)*?)(;base64)?,(.*)$", re.DOTALL)
@@ -21,7 +21,7 @@ _EMPTY_TOOL_OUTPUT = "(no output)"
 # Request: content
 
 
-def _text_block(text: str) -> JSON:
+def text_block(text: str) -> JSON:
     return {"type": "text", "text": text}
 
 
@@ -40,14 +40,14 @@ def _image_block(part: Mapping[str, Any]) -> JSON:
         if parsed and parsed[2] and parsed[0] in _IMAGE_MEDIA_TYPES:
             return {"type": "image", "source": {"type": "base64", "media_type": parsed[0], "data": parsed[1]}}
         media = parsed[0] if parsed else "unknown"
-        return _text_block(f"[an image was attached here; its format ({media}) cannot be passed to this model]")
+        return text_block(f"[an image was attached here; its format ({media}) cannot be passed to this model]")
     if isinstance(url, str) and url.startswith(("http://", "https://")):
         return {"type": "image", "source": {"type": "url", "url": url}}
-    return _text_block("[an image was attached here by file id; it cannot be passed to this model]")
+    return text_block("[an image was attached here by file id; it cannot be passed to this model]")
 
 
 def _file_block(part: Mapping[str, Any]) -> JSON:
-    filename = _str(part.get("filename")) or None
+    filename = as_str(part.get("filename")) or None
     data = part.get("file_data")
     if isinstance(data, str) and data:
         parsed = _parse_data_url(data) if data.startswith("data:") else ("application/pdf", data, True)
@@ -72,17 +72,17 @@ def _file_block(part: Mapping[str, Any]) -> JSON:
     url = part.get("file_url")
     if isinstance(url, str) and url.startswith(("http://", "https://")):
         return {"type": "document", "source": {"type": "url", "url": url}}
-    return _text_block(
+    return text_block(
         f"[a file{f' ({filename})' if filename else ''} was attached here; it cannot be passed to this model]"
     )
 
 
-def _content_blocks(content: Any) -> list[JSON]:
+def content_blocks(content: Any) -> list[JSON]:
     """Responses message content (string or parts) → Anthropic user/assistant blocks, no empty text."""
     # Anthropic refuses a text block that is empty or only whitespace ("text content blocks must
     # contain non-whitespace text"), so such parts are left out.
     if isinstance(content, str):
-        return [_text_block(content)] if content.strip() else []
+        return [text_block(content)] if content.strip() else []
     blocks: list[JSON] = []
     for part in content if isinstance(content, list) else []:
         if not isinstance(part, dict):
@@ -90,10 +90,10 @@ def _content_blocks(content: Any) -> list[JSON]:
         kind = part.get("type")
         if kind in ("input_text", "output_text", "text"):
             if isinstance(part.get("text"), str) and part["text"].strip():
-                blocks.append(_text_block(part["text"]))
+                blocks.append(text_block(part["text"]))
         elif kind == "refusal":
             if isinstance(part.get("refusal"), str) and part["refusal"].strip():
-                blocks.append(_text_block(part["refusal"]))
+                blocks.append(text_block(part["refusal"]))
         elif kind == "input_image":
             blocks.append(_image_block(part))
         elif kind == "input_file":
@@ -101,21 +101,21 @@ def _content_blocks(content: Any) -> list[JSON]:
     return blocks
 
 
-def _tool_result_content(output: Any) -> str | list[JSON]:
+def tool_result_content(output: Any) -> str | list[JSON]:
     if isinstance(output, str):
         return output or _EMPTY_TOOL_OUTPUT
-    blocks = [block for block in _content_blocks(output) if block["type"] in ("text", "image")]
+    blocks = [block for block in content_blocks(output) if block["type"] in ("text", "image")]
     if not blocks and output is not None and not isinstance(output, list):
         return json.dumps(output)
     return blocks or _EMPTY_TOOL_OUTPUT
 
 
-def _tool_use_id(call_id: Any) -> str:
+def tool_use_id(call_id: Any) -> str:
     cleaned = _TOOL_ID_BAD_CHARS.sub("_", call_id) if isinstance(call_id, str) else ""
     return cleaned or "call_unknown"
 
 
-def _tool_use_input(arguments: Any) -> JSON:
+def tool_use_input(arguments: Any) -> JSON:
     if isinstance(arguments, dict):
         return arguments
     try:
@@ -126,7 +126,7 @@ def _tool_use_input(arguments: Any) -> JSON:
     return parsed if isinstance(parsed, dict) else {"value": parsed}
 
 
-def _replay_blocks(payload: Mapping[str, Any] | None) -> list[JSON]:
+def replay_blocks(payload: Mapping[str, Any] | None) -> list[JSON]:
     """The thinking blocks inside one of our envelopes, exactly as Claude returned them."""
     blocks: list[JSON] = []
     for block in (payload or {}).get("blocks") or []:

@@ -6,7 +6,7 @@ import json
 import re
 from typing import Any
 
-from codexgate.providers.anthropic.values import JSON, _str
+from codexgate.providers.anthropic.values import JSON, as_str
 
 _CONTEXT_TOO_LONG = re.compile(
     r"prompt is too long|too many (input )?tokens|context (window|length|limit)|exceed(s|ed)? .*context",
@@ -20,13 +20,13 @@ _CONTEXT_TOO_LONG = re.compile(
 
 def _error_fields(error: Any) -> tuple[str, str]:
     if isinstance(error, dict):
-        kind = _str(error.get("type"))
-        message = _str(error.get("message"))
+        kind = as_str(error.get("type"))
+        message = as_str(error.get("message"))
         return kind, message
     return "", ""
 
 
-def _stream_error(error: Any) -> tuple[str, str]:
+def stream_error(error: Any) -> tuple[str, str]:
     """An Anthropic error object met inside a 200 stream → (response.failed code, message)."""
     kind, message = _error_fields(error)
     if kind == "rate_limit_error":

@@ -9,21 +9,21 @@ ANTHROPIC_VERSION = "2023-06-01"
 INTERLEAVED_THINKING_BETA = "interleaved-thinking-2025-05-14"
 
 # reasoning.effort -> thinking budget for models that take `thinking.type=enabled`.
-_BUDGETS = {"minimal": 1024, "low": 2048, "medium": 8192, "high": 24576, "xhigh": 28672}
+BUDGETS = {"minimal": 1024, "low": 2048, "medium": 8192, "high": 24576, "xhigh": 28672}
 # reasoning.effort -> output_config.effort for models that take adaptive thinking.
 _ADAPTIVE_EFFORT = {"minimal": "low", "low": "low", "medium": "medium", "high": "high", "xhigh": "xhigh"}
 # Output room for thinking, added to the default max_tokens under adaptive thinking.
-_ADAPTIVE_ALLOWANCE = {"low": 4096, "medium": 8192, "high": 24576, "xhigh": 24576}
+ADAPTIVE_ALLOWANCE = {"low": 4096, "medium": 8192, "high": 24576, "xhigh": 24576}
 # The lowest output ceiling among budget-thinking models (Opus 4 / 4.1): a computed default never
 # goes above it, so a request is not refused for max_tokens alone.
-_BUDGET_MODEL_MAX_TOKENS = 32000
-_MIN_BUDGET = 1024
+BUDGET_MODEL_MAX_TOKENS = 32000
+MIN_BUDGET = 1024
 
 # --------------------------------------------------------------------------------------------
 # Models
 
 
-def _claude_version(model: str) -> tuple[int, int] | None:
+def claude_version(model: str) -> tuple[int, int] | None:
     """(major, minor) of a Claude model id, wherever the numbers sit.
 
     "claude-sonnet-4-6" → (4, 6), "claude-3-7-sonnet-20250219" → (3, 7),
@@ -45,21 +45,21 @@ def _claude_version(model: str) -> tuple[int, int] | None:
     return numbers[0], numbers[1] if len(numbers) > 1 else 0
 
 
-def _uses_adaptive_thinking(model: str) -> bool:
-    version = _claude_version(model)
+def uses_adaptive_thinking(model: str) -> bool:
+    version = claude_version(model)
     if version is None:
         return any(family in model.lower() for family in ("fable", "mythos"))
     return version >= (4, 6)
 
 
-def _adaptive_effort(effort: str, model: str) -> str:
+def adaptive_effort(effort: str, model: str) -> str:
     mapped = _ADAPTIVE_EFFORT.get(effort, "high")
-    version = _claude_version(model)
+    version = claude_version(model)
     if mapped == "xhigh" and (version is None or version < (4, 7)):
         return "high"  # xhigh arrived with Opus 4.7; earlier adaptive models refuse it
     return mapped
 
 
-def _wants_interleaved_beta(model: str) -> bool:
-    version = _claude_version(model)
+def wants_interleaved_beta(model: str) -> bool:
+    version = claude_version(model)
     return version is not None and version[0] == 4 and version < (4, 6)

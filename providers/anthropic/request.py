@@ -7,26 +7,26 @@ from collections.abc import Mapping
 from typing import Any
 
 from codexgate.providers.anthropic.content import (
-    _content_blocks,
-    _replay_blocks,
-    _text_block,
-    _tool_result_content,
-    _tool_use_id,
-    _tool_use_input,
+    content_blocks,
+    replay_blocks,
+    text_block,
+    tool_result_content,
+    tool_use_id,
+    tool_use_input,
 )
 from codexgate.providers.anthropic.models import (
-    _ADAPTIVE_ALLOWANCE,
-    _BUDGET_MODEL_MAX_TOKENS,
-    _BUDGETS,
-    _MIN_BUDGET,
+    ADAPTIVE_ALLOWANCE,
     ANTHROPIC_VERSION,
+    BUDGET_MODEL_MAX_TOKENS,
+    BUDGETS,
     INTERLEAVED_THINKING_BETA,
-    _adaptive_effort,
-    _uses_adaptive_thinking,
-    _wants_interleaved_beta,
+    MIN_BUDGET,
+    adaptive_effort,
+    uses_adaptive_thinking,
+    wants_interleaved_beta,
 )
-from codexgate.providers.anthropic.tools import _anthropic_tool_name, _plan_tools, _tool_choice, _ToolPlan
-from codexgate.providers.anthropic.values import JSON, _dict, _str
+from codexgate.providers.anthropic.tools import ToolPlan, plan_tools, tool_choice
+from codexgate.providers.anthropic.values import JSON, as_dict, as_str
 from codexgate.providers.base import TranslateOptions, open_reasoning, sampling_params, stop_sequences
 from codexgate.providers.base import input_items as _input_items
 
@@ -48,7 +48,7 @@ def request_target(base_url: str, upstream_model: str, stream: bool) -> tuple[st
         "content-type": "application/json",
         "accept": "text/event-stream" if stream else "application/json",
     }
-    if _wants_interleaved_beta(upstream_model):
+    if wants_interleaved_beta(upstream_model):
         headers["anthropic-beta"] = INTERLEAVED_THINKING_BETA
     return url, headers
 
@@ -62,7 +62,7 @@ def auth_headers(secret: str) -> dict[str, str]:
 
 
 def _conversation(
-    body: Mapping[str, Any], plan: _ToolPlan, provider_name: str, upstream_model: str
+    body: Mapping[str, Any], plan: ToolPlan, provider_name: str, upstream_model: str
 ) -> tuple[list[str], list[JSON]]:
     """(system texts, alternating Anthropic messages) from the Responses input."""
     system: list[str] = []
@@ -84,29 +84,29 @@ def _conversation(
             role = item.get("role")
             if role in ("system", "developer"):
                 text = "\n\n".join(
-                    block["text"] for block in _content_blocks(item.get("content")) if block["type"] == "text"
+                    block["text"] for block in content_blocks(item.get("content")) if block["type"] == "text"
                 )
                 if text.strip():
                     system.append(text)
             elif role == "assistant":
-                add("assistant", [b for b in _content_blocks(item.get("content")) if b["type"] == "text"])
+                add("assistant", [b for b in content_blocks(item.get("content")) if b["type"] == "text"])
             else:
-                add("user", _content_blocks(item.get("content")))
+                add("user", content_blocks(item.get("content")))
         elif kind in ("function_call", "custom_tool_call"):
-            namespace = _str(item.get("namespace")) or None
-            name = _str(item.get("name"), "unknown_tool")
+            namespace = as_str(item.get("namespace")) or None
+            name = as_str(item.get("name"), "unknown_tool")
             arguments = (
-                {"input": _str(item.get("input"))}
+                {"input": as_str(item.get("input"))}
                 if kind == "custom_tool_call"
-                else _tool_use_input(item.get("arguments"))
+                else tool_use_input(item.get("arguments"))
             )
             add(
                 "assistant",
                 [
                     {
                         "type": "tool_use",
-                        "id": _tool_use_id(item.get("call_id")),
-                        "name": _anthropic_tool_name(plan, name, namespace),
+                        "id": tool_use_id(item.get("call_id")),
+                        "name": plan.names.wire_name(name, namespace),
                         "input": arguments,
                     }
                 ],
@@ -117,8 +117,8 @@ def _conversation(
                 [
                     {
                         "type": "tool_result",
-                        "tool_use_id": _tool_use_id(item.get("call_id")),
-                        "content": _tool_result_content(item.get("output")),
+                        "tool_use_id": tool_use_id(item.get("call_id")),
+                        "content": tool_result_content(item.get("output")),
                     }
                 ],
             )
@@ -127,7 +127,7 @@ def _conversation(
             # encrypted reasoning and other providers' records are dropped.
             add(
                 "assistant",
-                _replay_blocks(open_reasoning(item.get("encrypted_content"), provider_name, upstream_model)),
+                replay_blocks(open_reasoning(item.get("encrypted_content"), provider_name, upstream_model)),
             )
         # Everything else (additional_tools, hosted tool calls, compaction, item references) has no
         # Anthropic counterpart the model could use.
@@ -146,8 +146,8 @@ def _tool_result_text(block: JSON) -> list[JSON]:
     content = block.get("content")
     header = f"Output of tool call {block.get('tool_use_id')}:"
     if isinstance(content, list):
-        return [_text_block(header), *content]
-    return [_text_block(f"{header}\n{content}")]
+        return [text_block(header), *content]
+    return [text_block(f"{header}\n{content}")]
 
 
 def _repair(turns: list[JSON]) -> list[JSON]:
@@ -187,9 +187,9 @@ def _repair(turns: list[JSON]) -> list[JSON]:
     if pending:
         repaired.append({"role": "user", "content": [_missing_result(i) for i in pending]})
     if repaired and repaired[0]["role"] == "assistant":
-        repaired.insert(0, {"role": "user", "content": [_text_block("(The conversation so far follows.)")]})
+        repaired.insert(0, {"role": "user", "content": [text_block("(The conversation so far follows.)")]})
     if not repaired:
-        repaired.append({"role": "user", "content": [_text_block("(No input was given.)")]})
+        repaired.append({"role": "user", "content": [text_block("(No input was given.)")]})
     return repaired
 
 
@@ -220,7 +220,7 @@ def _turn_starts_with_thinking(messages: list[JSON]) -> bool:
 
 def build_request(body: Mapping[str, Any], upstream_model: str, options: TranslateOptions) -> JSON:
     """A Responses request body (as Codex sends it) → an Anthropic Messages request body."""
-    plan = _plan_tools(body)
+    plan = plan_tools(body)
     options.dropped_tools.extend(plan.dropped)
     system, messages = _conversation(body, plan, options.provider_name, upstream_model)
     request: JSON = {"model": upstream_model, "messages": messages}
@@ -237,46 +237,46 @@ def build_request(body: Mapping[str, Any], upstream_model: str, options: Transla
         system.append("Answer with a single valid JSON object and nothing else.")
 
     if system:
-        request["system"] = [_text_block(text) for text in system]
+        request["system"] = [text_block(text) for text in system]
 
-    tool_choice: JSON | None = None
+    choice: JSON | None = None
     if plan.definitions:
         request["tools"] = plan.definitions
-        tool_choice = _tool_choice(body.get("tool_choice", "auto"), plan, body.get("parallel_tool_calls") is not False)
-        request["tool_choice"] = tool_choice
-    forced_tool = tool_choice is not None and tool_choice["type"] in ("any", "tool")
+        choice = tool_choice(body.get("tool_choice", "auto"), plan.names, body.get("parallel_tool_calls") is not False)
+        request["tool_choice"] = choice
+    forced_tool = choice is not None and choice["type"] in ("any", "tool")
 
     explicit_max = body.get("max_output_tokens")
     explicit_max = explicit_max if isinstance(explicit_max, int) and explicit_max > 0 else None
     max_tokens = explicit_max or options.default_max_tokens
-    reasoning = _dict(body.get("reasoning"))
-    effort = _str(reasoning.get("effort")) or None
+    reasoning = as_dict(body.get("reasoning"))
+    effort = as_str(reasoning.get("effort")) or None
     thinking: JSON | None = None
 
-    if effort is not None and _uses_adaptive_thinking(upstream_model):
-        mapped = "low" if effort == "none" else _adaptive_effort(effort, upstream_model)
+    if effort is not None and uses_adaptive_thinking(upstream_model):
+        mapped = "low" if effort == "none" else adaptive_effort(effort, upstream_model)
         output_config["effort"] = mapped
         # Forced tool use skips thinking anyway, and some models refuse the combination.
         if effort != "none" and not forced_tool:
             thinking = {"type": "adaptive", "display": "summarized"}
             if explicit_max is None:
-                max_tokens = options.default_max_tokens + _ADAPTIVE_ALLOWANCE.get(mapped, 8192)
-    elif effort in _BUDGETS:
-        budget = _BUDGETS[effort]
+                max_tokens = options.default_max_tokens + ADAPTIVE_ALLOWANCE.get(mapped, 8192)
+    elif effort in BUDGETS:
+        budget = BUDGETS[effort]
         if explicit_max is None:
             max_tokens = max(
-                options.default_max_tokens, min(budget + options.default_max_tokens, _BUDGET_MODEL_MAX_TOKENS)
+                options.default_max_tokens, min(budget + options.default_max_tokens, BUDGET_MODEL_MAX_TOKENS)
             )
         # Leave the answer at least as much room as the smallest budget, but when the cap is too
         # small for that, the smallest budget Claude takes still fits under it (budget < max_tokens).
-        budget = min(budget, max_tokens - _MIN_BUDGET)
-        if budget < _MIN_BUDGET < max_tokens:
-            budget = _MIN_BUDGET
+        budget = min(budget, max_tokens - MIN_BUDGET)
+        if budget < MIN_BUDGET < max_tokens:
+            budget = MIN_BUDGET
         if forced_tool:
             logger.debug("manual thinking left off: tool_choice forces a tool")
         elif not _turn_starts_with_thinking(messages):
             logger.debug("manual thinking left off: the tool loop did not start with a replayable thinking block")
-        elif budget >= _MIN_BUDGET:
+        elif budget >= MIN_BUDGET:
             thinking = {"type": "enabled", "budget_tokens": budget}
 
     if messages[-1]["role"] == "assistant":

@@ -2,7 +2,7 @@
 
 There is no second translator for whole answers: the Message is replayed as the stream events
 the Messages API would have sent for it (`message_events`) and fed to the same
-`StreamTranslator`, whose terminal event carries the response. Whatever the stream does with a
+`StreamTranslator`, whose terminal `response` is the answer. Whatever the stream does with a
 block (whitespace-only text left out, custom tool input decoded, thinking sealed for replay, a
 refusal marked) the whole answer does too.
 """
@@ -16,18 +16,18 @@ from typing import Any
 from codexgate.providers.anthropic.stream import StreamTranslator
 from codexgate.providers.anthropic.tools import RequestInfo
 from codexgate.providers.anthropic.values import JSON
-from codexgate.providers.base import ResponseContext
+from codexgate.providers.responses import ResponseContext
 
 
 def translate_response(provider_body: Mapping[str, Any], ctx: ResponseContext, info: RequestInfo | None = None) -> JSON:
     """A non-streamed Anthropic Message (or error document) → a Responses API `response` object."""
     translator = StreamTranslator(ctx, info)
-    events: list[JSON] = []
     for event in message_events(provider_body):
-        events += translator.feed(event)
-    events += translator.finish()
-    response: JSON = events[-1]["response"]
-    return response
+        translator.feed(event)
+    translator.finish()
+    if translator.response is None:  # finish() always ends the answer
+        raise RuntimeError("the Anthropic stream translator gave no final response")
+    return translator.response
 
 
 def message_events(message: Mapping[str, Any]) -> Iterator[JSON]:

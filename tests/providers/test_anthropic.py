@@ -26,9 +26,8 @@ from fakes.anthropic_upstream import (
 from fakes.sdk_validation import valid_response, valid_stream_event
 
 from codexgate.providers import anthropic
-from codexgate.providers.anthropic.answer import _custom_input
 from codexgate.providers.base import ResponseContext, TranslateOptions, open_reasoning, seal_reasoning
-from codexgate.providers.jsonstring import InputStringStream, without_lone_surrogates
+from codexgate.providers.responses import InputStringStream, custom_input, without_lone_surrogates
 from codexgate.usage import Usage
 
 FIXTURE = Path(__file__).parent.parent / "fixtures" / "codex_request_tool_round_trip.json"
@@ -737,7 +736,7 @@ def test_custom_tool_input_streams_exactly_at_any_split() -> None:
             pieces.append(stream.feed(encoded[position : position + size]))
             position += size
         # A lone surrogate ("\ud83d") comes out as U+FFFD, streamed and whole alike.
-        assert "".join(pieces) == without_lone_surrogates(text) == _custom_input(encoded)
+        assert "".join(pieces) == without_lone_surrogates(text) == custom_input(encoded)
 
 
 def test_stream_max_tokens_is_incomplete() -> None:
