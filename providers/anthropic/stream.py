@@ -103,14 +103,14 @@ class StreamTranslator:
         if self._emit.outcome is not None:
             return []  # the answer is over; late events change nothing
         kind = event.get("type")
-        if kind == "message_start":
+        if kind == "content_block_delta":  # nearly every event: first
+            self._block_delta(event)
+        elif kind == "message_start":
             self._emit.start()
             self._counter.update(as_dict(event.get("message")).get("usage"))
         elif kind == "content_block_start":
             self._emit.start()
             self._block_start(event)
-        elif kind == "content_block_delta":
-            self._block_delta(event)
         elif kind == "content_block_stop":
             index = event.get("index")
             block = self._blocks.pop(index, None) if isinstance(index, int) else None
@@ -135,7 +135,8 @@ class StreamTranslator:
 
     def _take(self) -> list[JSON]:
         emit = self._emit
-        self.outcome, self.usage, self.response = emit.outcome, emit.usage, emit.response
+        if emit.outcome is not None:
+            self.outcome, self.usage, self.response = emit.outcome, emit.usage, emit.response
         return emit.take()
 
     # -- content blocks
