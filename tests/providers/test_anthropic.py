@@ -747,6 +747,40 @@ def test_stream_max_tokens_is_incomplete() -> None:
     assert response["incomplete_details"] == {"reason": "max_output_tokens"}
 
 
+@pytest.mark.parametrize(
+    ("stop_reason", "status", "incomplete", "marked"),
+    [
+        ("end_turn", "completed", None, False),
+        ("stop_sequence", "completed", None, False),
+        ("tool_use", "completed", None, False),
+        ("pause_turn", "completed", None, False),
+        ("max_tokens", "incomplete", "max_output_tokens", False),
+        ("model_context_window_exceeded", "incomplete", "max_output_tokens", False),
+        # Completed (Codex would retry an incomplete answer into the same refusal), but marked.
+        ("refusal", "completed", None, True),
+    ],
+)
+def test_every_stop_reason_streamed_and_whole(
+    stop_reason: str, status: str, incomplete: str | None, marked: bool
+) -> None:
+    """Each of the SDK's stop reasons (anthropic.types.StopReason), streamed and not: the same status,
+    incomplete reason and output; only a refusal adds a closing message."""
+    details = {"type": "refusal", "category": None, "explanation": None} if stop_reason == "refusal" else None
+    reply = Reply(content=[{"type": "text", "text": "Partial answer"}], stop_reason=stop_reason, stop_details=details)
+    message = build_message(reply, MODEL)
+    events, translator = run_stream(encode_sse(message_events(message, reply)))
+    streamed = check_stream(events)
+    whole = anthropic.translate_response(message, ctx())
+    valid_response(whole)
+    for response in (streamed, whole):
+        assert response["status"] == status and translator.outcome == status
+        assert response["incomplete_details"] == ({"reason": incomplete} if incomplete else None)
+        texts = [item["content"][0]["text"] for item in response["output"]]
+        assert texts[0] == "Partial answer" and len(texts) == (2 if marked else 1)
+        assert not marked or "declined" in texts[1]
+    assert _without_ids(streamed) == _without_ids(whole)
+
+
 def test_stream_refusal_without_text_gets_a_message() -> None:
     reply = Reply(
         content=[], stop_reason="refusal", stop_details={"type": "refusal", "category": None, "explanation": None}
