@@ -24,6 +24,9 @@ from codexgate.usage import Usage
 
 __all__ = [
     "CODEX_HEADERS",
+    "GENERIC_DEFAULTS",
+    "REASONING_LEVELS",
+    "FamilyDefaults",
     "Prepared",
     "ProviderFamily",
     "StreamBridge",
@@ -51,7 +54,7 @@ class Prepared:
 
     url: str
     headers: dict[str, str]  # fixed headers of the family (versions, content negotiation), no credentials
-    body: bytes | None  # None: the client's body as it came (a pass-through family that changed nothing)
+    body: bytes | None  # None: the body the flow already carries (a pass-through family that changed nothing)
     stream: bool
     upstream_model: str
     dropped_tools: list[str] = dataclasses.field(default_factory=list)  # tools it cannot serve (header, log)
@@ -59,6 +62,22 @@ class Prepared:
     translate: bool = True  # False: the answer is already what the client asked for (pass-through)
     answer: Any = None  # what the family's translator needs about the request (tool names, echo, ...)
     echo: JSON = dataclasses.field(default_factory=dict)  # request fields the `response` repeats
+
+
+@dataclasses.dataclass(frozen=True)
+class FamilyDefaults:
+    """What Codex's model catalog says about a model the policy describes no further."""
+
+    context_window: int
+    reasoning_levels: tuple[str, ...]
+    default_reasoning_level: str
+    input_modalities: tuple[str, ...]
+    apply_patch: str  # "freeform" (its own grammar-constrained tool) or "shell" (patches via the shell tool)
+
+
+REASONING_LEVELS = ("low", "medium", "high")
+# What Codex is told about a model of a family that says nothing more (chat hosts, mock, ...).
+GENERIC_DEFAULTS = FamilyDefaults(128_000, REASONING_LEVELS, "medium", ("text",), "freeform")
 
 
 class StreamDecoder(Protocol):
@@ -75,8 +94,14 @@ class StreamTranslator(Protocol):
     event, `outcome` ("completed" | "incomplete" | "failed"), `usage` and `response` (the final
     `response` object) are set."""
 
-    usage: Usage | None
-    outcome: str | None
+    @property
+    def usage(self) -> Usage | None: ...
+
+    @property
+    def outcome(self) -> str | None: ...
+
+    @property
+    def response(self) -> JSON | None: ...
 
     def feed(self, event: Any) -> list[JSON]: ...
 
@@ -177,6 +202,10 @@ class ProviderFamily[SettingsT: BaseModel]:
     `price_id() -> str | None`
         The provider id genai-prices knows its models under ("anthropic", "google", ...), None
         where there is no list price (self-hosted hosts: the policy sets one).
+
+    `codex_defaults(upstream_model) -> FamilyDefaults`
+        What Codex's model catalog says about a model the policy describes no further (context
+        window, reasoning levels, input modalities, apply_patch flavour).
     """
 
     kind: ClassVar[str]
@@ -223,7 +252,7 @@ class ProviderFamily[SettingsT: BaseModel]:
         for event in self.whole_events(prepared, raw):
             translator.feed(event)
         translator.finish()
-        response: JSON | None = getattr(translator, "response", None)
+        response = translator.response
         if response is None:
             raise RuntimeError(f"the {self.kind} stream translator gave no final response")
         return response
@@ -242,6 +271,9 @@ class ProviderFamily[SettingsT: BaseModel]:
 
     def price_id(self) -> str | None:
         return None
+
+    def codex_defaults(self, upstream_model: str) -> FamilyDefaults:
+        return GENERIC_DEFAULTS
 
 
 def new_context(model: str, provider_name: str, echo: JSON | None = None) -> ResponseContext:

@@ -14,7 +14,16 @@ from codexgate.providers.anthropic.stream import StreamDecoder, StreamTranslator
 from codexgate.providers.anthropic.tools import request_info
 from codexgate.providers.anthropic.whole import message_events
 from codexgate.providers.base import TranslateOptions, refuse_stateful
-from codexgate.providers.family import JSON, Prepared, ProviderFamily, StreamBridge, answering, json_bytes
+from codexgate.providers.family import (
+    JSON,
+    REASONING_LEVELS,
+    FamilyDefaults,
+    Prepared,
+    ProviderFamily,
+    StreamBridge,
+    answering,
+    json_bytes,
+)
 from codexgate.providers.responses import ResponseContext, request_echo
 from codexgate.secrets import SecretResolver
 
@@ -50,3 +59,7 @@ class AnthropicFamily(ProviderFamily[AnthropicProvider]):
 
     def price_id(self) -> str | None:
         return "anthropic"
+
+    def codex_defaults(self, upstream_model: str) -> FamilyDefaults:
+        # Claude models: 200k tokens (the 1M window is an opt-in beta).
+        return FamilyDefaults(200_000, REASONING_LEVELS, "medium", ("text", "image"), "freeform")

@@ -16,15 +16,14 @@ from codexgate.providers.anthropic.values import JSON, as_dict, as_str
 from codexgate.providers.base import seal_reasoning
 from codexgate.providers.responses import (
     CustomToolCallItem,
+    EmittingTranslator,
     FunctionCallItem,
     MessageItem,
     ReasoningItem,
     ResponseContext,
-    ResponseEmitter,
     ToolNameMap,
 )
 from codexgate.sse import SSEParser
-from codexgate.usage import Usage
 
 logger = logging.getLogger(__name__)
 
@@ -73,11 +72,13 @@ class _Block:
     signature: str = ""
 
 
-class StreamTranslator:
+class StreamTranslator(EmittingTranslator):
     """Anthropic stream events in, Responses stream events out, one event at a time.
 
     After the terminal event, `outcome` ("completed" | "incomplete" | "failed"), `usage` and
     `response` (the final `response` object, also a whole answer's: see `whole.py`) are set."""
+
+    cut_message = "The Anthropic stream ended before the answer was complete."
 
     def __init__(self, ctx: ResponseContext, info: RequestInfo | None = None) -> None:
         if info is not None and not ctx.echo:
@@ -85,12 +86,8 @@ class StreamTranslator:
             ctx = dataclasses.replace(
                 ctx, echo={"parallel_tool_calls": info.parallel_tool_calls, "tool_choice": info.tool_choice}
             )
-        self.ctx = ctx
+        super().__init__(ctx)
         self.info = info
-        self.outcome: str | None = None
-        self.usage: Usage | None = None
-        self.response: JSON | None = None
-        self._emit = ResponseEmitter(ctx)
         self._tools = info.tools if info is not None else ToolNameMap()
         # Reasoning is sealed for the model that produced it: only it may see it again.
         self._envelope_model = info.upstream_model if info is not None else ctx.model
@@ -100,16 +97,16 @@ class StreamTranslator:
         self._stop_details: Any = None
 
     def feed(self, event: Mapping[str, Any]) -> list[JSON]:
-        if self._emit.outcome is not None:
+        if self.emit.outcome is not None:
             return []  # the answer is over; late events change nothing
         kind = event.get("type")
         if kind == "content_block_delta":  # nearly every event: first
             self._block_delta(event)
         elif kind == "message_start":
-            self._emit.start()
+            self.emit.start()
             self._counter.update(as_dict(event.get("message")).get("usage"))
         elif kind == "content_block_start":
-            self._emit.start()
+            self.emit.start()
             self._block_start(event)
         elif kind == "content_block_stop":
             index = event.get("index")
@@ -126,18 +123,12 @@ class StreamTranslator:
             self._complete()
         elif kind == "error":
             self._fail(*stream_error(event.get("error")))
-        return self._take()
+        return self.emit.take()
 
     def finish(self) -> list[JSON]:
-        if self._emit.outcome is None:
-            self._fail("server_error", "The Anthropic stream ended before the answer was complete.")
-        return self._take()
-
-    def _take(self) -> list[JSON]:
-        emit = self._emit
-        if emit.outcome is not None:
-            self.outcome, self.usage, self.response = emit.outcome, emit.usage, emit.response
-        return emit.take()
+        if self.emit.outcome is None:
+            self._fail("server_error", self.cut_message)  # billing the input Claude reported
+        return self.emit.take()
 
     # -- content blocks
 
@@ -148,21 +139,21 @@ class StreamTranslator:
         if not isinstance(index, int):
             return
         if kind == "text":
-            message = self._emit.message()
+            message = self.emit.message()
             self._blocks[index] = _Block(message)
             if isinstance(content.get("text"), str):
                 message.delta(content["text"])
         elif kind == "thinking":
-            reasoning = self._emit.reasoning()
+            reasoning = self.emit.reasoning()
             self._blocks[index] = _Block(reasoning, thinking=True, signature=as_str(content.get("signature")))
             if isinstance(content.get("thinking"), str):
                 reasoning.delta(content["thinking"])
         elif kind == "redacted_thinking":
-            self._blocks[index] = _Block(self._emit.reasoning(), redacted=as_str(content.get("data")))
+            self._blocks[index] = _Block(self.emit.reasoning(), redacted=as_str(content.get("data")))
         elif kind == "tool_use":
             tool = self._tools.resolve(str(content.get("name") or ""))
-            call_id = str(content.get("id") or self._emit.new_id("toolu"))
-            self._blocks[index] = _Block(self._emit.tool_call(tool.kind, call_id, tool.name, tool.namespace))
+            call_id = str(content.get("id") or self.emit.new_id("toolu"))
+            self._blocks[index] = _Block(self.emit.tool_call(tool.kind, call_id, tool.name, tool.namespace))
         # Server tool blocks (web search results and the like) are never requested: ignored.
 
     def _block_delta(self, event: Mapping[str, Any]) -> None:
@@ -205,18 +196,18 @@ class StreamTranslator:
         for index in sorted(self._blocks):
             self._close(self._blocks.pop(index))  # a block never stopped: close it with what it has
         if self._stop_reason == "refusal":
-            partial = any(item["type"] == "message" for item in self._emit.output)
-            refusal = self._emit.message()
+            partial = any(item["type"] == "message" for item in self.emit.output)
+            refusal = self.emit.message()
             refusal.delta(_refusal_text(self._stop_details, partial))
             refusal.done()
         incomplete = "max_output_tokens" if self._stop_reason in _INCOMPLETE_STOPS else None
         usage = self._counter.normalised()
-        self._emit.complete(usage, incomplete=incomplete, cache_write_tokens=self._counter.cache_creation)
+        self.emit.complete(usage, incomplete=incomplete, cache_write_tokens=self._counter.cache_creation)
 
     def _fail(self, code: str, message: str) -> None:
         # Input already processed is billed even when the answer breaks off.
         seen = self._counter.seen
-        self._emit.fail(
+        self.emit.fail(
             code,
             message,
             self._counter.normalised() if seen else None,

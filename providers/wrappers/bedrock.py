@@ -6,7 +6,7 @@ from typing import Any
 
 from codexgate.policies.schema import BedrockProvider
 from codexgate.providers import bedrock
-from codexgate.providers.family import JSON, Prepared
+from codexgate.providers.family import GENERIC_DEFAULTS, JSON, REASONING_LEVELS, FamilyDefaults, Prepared
 from codexgate.providers.wrappers.module_family import ModuleFamily
 from codexgate.secrets import SecretResolver, SecretUnavailable
 
@@ -47,3 +47,8 @@ class BedrockFamily(ModuleFamily):
 
     def price_id(self) -> str | None:
         return "aws"
+
+    def codex_defaults(self, upstream_model: str) -> FamilyDefaults:
+        if "claude" in upstream_model.lower():
+            return FamilyDefaults(200_000, REASONING_LEVELS, "medium", ("text", "image"), "freeform")
+        return GENERIC_DEFAULTS

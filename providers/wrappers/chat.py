@@ -8,7 +8,16 @@ import json
 from codexgate.policies.schema import AzureProvider, ChatProvider
 from codexgate.providers import chat_compat
 from codexgate.providers.base import TranslateOptions, refuse_stateful, sampling_params
-from codexgate.providers.family import JSON, Prepared, ProviderFamily, StreamBridge, answering, json_bytes
+from codexgate.providers.family import (
+    JSON,
+    FamilyDefaults,
+    Prepared,
+    ProviderFamily,
+    StreamBridge,
+    answering,
+    json_bytes,
+)
+from codexgate.providers.openai import openai_model_defaults
 from codexgate.providers.responses.objects import ResponseContext, request_echo
 from codexgate.secrets import SecretResolver
 
@@ -97,3 +106,6 @@ class AzureFamily(_ChatTranslated):
 
     def price_id(self) -> str | None:
         return "azure"
+
+    def codex_defaults(self, upstream_model: str) -> FamilyDefaults:
+        return openai_model_defaults(upstream_model)
