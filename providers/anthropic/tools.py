@@ -79,16 +79,16 @@ def _tool_definition(
 
 def request_info(body: Mapping[str, Any], upstream_model: str) -> RequestInfo:
     """What `translate_response` / `StreamTranslator` need from the request (tool names, echo fields)."""
-    tool_choice = body.get("tool_choice", "auto")
-    if _is_named_choice(tool_choice):
-        tool_choice = {"type": tool_choice["type"], "name": tool_choice["name"]}
-    elif tool_choice not in ("auto", "none", "required"):
-        tool_choice = "auto"
+    choice = body.get("tool_choice", "auto")
+    if _is_named_choice(choice):
+        choice = {"type": choice["type"], "name": choice["name"]}
+    elif choice not in ("auto", "none", "required"):
+        choice = "auto"
     return RequestInfo(
         upstream_model=upstream_model,
         tools=plan_tools(body).names,
         parallel_tool_calls=body.get("parallel_tool_calls") is not False,
-        tool_choice=tool_choice,
+        tool_choice=choice,
     )
 
 
