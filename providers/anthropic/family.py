@@ -52,7 +52,9 @@ class AnthropicFamily(ProviderFamily[AnthropicProvider]):
 
     def whole_events(self, prepared: Prepared, raw: bytes) -> Iterator[JSON]:
         message: Any = json.loads(raw)
-        return message_events(message if isinstance(message, dict) else {})
+        if not isinstance(message, dict):
+            raise ValueError("the Anthropic answer is not a JSON object")
+        return message_events(message)
 
     def error(self, status: int, raw: bytes) -> tuple[int, JSON]:
         return translate_error(status, raw)

@@ -34,10 +34,13 @@ def message_events(message: Mapping[str, Any]) -> Iterator[JSON]:
     """The stream events (`message_start` … `message_stop`) that carry this whole Message.
 
     Each block comes whole, in one delta; blocks the stream translator has no use for, and
-    blocks of the wrong shape, are left out. An error document becomes one `error` event."""
+    blocks of the wrong shape, are left out. An error document becomes one `error` event; anything
+    else is not an answer (ValueError: the gateway answers 502 `translation_failed`)."""
     if message.get("type") == "error":
         yield {"type": "error", "error": message.get("error")}
         return
+    if message.get("type") != "message":
+        raise ValueError(f"not an Anthropic Message: type {str(message.get('type'))[:40]!r}")
     yield {"type": "message_start", "message": {"type": "message", "role": "assistant", "content": []}}
     content = message.get("content")
     for index, block in enumerate(content if isinstance(content, list) else []):

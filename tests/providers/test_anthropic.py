@@ -605,6 +605,25 @@ def test_max_tokens_is_incomplete_and_refusal_says_so() -> None:
     assert response["status"] == "completed" and _items(response)[0]["content"][0]["text"].endswith("No.")
 
 
+def test_whole_answer_of_an_error_document_server_blocks_and_non_answers() -> None:
+    failed = anthropic.translate_response(
+        {"type": "error", "error": {"type": "overloaded_error", "message": "Overloaded"}}, ctx()
+    )
+    valid_response(failed)
+    assert (failed["status"], failed["output"], failed["usage"]) == ("failed", [], None)
+    assert failed["error"]["code"] == "server_error" and "overloaded" in failed["error"]["message"]
+    # Blocks Codex cannot use (server tools were never requested) and malformed ones are left out.
+    message = build_message(Reply(content=[{"type": "text", "text": "Found it."}]), MODEL)
+    server_call = {"type": "server_tool_use", "id": "srvtoolu_1", "name": "web_search", "input": {"q": "x"}}
+    message["content"] = [server_call, "not a block", {"type": "text", "text": None}, *message["content"]]
+    response = anthropic.translate_response(message, ctx())
+    assert [item["type"] for item in response["output"]] == ["message"]
+    assert response["usage"]["input_tokens"] == 29
+    # Something that is no Messages answer at all is not turned into an empty "completed" one.
+    with pytest.raises(ValueError, match="not an Anthropic Message"):
+        anthropic.translate_response({"completion": "hi"}, ctx())
+
+
 # --------------------------------------------------------------------------------------------
 # Streams
 
