@@ -12,6 +12,7 @@ from mitmproxy import http
 
 from codexgate.errors import error_object, error_response
 from codexgate.flowstate import GatewayRequest, Translation, state_of
+from codexgate.mitm_seams import FAILED_EVENT, LiveCallable
 from codexgate.usage import usage_from_responses
 
 logger = logging.getLogger(__name__)
@@ -19,7 +20,12 @@ logger = logging.getLogger(__name__)
 KEPT_HEADER_PREFIXES = ("date", "x-codexgate-", "x-ratelimit-")
 
 
-def _bridge_stream(state: GatewayRequest, translation: Translation) -> Callable[[bytes], bytes | list[bytes]]:
+def _bridge_stream(
+    state: GatewayRequest, translation: Translation
+) -> tuple[Callable[[bytes], bytes | list[bytes]], Callable[[http.HTTPFlow, str], bytes]]:
+    """The stream callable for mitmproxy, and what to send when the provider's connection breaks
+    mid-stream (`codexgate.mitm_seams.FAILED_EVENT`): the translator's own `response.failed`,
+    numbered after what it emitted, with its response id, items and input usage."""
     import time
 
     bridge = translation.bridge
@@ -42,7 +48,13 @@ def _bridge_stream(state: GatewayRequest, translation: Translation) -> Callable[
         # An empty chunk would end a chunked HTTP/1 body early: send nothing instead.
         return [out] if out else []
 
-    return translate
+    def broken(flow: http.HTTPFlow, detail: str) -> bytes:
+        out = bridge.finish()  # nothing once the translator has emitted its terminal event
+        if chat is not None:
+            out = chat.feed(out) + chat.finish()
+        return out
+
+    return translate, broken
 
 
 def hide_credential_refusal(flow: http.HTTPFlow, provider: str) -> None:
@@ -76,7 +88,8 @@ class Translate:
             headers["cache-control"] = "no-cache"
             if flow.request.http_version == "HTTP/1.1":
                 headers["transfer-encoding"] = "chunked"
-            flow.response.stream = _bridge_stream(state, translation)
+            flow.response.stream, broken = _bridge_stream(state, translation)
+            flow.metadata[FAILED_EVENT] = LiveCallable(broken)
 
     def response(self, flow: http.HTTPFlow) -> None:
         state = state_of(flow)
@@ -127,4 +140,8 @@ class Translate:
     def error(self, flow: http.HTTPFlow) -> None:
         state = state_of(flow)
         if state is not None and state.translation is not None and state.translation.bridge is not None:
-            state.usage = state.translation.bridge.usage
+            bridge = state.translation.bridge
+            # The provider's connection broke. Its usage counts only if the answer had ended before;
+            # a translator failed by the break counted input only, so Limits charges the estimate.
+            if bridge.outcome in ("completed", "incomplete"):
+                state.usage = bridge.usage

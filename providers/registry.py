@@ -25,12 +25,12 @@ from typing import Any
 from codexgate.headers import CLIENT_CREDENTIAL_HEADERS as CLIENT_HEADERS_CORE
 from codexgate.headers import field_names
 from codexgate.policies.schema import Provider
+from codexgate.providers.anthropic.family import AnthropicFamily
 from codexgate.providers.chat.family import AzureFamily, ChatFamily
 from codexgate.providers.family import FamilyDefaults, ProviderFamily, header_names
 from codexgate.providers.gemini.family import GeminiFamily, VertexFamily
 from codexgate.providers.mock import MockFamily
 from codexgate.providers.openai import OpenAIFamily
-from codexgate.providers.wrappers.anthropic import AnthropicFamily
 from codexgate.providers.wrappers.bedrock import BedrockFamily
 
 __all__ = [

@@ -27,7 +27,7 @@ from fakes.sdk_validation import valid_response, valid_stream_event
 
 from codexgate.providers import anthropic
 from codexgate.providers.base import ResponseContext, TranslateOptions, open_reasoning, seal_reasoning
-from codexgate.providers.jsonstring import InputStringStream, without_lone_surrogates
+from codexgate.providers.responses import InputStringStream, custom_input, without_lone_surrogates
 from codexgate.usage import Usage
 
 FIXTURE = Path(__file__).parent.parent / "fixtures" / "codex_request_tool_round_trip.json"
@@ -605,6 +605,25 @@ def test_max_tokens_is_incomplete_and_refusal_says_so() -> None:
     assert response["status"] == "completed" and _items(response)[0]["content"][0]["text"].endswith("No.")
 
 
+def test_whole_answer_of_an_error_document_server_blocks_and_non_answers() -> None:
+    failed = anthropic.translate_response(
+        {"type": "error", "error": {"type": "overloaded_error", "message": "Overloaded"}}, ctx()
+    )
+    valid_response(failed)
+    assert (failed["status"], failed["output"], failed["usage"]) == ("failed", [], None)
+    assert failed["error"]["code"] == "server_error" and "overloaded" in failed["error"]["message"]
+    # Blocks Codex cannot use (server tools were never requested) and malformed ones are left out.
+    message = build_message(Reply(content=[{"type": "text", "text": "Found it."}]), MODEL)
+    server_call = {"type": "server_tool_use", "id": "srvtoolu_1", "name": "web_search", "input": {"q": "x"}}
+    message["content"] = [server_call, "not a block", {"type": "text", "text": None}, *message["content"]]
+    response = anthropic.translate_response(message, ctx())
+    assert [item["type"] for item in response["output"]] == ["message"]
+    assert response["usage"]["input_tokens"] == 29
+    # Something that is no Messages answer at all is not turned into an empty "completed" one.
+    with pytest.raises(ValueError, match="not an Anthropic Message"):
+        anthropic.translate_response({"completion": "hi"}, ctx())
+
+
 # --------------------------------------------------------------------------------------------
 # Streams
 
@@ -736,7 +755,7 @@ def test_custom_tool_input_streams_exactly_at_any_split() -> None:
             pieces.append(stream.feed(encoded[position : position + size]))
             position += size
         # A lone surrogate ("\ud83d") comes out as U+FFFD, streamed and whole alike.
-        assert "".join(pieces) == without_lone_surrogates(text) == anthropic._custom_input(encoded)
+        assert "".join(pieces) == without_lone_surrogates(text) == custom_input(encoded)
 
 
 def test_stream_max_tokens_is_incomplete() -> None:
@@ -745,6 +764,40 @@ def test_stream_max_tokens_is_incomplete() -> None:
     response = check_stream(events)
     assert events[-1]["type"] == "response.incomplete" and translator.outcome == "incomplete"
     assert response["incomplete_details"] == {"reason": "max_output_tokens"}
+
+
+@pytest.mark.parametrize(
+    ("stop_reason", "status", "incomplete", "marked"),
+    [
+        ("end_turn", "completed", None, False),
+        ("stop_sequence", "completed", None, False),
+        ("tool_use", "completed", None, False),
+        ("pause_turn", "completed", None, False),
+        ("max_tokens", "incomplete", "max_output_tokens", False),
+        ("model_context_window_exceeded", "incomplete", "max_output_tokens", False),
+        # Completed (Codex would retry an incomplete answer into the same refusal), but marked.
+        ("refusal", "completed", None, True),
+    ],
+)
+def test_every_stop_reason_streamed_and_whole(
+    stop_reason: str, status: str, incomplete: str | None, marked: bool
+) -> None:
+    """Each of the SDK's stop reasons (anthropic.types.StopReason), streamed and not: the same status,
+    incomplete reason and output; only a refusal adds a closing message."""
+    details = {"type": "refusal", "category": None, "explanation": None} if stop_reason == "refusal" else None
+    reply = Reply(content=[{"type": "text", "text": "Partial answer"}], stop_reason=stop_reason, stop_details=details)
+    message = build_message(reply, MODEL)
+    events, translator = run_stream(encode_sse(message_events(message, reply)))
+    streamed = check_stream(events)
+    whole = anthropic.translate_response(message, ctx())
+    valid_response(whole)
+    for response in (streamed, whole):
+        assert response["status"] == status and translator.outcome == status
+        assert response["incomplete_details"] == ({"reason": incomplete} if incomplete else None)
+        texts = [item["content"][0]["text"] for item in response["output"]]
+        assert texts[0] == "Partial answer" and len(texts) == (2 if marked else 1)
+        assert not marked or "declined" in texts[1]
+    assert _without_ids(streamed) == _without_ids(whole)
 
 
 def test_stream_refusal_without_text_gets_a_message() -> None:

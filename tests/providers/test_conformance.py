@@ -87,6 +87,8 @@ class Family:
     request_errors: Callable[[dict[str, Any], str], list[str]]
     stream: Callable[[Answer, str], bytes]  # (answer, model) → upstream stream bytes
     stream_error: Callable[[Answer, str], bytes]  # the answer's first block, then an error event
+    # (answer, model) → the provider's whole (non-streamed) answer body; None: not covered yet
+    whole: Callable[[Answer, str], bytes] | None = None
 
 
 def _anthropic_message(answer: Answer, model: str) -> tuple[anthropic_fake.Reply, dict[str, Any]]:
@@ -104,6 +106,10 @@ def _anthropic_message(answer: Answer, model: str) -> tuple[anthropic_fake.Reply
 def anthropic_stream(answer: Answer, model: str) -> bytes:
     reply, message = _anthropic_message(answer, model)
     return anthropic_fake.encode_sse(anthropic_fake.message_events(message, reply))
+
+
+def anthropic_whole(answer: Answer, model: str) -> bytes:
+    return json.dumps(_anthropic_message(answer, model)[1]).encode()
 
 
 def anthropic_error(answer: Answer, model: str) -> bytes:
@@ -234,6 +240,7 @@ FAMILIES = {
         _anthropic_errors,
         anthropic_stream,
         anthropic_error,
+        anthropic_whole,
     ),
     "gemini": Family(
         "gemini",
@@ -441,6 +448,29 @@ def test_stop_reasons(family: Family, stop: str, terminal: str, reason: str | No
     assert events[-1]["type"] == terminal and bridge.outcome == terminal.removeprefix("response.")
     details = final(events)["incomplete_details"]
     assert (details or {}).get("reason") == reason
+
+
+WHOLE_ANSWERS = {
+    "text-then-call": TOOL_ANSWER,
+    "blank-text-then-call": Answer((Text("\n\n"), Call("call_w2", "exec_command", {})), stop="tool_use"),
+    "custom-tool": Answer((Call("call_p2", "apply_patch", {"input": "*** Begin Patch\n+é \ud83d\n"}),), "tool_use"),
+    "cut-by-max-tokens": Answer((Text("Hello th"),), stop="max_tokens"),
+}
+
+
+@pytest.mark.parametrize("answer", WHOLE_ANSWERS.values(), ids=WHOLE_ANSWERS.keys())
+def test_whole_answer_is_the_streams_final_response(family: Family, answer: Answer) -> None:
+    """A non-streamed answer is derived from the stream translator: the same response object as
+    the terminal event of the same answer streamed (items, arguments, usage, status)."""
+    if family.whole is None:
+        pytest.skip(f"no whole-answer encoding for {family.name} in this suite yet")
+    body = body_with(user("go"))
+    body["stream"] = False
+    prepared, _ = prepare(family, body)
+    streamed, _ = run(family, prepared, [family.stream(answer, family.model)])
+    whole = family.provider.whole(prepared, context(), family.whole(answer, family.model))
+    valid_response(whole)
+    assert without_ids([whole]) == without_ids([final(streamed)])
 
 
 # --------------------------------------------------------------------------------------------

@@ -1,0 +1,226 @@
+"""A streamed Anthropic answer: the SSE decoder and the event-by-event translator into Responses
+events, emitted through the shared toolkit (`providers/responses`)."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+from collections.abc import Mapping
+from typing import Any
+
+from codexgate.providers.anthropic.errors import stream_error
+from codexgate.providers.anthropic.tools import RequestInfo
+from codexgate.providers.anthropic.usage import UsageCounter
+from codexgate.providers.anthropic.values import JSON, as_dict, as_str
+from codexgate.providers.base import seal_reasoning
+from codexgate.providers.responses import (
+    CustomToolCallItem,
+    EmittingTranslator,
+    FunctionCallItem,
+    MessageItem,
+    ReasoningItem,
+    ResponseContext,
+    ToolNameMap,
+)
+from codexgate.sse import SSEParser
+
+logger = logging.getLogger(__name__)
+
+# Claude stops that cut the answer short: `response.incomplete` with this reason. A refusal is not
+# one: Codex treats `response.incomplete` like a failed stream and would send the same request
+# again for the same refusal, so it stays a finished answer, marked by a closing message instead
+# (`_refusal_text`), also after partial text.
+_INCOMPLETE_STOPS = frozenset({"max_tokens", "model_context_window_exceeded"})
+
+
+class StreamDecoder:
+    """Anthropic's SSE bytes (any chunking) → decoded event dicts."""
+
+    __slots__ = ("_parser",)
+
+    def __init__(self) -> None:
+        self._parser = SSEParser()
+
+    def feed(self, chunk: bytes) -> list[JSON]:
+        events: list[JSON] = []
+        for name, data in self._parser.feed(chunk):
+            if not data.strip():
+                continue
+            try:
+                event = json.loads(data)
+            except ValueError:
+                # A garbled event cannot be skipped silently (it may be text): fail the answer.
+                logger.warning("undecodable Anthropic stream event %r", data[:200])
+                event = {"type": "error", "error": {"type": "api_error", "message": "undecodable stream event"}}
+            if isinstance(event, dict):
+                event.setdefault("type", name)
+                events.append(event)
+        return events
+
+
+type Item = MessageItem | ReasoningItem | FunctionCallItem | CustomToolCallItem
+
+
+@dataclasses.dataclass
+class _Block:
+    """One Claude content block in flight and the Responses item it feeds."""
+
+    item: Item
+    thinking: bool = False  # a thinking block (its record: text + signature)
+    redacted: str | None = None  # a redacted_thinking block's data
+    signature: str = ""
+
+
+class StreamTranslator(EmittingTranslator):
+    """Anthropic stream events in, Responses stream events out, one event at a time.
+
+    After the terminal event, `outcome` ("completed" | "incomplete" | "failed"), `usage` and
+    `response` (the final `response` object, also a whole answer's: see `whole.py`) are set."""
+
+    cut_message = "The Anthropic stream ended before the answer was complete."
+
+    def __init__(self, ctx: ResponseContext, info: RequestInfo | None = None) -> None:
+        if info is not None and not ctx.echo:
+            # A context made without the request's echo: what the request info knows of it.
+            ctx = dataclasses.replace(
+                ctx, echo={"parallel_tool_calls": info.parallel_tool_calls, "tool_choice": info.tool_choice}
+            )
+        super().__init__(ctx)
+        self.info = info
+        self._tools = info.tools if info is not None else ToolNameMap()
+        # Reasoning is sealed for the model that produced it: only it may see it again.
+        self._envelope_model = info.upstream_model if info is not None else ctx.model
+        self._blocks: dict[int, _Block] = {}
+        self._counter = UsageCounter()
+        self._stop_reason: str | None = None
+        self._stop_details: Any = None
+
+    def feed(self, event: Mapping[str, Any]) -> list[JSON]:
+        if self.emit.outcome is not None:
+            return []  # the answer is over; late events change nothing
+        kind = event.get("type")
+        if kind == "content_block_delta":  # nearly every event: first
+            self._block_delta(event)
+        elif kind == "message_start":
+            self.emit.start()
+            self._counter.update(as_dict(event.get("message")).get("usage"))
+        elif kind == "content_block_start":
+            self.emit.start()
+            self._block_start(event)
+        elif kind == "content_block_stop":
+            index = event.get("index")
+            block = self._blocks.pop(index, None) if isinstance(index, int) else None
+            if block is not None:
+                self._close(block)
+        elif kind == "message_delta":
+            delta = as_dict(event.get("delta"))
+            if delta.get("stop_reason"):
+                self._stop_reason = delta["stop_reason"]
+                self._stop_details = delta.get("stop_details")
+            self._counter.update(event.get("usage"))
+        elif kind == "message_stop":
+            self._complete()
+        elif kind == "error":
+            self._fail(*stream_error(event.get("error")))
+        return self.emit.take()
+
+    def finish(self) -> list[JSON]:
+        if self.emit.outcome is None:
+            self._fail("server_error", self.cut_message)  # billing the input Claude reported
+        return self.emit.take()
+
+    # -- content blocks
+
+    def _block_start(self, event: Mapping[str, Any]) -> None:
+        index = event.get("index")
+        content = as_dict(event.get("content_block"))
+        kind = content.get("type")
+        if not isinstance(index, int):
+            return
+        if kind == "text":
+            message = self.emit.message()
+            self._blocks[index] = _Block(message)
+            if isinstance(content.get("text"), str):
+                message.delta(content["text"])
+        elif kind == "thinking":
+            reasoning = self.emit.reasoning()
+            self._blocks[index] = _Block(reasoning, thinking=True, signature=as_str(content.get("signature")))
+            if isinstance(content.get("thinking"), str):
+                reasoning.delta(content["thinking"])
+        elif kind == "redacted_thinking":
+            self._blocks[index] = _Block(self.emit.reasoning(), redacted=as_str(content.get("data")))
+        elif kind == "tool_use":
+            tool = self._tools.resolve(str(content.get("name") or ""))
+            call_id = str(content.get("id") or self.emit.new_id("toolu"))
+            self._blocks[index] = _Block(self.emit.tool_call(tool.kind, call_id, tool.name, tool.namespace))
+        # Server tool blocks (web search results and the like) are never requested: ignored.
+
+    def _block_delta(self, event: Mapping[str, Any]) -> None:
+        index = event.get("index")
+        block = self._blocks.get(index) if isinstance(index, int) else None
+        delta = as_dict(event.get("delta"))
+        if block is None:
+            return
+        kind, item = delta.get("type"), block.item
+        if kind == "text_delta" and isinstance(item, MessageItem) and isinstance(delta.get("text"), str):
+            item.delta(delta["text"])
+        elif kind == "thinking_delta" and block.thinking and isinstance(delta.get("thinking"), str):
+            item.delta(delta["thinking"])
+        elif kind == "signature_delta" and block.thinking and isinstance(delta.get("signature"), str):
+            block.signature += delta["signature"]
+        elif kind == "input_json_delta" and isinstance(delta.get("partial_json"), str):
+            if isinstance(item, CustomToolCallItem):
+                # Claude has no free-form tools: it writes {"input": "..."}, decoded as it streams.
+                item.json_delta(delta["partial_json"])
+            elif isinstance(item, FunctionCallItem):
+                item.delta(delta["partial_json"])
+
+    def _close(self, block: _Block) -> None:
+        item = block.item
+        if not isinstance(item, ReasoningItem):
+            item.done()  # a message of only whitespace never appears; a call without input gets {}
+            return
+        record: JSON | None = None
+        if block.redacted:
+            record = {"type": "redacted_thinking", "data": block.redacted}
+        elif block.thinking and block.signature:
+            # Without its signature a thinking block cannot be replayed: keep only the summary.
+            record = {"type": "thinking", "thinking": item.text, "signature": block.signature}
+        sealed = seal_reasoning(self.ctx.provider_name, self._envelope_model, {"blocks": [record]}) if record else None
+        item.done(sealed)
+
+    # -- endings
+
+    def _complete(self) -> None:
+        for index in sorted(self._blocks):
+            self._close(self._blocks.pop(index))  # a block never stopped: close it with what it has
+        if self._stop_reason == "refusal":
+            partial = any(item["type"] == "message" for item in self.emit.output)
+            refusal = self.emit.message()
+            refusal.delta(_refusal_text(self._stop_details, partial))
+            refusal.done()
+        incomplete = "max_output_tokens" if self._stop_reason in _INCOMPLETE_STOPS else None
+        usage = self._counter.normalised()
+        self.emit.complete(usage, incomplete=incomplete, cache_write_tokens=self._counter.cache_creation)
+
+    def _fail(self, code: str, message: str) -> None:
+        # Input already processed is billed even when the answer breaks off.
+        seen = self._counter.seen
+        self.emit.fail(
+            code,
+            message,
+            self._counter.normalised() if seen else None,
+            cache_write_tokens=self._counter.cache_creation if seen else None,
+        )
+
+
+def _refusal_text(stop_details: Any, partial: bool = False) -> str:
+    text = (
+        "[The model stopped here and declined to continue this answer.]"
+        if partial
+        else "The model declined to answer this request."
+    )
+    if isinstance(stop_details, dict) and isinstance(stop_details.get("explanation"), str):
+        text += f" {stop_details['explanation']}"
+    return text
