@@ -88,13 +88,14 @@ _PRUNE_MARGIN = repr(float(PRUNE_MARGIN_SECONDS))
 _SWEEP_LIMIT = str(STALE_SWEEP_LIMIT)
 
 
-@dataclasses.dataclass
+@dataclasses.dataclass(eq=False)  # compared by identity: two settlements are never the same one
 class _PendingFinish:
     reservation_key: str
     actual_args: tuple[str, str, str]  # usd, requests, tokens, as exact strings for the script
     done: asyncio.Future[bool]
     since: float  # loop time it was first asked for (failed ones are retried for a while)
     keys_read: bool = False  # its counter keys were read from the record (see _learn_keys)
+    withdrawn: bool = False  # a release the same request's next reservation made moot (see reserve)
 
 
 # Lua helpers shared by the scripts. Values of counter hashes are read once per script run into
@@ -422,6 +423,8 @@ class RedisStore:
         self._clock_offset: float | None = None  # upper bound on Redis clock - this clock, see reserve()
         # Releases of reservations whose caller gave up, not yet due (see _release_later).
         self._orphans: dict[asyncio.TimerHandle, Callable[[], None]] = {}
+        # The same, by reservation key, until sent and answered (see _withdraw_release).
+        self._releases: dict[str, tuple[_PendingFinish, asyncio.TimerHandle]] = {}
         self.slot_migration_wait_seconds = float(slot_migration_wait_seconds)
         # Reservation key -> the counter keys its record names, declared when it is settled (see the
         # module docstring); insertion-ordered, so the oldest go first when it is full.
@@ -492,6 +495,7 @@ class RedisStore:
 
     async def reserve(self, request_id: str, counters: list[Counter], amounts: Amounts, now: float) -> Admission:
         check_request(counters, amounts)
+        self._withdraw_release(self._reservation_key(request_id))
         started, migrating = time.monotonic(), 0
         attempt = 0
         while attempt < 2:
@@ -559,6 +563,28 @@ class RedisStore:
         delay = max(0.0, sent + self._read_timeout - time.time()) + RELEASE_MARGIN_SECONDS
         handle = loop.call_later(delay, queue)
         self._orphans[handle] = queue
+        previous = self._releases.get(pending.reservation_key)
+        if previous is not None:  # an earlier attempt's: this later one covers it
+            self._withdraw_release(pending.reservation_key)
+        self._releases[pending.reservation_key] = (pending, handle)
+
+    def _withdraw_release(self, reservation_key: str) -> None:
+        """The same request is being reserved again (a caller that retries a request id after
+        StoreUnavailable): a release still due from its earlier attempt would undo this admission,
+        leaving the request unmetered. This attempt covers the earlier one either way: admitted,
+        its reservation is settled by its caller; refused, it queues a release of its own, due after
+        any reservation either attempt could still make."""
+        entry = self._releases.pop(reservation_key, None)
+        if entry is None:
+            return
+        pending, handle = entry
+        pending.withdrawn = True
+        handle.cancel()
+        self._orphans.pop(handle, None)
+        if pending in self._pending:
+            self._pending.remove(pending)
+        if not pending.done.done():
+            pending.done.set_result(False)
 
     async def _reserve_once(
         self, request_id: str, counters: list[Counter], amounts: Amounts, now: float, deadline: float
@@ -688,6 +714,11 @@ class RedisStore:
             else:
                 self._retry(failed, error)
 
+    def _forget_release(self, item: _PendingFinish) -> None:
+        entry = self._releases.get(item.reservation_key)
+        if entry is not None and entry[0] is item:
+            del self._releases[item.reservation_key]
+
     def _remember_keys(self, reservation_key: str, counter_keys: tuple[str, ...]) -> None:
         remembered = self._keys_of_reservation
         if reservation_key not in remembered and len(remembered) >= RESERVATION_KEYS_REMEMBERED:
@@ -709,6 +740,7 @@ class RedisStore:
         for item, code in zip(batch, finished, strict=True):
             if code != -1:
                 self._keys_of_reservation.pop(item.reservation_key, None)
+                self._forget_release(item)
         _resolve(
             [item for item, code in zip(batch, finished, strict=True) if code != -1],
             [code == 1 for code in finished if code != -1],
@@ -743,7 +775,10 @@ class RedisStore:
         loop = asyncio.get_running_loop()
         _resolve(batch, error or StoreUnavailable(f"counter store {self.url} unavailable during settle"))
         now = loop.time()
-        again = [item for item in batch if now - item.since <= SETTLE_RETRY_SECONDS]
+        again = [item for item in batch if now - item.since <= SETTLE_RETRY_SECONDS and not item.withdrawn]
+        for item in batch:
+            if item.withdrawn or now - item.since > SETTLE_RETRY_SECONDS:
+                self._forget_release(item)
         if not again:
             return
         self._pending[:0] = again
@@ -752,7 +787,7 @@ class RedisStore:
         self._flush_timer = loop.call_later(SETTLE_RETRY_DELAY_SECONDS, self._start_flush)
 
     def _requeue(self, batch: list[_PendingFinish]) -> None:
-        self._pending[:0] = [item for item in batch if not item.done.done()]
+        self._pending[:0] = [item for item in batch if not item.done.done() and not item.withdrawn]
         if self._pending and self._flush_timer is None:
             self._flush_timer = asyncio.get_running_loop().call_later(
                 max(self.settle_batch_seconds, 0.001), self._start_flush
