@@ -50,11 +50,11 @@ def _store(cluster: RedisCluster, prefix: str, **kwargs: float) -> RedisStore:
 
 
 def _leftover_reservations(cluster: RedisCluster, prefix: str) -> list[str]:
-    found = []
+    found: list[str] = []
     for port in cluster.ports:
         node = redis.Redis(host="127.0.0.1", port=port, decode_responses=True)
-        found += [key for key in node.keys(prefix + "res:*")]
-        found += [member for key in node.keys(prefix + "open") for member in node.zrange(key, 0, -1)]
+        found += [str(key) for key in node.keys(prefix + "res:*")]
+        found += [str(member) for key in node.keys(prefix + "open") for member in node.zrange(key, 0, -1)]
         node.close()
     return found
 
@@ -97,8 +97,14 @@ def test_admissions_during_a_slot_migration_are_metered_exactly_once(
             except StoreUnavailable:
                 outcomes["settle retried by the store"] += 1  # the store keeps trying it (idempotent)
 
+    refusals_before: list[int] = []
+
+    def refusals(migration: SlotMigration) -> int:
+        return migration.error_count(migration.source, "TRYAGAIN") + migration.error_count(migration.source, "ASK")
+
     def migrate() -> SlotMigration:
         migration = cluster.begin_migration(prefix + "x")
+        refusals_before.append(refusals(migration))
         keys = migration.keys_left()
         records = [key for key in keys if ":c:" not in key]
         by_counter = [key for key in keys if ":c:" in key]
@@ -118,6 +124,7 @@ def test_admissions_during_a_slot_migration_are_metered_exactly_once(
                 while min(admitted[name] for name in names) < 2:
                     await asyncio.sleep(0.02)
             migration = await asyncio.to_thread(migrate)
+            assert refusals(migration) > refusals_before[0]  # the clients did meet the migration
             await asyncio.to_thread(migration.finish)
             migrated.set()
             async with asyncio.timeout(BOUND):
@@ -134,7 +141,6 @@ def test_admissions_during_a_slot_migration_are_metered_exactly_once(
 
     migration, used = asyncio.run(main())
     total = sum(admitted.values())
-    assert migration.error_count(migration.source, "TRYAGAIN") + migration.error_count(migration.source, "ASK") > 0
     for name in names:
         assert used[f"key:{name}/usd/1d"] == pytest.approx(ACTUAL.usd * admitted[name], abs=1e-9), (name, outcomes)
     assert used["team:platform/usd/1d"] == pytest.approx(ACTUAL.usd * total, abs=1e-9), outcomes
