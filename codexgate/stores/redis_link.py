@@ -22,6 +22,11 @@ redis+cluster:// (and their rediss+ forms) name a Sentinel group or a Redis Clus
 server: each new connection asks them where to go, and a MOVED or READONLY reply (the slot's owner
 is elsewhere, or the master was demoted) closes the connection and sends the call once more to the
 right server. See redis_topology.py.
+
+While a cluster slot migrates, the source node answers ASK for a call none of whose keys it still
+has: that one call goes to the target on a connection of its own, after ASKING (the shared
+connection stays with the slot's owner). A call whose keys are split between the two nodes gets
+TRYAGAIN from either: nothing ran, and `SlotMigrating` tells the caller to send it again shortly.
 """
 
 from __future__ import annotations
@@ -48,6 +53,15 @@ class LinkError(Exception):
 
 class ReplyError(Exception):
     """Redis answered the call with an error (e.g. NOSCRIPT, or a script error)."""
+
+
+class SlotMigrating(LinkError):
+    """TRYAGAIN: the call's keys are being moved between cluster nodes and are not all on one of
+    them. The node refused the call before running it, so it may be sent again as it is."""
+
+
+# A call follows at most this many ASK replies (source -> target normally takes one).
+MAX_ASK_HOPS = 3
 
 
 class _Replies(asyncio.Protocol):
@@ -166,11 +180,25 @@ class RedisLink:
     async def call(self, *args: str | bytes | int | float) -> Any:
         """Sends one command and returns its reply (hiredis types: bytes, int, list).
 
-        Raises ReplyError for an error reply and LinkError when the call did not complete."""
-        try:
-            return await self._call_once(args)
-        except _Dropped:
-            return await self._call_once(args)  # once more on a fresh connection, see the docstring
+        Raises ReplyError for an error reply, SlotMigrating for TRYAGAIN, and LinkError when the
+        call did not complete."""
+        dropped = False
+        asked: tuple[str, int] | None = None
+        hops = 0
+        while True:
+            try:
+                if asked is None:
+                    return await self._call_once(args)
+                return await self._call_asking(asked, args)
+            except _Asked as redirect:
+                hops += 1
+                if hops > MAX_ASK_HOPS:
+                    raise LinkError(f"more than {MAX_ASK_HOPS} ASK redirections (a stuck slot migration?)") from None
+                asked = redirect.address
+            except _Dropped:
+                if dropped:
+                    raise
+                dropped, asked = True, None  # once more on a fresh connection, see the docstring
 
     async def _call_once(self, args: tuple[str | bytes | int | float, ...]) -> Any:
         replies = self._replies
@@ -182,13 +210,68 @@ class RedisLink:
             raise
         except LinkError as exc:
             raise _Dropped(str(exc)) from exc
-        if isinstance(reply, hiredis.ReplyError):
-            if self._topology is not None and self._topology.redirected(str(reply)):
+        return self._checked(reply, replies)
+
+    def _checked(self, reply: Any, replies: _Replies) -> Any:
+        """The reply, or the exception its error means (a redirection, TRYAGAIN, or a plain error)."""
+        if not isinstance(reply, hiredis.ReplyError):
+            return reply
+        text = str(reply)
+        if self._topology is not None:
+            if self._topology.redirected(text):
                 # The replies after this one on the connection came from the wrong server too.
                 replies.fail(LinkError(f"redirected: {reply}"))
                 raise _Dropped(f"redirected: {reply}")
-            raise ReplyError(str(reply))
-        return reply
+            address = self._topology.asked(text)
+            if address is not None:
+                raise _Asked(address)  # this call only: the connection stays with the slot's owner
+            if text.startswith("TRYAGAIN"):
+                raise SlotMigrating(text)
+        raise ReplyError(text)
+
+    async def _call_asking(self, address: tuple[str, int], args: tuple[str | bytes | int | float, ...]) -> Any:
+        """One call on a connection of its own to the node an ASK reply named, after ASKING (which
+        lets that node serve the slot it is importing for the next command only)."""
+        host, port = address
+        loop = asyncio.get_running_loop()
+        replies: _Replies | None = None
+        try:
+            try:
+                async with asyncio.timeout(self._connect_timeout):
+                    _, replies = await loop.create_connection(
+                        lambda: _Replies(self._read_timeout), host, port, ssl=self._ssl,
+                        server_hostname=host if self._ssl is not None else None,
+                    )  # fmt: skip
+            except (OSError, TimeoutError) as exc:
+                raise _Dropped(f"cannot connect to {host}:{port} (ASK): {_why(exc)}") from None
+            assert replies is not None
+            commands: list[tuple[str | bytes | int | float, ...]] = [*self._handshake(), ("ASKING",), args]
+            results = await asyncio.gather(*(replies.send(command) for command in commands), return_exceptions=True)
+            for result in results:
+                if isinstance(result, _Timeout):
+                    raise result
+                if isinstance(result, BaseException):
+                    raise _Dropped(str(result)) from result  # may have run: once more, as any drop
+            for command, reply in zip(commands[:-1], results, strict=False):
+                if isinstance(reply, hiredis.ReplyError):
+                    raise LinkError(f"{command[0]!s} refused by {host}:{port}: {reply}")
+            return self._checked(results[-1], replies)
+        finally:
+            if replies is not None and not replies.closed:
+                replies.closed = True
+                if replies.transport is not None:
+                    replies.transport.close()
+
+    def _handshake(self) -> list[tuple[str | int, ...]]:
+        """AUTH and SELECT, as each new connection needs them."""
+        options = self._options
+        handshake: list[tuple[str | int, ...]] = []
+        if options.get("password") is not None:
+            user = options.get("username")
+            handshake.append(("AUTH", user, options["password"]) if user else ("AUTH", options["password"]))
+        if options.get("db"):
+            handshake.append(("SELECT", int(options["db"])))
+        return handshake
 
     async def _connected(self) -> _Replies:
         # Concurrent callers share one connection attempt.
@@ -221,12 +304,7 @@ class RedisLink:
                         protocol, host, int(options.get("port", 6379)), ssl=self._ssl,
                         server_hostname=host if self._ssl is not None else None,
                     )  # fmt: skip
-                handshake: list[tuple[str | int, ...]] = []
-                if options.get("password") is not None:
-                    user = options.get("username")
-                    handshake.append(("AUTH", user, options["password"]) if user else ("AUTH", options["password"]))
-                if options.get("db"):
-                    handshake.append(("SELECT", int(options["db"])))
+                handshake = self._handshake()
                 if self._topology is not None and self._topology.kind == "sentinel":
                     # Sentinel may not have noticed a failover yet: only a master will do.
                     handshake.append(("ROLE",))
@@ -284,3 +362,19 @@ class _Dropped(LinkError):
 
 class _Timeout(LinkError):
     """No reply within the read timeout (not retried)."""
+
+
+class _Asked(LinkError):
+    """An ASK reply: send this call to `address`, after ASKING."""
+
+    def __init__(self, address: tuple[str, int]) -> None:
+        super().__init__(f"ASK {address[0]}:{address[1]}")
+        self.address = address
+
+
+def _why(exc: BaseException) -> str:
+    if isinstance(exc, TimeoutError):
+        return "no connection in time"
+    if isinstance(exc, OSError):
+        return exc.strerror or str(exc)
+    return str(exc)

@@ -12,8 +12,15 @@ Redis runs atomically: concurrent gateways cannot both pass the last free unit. 
 travel over `RedisLink` (one pipelined connection, hiredis), not redis-py's client: see
 redis_link.py for why.
 
-Settle reads the counter keys from the reservation, so scripts touch keys not passed in KEYS:
-fine on a single Redis (or a replicated primary), not on Redis Cluster.
+Every key a script touches is passed in KEYS, including the counters a settlement corrects (which
+it reads from the reservation record): Redis Cluster checks only KEYS against the slot's state, so
+while the store's slot migrates a script runs only on a node that holds all of them (else TRYAGAIN
+or ASK, before anything ran). A script touching a key it did not declare could read a counter as
+absent on the target, or fail halfway on the source, where writes before the failing call stay
+(Redis does not roll a script back). The store remembers the counter keys of the reservations it
+made; for one it did not make (another process's, e.g. settled from the write-ahead log after a
+restart) the script answers -1 instead of settling, and the store reads the record and sends the
+settlement again with its keys.
 
 Numbers cross into Lua as Python `repr` strings and leave it as "%.17g" strings, both exact for
 doubles (Lua's own tostring keeps only 14 digits), so both stores do the same float arithmetic.
@@ -28,6 +35,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import hashlib
+import json
 import logging
 import math
 import re
@@ -46,6 +54,7 @@ from codexgate.stores.rules import (
     check_request,
     window,
 )
+from codexgate.stores.redis_link import LinkError, RedisLink, ReplyError, SlotMigrating
 
 logger = logging.getLogger(__name__)
 
@@ -67,16 +76,27 @@ SETTLE_RETRY_SECONDS = 60.0
 RELEASE_MARGIN_SECONDS = 0.05
 # Stale reservations are looked for at most this often per instance (by the caller's clock).
 SWEEP_INTERVAL_SECONDS = 1.0
+# While a Redis Cluster migrates the store's slot, a call whose keys are split between the two
+# nodes is refused (TRYAGAIN) before it runs: an admission is sent again after these pauses
+# (doubling) for up to `slot_migration_wait_seconds` before the request gets a 503.
+SLOT_RETRY_FIRST_SECONDS = 0.01
+SLOT_RETRY_MAX_SECONDS = 0.2
+SLOT_MIGRATION_WAIT_SECONDS = 2.0
+# Counter keys of this many open reservations are remembered to declare them when settling; past
+# that the oldest are forgotten (settling one then costs a read of its record first).
+RESERVATION_KEYS_REMEMBERED = 50_000
 _PRUNE_MARGIN = repr(float(PRUNE_MARGIN_SECONDS))
 _SWEEP_LIMIT = str(STALE_SWEEP_LIMIT)
 
 
-@dataclasses.dataclass
+@dataclasses.dataclass(eq=False)  # compared by identity: two settlements are never the same one
 class _PendingFinish:
     reservation_key: str
     actual_args: tuple[str, str, str]  # usd, requests, tokens, as exact strings for the script
     done: asyncio.Future[bool]
     since: float  # loop time it was first asked for (failed ones are retried for a while)
+    keys_read: bool = False  # its counter keys were read from the record (see _learn_keys)
+    withdrawn: bool = False  # a release the same request's next reservation made moot (see reserve)
 
 
 # Lua helpers shared by the scripts. Values of counter hashes are read once per script run into
@@ -127,14 +147,29 @@ local function flush()
   dirty, dirty_keys = {}, {}
 end
 
+-- KEYS as a set, made when a settlement first needs it.
+local declared = nil
+local function all_declared(r)
+  if declared == nil then
+    declared = {}
+    for _, k in ipairs(KEYS) do declared[k] = true end
+  end
+  for i = 1, #r, 4 do
+    if not declared[r[i]] then return false end
+  end
+  return true
+end
+
 -- Replaces an open reservation by the actual amounts (settle; release = all zero); 1 if it was
--- open, 0 if not (already settled or released, or never made): so a request is charged once.
--- The record is a flat JSON array: counter key, bucket field, kind, reserved amount (an exact
--- string), then the next counter's four.
+-- open, 0 if not (already settled or released, or never made): so a request is charged once;
+-- -1, changing nothing, if a counter it names is not in KEYS (on Redis Cluster only declared keys
+-- are checked to be on this node: see the module docstring). The record is a flat JSON array:
+-- counter key, bucket field, kind, reserved amount (an exact string), then the next counter's four.
 local function finish(rkey, index, usd, requests, tokens)
   local rec = call('GET', rkey)
   if not rec then return 0 end
   local r = cjson.decode(rec)
+  if not all_declared(r) then return -1 end
   for i = 1, #r, 4 do
     local key, field, kind = r[i], r[i + 1], r[i + 2]
     local cur = value(key, field)
@@ -154,20 +189,21 @@ end
 
 _RESERVE_BODY = """
 -- KEYS[1..n] counter hashes, KEYS[n+1] reservation record, KEYS[n+2] open-reservation zset,
--- KEYS[n+3..n+2+m] reservations to finish first (settlements riding along, see RedisStore)
+-- KEYS[n+3..n+2+m] reservations to finish first (settlements riding along, see RedisStore), then e
+-- more counter hashes those settlements correct (declared only, see the module docstring)
 -- ARGV[1] now, ARGV[2] stale cutoff, ARGV[3] prune margin s, ARGV[4] reservation ttl ms,
 -- ARGV[5] sweep limit (0: no sweep this time), ARGV[6] m, ARGV[7..9] amounts usd, requests, tokens,
--- ARGV[10] deadline (Redis clock, epoch s; 0: none); then six per counter: field (bucket start), lo,
+-- ARGV[10] deadline (Redis clock, epoch s; 0: none), ARGV[11] e; then six per counter: field (bucket start), lo,
 -- span (0: calendar, count (lo, hi]; else rolling, lo = now - span), limit, kind, expires_at (epoch s
 -- when no window includes the bucket, plus margin); then three per finish: actual usd, requests, tokens.
 -- returns {code (0 refused, 1 admitted, 2 already held, 3 past its deadline: nothing reserved), refused
 -- index (0 = none), used_1, held_1, ..., finished_1 .. finished_m, Redis clock (epoch s)}
 local m = tonumber(ARGV[6])
-local n = #KEYS - 2 - m
+local n = #KEYS - 2 - m - tonumber(ARGV[11])
 local now = tonumber(ARGV[1])
 local rkey, index = KEYS[n + 1], KEYS[n + 2]
 local margin = tonumber(ARGV[3])
-local C = 10          -- counter arguments start after this
+local C = 11          -- counter arguments start after this
 local F = C + 6 * n   -- finish arguments start after this
 local function amount_arg(kind)
   return kind == 'usd' and ARGV[7] or (kind == 'requests' and ARGV[8] or ARGV[9])
@@ -204,8 +240,9 @@ local sweep = tonumber(ARGV[5])
 if sweep > 0 then
   local stale = call('ZRANGEBYSCORE', index, '-inf', ARGV[2], 'LIMIT', 0, sweep)
   for _, key in ipairs(stale) do
-    call('DEL', key)
-    call('ZREM', index, key)
+    -- Records are not declared keys: while the slot migrates, one may already be on the other
+    -- node, and DEL fails (pcall: the script goes on); its index entry stays for a later sweep.
+    if type(redis.pcall('DEL', key)) == 'number' then call('ZREM', index, key) end
   end
 end
 
@@ -308,10 +345,11 @@ return done(1)
 """
 
 _FINISH_MANY_BODY = """
--- KEYS[1] open-reservation zset, KEYS[2..] reservations; ARGV three per reservation: actual usd,
--- requests, tokens. Returns finished (1/0) per reservation.
+-- KEYS[1] open-reservation zset, KEYS[2..m+1] reservations, then the counter hashes they correct
+-- (declared only); ARGV three per reservation: actual usd, requests, tokens. Returns finished
+-- (1/0/-1, see finish) per reservation.
 local out = {}
-for i = 2, #KEYS do
+for i = 2, #ARGV / 3 + 1 do
   local a = 3 * (i - 2)
   out[#out + 1] = finish(KEYS[i], KEYS[1], ARGV[a + 1], ARGV[a + 2], ARGV[a + 3])
 end
@@ -361,6 +399,7 @@ class RedisStore:
         connect_timeout_seconds: float = 0.5,
         read_timeout_seconds: float = 0.5,
         settle_batch_seconds: float = SETTLE_BATCH_SECONDS,
+        slot_migration_wait_seconds: float = SLOT_MIGRATION_WAIT_SECONDS,
     ) -> None:
         self.url = redact(url)
         self.stale_after_seconds = float(stale_after_seconds)
@@ -385,6 +424,12 @@ class RedisStore:
         self._clock_offset: float | None = None  # upper bound on Redis clock - this clock, see reserve()
         # Releases of reservations whose caller gave up, not yet due (see _release_later).
         self._orphans: dict[asyncio.TimerHandle, Callable[[], None]] = {}
+        # The same, by reservation key, until sent and answered (see _withdraw_release).
+        self._releases: dict[str, tuple[_PendingFinish, asyncio.TimerHandle]] = {}
+        self.slot_migration_wait_seconds = float(slot_migration_wait_seconds)
+        # Reservation key -> the counter keys its record names, declared when it is settled (see the
+        # module docstring); insertion-ordered, so the oldest go first when it is full.
+        self._keys_of_reservation: dict[str, tuple[str, ...]] = {}
 
     def _reservation_key(self, request_id: str) -> str:
         return f"{self.prefix}res:{request_id}"
@@ -423,9 +468,19 @@ class RedisStore:
                     raise
                 # Redis restarted or flushed its script cache: EVAL loads the script again.
                 return await self._link.call("EVAL", script.source, len(keys), *keys, *args)
+        except SlotMigrating as exc:
+            raise _SlotMigrating(f"counter store {self.url} unavailable during {what}: slot migrating ({exc})") from exc
         except (LinkError, ReplyError, OSError, TimeoutError) as exc:
             detail = str(exc) or type(exc).__name__
             raise StoreUnavailable(f"counter store {self.url} unavailable during {what}: {detail}") from exc
+
+    def _slot_pause(self, started: float, tries: int) -> float | None:
+        """How long to wait before sending again a call refused with TRYAGAIN (monotonic `started`:
+        when it was first sent), or None when that would exceed `slot_migration_wait_seconds`."""
+        pause = min(SLOT_RETRY_FIRST_SECONDS * 2**tries, SLOT_RETRY_MAX_SECONDS)
+        if time.monotonic() + pause - started > self.slot_migration_wait_seconds:
+            return None
+        return pause
 
     async def _redis_clock_offset(self) -> float:
         """An upper bound on (Redis clock - this host's clock): Redis's TIME minus when it was asked."""
@@ -441,7 +496,11 @@ class RedisStore:
 
     async def reserve(self, request_id: str, counters: list[Counter], amounts: Amounts, now: float) -> Admission:
         check_request(counters, amounts)
-        for _attempt in (1, 2):
+        self._withdraw_release(self._reservation_key(request_id))
+        started, migrating = time.monotonic(), 0
+        attempt = 0
+        while attempt < 2:
+            attempt += 1
             sent = time.time()
             try:
                 offset = await self._redis_clock_offset()
@@ -451,6 +510,18 @@ class RedisStore:
                 # waiting (see _release_later).
                 deadline = sent + self._read_timeout / 2 + offset
                 code, admission, redis_now = await self._reserve_once(request_id, counters, amounts, now, deadline)
+            except _SlotMigrating:
+                # Refused before the script ran (TRYAGAIN): nothing was reserved by this attempt, so it
+                # is sent again as it is, with a new deadline. No release is queued while it may still
+                # be admitted: a release arriving after the admission would leave it unmetered.
+                pause = self._slot_pause(started, migrating)
+                if pause is None:
+                    self._release_later(request_id, sent)  # in case an earlier, dropped attempt ran
+                    raise
+                migrating += 1
+                attempt -= 1
+                await asyncio.sleep(pause)
+                continue
             except StoreUnavailable:
                 self._release_later(request_id, sent)
                 raise
@@ -493,6 +564,28 @@ class RedisStore:
         delay = max(0.0, sent + self._read_timeout - time.time()) + RELEASE_MARGIN_SECONDS
         handle = loop.call_later(delay, queue)
         self._orphans[handle] = queue
+        previous = self._releases.get(pending.reservation_key)
+        if previous is not None:  # an earlier attempt's: this later one covers it
+            self._withdraw_release(pending.reservation_key)
+        self._releases[pending.reservation_key] = (pending, handle)
+
+    def _withdraw_release(self, reservation_key: str) -> None:
+        """The same request is being reserved again (a caller that retries a request id after
+        StoreUnavailable): a release still due from its earlier attempt would undo this admission,
+        leaving the request unmetered. This attempt covers the earlier one either way: admitted,
+        its reservation is settled by its caller; refused, it queues a release of its own, due after
+        any reservation either attempt could still make."""
+        entry = self._releases.pop(reservation_key, None)
+        if entry is None:
+            return
+        pending, handle = entry
+        pending.withdrawn = True
+        handle.cancel()
+        self._orphans.pop(handle, None)
+        if pending in self._pending:
+            self._pending.remove(pending)
+        if not pending.done.done():
+            pending.done.set_result(False)
 
     async def _reserve_once(
         self, request_id: str, counters: list[Counter], amounts: Amounts, now: float, deadline: float
@@ -508,6 +601,17 @@ class RedisStore:
         sweep = not (self._last_sweep <= now < self._last_sweep + SWEEP_INTERVAL_SECONDS)
         if sweep:
             self._last_sweep = now
+        counter_keys: list[str] = []
+        counter_args: list[str] = []
+        for counter in counters:
+            key, args_of_counter = self._counter_args(counter)
+            counter_keys.append(key)
+            counter_args += args_of_counter
+        reservation_key = self._reservation_key(request_id)
+        self._remember_keys(reservation_key, tuple(counter_keys))
+        corrected = self._corrected_keys(riders, counter_keys)  # declared only: see the module docstring
+        keys = [*counter_keys, reservation_key, self._open_key]
+        keys += [*(rider.reservation_key for rider in riders), *corrected]
         args = [
             repr(now),
             repr(now - self.stale_after_seconds),
@@ -519,15 +623,10 @@ class RedisStore:
             repr(float(amounts.requests)),
             repr(float(amounts.tokens)),
             repr(float(deadline)),
+            str(len(corrected)),
+            *counter_args,
         ]
-        keys = []
-        for counter in counters:
-            key, counter_args = self._counter_args(counter)
-            keys.append(key)
-            args += counter_args
-        keys += (self._reservation_key(request_id), self._open_key)
         for rider in riders:
-            keys.append(rider.reservation_key)
             args += rider.actual_args
         try:
             out = await self._run("reserve", self._reserve, keys, args)
@@ -536,12 +635,13 @@ class RedisStore:
                 code, refused = int(out[0]), int(out[1])
                 used = [float(out[2 + 2 * i]) for i in range(n)]
                 held = [float(out[3 + 2 * i]) for i in range(n)]
-                finished = [int(v) == 1 for v in out[2 + 2 * n : -1]]
+                finished = [int(v) for v in out[2 + 2 * n : -1]]
                 redis_now = float(out[-1])
                 if (
                     code not in (0, 1, 2, 3)
                     or (code == 0) != (1 <= refused <= n)
                     or len(finished) != len(riders)
+                    or any(v not in (-1, 0, 1) for v in finished)
                     or not math.isfinite(redis_now)
                 ):
                     raise ValueError("inconsistent admission")
@@ -554,7 +654,7 @@ class RedisStore:
         except BaseException:
             self._requeue(riders)  # cancelled: finishing again is harmless (idempotent), losing it is not
             raise
-        _resolve(riders, finished)
+        self._settled(riders, finished)
         if code == 3:
             return code, None, redis_now
         if code == 2:
@@ -593,10 +693,11 @@ class RedisStore:
         for first in range(0, len(todo), SETTLE_BATCH_MAX):
             batch = todo[first : first + SETTLE_BATCH_MAX]
             keys = [self._open_key] + [item.reservation_key for item in batch]
+            keys += self._corrected_keys(batch, [])
             args = [amount for item in batch for amount in item.actual_args]
             try:
                 out = await self._run("settle", self._finish_many, keys, args)
-                if not isinstance(out, list) or len(out) != len(batch):
+                if not isinstance(out, list) or len(out) != len(batch) or any(v not in (-1, 0, 1) for v in out):
                     raise StoreUnavailable(f"counter store {self.url} answered settle with {out!r}")
             except StoreUnavailable as exc:
                 # The rest waits too: while the store is down, one connection attempt per retry.
@@ -606,13 +707,66 @@ class RedisStore:
             except BaseException:
                 self._requeue(todo[first:])
                 raise
-            _resolve(batch, [int(v) == 1 for v in out])
+            self._settled(batch, [int(v) for v in out])
         if failed:
             assert error is not None
             if final:
                 _resolve(failed, error)
             else:
                 self._retry(failed, error)
+
+    def _forget_release(self, item: _PendingFinish) -> None:
+        entry = self._releases.get(item.reservation_key)
+        if entry is not None and entry[0] is item:
+            del self._releases[item.reservation_key]
+
+    def _remember_keys(self, reservation_key: str, counter_keys: tuple[str, ...]) -> None:
+        remembered = self._keys_of_reservation
+        if reservation_key not in remembered and len(remembered) >= RESERVATION_KEYS_REMEMBERED:
+            del remembered[next(iter(remembered))]
+        remembered[reservation_key] = counter_keys
+
+    def _corrected_keys(self, batch: list[_PendingFinish], declared: list[str]) -> list[str]:
+        """The counter keys these settlements correct, less those already in `declared`."""
+        remembered = self._keys_of_reservation
+        extra = dict.fromkeys(key for item in batch for key in remembered.get(item.reservation_key, ()))
+        for key in declared:
+            extra.pop(key, None)
+        return list(extra)
+
+    def _settled(self, batch: list[_PendingFinish], finished: list[int]) -> None:
+        """Hands settlements their results; those whose record names counters that were not declared
+        (-1: a reservation another process made) have their keys read first and go again."""
+        unknown = [item for item, code in zip(batch, finished, strict=True) if code == -1]
+        for item, code in zip(batch, finished, strict=True):
+            if code != -1:
+                self._keys_of_reservation.pop(item.reservation_key, None)
+                self._forget_release(item)
+        _resolve(
+            [item for item, code in zip(batch, finished, strict=True) if code != -1],
+            [code == 1 for code in finished if code != -1],
+        )
+        if unknown:
+            task = asyncio.get_running_loop().create_task(self._learn_keys(unknown))
+            self._flushes.add(task)
+            task.add_done_callback(self._flushes.discard)
+
+    async def _learn_keys(self, batch: list[_PendingFinish]) -> None:
+        """Reads the counter keys of these reservations from their records, then settles them again."""
+        for item in batch:
+            if item.keys_read:  # its keys were declared and still did not match: the record is not ours
+                problem = f"counter store {self.url}: {item.reservation_key} names keys it was not sent with"
+                _resolve([item], StoreUnavailable(problem))
+                continue
+            try:
+                record = await self._link.call("GET", item.reservation_key)
+                counter_keys = tuple(json.loads(record)[0::4]) if record else ()
+            except (LinkError, ReplyError, OSError, TimeoutError, TypeError, ValueError) as exc:
+                self._retry([item], StoreUnavailable(f"counter store {self.url} unavailable during settle: {exc}"))
+                continue
+            item.keys_read = True
+            self._remember_keys(item.reservation_key, counter_keys)
+            self._requeue([item])
 
     def _retry(self, batch: list[_PendingFinish], error: StoreUnavailable | None = None) -> None:
         """Finishes that failed: their callers learn it at once, and the store tries them again
@@ -622,7 +776,10 @@ class RedisStore:
         loop = asyncio.get_running_loop()
         _resolve(batch, error or StoreUnavailable(f"counter store {self.url} unavailable during settle"))
         now = loop.time()
-        again = [item for item in batch if now - item.since <= SETTLE_RETRY_SECONDS]
+        again = [item for item in batch if now - item.since <= SETTLE_RETRY_SECONDS and not item.withdrawn]
+        for item in batch:
+            if item.withdrawn or now - item.since > SETTLE_RETRY_SECONDS:
+                self._forget_release(item)
         if not again:
             return
         self._pending[:0] = again
@@ -631,7 +788,7 @@ class RedisStore:
         self._flush_timer = loop.call_later(SETTLE_RETRY_DELAY_SECONDS, self._start_flush)
 
     def _requeue(self, batch: list[_PendingFinish]) -> None:
-        self._pending[:0] = [item for item in batch if not item.done.done()]
+        self._pending[:0] = [item for item in batch if not item.done.done() and not item.withdrawn]
         if self._pending and self._flush_timer is None:
             self._flush_timer = asyncio.get_running_loop().call_later(
                 max(self.settle_batch_seconds, 0.001), self._start_flush
@@ -650,7 +807,17 @@ class RedisStore:
         args: list[str] = []
         for c in counters:
             args += [repr(float(v)) for v in window(c, now)]
-        out = await self._run("snapshot", self._snapshot, [self._counter_key(c) for c in counters], args)
+        started, tries = time.monotonic(), 0
+        while True:
+            try:
+                out = await self._run("snapshot", self._snapshot, [self._counter_key(c) for c in counters], args)
+                break
+            except _SlotMigrating:
+                pause = self._slot_pause(started, tries)
+                if pause is None:
+                    raise
+                tries += 1
+                await asyncio.sleep(pause)
         try:
             used = [float(v) for v in out]
             if len(used) != len(counters):
@@ -680,6 +847,10 @@ class RedisStore:
             self._flush_timer = None
         await self._flush(final=True)  # nothing waiting is dropped
         await self._link.close()
+
+
+class _SlotMigrating(StoreUnavailable):
+    """The call was refused with TRYAGAIN before it ran (a cluster slot migration is under way)."""
 
 
 @dataclasses.dataclass(frozen=True)

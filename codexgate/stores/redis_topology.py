@@ -14,6 +14,9 @@ then apply to Sentinels and servers alike):
       Any node answers; a MOVED reply names the node owning the slot, and the link connects there
       and sends the call again (every store script is safe to run twice). The store's keys share
       one hash tag, so each script's keys live in one slot: admission stays one atomic round trip.
+      While that slot is being migrated to another node, an ASK reply sends one call to the target
+      (after ASKING), and TRYAGAIN (the call's keys are split between the two nodes: nothing ran)
+      is the store's to wait out and send again (redis_store.py).
 """
 
 from __future__ import annotations
@@ -75,11 +78,21 @@ class Topology:
     def redirected(self, reply_error: str) -> bool:
         """True when an error reply means "ask elsewhere": MOVED (remembering where) or READONLY."""
         if reply_error.startswith("MOVED ") and self.kind == "cluster":
-            address = reply_error.split()[-1]
-            host, _, port = address.rpartition(":")
-            self.moved_to = (host or self.seeds[0][0], int(port))
+            self.moved_to = self._address(reply_error)
             return True
         return reply_error.startswith("READONLY")  # a master demoted under us: find the new one
+
+    def asked(self, reply_error: str) -> tuple[str, int] | None:
+        """Where an ASK reply sends this one call: the slot is being migrated and its keys are no
+        longer all on this node. Only the call goes there (after ASKING), the slot stays here."""
+        if reply_error.startswith("ASK ") and self.kind == "cluster":
+            return self._address(reply_error)
+        return None
+
+    def _address(self, reply_error: str) -> tuple[str, int]:
+        # "MOVED|ASK <slot> <host>:<port>"; a node that does not know its own address sends ":port".
+        host, _, port = reply_error.split()[-1].rpartition(":")
+        return host or self.seeds[0][0], int(port)
 
 
 def is_topology_url(url: str) -> bool:

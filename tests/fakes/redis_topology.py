@@ -165,8 +165,55 @@ class RedisCluster:
     def kill_node(self, port: int) -> None:
         self.processes.kill(port)
 
+    def begin_migration(self, key: str) -> SlotMigration:
+        """Starts moving `key`'s slot to another master, as `redis-cli --cluster reshard` does:
+        IMPORTING on the target, then MIGRATING on the source; keys move with `SlotMigration.move`."""
+        source = self.owner_of(key)
+        target = next(port for port in self.ports if port != source and self.processes.procs[port].poll() is None)
+        return SlotMigration(self, key, source, target)
+
     def kill(self) -> None:
         self.processes.kill_all()
+
+
+class SlotMigration:
+    """One slot on its way from `source` to `target` (ports of two masters of `cluster`)."""
+
+    def __init__(self, cluster: RedisCluster, key: str, source: int, target: int) -> None:
+        self.cluster, self.source, self.target = cluster, source, target
+        self.nodes = {
+            port: redis.Redis(host="127.0.0.1", port=port, decode_responses=True, **cluster.client_options)  # type: ignore[arg-type]
+            for port in cluster.ports
+        }
+        self.slot = int(self.nodes[source].cluster("keyslot", key))
+        self.ids = {port: str(node.execute_command("CLUSTER MYID")) for port, node in self.nodes.items()}
+        self.nodes[target].execute_command("CLUSTER SETSLOT", self.slot, "IMPORTING", self.ids[source])
+        self.nodes[source].execute_command("CLUSTER SETSLOT", self.slot, "MIGRATING", self.ids[target])
+
+    def keys_left(self) -> list[str]:
+        """The slot's keys still on the source."""
+        return list(self.nodes[self.source].execute_command("CLUSTER GETKEYSINSLOT", self.slot, 10000))
+
+    def move(self, keys: list[str]) -> None:
+        """MIGRATEs these keys (those still on the source) to the target, atomically as a batch."""
+        if keys:
+            self.nodes[self.source].execute_command("MIGRATE", "127.0.0.1", self.target, "", 0, 10000, "KEYS", *keys)
+
+    def finish(self) -> None:
+        """Moves what is left, then hands the slot to the target: the target first, then the source,
+        then every other master (redis-cli's order)."""
+        while left := self.keys_left():
+            self.move(left)
+        for port in [self.target, self.source, *(p for p in self.cluster.ports if p not in (self.source, self.target))]:
+            if self.cluster.processes.procs[port].poll() is None:
+                self.nodes[port].execute_command("CLUSTER SETSLOT", self.slot, "NODE", self.ids[self.target])
+        for node in self.nodes.values():
+            node.close()
+
+    def error_count(self, port: int, error: str) -> int:
+        """How many replies starting with `error` (e.g. TRYAGAIN, ASK) a node has sent so far."""
+        stats = self.nodes[port].info("errorstats")
+        return int(stats.get(f"errorstat_{error}", {}).get("count", 0))
 
 
 class SentinelGroup:

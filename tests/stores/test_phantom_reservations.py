@@ -97,3 +97,40 @@ def test_a_wrong_clock_offset_is_relearnt_not_fatal(fresh_redis_server: RedisSer
             await store.close()
 
     asyncio.run(body())
+
+
+def test_a_request_reserved_again_after_a_failed_attempt_keeps_its_reservation(
+    fresh_redis_server: RedisServer,
+) -> None:
+    """A caller that sends the same request id again after StoreUnavailable (as a store operation
+    retried through a failover does): the release queued for the failed attempt must not undo the
+    admission that follows it, or the request would run with nothing reserved and settle nothing."""
+    prefix = f"again-{uuid.uuid4().hex[:8]}:"
+    counters = [BUDGET, REQUESTS]
+
+    async def body() -> tuple[list[float], bool, list[float]]:
+        store = RedisStore(fresh_redis_server.url, prefix=prefix, read_timeout_seconds=0.3)
+        try:
+            assert (await store.reserve("warm-up", counters, ESTIMATE, NOW)).admitted
+            assert await store.settle("warm-up", ACTUAL)
+            fresh_redis_server.proc.send_signal(signal.SIGSTOP)
+            try:
+                with pytest.raises(StoreUnavailable):
+                    await store.reserve("again", counters, ESTIMATE, NOW)
+            finally:
+                fresh_redis_server.proc.send_signal(signal.SIGCONT)
+            assert (await store.reserve("again", counters, ESTIMATE, NOW)).admitted
+            # Until nothing of the failed attempt is left to send (its release was due 0.35 s after it).
+            async with asyncio.timeout(SETTLE_WINDOW):
+                while store._orphans or store._pending:
+                    await asyncio.sleep(0.02)
+            held = [state.used for state in await store.snapshot(counters, NOW)]
+            settled = await store.settle("again", ACTUAL)
+            return held, settled, [state.used for state in await store.snapshot(counters, NOW)]
+        finally:
+            await store.close()
+
+    held, settled, used = asyncio.run(body())
+    assert held == [ACTUAL.usd + ESTIMATE.usd, 2]  # still reserved: warm-up's actual + this estimate
+    assert settled
+    assert used == [2 * ACTUAL.usd, 2]
