@@ -45,7 +45,7 @@ from collections.abc import Callable
 from typing import Any
 
 from codexgate.stores.base import Admission, Amounts, Counter, CounterState, StoreUnavailable
-from codexgate.stores.redis_link import LinkError, RedisLink, ReplyError
+from codexgate.stores.redis_link import LinkError, RedisLink, ReplyError, SlotMigrating
 from codexgate.stores.rules import (
     PRUNE_MARGIN_SECONDS,
     STALE_SWEEP_LIMIT,
@@ -54,7 +54,6 @@ from codexgate.stores.rules import (
     check_request,
     window,
 )
-from codexgate.stores.redis_link import LinkError, RedisLink, ReplyError, SlotMigrating
 
 logger = logging.getLogger(__name__)
 
