@@ -1,0 +1,295 @@
+"""A Responses API request → a Converse / ConverseStream request body."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from typing import Any
+
+from codexgate.providers.base import TranslateOptions, open_reasoning, sampling_params, stop_sequences
+from codexgate.providers.base import input_items as _input_items
+from codexgate.providers.bedrock.content import _content_blocks, _tool_result_content
+from codexgate.providers.bedrock.models import _CLAUDE_CACHING, _reasoning_fields
+from codexgate.providers.bedrock.tools import _collect_tools, _tool_use_id, _ToolDef, _wire_name
+
+
+def _replayed_reasoning(item: Mapping[str, Any], provider_name: str, model: str) -> dict[str, Any] | None:
+    """The reasoningContent block inside an envelope made for this provider and model.
+
+    Only signed or redacted reasoning is replayed: that is what Claude checks and needs back to
+    continue a tool loop with thinking; unsigned reasoning (e.g. DeepSeek) is not asked for.
+    """
+    payload = open_reasoning(item.get("encrypted_content"), provider_name, model)
+    block = payload.get("block") if payload else None
+    if not isinstance(block, dict):
+        return None
+    text_block = block.get("reasoningText")
+    if isinstance(text_block, dict) and isinstance(text_block.get("signature"), str):
+        if isinstance(text_block.get("text"), str):
+            return {
+                "reasoningContent": {
+                    "reasoningText": {"text": text_block["text"], "signature": text_block["signature"]}
+                }
+            }
+        return None
+    redacted = block.get("redactedContent")
+    if isinstance(redacted, str) and redacted:
+        return {"reasoningContent": {"redactedContent": redacted}}
+    return None
+
+
+class _Conversation:
+    """Accumulates Converse messages, merging consecutive turns of one role (Converse requires
+    user and assistant to alternate)."""
+
+    def __init__(self) -> None:
+        self.messages: list[dict[str, Any]] = []
+
+    def add(self, role: str, blocks: list[dict[str, Any]]) -> None:
+        if not blocks:
+            return
+        if self.messages and self.messages[-1]["role"] == role:
+            self.messages[-1]["content"].extend(blocks)
+        else:
+            self.messages.append({"role": role, "content": list(blocks)})
+
+
+def _tool_block_as_text(block: dict[str, Any]) -> dict[str, Any]:
+    if "toolUse" in block:
+        use = block["toolUse"]
+        return {"text": f"[called tool {use['name']} (call {use['toolUseId']}) with input {json.dumps(use['input'])}]"}
+    result = block["toolResult"]
+    texts = [part["text"] for part in result["content"] if "text" in part]
+    return {"text": f"[result of call {result['toolUseId']}]\n" + "\n".join(texts)}
+
+
+def _repair_tool_pairs(messages: list[dict[str, Any]], tools_available: bool) -> list[dict[str, Any]]:
+    """Make every toolUse answered by a toolResult in the next user message and every toolResult
+    answer a toolUse of the previous assistant message, as Bedrock requires. Without a toolConfig
+    Bedrock refuses tool blocks altogether, so then they become text."""
+    if not tools_available:
+        for message in messages:
+            message["content"] = [
+                _tool_block_as_text(block) if "toolUse" in block or "toolResult" in block else block
+                for block in message["content"]
+            ]
+        return messages
+    repaired: list[dict[str, Any]] = []
+    pending: list[str] = []  # toolUse ids of the previous assistant message
+    for message in messages:
+        if message["role"] == "assistant":
+            if pending:  # an assistant turn follows unanswered calls: answer them first
+                repaired.append({"role": "user", "content": _missing_results(pending)})
+            pending = [block["toolUse"]["toolUseId"] for block in message["content"] if "toolUse" in block]
+            repaired.append(message)
+            continue
+        answered = set(pending)
+        results, others = [], []
+        for block in message["content"]:
+            if "toolResult" in block:
+                if block["toolResult"]["toolUseId"] in answered:
+                    answered.discard(block["toolResult"]["toolUseId"])
+                    results.append(block)
+                else:
+                    others.append(_tool_block_as_text(block))  # an orphan result
+            else:
+                others.append(block)
+        missing = [call for call in pending if call in answered]
+        # Tool results lead the user turn (Claude requires it); text the user added follows.
+        message["content"] = results + _missing_results(missing) + others
+        pending = []
+        repaired.append(message)
+    if pending:
+        repaired.append({"role": "user", "content": _missing_results(pending)})
+    return repaired
+
+
+def _missing_results(call_ids: list[str]) -> list[dict[str, Any]]:
+    return [
+        {"toolResult": {"toolUseId": call, "content": [{"text": "(no result was recorded for this call)"}]}}
+        for call in call_ids
+    ]
+
+
+def _has_tool_blocks(messages: list[dict[str, Any]]) -> bool:
+    return any("toolUse" in block or "toolResult" in block for message in messages for block in message["content"])
+
+
+def _mid_tool_loop_without_reasoning(messages: list[dict[str, Any]]) -> bool:
+    """Claude with thinking refuses a tool loop whose last assistant turn does not start with its
+    reasoning block (e.g. the block was dropped because it came from another model)."""
+    if len(messages) < 2 or messages[-1]["role"] != "user" or messages[-2]["role"] != "assistant":
+        return False
+    if not any("toolResult" in block for block in messages[-1]["content"]):
+        return False
+    first = messages[-2]["content"][0] if messages[-2]["content"] else {}
+    return "reasoningContent" not in first
+
+
+def _tool_choice(choice: Any, tools: list[_ToolDef]) -> tuple[dict[str, Any] | None, list[_ToolDef], bool]:
+    """(Converse toolChoice or None for the default, the tools to offer, whether tools are off)."""
+    if choice == "none":
+        return None, [], True
+    if choice == "required":
+        return {"any": {}}, tools, False
+    if isinstance(choice, dict):
+        kind = choice.get("type")
+        if kind in ("function", "custom") and isinstance(choice.get("name"), str):
+            wire = _wire_name(
+                choice.get("namespace") if isinstance(choice.get("namespace"), str) else None, choice["name"]
+            )
+            if any(tool.wire == wire for tool in tools):
+                return {"tool": {"name": wire}}, tools, False
+        elif kind == "allowed_tools":
+            allowed = {
+                _wire_name(None, entry["name"])
+                for entry in choice.get("tools") or []
+                if isinstance(entry, dict) and isinstance(entry.get("name"), str)
+            }
+            kept = [tool for tool in tools if tool.wire in allowed or tool.name in allowed]
+            mode = choice.get("mode")
+            return ({"any": {}} if mode == "required" and kept else None), kept, False
+    return None, tools, False  # "auto" (Bedrock's default) and anything unknown
+
+
+def _strip_final_assistant(messages: list[dict[str, Any]]) -> None:
+    """A final (prefill) assistant message may not end in whitespace (Claude refuses it): trim its
+    last text block, dropping the block, and the message, when nothing is left."""
+    content = messages[-1]["content"]
+    if content and isinstance(content[-1].get("text"), str):
+        text = content[-1]["text"].rstrip()
+        if text:
+            content[-1] = {**content[-1], "text": text}
+        else:
+            content.pop()
+    if not content:
+        messages.pop()
+
+
+def build_request(body: dict[str, Any], upstream_model: str, options: TranslateOptions) -> dict[str, Any]:
+    """A Responses API request body → a Converse / ConverseStream request body (no modelId: that
+    travels in the URL, see `request_target`)."""
+    system: list[dict[str, Any]] = []
+    instructions = body.get("instructions")
+    if isinstance(instructions, str) and instructions.strip():
+        system.append({"text": instructions})
+
+    conversation = _Conversation()
+    for item in _input_items(body):
+        kind = item.get("type", "message" if "role" in item else None)
+        if kind == "message":
+            role = item.get("role")
+            if role in ("developer", "system"):
+                # One system block per text part; images have no place in Converse's system.
+                system.extend(block for block in _content_blocks(item.get("content")) if block.get("text", "").strip())
+            elif role in ("user", "assistant"):
+                conversation.add(role, _content_blocks(item.get("content")))
+        elif kind == "function_call":
+            try:
+                arguments = json.loads(item.get("arguments") or "{}")
+            except ValueError:
+                arguments = None
+            if not isinstance(arguments, dict):  # Bedrock's toolUse input must be an object
+                arguments = {"arguments": item.get("arguments")}
+            namespace = item.get("namespace") if isinstance(item.get("namespace"), str) else None
+            use = {
+                "toolUseId": _tool_use_id(item.get("call_id")),
+                "name": _wire_name(namespace, str(item.get("name"))),
+                "input": arguments,
+            }
+            conversation.add("assistant", [{"toolUse": use}])
+        elif kind == "custom_tool_call":
+            namespace = item.get("namespace") if isinstance(item.get("namespace"), str) else None
+            use = {
+                "toolUseId": _tool_use_id(item.get("call_id")),
+                "name": _wire_name(namespace, str(item.get("name"))),
+                "input": {"input": str(item.get("input") or "")},
+            }
+            conversation.add("assistant", [{"toolUse": use}])
+        elif kind in ("function_call_output", "custom_tool_call_output"):
+            result = {
+                "toolUseId": _tool_use_id(item.get("call_id")),
+                "content": _tool_result_content(item.get("output")),
+            }
+            conversation.add("user", [{"toolResult": result}])
+        elif kind == "reasoning":
+            block = _replayed_reasoning(item, options.provider_name, upstream_model)
+            if block is not None:
+                conversation.add("assistant", [block])
+        # Everything else (additional_tools, compaction, web_search_call, item_reference, ...)
+        # has no Converse equivalent; additional_tools was read by _collect_tools.
+
+    tools, dropped = _collect_tools(body)
+    for name in dropped:
+        if name not in options.dropped_tools:
+            options.dropped_tools.append(name)
+    tool_choice, offered, tools_off = _tool_choice(body.get("tool_choice", "auto"), tools)
+    if tools_off:
+        offered = []
+
+    messages = _repair_tool_pairs(conversation.messages, bool(offered))
+    if not messages or messages[0]["role"] != "user":
+        # Converse conversations open with a user turn.
+        messages.insert(0, {"role": "user", "content": [{"text": "(conversation start)"}]})
+    if messages[-1]["role"] == "assistant":
+        _strip_final_assistant(messages)
+
+    explicit_max = isinstance(body.get("max_output_tokens"), int) and body["max_output_tokens"] > 0
+    max_tokens = body["max_output_tokens"] if explicit_max else options.default_max_tokens
+    forced_tool = tool_choice is not None and ("any" in tool_choice or "tool" in tool_choice)
+    reasoning: dict[str, Any] = body["reasoning"] if isinstance(body.get("reasoning"), dict) else {}
+    additional, send_max = _reasoning_fields(upstream_model, reasoning.get("effort"), max_tokens, explicit_max)
+    if "thinking" in additional and (forced_tool or _mid_tool_loop_without_reasoning(messages)):
+        # Claude refuses thinking with a forced tool choice, and mid tool loop without the
+        # turn's own signed reasoning; answering without thinking beats failing the request.
+        additional, send_max = {}, max_tokens
+
+    request: dict[str, Any] = {"messages": messages}
+    if system:
+        request["system"] = system
+    inference: dict[str, Any] = {}
+    if send_max is not None:
+        inference["maxTokens"] = send_max
+    if not additional:  # thinking / reasoning modes fix the sampling parameters themselves
+        for source, target in (("temperature", "temperature"), ("top_p", "topP")):
+            value = body.get(source)
+            if isinstance(value, int | float) and not isinstance(value, bool):
+                inference[target] = float(value)
+    sampling = sampling_params(body, options, ("stop",))
+    if stop_sequences(sampling.get("stop")):
+        inference["stopSequences"] = stop_sequences(sampling["stop"])
+    if inference:
+        request["inferenceConfig"] = inference
+    if offered:
+        specs: list[dict[str, Any]] = []
+        for tool in offered:
+            spec: dict[str, Any] = {"name": tool.wire, "inputSchema": {"json": tool.schema}}
+            if tool.description:
+                spec["description"] = tool.description
+            specs.append({"toolSpec": spec})
+        request["toolConfig"] = {"tools": specs}
+        if tool_choice is not None:
+            request["toolConfig"]["toolChoice"] = tool_choice
+    if additional:
+        request["additionalModelRequestFields"] = additional
+
+    text_format = (body.get("text") or {}).get("format") if isinstance(body.get("text"), dict) else None
+    if isinstance(text_format, dict) and text_format.get("type") == "json_schema":
+        schema = text_format.get("schema")
+        if isinstance(schema, dict):
+            definition: dict[str, Any] = {"schema": json.dumps(schema)}
+            if isinstance(text_format.get("name"), str):
+                definition["name"] = text_format["name"]
+            if isinstance(text_format.get("description"), str):
+                definition["description"] = text_format["description"]
+            request["outputConfig"] = {"textFormat": {"type": "json_schema", "structure": {"jsonSchema": definition}}}
+
+    if _CLAUDE_CACHING.search(upstream_model.lower()):
+        # Codex replays the whole conversation every turn: cache points after the system prompt,
+        # the tools and the newest message let the next turn read all of it from cache.
+        if system:
+            system.append({"cachePoint": {"type": "default"}})
+        if offered:
+            request["toolConfig"]["tools"].append({"cachePoint": {"type": "default"}})
+        messages[-1]["content"].append({"cachePoint": {"type": "default"}})
+    return request
