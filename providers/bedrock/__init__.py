@@ -1,5 +1,17 @@
 """AWS Bedrock Converse / ConverseStream: pure translators between the OpenAI Responses API (what
-Codex speaks) and Bedrock's Converse wire format, plus SigV4 signing and the event-stream decoder.
+Codex speaks) and Bedrock's Converse wire format, SigV4 signing and the event-stream decoder.
+
+The package, by concern:
+
+    signing.py   Converse / ConverseStream URL, SigV4 (botocore) over the exact bytes sent, API key
+    tools.py     Codex tools ↔ toolSpecs: names Bedrock accepts, toolUse ids, custom tools, toolChoice
+    content.py   message content → text / image / document / toolResult blocks
+    models.py    what differs per model: thinking / reasoning settings, prompt caching
+    request.py   build_request: the conversation (role order, tool pairs repaired), reasoning replay
+    decode.py    AWS event-stream frames → ConverseStream events; a whole answer → the same events
+    stream.py    StreamTranslator (ConverseStream events → Responses events), translate_response
+    items.py     Responses output items, usage and outcome made of Bedrock's blocks
+    errors.py    HTTP errors and mid-stream exception events → OpenAI-shaped errors
 
 How the gateway calls it (everything below is pure except `sign_request`, which reads the clock):
 
@@ -10,7 +22,7 @@ How the gateway calls it (everything below is pure except `sign_request`, which 
     converse = bedrock.build_request(codex_body, upstream_model, options)
     # options.dropped_tools now names tools Bedrock cannot serve (web_search, tool_search, ...)
     raw = json.dumps(converse, separators=(",", ":")).encode()
-    base = route_base_url or bedrock.base_url(region)    # https://bedrock-runtime.{region}.amazonaws.com
+    base = settings.endpoint                      # https://bedrock-runtime.{region}.amazonaws.com
     url, fixed = bedrock.request_target(base, upstream_model, stream=codex_body.get("stream", False))
     headers = dict(fixed)
     # either IAM credentials (SigV4; the lead resolves access key / secret / session token) ...
@@ -26,7 +38,8 @@ How the gateway calls it (everything below is pure except `sign_request`, which 
     tools = bedrock.tool_names(codex_body)   # which Bedrock tool names are custom / namespaced
     ctx = ResponseContext(response_id, model=codex_body["model"], provider_name=..., created_at=...)
 
-    # Non-streamed (POST .../converse): status 200 → JSON body
+    # Non-streamed (POST .../converse): status 200 → JSON body; translated by the stream
+    # translator, fed the ConverseStream events equivalent to the answer (decode.converse_events)
     response = bedrock.translate_response(json.loads(body), ctx, tools=tools, upstream_model=upstream_model)
     # Streamed (POST .../converse-stream): status 200 → content-type application/vnd.amazon.eventstream
     decoder = bedrock.EventStreamDecoder()
@@ -59,9 +72,8 @@ from codexgate.providers.base import Usage
 from codexgate.providers.bedrock.decode import EventStreamDecoder
 from codexgate.providers.bedrock.errors import translate_error
 from codexgate.providers.bedrock.request import build_request
-from codexgate.providers.bedrock.response import translate_response
-from codexgate.providers.bedrock.signing import auth_headers, base_url, region_from_url, request_target, sign_request
-from codexgate.providers.bedrock.stream import StreamTranslator
+from codexgate.providers.bedrock.signing import auth_headers, request_target, sign_request
+from codexgate.providers.bedrock.stream import StreamTranslator, translate_response
 from codexgate.providers.bedrock.tools import ToolNames, tool_names
 
 __all__ = [
@@ -70,9 +82,7 @@ __all__ = [
     "StreamTranslator",
     "ToolNames",
     "auth_headers",
-    "base_url",
     "build_request",
-    "region_from_url",
     "request_target",
     "sign_request",
     "tool_names",

@@ -65,7 +65,7 @@ def _file_block(part: Mapping[str, Any]) -> dict[str, Any]:
     return {"text": f"[file {filename} omitted: Bedrock accepts only inline documents of supported types]"}
 
 
-def _content_blocks(content: Any) -> list[dict[str, Any]]:
+def content_blocks(content: Any) -> list[dict[str, Any]]:
     """Responses message content → Converse content blocks (text, image, document). Blank text is
     left out: Bedrock refuses it ("text content blocks must contain non-whitespace text")."""
     if isinstance(content, str):
@@ -91,9 +91,9 @@ def _content_blocks(content: Any) -> list[dict[str, Any]]:
     return blocks
 
 
-def _tool_result_content(output: Any) -> list[dict[str, Any]]:
+def tool_result_content(output: Any) -> list[dict[str, Any]]:
     if isinstance(output, list):
-        blocks = [block for block in _content_blocks(output) if "text" in block or "image" in block]
+        blocks = [block for block in content_blocks(output) if "text" in block or "image" in block]
     else:
         text = output if isinstance(output, str) else json.dumps(output)
         blocks = [{"text": text}] if text else []

@@ -1,8 +1,11 @@
-"""AWS event-stream framing (botocore) → ConverseStream event dicts."""
+"""Bedrock's answers → ConverseStream event dicts, the one input of the stream translator: AWS
+event-stream frames (decoded by botocore) as they arrive, or a whole Converse answer restated as the
+events Bedrock would have streamed for it."""
 
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
 from typing import Any
 
 from botocore.eventstream import EventStreamBuffer, EventStreamMessage, ParserError
@@ -62,3 +65,43 @@ def _event_of(message: EventStreamMessage) -> dict[str, Any] | None:
         text = f"{headers.get(':error-code')}: {headers.get(':error-message')}"
         return {"internalServerException": {"message": text}}
     return None
+
+
+def converse_events(answer: Mapping[str, Any]) -> list[dict[str, Any]]:
+    """A whole Converse answer → the ConverseStream events carrying the same blocks, stop reason
+    and usage (messageStart, contentBlockStart/Delta/Stop per block, messageStop, metadata), so the
+    whole answer is translated by the stream translator rather than by a second translator."""
+    output = answer.get("output")
+    message = output.get("message") if isinstance(output, dict) else None
+    content = message.get("content") if isinstance(message, dict) else None
+    events: list[dict[str, Any]] = [{"messageStart": {"role": "assistant"}}]
+    for index, block in enumerate(content if isinstance(content, list) else []):
+        position = {"contentBlockIndex": index}
+        deltas: list[dict[str, Any]]
+        if not isinstance(block, dict):
+            continue
+        if isinstance(block.get("text"), str):
+            deltas = [{"text": block["text"]}]
+        elif isinstance(block.get("toolUse"), dict):
+            use = block["toolUse"]
+            start = {"toolUse": {"toolUseId": use.get("toolUseId"), "name": use.get("name")}}
+            events.append({"contentBlockStart": {**position, "start": start}})
+            arguments = use.get("input") if use.get("input") is not None else {}
+            deltas = [{"toolUse": {"input": json.dumps(arguments)}}]
+        elif isinstance(block.get("reasoningContent"), dict):
+            reasoning = block["reasoningContent"]
+            text = reasoning.get("reasoningText") if isinstance(reasoning.get("reasoningText"), dict) else {}
+            parts = {
+                "text": text.get("text"),
+                "signature": text.get("signature"),
+                "redactedContent": reasoning.get("redactedContent"),
+            }
+            deltas = [{"reasoningContent": {key: value}} for key, value in parts.items() if isinstance(value, str)]
+            deltas = deltas or [{"reasoningContent": {}}]
+        else:
+            continue  # images, citations, ...: blocks the stream translator has no use for either
+        events.extend({"contentBlockDelta": {**position, "delta": delta}} for delta in deltas)
+        events.append({"contentBlockStop": position})
+    events.append({"messageStop": {"stopReason": answer.get("stopReason")}})
+    events.append({"metadata": {"usage": answer.get("usage") if isinstance(answer.get("usage"), dict) else {}}})
+    return events

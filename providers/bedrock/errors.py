@@ -1,9 +1,11 @@
-"""Bedrock errors → OpenAI-shaped errors with the codes Codex understands."""
+"""Bedrock errors → OpenAI-shaped errors with the codes Codex understands: an HTTP error answer
+(`translate_error`) and an exception event in the middle of a ConverseStream (`stream_error`)."""
 
 from __future__ import annotations
 
 import json
 import re
+from collections.abc import Mapping
 from typing import Any
 
 _CONTEXT_TOO_LONG = re.compile(
@@ -12,13 +14,26 @@ _CONTEXT_TOO_LONG = re.compile(
     re.IGNORECASE,
 )
 # Mid-stream exceptions (ConverseStream's error events) → Responses error code.
-_STREAM_ERRORS = {
+STREAM_ERRORS = {
     "throttlingException": "rate_limit_exceeded",
     "serviceUnavailableException": "server_error",
     "internalServerException": "server_error",
     "modelStreamErrorException": "server_error",
     "validationException": "invalid_prompt",
 }
+
+
+def stream_error(name: str, body: Mapping[str, Any]) -> tuple[str, str]:
+    """(Responses error code, message) for a ConverseStream exception event `{name: body}`."""
+    detail = str(body.get("message") or body.get("originalMessage") or name)
+    code = STREAM_ERRORS.get(name, "server_error")
+    if name == "validationException" and _CONTEXT_TOO_LONG.search(detail):
+        code = "context_length_exceeded"
+    if code == "rate_limit_exceeded":
+        return code, f"Bedrock is throttling this gateway's requests: {detail}"
+    if code == "context_length_exceeded":
+        return code, f"The conversation is too long for this model on Bedrock: {detail}"
+    return code, f"Bedrock failed mid-stream ({name}): {detail}"
 
 
 def _error(status: int, code: str, message: str, error_type: str) -> tuple[int, dict[str, Any]]:

@@ -18,9 +18,7 @@ _MIN_BUDGET = 1024  # Anthropic's minimum budget_tokens
 _NOVA_EFFORT = {"minimal": "low", "low": "low", "medium": "medium", "high": "high", "xhigh": "high"}
 
 
-def _reasoning_fields(
-    model: str, effort: Any, max_tokens: int, explicit_max: bool
-) -> tuple[dict[str, Any], int | None]:
+def reasoning_fields(model: str, effort: Any, max_tokens: int, explicit_max: bool) -> tuple[dict[str, Any], int | None]:
     """(additionalModelRequestFields for reasoning, maxTokens to send) for `reasoning.effort`."""
     lowered = model.lower()
     if not isinstance(effort, str) or effort == "none":
@@ -42,3 +40,8 @@ def _reasoning_fields(
         # Nova 2 at high effort takes no maxTokens (nor temperature / topP); it sets them itself.
         return fields, (None if level == "high" else max_tokens)
     return {}, max_tokens
+
+
+def caches_prompts(model: str) -> bool:
+    """Whether the model takes cachePoint blocks."""
+    return _CLAUDE_CACHING.search(model.lower()) is not None

@@ -8,9 +8,9 @@ from typing import Any
 
 from codexgate.providers.base import TranslateOptions, open_reasoning, sampling_params, stop_sequences
 from codexgate.providers.base import input_items as _input_items
-from codexgate.providers.bedrock.content import _content_blocks, _tool_result_content
-from codexgate.providers.bedrock.models import _CLAUDE_CACHING, _reasoning_fields
-from codexgate.providers.bedrock.tools import _collect_tools, _tool_use_id, _ToolDef, _wire_name
+from codexgate.providers.bedrock.content import content_blocks, tool_result_content
+from codexgate.providers.bedrock.models import caches_prompts, reasoning_fields
+from codexgate.providers.bedrock.tools import collect_tools, converse_tool_choice, tool_use_id, wire_name
 
 
 def _replayed_reasoning(item: Mapping[str, Any], provider_name: str, model: str) -> dict[str, Any] | None:
@@ -111,10 +111,6 @@ def _missing_results(call_ids: list[str]) -> list[dict[str, Any]]:
     ]
 
 
-def _has_tool_blocks(messages: list[dict[str, Any]]) -> bool:
-    return any("toolUse" in block or "toolResult" in block for message in messages for block in message["content"])
-
-
 def _mid_tool_loop_without_reasoning(messages: list[dict[str, Any]]) -> bool:
     """Claude with thinking refuses a tool loop whose last assistant turn does not start with its
     reasoning block (e.g. the block was dropped because it came from another model)."""
@@ -124,32 +120,6 @@ def _mid_tool_loop_without_reasoning(messages: list[dict[str, Any]]) -> bool:
         return False
     first = messages[-2]["content"][0] if messages[-2]["content"] else {}
     return "reasoningContent" not in first
-
-
-def _tool_choice(choice: Any, tools: list[_ToolDef]) -> tuple[dict[str, Any] | None, list[_ToolDef], bool]:
-    """(Converse toolChoice or None for the default, the tools to offer, whether tools are off)."""
-    if choice == "none":
-        return None, [], True
-    if choice == "required":
-        return {"any": {}}, tools, False
-    if isinstance(choice, dict):
-        kind = choice.get("type")
-        if kind in ("function", "custom") and isinstance(choice.get("name"), str):
-            wire = _wire_name(
-                choice.get("namespace") if isinstance(choice.get("namespace"), str) else None, choice["name"]
-            )
-            if any(tool.wire == wire for tool in tools):
-                return {"tool": {"name": wire}}, tools, False
-        elif kind == "allowed_tools":
-            allowed = {
-                _wire_name(None, entry["name"])
-                for entry in choice.get("tools") or []
-                if isinstance(entry, dict) and isinstance(entry.get("name"), str)
-            }
-            kept = [tool for tool in tools if tool.wire in allowed or tool.name in allowed]
-            mode = choice.get("mode")
-            return ({"any": {}} if mode == "required" and kept else None), kept, False
-    return None, tools, False  # "auto" (Bedrock's default) and anything unknown
 
 
 def _strip_final_assistant(messages: list[dict[str, Any]]) -> None:
@@ -181,9 +151,9 @@ def build_request(body: dict[str, Any], upstream_model: str, options: TranslateO
             role = item.get("role")
             if role in ("developer", "system"):
                 # One system block per text part; images have no place in Converse's system.
-                system.extend(block for block in _content_blocks(item.get("content")) if block.get("text", "").strip())
+                system.extend(block for block in content_blocks(item.get("content")) if block.get("text", "").strip())
             elif role in ("user", "assistant"):
-                conversation.add(role, _content_blocks(item.get("content")))
+                conversation.add(role, content_blocks(item.get("content")))
         elif kind == "function_call":
             try:
                 arguments = json.loads(item.get("arguments") or "{}")
@@ -193,23 +163,23 @@ def build_request(body: dict[str, Any], upstream_model: str, options: TranslateO
                 arguments = {"arguments": item.get("arguments")}
             namespace = item.get("namespace") if isinstance(item.get("namespace"), str) else None
             use = {
-                "toolUseId": _tool_use_id(item.get("call_id")),
-                "name": _wire_name(namespace, str(item.get("name"))),
+                "toolUseId": tool_use_id(item.get("call_id")),
+                "name": wire_name(namespace, str(item.get("name"))),
                 "input": arguments,
             }
             conversation.add("assistant", [{"toolUse": use}])
         elif kind == "custom_tool_call":
             namespace = item.get("namespace") if isinstance(item.get("namespace"), str) else None
             use = {
-                "toolUseId": _tool_use_id(item.get("call_id")),
-                "name": _wire_name(namespace, str(item.get("name"))),
+                "toolUseId": tool_use_id(item.get("call_id")),
+                "name": wire_name(namespace, str(item.get("name"))),
                 "input": {"input": str(item.get("input") or "")},
             }
             conversation.add("assistant", [{"toolUse": use}])
         elif kind in ("function_call_output", "custom_tool_call_output"):
             result = {
-                "toolUseId": _tool_use_id(item.get("call_id")),
-                "content": _tool_result_content(item.get("output")),
+                "toolUseId": tool_use_id(item.get("call_id")),
+                "content": tool_result_content(item.get("output")),
             }
             conversation.add("user", [{"toolResult": result}])
         elif kind == "reasoning":
@@ -217,13 +187,13 @@ def build_request(body: dict[str, Any], upstream_model: str, options: TranslateO
             if block is not None:
                 conversation.add("assistant", [block])
         # Everything else (additional_tools, compaction, web_search_call, item_reference, ...)
-        # has no Converse equivalent; additional_tools was read by _collect_tools.
+        # has no Converse equivalent; additional_tools was read by collect_tools.
 
-    tools, dropped = _collect_tools(body)
+    tools, dropped = collect_tools(body)
     for name in dropped:
         if name not in options.dropped_tools:
             options.dropped_tools.append(name)
-    tool_choice, offered, tools_off = _tool_choice(body.get("tool_choice", "auto"), tools)
+    tool_choice, offered, tools_off = converse_tool_choice(body.get("tool_choice", "auto"), tools)
     if tools_off:
         offered = []
 
@@ -238,7 +208,7 @@ def build_request(body: dict[str, Any], upstream_model: str, options: TranslateO
     max_tokens = body["max_output_tokens"] if explicit_max else options.default_max_tokens
     forced_tool = tool_choice is not None and ("any" in tool_choice or "tool" in tool_choice)
     reasoning: dict[str, Any] = body["reasoning"] if isinstance(body.get("reasoning"), dict) else {}
-    additional, send_max = _reasoning_fields(upstream_model, reasoning.get("effort"), max_tokens, explicit_max)
+    additional, send_max = reasoning_fields(upstream_model, reasoning.get("effort"), max_tokens, explicit_max)
     if "thinking" in additional and (forced_tool or _mid_tool_loop_without_reasoning(messages)):
         # Claude refuses thinking with a forced tool choice, and mid tool loop without the
         # turn's own signed reasoning; answering without thinking beats failing the request.
@@ -284,7 +254,7 @@ def build_request(body: dict[str, Any], upstream_model: str, options: TranslateO
                 definition["description"] = text_format["description"]
             request["outputConfig"] = {"textFormat": {"type": "json_schema", "structure": {"jsonSchema": definition}}}
 
-    if _CLAUDE_CACHING.search(upstream_model.lower()):
+    if caches_prompts(upstream_model):
         # Codex replays the whole conversation every turn: cache points after the system prompt,
         # the tools and the newest message let the next turn read all of it from cache.
         if system:

@@ -1,10 +1,10 @@
-"""Where Bedrock requests go and how they are authenticated: the runtime URL, SigV4 (botocore) or a
-Bedrock API key."""
+"""Where Bedrock requests go and how they are authenticated: the Converse / ConverseStream URL,
+SigV4 (botocore) over exactly the bytes sent, or a Bedrock API key. (The runtime endpoint of a
+region is the policy's `BedrockProvider.endpoint`.)"""
 
 from __future__ import annotations
 
-import re
-from urllib.parse import quote, urlsplit
+from urllib.parse import quote
 
 from botocore.auth import SigV4Auth
 from botocore.awsrequest import AWSRequest
@@ -12,16 +12,6 @@ from botocore.credentials import Credentials
 
 SIGNING_NAME = "bedrock"  # the service model's signingName (the host says bedrock-runtime)
 EVENTSTREAM_CONTENT_TYPE = "application/vnd.amazon.eventstream"
-
-
-def base_url(region: str) -> str:
-    return f"https://bedrock-runtime.{region}.amazonaws.com"
-
-
-def region_from_url(url: str) -> str | None:
-    """The region of a standard Bedrock runtime URL (incl. FIPS), else None (say it in the policy)."""
-    match = re.match(r"bedrock-runtime(?:-fips)?\.([a-z0-9-]+)\.amazonaws\.com(?:\.cn)?$", urlsplit(url).hostname or "")
-    return match.group(1) if match else None
 
 
 def request_target(base_url: str, upstream_model: str, stream: bool) -> tuple[str, dict[str, str]]:

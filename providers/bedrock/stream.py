@@ -1,4 +1,5 @@
-"""ConverseStream events → Responses API stream events."""
+"""ConverseStream events → Responses API stream events; a whole Converse answer is translated by
+the same translator (`translate_response`), fed the events `decode.converse_events` restates it as."""
 
 from __future__ import annotations
 
@@ -9,20 +10,20 @@ import logging
 from collections.abc import Mapping
 from typing import Any
 
-from codexgate.providers.base import ResponseContext, Usage
-from codexgate.providers.bedrock.errors import _CONTEXT_TOO_LONG, _STREAM_ERRORS
-from codexgate.providers.bedrock.response import (
-    _call_item,
-    _custom_input,
-    _item_id,
-    _message_item,
-    _outcome_of,
-    _reasoning_item,
-    _response_object,
-    _usage_dict,
-    _usage_from_bedrock,
+from codexgate.providers.base import ResponseContext, Usage, response_object
+from codexgate.providers.bedrock.decode import converse_events
+from codexgate.providers.bedrock.errors import STREAM_ERRORS, stream_error
+from codexgate.providers.bedrock.items import (
+    call_item,
+    custom_input,
+    message_item,
+    outcome_of,
+    output_item_id,
+    reasoning_item,
+    usage_dict,
+    usage_from_bedrock,
 )
-from codexgate.providers.bedrock.tools import ToolNames, _resolve_tool
+from codexgate.providers.bedrock.tools import ToolNames, resolve_tool
 from codexgate.providers.jsonstring import InputStringStream
 
 logger = logging.getLogger(__name__)
@@ -77,16 +78,16 @@ class StreamTranslator:
         if self._started:
             return
         self._started = True
-        response = _response_object(self.ctx, "in_progress", [], None)
+        response = response_object(self.ctx, "in_progress", [], None)
         self._emit(out, "response.created", response=response)
         self._emit(out, "response.in_progress", response=response)
 
     def _usage_payload(self) -> dict[str, Any] | None:
-        return _usage_dict(self.usage, self._cache_write) if self.usage is not None else None
+        return usage_dict(self.usage, self._cache_write) if self.usage is not None else None
 
     def _fail(self, out: list[dict[str, Any]], code: str, message: str) -> None:
         self.outcome = "failed"
-        response = _response_object(
+        response = response_object(
             self.ctx, "failed", self._output(), self._usage_payload(), error={"code": code, "message": message}
         )
         self._emit(out, "response.failed", response=response)
@@ -114,11 +115,11 @@ class StreamTranslator:
             self._stop_reason = str(body.get("stopReason"))
             self._maybe_finish(out)
         elif name == "metadata":
-            self.usage, self._cache_write = _usage_from_bedrock(body.get("usage"))
+            self.usage, self._cache_write = usage_from_bedrock(body.get("usage"))
             self._have_metadata = True
             self._maybe_finish(out)
-        elif name in _STREAM_ERRORS or name.endswith("Exception"):
-            self._stream_error(out, name, body)
+        elif name in STREAM_ERRORS or name.endswith("Exception"):
+            self._fail(out, *stream_error(name, body))
         # messageStart and events this gateway has no use for (citations, images) pass silently.
         return out
 
@@ -136,23 +137,10 @@ class StreamTranslator:
 
     # -- events ---------------------------------------------------------------------------
 
-    def _stream_error(self, out: list[dict[str, Any]], name: str, body: Mapping[str, Any]) -> None:
-        detail = str(body.get("message") or body.get("originalMessage") or name)
-        code = _STREAM_ERRORS.get(name, "server_error")
-        if name == "validationException" and _CONTEXT_TOO_LONG.search(detail):
-            code = "context_length_exceeded"
-        if code == "rate_limit_exceeded":
-            message = f"Bedrock is throttling this gateway's requests: {detail}"
-        elif code == "context_length_exceeded":
-            message = f"The conversation is too long for this model on Bedrock: {detail}"
-        else:
-            message = f"Bedrock failed mid-stream ({name}): {detail}"
-        self._fail(out, code, message)
-
     def _new_block(self, kind: str, index: int, prefix: str) -> _Block:
         output_index = self._next_index
         self._next_index += 1
-        block = _Block(kind, output_index, _item_id(self.ctx, prefix, output_index))
+        block = _Block(kind, output_index, output_item_id(self.ctx, prefix, output_index))
         self._blocks[index] = block
         return block
 
@@ -160,11 +148,11 @@ class StreamTranslator:
         if not isinstance(index, int) or index in self._blocks:
             return
         wire, call_id = str(start.get("name")), str(start.get("toolUseId"))
-        _, _, custom = _resolve_tool(wire, self._tools)
+        _, _, custom = resolve_tool(wire, self._tools)
         block = self._new_block("tool", index, "ctc" if custom else "fc")
         block.wire, block.call_id, block.custom = wire, call_id, custom
         block.custom_input = InputStringStream() if custom else None
-        item = _call_item(self.ctx, block.output_index, wire, call_id, self._tools, "", False)
+        item = call_item(self.ctx, block.output_index, wire, call_id, self._tools, "", False)
         self._emit(out, "response.output_item.added", output_index=block.output_index, item=item)
 
     def _delta(self, out: list[dict[str, Any]], index: Any, delta: Mapping[str, Any]) -> None:
@@ -186,7 +174,7 @@ class StreamTranslator:
                     return
                 block = self._new_block("text", index, "msg")
                 block.text.append(held)
-                item = _message_item(self.ctx, block.output_index, "", "in_progress")
+                item = message_item(self.ctx, block.output_index, "", "in_progress")
                 self._emit(out, "response.output_item.added", output_index=block.output_index, item=item)
                 self._emit(
                     out,
@@ -284,29 +272,29 @@ class StreamTranslator:
             self._emit(out, "response.output_text.done", **position, content_index=0, text=text, logprobs=[])
             part = {"type": "output_text", "text": text, "annotations": []}
             self._emit(out, "response.content_part.done", **position, content_index=0, part=part)
-            item = _message_item(self.ctx, block.output_index, text, "completed")
+            item = message_item(self.ctx, block.output_index, text, "completed")
         elif block.kind == "tool":
             if block.custom:
-                value = _custom_input(text)
+                value = custom_input(text)
                 shown = "".join(block.emitted)
                 if value.startswith(shown) and len(value) > len(shown):
                     # Whatever the incremental decoder held back (or could not read) comes now.
                     self._emit(out, "response.custom_tool_call_input.delta", **position, delta=value[len(shown) :])
                 self._emit(out, "response.custom_tool_call_input.done", **position, input=value)
-                item = _call_item(self.ctx, block.output_index, block.wire, block.call_id, self._tools, value, True)
+                item = call_item(self.ctx, block.output_index, block.wire, block.call_id, self._tools, value, True)
             else:
                 arguments = text or "{}"
                 if not text:  # a call without arguments still streams its (empty object) arguments
                     self._emit(out, "response.function_call_arguments.delta", **position, delta=arguments)
                 self._emit(out, "response.function_call_arguments.done", **position, arguments=arguments)
-                item = _call_item(self.ctx, block.output_index, block.wire, block.call_id, self._tools, arguments, True)
+                item = call_item(self.ctx, block.output_index, block.wire, block.call_id, self._tools, arguments, True)
         else:
             if block.summary_open:
                 self._emit(out, "response.reasoning_summary_text.done", **position, summary_index=0, text=text)
                 part = {"type": "summary_text", "text": text}
                 self._emit(out, "response.reasoning_summary_part.done", **position, summary_index=0, part=part)
             redacted = base64.b64encode(b"".join(block.redacted)).decode() if block.redacted else None
-            item = _reasoning_item(self.ctx, block.output_index, self._envelope_model, text, block.signature, redacted)
+            item = reasoning_item(self.ctx, block.output_index, self._envelope_model, text, block.signature, redacted)
         self._items[block.output_index] = item
         self._emit(out, "response.output_item.done", output_index=block.output_index, item=item)
 
@@ -315,11 +303,27 @@ class StreamTranslator:
         # only when both have arrived.
         if self._stop_reason is None or not self._have_metadata:
             return
-        status, error = _outcome_of(self._stop_reason)
+        status, error = outcome_of(self._stop_reason)
         if status == "failed" and error is not None:
             self._fail(out, error["code"], error["message"])
             return
         self.outcome = status
         incomplete = "max_output_tokens" if status == "incomplete" else None
-        response = _response_object(self.ctx, status, self._output(), self._usage_payload(), incomplete=incomplete)
+        response = response_object(self.ctx, status, self._output(), self._usage_payload(), incomplete=incomplete)
         self._emit(out, f"response.{status}", response=response)
+
+
+def translate_response(
+    provider_body: dict[str, Any],
+    ctx: ResponseContext,
+    *,
+    tools: ToolNames | None = None,
+    upstream_model: str | None = None,
+) -> dict[str, Any]:
+    """A whole Converse answer → a Responses API `response` object: the final response of the
+    stream translator fed the equivalent ConverseStream events."""
+    translator = StreamTranslator(ctx, tools=tools, upstream_model=upstream_model)
+    events = [out for event in converse_events(provider_body) for out in translator.feed(event)]
+    events += translator.finish()
+    response: dict[str, Any] = events[-1]["response"]
+    return response

@@ -16,7 +16,7 @@ _TOOL_USE_ID = re.compile(r"[a-zA-Z0-9_.:-]{1,64}")
 
 
 @dataclasses.dataclass(frozen=True)
-class _ToolDef:
+class ToolDef:
     wire: str  # the name Bedrock sees
     name: str
     namespace: str | None
@@ -32,7 +32,7 @@ class ToolNames:
     by_wire: Mapping[str, tuple[str | None, str, bool]] = dataclasses.field(default_factory=dict)
 
 
-def _wire_name(namespace: str | None, name: str) -> str:
+def wire_name(namespace: str | None, name: str) -> str:
     """The Bedrock tool name for a Codex tool: Codex's own flat spelling (namespace + name, e.g.
     `mcp__docs__` + `search`) when Bedrock accepts it, else a sanitized name with a digest so two
     different names never collide."""
@@ -45,7 +45,7 @@ def _wire_name(namespace: str | None, name: str) -> str:
     return f"{clean[:55]}_{hashlib.sha256(raw.encode()).hexdigest()[:8]}"
 
 
-def _tool_use_id(call_id: object) -> str:
+def tool_use_id(call_id: object) -> str:
     """A Bedrock toolUseId for a Codex call_id; the same function serves toolUse and toolResult,
     so pairs stay paired even when an id from another provider needs rewriting."""
     text = call_id if isinstance(call_id, str) else ""
@@ -79,8 +79,8 @@ def _custom_description(tool: Mapping[str, Any]) -> str:
     return description
 
 
-def _collect_tools(body: Mapping[str, Any]) -> tuple[list[_ToolDef], list[str]]:
-    tools: list[_ToolDef] = []
+def collect_tools(body: Mapping[str, Any]) -> tuple[list[ToolDef], list[str]]:
+    tools: list[ToolDef] = []
     dropped: list[str] = []
     seen: set[str] = set()
 
@@ -91,7 +91,7 @@ def _collect_tools(body: Mapping[str, Any]) -> tuple[list[_ToolDef], list[str]]:
             label = name if isinstance(name, str) and name else str(kind)
             dropped.append(f"{namespace}{label}" if namespace else label)
             return
-        wire = _wire_name(namespace, name)
+        wire = wire_name(namespace, name)
         if wire in seen:  # Bedrock rejects duplicate tool names; the first definition wins
             return
         seen.add(wire)
@@ -107,7 +107,7 @@ def _collect_tools(body: Mapping[str, Any]) -> tuple[list[_ToolDef], list[str]]:
             parameters = tool.get("parameters")
             schema = parameters if isinstance(parameters, dict) else {"type": "object", "properties": {}}
             description = str(tool.get("description") or "")
-        tools.append(_ToolDef(wire, name, namespace, kind == "custom", description, schema))
+        tools.append(ToolDef(wire, name, namespace, kind == "custom", description, schema))
 
     for tool in _raw_tools(body):
         if tool.get("type") == "namespace" and isinstance(tool.get("name"), str):
@@ -121,12 +121,38 @@ def _collect_tools(body: Mapping[str, Any]) -> tuple[list[_ToolDef], list[str]]:
 
 def tool_names(body: Mapping[str, Any]) -> ToolNames:
     """What the response translators need to know about the request's tools."""
-    tools, _ = _collect_tools(body)
+    tools, _ = collect_tools(body)
     return ToolNames({tool.wire: (tool.namespace, tool.name, tool.custom) for tool in tools})
 
 
-def _resolve_tool(wire: str, tools: ToolNames | None) -> tuple[str | None, str, bool]:
+def resolve_tool(wire: str, tools: ToolNames | None) -> tuple[str | None, str, bool]:
     if tools is not None and wire in tools.by_wire:
         return tools.by_wire[wire]
     # Without the request's tools, Codex's one freeform tool is still recognised by name.
     return None, wire, wire == "apply_patch"
+
+
+def converse_tool_choice(choice: Any, tools: list[ToolDef]) -> tuple[dict[str, Any] | None, list[ToolDef], bool]:
+    """(Converse toolChoice or None for the default, the tools to offer, whether tools are off)."""
+    if choice == "none":
+        return None, [], True
+    if choice == "required":
+        return {"any": {}}, tools, False
+    if isinstance(choice, dict):
+        kind = choice.get("type")
+        if kind in ("function", "custom") and isinstance(choice.get("name"), str):
+            wire = wire_name(
+                choice.get("namespace") if isinstance(choice.get("namespace"), str) else None, choice["name"]
+            )
+            if any(tool.wire == wire for tool in tools):
+                return {"tool": {"name": wire}}, tools, False
+        elif kind == "allowed_tools":
+            allowed = {
+                wire_name(None, entry["name"])
+                for entry in choice.get("tools") or []
+                if isinstance(entry, dict) and isinstance(entry.get("name"), str)
+            }
+            kept = [tool for tool in tools if tool.wire in allowed or tool.name in allowed]
+            mode = choice.get("mode")
+            return ({"any": {}} if mode == "required" and kept else None), kept, False
+    return None, tools, False  # "auto" (Bedrock's default) and anything unknown

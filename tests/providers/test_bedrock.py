@@ -42,6 +42,7 @@ from openai.types.responses import ResponseError
 from openai.types.responses.response_create_params import ResponseCreateParamsBase
 from pydantic import TypeAdapter
 
+from codexgate.policies.schema import BedrockProvider
 from codexgate.providers import bedrock
 from codexgate.providers.base import ResponseContext, TranslateOptions, open_reasoning, seal_reasoning
 
@@ -610,11 +611,11 @@ def test_decoder_yields_the_events_bedrock_sent() -> None:
 
 
 def test_sign_request_headers() -> None:
-    url, _ = bedrock.request_target(bedrock.base_url("eu-west-1"), CLAUDE, stream=True)
+    endpoint = BedrockProvider(kind="bedrock", region="eu-west-1").endpoint
+    url, _ = bedrock.request_target(endpoint, CLAUDE, stream=True)
     assert url == (
         "https://bedrock-runtime.eu-west-1.amazonaws.com/model/us.anthropic.claude-sonnet-4-20250514-v1%3A0/converse-stream"
     )
-    assert bedrock.region_from_url(url) == "eu-west-1"
     headers = bedrock.sign_request(url, b"{}", "eu-west-1", ACCESS_KEY, SECRET_KEY, None)
     assert set(headers) == {"content-type", "x-amz-date", "authorization"}
     assert headers["authorization"].startswith(f"AWS4-HMAC-SHA256 Credential={ACCESS_KEY}/")

@@ -1,5 +1,5 @@
-"""A whole Converse answer → a Responses API `response` object, and the output items, usage and
-outcome the stream translator shares."""
+"""The Responses output items (message, function / custom tool call, reasoning), usage and outcome
+the stream translator makes of Bedrock's blocks, usage and stop reason."""
 
 from __future__ import annotations
 
@@ -7,8 +7,8 @@ import json
 import logging
 from typing import Any
 
-from codexgate.providers.base import ResponseContext, Usage, response_object, seal_reasoning
-from codexgate.providers.bedrock.tools import ToolNames, _resolve_tool
+from codexgate.providers.base import ResponseContext, Usage, seal_reasoning
+from codexgate.providers.bedrock.tools import ToolNames, resolve_tool
 from codexgate.providers.jsonstring import without_lone_surrogates
 
 logger = logging.getLogger(__name__)
@@ -21,7 +21,7 @@ _STOP_FAILED = {
 }
 
 
-def _usage_from_bedrock(usage: Any) -> tuple[Usage, int]:
+def usage_from_bedrock(usage: Any) -> tuple[Usage, int]:
     """(normalised usage, cache-write tokens). Bedrock's inputTokens excludes cache reads and
     writes; the gateway counts input including both."""
     usage = usage if isinstance(usage, dict) else {}
@@ -40,7 +40,7 @@ def _usage_from_bedrock(usage: Any) -> tuple[Usage, int]:
     return normalised, written
 
 
-def _usage_dict(usage: Usage, cache_write: int) -> dict[str, Any]:
+def usage_dict(usage: Usage, cache_write: int) -> dict[str, Any]:
     return {
         "input_tokens": usage.input_tokens,
         "input_tokens_details": {"cached_tokens": usage.cached_tokens, "cache_write_tokens": cache_write},
@@ -50,19 +50,7 @@ def _usage_dict(usage: Usage, cache_write: int) -> dict[str, Any]:
     }
 
 
-def _response_object(
-    ctx: ResponseContext,
-    status: str,
-    output: list[dict[str, Any]],
-    usage: dict[str, Any] | None,
-    *,
-    error: dict[str, Any] | None = None,
-    incomplete: str | None = None,
-) -> dict[str, Any]:
-    return response_object(ctx, status, output, usage, error=error, incomplete=incomplete)
-
-
-def _outcome_of(stop_reason: Any) -> tuple[str, dict[str, Any] | None]:
+def outcome_of(stop_reason: Any) -> tuple[str, dict[str, Any] | None]:
     """(completed / incomplete / failed, error object for failed). Guardrail interventions and
     content filtering end a normal, completed turn: Bedrock has already put its replacement text
     into the answer."""
@@ -75,26 +63,26 @@ def _outcome_of(stop_reason: Any) -> tuple[str, dict[str, Any] | None]:
     return "completed", None
 
 
-def _item_id(ctx: ResponseContext, prefix: str, index: int) -> str:
+def output_item_id(ctx: ResponseContext, prefix: str, index: int) -> str:
     return f"{prefix}_{ctx.response_id.removeprefix('resp_')}_{index}"
 
 
-def _call_item(
+def call_item(
     ctx: ResponseContext, index: int, wire: str, call_id: str, tools: ToolNames | None, payload: str, done: bool
 ) -> dict[str, Any]:
-    namespace, name, custom = _resolve_tool(wire, tools)
+    namespace, name, custom = resolve_tool(wire, tools)
     if custom:
-        item: dict[str, Any] = {"type": "custom_tool_call", "id": _item_id(ctx, "ctc", index), "call_id": call_id}
+        item: dict[str, Any] = {"type": "custom_tool_call", "id": output_item_id(ctx, "ctc", index), "call_id": call_id}
         item.update(name=name, input=payload)
     else:
-        item = {"type": "function_call", "id": _item_id(ctx, "fc", index), "call_id": call_id, "name": name}
+        item = {"type": "function_call", "id": output_item_id(ctx, "fc", index), "call_id": call_id, "name": name}
         item.update(arguments=payload, status="completed" if done else "in_progress")
     if namespace:
         item["namespace"] = namespace
     return item
 
 
-def _custom_input(raw: str) -> str:
+def custom_input(raw: str) -> str:
     """The string a custom tool receives, from the JSON Bedrock produced for its `input` parameter."""
     try:
         parsed = json.loads(raw) if raw else {}
@@ -105,7 +93,7 @@ def _custom_input(raw: str) -> str:
     return raw
 
 
-def _reasoning_item(
+def reasoning_item(
     ctx: ResponseContext, index: int, envelope_model: str, text: str, signature: str | None, redacted: str | None
 ) -> dict[str, Any]:
     block: dict[str, Any]
@@ -115,62 +103,17 @@ def _reasoning_item(
         block = {"reasoningText": {"text": text, **({"signature": signature} if signature else {})}}
     return {
         "type": "reasoning",
-        "id": _item_id(ctx, "rs", index),
+        "id": output_item_id(ctx, "rs", index),
         "summary": [{"type": "summary_text", "text": text}] if text else [],
         "encrypted_content": seal_reasoning(ctx.provider_name, envelope_model, {"block": block}),
     }
 
 
-def _message_item(ctx: ResponseContext, index: int, text: str, status: str) -> dict[str, Any]:
+def message_item(ctx: ResponseContext, index: int, text: str, status: str) -> dict[str, Any]:
     return {
         "type": "message",
-        "id": _item_id(ctx, "msg", index),
+        "id": output_item_id(ctx, "msg", index),
         "role": "assistant",
         "status": status,
         "content": [{"type": "output_text", "text": text, "annotations": []}] if status == "completed" else [],
     }
-
-
-def translate_response(
-    provider_body: dict[str, Any],
-    ctx: ResponseContext,
-    *,
-    tools: ToolNames | None = None,
-    upstream_model: str | None = None,
-) -> dict[str, Any]:
-    """A Converse answer → a Responses API `response` object."""
-    envelope_model = upstream_model or ctx.model
-    message = (provider_body.get("output") or {}).get("message") or {}
-    output: list[dict[str, Any]] = []
-    for block in message.get("content") or []:
-        if not isinstance(block, dict):
-            continue
-        index = len(output)
-        if isinstance(block.get("text"), str):
-            if not block["text"].strip():
-                continue  # whitespace alone: Codex would replay it and Bedrock refuse it
-            output.append(_message_item(ctx, index, block["text"], "completed"))
-        elif isinstance(block.get("toolUse"), dict):
-            use = block["toolUse"]
-            wire = str(use.get("name"))
-            raw = json.dumps(use.get("input") if use.get("input") is not None else {})
-            _, _, custom = _resolve_tool(wire, tools)
-            payload = _custom_input(raw) if custom else raw
-            output.append(_call_item(ctx, index, wire, str(use.get("toolUseId")), tools, payload, True))
-        elif isinstance(block.get("reasoningContent"), dict):
-            reasoning = block["reasoningContent"]
-            text_block = reasoning.get("reasoningText") if isinstance(reasoning.get("reasoningText"), dict) else {}
-            redacted = reasoning.get("redactedContent") if isinstance(reasoning.get("redactedContent"), str) else None
-            text: str = text_block["text"] if isinstance(text_block.get("text"), str) else ""
-            signature = text_block.get("signature") if isinstance(text_block.get("signature"), str) else None
-            output.append(_reasoning_item(ctx, index, envelope_model, text, signature, redacted))
-    usage, cache_write = _usage_from_bedrock(provider_body.get("usage"))
-    status, error = _outcome_of(provider_body.get("stopReason"))
-    return _response_object(
-        ctx,
-        status,
-        output,
-        _usage_dict(usage, cache_write),
-        error=error,
-        incomplete="max_output_tokens" if status == "incomplete" else None,
-    )
