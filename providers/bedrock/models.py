@@ -26,8 +26,12 @@ def reasoning_fields(model: str, effort: Any, max_tokens: int, explicit_max: boo
     if _CLAUDE_THINKING.search(lowered) and effort in _CLAUDE_BUDGETS:
         budget = _CLAUDE_BUDGETS[effort]
         if explicit_max:
-            # The client's limit is respected; thinking shrinks to fit below it, or stays off.
+            # The client's limit is respected: thinking leaves the answer at least the smallest
+            # budget's room, but when the cap is too small for that, the smallest budget still fits
+            # under it (Claude needs budget < maxTokens); only below that does thinking stay off.
             budget = min(budget, max_tokens - _MIN_BUDGET)
+            if budget < _MIN_BUDGET < max_tokens:
+                budget = _MIN_BUDGET
             if budget < _MIN_BUDGET:
                 return {}, max_tokens
             return {"thinking": {"type": "enabled", "budget_tokens": budget}}, max_tokens

@@ -249,7 +249,8 @@ def test_first_turn_gets_thinking_from_reasoning_effort() -> None:
         (CLAUDE, "xhigh", {}, {"thinking": {"type": "enabled", "budget_tokens": 24000}}, 32000),
         (CLAUDE, "none", {}, None, 8192),
         (CLAUDE, "high", {"max_output_tokens": 5000}, {"thinking": {"type": "enabled", "budget_tokens": 3976}}, 5000),
-        (CLAUDE, "high", {"max_output_tokens": 1500}, None, 1500),
+        (CLAUDE, "high", {"max_output_tokens": 1500}, {"thinking": {"type": "enabled", "budget_tokens": 1024}}, 1500),
+        (CLAUDE, "high", {"max_output_tokens": 1024}, None, 1024),  # no budget fits below the cap
         ("anthropic.claude-3-5-sonnet-20240620-v1:0", "high", {}, None, 8192),  # no thinking before 3.7
         (NOVA2, "low", {}, {"reasoningConfig": {"type": "enabled", "maxReasoningEffort": "low"}}, 8192),
         (NOVA2, "xhigh", {}, {"reasoningConfig": {"type": "enabled", "maxReasoningEffort": "high"}}, None),

@@ -710,3 +710,83 @@ def test_azure_responses_pass_through_reports_chat_parameters_and_keeps_state() 
     assert sorted(prepared.dropped_params) == ["seed", "stop"]
     stateful = adapter.prepare(body_with(user("go on"), previous_response_id="resp_1"), "my-gpt", PROVIDER)
     assert json.loads(stateful.body)["previous_response_id"] == "resp_1"
+
+
+# --------------------------------------------------------------------------------------------
+# The whole (non-stream) answer is the stream translator's answer
+
+
+def bedrock_whole(answer: Answer, model: str) -> bytes:
+    blocks: list[Any] = [
+        bedrock_fake.Text(block.text)
+        if isinstance(block, Text)
+        else bedrock_fake.ToolUse(block.call_id, block.name, block.arguments)
+        for block in answer.blocks
+    ]
+    stop = {"end": "end_turn", "max_tokens": "max_tokens", "tool_use": "tool_use"}[answer.stop]
+    return json.dumps(bedrock_fake.converse_body(blocks, stop)).encode()
+
+
+# Family → its whole (non-streamed) answer for a scripted answer, in the provider's wire format.
+WHOLE: dict[str, Callable[[Answer, str], bytes]] = {
+    "bedrock": bedrock_whole,
+}
+WHOLE_ANSWERS = {
+    "text-and-call": TOOL_ANSWER,
+    "blank-text-then-call": Answer((Text("\n\n"), Call("call_w2", "exec_command", {"cmd": "ls"})), stop="tool_use"),
+    "custom-tool": Answer((Call("call_p2", "apply_patch", {"input": "*** Begin Patch\n+ok \ud83d\n"}),), "tool_use"),
+    "cut-by-max-tokens": Answer((Text("Hello"), Text("there")), stop="max_tokens"),
+    "call-without-arguments": Answer((Call("call_e1", "exec_command", {}),), stop="tool_use"),
+}
+
+
+@pytest.mark.parametrize("answer", list(WHOLE_ANSWERS.values()), ids=list(WHOLE_ANSWERS))
+@pytest.mark.parametrize("name", sorted(WHOLE))
+def test_whole_answer_is_the_streams_final_response(name: str, answer: Answer) -> None:
+    family = FAMILIES[name]
+    prepared, _ = prepare(family, body_with(user("go"), tool_choice="required", parallel_tool_calls=False))
+    whole = family.adapter.whole(prepared, context(), WHOLE[name](answer, family.model))
+    valid_response(whole)
+    events, _ = run(family, prepared, [family.stream(answer, family.model)])
+    assert whole == final(events)
+    assert whole["tool_choice"] == "required" and whole["parallel_tool_calls"] is False
+
+
+# --------------------------------------------------------------------------------------------
+# Bedrock: thinking under an output cap, tool schemas as given
+
+
+@pytest.mark.parametrize(("cap", "budget"), [(1500, 1024), (1025, 1024), (9000, 7976), (1024, None), (None, 16000)])
+def test_bedrock_claude_thinks_within_the_output_cap(cap: int | None, budget: int | None) -> None:
+    """Claude on Bedrock takes any budget from 1,024 below maxTokens: a cap that leaves room for the
+    smallest budget keeps thinking on (it was switched off under 2,048), and the cap itself holds."""
+    body = body_with(user("hi"), reasoning={"effort": "high"})
+    if cap is not None:
+        body["max_output_tokens"] = cap
+    _, request = prepare(FAMILIES["bedrock"], body)
+    thinking = request.get("additionalModelRequestFields", {}).get("thinking")
+    assert (thinking or {}).get("budget_tokens") == budget
+    if cap is not None:
+        assert request["inferenceConfig"]["maxTokens"] == cap
+
+
+def test_bedrock_tool_schemas_reach_the_model_as_given() -> None:
+    """Converse takes JSON Schema itself: `allOf`/`$ref`/`anyOf`/`additionalProperties`, untyped
+    and `not` schemas keep the argument types the client declared."""
+    schema = {
+        "type": "object",
+        "$defs": {"Range": {"type": "object", "properties": {"start": {"type": "integer"}}, "required": ["start"]}},
+        "properties": {
+            "range": {"allOf": [{"$ref": "#/$defs/Range"}, {"properties": {"end": {"type": "integer"}}}]},
+            "anything": {},
+            "values": {"type": "array"},
+            "not_a_string": {"not": {"type": "string"}},
+            "env": {"type": "object", "additionalProperties": {"type": "string"}},
+            "choice": {"anyOf": [{"type": "string"}, {"type": "integer"}]},
+        },
+        "required": ["range"],
+    }
+    tool = {"type": "function", "name": "edit", "description": "Edit", "parameters": schema, "strict": False}
+    _, request = prepare(FAMILIES["bedrock"], body_with(user("edit it"), tools=[tool]))
+    specs = [entry["toolSpec"] for entry in request["toolConfig"]["tools"] if "toolSpec" in entry]
+    assert specs == [{"name": "edit", "inputSchema": {"json": schema}, "description": "Edit"}]
