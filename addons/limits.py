@@ -47,7 +47,8 @@ from codexgate.flowstate import GatewayRequest, refuse, state_of
 from codexgate.headers import replace_header_fields
 from codexgate.metrics import GatewayMetrics
 from codexgate.policies.schema import Limited, Price
-from codexgate.pricing import Pricer, PriceSource, PriceUnknown, price_provider_id
+from codexgate.pricing import Pricer, PriceSource, PriceUnknown
+from codexgate.providers.registry import family_for
 from codexgate.resilience import DRAIN_MAX_SECONDS
 from codexgate.stores.base import Admission, Amounts, Counter, CounterState, CounterStore, Kind, StoreUnavailable
 from codexgate.usage import Usage
@@ -304,7 +305,7 @@ class Limits:
         default_price: Price | None = None if policy.gateway.unknown_price == "deny" else policy.gateway.unknown_price
         try:
             price = self.pricer.source(
-                price_provider_id(provider), state.upstream_model or state.model, entry.price, default_price
+                family_for(provider).price_id(), state.upstream_model or state.model, entry.price, default_price
             )
         except PriceUnknown:
             refuse(

@@ -18,12 +18,12 @@ METADATA_KEY = "codexgate"
 
 @dataclasses.dataclass(eq=False)
 class Translation:
-    """A request routed to a provider that speaks another API: how to translate its answer."""
+    """How a routed request was prepared for its provider, and how its answer is translated."""
 
-    adapter: Any  # providers.adapters.Adapter
-    prepared: Any  # providers.adapters.Prepared
-    context: Any  # providers.base.ResponseContext
-    bridge: Any = None  # providers.adapters.StreamBridge, once a stream is being translated
+    family: Any  # providers.family.ProviderFamily of the provider it was prepared for
+    prepared: Any  # providers.family.Prepared
+    context: Any  # providers.responses.ResponseContext; None when the answer is not translated
+    bridge: Any = None  # providers.family.StreamBridge, once a stream is being translated
     chat_model: str | None = None  # set when the client speaks Chat Completions: answers go back as Chat
     chat_usage: bool = False  # the Chat client asked for a usage chunk
 

@@ -234,7 +234,6 @@ Provider = Annotated[
     OpenAIProvider | MockProvider | AnthropicProvider | GeminiProvider | BedrockProvider | ChatProvider | AzureProvider,
     Field(discriminator="kind"),
 ]
-TRANSLATED_KINDS = ("anthropic", "gemini", "bedrock", "chat", "azure")
 
 
 class Route(Strict):

@@ -2,7 +2,13 @@
 
 from __future__ import annotations
 
+import json
+from typing import Any
 from urllib.parse import urlsplit
+
+from codexgate.policies.schema import OpenAIProvider
+from codexgate.providers.family import Prepared, ProviderFamily
+from codexgate.secrets import SecretResolver
 
 ENDPOINT_PATHS = {"responses": "/responses", "chat": "/chat/completions"}
 
@@ -17,3 +23,35 @@ def upstream_target(base_url: str, endpoint: str) -> tuple[str, str, int, str]:
 
 def auth_headers(secret: str) -> dict[str, str]:
     return {"authorization": f"Bearer {secret}"}
+
+
+class OpenAIFamily(ProviderFamily[OpenAIProvider]):
+    kind = "openai"
+    settings_type = OpenAIProvider
+    secret_headers = ("authorization", "openai-organization", "openai-project")
+    passthrough = True
+    endpoints = frozenset({"responses", "chat"})
+
+    def prepare(self, body: dict[str, Any], upstream_model: str, provider_name: str,
+                endpoint: str = "responses") -> Prepared:  # fmt: skip
+        """The client's request at this host with the deployment's model; the body is re-encoded
+        only when something in it changed (bodies of 40–80 KB are the norm for Codex)."""
+        stream = bool(body.get("stream"))
+        changed = body.get("model") != upstream_model
+        if changed:
+            body = dict(body, model=upstream_model)
+        if endpoint == "chat" and stream and not (body.get("stream_options") or {}).get("include_usage"):
+            # Without it a Chat stream carries no usage and the request could not be accounted.
+            body = dict(body, stream_options={**(body.get("stream_options") or {}), "include_usage": True})
+            changed = True
+        scheme, host, port, path = upstream_target(self.settings.base_url, endpoint)
+        # The stream is read as it passes; a compressed stream could not be.
+        headers = {"accept-encoding": "identity"} if stream else {}
+        content = json.dumps(body).encode() if changed else None
+        return Prepared(f"{scheme}://{host}:{port}{path}", headers, content, stream, upstream_model, translate=False)
+
+    async def credentials(self, prepared: Prepared, key_index: int, secrets: SecretResolver) -> dict[str, str]:
+        return auth_headers(self.secret(key_index, secrets))
+
+    def price_id(self) -> str | None:
+        return "openai"
