@@ -759,7 +759,7 @@ WHOLE_ANSWERS = {
 def test_whole_answer_is_the_streams_final_response(name: str, answer: Answer) -> None:
     family = FAMILIES[name]
     prepared, _ = prepare(family, body_with(user("go"), tool_choice="required", parallel_tool_calls=False))
-    whole = family.adapter.whole(prepared, context(), WHOLE[name](answer, family.model))
+    whole = family.provider.whole(prepared, context(), WHOLE[name](answer, family.model))
     valid_response(whole)
     events, _ = run(family, prepared, [family.stream(answer, family.model)])
     assert whole == final(events)
