@@ -10,7 +10,8 @@ from codexgate.providers.base import TranslateOptions, open_reasoning, sampling_
 from codexgate.providers.base import input_items as _input_items
 from codexgate.providers.bedrock.content import content_blocks, tool_result_content
 from codexgate.providers.bedrock.models import caches_prompts, reasoning_fields
-from codexgate.providers.bedrock.tools import collect_tools, converse_tool_choice, tool_use_id, wire_name
+from codexgate.providers.bedrock.tools import BEDROCK_NAMES, converse_tool_choice, tool_spec, tool_use_id
+from codexgate.providers.responses import ToolNameMap
 
 
 def _replayed_reasoning(item: Mapping[str, Any], provider_name: str, model: str) -> dict[str, Any] | None:
@@ -136,14 +137,35 @@ def _strip_final_assistant(messages: list[dict[str, Any]]) -> None:
         messages.pop()
 
 
-def build_request(body: dict[str, Any], upstream_model: str, options: TranslateOptions) -> dict[str, Any]:
-    """A Responses API request body → a Converse / ConverseStream request body (no modelId: that
-    travels in the URL, see `request_target`)."""
+def _tool_use(item: Mapping[str, Any], names: ToolNameMap, arguments: dict[str, Any]) -> dict[str, Any]:
+    """A Codex function / custom tool call of the history as a Converse toolUse block."""
+    namespace = item.get("namespace") if isinstance(item.get("namespace"), str) else None
+    use = {
+        "toolUseId": tool_use_id(item.get("call_id")),
+        "name": names.wire_name(str(item.get("name")), namespace),
+        "input": arguments,
+    }
+    return {"toolUse": use}
+
+
+def _function_arguments(item: Mapping[str, Any]) -> dict[str, Any]:
+    try:
+        arguments = json.loads(item.get("arguments") or "{}")
+    except ValueError:
+        arguments = None
+    if not isinstance(arguments, dict):  # Bedrock's toolUse input must be an object
+        arguments = {"arguments": item.get("arguments")}
+    return arguments
+
+
+def _system_and_conversation(
+    body: Mapping[str, Any], names: ToolNameMap, provider_name: str, upstream_model: str
+) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """(system blocks, Converse messages as the history has them, not yet repaired)."""
     system: list[dict[str, Any]] = []
     instructions = body.get("instructions")
     if isinstance(instructions, str) and instructions.strip():
         system.append({"text": instructions})
-
     conversation = _Conversation()
     for item in _input_items(body):
         kind = item.get("type", "message" if "role" in item else None)
@@ -155,27 +177,9 @@ def build_request(body: dict[str, Any], upstream_model: str, options: TranslateO
             elif role in ("user", "assistant"):
                 conversation.add(role, content_blocks(item.get("content")))
         elif kind == "function_call":
-            try:
-                arguments = json.loads(item.get("arguments") or "{}")
-            except ValueError:
-                arguments = None
-            if not isinstance(arguments, dict):  # Bedrock's toolUse input must be an object
-                arguments = {"arguments": item.get("arguments")}
-            namespace = item.get("namespace") if isinstance(item.get("namespace"), str) else None
-            use = {
-                "toolUseId": tool_use_id(item.get("call_id")),
-                "name": wire_name(namespace, str(item.get("name"))),
-                "input": arguments,
-            }
-            conversation.add("assistant", [{"toolUse": use}])
+            conversation.add("assistant", [_tool_use(item, names, _function_arguments(item))])
         elif kind == "custom_tool_call":
-            namespace = item.get("namespace") if isinstance(item.get("namespace"), str) else None
-            use = {
-                "toolUseId": tool_use_id(item.get("call_id")),
-                "name": wire_name(namespace, str(item.get("name"))),
-                "input": {"input": str(item.get("input") or "")},
-            }
-            conversation.add("assistant", [{"toolUse": use}])
+            conversation.add("assistant", [_tool_use(item, names, {"input": str(item.get("input") or "")})])
         elif kind in ("function_call_output", "custom_tool_call_output"):
             result = {
                 "toolUseId": tool_use_id(item.get("call_id")),
@@ -183,21 +187,27 @@ def build_request(body: dict[str, Any], upstream_model: str, options: TranslateO
             }
             conversation.add("user", [{"toolResult": result}])
         elif kind == "reasoning":
-            block = _replayed_reasoning(item, options.provider_name, upstream_model)
+            block = _replayed_reasoning(item, provider_name, upstream_model)
             if block is not None:
                 conversation.add("assistant", [block])
         # Everything else (additional_tools, compaction, web_search_call, item_reference, ...)
-        # has no Converse equivalent; additional_tools was read by collect_tools.
+        # has no Converse equivalent; additional_tools was read by ToolNameMap.from_request.
+    return system, conversation.messages
 
-    tools, dropped = collect_tools(body)
+
+def build_request(body: dict[str, Any], upstream_model: str, options: TranslateOptions) -> dict[str, Any]:
+    """A Responses API request body → a Converse / ConverseStream request body (no modelId: that
+    travels in the URL, see `request_target`)."""
+    names, tools, dropped = ToolNameMap.from_request(body, BEDROCK_NAMES)
     for name in dropped:
         if name not in options.dropped_tools:
             options.dropped_tools.append(name)
-    tool_choice, offered, tools_off = converse_tool_choice(body.get("tool_choice", "auto"), tools)
+    tool_choice, offered, tools_off = converse_tool_choice(body.get("tool_choice", "auto"), names, tools)
     if tools_off:
         offered = []
+    system, history = _system_and_conversation(body, names, options.provider_name, upstream_model)
 
-    messages = _repair_tool_pairs(conversation.messages, bool(offered))
+    messages = _repair_tool_pairs(history, bool(offered))
     if not messages or messages[0]["role"] != "user":
         # Converse conversations open with a user turn.
         messages.insert(0, {"role": "user", "content": [{"text": "(conversation start)"}]})
@@ -231,13 +241,7 @@ def build_request(body: dict[str, Any], upstream_model: str, options: TranslateO
     if inference:
         request["inferenceConfig"] = inference
     if offered:
-        specs: list[dict[str, Any]] = []
-        for tool in offered:
-            spec: dict[str, Any] = {"name": tool.wire, "inputSchema": {"json": tool.schema}}
-            if tool.description:
-                spec["description"] = tool.description
-            specs.append({"toolSpec": spec})
-        request["toolConfig"] = {"tools": specs}
+        request["toolConfig"] = {"tools": [tool_spec(tool) for tool in offered]}
         if tool_choice is not None:
             request["toolConfig"]["toolChoice"] = tool_choice
     if additional:

@@ -1,5 +1,6 @@
-"""ConverseStream events → Responses API stream events; a whole Converse answer is translated by
-the same translator (`translate_response`), fed the events `decode.converse_events` restates it as."""
+"""ConverseStream events → Responses API stream events, emitted through the shared toolkit
+(`providers/responses`). A whole Converse answer is translated by the same translator
+(`translate_response`), fed the events `decode.converse_events` restates it as."""
 
 from __future__ import annotations
 
@@ -10,39 +11,62 @@ import logging
 from collections.abc import Mapping
 from typing import Any
 
-from codexgate.providers.base import ResponseContext, Usage, response_object
+from codexgate.providers.base import seal_reasoning
 from codexgate.providers.bedrock.decode import converse_events
 from codexgate.providers.bedrock.errors import STREAM_ERRORS, stream_error
-from codexgate.providers.bedrock.items import (
-    call_item,
+from codexgate.providers.bedrock.tools import ToolNames
+from codexgate.providers.responses import (
+    CustomToolCallItem,
+    FunctionCallItem,
+    InputStringStream,
+    MessageItem,
+    ReasoningItem,
+    ResponseContext,
+    ResponseEmitter,
     custom_input,
-    message_item,
-    outcome_of,
-    output_item_id,
-    reasoning_item,
-    usage_dict,
-    usage_from_bedrock,
 )
-from codexgate.providers.bedrock.tools import ToolNames, resolve_tool
-from codexgate.providers.jsonstring import InputStringStream
+from codexgate.usage import Usage
 
 logger = logging.getLogger(__name__)
+
+JSON = dict[str, Any]
+
+_STOP_COMPLETED = {"end_turn", "tool_use", "stop_sequence", "guardrail_intervened", "content_filtered"}
+_STOP_INCOMPLETE = {"max_tokens", "model_context_window_exceeded"}
+_STOP_FAILED = {
+    "malformed_model_output": "the model produced malformed output",
+    "malformed_tool_use": "the model produced a malformed tool call",
+}
+
+
+def usage_from_bedrock(usage: Any) -> tuple[Usage, int]:
+    """(normalised usage, cache-write tokens). Bedrock's inputTokens excludes cache reads and
+    writes; the gateway counts input including both."""
+    usage = usage if isinstance(usage, dict) else {}
+
+    def count(key: str) -> int:
+        value = usage.get(key)
+        return value if isinstance(value, int) and value >= 0 else 0
+
+    cached, written = count("cacheReadInputTokens"), count("cacheWriteInputTokens")
+    normalised = Usage(
+        input_tokens=count("inputTokens") + cached + written,
+        cached_tokens=cached,
+        output_tokens=count("outputTokens"),
+        reasoning_tokens=0,  # Bedrock does not report reasoning tokens apart from output tokens
+    )
+    return normalised, written
 
 
 @dataclasses.dataclass
 class _Block:
-    kind: str  # text / tool / reasoning
-    output_index: int
-    item_id: str
-    text: list[str] = dataclasses.field(default_factory=list)
-    wire: str = ""
-    call_id: str = ""
-    custom: bool = False
-    custom_input: InputStringStream | None = None
-    emitted: list[str] = dataclasses.field(default_factory=list)  # custom input shown so far
+    """One open content block of the answer (by Bedrock's contentBlockIndex) and its item."""
+
+    item: MessageItem | FunctionCallItem | CustomToolCallItem | ReasoningItem
+    raw: list[str] = dataclasses.field(default_factory=list)  # a custom tool's JSON, as it came
+    decoder: InputStringStream | None = None  # a custom tool's `input`, decoded as it streams
     signature: str | None = None
     redacted: list[bytes] = dataclasses.field(default_factory=list)
-    summary_open: bool = False
 
 
 class StreamTranslator:
@@ -52,208 +76,106 @@ class StreamTranslator:
         self, ctx: ResponseContext, *, tools: ToolNames | None = None, upstream_model: str | None = None
     ) -> None:
         self.ctx = ctx
-        self.usage: Usage | None = None
-        self.outcome: str | None = None
-        self._tools = tools
+        self.usage: Usage | None = None  # from the metadata event, for accounting
+        self._emit = ResponseEmitter(ctx)
+        self._tools = tools if tools is not None else ToolNames()
         self._envelope_model = upstream_model or ctx.model
-        self._sequence = 0
-        self._started = False
         self._blocks: dict[int, _Block] = {}
-        self._items: dict[int, dict[str, Any]] = {}  # finished items by output_index
-        self._next_index = 0
         self._stop_reason: str | None = None
         self._cache_write = 0
         self._have_metadata = False
 
-    # -- plumbing -------------------------------------------------------------------------
+    @property
+    def outcome(self) -> str | None:
+        return self._emit.outcome
 
-    def _emit(self, out: list[dict[str, Any]], event_type: str, **fields: Any) -> None:
-        out.append({"type": event_type, "sequence_number": self._sequence, **fields})
-        self._sequence += 1
-
-    def _output(self) -> list[dict[str, Any]]:
-        return [self._items[index] for index in sorted(self._items)]
-
-    def _start(self, out: list[dict[str, Any]]) -> None:
-        if self._started:
-            return
-        self._started = True
-        response = response_object(self.ctx, "in_progress", [], None)
-        self._emit(out, "response.created", response=response)
-        self._emit(out, "response.in_progress", response=response)
-
-    def _usage_payload(self) -> dict[str, Any] | None:
-        return usage_dict(self.usage, self._cache_write) if self.usage is not None else None
-
-    def _fail(self, out: list[dict[str, Any]], code: str, message: str) -> None:
-        self.outcome = "failed"
-        response = response_object(
-            self.ctx, "failed", self._output(), self._usage_payload(), error={"code": code, "message": message}
-        )
-        self._emit(out, "response.failed", response=response)
+    @property
+    def response(self) -> JSON | None:
+        """The final `response` object, once the terminal event was emitted."""
+        return self._emit.response
 
     # -- public ---------------------------------------------------------------------------
 
-    def feed(self, event: dict[str, Any]) -> list[dict[str, Any]]:
-        out: list[dict[str, Any]] = []
+    def feed(self, event: dict[str, Any]) -> list[JSON]:
         if self.outcome is not None or not isinstance(event, dict) or not event:
-            return out
-        self._start(out)
+            return []
+        self._emit.start()
         name, body = next(iter(event.items()))
         body = body if isinstance(body, dict) else {}
         if name == "contentBlockStart":
             start = body.get("start") or {}
             if isinstance(start.get("toolUse"), dict):
-                self._open_tool(out, body.get("contentBlockIndex"), start["toolUse"])
+                self._open_tool(body.get("contentBlockIndex"), start["toolUse"])
         elif name == "contentBlockDelta":
-            self._delta(out, body.get("contentBlockIndex"), body.get("delta") or {})
+            self._delta(body.get("contentBlockIndex"), body.get("delta") or {})
         elif name == "contentBlockStop":
-            self._close(out, body.get("contentBlockIndex"))
+            self._close(body.get("contentBlockIndex"))
         elif name == "messageStop":
             for index in list(self._blocks):
-                self._close(out, index)
+                self._close(index)
             self._stop_reason = str(body.get("stopReason"))
-            self._maybe_finish(out)
+            self._maybe_finish()
         elif name == "metadata":
             self.usage, self._cache_write = usage_from_bedrock(body.get("usage"))
             self._have_metadata = True
-            self._maybe_finish(out)
+            self._maybe_finish()
         elif name in STREAM_ERRORS or name.endswith("Exception"):
-            self._fail(out, *stream_error(name, body))
+            self._fail(*stream_error(name, body))
         # messageStart and events this gateway has no use for (citations, images) pass silently.
-        return out
+        return self._emit.take()
 
-    def finish(self) -> list[dict[str, Any]]:
-        out: list[dict[str, Any]] = []
-        if self.outcome is not None:
-            return out
-        self._start(out)
-        if self._stop_reason is not None:
-            message = "The Bedrock stream ended before its metadata event; the usage of this turn is unknown."
-        else:
-            message = "The Bedrock stream ended early, before the model finished its answer."
-        self._fail(out, "server_error", message)
-        return out
+    def finish(self) -> list[JSON]:
+        if self.outcome is None:
+            if self._stop_reason is not None:
+                message = "The Bedrock stream ended before its metadata event; the usage of this turn is unknown."
+            else:
+                message = "The Bedrock stream ended early, before the model finished its answer."
+            self._fail("server_error", message)
+        return self._emit.take()
 
     # -- events ---------------------------------------------------------------------------
 
-    def _new_block(self, kind: str, index: int, prefix: str) -> _Block:
-        output_index = self._next_index
-        self._next_index += 1
-        block = _Block(kind, output_index, output_item_id(self.ctx, prefix, output_index))
-        self._blocks[index] = block
-        return block
+    def _fail(self, code: str, message: str) -> None:
+        self._emit.fail(code, message, self.usage, cache_write_tokens=self._cache_write)
 
-    def _open_tool(self, out: list[dict[str, Any]], index: Any, start: Mapping[str, Any]) -> None:
+    def _open_tool(self, index: Any, start: Mapping[str, Any]) -> None:
         if not isinstance(index, int) or index in self._blocks:
             return
-        wire, call_id = str(start.get("name")), str(start.get("toolUseId"))
-        _, _, custom = resolve_tool(wire, self._tools)
-        block = self._new_block("tool", index, "ctc" if custom else "fc")
-        block.wire, block.call_id, block.custom = wire, call_id, custom
-        block.custom_input = InputStringStream() if custom else None
-        item = call_item(self.ctx, block.output_index, wire, call_id, self._tools, "", False)
-        self._emit(out, "response.output_item.added", output_index=block.output_index, item=item)
+        tool = self._tools.resolve(str(start.get("name")))
+        item = self._emit.tool_call(tool.kind, str(start.get("toolUseId")), tool.name, tool.namespace)
+        decoder = InputStringStream() if isinstance(item, CustomToolCallItem) else None
+        self._blocks[index] = _Block(item, decoder=decoder)
 
-    def _delta(self, out: list[dict[str, Any]], index: Any, delta: Mapping[str, Any]) -> None:
+    def _delta(self, index: Any, delta: Mapping[str, Any]) -> None:
         if not isinstance(index, int):
             return
         block = self._blocks.get(index)
         if isinstance(delta.get("text"), str):
-            piece = delta["text"]
             if block is None:
-                # Held until it has non-whitespace text: a whitespace-only message item would be
-                # replayed by Codex and refused by Bedrock ("text content blocks must contain
-                # non-whitespace text"). A held block that stays blank is dropped.
-                block = _Block("held", -1, "")
-                self._blocks[index] = block
-            if block.kind == "held" and piece:
-                block.text.append(piece)
-                held = "".join(block.text)
-                if not held.strip():
-                    return
-                block = self._new_block("text", index, "msg")
-                block.text.append(held)
-                item = message_item(self.ctx, block.output_index, "", "in_progress")
-                self._emit(out, "response.output_item.added", output_index=block.output_index, item=item)
-                self._emit(
-                    out,
-                    "response.content_part.added",
-                    output_index=block.output_index,
-                    item_id=block.item_id,
-                    content_index=0,
-                    part={"type": "output_text", "text": "", "annotations": []},
-                )
-                piece = held
-            elif block.kind == "text" and piece:
-                block.text.append(piece)
-            if block.kind == "text" and piece:
-                self._emit(
-                    out,
-                    "response.output_text.delta",
-                    output_index=block.output_index,
-                    item_id=block.item_id,
-                    content_index=0,
-                    delta=piece,
-                    logprobs=[],
-                )
+                # The message item holds whitespace back: announced with its first real text,
+                # never at all when the block stays blank (Codex would replay it, Bedrock refuse it).
+                block = self._blocks[index] = _Block(self._emit.message())
+            if isinstance(block.item, MessageItem):
+                block.item.delta(delta["text"])
         elif isinstance(delta.get("toolUse"), dict):
             piece = delta["toolUse"].get("input")
-            if block is None or block.kind != "tool" or not isinstance(piece, str) or not piece:
+            if block is None or not isinstance(piece, str) or not piece:
                 return
-            block.text.append(piece)
-            if block.custom_input is not None:
-                shown = block.custom_input.feed(piece)
-                if shown:
-                    block.emitted.append(shown)
-                    self._emit(
-                        out,
-                        "response.custom_tool_call_input.delta",
-                        output_index=block.output_index,
-                        item_id=block.item_id,
-                        delta=shown,
-                    )
-            else:
-                self._emit(
-                    out,
-                    "response.function_call_arguments.delta",
-                    output_index=block.output_index,
-                    item_id=block.item_id,
-                    delta=piece,
-                )
+            if isinstance(block.item, CustomToolCallItem) and block.decoder is not None:
+                block.raw.append(piece)
+                block.item.delta(block.decoder.feed(piece))
+            elif isinstance(block.item, FunctionCallItem):
+                block.item.delta(piece)
         elif isinstance(delta.get("reasoningContent"), dict):
-            self._reasoning_delta(out, index, block, delta["reasoningContent"])
+            if block is None:
+                block = self._blocks[index] = _Block(self._emit.reasoning())
+            if isinstance(block.item, ReasoningItem):
+                self._reasoning_delta(block, delta["reasoningContent"])
 
-    def _reasoning_delta(
-        self, out: list[dict[str, Any]], index: int, block: _Block | None, delta: Mapping[str, Any]
-    ) -> None:
-        if block is None:
-            block = self._new_block("reasoning", index, "rs")
-            item = {"type": "reasoning", "id": block.item_id, "summary": []}
-            self._emit(out, "response.output_item.added", output_index=block.output_index, item=item)
-        if block.kind != "reasoning":
-            return
-        text = delta.get("text")
-        if isinstance(text, str) and text:
-            if not block.summary_open:
-                block.summary_open = True
-                self._emit(
-                    out,
-                    "response.reasoning_summary_part.added",
-                    output_index=block.output_index,
-                    item_id=block.item_id,
-                    summary_index=0,
-                    part={"type": "summary_text", "text": ""},
-                )
-            block.text.append(text)
-            self._emit(
-                out,
-                "response.reasoning_summary_text.delta",
-                output_index=block.output_index,
-                item_id=block.item_id,
-                summary_index=0,
-                delta=text,
-            )
+    def _reasoning_delta(self, block: _Block, delta: Mapping[str, Any]) -> None:
+        assert isinstance(block.item, ReasoningItem)
+        if isinstance(delta.get("text"), str):
+            block.item.delta(delta["text"])
         if isinstance(delta.get("signature"), str):
             block.signature = (block.signature or "") + delta["signature"]
         if isinstance(delta.get("redactedContent"), str):
@@ -262,55 +184,45 @@ class StreamTranslator:
             except (binascii.Error, ValueError):
                 logger.warning("Bedrock sent redactedContent that is not base64; dropped")
 
-    def _close(self, out: list[dict[str, Any]], index: Any) -> None:
+    def _close(self, index: Any) -> None:
         block = self._blocks.pop(index, None) if isinstance(index, int) else None
-        if block is None or block.kind == "held":
+        if block is None:
             return
-        text = "".join(block.text)
-        position = {"output_index": block.output_index, "item_id": block.item_id}
-        if block.kind == "text":
-            self._emit(out, "response.output_text.done", **position, content_index=0, text=text, logprobs=[])
-            part = {"type": "output_text", "text": text, "annotations": []}
-            self._emit(out, "response.content_part.done", **position, content_index=0, part=part)
-            item = message_item(self.ctx, block.output_index, text, "completed")
-        elif block.kind == "tool":
-            if block.custom:
-                value = custom_input(text)
-                shown = "".join(block.emitted)
-                if value.startswith(shown) and len(value) > len(shown):
-                    # Whatever the incremental decoder held back (or could not read) comes now.
-                    self._emit(out, "response.custom_tool_call_input.delta", **position, delta=value[len(shown) :])
-                self._emit(out, "response.custom_tool_call_input.done", **position, input=value)
-                item = call_item(self.ctx, block.output_index, block.wire, block.call_id, self._tools, value, True)
+        item = block.item
+        if isinstance(item, CustomToolCallItem) and block.decoder is not None:
+            value = custom_input("".join(block.raw))
+            shown = block.decoder.emitted
+            if value.startswith(shown) and len(value) > len(shown):
+                # Whatever the incremental decoder held back (or could not read) comes now.
+                item.delta(value[len(shown) :])
+            item.done(value)
+        elif isinstance(item, ReasoningItem):
+            # The block goes back to Bedrock as it came (signed text, or the redacted blob), sealed
+            # for this provider and model: only they can check it.
+            record: JSON
+            if block.redacted:
+                record = {"redactedContent": base64.b64encode(b"".join(block.redacted)).decode()}
             else:
-                arguments = text or "{}"
-                if not text:  # a call without arguments still streams its (empty object) arguments
-                    self._emit(out, "response.function_call_arguments.delta", **position, delta=arguments)
-                self._emit(out, "response.function_call_arguments.done", **position, arguments=arguments)
-                item = call_item(self.ctx, block.output_index, block.wire, block.call_id, self._tools, arguments, True)
+                signed = {"signature": block.signature} if block.signature is not None else {}
+                record = {"reasoningText": {"text": item.text, **signed}}
+            item.done(seal_reasoning(self.ctx.provider_name, self._envelope_model, {"block": record}))
         else:
-            if block.summary_open:
-                self._emit(out, "response.reasoning_summary_text.done", **position, summary_index=0, text=text)
-                part = {"type": "summary_text", "text": text}
-                self._emit(out, "response.reasoning_summary_part.done", **position, summary_index=0, part=part)
-            redacted = base64.b64encode(b"".join(block.redacted)).decode() if block.redacted else None
-            item = reasoning_item(self.ctx, block.output_index, self._envelope_model, text, block.signature, redacted)
-        self._items[block.output_index] = item
-        self._emit(out, "response.output_item.done", output_index=block.output_index, item=item)
+            item.done()
 
-    def _maybe_finish(self, out: list[dict[str, Any]]) -> None:
-        # Bedrock sends messageStop (the stop reason) and then metadata (usage): the turn is over
-        # only when both have arrived.
+    def _maybe_finish(self) -> None:
+        """Bedrock sends messageStop (the stop reason) and then metadata (usage): the turn is
+        over only when both have arrived. Guardrail interventions and content filtering end a
+        normal, completed turn: Bedrock has already put its replacement text into the answer."""
         if self._stop_reason is None or not self._have_metadata:
             return
-        status, error = outcome_of(self._stop_reason)
-        if status == "failed" and error is not None:
-            self._fail(out, error["code"], error["message"])
+        stop = self._stop_reason
+        if stop in _STOP_FAILED:
+            self._fail("server_error", f"Bedrock: {_STOP_FAILED[stop]}; try again.")
             return
-        self.outcome = status
-        incomplete = "max_output_tokens" if status == "incomplete" else None
-        response = response_object(self.ctx, status, self._output(), self._usage_payload(), incomplete=incomplete)
-        self._emit(out, f"response.{status}", response=response)
+        if stop not in _STOP_COMPLETED | _STOP_INCOMPLETE:
+            logger.warning("unknown Bedrock stopReason %r treated as completed", stop)
+        incomplete = "max_output_tokens" if stop in _STOP_INCOMPLETE else None
+        self._emit.complete(self.usage, incomplete=incomplete, cache_write_tokens=self._cache_write)
 
 
 def translate_response(
@@ -319,11 +231,12 @@ def translate_response(
     *,
     tools: ToolNames | None = None,
     upstream_model: str | None = None,
-) -> dict[str, Any]:
+) -> JSON:
     """A whole Converse answer → a Responses API `response` object: the final response of the
     stream translator fed the equivalent ConverseStream events."""
     translator = StreamTranslator(ctx, tools=tools, upstream_model=upstream_model)
-    events = [out for event in converse_events(provider_body) for out in translator.feed(event)]
-    events += translator.finish()
-    response: dict[str, Any] = events[-1]["response"]
-    return response
+    for event in converse_events(provider_body):
+        translator.feed(event)
+    translator.finish()
+    assert translator.response is not None  # finish() always ends the answer
+    return translator.response
