@@ -23,11 +23,11 @@ from typing import Any
 from codexgate.headers import CLIENT_CREDENTIAL_HEADERS as CLIENT_HEADERS_CORE
 from codexgate.headers import field_names
 from codexgate.policies.schema import Provider
+from codexgate.providers.bedrock.family import BedrockFamily
 from codexgate.providers.family import ProviderFamily, header_names
 from codexgate.providers.mock import MockFamily
 from codexgate.providers.openai import OpenAIFamily
 from codexgate.providers.wrappers.anthropic import AnthropicFamily
-from codexgate.providers.wrappers.bedrock import BedrockFamily
 from codexgate.providers.wrappers.chat import AzureFamily, ChatFamily
 from codexgate.providers.wrappers.gemini import GeminiFamily
 

@@ -9,11 +9,13 @@ The package, by concern:
     models.py    what differs per model: thinking / reasoning settings, prompt caching
     request.py   build_request: the conversation (role order, tool pairs repaired), reasoning replay
     decode.py    AWS event-stream frames → ConverseStream events; a whole answer → the same events
-    stream.py    StreamTranslator (ConverseStream events → Responses events), translate_response
-    items.py     Responses output items, usage and outcome made of Bedrock's blocks
+    stream.py    StreamTranslator (ConverseStream events → Responses events through the toolkit's
+                 ResponseEmitter; usage, stop reasons), translate_response (a whole answer)
     errors.py    HTTP errors and mid-stream exception events → OpenAI-shaped errors
+    family.py    BedrockFamily: the ProviderFamily contract (registered in providers/registry.py)
 
-How the gateway calls it (everything below is pure except `sign_request`, which reads the clock):
+The gateway drives it through `BedrockFamily` (prepare, credentials, stream, whole, error); what
+that does, spelled out (everything below is pure except `sign_request`, which reads the clock):
 
     from codexgate.providers import bedrock
     from codexgate.providers.base import ResponseContext, TranslateOptions
@@ -25,10 +27,8 @@ How the gateway calls it (everything below is pure except `sign_request`, which 
     base = settings.endpoint                      # https://bedrock-runtime.{region}.amazonaws.com
     url, fixed = bedrock.request_target(base, upstream_model, stream=codex_body.get("stream", False))
     headers = dict(fixed)
-    # either IAM credentials (SigV4; the lead resolves access key / secret / session token) ...
+    # either IAM credentials (SigV4: the policy's references, else botocore's default chain) ...
     headers |= bedrock.sign_request(url, raw, region, access_key, secret_key, session_token)
-    # ... or a Bedrock API key (AWS_BEARER_TOKEN_BEDROCK style):
-    # headers |= bedrock.auth_headers(api_key)
     # Send exactly `url` (the model id is percent-encoded in it and the signature covers that exact
     # path) and exactly `raw` (the signature covers the body hash); drop every client credential
     # header. Headers added after signing are fine as long as they are not in SignedHeaders

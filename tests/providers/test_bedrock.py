@@ -42,9 +42,12 @@ from openai.types.responses import ResponseError
 from openai.types.responses.response_create_params import ResponseCreateParamsBase
 from pydantic import TypeAdapter
 
-from codexgate.policies.schema import BedrockProvider
-from codexgate.providers import bedrock
+from codexgate.policies.schema import BedrockProvider, SecretRef
+from codexgate.providers import bedrock, registry
 from codexgate.providers.base import ResponseContext, TranslateOptions, open_reasoning, seal_reasoning
+from codexgate.providers.bedrock.family import BedrockFamily
+from codexgate.secrets import SecretResolver, SecretUnavailable
+from codexgate.sse import SSEParser
 
 FIXTURE = Path(__file__).resolve().parents[1] / "fixtures" / "codex_request_tool_round_trip.json"
 CLAUDE = "us.anthropic.claude-sonnet-4-20250514-v1:0"
@@ -959,3 +962,103 @@ def test_scripted_answers_are_checked_against_the_service_model() -> None:
     with pytest.raises(AssertionError):
         stream_events([Text("x")], "finished")  # not a Bedrock stopReason
     assert shape_errors(STREAM_EVENTS.members["metadata"], {"usage": usage()}) != []  # metrics missing
+
+
+# --------------------------------------------------------------------------------------------
+# The family (ProviderFamily contract), as the gateway drives it
+# --------------------------------------------------------------------------------------------
+
+
+def family_over(fake: FakeBedrock, **settings: Any) -> BedrockFamily:
+    return BedrockFamily(BedrockProvider(kind="bedrock", region=REGION, base_url=fake.url, **settings))
+
+
+def attempt(family: BedrockFamily, body: dict[str, Any], secrets: SecretResolver) -> tuple[int, bytes, Any]:
+    """One attempt: prepare, credentials over the prepared bytes, POST exactly them."""
+    prepared = family.prepare(body, CLAUDE, PROVIDER)
+    headers = prepared.headers | asyncio.run(family.credentials(prepared, 0, secrets))
+    assert prepared.body is not None
+    status, chunks, broken = post(prepared.url, headers, prepared.body)
+    assert not broken
+    return status, b"".join(chunks), prepared
+
+
+@pytest.mark.parametrize("stream", [True, False])
+def test_family_signs_exactly_what_it_sends_and_answers_alike(
+    fake: FakeBedrock, monkeypatch: pytest.MonkeyPatch, stream: bool
+) -> None:
+    monkeypatch.setenv("CG_TEST_AK", ACCESS_KEY)
+    monkeypatch.setenv("CG_TEST_SK", SECRET_KEY)
+    family = family_over(
+        fake, access_key_id=SecretRef(value="env:CG_TEST_AK"), secret_access_key=SecretRef(value="env:CG_TEST_SK")
+    )
+    assert family.key_weights() == [] and family.price_id() == "aws"
+    blocks = [
+        Reasoning("Thinking.", "sig-1"),
+        Text("Let me look."),
+        ToolUse("tooluse_f", "apply_patch", {"input": PATCH}),
+    ]
+    if stream:
+        fake.script(Reply(events=stream_events(blocks, "tool_use")))
+    else:
+        fake.script(Reply(body=converse_body(blocks, "tool_use")))
+    body = codex_body(user("patch it"), stream=stream, tool_choice="required", parallel_tool_calls=False)
+    status, raw, prepared = attempt(family, body, SecretResolver())
+    assert status == 200 and fake.invalid == [], fake.invalid
+    assert fake.received[-1].body == prepared.body and fake.received[-1].stream is stream
+    ctx = context()
+    if stream:
+        bridge = family.stream(prepared, ctx)
+        events = decode_events(bridge.feed(raw) + bridge.finish())
+        response = events[-1]["response"]
+    else:
+        response = family.whole(prepared, ctx, raw)
+        # The whole answer is the stream translator's: the same answer streamed gives the same response.
+        bridge = family.stream(prepared, ctx)
+        streamed = decode_events(bridge.feed(encode_stream(stream_events(blocks, "tool_use"))) + bridge.finish())
+        assert streamed[-1]["response"] == response
+    parsed = valid_response(response)
+    assert [item.type for item in parsed.output] == ["reasoning", "message", "custom_tool_call"]
+    assert response["output"][2]["input"] == PATCH
+    assert (response["tool_choice"], response["parallel_tool_calls"], response["tools"]) == (
+        "required",
+        False,
+        body["tools"],
+    )
+
+
+def test_family_uses_the_aws_default_credentials(
+    fake: FakeBedrock, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(tmp_path / "none"))
+    monkeypatch.setenv("AWS_CONFIG_FILE", str(tmp_path / "none"))
+    monkeypatch.setenv("AWS_EC2_METADATA_DISABLED", "true")
+    for name in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_PROFILE",
+                 "AWS_CONTAINER_CREDENTIALS_RELATIVE_URI", "AWS_CONTAINER_CREDENTIALS_FULL_URI"):  # fmt: skip
+        monkeypatch.delenv(name, raising=False)
+    family = family_over(fake)
+    prepared = family.prepare(codex_body(user("hi"), stream=False), CLAUDE, PROVIDER)
+    with pytest.raises(SecretUnavailable):
+        asyncio.run(family.credentials(prepared, 0, SecretResolver()))
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", ACCESS_KEY)
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", SECRET_KEY)
+    fake.script(Reply(body=converse_body([Text("from the environment")])))
+    status, raw, prepared = attempt(family, codex_body(user("hi"), stream=False), SecretResolver())
+    assert status == 200 and fake.invalid == [], raw
+    assert family.whole(prepared, context(), raw)["output"][0]["content"][0]["text"] == "from the environment"
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "not-the-secret")
+    status, raw, _ = attempt(family, codex_body(user("hi"), stream=False), SecretResolver())
+    assert family.error(status, raw)[1]["error"]["code"] == "upstream_auth_failed"
+
+
+def test_the_registry_serves_bedrock_from_the_package() -> None:
+    family = registry.family_for(BedrockProvider(kind="bedrock", region="us-east-1"))
+    assert type(family) is BedrockFamily and type(family).__module__ == "codexgate.providers.bedrock.family"
+    assert {"authorization", "x-amz-security-token"} <= set(registry.SECRET_HEADERS)
+
+
+def decode_events(data: bytes) -> list[dict[str, Any]]:
+    events = [json.loads(payload) for _, payload in SSEParser().feed(data)]
+    for event in events:
+        strict_event(event)
+    return events
