@@ -13,7 +13,7 @@ from codexgate.providers.base import TranslateOptions, refuse_stateful
 from codexgate.providers.bedrock.decode import EventStreamDecoder, converse_events
 from codexgate.providers.bedrock.errors import translate_error
 from codexgate.providers.bedrock.request import build_request
-from codexgate.providers.bedrock.signing import request_target, sign_request
+from codexgate.providers.bedrock.signing import auth_headers, request_target, sign_request
 from codexgate.providers.bedrock.stream import StreamTranslator
 from codexgate.providers.bedrock.tools import tool_names
 from codexgate.providers.family import JSON, Prepared, ProviderFamily, StreamBridge, answering, json_bytes
@@ -50,12 +50,17 @@ class BedrockFamily(ProviderFamily[BedrockProvider]):
         )  # fmt: skip
 
     def key_weights(self) -> list[int]:
-        return []  # one key pair (or the AWS default sources), no key list to weigh
+        # Bedrock API keys are weighed like any family's keys; one AWS key pair (or the AWS
+        # default sources) is one deployment.
+        return [key.weight for key in self.settings.keys]
 
     async def credentials(self, prepared: Prepared, key_index: int, secrets: SecretResolver) -> dict[str, str]:
-        """SigV4 over exactly the URL and body that will be sent, signed anew per attempt (a
-        signature covers host, region and body and is valid for minutes)."""
+        """The chosen Bedrock API key as a bearer token; else SigV4 over exactly the URL and body
+        that will be sent, signed anew per attempt (a signature covers host, region and body and
+        is valid for minutes)."""
         settings = self.settings
+        if settings.keys:
+            return auth_headers(self.secret(key_index, secrets))
         if settings.access_key_id is not None and settings.secret_access_key is not None:
             access_key = secrets.resolve(settings.access_key_id.value)
             secret_key = secrets.resolve(settings.secret_access_key.value)

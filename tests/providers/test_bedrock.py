@@ -1062,3 +1062,29 @@ def decode_events(data: bytes) -> list[dict[str, Any]]:
     for event in events:
         strict_event(event)
     return events
+
+
+def test_family_with_bedrock_api_keys_weighs_them_and_sends_the_chosen_one(
+    fake: FakeBedrock, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("CG_TEST_BR_KEY", API_KEY)
+    monkeypatch.setenv("CG_TEST_BR_OLD", "revoked-bedrock-key")
+    keys = [SecretRef(value="env:CG_TEST_BR_OLD", weight=1), SecretRef(value="env:CG_TEST_BR_KEY", weight=3)]
+    family = family_over(fake, keys=keys)
+    assert family.key_weights() == [1, 3]
+    secrets = SecretResolver()
+    prepared = family.prepare(codex_body(user("hi"), stream=False), CLAUDE, PROVIDER)
+    assert asyncio.run(family.credentials(prepared, 1, secrets)) == {"authorization": f"Bearer {API_KEY}"}
+    fake.script(Reply(body=converse_body([Text("keyed")])))
+    headers = prepared.headers | asyncio.run(family.credentials(prepared, 1, secrets))
+    assert prepared.body is not None
+    status, chunks, _ = post(prepared.url, headers, prepared.body)
+    assert status == 200 and family.whole(prepared, context(), b"".join(chunks))["status"] == "completed"
+    refused = prepared.headers | asyncio.run(family.credentials(prepared, 0, secrets))
+    status, chunks, _ = post(prepared.url, refused, prepared.body)
+    assert family.error(status, b"".join(chunks))[1]["error"]["code"] == "upstream_auth_failed"
+    with pytest.raises(ValueError, match="not both"):
+        BedrockProvider(
+            kind="bedrock", region=REGION, keys=keys,
+            access_key_id=SecretRef(value="env:A"), secret_access_key=SecretRef(value="env:B"),
+        )  # fmt: skip
