@@ -17,6 +17,7 @@ from typing import Any, ClassVar, Protocol
 
 from pydantic import BaseModel
 
+from codexgate.catalog import GENERIC_DEFAULTS, FamilyDefaults
 from codexgate.providers.responses.objects import ResponseContext
 from codexgate.secrets import SecretResolver
 from codexgate.sse import encode_event
@@ -75,8 +76,14 @@ class StreamTranslator(Protocol):
     event, `outcome` ("completed" | "incomplete" | "failed"), `usage` and `response` (the final
     `response` object) are set."""
 
-    usage: Usage | None
-    outcome: str | None
+    @property
+    def usage(self) -> Usage | None: ...
+
+    @property
+    def outcome(self) -> str | None: ...
+
+    @property
+    def response(self) -> JSON | None: ...
 
     def feed(self, event: Any) -> list[JSON]: ...
 
@@ -177,6 +184,10 @@ class ProviderFamily[SettingsT: BaseModel]:
     `price_id() -> str | None`
         The provider id genai-prices knows its models under ("anthropic", "google", ...), None
         where there is no list price (self-hosted hosts: the policy sets one).
+
+    `codex_defaults(upstream_model) -> FamilyDefaults`
+        What Codex's model catalog says about a model the policy describes no further (context
+        window, reasoning levels, input modalities, apply_patch flavour).
     """
 
     kind: ClassVar[str]
@@ -223,7 +234,7 @@ class ProviderFamily[SettingsT: BaseModel]:
         for event in self.whole_events(prepared, raw):
             translator.feed(event)
         translator.finish()
-        response: JSON | None = getattr(translator, "response", None)
+        response = translator.response
         if response is None:
             raise RuntimeError(f"the {self.kind} stream translator gave no final response")
         return response
@@ -242,6 +253,9 @@ class ProviderFamily[SettingsT: BaseModel]:
 
     def price_id(self) -> str | None:
         return None
+
+    def codex_defaults(self, upstream_model: str) -> FamilyDefaults:
+        return GENERIC_DEFAULTS
 
 
 def new_context(model: str, provider_name: str, echo: JSON | None = None) -> ResponseContext:

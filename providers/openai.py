@@ -6,6 +6,7 @@ import json
 from typing import Any
 from urllib.parse import urlsplit
 
+from codexgate.catalog import REASONING_LEVELS, FamilyDefaults
 from codexgate.policies.schema import OpenAIProvider
 from codexgate.providers.family import Prepared, ProviderFamily
 from codexgate.secrets import SecretResolver
@@ -19,6 +20,20 @@ def upstream_target(base_url: str, endpoint: str) -> tuple[str, str, int, str]:
     scheme = parts.scheme
     port = parts.port or (443 if scheme == "https" else 80)
     return scheme, parts.hostname or "", port, parts.path.rstrip("/") + ENDPOINT_PATHS[endpoint]
+
+
+def openai_model_defaults(upstream_model: str) -> FamilyDefaults:
+    """Codex catalog defaults of OpenAI models (OpenAI itself, Azure deployments)."""
+    name = upstream_model.lower()
+    if name.startswith("gpt-4.1"):
+        window = 1_047_576
+    elif name.startswith(("o1", "o3", "o4")):
+        window = 200_000
+    elif name.startswith(("gpt-4o", "gpt-4")):
+        window = 128_000
+    else:
+        window = 272_000  # the GPT-5 family, as Codex's own catalog gives it
+    return FamilyDefaults(window, REASONING_LEVELS, "medium", ("text", "image"), "freeform")
 
 
 def auth_headers(secret: str) -> dict[str, str]:
@@ -55,3 +70,6 @@ class OpenAIFamily(ProviderFamily[OpenAIProvider]):
 
     def price_id(self) -> str | None:
         return "openai"
+
+    def codex_defaults(self, upstream_model: str) -> FamilyDefaults:
+        return openai_model_defaults(upstream_model)

@@ -3,13 +3,15 @@
 Adding a provider is one package `providers/<family>/` with a `family.py` subclassing
 `ProviderFamily`, plus one line below. Everything else reads this table: the addons pick the
 family of a deployment (`family_for`), price it (`ProviderFamily.price_id`), strip and mask its
-credential headers (`SECRET_HEADERS`, `CLIENT_CREDENTIAL_HEADERS`).
+credential headers (`SECRET_HEADERS`, `CLIENT_CREDENTIAL_HEADERS`), describe its models to Codex
+(`codex_defaults`).
 
 Layering (core → policies → providers → addons): settings models live in
 `codexgate.policies.schema` and core (`codexgate.headers`, `codexgate.pricing`) knows no provider.
 The dependency is inverted by handing values down, not by registering into core at import: the
 addons take the secret header names and price ids from here and pass them to the core functions
-(`strip_client_credentials(headers, CLIENT_CREDENTIAL_FIELDS)`, `Pricer.source(price_id, ...)`),
+(`strip_client_credentials(headers, CLIENT_CREDENTIAL_FIELDS)`, `Pricer.source(price_id, ...)`,
+`codex_catalog(policy, key, codex_defaults)`),
 so no module keeps mutable global state and a core module never depends on import order.
 `check_registry` (run by the tests) holds the table and the policy schema's `Provider` union to
 the same kinds.
@@ -20,6 +22,7 @@ from __future__ import annotations
 import typing
 from typing import Any
 
+from codexgate.catalog import FamilyDefaults
 from codexgate.headers import CLIENT_CREDENTIAL_HEADERS as CLIENT_HEADERS_CORE
 from codexgate.headers import field_names
 from codexgate.policies.schema import Provider
@@ -37,6 +40,7 @@ __all__ = [
     "FAMILIES",
     "SECRET_HEADERS",
     "check_registry",
+    "codex_defaults",
     "family_for",
     "kinds",
 ]
@@ -68,6 +72,11 @@ SECRET_HEADERS: tuple[str, ...] = CLIENT_CREDENTIAL_HEADERS
 def family_for(settings: Any) -> ProviderFamily[Any]:
     """The family of a provider's settings (a policy `providers.<name>` entry), built for it."""
     return FAMILIES[settings.kind](settings)
+
+
+def codex_defaults(settings: Any, upstream_model: str) -> FamilyDefaults:
+    """What Codex's model catalog says about a model of this provider (`codexgate.catalog.DefaultsFor`)."""
+    return family_for(settings).codex_defaults(upstream_model)
 
 
 def kinds() -> tuple[str, ...]:

@@ -8,6 +8,7 @@ import json
 from collections.abc import Iterable
 from typing import Any
 
+from codexgate.catalog import GENERIC_DEFAULTS, REASONING_LEVELS, FamilyDefaults
 from codexgate.policies.schema import BedrockProvider
 from codexgate.providers.base import TranslateOptions, refuse_stateful
 from codexgate.providers.bedrock.decode import EventStreamDecoder, converse_events
@@ -86,3 +87,8 @@ class BedrockFamily(ProviderFamily[BedrockProvider]):
 
     def price_id(self) -> str | None:
         return "aws"
+
+    def codex_defaults(self, upstream_model: str) -> FamilyDefaults:
+        if "claude" in upstream_model.lower():
+            return FamilyDefaults(200_000, REASONING_LEVELS, "medium", ("text", "image"), "freeform")
+        return GENERIC_DEFAULTS

@@ -17,12 +17,12 @@ from codexgate.providers.bedrock.errors import STREAM_ERRORS, stream_error
 from codexgate.providers.bedrock.tools import ToolNames
 from codexgate.providers.responses import (
     CustomToolCallItem,
+    EmittingTranslator,
     FunctionCallItem,
     InputStringStream,
     MessageItem,
     ReasoningItem,
     ResponseContext,
-    ResponseEmitter,
     custom_input,
 )
 from codexgate.usage import Usage
@@ -69,37 +69,26 @@ class _Block:
     redacted: list[bytes] = dataclasses.field(default_factory=list)
 
 
-class StreamTranslator:
+class StreamTranslator(EmittingTranslator):
     """ConverseStream events (as `EventStreamDecoder` yields them) → Responses stream events."""
 
     def __init__(
         self, ctx: ResponseContext, *, tools: ToolNames | None = None, upstream_model: str | None = None
     ) -> None:
-        self.ctx = ctx
-        self.usage: Usage | None = None  # from the metadata event, for accounting
-        self._emit = ResponseEmitter(ctx)
+        super().__init__(ctx)
         self._tools = tools if tools is not None else ToolNames()
         self._envelope_model = upstream_model or ctx.model
         self._blocks: dict[int, _Block] = {}
         self._stop_reason: str | None = None
+        self._usage: Usage | None = None  # from the metadata event
         self._cache_write = 0
-        self._have_metadata = False
-
-    @property
-    def outcome(self) -> str | None:
-        return self._emit.outcome
-
-    @property
-    def response(self) -> JSON | None:
-        """The final `response` object, once the terminal event was emitted."""
-        return self._emit.response
 
     # -- public ---------------------------------------------------------------------------
 
     def feed(self, event: dict[str, Any]) -> list[JSON]:
         if self.outcome is not None or not isinstance(event, dict) or not event:
             return []
-        self._emit.start()
+        self.emit.start()
         name, body = next(iter(event.items()))
         body = body if isinstance(body, dict) else {}
         if name == "contentBlockStart":
@@ -116,33 +105,34 @@ class StreamTranslator:
             self._stop_reason = str(body.get("stopReason"))
             self._maybe_finish()
         elif name == "metadata":
-            self.usage, self._cache_write = usage_from_bedrock(body.get("usage"))
-            self._have_metadata = True
+            self._usage, self._cache_write = usage_from_bedrock(body.get("usage"))
             self._maybe_finish()
         elif name in STREAM_ERRORS or name.endswith("Exception"):
             self._fail(*stream_error(name, body))
         # messageStart and events this gateway has no use for (citations, images) pass silently.
-        return self._emit.take()
+        return self.emit.take()
 
     def finish(self) -> list[JSON]:
+        """At the end of the upstream body: `response.failed` unless the turn was over (a cut
+        stream must never look complete: Codex would keep half an answer)."""
         if self.outcome is None:
             if self._stop_reason is not None:
                 message = "The Bedrock stream ended before its metadata event; the usage of this turn is unknown."
             else:
                 message = "The Bedrock stream ended early, before the model finished its answer."
             self._fail("server_error", message)
-        return self._emit.take()
+        return self.emit.take()
 
     # -- events ---------------------------------------------------------------------------
 
     def _fail(self, code: str, message: str) -> None:
-        self._emit.fail(code, message, self.usage, cache_write_tokens=self._cache_write)
+        self.emit.fail(code, message, self._usage, cache_write_tokens=self._cache_write)
 
     def _open_tool(self, index: Any, start: Mapping[str, Any]) -> None:
         if not isinstance(index, int) or index in self._blocks:
             return
         tool = self._tools.resolve(str(start.get("name")))
-        item = self._emit.tool_call(tool.kind, str(start.get("toolUseId")), tool.name, tool.namespace)
+        item = self.emit.tool_call(tool.kind, str(start.get("toolUseId")), tool.name, tool.namespace)
         decoder = InputStringStream() if isinstance(item, CustomToolCallItem) else None
         self._blocks[index] = _Block(item, decoder=decoder)
 
@@ -154,7 +144,7 @@ class StreamTranslator:
             if block is None:
                 # The message item holds whitespace back: announced with its first real text,
                 # never at all when the block stays blank (Codex would replay it, Bedrock refuse it).
-                block = self._blocks[index] = _Block(self._emit.message())
+                block = self._blocks[index] = _Block(self.emit.message())
             if isinstance(block.item, MessageItem):
                 block.item.delta(delta["text"])
         elif isinstance(delta.get("toolUse"), dict):
@@ -168,7 +158,7 @@ class StreamTranslator:
                 block.item.delta(piece)
         elif isinstance(delta.get("reasoningContent"), dict):
             if block is None:
-                block = self._blocks[index] = _Block(self._emit.reasoning())
+                block = self._blocks[index] = _Block(self.emit.reasoning())
             if isinstance(block.item, ReasoningItem):
                 self._reasoning_delta(block, delta["reasoningContent"])
 
@@ -213,7 +203,7 @@ class StreamTranslator:
         """Bedrock sends messageStop (the stop reason) and then metadata (usage): the turn is
         over only when both have arrived. Guardrail interventions and content filtering end a
         normal, completed turn: Bedrock has already put its replacement text into the answer."""
-        if self._stop_reason is None or not self._have_metadata:
+        if self._stop_reason is None or self._usage is None:
             return
         stop = self._stop_reason
         if stop in _STOP_FAILED:
@@ -222,7 +212,7 @@ class StreamTranslator:
         if stop not in _STOP_COMPLETED | _STOP_INCOMPLETE:
             logger.warning("unknown Bedrock stopReason %r treated as completed", stop)
         incomplete = "max_output_tokens" if stop in _STOP_INCOMPLETE else None
-        self._emit.complete(self.usage, incomplete=incomplete, cache_write_tokens=self._cache_write)
+        self.emit.complete(self._usage, incomplete=incomplete, cache_write_tokens=self._cache_write)
 
 
 def translate_response(

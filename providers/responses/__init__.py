@@ -1,13 +1,15 @@
 """The shared Responses toolkit: what every translating family needs to answer Codex.
 
 - `objects`: the `response` object, the request fields it echoes, the `usage` block.
-- `emitter`: `ResponseEmitter`, sequence-numbered stream events and the final response.
+- `emitter`: `ResponseEmitter`, sequence-numbered stream events and the final response;
+  `EmittingTranslator`, a base for a family's stream translator built on it.
 - `tools`: `ToolNameMap`, Codex tools under provider-safe names and back.
 - `jsonstring`: the `{"input": "..."}` string of a custom tool call, decoded as it streams.
 """
 
 from codexgate.providers.responses.emitter import (
     CustomToolCallItem,
+    EmittingTranslator,
     FunctionCallItem,
     MessageItem,
     ReasoningItem,
@@ -31,6 +33,7 @@ from codexgate.providers.responses.tools import CodexTool, OfferedTool, ToolName
 __all__ = [
     "CodexTool",
     "CustomToolCallItem",
+    "EmittingTranslator",
     "FunctionCallItem",
     "InputStringStream",
     "MessageItem",

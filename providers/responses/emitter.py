@@ -33,6 +33,7 @@ from codexgate.usage import Usage
 
 __all__ = [
     "CustomToolCallItem",
+    "EmittingTranslator",
     "FunctionCallItem",
     "MessageItem",
     "ReasoningItem",
@@ -168,9 +169,7 @@ class ResponseEmitter:
 
     # -- endings ----------------------------------------------------------------------------------
 
-    def complete(
-        self, usage: Usage | None, *, incomplete: str | None = None, cache_write_tokens: int = 0
-    ) -> None:
+    def complete(self, usage: Usage | None, *, incomplete: str | None = None, cache_write_tokens: int = 0) -> None:
         """Close what is open and emit `response.completed` (or `response.incomplete` with
         `incomplete` as its reason, e.g. "max_output_tokens" / "content_filter"). Once only."""
         if self.outcome is not None:
@@ -182,9 +181,7 @@ class ResponseEmitter:
         response = response_object(self.ctx, outcome, self.output, block, incomplete=incomplete)
         self._terminal(outcome, response, usage)
 
-    def fail(
-        self, code: str, message: str, usage: Usage | None = None, *, cache_write_tokens: int = 0
-    ) -> None:
+    def fail(self, code: str, message: str, usage: Usage | None = None, *, cache_write_tokens: int = 0) -> None:
         """Emit `response.failed` with an error code Codex understands (`server_error`,
         `rate_limit_exceeded`, `context_length_exceeded`, `insufficient_quota`, ...). Items still
         open are left out of the output; `usage` bills input already processed. Once only."""
@@ -458,3 +455,35 @@ class CustomToolCallItem(_Item):
         item = self.item(input_text)
         self.emitter._finish(self, item)
         return item
+
+
+class EmittingTranslator:
+    """Base for a family's stream translator that writes through a `ResponseEmitter`: `usage`,
+    `outcome` and `response` are the emitter's; `finish()` fails a stream that ended without its
+    terminal event (`cut_message` says why). Subclasses implement `feed(event)`, driving
+    `self.emit` and returning `self.emit.take()`."""
+
+    cut_message = "The provider's stream ended before the answer was complete."
+
+    def __init__(self, ctx: ResponseContext) -> None:
+        self.ctx = ctx
+        self.emit = ResponseEmitter(ctx)
+
+    @property
+    def usage(self) -> Usage | None:
+        return self.emit.usage
+
+    @property
+    def outcome(self) -> str | None:
+        return self.emit.outcome
+
+    @property
+    def response(self) -> JSON | None:
+        return self.emit.response
+
+    def feed(self, event: Any) -> list[JSON]:
+        raise NotImplementedError
+
+    def finish(self) -> list[JSON]:
+        self.emit.ensure_terminal(self.cut_message)
+        return self.emit.take()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from codexgate.catalog import REASONING_LEVELS, FamilyDefaults
 from codexgate.policies.schema import AnthropicProvider
 from codexgate.providers import anthropic
 from codexgate.providers.family import JSON, Prepared
@@ -24,3 +25,7 @@ class AnthropicFamily(ModuleFamily):
 
     def price_id(self) -> str | None:
         return "anthropic"
+
+    def codex_defaults(self, upstream_model: str) -> FamilyDefaults:
+        # Claude models: 200k tokens (the 1M window is an opt-in beta).
+        return FamilyDefaults(200_000, REASONING_LEVELS, "medium", ("text", "image"), "freeform")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from codexgate.catalog import REASONING_LEVELS, FamilyDefaults
 from codexgate.policies.schema import GeminiProvider
 from codexgate.providers import gemini
 from codexgate.providers.wrappers.module_family import ModuleFamily
@@ -18,3 +19,6 @@ class GeminiFamily(ModuleFamily):
 
     def price_id(self) -> str | None:
         return "google"
+
+    def codex_defaults(self, upstream_model: str) -> FamilyDefaults:
+        return FamilyDefaults(1_048_576, REASONING_LEVELS, "medium", ("text", "image"), "freeform")

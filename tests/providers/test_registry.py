@@ -18,7 +18,7 @@ from codexgate.providers.registry import (
     family_for,
     kinds,
 )
-from codexgate.providers.responses import ResponseContext, ResponseEmitter
+from codexgate.providers.responses import EmittingTranslator, ResponseContext
 from codexgate.usage import Usage
 
 
@@ -51,34 +51,18 @@ class _LinesDecoder:
         return [json.loads(line) for line in lines if line.strip()]
 
 
-class _LinesTranslator:
+class _LinesTranslator(EmittingTranslator):
     def __init__(self, ctx: ResponseContext) -> None:
-        self._emit = ResponseEmitter(ctx)
-        self._message = self._emit.message()
-
-    @property
-    def usage(self) -> Usage | None:
-        return self._emit.usage
-
-    @property
-    def outcome(self) -> str | None:
-        return self._emit.outcome
-
-    @property
-    def response(self) -> dict[str, Any] | None:
-        return self._emit.response
+        super().__init__(ctx)
+        self._message = self.emit.message()
 
     def feed(self, event: Any) -> list[dict[str, Any]]:
-        self._emit.start()
+        self.emit.start()
         if "text" in event:
             self._message.delta(event["text"])
         if "stop" in event:
-            self._emit.complete(Usage(input_tokens=3, output_tokens=event["stop"]))
-        return self._emit.take()
-
-    def finish(self) -> list[dict[str, Any]]:
-        self._emit.ensure_terminal("cut")
-        return self._emit.take()
+            self.emit.complete(Usage(input_tokens=3, output_tokens=event["stop"]))
+        return self.emit.take()
 
 
 class _LinesFamily(ProviderFamily[OpenAIProvider]):
@@ -108,3 +92,10 @@ def test_a_whole_answer_is_the_stream_translators_final_response(chunk: int) -> 
     completed = [json.loads(line[6:]) for line in sse.split(b"\n") if b'"response.completed"' in line]
     assert completed[0]["response"]["output"][0]["content"] == whole["output"][0]["content"]
     assert whole["usage"]["output_tokens"] == 2 and bridge.outcome == "completed"
+
+
+def test_a_stream_cut_short_is_failed_by_the_translator_base() -> None:
+    family = _LinesFamily(OpenAIProvider(kind="openai", keys=[SecretRef(value="env:K")]))
+    bridge = family.stream(Prepared("http://x", {}, b"{}", False, "m"), new_context("m", "p"))
+    sse = bridge.feed(b'{"text": "Hal') + bridge.feed(b'f"}\n') + bridge.finish()
+    assert bridge.outcome == "failed" and sse.count(b"event: response.failed") == 1
