@@ -1088,3 +1088,23 @@ def test_family_with_bedrock_api_keys_weighs_them_and_sends_the_chosen_one(
             kind="bedrock", region=REGION, keys=keys,
             access_key_id=SecretRef(value="env:A"), secret_access_key=SecretRef(value="env:B"),
         )  # fmt: skip
+
+
+def test_every_stop_reason_and_stream_exception_of_the_service_model_is_mapped(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """botocore's service model lists what Bedrock may send; a stop reason or exception event
+    added there must get a deliberate mapping here, not the 'unknown' fallback."""
+    from fakes.bedrock_upstream import SERVICE
+
+    from codexgate.providers.bedrock.errors import STREAM_ERRORS
+
+    stop_reasons = SERVICE.shape_for("StopReason").enum
+    for stop in stop_reasons:
+        caplog.clear()
+        events, translator = translate_stream(encode_stream(stream_events([Text("x")], stop)))
+        assert translator.outcome in ("completed", "incomplete", "failed")
+        assert "unknown Bedrock stopReason" not in caplog.text, stop
+    output = SERVICE.operation_model("ConverseStream").output_shape.members["stream"]
+    exceptions = {name for name, shape in output.members.items() if shape.metadata.get("exception")}
+    assert exceptions and exceptions <= set(STREAM_ERRORS)
