@@ -7,7 +7,8 @@ The package, by concern:
     tools.py     Codex tools ↔ toolSpecs: names Bedrock accepts, toolUse ids, custom tools, toolChoice
     content.py   message content → text / image / document / toolResult blocks
     models.py    what differs per model: thinking / reasoning settings, prompt caching
-    request.py   build_request: the conversation (role order, tool pairs repaired), reasoning replay
+    history.py   input items → system + messages, repaired (role order, tool pairs), reasoning replay
+    request.py   build_request: history, tools, inference / reasoning settings, output, cache points
     decode.py    AWS event-stream frames → ConverseStream events; a whole answer → the same events
     stream.py    StreamTranslator (ConverseStream events → Responses events through the toolkit's
                  ResponseEmitter; usage, stop reasons), translate_response (a whole answer)
