@@ -26,7 +26,6 @@ from codexgate.catalog import codex_catalog
 from codexgate.errors import error_response
 from codexgate.failsafe import fail_closed
 from codexgate.policies.keys import KEY_PREFIX, hash_key
-from codexgate.providers.registry import codex_defaults
 
 logger = logging.getLogger(__name__)
 
@@ -73,7 +72,7 @@ class CodexBackend:
             return
         if path not in CATALOG_PATHS:
             return  # KeyGuard removes the key and refuses
-        body = codex_catalog(policy, key, codex_defaults)
+        body = codex_catalog(policy, key)
         flow.comment = f"codexgate: model catalog for key {key.name} ({len(body['models'])} models)"
         logger.info("Codex model catalog for key %s served (%d models, %s)", key.name, len(body["models"]), path)
         flow.response = http.Response.make(

@@ -49,15 +49,12 @@ from codexgate.metrics import GatewayMetrics
 from codexgate.policies.schema import Limited, Price
 from codexgate.pricing import Pricer, PriceSource, PriceUnknown
 from codexgate.providers.registry import family_for
-from codexgate.resilience import DRAIN_MAX_SECONDS
+from codexgate.relay import DRAIN_MAX_SECONDS
 from codexgate.stores.base import Admission, Amounts, Counter, CounterState, CounterStore, Kind, StoreUnavailable
 from codexgate.usage import Usage
 from codexgate.windows import describe_period, format_reset, window
 
 logger = logging.getLogger(__name__)
-
-LEVEL_NAMES = {"key": "key", "team": "team", "org": "org", "provider": "provider", "model": "model"}
-
 
 @dataclasses.dataclass
 class Metering:
@@ -562,13 +559,3 @@ class Charge:
             return Amounts(requests=1), "upstream_error"  # the provider refused: it charges nothing
         # Cut short before usage arrived (or no usage reported): never zero.
         return metering.estimate, "estimate"
-
-
-def metering_summary(state: GatewayRequest) -> dict[str, Any]:
-    metering: Metering | None = getattr(state, "metering", None)
-    if metering is None:
-        return {}
-    return {
-        "estimate_usd": round(metering.estimate.usd, 8),
-        "unmetered": metering.unmetered,
-    }

@@ -17,7 +17,7 @@ from typing import Any
 
 from mitmproxy import http
 
-from codexgate.addons.resilience import Candidate, RelayedRequest, Resilience
+from codexgate.addons.failover import Candidate, Failover, RelayedRequest
 from codexgate.errors import error_response
 from codexgate.failsafe import fail_closed
 from codexgate.flowstate import GatewayRequest, Translation, refuse, state_of
@@ -25,7 +25,7 @@ from codexgate.metrics import GatewayMetrics
 from codexgate.providers.base import UnsupportedRequest, refuse_stateful
 from codexgate.providers.family import CODEX_HEADERS, ProviderFamily, new_context
 from codexgate.providers.registry import CLIENT_CREDENTIAL_HEADERS, family_for
-from codexgate.resilience import Attempt, Plan, Timeouts
+from codexgate.relay import Attempt, Plan, Timeouts
 from codexgate.usage import StreamUsageReader
 
 logger = logging.getLogger(__name__)
@@ -45,8 +45,8 @@ def chat_body_to_responses(body: dict[str, Any]) -> dict[str, Any]:
 
 
 class Route:
-    def __init__(self, resilience: Resilience | None = None) -> None:
-        self._resilience = resilience or Resilience(GatewayMetrics())
+    def __init__(self, failover: Failover | None = None) -> None:
+        self._failover = failover or Failover(GatewayMetrics())
 
     @fail_closed
     async def request(self, flow: http.HTTPFlow) -> None:
@@ -57,7 +57,7 @@ class Route:
             return
         if state.policy.lookup_model(state.model) is None:
             raise RuntimeError(f"admitted model {state.model} has no entry")
-        candidates = await self._resilience.order(state)
+        candidates = await self._failover.order(state)
         providers = state.policy.policy.providers
         if state.endpoint == "responses" and needs_stored_state(state.body):
             # Only OpenAI-style deployments keep responses; a translated one would refuse the
@@ -87,8 +87,8 @@ class Route:
         closure and body until `total_timeout`. A plan the relay took is already gone: no-op."""
         state = state_of(flow)
         relayed = state.relayed if state is not None else None
-        if relayed is not None and relayed.token and self._resilience.relay is not None:
-            self._resilience.relay.discard(relayed.token)
+        if relayed is not None and relayed.token and self._failover.relay is not None:
+            self._failover.relay.discard(relayed.token)
 
     # -- one deployment: mitmproxy forwards the request itself ---------------------------------------
 
@@ -101,7 +101,7 @@ class Route:
     # -- several deployments: the relay tries them in order -------------------------------------------
 
     def _relayed(self, flow: http.HTTPFlow, state: GatewayRequest, candidates: list[Candidate]) -> None:
-        relay = self._resilience.relay
+        relay = self._failover.relay
         if relay is None:
             raise RuntimeError("the failover relay is not running")
         settings = state.policy.policy.gateway.resilience
@@ -156,7 +156,7 @@ class Route:
         else:
             headers = {k: v for k, v in client_headers.items() if k.lower() not in CODEX_HEADERS}
         headers.update(prepared.headers)
-        headers.update(await family.credentials(prepared, candidate.key_index, self._resilience.secrets))
+        headers.update(await family.credentials(prepared, candidate.key_index, self._failover.secrets))
         headers["content-type"] = "application/json"
         relayed.translations[index] = translation
         body = prepared.body if prepared.body is not None else json.dumps(state.body).encode()

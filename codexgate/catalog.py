@@ -8,18 +8,17 @@ openai/codex, and Codex rejects the whole catalog if any field is missing, so ev
 carries every field of that shape (measured against the catalog built into Codex 0.169).
 
 What the policy does not say about a model comes from its provider family
-(`ProviderFamily.codex_defaults`, handed in as `defaults_for`: core knows no provider), so a bare
-policy still gives Codex the right context window for GPT, Claude and Gemini models.
+(`ProviderFamily.codex_defaults`), so a bare policy still gives Codex the right context window for
+GPT, Claude and Gemini models.
 """
 
 from __future__ import annotations
 
-import dataclasses
-from collections.abc import Callable
 from typing import Any
 
 from codexgate.policies.loader import CompiledPolicy
 from codexgate.policies.schema import CodexModelInfo, ModelEntry, VirtualKey
+from codexgate.providers.registry import codex_defaults
 
 REASONING_DESCRIPTIONS = {
     "none": "No reasoning",
@@ -46,35 +45,11 @@ You are a coding agent running in the Codex CLI on the user's computer, working 
 """
 
 
-@dataclasses.dataclass(frozen=True)
-class FamilyDefaults:
-    context_window: int
-    reasoning_levels: tuple[str, ...]
-    default_reasoning_level: str
-    input_modalities: tuple[str, ...]
-    apply_patch: str  # "freeform" (its own grammar-constrained tool) or "shell" (patches via the shell tool)
-
-
-REASONING_LEVELS = ("low", "medium", "high")
-# What Codex is told about a model of a family that says nothing more (chat hosts, mock, ...).
-GENERIC_DEFAULTS = FamilyDefaults(128_000, REASONING_LEVELS, "medium", ("text",), "freeform")
-
-# (provider settings, upstream model) -> what Codex should assume about that model. The provider
-# family knows (`ProviderFamily.codex_defaults`); the addon serving the catalog passes it in.
-DefaultsFor = Callable[[Any, str], FamilyDefaults]
-
-
-def _generic(settings: Any, upstream_model: str) -> FamilyDefaults:
-    return GENERIC_DEFAULTS
-
-
-def model_info(
-    policy: CompiledPolicy, name: str, entry: ModelEntry, priority: int, defaults_for: DefaultsFor = _generic
-) -> dict[str, Any]:
+def model_info(policy: CompiledPolicy, name: str, entry: ModelEntry, priority: int) -> dict[str, Any]:
     """One catalog entry, every field of Codex's ModelInfo present; what the policy leaves out comes
-    from the family of the model's first route (`defaults_for`)."""
+    from the family of the model's first route."""
     upstream = entry.routes[0].model or name
-    defaults = defaults_for(policy.policy.providers[entry.routes[0].provider], upstream)
+    defaults = codex_defaults(policy.policy.providers[entry.routes[0].provider], upstream)
     meta = entry.codex or CodexModelInfo()
     levels = list(meta.reasoning_levels or defaults.reasoning_levels)
     default_level = meta.default_reasoning_level or (
@@ -148,11 +123,7 @@ def visible_models(policy: CompiledPolicy, key: VirtualKey) -> list[tuple[str, M
     ]
 
 
-def codex_catalog(policy: CompiledPolicy, key: VirtualKey, defaults_for: DefaultsFor = _generic) -> dict[str, Any]:
+def codex_catalog(policy: CompiledPolicy, key: VirtualKey) -> dict[str, Any]:
     """`{"models": [...]}` for Codex: the key's models, in policy order (Codex sorts by priority)."""
     models = visible_models(policy, key)
-    return {
-        "models": [
-            model_info(policy, name, entry, priority, defaults_for) for priority, (name, entry) in enumerate(models)
-        ]
-    }
+    return {"models": [model_info(policy, name, entry, priority) for priority, (name, entry) in enumerate(models)]}

@@ -65,7 +65,7 @@ class GatewayRequest:
     accounted: bool = False
     translation: Translation | None = dataclasses.field(default=None, repr=False)
     key_index: int = 0  # which of the provider's keys
-    relayed: Any = dataclasses.field(default=None, repr=False)  # addons.resilience.RelayedRequest (relay)
+    relayed: Any = dataclasses.field(default=None, repr=False)  # addons.failover.RelayedRequest (relay)
     attempts: list[dict[str, Any]] | None = None  # what the relay tried, as it reported
     metering: Any = None  # addons.limits.Metering, once admission priced the request
     cost_usd: float | None = None

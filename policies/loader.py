@@ -20,7 +20,7 @@ from ruamel.yaml.comments import CommentedMap, CommentedSeq
 from ruamel.yaml.error import MarkedYAMLError
 
 from codexgate.policies.egress import EgressRules
-from codexgate.policies.schema import ModelEntry, Policy, Provider, Route, VirtualKey
+from codexgate.policies.schema import ModelEntry, ModelRoute, Policy, Provider, VirtualKey
 
 Loc = tuple[str | int, ...]
 
@@ -293,7 +293,7 @@ def _plain(node: Any) -> Any:
     return node
 
 
-def upstream_model(route: Route, canonical_name: str) -> str:
+def upstream_model(route: ModelRoute, canonical_name: str) -> str:
     return route.model or canonical_name
 
 

@@ -17,7 +17,6 @@ from typing import Any, ClassVar, Protocol
 
 from pydantic import BaseModel
 
-from codexgate.catalog import GENERIC_DEFAULTS, FamilyDefaults
 from codexgate.providers.responses.objects import ResponseContext
 from codexgate.secrets import SecretResolver
 from codexgate.sse import encode_event
@@ -25,6 +24,9 @@ from codexgate.usage import Usage
 
 __all__ = [
     "CODEX_HEADERS",
+    "GENERIC_DEFAULTS",
+    "REASONING_LEVELS",
+    "FamilyDefaults",
     "Prepared",
     "ProviderFamily",
     "StreamBridge",
@@ -52,7 +54,7 @@ class Prepared:
 
     url: str
     headers: dict[str, str]  # fixed headers of the family (versions, content negotiation), no credentials
-    body: bytes | None  # None: the client's body as it came (a pass-through family that changed nothing)
+    body: bytes | None  # None: the body the flow already carries (a pass-through family that changed nothing)
     stream: bool
     upstream_model: str
     dropped_tools: list[str] = dataclasses.field(default_factory=list)  # tools it cannot serve (header, log)
@@ -60,6 +62,22 @@ class Prepared:
     translate: bool = True  # False: the answer is already what the client asked for (pass-through)
     answer: Any = None  # what the family's translator needs about the request (tool names, echo, ...)
     echo: JSON = dataclasses.field(default_factory=dict)  # request fields the `response` repeats
+
+
+@dataclasses.dataclass(frozen=True)
+class FamilyDefaults:
+    """What Codex's model catalog says about a model the policy describes no further."""
+
+    context_window: int
+    reasoning_levels: tuple[str, ...]
+    default_reasoning_level: str
+    input_modalities: tuple[str, ...]
+    apply_patch: str  # "freeform" (its own grammar-constrained tool) or "shell" (patches via the shell tool)
+
+
+REASONING_LEVELS = ("low", "medium", "high")
+# What Codex is told about a model of a family that says nothing more (chat hosts, mock, ...).
+GENERIC_DEFAULTS = FamilyDefaults(128_000, REASONING_LEVELS, "medium", ("text",), "freeform")
 
 
 class StreamDecoder(Protocol):

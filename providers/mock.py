@@ -341,5 +341,7 @@ class MockFamily(ProviderFamily[MockProvider]):
         if endpoint == "responses":
             return json.dumps(responses_body(body, model, input_tokens, settings)).encode(), "application/json"
         if stream:
+            # As from OpenAI, the gateway asks for the usage chunk: the request is accounted from it.
+            body = dict(body, stream_options={**(body.get("stream_options") or {}), "include_usage": True})
             return encode_chat_stream(chat_chunks(body, model, input_tokens, settings)), "text/event-stream"
         return json.dumps(chat_body(body, model, input_tokens, settings)).encode(), "application/json"

@@ -6,9 +6,8 @@ import json
 from typing import Any
 from urllib.parse import urlsplit
 
-from codexgate.catalog import REASONING_LEVELS, FamilyDefaults
 from codexgate.policies.schema import OpenAIProvider
-from codexgate.providers.family import Prepared, ProviderFamily
+from codexgate.providers.family import REASONING_LEVELS, FamilyDefaults, Prepared, ProviderFamily
 from codexgate.secrets import SecretResolver
 
 ENDPOINT_PATHS = {"responses": "/responses", "chat": "/chat/completions"}

@@ -10,9 +10,9 @@ Layering (core → policies → providers → addons): settings models live in
 `codexgate.policies.schema` and core (`codexgate.headers`, `codexgate.pricing`) knows no provider.
 The dependency is inverted by handing values down, not by registering into core at import: the
 addons take the secret header names and price ids from here and pass them to the core functions
-(`strip_client_credentials(headers, CLIENT_CREDENTIAL_FIELDS)`, `Pricer.source(price_id, ...)`,
-`codex_catalog(policy, key, codex_defaults)`),
-so no module keeps mutable global state and a core module never depends on import order.
+(`strip_client_credentials(headers, CLIENT_CREDENTIAL_FIELDS)`, `Pricer.source(price_id, ...)`);
+the Codex catalog (request-state layer, above providers) calls `codex_defaults` itself. So no
+module keeps mutable global state and a core module never depends on import order.
 `check_registry` (run by the tests) holds the table and the policy schema's `Provider` union to
 the same kinds.
 """
@@ -22,12 +22,11 @@ from __future__ import annotations
 import typing
 from typing import Any
 
-from codexgate.catalog import FamilyDefaults
 from codexgate.headers import CLIENT_CREDENTIAL_HEADERS as CLIENT_HEADERS_CORE
 from codexgate.headers import field_names
 from codexgate.policies.schema import Provider
 from codexgate.providers.bedrock.family import BedrockFamily
-from codexgate.providers.family import ProviderFamily, header_names
+from codexgate.providers.family import FamilyDefaults, ProviderFamily, header_names
 from codexgate.providers.mock import MockFamily
 from codexgate.providers.openai import OpenAIFamily
 from codexgate.providers.wrappers.anthropic import AnthropicFamily

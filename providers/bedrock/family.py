@@ -8,7 +8,6 @@ import json
 from collections.abc import Iterable
 from typing import Any
 
-from codexgate.catalog import GENERIC_DEFAULTS, REASONING_LEVELS, FamilyDefaults
 from codexgate.policies.schema import BedrockProvider
 from codexgate.providers.base import TranslateOptions, refuse_stateful
 from codexgate.providers.bedrock.decode import EventStreamDecoder, converse_events
@@ -17,7 +16,17 @@ from codexgate.providers.bedrock.request import build_request
 from codexgate.providers.bedrock.signing import auth_headers, request_target, sign_request
 from codexgate.providers.bedrock.stream import StreamTranslator
 from codexgate.providers.bedrock.tools import tool_names
-from codexgate.providers.family import JSON, Prepared, ProviderFamily, StreamBridge, answering, json_bytes
+from codexgate.providers.family import (
+    GENERIC_DEFAULTS,
+    JSON,
+    REASONING_LEVELS,
+    FamilyDefaults,
+    Prepared,
+    ProviderFamily,
+    StreamBridge,
+    answering,
+    json_bytes,
+)
 from codexgate.providers.responses import ResponseContext, request_echo
 from codexgate.secrets import SecretResolver, SecretUnavailable
 

@@ -4,10 +4,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from codexgate.catalog import REASONING_LEVELS, FamilyDefaults
 from codexgate.policies.schema import AnthropicProvider
 from codexgate.providers import anthropic
-from codexgate.providers.family import JSON, Prepared
+from codexgate.providers.family import JSON, REASONING_LEVELS, FamilyDefaults, Prepared
 from codexgate.providers.wrappers.module_family import ModuleFamily
 
 

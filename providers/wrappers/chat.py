@@ -5,11 +5,18 @@ from __future__ import annotations
 
 import json
 
-from codexgate.catalog import FamilyDefaults
 from codexgate.policies.schema import AzureProvider, ChatProvider
 from codexgate.providers import chat_compat
 from codexgate.providers.base import TranslateOptions, refuse_stateful, sampling_params
-from codexgate.providers.family import JSON, Prepared, ProviderFamily, StreamBridge, answering, json_bytes
+from codexgate.providers.family import (
+    JSON,
+    FamilyDefaults,
+    Prepared,
+    ProviderFamily,
+    StreamBridge,
+    answering,
+    json_bytes,
+)
 from codexgate.providers.openai import openai_model_defaults
 from codexgate.providers.responses.objects import ResponseContext, request_echo
 from codexgate.secrets import SecretResolver

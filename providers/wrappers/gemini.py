@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from codexgate.catalog import REASONING_LEVELS, FamilyDefaults
 from codexgate.policies.schema import GeminiProvider
 from codexgate.providers import gemini
+from codexgate.providers.family import REASONING_LEVELS, FamilyDefaults
 from codexgate.providers.wrappers.module_family import ModuleFamily
 
 

@@ -23,7 +23,6 @@ from codexgate.launcher import (
     resolve_target,
 )
 from codexgate.policies.loader import PolicyError, parse_policy
-from codexgate.providers.registry import codex_defaults
 
 HASH = "sha256:" + "1" * 64
 POLICY = """\
@@ -57,7 +56,7 @@ keys:
 def catalog_for(key_name: str) -> dict[str, dict]:
     policy = parse_policy(POLICY)
     key = next(k for k in policy.policy.keys if k.name == key_name)
-    return {model["slug"]: model for model in codex_catalog(policy, key, codex_defaults)["models"]}
+    return {model["slug"]: model for model in codex_catalog(policy, key)["models"]}
 
 
 def test_family_defaults_give_right_context_windows() -> None:
