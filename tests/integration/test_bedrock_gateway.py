@@ -117,3 +117,23 @@ def test_bedrock_api_key_and_a_chat_completions_client(
     received = up.received[before]
     assert received.headers["authorization"] == f"Bearer {bedrock_fake.API_KEY}" and not received.stream
     assert "x-amz-date" not in received.headers and up.invalid == []
+
+
+@pytest.mark.xfail(
+    strict=True,
+    raises=openai.APIConnectionError,
+    reason="issue 15 gap, in the addons (not the family): an upstream connection aborted mid-stream "
+    "cuts the client's connection instead of ending in response.failed",
+)
+def test_an_aborted_bedrock_stream_ends_in_response_failed(
+    gateway: Gateway, runtimes: dict[str, bedrock_fake.FakeBedrock]
+) -> None:
+    """The runtime drops the connection mid-answer: the client gets `response.failed` (Codex
+    retries it), not a cut connection or an answer that looks complete."""
+    up = runtimes["up"]
+    events = bedrock_fake.stream_events([bedrock_fake.Text("Half of an answer that never ends")])
+    up.script(bedrock_fake.Reply(events=events, cut_after=4))
+    streamed = list(sdk(gateway).responses.create(model="claude-br", input="hi", stream=True))
+    assert [event.type for event in streamed if event.type.startswith("response.output_text.delta")]
+    assert streamed[-1].type == "response.failed"
+    assert streamed[-1].response.error is not None and streamed[-1].response.error.code == "server_error"
