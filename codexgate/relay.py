@@ -45,6 +45,7 @@ from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
 import aiohttp
+import yarl
 from aiohttp import web
 from multidict import CIMultiDict
 
@@ -461,7 +462,9 @@ class Relay:
         try:
             async with scope:
                 return await self._session.post(
-                    attempt.url,
+                    # Sent exactly as built: a signed URL (SigV4 covers Bedrock's `%3A` in the
+                    # model id) must not be re-normalised by yarl.
+                    yarl.URL(attempt.url, encoded=True),
                     data=attempt.body,
                     headers=headers,
                     allow_redirects=False,

@@ -186,7 +186,8 @@ class VertexProvider(Limited):
 
 class BedrockProvider(Limited):
     """AWS Bedrock Converse / ConverseStream, signed with SigV4. Credentials: the policy's
-    references, else the usual AWS sources (environment, shared config, instance role)."""
+    references, else the usual AWS sources (environment, shared config, instance role); or Bedrock
+    API keys (`keys`, bearer tokens, chosen by weight) instead of SigV4."""
 
     kind: Literal["bedrock"]
     region: str = Field(pattern=r"^[a-z]{2}(-[a-z]+)+-[0-9]+$")
@@ -194,6 +195,7 @@ class BedrockProvider(Limited):
     access_key_id: SecretRef | None = None
     secret_access_key: SecretRef | None = None
     session_token: SecretRef | None = None
+    keys: list[SecretRef] = Field(default_factory=list, description="Bedrock API keys, instead of SigV4")
     default_max_tokens: int = Field(default=16384, ge=1)
 
     @field_validator("base_url")
@@ -205,6 +207,8 @@ class BedrockProvider(Limited):
     def _key_pair(self) -> BedrockProvider:
         if (self.access_key_id is None) != (self.secret_access_key is None):
             raise ValueError("give both access_key_id and secret_access_key, or neither (AWS default sources)")
+        if self.keys and self.access_key_id is not None:
+            raise ValueError("give Bedrock API keys (keys) or an AWS key pair (access_key_id), not both")
         return self
 
     @property

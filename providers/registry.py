@@ -26,12 +26,12 @@ from codexgate.headers import CLIENT_CREDENTIAL_HEADERS as CLIENT_HEADERS_CORE
 from codexgate.headers import field_names
 from codexgate.policies.schema import Provider
 from codexgate.providers.anthropic.family import AnthropicFamily
+from codexgate.providers.bedrock.family import BedrockFamily
 from codexgate.providers.chat.family import AzureFamily, ChatFamily
 from codexgate.providers.family import FamilyDefaults, ProviderFamily, header_names
 from codexgate.providers.gemini.family import GeminiFamily, VertexFamily
 from codexgate.providers.mock import MockFamily
 from codexgate.providers.openai import OpenAIFamily
-from codexgate.providers.wrappers.bedrock import BedrockFamily
 
 __all__ = [
     "CLIENT_CREDENTIAL_FIELDS",

@@ -26,6 +26,7 @@ def test_installed_package_starts_the_gateway(tmp_path: Path) -> None:
     shipped_files = [
         "codexgate/mitm_config.yaml", "codexgate/policies/example.yaml", "codexgate/addons/__init__.py",
         "codexgate/providers/openai.py", "codexgate/scripts/codexgate_chain.py", "codexgate/probe.py",
+        "codexgate/providers/bedrock/family.py",
     ]  # fmt: skip
     for shipped in shipped_files:
         assert (target / shipped).exists(), shipped

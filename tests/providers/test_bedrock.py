@@ -42,8 +42,12 @@ from openai.types.responses import ResponseError
 from openai.types.responses.response_create_params import ResponseCreateParamsBase
 from pydantic import TypeAdapter
 
-from codexgate.providers import bedrock
+from codexgate.policies.schema import BedrockProvider, SecretRef
+from codexgate.providers import bedrock, registry
 from codexgate.providers.base import ResponseContext, TranslateOptions, open_reasoning, seal_reasoning
+from codexgate.providers.bedrock.family import BedrockFamily
+from codexgate.secrets import SecretResolver, SecretUnavailable
+from codexgate.sse import SSEParser
 
 FIXTURE = Path(__file__).resolve().parents[1] / "fixtures" / "codex_request_tool_round_trip.json"
 CLAUDE = "us.anthropic.claude-sonnet-4-20250514-v1:0"
@@ -248,7 +252,8 @@ def test_first_turn_gets_thinking_from_reasoning_effort() -> None:
         (CLAUDE, "xhigh", {}, {"thinking": {"type": "enabled", "budget_tokens": 24000}}, 32000),
         (CLAUDE, "none", {}, None, 8192),
         (CLAUDE, "high", {"max_output_tokens": 5000}, {"thinking": {"type": "enabled", "budget_tokens": 3976}}, 5000),
-        (CLAUDE, "high", {"max_output_tokens": 1500}, None, 1500),
+        (CLAUDE, "high", {"max_output_tokens": 1500}, {"thinking": {"type": "enabled", "budget_tokens": 1024}}, 1500),
+        (CLAUDE, "high", {"max_output_tokens": 1024}, None, 1024),  # no budget fits below the cap
         ("anthropic.claude-3-5-sonnet-20240620-v1:0", "high", {}, None, 8192),  # no thinking before 3.7
         (NOVA2, "low", {}, {"reasoningConfig": {"type": "enabled", "maxReasoningEffort": "low"}}, 8192),
         (NOVA2, "xhigh", {}, {"reasoningConfig": {"type": "enabled", "maxReasoningEffort": "high"}}, None),
@@ -610,11 +615,11 @@ def test_decoder_yields_the_events_bedrock_sent() -> None:
 
 
 def test_sign_request_headers() -> None:
-    url, _ = bedrock.request_target(bedrock.base_url("eu-west-1"), CLAUDE, stream=True)
+    endpoint = BedrockProvider(kind="bedrock", region="eu-west-1").endpoint
+    url, _ = bedrock.request_target(endpoint, CLAUDE, stream=True)
     assert url == (
         "https://bedrock-runtime.eu-west-1.amazonaws.com/model/us.anthropic.claude-sonnet-4-20250514-v1%3A0/converse-stream"
     )
-    assert bedrock.region_from_url(url) == "eu-west-1"
     headers = bedrock.sign_request(url, b"{}", "eu-west-1", ACCESS_KEY, SECRET_KEY, None)
     assert set(headers) == {"content-type", "x-amz-date", "authorization"}
     assert headers["authorization"].startswith(f"AWS4-HMAC-SHA256 Credential={ACCESS_KEY}/")
@@ -957,3 +962,149 @@ def test_scripted_answers_are_checked_against_the_service_model() -> None:
     with pytest.raises(AssertionError):
         stream_events([Text("x")], "finished")  # not a Bedrock stopReason
     assert shape_errors(STREAM_EVENTS.members["metadata"], {"usage": usage()}) != []  # metrics missing
+
+
+# --------------------------------------------------------------------------------------------
+# The family (ProviderFamily contract), as the gateway drives it
+# --------------------------------------------------------------------------------------------
+
+
+def family_over(fake: FakeBedrock, **settings: Any) -> BedrockFamily:
+    return BedrockFamily(BedrockProvider(kind="bedrock", region=REGION, base_url=fake.url, **settings))
+
+
+def attempt(family: BedrockFamily, body: dict[str, Any], secrets: SecretResolver) -> tuple[int, bytes, Any]:
+    """One attempt: prepare, credentials over the prepared bytes, POST exactly them."""
+    prepared = family.prepare(body, CLAUDE, PROVIDER)
+    headers = prepared.headers | asyncio.run(family.credentials(prepared, 0, secrets))
+    assert prepared.body is not None
+    status, chunks, broken = post(prepared.url, headers, prepared.body)
+    assert not broken
+    return status, b"".join(chunks), prepared
+
+
+@pytest.mark.parametrize("stream", [True, False])
+def test_family_signs_exactly_what_it_sends_and_answers_alike(
+    fake: FakeBedrock, monkeypatch: pytest.MonkeyPatch, stream: bool
+) -> None:
+    monkeypatch.setenv("CG_TEST_AK", ACCESS_KEY)
+    monkeypatch.setenv("CG_TEST_SK", SECRET_KEY)
+    family = family_over(
+        fake, access_key_id=SecretRef(value="env:CG_TEST_AK"), secret_access_key=SecretRef(value="env:CG_TEST_SK")
+    )
+    assert family.key_weights() == [] and family.price_id() == "aws"
+    blocks = [
+        Reasoning("Thinking.", "sig-1"),
+        Text("Let me look."),
+        ToolUse("tooluse_f", "apply_patch", {"input": PATCH}),
+    ]
+    if stream:
+        fake.script(Reply(events=stream_events(blocks, "tool_use")))
+    else:
+        fake.script(Reply(body=converse_body(blocks, "tool_use")))
+    body = codex_body(user("patch it"), stream=stream, tool_choice="required", parallel_tool_calls=False)
+    status, raw, prepared = attempt(family, body, SecretResolver())
+    assert status == 200 and fake.invalid == [], fake.invalid
+    assert fake.received[-1].body == prepared.body and fake.received[-1].stream is stream
+    ctx = context()
+    if stream:
+        bridge = family.stream(prepared, ctx)
+        events = decode_events(bridge.feed(raw) + bridge.finish())
+        response = events[-1]["response"]
+    else:
+        response = family.whole(prepared, ctx, raw)
+        # The whole answer is the stream translator's: the same answer streamed gives the same response.
+        bridge = family.stream(prepared, ctx)
+        streamed = decode_events(bridge.feed(encode_stream(stream_events(blocks, "tool_use"))) + bridge.finish())
+        assert streamed[-1]["response"] == response
+    parsed = valid_response(response)
+    assert [item.type for item in parsed.output] == ["reasoning", "message", "custom_tool_call"]
+    assert response["output"][2]["input"] == PATCH
+    assert (response["tool_choice"], response["parallel_tool_calls"], response["tools"]) == (
+        "required",
+        False,
+        body["tools"],
+    )
+
+
+def test_family_uses_the_aws_default_credentials(
+    fake: FakeBedrock, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(tmp_path / "none"))
+    monkeypatch.setenv("AWS_CONFIG_FILE", str(tmp_path / "none"))
+    monkeypatch.setenv("AWS_EC2_METADATA_DISABLED", "true")
+    for name in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_PROFILE",
+                 "AWS_CONTAINER_CREDENTIALS_RELATIVE_URI", "AWS_CONTAINER_CREDENTIALS_FULL_URI"):  # fmt: skip
+        monkeypatch.delenv(name, raising=False)
+    family = family_over(fake)
+    prepared = family.prepare(codex_body(user("hi"), stream=False), CLAUDE, PROVIDER)
+    with pytest.raises(SecretUnavailable):
+        asyncio.run(family.credentials(prepared, 0, SecretResolver()))
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", ACCESS_KEY)
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", SECRET_KEY)
+    fake.script(Reply(body=converse_body([Text("from the environment")])))
+    status, raw, prepared = attempt(family, codex_body(user("hi"), stream=False), SecretResolver())
+    assert status == 200 and fake.invalid == [], raw
+    assert family.whole(prepared, context(), raw)["output"][0]["content"][0]["text"] == "from the environment"
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "not-the-secret")
+    status, raw, _ = attempt(family, codex_body(user("hi"), stream=False), SecretResolver())
+    assert family.error(status, raw)[1]["error"]["code"] == "upstream_auth_failed"
+
+
+def test_the_registry_serves_bedrock_from_the_package() -> None:
+    family = registry.family_for(BedrockProvider(kind="bedrock", region="us-east-1"))
+    assert type(family) is BedrockFamily and type(family).__module__ == "codexgate.providers.bedrock.family"
+    assert {"authorization", "x-amz-security-token"} <= set(registry.SECRET_HEADERS)
+
+
+def decode_events(data: bytes) -> list[dict[str, Any]]:
+    events = [json.loads(payload) for _, payload in SSEParser().feed(data)]
+    for event in events:
+        strict_event(event)
+    return events
+
+
+def test_family_with_bedrock_api_keys_weighs_them_and_sends_the_chosen_one(
+    fake: FakeBedrock, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("CG_TEST_BR_KEY", API_KEY)
+    monkeypatch.setenv("CG_TEST_BR_OLD", "revoked-bedrock-key")
+    keys = [SecretRef(value="env:CG_TEST_BR_OLD", weight=1), SecretRef(value="env:CG_TEST_BR_KEY", weight=3)]
+    family = family_over(fake, keys=keys)
+    assert family.key_weights() == [1, 3]
+    secrets = SecretResolver()
+    prepared = family.prepare(codex_body(user("hi"), stream=False), CLAUDE, PROVIDER)
+    assert asyncio.run(family.credentials(prepared, 1, secrets)) == {"authorization": f"Bearer {API_KEY}"}
+    fake.script(Reply(body=converse_body([Text("keyed")])))
+    headers = prepared.headers | asyncio.run(family.credentials(prepared, 1, secrets))
+    assert prepared.body is not None
+    status, chunks, _ = post(prepared.url, headers, prepared.body)
+    assert status == 200 and family.whole(prepared, context(), b"".join(chunks))["status"] == "completed"
+    refused = prepared.headers | asyncio.run(family.credentials(prepared, 0, secrets))
+    status, chunks, _ = post(prepared.url, refused, prepared.body)
+    assert family.error(status, b"".join(chunks))[1]["error"]["code"] == "upstream_auth_failed"
+    with pytest.raises(ValueError, match="not both"):
+        BedrockProvider(
+            kind="bedrock", region=REGION, keys=keys,
+            access_key_id=SecretRef(value="env:A"), secret_access_key=SecretRef(value="env:B"),
+        )  # fmt: skip
+
+
+def test_every_stop_reason_and_stream_exception_of_the_service_model_is_mapped(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """botocore's service model lists what Bedrock may send; a stop reason or exception event
+    added there must get a deliberate mapping here, not the 'unknown' fallback."""
+    from fakes.bedrock_upstream import SERVICE
+
+    from codexgate.providers.bedrock.errors import STREAM_ERRORS
+
+    stop_reasons = SERVICE.shape_for("StopReason").enum
+    for stop in stop_reasons:
+        caplog.clear()
+        events, translator = translate_stream(encode_stream(stream_events([Text("x")], stop)))
+        assert translator.outcome in ("completed", "incomplete", "failed")
+        assert "unknown Bedrock stopReason" not in caplog.text, stop
+    output = SERVICE.operation_model("ConverseStream").output_shape.members["stream"]
+    exceptions = {name for name, shape in output.members.items() if shape.metadata.get("exception")}
+    assert exceptions and exceptions <= set(STREAM_ERRORS)

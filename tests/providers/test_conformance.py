@@ -108,6 +108,38 @@ def anthropic_stream(answer: Answer, model: str) -> bytes:
     return anthropic_fake.encode_sse(anthropic_fake.message_events(message, reply))
 
 
+def bedrock_whole(answer: Answer, model: str) -> bytes:
+    blocks: list[Any] = [
+        bedrock_fake.Text(block.text)
+        if isinstance(block, Text)
+        else bedrock_fake.ToolUse(block.call_id, block.name, block.arguments)
+        for block in answer.blocks
+    ]
+    stop = {"end": "end_turn", "max_tokens": "max_tokens", "tool_use": "tool_use"}[answer.stop]
+    return json.dumps(bedrock_fake.converse_body(blocks, stop)).encode()
+
+
+def chat_whole(answer: Answer) -> bytes:
+    """The non-streamed `chat.completion` of `answer`, as the fake host sends it."""
+    text = "".join(block.text for block in answer.blocks if isinstance(block, Text))
+    calls = [
+        {
+            "id": block.call_id,
+            "type": "function",
+            "function": {"name": block.name, "arguments": json.dumps(block.arguments)},
+        }
+        for block in answer.blocks
+        if isinstance(block, Call)
+    ]
+    message: dict[str, Any] = {"content": text or None}
+    if calls:
+        message["tool_calls"] = calls
+    finish = {"end": "stop", "max_tokens": "length", "tool_use": "tool_calls"}[answer.stop]
+    body = chat_fake.completion(message, finish, usage_=chat_fake.usage(40, 12))
+    assert not chat_fake.answer_problems(body, streamed=False)
+    return json.dumps(body).encode()
+
+
 def anthropic_whole(answer: Answer, model: str) -> bytes:
     return json.dumps(_anthropic_message(answer, model)[1]).encode()
 
@@ -266,6 +298,7 @@ FAMILIES = {
         _bedrock_errors,
         bedrock_stream,
         bedrock_error,
+        bedrock_whole,
     ),
     "azure": Family(
         "azure",
@@ -274,6 +307,7 @@ FAMILIES = {
         _chat_errors,
         chat_stream,
         chat_error,
+        lambda answer, _model: chat_whole(answer),
     ),
     "chat": Family(
         "chat",
@@ -282,6 +316,7 @@ FAMILIES = {
         _chat_errors,
         chat_stream,
         chat_error,
+        lambda answer, _model: chat_whole(answer),
     ),
 }
 
@@ -455,6 +490,7 @@ WHOLE_ANSWERS = {
     "blank-text-then-call": Answer((Text("\n\n"), Call("call_w2", "exec_command", {})), stop="tool_use"),
     "custom-tool": Answer((Call("call_p2", "apply_patch", {"input": "*** Begin Patch\n+é \ud83d\n"}),), "tool_use"),
     "cut-by-max-tokens": Answer((Text("Hello th"),), stop="max_tokens"),
+    "call-without-arguments": Answer((Call("call_e1", "exec_command", {}),), stop="tool_use"),
 }
 
 
@@ -780,27 +816,6 @@ PATCH_ANSWER = Answer(
 )
 
 
-def chat_whole(answer: Answer) -> bytes:
-    """The non-streamed `chat.completion` of `answer`, as the fake host sends it."""
-    text = "".join(block.text for block in answer.blocks if isinstance(block, Text))
-    calls = [
-        {
-            "id": block.call_id,
-            "type": "function",
-            "function": {"name": block.name, "arguments": json.dumps(block.arguments)},
-        }
-        for block in answer.blocks
-        if isinstance(block, Call)
-    ]
-    message: dict[str, Any] = {"content": text or None}
-    if calls:
-        message["tool_calls"] = calls
-    finish = {"end": "stop", "max_tokens": "length", "tool_use": "tool_calls"}[answer.stop]
-    body = chat_fake.completion(message, finish, usage_=chat_fake.usage(40, 12))
-    assert not chat_fake.answer_problems(body, streamed=False)
-    return json.dumps(body).encode()
-
-
 def keyed_ids(response: dict[str, Any]) -> dict[str, Any]:
     """`response` with each item id reduced to its kind prefix and place (`fc#1`, `ctc#2`), sealed
     reasoning to a marker: what two translations of one answer must agree on."""
@@ -994,3 +1009,43 @@ def test_vertex_addresses_the_project_model_and_authorizes_with_a_bearer_token(
     headers = asyncio.run(family.provider.credentials(prepared, 0, SecretResolver()))
     assert headers == {"authorization": "Bearer ya29.explicit"}
     assert family.provider.price_id() == "google" and family.provider.key_weights() == []
+
+
+# --------------------------------------------------------------------------------------------
+# Bedrock: thinking under an output cap, tool schemas as given
+
+
+@pytest.mark.parametrize(("cap", "budget"), [(1500, 1024), (1025, 1024), (9000, 7976), (1024, None), (None, 16000)])
+def test_bedrock_claude_thinks_within_the_output_cap(cap: int | None, budget: int | None) -> None:
+    """Claude on Bedrock takes any budget from 1,024 below maxTokens: a cap that leaves room for the
+    smallest budget keeps thinking on (it was switched off under 2,048), and the cap itself holds."""
+    body = body_with(user("hi"), reasoning={"effort": "high"})
+    if cap is not None:
+        body["max_output_tokens"] = cap
+    _, request = prepare(FAMILIES["bedrock"], body)
+    thinking = request.get("additionalModelRequestFields", {}).get("thinking")
+    assert (thinking or {}).get("budget_tokens") == budget
+    if cap is not None:
+        assert request["inferenceConfig"]["maxTokens"] == cap
+
+
+def test_bedrock_tool_schemas_reach_the_model_as_given() -> None:
+    """Converse takes JSON Schema itself: `allOf`/`$ref`/`anyOf`/`additionalProperties`, untyped
+    and `not` schemas keep the argument types the client declared."""
+    schema = {
+        "type": "object",
+        "$defs": {"Range": {"type": "object", "properties": {"start": {"type": "integer"}}, "required": ["start"]}},
+        "properties": {
+            "range": {"allOf": [{"$ref": "#/$defs/Range"}, {"properties": {"end": {"type": "integer"}}}]},
+            "anything": {},
+            "values": {"type": "array"},
+            "not_a_string": {"not": {"type": "string"}},
+            "env": {"type": "object", "additionalProperties": {"type": "string"}},
+            "choice": {"anyOf": [{"type": "string"}, {"type": "integer"}]},
+        },
+        "required": ["range"],
+    }
+    tool = {"type": "function", "name": "edit", "description": "Edit", "parameters": schema, "strict": False}
+    _, request = prepare(FAMILIES["bedrock"], body_with(user("edit it"), tools=[tool]))
+    specs = [entry["toolSpec"] for entry in request["toolConfig"]["tools"] if "toolSpec" in entry]
+    assert specs == [{"name": "edit", "inputSchema": {"json": schema}, "description": "Edit"}]
