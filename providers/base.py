@@ -3,8 +3,7 @@ parameters, refusing what needs OpenAI's stored state, the reasoning envelope. P
 
 The contract a family implements is `providers/family.py` (`ProviderFamily`); the answer side
 (`response` object, stream events, tool names, the custom-tool JSON decoder) is the toolkit in
-`providers/responses/`. `ResponseContext`, `response_object`, `request_echo` and `echoed_fields`
-are re-exported here from there until every family imports them from the toolkit.
+`providers/responses/`.
 
 What every family promises (tests/providers/test_conformance.py checks it): no request it
 builds carries whitespace-only text or an unanswered tool call or a role order its API refuses
@@ -22,22 +21,14 @@ import dataclasses
 from collections.abc import Iterable, Mapping
 from typing import Any
 
-from codexgate.providers.responses.objects import ResponseContext, echoed_fields, request_echo, response_object
-from codexgate.usage import Usage
-
 __all__ = [
     "GATEWAY_ONLY_KEYS",
     "SAMPLING_PARAMS",
     "UNMAPPED_PARAMS_KEY",
-    "ResponseContext",
     "TranslateOptions",
     "UnsupportedRequest",
-    "Usage",
-    "echoed_fields",
     "input_items",
     "refuse_stateful",
-    "request_echo",
-    "response_object",
     "sampling_params",
     "stop_sequences",
 ]

@@ -19,7 +19,8 @@ The gateway drives it through `BedrockFamily` (prepare, credentials, stream, who
 that does, spelled out (everything below is pure except `sign_request`, which reads the clock):
 
     from codexgate.providers import bedrock
-    from codexgate.providers.base import ResponseContext, TranslateOptions
+    from codexgate.providers.base import TranslateOptions
+    from codexgate.providers.responses import ResponseContext
 
     options = TranslateOptions(provider_name="bedrock-prod", default_max_tokens=8192)
     converse = bedrock.build_request(codex_body, upstream_model, options)
@@ -69,13 +70,13 @@ text, exactly as they travel in Bedrock's JSON.
 
 from __future__ import annotations
 
-from codexgate.providers.base import Usage
 from codexgate.providers.bedrock.decode import EventStreamDecoder
 from codexgate.providers.bedrock.errors import translate_error
 from codexgate.providers.bedrock.request import build_request
 from codexgate.providers.bedrock.signing import auth_headers, request_target, sign_request
 from codexgate.providers.bedrock.stream import StreamTranslator, translate_response
 from codexgate.providers.bedrock.tools import ToolNames, tool_names
+from codexgate.usage import Usage
 
 __all__ = [
     "Usage",

@@ -26,8 +26,8 @@ from fakes.anthropic_upstream import (
 from fakes.sdk_validation import valid_response, valid_stream_event
 
 from codexgate.providers import anthropic
-from codexgate.providers.base import ResponseContext, TranslateOptions, open_reasoning, seal_reasoning
-from codexgate.providers.responses import InputStringStream, custom_input, without_lone_surrogates
+from codexgate.providers.base import TranslateOptions, open_reasoning, seal_reasoning
+from codexgate.providers.responses import InputStringStream, ResponseContext, custom_input, without_lone_surrogates
 from codexgate.usage import Usage
 
 FIXTURE = Path(__file__).parent.parent / "fixtures" / "codex_request_tool_round_trip.json"

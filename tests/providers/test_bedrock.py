@@ -44,8 +44,9 @@ from pydantic import TypeAdapter
 
 from codexgate.policies.schema import BedrockProvider, SecretRef
 from codexgate.providers import bedrock, registry
-from codexgate.providers.base import ResponseContext, TranslateOptions, open_reasoning, seal_reasoning
+from codexgate.providers.base import TranslateOptions, open_reasoning, seal_reasoning
 from codexgate.providers.bedrock.family import BedrockFamily
+from codexgate.providers.responses import ResponseContext
 from codexgate.secrets import SecretResolver, SecretUnavailable
 from codexgate.sse import SSEParser
 

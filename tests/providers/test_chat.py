@@ -37,8 +37,9 @@ from pydantic import TypeAdapter
 
 from codexgate.policies.schema import AzureProvider, ChatProvider, SecretRef
 from codexgate.providers import chat as cc
-from codexgate.providers.base import ResponseContext, TranslateOptions, open_reasoning, seal_reasoning
+from codexgate.providers.base import TranslateOptions, open_reasoning, seal_reasoning
 from codexgate.providers.registry import family_for
+from codexgate.providers.responses import ResponseContext
 from codexgate.providers.responses.jsonstring import InputStringStream
 from codexgate.providers.responses.tools import CodexTool, ToolNameMap
 from codexgate.secrets import SecretResolver

@@ -35,9 +35,10 @@ from codexgate.policies.schema import (
     VertexProvider,
 )
 from codexgate.providers import anthropic, gemini, registry
-from codexgate.providers.base import ResponseContext, TranslateOptions, UnsupportedRequest, seal_reasoning
+from codexgate.providers.base import TranslateOptions, UnsupportedRequest, seal_reasoning
 from codexgate.providers.chat_ingress import chat_to_translator_body
 from codexgate.providers.family import Prepared, ProviderFamily, new_context
+from codexgate.providers.responses import ResponseContext
 from codexgate.secrets import SecretResolver
 from codexgate.sse import SSEParser
 

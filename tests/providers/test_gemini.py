@@ -31,7 +31,8 @@ from fakes.sdk_validation import valid_response, valid_stream_event
 from google.genai import types
 
 from codexgate.providers import gemini
-from codexgate.providers.base import ResponseContext, TranslateOptions, open_reasoning, seal_reasoning
+from codexgate.providers.base import TranslateOptions, open_reasoning, seal_reasoning
+from codexgate.providers.responses import ResponseContext
 from codexgate.usage import Usage
 
 FIXTURE = Path(__file__).parent.parent / "fixtures" / "codex_request_tool_round_trip.json"
