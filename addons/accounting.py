@@ -12,8 +12,9 @@ from typing import IO, Any
 from mitmproxy import ctx, http
 from mitmproxy.addonmanager import Loader
 
-from codexgate.flowstate import GatewayRequest, state_of
+from codexgate.flowstate import Decision, GatewayRequest, state_of
 from codexgate.metrics import GatewayMetrics
+from codexgate.records import request_record
 
 logger = logging.getLogger(__name__)
 
@@ -26,38 +27,6 @@ def accounting_file(writer_id: str) -> str:
     never appended to one file (a line longer than the text buffer would be several `write()`s,
     which another process's line could split); `codexgate usage` reads them all."""
     return f"accounting-{writer_id}.jsonl" if writer_id else ACCOUNTING_FILE
-
-
-def accounting_record(state: GatewayRequest, status: int | None, error: str | None) -> dict[str, Any]:
-    now = time.time()
-    outcome = state.reader.outcome if state.reader is not None else None
-    return {
-        "ts": round(now, 3),
-        "request_id": state.request_id,
-        "mode": state.mode,
-        "transport": state.transport,
-        "endpoint": state.endpoint,
-        "session_id": state.session_id,
-        "key": state.key.name if state.key else None,
-        "team": state.team,
-        "org": state.org,
-        "model_requested": state.model_requested,
-        "model": state.model,
-        "provider": state.provider,
-        "upstream_model": state.upstream_model,
-        "stream": state.stream,
-        "decision": state.decision,
-        "status": status,
-        "error": error,
-        "stream_outcome": outcome,
-        "usage": state.usage.as_dict() if state.usage else None,
-        "cost_usd": round(state.cost_usd, 12) if state.cost_usd is not None else None,
-        "charge": state.charge_basis,
-        "output_cap": getattr(state.metering, "output_cap", None),  # set by a hard budget
-        "attempts": state.attempts,
-        "duration_ms": round((now - state.started) * 1000, 1),
-        "ttfb_ms": round((state.first_byte - state.started) * 1000, 1) if state.first_byte else None,
-    }
 
 
 class Accounting:
@@ -88,9 +57,7 @@ class Accounting:
             return
         headers = flow.response.headers
         headers["x-codexgate-request-id"] = state.request_id
-        headers["x-codexgate-decision"] = (
-            "refused" if state.decision not in ("pending", "forwarded", "answered") else "allowed"
-        )
+        headers["x-codexgate-decision"] = "allowed" if state.decision.allowed else "refused"
         if state.provider:
             headers["x-codexgate-provider"] = state.provider
         if state.upstream_model:
@@ -109,17 +76,15 @@ class Accounting:
             if state.reader is not None and state.usage is None:
                 state.usage = state.reader.usage
             status = flow.response.status_code if flow.response else 502
-            if state.decision == "client_disconnected" and flow.response is None:
+            if state.decision is Decision.CLIENT_DISCONNECTED and flow.response is None:
                 status = 499  # the client closed the request before an answer started (nginx's code)
-            elif state.decision in ("pending", "forwarded"):
-                state.decision = "upstream_error"
             self._record(flow, state, status, flow.error.msg if flow.error else "unknown error")
 
     def _record(self, flow: http.HTTPFlow, state: GatewayRequest, status: int, error: str | None) -> None:
         if state.accounted:
             return
         state.accounted = True
-        record = accounting_record(state, status, error)
+        record = request_record(state, status, error)  # the audit record is a view of it
         usage = record["usage"] or {}
         self._observe(state, status)
         flow.comment = (
@@ -129,7 +94,7 @@ class Accounting:
         )
         # Refusals and failures are worth a line in the log; allowed traffic is in the accounting
         # file (a log line per request costs ~0.1 ms of mitmproxy's single loop).
-        allowed = state.decision in ("forwarded", "answered") and status < 400
+        allowed = state.decision in (Decision.FORWARDED, Decision.ANSWERED) and status < 400
         logger.log(
             logging.DEBUG if allowed else logging.INFO,
             "%s %s key=%s team=%s model=%s provider=%s status=%s in=%s out=%s ms=%s",
@@ -183,7 +148,7 @@ class Accounting:
         key = state.key.name if state.key else ""
         labels = (state.org or "", state.team or "", key, state.model or "", state.provider or "")
         child(metrics.requests, *labels, state.decision, str(status)).inc()
-        if state.decision not in ("pending", "forwarded", "answered", "client_disconnected"):
+        if state.decision.refusal:
             child(metrics.refusals, state.decision, state.team or "").inc()
         usage = state.usage
         if usage is not None:
@@ -203,7 +168,8 @@ class Accounting:
             if state.forwarded_at is not None and state.attempts is None:
                 child(metrics.upstream_latency, state.provider).observe(max(0.0, now - state.forwarded_at))
                 metrics.overhead.observe(max(0.0, state.forwarded_at - (state.received_at or state.started)))
-                outcome = "error" if state.decision == "upstream_error" else "ok" if status < 400 else f"http_{status}"
+                failed = state.decision is Decision.UPSTREAM_ERROR
+                outcome = "error" if failed else "ok" if status < 400 else f"http_{status}"
                 child(metrics.attempts, state.provider, outcome).inc()  # relayed ones count in the relay
 
     def _close(self) -> None:

@@ -9,7 +9,7 @@ from mitmproxy import http
 
 from codexgate.errors import error_response
 from codexgate.failsafe import fail_closed
-from codexgate.flowstate import refuse, state_of
+from codexgate.flowstate import Decision, refuse, state_of
 
 logger = logging.getLogger(__name__)
 
@@ -26,7 +26,8 @@ class Admit:
         if key is None:
             raise RuntimeError("admit reached without an identified key")
         if key.disabled:
-            refuse(flow, error_response(401, "key_disabled", f"virtual key {key.name} is disabled"), "key_disabled")
+            message = f"virtual key {key.name} is disabled"
+            refuse(flow, error_response(401, "key_disabled", message), Decision.KEY_DISABLED)
             return
         if key.expires_at is not None and key.expires_at <= dt.datetime.now(dt.UTC):
             refuse(
@@ -36,7 +37,7 @@ class Admit:
                     "key_expired",
                     f"virtual key {key.name} expired at {key.expires_at.isoformat(timespec='minutes')}",
                 ),
-                "key_expired",
+                Decision.KEY_EXPIRED,
             )
             return
         if state.endpoint == "models":
@@ -52,7 +53,7 @@ class Admit:
                     f"model {requested} does not exist on this gateway; GET /v1/models lists yours",
                     "model",
                 ),
-                "unknown_model",
+                Decision.UNKNOWN_MODEL,
             )
             return
         canonical, _entry = found
@@ -65,7 +66,7 @@ class Admit:
                     f"model {requested} is not allowed for key {key.name}; allowed: {', '.join(key.models)}",
                     "model",
                 ),
-                "model_not_allowed",
+                Decision.MODEL_NOT_ALLOWED,
             )
             return
         team = state.policy.policy.teams.get(key.team)
@@ -79,7 +80,7 @@ class Admit:
                     f"allowed: {', '.join(team.models or ())}",
                     "model",
                 ),
-                "model_not_allowed",
+                Decision.MODEL_NOT_ALLOWED,
             )
             return
         if not state.policy.reachable_providers(key, canonical):
@@ -93,7 +94,7 @@ class Admit:
                     f"allowed providers: {', '.join(sorted(allowed)) or 'none'}",
                     "model",
                 ),
-                "provider_not_allowed",
+                Decision.PROVIDER_NOT_ALLOWED,
             )
             return
         state.model = canonical

@@ -11,7 +11,7 @@ from mitmproxy import http
 
 from codexgate.errors import error_response
 from codexgate.failsafe import fail_closed
-from codexgate.flowstate import refuse, state_of
+from codexgate.flowstate import Decision, refuse, state_of
 from codexgate.headers import replace_headers, strip_client_credentials
 from codexgate.policies.schema import MockProvider, OpenAIProvider
 from codexgate.providers.openai import auth_headers
@@ -69,5 +69,5 @@ class Credentials:
                 f"provider {provider} is not usable right now (its credentials cannot be read); "
                 "tell your platform team",
             ),
-            "provider_unavailable",
+            Decision.PROVIDER_UNAVAILABLE,
         )  # fmt: skip

@@ -17,7 +17,7 @@ from mitmproxy import connection, http
 
 from codexgate.errors import error_response
 from codexgate.failsafe import fail_closed
-from codexgate.flowstate import refuse, state_of
+from codexgate.flowstate import Decision, refuse, state_of
 from codexgate.policies.keys import hash_key
 
 logger = logging.getLogger(__name__)
@@ -96,7 +96,7 @@ class Identify:
                     "missing_api_key",
                     "no virtual key: send it as 'Authorization: Bearer <key>' (CODEX_API_KEY for Codex)",
                 ),
-                "missing_key",
+                Decision.MISSING_KEY,
             )
             return
         # A client behind a credentialed proxy may send a placeholder bearer: the first known key wins.
@@ -107,7 +107,7 @@ class Identify:
             refuse(
                 flow,
                 error_response(401, "invalid_api_key", "unknown virtual key; ask your platform team for one"),
-                "unknown_key",
+                Decision.UNKNOWN_KEY,
             )
             return
         state.key = record

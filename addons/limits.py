@@ -43,7 +43,7 @@ from codexgate.addons.output_cap import cap_output
 from codexgate.addons.policy_source import PolicySource
 from codexgate.errors import error_response
 from codexgate.failsafe import fail_closed
-from codexgate.flowstate import GatewayRequest, refuse, state_of
+from codexgate.flowstate import Decision, GatewayRequest, Metering, refuse, state_of
 from codexgate.headers import replace_header_fields
 from codexgate.metrics import GatewayMetrics
 from codexgate.policies.schema import Limited, Price
@@ -56,21 +56,6 @@ from codexgate.windows import describe_period, format_reset, window
 logger = logging.getLogger(__name__)
 
 LEVEL_NAMES = {"key": "key", "team": "team", "org": "org", "provider": "provider", "model": "model"}
-
-
-@dataclasses.dataclass
-class Metering:
-    """What admission decided for one request; settlement reads it."""
-
-    price: PriceSource | None
-    estimate: Amounts
-    counters: list[Counter]
-    reservation: Amounts = dataclasses.field(default_factory=Amounts)  # what is held: the worst case under hard budgets
-    output_cap: int | None = None  # the output cap a hard budget set on the request upstream
-    reserved: bool = False
-    unmetered: bool = False  # the store was down and the policy says fail open
-    admission: Admission | None = None
-    settled: bool = False
 
 
 def counters_for(levels: list[tuple[str, str, Limited]], now: float, epsilon_usd: float = 0.0) -> list[Counter]:
@@ -315,7 +300,7 @@ class Limits:
                     f"model {state.model_requested} has no known price and this gateway does not serve unpriced models;"
                     " the platform team can set models.<name>.price in the policy",
                 ),  # fmt: skip
-                "price_unknown",
+                Decision.PRICE_UNKNOWN,
             )
             return
         body_bytes = decoded_length(flow)
@@ -386,7 +371,7 @@ class Limits:
                 error_response(503, "store_unavailable",
                                "codexgate cannot check budgets and rate limits right now; try again shortly",
                                headers={"retry-after": "5"}),
-                "store_unavailable",
+                Decision.STORE_UNAVAILABLE,
             )  # fmt: skip
             return
         metering.admission = admission
@@ -409,10 +394,10 @@ class Limits:
                     f"; what remains cannot pay for this request's input and"
                     f" {min(hard_settings.min_output_tokens, ceiling):,} output tokens"
                 )
-            refuse(flow, error_response(402, "budget_exceeded", message, headers=headers), "budget_exceeded")
+            refuse(flow, error_response(402, "budget_exceeded", message, headers=headers), Decision.BUDGET_EXCEEDED)
         else:
             headers["retry-after"] = str(max(1, math.ceil(counter.resets_at - now)))
-            refuse(flow, error_response(429, "rate_limit_exceeded", message, headers=headers), "rate_limited")
+            refuse(flow, error_response(429, "rate_limit_exceeded", message, headers=headers), Decision.RATE_LIMITED)
 
     def _amounts(self, price: PriceSource, input_tokens: int, allowance: int, output_tokens: int) -> Amounts:
         """What a request is charged when its usage never arrives (and reserves, under soft budgets)."""
@@ -458,7 +443,7 @@ class Limits:
 
     def responseheaders(self, flow: http.HTTPFlow) -> None:
         state = state_of(flow)
-        metering = getattr(state, "metering", None) if state else None
+        metering = state.metering if state is not None else None
         if flow.response is None or metering is None:
             return
         if metering.unmetered:
@@ -484,10 +469,10 @@ class Charge:
 
     async def error(self, flow: http.HTTPFlow) -> None:
         state = state_of(flow)
-        if state is not None and client_left(flow) and state.decision in ("pending", "forwarded"):
+        if state is not None and client_left(flow) and state.decision.in_flight:
             # Not the provider's failure: its own outcome, charged what the provider produced when
             # its usage can still be read (the relay reads a stream on after the client left).
-            state.decision = "client_disconnected"
+            state.decision = Decision.CLIENT_DISCONNECTED
             await self._usage_after_client_left(state)
         await self._settle(flow, broken=True)
 
@@ -508,7 +493,7 @@ class Charge:
 
     async def _settle(self, flow: http.HTTPFlow, broken: bool) -> None:
         state = state_of(flow)
-        metering: Metering | None = getattr(state, "metering", None) if state else None
+        metering = state.metering if state is not None else None
         if state is None or metering is None or metering.settled:
             return
         metering.settled = True
@@ -552,7 +537,7 @@ class Charge:
 
     @staticmethod
     def _amounts(flow: http.HTTPFlow, state: GatewayRequest, metering: Metering, broken: bool) -> tuple[Amounts, str]:
-        if state.answered_locally and state.decision not in ("answered",):
+        if state.answered_locally and state.decision is not Decision.ANSWERED:
             return Amounts(), "release"  # refused by the gateway after admission: nothing used
         if state.usage is not None and metering.price is not None:
             return actual_amounts(state.usage, metering.price.cost(state.usage)), "actual"
@@ -564,7 +549,7 @@ class Charge:
 
 
 def metering_summary(state: GatewayRequest) -> dict[str, Any]:
-    metering: Metering | None = getattr(state, "metering", None)
+    metering = state.metering
     if metering is None:
         return {}
     return {

@@ -17,10 +17,10 @@ from typing import Any
 
 from mitmproxy import http
 
-from codexgate.addons.resilience import Candidate, RelayedRequest, Resilience
+from codexgate.addons.resilience import Resilience
 from codexgate.errors import error_response
 from codexgate.failsafe import fail_closed
-from codexgate.flowstate import GatewayRequest, Translation, refuse, state_of
+from codexgate.flowstate import Candidate, Decision, GatewayRequest, RelayedRequest, Translation, refuse, state_of
 from codexgate.headers import CLIENT_CREDENTIAL_HEADERS
 from codexgate.metrics import GatewayMetrics
 from codexgate.policies.schema import MockProvider, OpenAIProvider
@@ -67,7 +67,7 @@ class Route:
             # ending in 502). Such a request goes to the deployments that can serve it, in order.
             servable = [c for c in candidates if adapter_for(providers[c.provider]) is None]
             if not servable:
-                refuse(flow, stateful_refusal(state.body, candidates[0].provider), "invalid_body")
+                refuse(flow, stateful_refusal(state.body, candidates[0].provider), Decision.INVALID_BODY)
                 return
             candidates = servable
         first = candidates[0]
@@ -135,11 +135,11 @@ class Route:
                 http.Response.make(400, json.dumps(body()).encode(), {"content-type": "application/json"})
                 if callable(body)
                 else error_response(400, "invalid_request", str(exc)),
-                "invalid_body",
+                Decision.INVALID_BODY,
             )
             return
         if translation is None:
-            refuse(flow, unsupported_chat(state.provider), "endpoint_not_supported")
+            refuse(flow, unsupported_chat(state.provider), Decision.ENDPOINT_NOT_SUPPORTED)
             return
         prepared = translation.prepared
         headers = flow.request.headers

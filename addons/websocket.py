@@ -25,7 +25,7 @@ from mitmproxy.proxy.mode_specs import ReverseMode
 from codexgate.addons.identify import CLIENT_CREDENTIALS_KEY, flow_key_candidates, key_from_proxy_authorization
 from codexgate.errors import error_response
 from codexgate.failsafe import fail_closed
-from codexgate.flowstate import METADATA_KEY, GatewayRequest, refuse, state_of
+from codexgate.flowstate import METADATA_KEY, Decision, GatewayRequest, refuse, state_of
 from codexgate.headers import strip_client_credentials
 from codexgate.policies.keys import hash_key
 from codexgate.ws_relay import RELAY_MARKER_HEADER, SocketSession, WebSocketRelay
@@ -148,7 +148,7 @@ class ResponsesWebSocket:
         candidates = flow_key_candidates(flow, self._connect_keys)
         if not candidates:
             message = "no virtual key: send it as 'Authorization: Bearer <key>' (CODEX_API_KEY for Codex)"
-            refuse(flow, error_response(401, "missing_api_key", message), "missing_key")
+            refuse(flow, error_response(401, "missing_api_key", message), Decision.MISSING_KEY)
             return None
         for candidate in candidates:
             record = state.policy.keys_by_hash.get(hash_key(candidate))
@@ -159,23 +159,23 @@ class ResponsesWebSocket:
             state.org = team.org if team else None
             if record.disabled:
                 message = f"virtual key {record.name} is disabled"
-                refuse(flow, error_response(401, "key_disabled", message), "key_disabled")
+                refuse(flow, error_response(401, "key_disabled", message), Decision.KEY_DISABLED)
                 return None
             if record.expires_at is not None and record.expires_at <= dt.datetime.now(dt.UTC):
                 message = f"virtual key {record.name} expired at {record.expires_at.isoformat(timespec='minutes')}"
-                refuse(flow, error_response(401, "key_expired", message), "key_expired")
+                refuse(flow, error_response(401, "key_expired", message), Decision.KEY_EXPIRED)
                 return None
             # Model rules, limits and budgets (and the key again) are checked on every response.create.
             return candidate
         refuse(
             flow, error_response(401, "invalid_api_key", "unknown virtual key; ask your platform team for one"),
-            "unknown_key",
+            Decision.UNKNOWN_KEY,
         )  # fmt: skip
         return None
 
     @staticmethod
     def _refuse_426(flow: http.HTTPFlow, message: str) -> None:
-        refuse(flow, error_response(426, "websocket_not_supported", message), "websocket_refused")
+        refuse(flow, error_response(426, "websocket_not_supported", message), Decision.WEBSOCKET_REFUSED)
 
     def _target(self) -> str | None:
         """The gateway (base-URL) listener's /v1/responses, which relayed requests go through."""

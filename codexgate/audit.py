@@ -964,34 +964,13 @@ def _utc_iso(epoch: float) -> str:
     return dt.datetime.fromtimestamp(epoch, dt.UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
-def audit_record(state: GatewayRequest, status: int, body: bytes) -> dict[str, Any]:
-    """What the audit log keeps about one request: who, what was asked, what was served, the cost.
+def audit_record(state: GatewayRequest, status: int, body: bytes, error: str | None = None) -> dict[str, Any]:
+    """What the audit log keeps about one request: who, what was asked, what was served, the cost
+    (`codexgate.records.audit_fields` of the request's one record).
 
     The body is only hashed (so a disputed request can be matched without the log holding
     prompts); no header and no key material is ever copied in, only the key's name.
     """
-    now = time.time()
-    usage = state.usage
-    if usage is None and state.reader is not None:
-        usage = state.reader.usage  # a stream that broke off: what it reported so far
-    return {
-        "time": _utc_iso(now),
-        "ts": round(now, 3),
-        "request_id": state.request_id,
-        "session_id": state.session_id,
-        "mode": state.mode,
-        "endpoint": state.endpoint,
-        "key": state.key.name if state.key is not None else None,
-        "team": state.team,
-        "org": state.org,
-        "model_requested": state.model_requested,
-        "model": state.model,
-        "provider": state.provider,
-        "upstream_model": state.upstream_model,
-        "usage": usage.as_dict() if usage is not None else None,
-        "cost_usd": round(state.cost_usd, 12) if state.cost_usd is not None else None,
-        "charge": state.charge_basis,
-        "status": status,
-        "decision": state.decision,
-        "body_sha256": hashlib.sha256(body or b"").hexdigest(),
-    }
+    from codexgate.records import audit_fields, request_record
+
+    return audit_fields(request_record(state, status, error), hashlib.sha256(body or b"").hexdigest())
