@@ -153,6 +153,10 @@ class Metering:
     unmetered: bool = False  # the store was down and the policy says fail open
     admission: Admission | None = None
     settled: bool = False
+    # The deployment the reservation was made for; a relay that failed over to another one makes
+    # Charge settle into that one's counters, at its price.
+    provider: str | None = None
+    model: str | None = None
 
 
 @dataclasses.dataclass(frozen=True)
