@@ -3,16 +3,16 @@ response headers naming the decision, and the mitmweb flow comment."""
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import time
-from typing import IO, Any
+from typing import Any
 
 from mitmproxy import ctx, http
 from mitmproxy.addonmanager import Loader
 
 from codexgate.flowstate import Decision, GatewayRequest, state_of
+from codexgate.jsonline import compact
 from codexgate.metrics import GatewayMetrics
 from codexgate.records import request_record
 
@@ -34,7 +34,7 @@ class Accounting:
         self._metrics = metrics or GatewayMetrics()
         # Label values come from the policy, so this stays bounded like the metrics themselves.
         self._children: dict[tuple[int, tuple[str, ...]], Any] = {}
-        self._file: IO[str] | None = None
+        self._fd: int | None = None
         self.records = 0
 
     def load(self, loader: Loader) -> None:
@@ -48,8 +48,7 @@ class Accounting:
             data_dir = ctx.options.codexgate_data_dir
             if data_dir and ctx.options.codexgate_accounting:
                 path = os.path.join(data_dir, accounting_file(getattr(ctx.options, "codexgate_writer_id", "") or ""))
-                fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
-                self._file = os.fdopen(fd, "a", encoding="utf-8", buffering=1)
+                self._fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
 
     def responseheaders(self, flow: http.HTTPFlow) -> None:
         state = state_of(flow)
@@ -109,10 +108,9 @@ class Accounting:
             usage.get("output_tokens", 0),
             record["duration_ms"],
         )
-        if self._file is not None:
+        if self._fd is not None:
             try:
-                self._file.write(json.dumps(record, separators=(",", ":")) + "\n")
-                self.records += 1
+                self._write(record)
             except OSError:
                 logger.exception("cannot write accounting line for %s", state.request_id)
 
@@ -124,16 +122,23 @@ class Accounting:
 
     def append_record(self, record: dict[str, Any]) -> bool:
         """A line not made from a live flow (a request recovered after a crash); False if the log is off."""
-        if self._file is None:
+        if self._fd is None:
             return False
-        self._file.write(json.dumps(record, separators=(",", ":")) + "\n")
-        self.records += 1
+        self._write(record)
         return True
 
+    def _write(self, record: dict[str, Any]) -> None:
+        """One line, one write(2) (ASCII: non-ASCII is escaped), no buffer in between."""
+        assert self._fd is not None
+        line = (compact(record) + "\n").encode("ascii")
+        written = os.write(self._fd, line)
+        while written < len(line):  # a short write (signal, full disk): the rest, or the error
+            written += os.write(self._fd, line[written:])
+        self.records += 1
+
     def sync(self) -> None:
-        if self._file is not None:
-            self._file.flush()
-            os.fsync(self._file.fileno())
+        if self._fd is not None:
+            os.fsync(self._fd)
 
     def _child(self, metric: Any, *labels: str) -> Any:
         """A labelled metric child, looked up once per label set (`labels()` costs ~10 µs a call)."""
@@ -173,9 +178,9 @@ class Accounting:
                 child(metrics.attempts, state.provider, outcome).inc()  # relayed ones count in the relay
 
     def _close(self) -> None:
-        if self._file is not None:
-            self._file.close()
-            self._file = None
+        if self._fd is not None:
+            fd, self._fd = self._fd, None
+            os.close(fd)
 
     def done(self) -> None:
         self._close()

@@ -48,6 +48,8 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any
 
+from codexgate.jsonline import canonical_text
+
 if TYPE_CHECKING:
     from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
@@ -68,12 +70,26 @@ _TAIL_BLOCK = 64 * 1024
 
 
 def canonical(obj: dict[str, Any]) -> bytes:
-    """The one byte form a record is hashed and stored in.
+    """The one byte form a record is hashed and stored in: `json.dumps(obj, sort_keys=True,
+    separators=(",", ":"), ensure_ascii=True, allow_nan=False)`.
 
     ASCII-only so that the bytes do not depend on an encoding choice and a lone surrogate
     cannot make a write fail; no NaN/Infinity, which are not JSON.
     """
-    return json.dumps(obj, sort_keys=True, separators=(",", ":"), ensure_ascii=True, allow_nan=False).encode("ascii")
+    return canonical_text(obj).encode("ascii")
+
+
+def chained_line(stored: dict[str, Any], hmac_key: bytes | None) -> tuple[str, bytes]:
+    """The hash of `stored` (a record with seq and prev, without hash) and its line: the canonical
+    form of the record with its hash, i.e. `canonical(stored | {"hash": ...}) + b"\n"`.
+
+    Encoded once, in two halves around where `hash` sorts: the hashed form is the two halves
+    joined, the line the same with the hash between them (keys sort as Python sorts strings)."""
+    low = canonical_text({name: value for name, value in stored.items() if name < "hash"})[1:-1]
+    high = canonical_text({name: value for name, value in stored.items() if name > "hash"})[1:-1]
+    digest = record_hash(("{" + ",".join(part for part in (low, high) if part) + "}").encode("ascii"), hmac_key)
+    line = "{" + ",".join(part for part in (low, f'"hash":"{digest}"', high) if part) + "}\n"
+    return digest, line.encode("ascii")
 
 
 def record_hash(payload: bytes, hmac_key: bytes | None) -> str:
@@ -399,8 +415,7 @@ class AuditWriter:
         stored = dict(record)
         stored["seq"] = self._seq + 1
         stored["prev"] = self._prev
-        stored["hash"] = record_hash(canonical(stored), self._key)
-        line = canonical(stored) + b"\n"
+        stored["hash"], line = chained_line(stored, self._key)
         if self._torn or (self._size > 0 and self._size + len(line) > self._max_bytes):
             self._open(self._free_number(self._number + 1), new=True)
         self._append(line)

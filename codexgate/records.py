@@ -15,6 +15,8 @@ record's work. A request recovered after a crash gets its record from its write-
 from __future__ import annotations
 
 import datetime as dt
+import functools
+import math
 import time
 from typing import Any
 
@@ -30,8 +32,18 @@ AUDIT_FIELDS = (
 
 
 def utc_iso(epoch: float) -> str:
-    """2026-12-07T05:00:00.123Z"""
-    return dt.datetime.fromtimestamp(epoch, dt.UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+    """2026-12-07T05:00:00.123Z: `datetime.fromtimestamp(epoch, UTC).isoformat(timespec="milliseconds")`
+    (microseconds rounded half to even, then cut to milliseconds), its seconds formatted once a second."""
+    seconds = math.floor(epoch)
+    micro = round((epoch - seconds) * 1e6)
+    if micro >= 1_000_000:
+        seconds, micro = seconds + 1, micro - 1_000_000
+    return f"{_second(seconds)}.{micro // 1000:03d}Z"
+
+
+@functools.lru_cache(maxsize=4)
+def _second(seconds: int) -> str:
+    return dt.datetime.fromtimestamp(seconds, dt.UTC).strftime("%Y-%m-%dT%H:%M:%S")
 
 
 def usage_fields(usage: Usage | None) -> dict[str, int] | None:
