@@ -233,32 +233,24 @@ class GatewayRequest:
 
     def as_record(self) -> dict[str, Any]:
         """The request in plain values, for flow files and mitmweb's dump (no body, no secret)."""
+        from codexgate.records import identity, usage_fields
+
         usage = self.usage if self.usage is not None else (self.reader.usage if self.reader is not None else None)
-        estimate = self.metering.estimate.usd if self.metering is not None else None
-        return {
-            "request_id": self.request_id,
-            "mode": self.mode,
-            "endpoint": self.endpoint,
-            "stream": self.stream,
-            "session_id": self.session_id,
-            "key": self.key.name if self.key is not None else None,
-            "team": self.team,
-            "org": self.org,
-            "model_requested": self.model_requested,
-            "model": self.model,
-            "provider": self.provider,
-            "upstream_model": self.upstream_model,
-            "decision": self.decision,
-            "usage": usage.as_dict() if usage is not None else None,
-            "estimate_usd": estimate,
-            "cost_usd": self.cost_usd,
-            "charge": self.charge_basis,
-            "attempts": copy.deepcopy(self.attempts),
-            "started": self.started,
-            "forwarded_at": self.forwarded_at,
-            "first_byte": self.first_byte,
-            "notes": list(self.notes),
-        }
+        record = identity(self)
+        record.update(
+            stream=self.stream,
+            decision=self.decision.value,  # a plain str in a flow file
+            usage=usage_fields(usage),
+            estimate_usd=self.metering.estimate.usd if self.metering is not None else None,
+            cost_usd=self.cost_usd,
+            charge=self.charge_basis,
+            attempts=copy.deepcopy(self.attempts),
+            started=self.started,
+            forwarded_at=self.forwarded_at,
+            first_byte=self.first_byte,
+            notes=list(self.notes),
+        )
+        return record
 
     def __deepcopy__(self, memo: dict[int, Any]) -> dict[str, Any]:
         # See the class docstring: this is how mitmproxy's flow serialization sees the request.
