@@ -12,6 +12,7 @@ from mitmproxy import ctx, http
 from mitmproxy.addonmanager import Loader
 
 from codexgate.flowstate import Decision, GatewayRequest, state_of
+from codexgate.headers import replace_header_fields
 from codexgate.jsonline import compact
 from codexgate.metrics import GatewayMetrics
 from codexgate.records import request_record
@@ -54,15 +55,18 @@ class Accounting:
         state = state_of(flow)
         if state is None or flow.response is None:
             return
-        headers = flow.response.headers
-        headers["x-codexgate-request-id"] = state.request_id
-        headers["x-codexgate-decision"] = "allowed" if state.decision.allowed else "refused"
+        # One pass over the answer's header fields (mitmproxy's `headers[name] = ...` is one per name).
+        fields = [
+            (b"x-codexgate-request-id", state.request_id.encode()),
+            (b"x-codexgate-decision", b"allowed" if state.decision.allowed else b"refused"),
+        ]
         if state.provider:
-            headers["x-codexgate-provider"] = state.provider
+            fields.append((b"x-codexgate-provider", state.provider.encode()))
         if state.upstream_model:
-            headers["x-codexgate-model"] = state.upstream_model
+            fields.append((b"x-codexgate-model", state.upstream_model.encode("utf-8", "surrogateescape")))
         if state.attempts is not None:
-            headers["x-codexgate-attempt-count"] = str(len(state.attempts))
+            fields.append((b"x-codexgate-attempt-count", str(len(state.attempts)).encode()))
+        replace_header_fields(flow.response.headers, fields)
 
     def response(self, flow: http.HTTPFlow) -> None:
         state = state_of(flow)
