@@ -1365,7 +1365,7 @@ def main(argv: list[str] | None = None) -> int:
         print(markdown_report(report))
         for name, acc in report.get("accounting", {}).items():
             print(f"\n{name} accounting lines: {acc['records']} ({acc['forwarded_with_usage']} forwarded with usage)")
-    print("\n## Both kinds\n")
+    print("\n## All kinds\n")
     print(
         "| kind | key ratio (added p50 / mitmdump's) | max req/s codexgate / mitmdump "
         "| chain CPU µs/req over mitmproxy-core | first byte p50 over mitmdump's, ms |"
