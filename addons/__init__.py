@@ -32,6 +32,7 @@ def steps(shown: bool = True) -> list[Any]:
     from codexgate.addons.credentials import Credentials
     from codexgate.addons.data_dir import DataDirLock
     from codexgate.addons.egress import EgressGuard
+    from codexgate.addons.failover import Failover
     from codexgate.addons.guardrails import Guardrails
     from codexgate.addons.identify import Identify
     from codexgate.addons.intake import Intake
@@ -45,7 +46,6 @@ def steps(shown: bool = True) -> list[Any]:
     from codexgate.addons.models_endpoint import ModelsEndpoint
     from codexgate.addons.options_lock import OptionsLock
     from codexgate.addons.policy_source import PolicySource
-    from codexgate.addons.resilience import Resilience
     from codexgate.addons.route import Route
     from codexgate.addons.seal import Seal
     from codexgate.addons.tls_scope import TlsScope
@@ -61,10 +61,10 @@ def steps(shown: bool = True) -> list[Any]:
     policy = PolicySource(metrics)
     limits = Limits(policy, metrics)
     tracing = Tracing()
-    resilience = Resilience(metrics)
+    failover = Failover(metrics)
     websocket = ResponsesWebSocket()
     egress = EgressGuard(
-        policy, metrics, lambda: tuple(relay.port for relay in (resilience.relay, websocket.relay) if relay is not None)
+        policy, metrics, lambda: tuple(relay.port for relay in (failover.relay, websocket.relay) if relay is not None)
     )  # the gateway's own in-process relays are the only loopback ports its flows may reach
     request_limits = RequestLimits(policy, metrics)
     upstream_bounds = UpstreamBounds(metrics)
@@ -90,14 +90,14 @@ def steps(shown: bool = True) -> list[Any]:
         Admit(),
         Guardrails(policy),  # after the team is known, before any budget is reserved
         ModelsEndpoint(),
-        Route(resilience),
+        Route(failover),
         limits,
         Credentials(),
         MockUpstream(),
         Seal(policy),
         WriteAhead(limits, accounting, audit, metrics),  # right after Seal: on record before it leaves
         upstream_bounds,  # request: deadlines from send time; response/error: before Translate, Meter, Charge
-        resilience,  # responseheaders: which relayed attempt answered, before its answer is translated
+        failover,  # responseheaders: which relayed attempt answered, before its answer is translated
         Translate(),
         Meter(metrics),
         StreamWatch(),  # after Meter/Translate set the stream up

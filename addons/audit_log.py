@@ -20,8 +20,8 @@ from mitmproxy import ctx, exceptions, http
 from mitmproxy.addonmanager import Loader
 
 from codexgate.audit import WRITER_PATTERN, AuditWriter, audit_record
+from codexgate.detectors import redact_text
 from codexgate.flowstate import GatewayRequest, state_of
-from codexgate.guardrails import redact_text
 from codexgate.metrics import GatewayMetrics
 from codexgate.secrets import REFERENCE_HELP, SecretResolver, SecretUnavailable
 

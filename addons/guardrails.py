@@ -1,7 +1,7 @@
 """Guardrails: scans what a client sends to the model before it leaves the gateway.
 
 Runs in `request` after Identify (the team is known) and before Route. The detectors and the
-action come from the policy's `guardrails:` section (`codexgate.guardrails.GuardrailSettings`);
+action come from the policy's `guardrails:` section (`codexgate.detectors.GuardrailSettings`);
 without that section the addon does nothing. Per request, by the action of the team (or of a
 custom rule that fixes its own):
 
@@ -16,7 +16,7 @@ Every action lists the rule names in `state.guardrail_findings` (and the action 
 `state.guardrail_action`) for accounting and audit.
 
 Extra detectors (external DLP services, ...): any object with a `name` and
-`scan(text) -> list[(start, end)]` (`codexgate.guardrails.Detector`), registered with
+`scan(text) -> list[(start, end)]` (`codexgate.detectors.Detector`), registered with
 `Guardrails.register(detector)` or passed as `Guardrails(policy, detectors=[...])`. `scan` may be
 `async def`: such detectors run concurrently over all texts of the request, awaited before it
 is forwarded. Their findings take the team's action. A detector that raises refuses the request
@@ -41,10 +41,7 @@ from typing import Any
 from mitmproxy import http
 
 from codexgate.addons.policy_source import PolicySource
-from codexgate.errors import error_response
-from codexgate.failsafe import fail_closed
-from codexgate.flowstate import Decision, refuse, state_of
-from codexgate.guardrails import (
+from codexgate.detectors import (
     Detector,
     Finding,
     GuardrailSettings,
@@ -55,6 +52,9 @@ from codexgate.guardrails import (
     scan,
     texts,
 )
+from codexgate.errors import error_response
+from codexgate.failsafe import fail_closed
+from codexgate.flowstate import Decision, refuse, state_of
 
 logger = logging.getLogger(__name__)
 

@@ -48,14 +48,13 @@ from codexgate.headers import replace_header_fields
 from codexgate.metrics import GatewayMetrics
 from codexgate.policies.schema import Limited, Price
 from codexgate.pricing import Pricer, PriceSource, PriceUnknown, price_provider_id
-from codexgate.resilience import DRAIN_MAX_SECONDS
+from codexgate.relay import DRAIN_MAX_SECONDS
 from codexgate.stores.base import Admission, Amounts, Counter, CounterState, CounterStore, Kind, StoreUnavailable
 from codexgate.usage import Usage
 from codexgate.windows import describe_period, format_reset, window
 
 logger = logging.getLogger(__name__)
 
-LEVEL_NAMES = {"key": "key", "team": "team", "org": "org", "provider": "provider", "model": "model"}
 
 
 def counters_for(levels: list[tuple[str, str, Limited]], now: float, epsilon_usd: float = 0.0) -> list[Counter]:
@@ -584,13 +583,3 @@ class Charge:
             return Amounts(requests=1), "upstream_error"  # the provider refused: it charges nothing
         # Cut short before usage arrived (or no usage reported): never zero.
         return metering.estimate, "estimate"
-
-
-def metering_summary(state: GatewayRequest) -> dict[str, Any]:
-    metering = state.metering
-    if metering is None:
-        return {}
-    return {
-        "estimate_usd": round(metering.estimate.usd, 8),
-        "unmetered": metering.unmetered,
-    }

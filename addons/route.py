@@ -17,7 +17,7 @@ from typing import Any
 
 from mitmproxy import http
 
-from codexgate.addons.resilience import Resilience
+from codexgate.addons.failover import Failover
 from codexgate.errors import error_response
 from codexgate.failsafe import fail_closed
 from codexgate.flowstate import Candidate, Decision, GatewayRequest, RelayedRequest, Translation, refuse, state_of
@@ -27,7 +27,7 @@ from codexgate.policies.schema import MockProvider, OpenAIProvider
 from codexgate.providers.adapters import CODEX_HEADERS, Adapter, adapter_for, new_context
 from codexgate.providers.base import UnsupportedRequest, refuse_stateful
 from codexgate.providers.openai import auth_headers, upstream_target
-from codexgate.resilience import Attempt, Plan, Timeouts
+from codexgate.relay import Attempt, Plan, Timeouts
 from codexgate.usage import StreamUsageReader
 
 logger = logging.getLogger(__name__)
@@ -47,8 +47,8 @@ def chat_body_to_responses(body: dict[str, Any]) -> dict[str, Any]:
 
 
 class Route:
-    def __init__(self, resilience: Resilience | None = None) -> None:
-        self._resilience = resilience or Resilience(GatewayMetrics())
+    def __init__(self, failover: Failover | None = None) -> None:
+        self._failover = failover or Failover(GatewayMetrics())
 
     @fail_closed
     async def request(self, flow: http.HTTPFlow) -> None:
@@ -59,7 +59,7 @@ class Route:
             return
         if state.policy.lookup_model(state.model) is None:
             raise RuntimeError(f"admitted model {state.model} has no entry")
-        candidates = await self._resilience.order(state)
+        candidates = await self._failover.order(state)
         providers = state.policy.policy.providers
         if state.endpoint == "responses" and needs_stored_state(state.body):
             # Only OpenAI-style deployments keep responses; a translated one would refuse the
@@ -89,8 +89,8 @@ class Route:
         closure and body until `total_timeout`. A plan the relay took is already gone: no-op."""
         state = state_of(flow)
         relayed = state.relayed if state is not None else None
-        if relayed is not None and relayed.token and self._resilience.relay is not None:
-            self._resilience.relay.discard(relayed.token)
+        if relayed is not None and relayed.token and self._failover.relay is not None:
+            self._failover.relay.discard(relayed.token)
 
     # -- one deployment: mitmproxy forwards the request itself ---------------------------------------
 
@@ -162,7 +162,7 @@ class Route:
     # -- several deployments: the relay tries them in order -------------------------------------------
 
     def _relayed(self, flow: http.HTTPFlow, state: GatewayRequest, candidates: list[Candidate]) -> None:
-        relay = self._resilience.relay
+        relay = self._failover.relay
         if relay is None:
             raise RuntimeError("the failover relay is not running")
         settings = state.policy.policy.gateway.resilience
@@ -208,7 +208,7 @@ class Route:
         """The request for one candidate, prepared right before it is sent (keys, SigV4)."""
         assert state.body is not None
         provider = state.policy.policy.providers[candidate.provider]
-        secrets = self._resilience.secrets
+        secrets = self._failover.secrets
         adapter = adapter_for(provider)
         if adapter is not None:
             translation = prepare_translation(state, adapter, candidate.upstream_model, candidate.provider)

@@ -69,7 +69,7 @@ def _status_is_error(status: int | None) -> bool:
     return status is not None and status >= 400
 
 
-class Attempt:
+class AttemptSpan:
     """One upstream attempt: a CLIENT span, ended once (by `end`, or leaving the `with` block)."""
 
     __slots__ = ("_span", "_lock")
@@ -96,7 +96,7 @@ class Attempt:
             span.set_status(Status(StatusCode.ERROR, kind))
         span.end(_ns(end) if end is not None else None)
 
-    def __enter__(self) -> Attempt:
+    def __enter__(self) -> AttemptSpan:
         return self
 
     def __exit__(
@@ -105,7 +105,7 @@ class Attempt:
         self.end(error=exc_type.__name__ if exc_type is not None else None)
 
 
-NO_ATTEMPT = Attempt(None)
+NO_ATTEMPT = AttemptSpan(None)
 
 
 @dataclasses.dataclass(eq=False)
@@ -113,7 +113,7 @@ class _FlowTrace:
     span: Span
     context: Context
     attempts: int = 0
-    attempt: Attempt | None = None
+    attempt: AttemptSpan | None = None
     secrets: tuple[str, ...] = ()
 
 
@@ -324,10 +324,10 @@ class Tracing:
         address: tuple[str, int] | None = None,
         *,
         start: float | None = None,
-    ) -> Attempt:
+    ) -> AttemptSpan:
         """Start a CLIENT span for one attempt of `flow` at `provider` (`address`: the upstream's host and port,
         default: where the request points now). An attempt still open on the flow is ended first, without a
-        status. End it with `Attempt.end(status=...)`, `end_attempt(flow, ...)`, or a `with` block; the request's
+        status. End it with `AttemptSpan.end(status=...)` or a `with` block; the request's
         end ends it otherwise. With tracing off this returns a no-op attempt."""
         if self._tracer is None:
             return NO_ATTEMPT
@@ -339,7 +339,7 @@ class Tracing:
 
     def _attempt(
         self, flow: http.HTTPFlow, provider: str, address: tuple[str, int] | None, start: float | None
-    ) -> Attempt:
+    ) -> AttemptSpan:
         assert self._tracer is not None
         found = self.begin(flow)
         state = state_of(flow)
@@ -373,17 +373,8 @@ class Tracing:
             attributes=attributes,
             start_time=_ns(start) if start is not None else None,
         )
-        found.attempt = Attempt(span)
+        found.attempt = AttemptSpan(span)
         return found.attempt
-
-    def end_attempt(
-        self, flow: http.HTTPFlow, status: int | None = None, error: str | None = None, end: float | None = None
-    ) -> None:
-        """End the attempt open on `flow`, if any (e.g. a fallback saw its 429 before trying the next one)."""
-        found = self._traces.get(flow)
-        if found is not None and found.attempt is not None:
-            found.attempt.end(status=status, error=error, end=end)
-            found.attempt = None
 
     # -- content (codexgate_trace_content only) --------------------------------------------------------
 

@@ -921,7 +921,7 @@ def verify_command(
             targets.append(path)
     else:
         if data_dir is None:
-            from codexgate.cli import default_data_dir  # imported late: the CLI module is heavier
+            from codexgate.datadir import default_data_dir
 
             base = default_data_dir()
         else:

@@ -12,21 +12,12 @@ from typing import Any
 
 import yaml
 
+from codexgate.datadir import default_data_dir, ensure_data_dir
 from codexgate.policies.keys import add_key
 from codexgate.policies.loader import PolicyError, load_policy, unreachable_key_problems
 from codexgate.stores.factory import check_store_spec
 
 DEMO_KEY_FILE = "demo-key"
-
-
-def default_data_dir() -> Path:
-    return Path(os.environ.get("CODEXGATE_HOME") or Path.home() / ".codexgate")
-
-
-def ensure_data_dir(path: Path) -> Path:
-    path.mkdir(parents=True, exist_ok=True)
-    os.chmod(path, 0o700)
-    return path
 
 
 def ca_cert_path(data_dir: Path) -> Path:

@@ -26,6 +26,16 @@ LOCK_FILE = "gateway.lock"
 LOCK_FD_ENV = "CODEXGATE_DATA_DIR_LOCK_FD"
 
 
+def default_data_dir() -> Path:
+    return Path(os.environ.get("CODEXGATE_HOME") or Path.home() / ".codexgate")
+
+
+def ensure_data_dir(path: Path) -> Path:
+    path.mkdir(parents=True, exist_ok=True)
+    os.chmod(path, 0o700)
+    return path
+
+
 class DataDirBusy(Exception):
     """Another process holds the data dir; the message says which and what to do."""
 

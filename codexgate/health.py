@@ -195,11 +195,3 @@ def weighted_order(candidates: Sequence[tuple[str, int]], rng: random.Random) ->
         total -= weight
         out.append(name)
     return out + zero
-
-
-async def try_order(candidates: Sequence[tuple[str, int]], health: HealthStore, rng: random.Random) -> list[str]:
-    """The order to try deployments in: healthy ones by weight, then cooling ones by weight (a last
-    resort beats refusing outright: the cooldown may be over-cautious)."""
-    order = weighted_order(candidates, rng)
-    cooling = await health.down(order)
-    return [d for d in order if d not in cooling] + [d for d in order if d in cooling]

@@ -484,7 +484,7 @@ def _catalog_for(target: Target, overlay: Path) -> Path | None:
 
 
 def cmd_codex(args: argparse.Namespace) -> int:
-    from codexgate.cli import default_data_dir, ensure_data_dir
+    from codexgate.datadir import default_data_dir, ensure_data_dir
 
     data_dir = ensure_data_dir(Path(args.data_dir).expanduser() if args.data_dir else default_data_dir())
     env = dict(os.environ)
@@ -529,7 +529,7 @@ def banner_commands(
     host: str, proxy_port: int, gateway_port: int, ca_cert: Path, data_dir: Path, key: str | None, model: str
 ) -> list[str]:
     """The banner's ways to point Codex at this gateway, each working as pasted."""
-    from codexgate.cli import default_data_dir
+    from codexgate.datadir import default_data_dir
 
     program = shlex.join(codexgate_program())
     data = [] if data_dir == default_data_dir() else ["--data-dir", str(data_dir)]

@@ -5,7 +5,9 @@ whether it implements the hook or not), so two dozen addons cost about 0.5 ms pe
 the largest part of the gateway's overhead over bare mitmdump (docs/benchmarks.md). The
 `Pipeline` keeps each step an ordinary mitmproxy-shaped addon (options in `load`, validation in
 `configure`, the usual hooks; each can still be loaded on its own, as the unit tests do), and
-calls, per hook, just the steps that implement it, in chain order.
+calls, per hook, just the steps that implement it, in chain order. The hooks are mitmproxy's own
+(`mitmproxy.hooks.all_hooks`), so a step implementing any of them is called as it would be as an
+addon of its own.
 
 A step's exception in a traffic hook is logged and the next step still runs — as mitmproxy
 itself would do between addons; request-phase steps fail closed on their own
@@ -20,14 +22,21 @@ import logging
 from collections.abc import Callable, Sequence
 from typing import Any
 
+# A hook class registers itself in `all_hooks` when the module defining it is imported; the master
+# imports every layer and server hook it can call, so after this import the registry is complete.
+import mitmproxy.master  # noqa: F401
+from mitmproxy import hooks
+
 logger = logging.getLogger(__name__)
 
-LIFECYCLE_HOOKS = ("load", "configure", "running", "done")
-TRAFFIC_HOOKS = (
-    "client_connected", "client_disconnected", "http_connect", "tls_clienthello", "tls_failed_client",
-    "server_connect", "requestheaders", "request", "responseheaders", "response", "error", "websocket_message",
-    "tcp_message",
-)  # fmt: skip
+# Their exceptions reach mitmproxy (an `OptionsError` from `configure` must); every other hook's
+# exceptions are logged per step.
+LIFECYCLE_HOOKS = frozenset({"load", "configure", "running", "done"})
+
+
+def mitmproxy_hooks() -> tuple[str, ...]:
+    """Every event mitmproxy calls on addons, by name."""
+    return tuple(hooks.all_hooks)
 
 
 def _isolated_sync(hook: str, functions: list[Callable[..., Any]]) -> Callable[..., None]:
@@ -75,7 +84,7 @@ def _propagating(functions: list[Callable[..., Any]], is_async: bool) -> Callabl
 class Pipeline:
     def __init__(self, steps: Sequence[Any]) -> None:
         self.steps = list(steps)
-        for hook in LIFECYCLE_HOOKS + TRAFFIC_HOOKS:
+        for hook in mitmproxy_hooks():
             functions = [getattr(step, hook) for step in self.steps if callable(getattr(step, hook, None))]
             if not functions:
                 continue

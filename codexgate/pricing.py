@@ -8,11 +8,11 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+from typing import Protocol
 
 from genai_prices import Usage as PriceUsage
 from genai_prices import calc_price
 
-from codexgate.policies.schema import Price
 from codexgate.usage import Usage
 
 logger = logging.getLogger(__name__)
@@ -51,7 +51,7 @@ class PriceUnknown(Exception):
 class PriceSource:
     """How one (provider, model) is priced: a fixed policy price or a genai-prices lookup."""
 
-    fixed: Price | None
+    fixed: FixedPrice | None
     model_ref: str | None
     provider_id: str | None
 
@@ -71,7 +71,21 @@ class PriceSource:
         return float(calculation.total_price)
 
 
-def fixed_cost(price: Price, usage: Usage) -> float:
+class FixedPrice(Protocol):
+    """A fixed price, USD per million tokens: the shape of the policy's `price:` (core reads it,
+    the policy defines it)."""
+
+    @property
+    def input_per_mtok(self) -> float: ...
+
+    @property
+    def output_per_mtok(self) -> float: ...
+
+    @property
+    def cached_input_per_mtok(self) -> float | None: ...
+
+
+def fixed_cost(price: FixedPrice, usage: Usage) -> float:
     cached = min(usage.cached_tokens, usage.input_tokens)
     cached_price = price.input_per_mtok if price.cached_input_per_mtok is None else price.cached_input_per_mtok
     return (
@@ -91,7 +105,7 @@ class Pricer:
         self._unit: dict[PriceSource, tuple[float, float]] = {}
 
     def source(
-        self, provider_id: str | None, upstream_model: str, override: Price | None, default: Price | None
+        self, provider_id: str | None, upstream_model: str, override: FixedPrice | None, default: FixedPrice | None
     ) -> PriceSource:
         if override is not None:
             return PriceSource(override, None, None)

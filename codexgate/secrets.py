@@ -45,7 +45,6 @@ ENV_PATTERN = r"env:.+"
 FILE_PATTERN = r"file:.+"
 VAULT_PATTERN = r"vault:(?P<mount>[^/#\s]+)/(?P<path>[^/#\s]+(?:/[^/#\s]+)*)#(?P<field>[^#\s]+)"
 AWS_SM_PATTERN = r"aws-sm:(?P<secret_id>[A-Za-z0-9/_+=.@:-]{1,2048})(?:#(?P<field>[^#\s]+))?"
-REFERENCE_PATTERN = "|".join(f"(?:{p})" for p in (ENV_PATTERN, FILE_PATTERN, VAULT_PATTERN, AWS_SM_PATTERN))
 
 _VAULT_RE = re.compile(VAULT_PATTERN)
 _AWS_SM_RE = re.compile(AWS_SM_PATTERN)

@@ -144,7 +144,6 @@ class Worker:
     admin_port: int = 0
     process: asyncio.subprocess.Process | None = None
     started: float = 0.0
-    restarts: int = 0
     exited: list[int] = field(default_factory=list)
     ever_ready: bool = False  # a worker that never got ready has a problem a restart does not fix
 
@@ -254,7 +253,6 @@ class Supervisor:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._stop.wait(), delay)
             delay = min(delay * 2, RESTART_DELAY_MAX_SECONDS)
-            worker.restarts += 1
 
     def _mark_dead(self, pid: int) -> None:
         # The live-sum gauges of a dead process are dropped; its counters keep counting in the sum.

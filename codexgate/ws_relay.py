@@ -7,7 +7,7 @@ answered by the same JSON events an HTTP answer streams as SSE, one text message
 socket kept across the turns of a session. mitmproxy can relay a WebSocket but cannot be one's
 endpoint (a 101 it answers itself has no server side to relay to), so the `ResponsesWebSocket`
 addon forwards a governed upgrade to this small aiohttp server on 127.0.0.1 (as the failover
-relay in `codexgate.resilience` is an in-process HTTP server). For each `response.create` it
+relay in `codexgate.relay` is an in-process HTTP server). For each `response.create` it
 makes a streaming `POST /v1/responses` to the gateway's own base-URL listener with the client's
 virtual key, so every request is identified, admitted, limited, routed, translated, metered,
 charged, accounted and audited by exactly the chain an HTTP request passes — for every provider
@@ -202,10 +202,6 @@ class WebSocketRelay:
         entry = self._sessions.pop(path.removeprefix(PATH_PREFIX), None)
         if entry is not None:
             entry[1].cancel()
-
-    @property
-    def open_sockets(self) -> int:
-        return len(self._sockets)
 
     def take_refusal(self, key: str, session_id: str | None) -> str | None:
         """The message of a refusal retrying cannot cure (401/402/403) that this key's session got

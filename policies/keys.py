@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import hashlib
-import hmac
 import json
 import os
 import re
@@ -23,10 +22,6 @@ def generate_key() -> str:
 
 def hash_key(key: str) -> str:
     return "sha256:" + hashlib.sha256(key.encode("utf-8")).hexdigest()
-
-
-def same_hash(a: str, b: str) -> bool:
-    return hmac.compare_digest(a.encode(), b.encode())
 
 
 _PLAIN_SCALAR = re.compile(r"^[A-Za-z0-9_.-][A-Za-z0-9_.:*?-]*$")

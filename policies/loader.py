@@ -19,7 +19,7 @@ from ruamel.yaml.comments import CommentedMap, CommentedSeq
 from ruamel.yaml.error import MarkedYAMLError
 
 from codexgate.policies.egress import EgressRules
-from codexgate.policies.schema import ModelEntry, Policy, Route, VirtualKey
+from codexgate.policies.schema import ModelEntry, ModelRoute, Policy, VirtualKey
 
 Loc = tuple[str | int, ...]
 
@@ -289,7 +289,7 @@ def _plain(node: Any) -> Any:
     return node
 
 
-def upstream_model(route: Route, canonical_name: str) -> str:
+def upstream_model(route: ModelRoute, canonical_name: str) -> str:
     return route.model or canonical_name
 
 

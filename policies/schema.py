@@ -14,7 +14,7 @@ from urllib.parse import urlsplit
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from codexgate.guardrails import GuardrailSettings
+from codexgate.detectors import GuardrailSettings
 from codexgate.policies.egress import Egress
 from codexgate.secrets import REFERENCE_HELP, parse_reference
 from codexgate.windows import parse_period
@@ -178,6 +178,27 @@ class BedrockProvider(Limited):
         return self.base_url or f"https://bedrock-runtime.{self.region}.amazonaws.com"
 
 
+# The Chat Completions hosts a `chat` provider may name as its preset, and where each lives (proxy
+# mode intercepts the providers' hosts). How each host is spoken to is the chat family's `PRESETS`,
+# under the same names (tests/unit/test_layering.py keeps the two in step). "": no fixed address.
+CHAT_PRESET_URLS: dict[str, str] = {
+    "generic": "",
+    "groq": "https://api.groq.com/openai/v1",
+    "mistral": "https://api.mistral.ai/v1",
+    "deepseek": "https://api.deepseek.com",
+    "xai": "https://api.x.ai/v1",
+    "openrouter": "https://openrouter.ai/api/v1",
+    "together": "https://api.together.ai/v1",
+    "fireworks": "https://api.fireworks.ai/inference/v1",
+    "cerebras": "https://api.cerebras.ai/v1",
+    "perplexity": "https://api.perplexity.ai",
+    "ollama": "http://localhost:11434/v1",
+    "vllm": "http://localhost:8000/v1",
+    "lmstudio": "http://localhost:1234/v1",
+    "azure": "",
+}
+
+
 class ChatProvider(Limited):
     """An OpenAI-compatible Chat Completions host: a preset (groq, mistral, deepseek, xai,
     openrouter, together, fireworks, cerebras, perplexity, ollama, vllm, lmstudio) or any base_url."""
@@ -196,25 +217,19 @@ class ChatProvider(Limited):
     @field_validator("preset")
     @classmethod
     def _known_preset(cls, value: str) -> str:
-        from codexgate.providers.chat_compat import PRESETS
-
-        if value not in PRESETS:
-            raise ValueError(f"unknown preset {value!r}; presets: {', '.join(sorted(PRESETS))}")
+        if value not in CHAT_PRESET_URLS:
+            raise ValueError(f"unknown preset {value!r}; presets: {', '.join(sorted(CHAT_PRESET_URLS))}")
         return value
 
     @model_validator(mode="after")
     def _has_url(self) -> ChatProvider:
-        from codexgate.providers.chat_compat import PRESETS
-
-        if not (self.base_url or PRESETS[self.preset].base_url):
+        if not (self.base_url or CHAT_PRESET_URLS[self.preset]):
             raise ValueError("the generic preset needs a base_url")
         return self
 
     @property
     def url(self) -> str:
-        from codexgate.providers.chat_compat import PRESETS
-
-        return (self.base_url or PRESETS[self.preset].base_url).rstrip("/")
+        return (self.base_url or CHAT_PRESET_URLS[self.preset]).rstrip("/")
 
 
 class AzureProvider(Limited):
@@ -234,10 +249,9 @@ Provider = Annotated[
     OpenAIProvider | MockProvider | AnthropicProvider | GeminiProvider | BedrockProvider | ChatProvider | AzureProvider,
     Field(discriminator="kind"),
 ]
-TRANSLATED_KINDS = ("anthropic", "gemini", "bedrock", "chat", "azure")
 
 
-class Route(Strict):
+class ModelRoute(Strict):
     provider: Name
     model: str | None = Field(default=None, description="upstream model name; default: the model asked for")
     weight: int = Field(default=1, ge=0, description="share of traffic among the model's routes")
@@ -272,7 +286,7 @@ class CodexModelInfo(Strict):
 
 
 class ModelEntry(Limited):
-    routes: list[Route] = Field(min_length=1)
+    routes: list[ModelRoute] = Field(min_length=1)
     aliases: list[str] = Field(default_factory=list)
     fallbacks: list[str] = Field(
         default_factory=list, description="models tried in order when every route of this one failed (429/5xx/timeout)"

@@ -37,7 +37,8 @@ from collections.abc import Callable
 from typing import Any
 
 from codexgate.stores.base import Admission, Amounts, Counter, CounterState, StoreUnavailable
-from codexgate.stores.embedded import (
+from codexgate.stores.redis_link import LinkError, RedisLink, ReplyError
+from codexgate.stores.rules import (
     PRUNE_MARGIN_SECONDS,
     STALE_SWEEP_LIMIT,
     build_admission,
@@ -45,7 +46,6 @@ from codexgate.stores.embedded import (
     check_request,
     window,
 )
-from codexgate.stores.redis_link import LinkError, RedisLink, ReplyError
 
 logger = logging.getLogger(__name__)
 
@@ -252,7 +252,7 @@ for i = 1, n do
     end
     used = used - own
   end
-  -- Same rule as embedded.has_room: no room at the limit even for 0; tolerance for float sums.
+  -- Same rule as rules.has_room: no room at the limit even for 0; tolerance for float sums.
   local eps = 1e-9 * math.max(1, math.abs(limit))
   local room = limit == math.huge or (used + amount <= limit + eps and used < limit - eps)
   if held == nil and refused == 0 and not room then refused = i end

@@ -18,7 +18,7 @@ ROOT = Path(__file__).resolve().parents[2]
 RUNTIME_CODE = ("codexgate", "addons", "providers", "policies")
 TEST_TOOLS = {
     "pytest", "pytest-timeout", "openai", "anthropic", "google-genai", "ruff", "mypy", "types-pyyaml",
-    "kubernetes-validate", "check-jsonschema",
+    "kubernetes-validate", "check-jsonschema", "import-linter",
 }  # fmt: skip
 
 

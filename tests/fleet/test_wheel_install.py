@@ -29,6 +29,10 @@ def test_installed_package_starts_the_gateway(tmp_path: Path) -> None:
     ]  # fmt: skip
     for shipped in shipped_files:
         assert (target / shipped).exists(), shipped
+    # The checkout's one mitm_config.yaml (the package holds a link to it) ships as a plain file.
+    shipped_config = target / "codexgate/mitm_config.yaml"
+    assert not shipped_config.is_symlink()
+    assert shipped_config.read_text() == (ROOT / "mitm_config.yaml").read_text()
     # The installed copy, not this checkout's (which the test venv has as an editable install).
     env = {**{k: v for k, v in os.environ.items() if k != "PYTHONPATH"}, "PYTHONPATH": str(target)}
     where = subprocess.run(

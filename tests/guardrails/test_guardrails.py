@@ -39,8 +39,7 @@ from mitmproxy.test import taddons
 from pydantic import ValidationError
 
 from codexgate.addons.guardrails import HEADER, Guardrails
-from codexgate.flowstate import state_of
-from codexgate.guardrails import (
+from codexgate.detectors import (
     BUILTIN_DETECTORS,
     CustomRule,
     Finding,
@@ -56,6 +55,7 @@ from codexgate.guardrails import (
     scan_text,
     texts,
 )
+from codexgate.flowstate import state_of
 
 DETECTORS = builtin_detectors()
 

@@ -1,6 +1,6 @@
-"""The hostile-client tests use the resilience tests' fault-injecting upstream."""
+"""The hostile-client tests use the failover tests' fault-injecting upstream."""
 
 import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "resilience"))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "failover"))

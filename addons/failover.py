@@ -2,7 +2,7 @@
 
 mitmproxy streams only what it forwards itself and cannot send a request again elsewhere after
 a 429/5xx. A request with more than one candidate deployment (several routes or keys, or
-fallback models) is therefore pointed at the in-process relay (`codexgate.resilience.Relay`),
+fallback models) is therefore pointed at the in-process relay (`codexgate.relay.Relay`),
 which tries the candidates in order and streams the first good answer back through mitmproxy.
 This addon owns the relay and the health store, plans the candidates (`plan_candidates`, used by
 `Route`), and reads back which attempt answered (`responseheaders`).
@@ -27,7 +27,7 @@ from codexgate.health_shared import COOLDOWNS_FILE, SQLiteHealth
 from codexgate.metrics import GatewayMetrics
 from codexgate.policies.loader import upstream_model
 from codexgate.policies.schema import MockProvider, OpenAIProvider
-from codexgate.resilience import Relay
+from codexgate.relay import Relay
 from codexgate.secrets import SecretResolver
 from codexgate.stores.factory import resolve_store_reference
 
@@ -73,7 +73,7 @@ def candidate_groups(state: GatewayRequest) -> list[list[tuple[Candidate, int]]]
     return groups
 
 
-class Resilience:
+class Failover:
     def __init__(self, metrics: GatewayMetrics) -> None:
         self._metrics = metrics
         self.relay: Relay | None = None

@@ -13,7 +13,7 @@ from collections import Counter
 import pytest
 from fakes.redis_server import RedisServer
 
-from codexgate.health import MemoryHealth, RedisHealth, try_order, weighted_order
+from codexgate.health import MemoryHealth, RedisHealth, weighted_order
 
 pytestmark = pytest.mark.timeout(30)
 
@@ -154,15 +154,3 @@ def test_weighted_order_without_replacement() -> None:
     assert weighted_order([], rng) == []
     assert weighted_order([("only", 1)], rng) == ["only"]
     assert weighted_order([("x", 0), ("y", 0)], rng) == ["x", "y"]
-
-
-def test_try_order_puts_cooling_deployments_last() -> None:
-    async def main() -> None:
-        health = MemoryHealth()
-        await health.mark_down("a", 60, "rate_limited")
-        rng = random.Random(1)
-        for _ in range(50):
-            order = await try_order([("a", 100), ("b", 1), ("c", 1)], health, rng)
-            assert order[-1] == "a" and sorted(order[:2]) == ["b", "c"]
-
-    asyncio.run(main())

@@ -14,7 +14,7 @@ import aiohttp
 import pytest
 from fault_upstream import Blackhole, Fault, FaultUpstream, refused_url, sse_event
 
-from codexgate.resilience import (
+from codexgate.relay import (
     ATTEMPT_HEADER,
     ATTEMPTS_HEADER,
     UPSTREAM_ERROR_EVENT,
