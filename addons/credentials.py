@@ -1,6 +1,8 @@
 """Swaps the client's virtual key for the provider's real key; nothing else may leave.
 
-Every client credential header is removed first, so a virtual key never reaches a provider.
+Every client credential header is removed first, so a virtual key never reaches a provider. The
+provider's own headers come from its family (`ProviderFamily.credentials`), for the key the route
+chose by weight.
 """
 
 from __future__ import annotations
@@ -13,8 +15,7 @@ from codexgate.errors import error_response
 from codexgate.failsafe import fail_closed
 from codexgate.flowstate import Decision, refuse, state_of
 from codexgate.headers import replace_headers, strip_client_credentials
-from codexgate.policies.schema import MockProvider, OpenAIProvider
-from codexgate.providers.openai import auth_headers
+from codexgate.providers.registry import CLIENT_CREDENTIAL_FIELDS
 from codexgate.secrets import SecretResolver, SecretUnavailable
 
 logger = logging.getLogger(__name__)
@@ -25,38 +26,28 @@ class Credentials:
         self._secrets = SecretResolver()
 
     @fail_closed
-    def request(self, flow: http.HTTPFlow) -> None:
+    async def request(self, flow: http.HTTPFlow) -> None:
         if flow.response or flow.error:
             return
         state = state_of(flow)
         if state is None or state.provider is None:
             return
-        strip_client_credentials(flow.request.headers)
-        provider = state.policy.policy.providers[state.provider]
+        strip_client_credentials(flow.request.headers, CLIENT_CREDENTIAL_FIELDS)
         if state.relayed is not None:
             state.cleared = True  # each relayed attempt carries its own provider credentials
             return
-        if isinstance(provider, MockProvider):
-            state.cleared = True
-            return
-        if state.translation is not None:
+        translation = state.translation
+        if translation is None:
+            return  # not pointed at a provider: never cleared
+        family = translation.family
+        if not family.answers_locally:
             try:
-                flow.request.headers.update(
-                    state.translation.adapter.credentials(state.translation.prepared, self._secrets)
-                )
+                headers = await family.credentials(translation.prepared, state.key_index, self._secrets)
             except SecretUnavailable as exc:
                 self._unusable(flow, state.provider, exc)
                 return
-            state.cleared = True
-            return
-        if isinstance(provider, OpenAIProvider):
-            try:
-                secret = self._secrets.resolve(provider.keys[state.key_index].value)
-            except SecretUnavailable as exc:
-                self._unusable(flow, state.provider, exc)
-                return
-            replace_headers(flow.request.headers, auth_headers(secret))
-            state.cleared = True
+            replace_headers(flow.request.headers, headers)
+        state.cleared = True
 
     @staticmethod
     def _unusable(flow: http.HTTPFlow, provider: str, exc: Exception) -> None:

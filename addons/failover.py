@@ -26,7 +26,7 @@ from codexgate.health import HealthStore, MemoryHealth, RedisHealth, weighted_or
 from codexgate.health_shared import COOLDOWNS_FILE, SQLiteHealth
 from codexgate.metrics import GatewayMetrics
 from codexgate.policies.loader import upstream_model
-from codexgate.policies.schema import MockProvider, OpenAIProvider
+from codexgate.providers.registry import family_for
 from codexgate.relay import Relay
 from codexgate.secrets import SecretResolver
 from codexgate.stores.factory import resolve_store_reference
@@ -53,19 +53,14 @@ def candidate_groups(state: GatewayRequest) -> list[list[tuple[Candidate, int]]]
         for route in entry.routes:
             if allowed is not None and route.provider not in allowed:
                 continue
-            provider = policy.providers[route.provider]
             upstream = upstream_model(route, model_name)
-            if isinstance(provider, MockProvider):
-                group.append(
-                    (Candidate(f"{route.provider}/{upstream}", model_name, route.provider, upstream, 0), route.weight)
-                )
-            elif isinstance(provider, OpenAIProvider):
-                for index, key in enumerate(provider.keys):
-                    label = f"{route.provider}/{upstream}#{index}"
-                    group.append(
-                        (Candidate(label, model_name, route.provider, upstream, index), route.weight * key.weight)
-                    )
-            else:
+            # Each of a provider's keys is a deployment of its own, chosen by weight and failed
+            # over to like any other; a family without a key list is one deployment.
+            key_weights = family_for(policy.providers[route.provider]).key_weights()
+            for index, key_weight in enumerate(key_weights):
+                label = f"{route.provider}/{upstream}#{index}"
+                group.append((Candidate(label, model_name, route.provider, upstream, index), route.weight * key_weight))
+            if not key_weights:
                 group.append(
                     (Candidate(f"{route.provider}/{upstream}", model_name, route.provider, upstream, 0), route.weight)
                 )

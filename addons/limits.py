@@ -47,7 +47,8 @@ from codexgate.flowstate import Candidate, Decision, GatewayRequest, Metering, r
 from codexgate.headers import replace_header_fields
 from codexgate.metrics import GatewayMetrics
 from codexgate.policies.schema import Limited, Price
-from codexgate.pricing import Pricer, PriceSource, PriceUnknown, price_provider_id
+from codexgate.pricing import Pricer, PriceSource, PriceUnknown
+from codexgate.providers.registry import family_for
 from codexgate.relay import DRAIN_MAX_SECONDS
 from codexgate.stores.base import Admission, Amounts, Counter, CounterState, CounterStore, Kind, StoreUnavailable
 from codexgate.usage import Usage
@@ -403,7 +404,7 @@ class Limits:
         policy = state.policy.policy
         default_price: Price | None = None if policy.gateway.unknown_price == "deny" else policy.gateway.unknown_price
         return self.pricer.source(
-            price_provider_id(policy.providers[provider]), upstream_model, policy.models[model].price, default_price
+            family_for(policy.providers[provider]).price_id(), upstream_model, policy.models[model].price, default_price
         )
 
     def answered_elsewhere(self, state: GatewayRequest, metering: Metering) -> Candidate | None:

@@ -1,18 +1,14 @@
-"""Answers requests routed to a `mock` provider, locally, after its configured latency."""
+"""Answers requests routed to a family answered inside the gateway (`mock`), after its latency."""
 
 from __future__ import annotations
 
-import asyncio
-import json
 import time
 
 from mitmproxy import http
 
 from codexgate.failsafe import fail_closed
 from codexgate.flowstate import answer_locally, state_of
-from codexgate.policies.schema import MockProvider
-from codexgate.providers import mock
-from codexgate.sse import encode_chat_stream, encode_responses_stream
+from codexgate.providers.registry import family_for
 
 
 class MockUpstream:
@@ -23,26 +19,13 @@ class MockUpstream:
         state = state_of(flow)
         if state is None or not state.cleared or state.provider is None or state.body is None:
             return
-        settings = state.policy.policy.providers[state.provider]
-        if not isinstance(settings, MockProvider):
+        family = family_for(state.policy.policy.providers[state.provider])
+        if not family.answers_locally:
             return
-        if settings.latency_ms:
-            await asyncio.sleep(settings.latency_ms / 1000)
         model = state.upstream_model or state.model or "mock-model"
-        settings = mock.within_cap(settings, state.body)
-        input_tokens = mock.estimated_input_tokens(flow.request.raw_content or b"", settings)
-        if state.endpoint == "responses" and state.stream:
-            content = encode_responses_stream(mock.responses_events(state.body, model, input_tokens, settings))
-            content_type = "text/event-stream"
-        elif state.endpoint == "responses":
-            content = json.dumps(mock.responses_body(state.body, model, input_tokens, settings)).encode()
-            content_type = "application/json"
-        elif state.stream:
-            content = encode_chat_stream(mock.chat_chunks(state.body, model, input_tokens, settings))
-            content_type = "text/event-stream"
-        else:
-            content = json.dumps(mock.chat_body(state.body, model, input_tokens, settings)).encode()
-            content_type = "application/json"
+        content, content_type = await family.answer_locally(
+            state.body, state.endpoint or "responses", state.stream, model, flow.request.raw_content or b""
+        )
         state.first_byte = time.time()
         answer_locally(
             flow, http.Response.make(200, content, {"content-type": content_type, "cache-control": "no-cache"})

@@ -5,8 +5,8 @@ request its body may already be on its way in one of three shapes, and the cap m
 
 - relayed (several candidates): every attempt is prepared from `state.body` right before it is
   sent, so capping `state.body` caps every attempt, translated or not;
-- direct to an OpenAI-kind provider: the body is sent as it is, so it is written anew;
-- direct to a provider of another API: it is translated anew from the capped `state.body`; each
+- direct to one provider: its family prepares it anew from the capped `state.body` (a pass-through
+  family sends that body; a translating one translates it again); each
   translator maps `max_output_tokens` to its own field (`max_tokens`, `maxOutputTokens`,
   `inferenceConfig.maxTokens`, a Chat host's `max_tokens`/`max_completion_tokens`) and keeps a
   client's limit as given (thinking budgets shrink below it).
@@ -16,7 +16,6 @@ A client's own smaller cap is kept: Limits computes the cap as the smaller of th
 
 from __future__ import annotations
 
-import json
 import logging
 
 from mitmproxy import http
@@ -47,9 +46,6 @@ def cap_output(flow: http.HTTPFlow, state: GatewayRequest, tokens: int) -> None:
     logger.info("request %s: output capped at %d tokens by a hard budget", state.request_id, tokens)
     if state.relayed is not None:
         return  # each attempt is prepared from state.body when it is sent
-    if state.translation is not None:
-        from codexgate.addons.route import retranslate
+    from codexgate.addons.route import reprepare
 
-        retranslate(flow, state)
-        return
-    flow.request.content = json.dumps(state.body).encode()
+    reprepare(flow, state)

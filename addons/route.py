@@ -1,9 +1,9 @@
 """Routes an admitted request to a provider deployment of its model, and points it there.
 
-Candidates are the model's routes (and, for OpenAI-style providers, their keys) in weighted
-order with cooling-down deployments last, then the model's fallback models. One candidate (or a
-local mock first): the request goes straight to it. Several: it goes through the failover relay
-with every candidate prepared — translated anew for each provider — right before its attempt.
+Candidates are the model's routes and their keys in weighted order with cooling-down deployments
+last, then the model's fallback models. One candidate (or a local mock first): the request goes
+straight to it. Several: it goes through the failover relay with every candidate prepared — by its
+provider family (`providers/registry.py`), translated anew for each — right before its attempt.
 """
 
 from __future__ import annotations
@@ -21,12 +21,10 @@ from codexgate.addons.failover import Failover
 from codexgate.errors import error_response
 from codexgate.failsafe import fail_closed
 from codexgate.flowstate import Candidate, Decision, GatewayRequest, RelayedRequest, Translation, refuse, state_of
-from codexgate.headers import CLIENT_CREDENTIAL_HEADERS
 from codexgate.metrics import GatewayMetrics
-from codexgate.policies.schema import MockProvider, OpenAIProvider
-from codexgate.providers.adapters import CODEX_HEADERS, Adapter, adapter_for, new_context
 from codexgate.providers.base import UnsupportedRequest, refuse_stateful
-from codexgate.providers.openai import auth_headers, upstream_target
+from codexgate.providers.family import CODEX_HEADERS, ProviderFamily, new_context
+from codexgate.providers.registry import CLIENT_CREDENTIAL_HEADERS, family_for
 from codexgate.relay import Attempt, Plan, Timeouts
 from codexgate.usage import StreamUsageReader
 
@@ -65,16 +63,16 @@ class Route:
             # Only OpenAI-style deployments keep responses; a translated one would refuse the
             # request after the relay had already counted it a failed attempt (and tried the next,
             # ending in 502). Such a request goes to the deployments that can serve it, in order.
-            servable = [c for c in candidates if adapter_for(providers[c.provider]) is None]
+            servable = [c for c in candidates if _keeps_responses(family_for(providers[c.provider]))]
             if not servable:
                 refuse(flow, stateful_refusal(state.body, candidates[0].provider), Decision.INVALID_BODY)
                 return
             candidates = servable
         first = candidates[0]
-        if len(candidates) == 1 or isinstance(providers[first.provider], MockProvider):
+        if len(candidates) == 1 or family_for(providers[first.provider]).answers_locally:
             self._direct(flow, state, first)
             return
-        relayable = [c for c in candidates if not isinstance(providers[c.provider], MockProvider)]
+        relayable = [c for c in candidates if not family_for(providers[c.provider]).answers_locally]
         self._relayed(flow, state, relayable)
 
     def response(self, flow: http.HTTPFlow) -> None:
@@ -95,69 +93,10 @@ class Route:
     # -- one deployment: mitmproxy forwards the request itself ---------------------------------------
 
     def _direct(self, flow: http.HTTPFlow, state: GatewayRequest, chosen: Candidate) -> None:
-        assert state.body is not None
         state.provider, state.upstream_model = chosen.provider, chosen.upstream_model
         state.key_index = chosen.key_index
-        provider = state.policy.policy.providers[chosen.provider]
-        adapter = adapter_for(provider)
-        if adapter is not None:
-            self._translated(flow, state, adapter)
-            return
-        body = state.body
-        rewrite = False
-        if body.get("model") != chosen.upstream_model:
-            body["model"] = chosen.upstream_model
-            rewrite = True
-        if state.endpoint == "chat" and state.stream and not (body.get("stream_options") or {}).get("include_usage"):
-            # Without it a Chat stream carries no usage and the request could not be accounted.
-            body["stream_options"] = {**(body.get("stream_options") or {}), "include_usage": True}
-            rewrite = True
-        if isinstance(provider, OpenAIProvider):
-            scheme, host, port, path = upstream_target(provider.base_url, state.endpoint or "responses")
-            flow.request.url = f"{scheme}://{host}:{port}{path}"
-            if state.stream:
-                # The stream is read as it passes; a compressed stream could not be.
-                flow.request.headers["accept-encoding"] = "identity"
-            if rewrite:
-                flow.request.content = json.dumps(body).encode()
-
-    @staticmethod
-    def _translated(flow: http.HTTPFlow, state: GatewayRequest, adapter: Adapter) -> None:
-        """Point the request at a provider that speaks another API, with its body translated."""
-        assert state.body is not None and state.provider is not None
-        upstream = state.upstream_model or state.model or ""
-        try:
-            translation = prepare_translation(state, adapter, upstream, state.provider)
-        except ValueError as exc:  # a Chat Completions request the Responses API cannot express
-            body = getattr(exc, "body", None)
-            refuse(
-                flow,
-                http.Response.make(400, json.dumps(body()).encode(), {"content-type": "application/json"})
-                if callable(body)
-                else error_response(400, "invalid_request", str(exc)),
-                Decision.INVALID_BODY,
-            )
-            return
-        if translation is None:
-            refuse(flow, unsupported_chat(state.provider), Decision.ENDPOINT_NOT_SUPPORTED)
-            return
-        prepared = translation.prepared
-        headers = flow.request.headers
-        for name in CODEX_HEADERS:
-            headers.pop(name, None)
-        headers.pop("content-encoding", None)
-        flow.request.url = prepared.url
-        flow.request.content = prepared.body  # (sets content-length too)
-        headers["content-type"] = "application/json"
-        headers["accept-encoding"] = "identity"  # the answer is translated as it passes
-        headers.update(prepared.headers)
-        state.translation = translation
-        if prepared.dropped_tools:
-            logger.info("request %s to %s: tools it cannot serve were dropped: %s", state.request_id,
-                        state.provider, ", ".join(prepared.dropped_tools))  # fmt: skip
-        if prepared.dropped_params:
-            logger.info("request %s to %s: parameters it has no counterpart for were dropped: %s", state.request_id,
-                        state.provider, ", ".join(prepared.dropped_params))  # fmt: skip
+        family = family_for(state.policy.policy.providers[chosen.provider])
+        point(flow, state, family)
 
     # -- several deployments: the relay tries them in order -------------------------------------------
 
@@ -173,10 +112,10 @@ class Route:
             if name.lower() not in HOP_HEADERS and name.lower() not in CLIENT_CREDENTIAL_HEADERS
         }
 
-        def build(index: int) -> Attempt | None:
+        async def build(index: int) -> Attempt | None:
             if index >= len(candidates):
                 return None
-            return self._attempt(state, candidates[index], index, relayed, client_headers)
+            return await self._attempt(state, candidates[index], index, relayed, client_headers)
 
         plan = Plan(
             build,
@@ -197,7 +136,7 @@ class Route:
         flow.request.url = relay.url(relayed.token)
         flow.request.headers["accept-encoding"] = "identity"
 
-    def _attempt(
+    async def _attempt(
         self,
         state: GatewayRequest,
         candidate: Candidate,
@@ -207,50 +146,100 @@ class Route:
     ) -> Attempt:
         """The request for one candidate, prepared right before it is sent (keys, SigV4)."""
         assert state.body is not None
-        provider = state.policy.policy.providers[candidate.provider]
-        secrets = self._failover.secrets
-        adapter = adapter_for(provider)
-        if adapter is not None:
-            translation = prepare_translation(state, adapter, candidate.upstream_model, candidate.provider)
-            if translation is None:
-                raise ValueError(f"{candidate.provider} cannot serve {state.endpoint}")
+        family = family_for(state.policy.policy.providers[candidate.provider])
+        translation = prepare_translation(state, family, candidate.upstream_model, candidate.provider)
+        if translation is None:
+            raise ValueError(f"{candidate.provider} cannot serve {state.endpoint}")
+        prepared = translation.prepared
+        if family.passthrough:
+            headers = dict(client_headers)
+        else:
             headers = {k: v for k, v in client_headers.items() if k.lower() not in CODEX_HEADERS}
-            headers.update(translation.prepared.headers)
-            headers.update(adapter.credentials(translation.prepared, secrets))
-            headers["content-type"] = "application/json"
-            relayed.translations[index] = translation
-            return Attempt(candidate.label, translation.prepared.url, headers, translation.prepared.body)
-        if not isinstance(provider, OpenAIProvider):
-            raise ValueError(f"provider {candidate.provider} cannot be relayed")
-        body = dict(state.body, model=candidate.upstream_model)
-        if state.endpoint == "chat" and state.stream:
-            body["stream_options"] = {**(body.get("stream_options") or {}), "include_usage": True}
-        scheme, host, port, path = upstream_target(provider.base_url, state.endpoint or "responses")
-        headers = dict(client_headers)
-        headers.update(auth_headers(secrets.resolve(provider.keys[candidate.key_index].value)))
+        headers.update(prepared.headers)
+        headers.update(await family.credentials(prepared, candidate.key_index, self._failover.secrets))
         headers["content-type"] = "application/json"
-        return Attempt(candidate.label, f"{scheme}://{host}:{port}{path}", headers, json.dumps(body).encode())
+        relayed.translations[index] = translation
+        body = prepared.body if prepared.body is not None else json.dumps(state.body).encode()
+        return Attempt(candidate.label, prepared.url, headers, body)
 
 
-def prepare_translation(state: GatewayRequest, adapter: Adapter, upstream: str, provider: str) -> Translation | None:
-    """The translated request for one provider; Chat Completions clients go through the
-    Responses translators and get their answer back as Chat Completions."""
+def prepare_translation(
+    state: GatewayRequest, family: ProviderFamily[Any], upstream: str, provider: str
+) -> Translation | None:
+    """The upstream request for one provider, None when it cannot serve the client's endpoint.
+    Chat Completions clients of a family that speaks only Responses go through the Responses
+    translators and get their answer back as Chat Completions."""
     assert state.body is not None
+    endpoint = state.endpoint or "responses"
     chat_model: str | None = None
     body = state.body
-    if state.endpoint == "chat":
-        body = chat_body_to_responses(body)
+    if endpoint in family.endpoints:
+        if not family.passthrough and not family.answers_locally:
+            body = dict(body, stream=state.stream)
+    elif endpoint == "chat" and "responses" in family.endpoints:
+        body = dict(chat_body_to_responses(body), stream=state.stream)
         chat_model = state.model_requested
-    elif state.endpoint != "responses":
+    else:
         return None
-    prepared = adapter.prepare(dict(body, stream=state.stream), upstream, provider)
-    translation = Translation(adapter, prepared, new_context(state.model_requested or upstream, provider))
+    prepared = family.prepare(body, upstream, provider, endpoint if chat_model is None else "responses")
+    context = new_context(state.model_requested or upstream, provider) if prepared.translate else None
+    translation = Translation(family, prepared, context)
     if chat_model is not None:
         from codexgate.providers import chat_ingress
 
         translation.chat_model = chat_model
         translation.chat_usage = chat_ingress.wants_usage(state.body)
     return translation
+
+
+def point(flow: http.HTTPFlow, state: GatewayRequest, family: ProviderFamily[Any], *, rewrite: bool = False) -> None:
+    """Point a directly routed request at its provider, prepared by its family from `state.body`
+    (`rewrite`: the body changed since the client sent it, e.g. capped by a hard budget)."""
+    assert state.body is not None and state.provider is not None
+    upstream = state.upstream_model or state.model or ""
+    try:
+        translation = prepare_translation(state, family, upstream, state.provider)
+    except ValueError as exc:  # a Chat Completions request the Responses API cannot express
+        body = getattr(exc, "body", None)
+        refuse(
+            flow,
+            http.Response.make(400, json.dumps(body()).encode(), {"content-type": "application/json"})
+            if callable(body)
+            else error_response(400, "invalid_request", str(exc)),
+            Decision.INVALID_BODY,
+        )
+        return
+    if translation is None:
+        refuse(flow, unsupported_chat(state.provider), Decision.ENDPOINT_NOT_SUPPORTED)
+        return
+    state.translation = translation
+    if family.answers_locally:
+        return  # answered in the gateway (MockUpstream): nothing leaves
+    prepared = translation.prepared
+    headers = flow.request.headers
+    if not family.passthrough:
+        for name in CODEX_HEADERS:
+            headers.pop(name, None)
+        headers.pop("content-encoding", None)
+        headers["content-type"] = "application/json"
+        headers["accept-encoding"] = "identity"  # the answer is translated as it passes
+    flow.request.url = prepared.url
+    if prepared.body is not None:
+        flow.request.content = prepared.body  # (sets content-length too)
+    elif rewrite:
+        flow.request.content = json.dumps(state.body).encode()
+    headers.update(prepared.headers)
+    if prepared.dropped_tools:
+        logger.info("request %s to %s: tools it cannot serve were dropped: %s", state.request_id,
+                    state.provider, ", ".join(prepared.dropped_tools))  # fmt: skip
+    if prepared.dropped_params:
+        logger.info("request %s to %s: parameters it has no counterpart for were dropped: %s", state.request_id,
+                    state.provider, ", ".join(prepared.dropped_params))  # fmt: skip
+
+
+def _keeps_responses(family: ProviderFamily[Any]) -> bool:
+    """Whether a deployment can serve what relies on stored responses (see `refuse_stateful`)."""
+    return family.passthrough or family.answers_locally
 
 
 def needs_stored_state(body: dict[str, Any]) -> bool:
@@ -276,7 +265,8 @@ def unsupported_chat(provider: str | None) -> http.Response:
 def _usage_sink(state: GatewayRequest, relayed: RelayedRequest, index: int) -> Callable[[bytes], bool] | None:
     """What the relay feeds the rest of an answer to once the client left: the provider's usage
     is read from it, so the request is charged what was produced rather than its estimate."""
-    if index in relayed.translations:
+    translation = relayed.translations.get(index)
+    if translation is not None and translation.prepared.translate:
         return None  # a translated stream's usage needs the translator's state from its start: closed
     reader = StreamUsageReader(state.endpoint or "responses")
 
@@ -295,10 +285,7 @@ def _resolve_ended(ended: asyncio.Future[None]) -> None:
         ended.set_result(None)
 
 
-def retranslate(flow: http.HTTPFlow, state: GatewayRequest) -> None:
-    """Translates a directly routed request anew from `state.body` (a hard budget capped its output)."""
+def reprepare(flow: http.HTTPFlow, state: GatewayRequest) -> None:
+    """Prepares a directly routed request anew from `state.body` (a hard budget capped its output)."""
     assert state.provider is not None
-    adapter = adapter_for(state.policy.policy.providers[state.provider])
-    if adapter is None:
-        raise RuntimeError(f"provider {state.provider} has no translator")
-    Route._translated(flow, state, adapter)
+    point(flow, state, family_for(state.policy.policy.providers[state.provider]), rewrite=True)

@@ -44,7 +44,7 @@ from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapProp
 from codexgate import __version__
 from codexgate.addons.identify import CLIENT_CREDENTIALS_KEY
 from codexgate.flowstate import Decision, GatewayRequest, state_of
-from codexgate.headers import SECRET_HEADERS
+from codexgate.providers.registry import SECRET_HEADERS
 
 logger = logging.getLogger(__name__)
 

@@ -69,7 +69,7 @@ class Translate:
         if not translation.prepared.translate:
             return
         if flow.response.status_code == 200 and translation.prepared.stream:
-            translation.bridge = translation.adapter.stream(translation.prepared, translation.context)
+            translation.bridge = translation.family.stream(translation.prepared, translation.context)
             headers = flow.response.headers
             for name in ("content-length", "content-encoding", "content-type", "transfer-encoding"):
                 headers.pop(name, None)
@@ -94,7 +94,7 @@ class Translate:
         raw = flow.response.get_content(strict=False) or b""
         try:
             if flow.response.status_code == 200:
-                body = translation.adapter.whole(translation.prepared, translation.context, raw)
+                body = translation.family.whole(translation.prepared, translation.context, raw)
                 state.usage = usage_from_responses(body.get("usage"))
                 status = 200
                 if translation.chat_model is not None:
@@ -105,15 +105,15 @@ class Translate:
                     except chat_ingress.UpstreamFailed as failed:
                         status, body = failed.status, failed.body()
             else:
-                status, body = translation.adapter.error(flow.response.status_code, raw)
+                status, body = translation.family.error(flow.response.status_code, raw)
         except Exception:
             logger.exception("cannot translate the answer of %s (status %s)", state.provider, flow.response.status_code)
             status = 502
             message = f"codexgate could not translate the answer of provider {state.provider}"
             body = {"error": error_object(502, "translation_failed", message)}
         retry_after = flow.response.headers.get("retry-after")
-        if status == 429 and not retry_after and hasattr(translation.adapter, "retry_after"):
-            seconds = translation.adapter.retry_after(raw)
+        if status == 429 and not retry_after:
+            seconds = translation.family.retry_after(raw)
             retry_after = str(seconds) if seconds else None
         flow.response.status_code = status
         # The provider's own headers describe its body, not ours (and may name its internals).

@@ -20,7 +20,7 @@ from codexgate.addons.identify import CLIENT_CREDENTIALS_KEY
 from codexgate.addons.key_guard import VIRTUAL_KEY_REMOVED, carries_virtual_key, scrub_request_head
 from codexgate.addons.policy_source import PolicySource
 from codexgate.flowstate import state_of
-from codexgate.headers import CLIENT_CREDENTIAL_HEADERS, SECRET_HEADERS
+from codexgate.providers.registry import CLIENT_CREDENTIAL_HEADERS, SECRET_HEADERS
 
 logger = logging.getLogger(__name__)
 

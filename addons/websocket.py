@@ -28,6 +28,7 @@ from codexgate.failsafe import fail_closed
 from codexgate.flowstate import METADATA_KEY, Decision, GatewayRequest, refuse, state_of
 from codexgate.headers import strip_client_credentials
 from codexgate.policies.keys import hash_key
+from codexgate.providers.registry import CLIENT_CREDENTIAL_FIELDS
 from codexgate.ws_relay import RELAY_MARKER_HEADER, SocketSession, WebSocketRelay
 
 logger = logging.getLogger(__name__)
@@ -136,7 +137,7 @@ class ResponsesWebSocket:
         del flow.metadata[METADATA_KEY]
         flow.metadata.pop(CLIENT_CREDENTIALS_KEY, None)
         flow.metadata[RELAYED_UPGRADE] = True
-        strip_client_credentials(flow.request.headers)
+        strip_client_credentials(flow.request.headers, CLIENT_CREDENTIAL_FIELDS)
         flow.request.scheme = "http"
         flow.request.host = relay.host
         flow.request.port = relay.port

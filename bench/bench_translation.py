@@ -38,13 +38,8 @@ from codexgate.policies.schema import (  # noqa: E402
     SecretRef,
 )
 from codexgate.providers import mock  # noqa: E402
-from codexgate.providers.adapters import (  # noqa: E402
-    AnthropicAdapter,
-    BedrockAdapter,
-    ChatAdapter,
-    GeminiAdapter,
-    new_context,
-)
+from codexgate.providers.family import new_context  # noqa: E402
+from codexgate.providers.registry import family_for  # noqa: E402
 from codexgate.sse import encode_responses_stream  # noqa: E402
 from codexgate.usage import StreamUsageReader  # noqa: E402
 
@@ -108,9 +103,9 @@ def cut(data: bytes, size: int) -> list[bytes]:
     return [data[i : i + size] for i in range(0, len(data), size)]
 
 
-def run_bridge(adapter: Any, upstream_model: str, chunks: list[bytes]) -> tuple[float, int]:
-    prepared = adapter.prepare(request_body(), upstream_model, "bench")
-    bridge = adapter.stream(prepared, new_context("bench", "bench"))
+def run_bridge(family: Any, upstream_model: str, chunks: list[bytes]) -> tuple[float, int]:
+    prepared = family.prepare(request_body(), upstream_model, "bench")
+    bridge = family.stream(prepared, new_context("bench", "bench"))
     start = time.perf_counter()
     for chunk in chunks:
         bridge.feed(chunk)
@@ -139,16 +134,16 @@ def main() -> None:
 
     families: list[tuple[str, Callable[[], tuple[float, int]]]] = []
     cases = [
-        ("anthropic", AnthropicAdapter(AnthropicProvider(kind="anthropic", keys=KEY)), "claude-sonnet-4-5",
+        ("anthropic", family_for(AnthropicProvider(kind="anthropic", keys=KEY)), "claude-sonnet-4-5",
          anthropic_stream),
-        ("gemini", GeminiAdapter(GeminiProvider(kind="gemini", keys=KEY)), "gemini-2.5-flash", gemini_stream),
-        ("bedrock", BedrockAdapter(BedrockProvider(kind="bedrock", region="us-east-1")),
+        ("gemini", family_for(GeminiProvider(kind="gemini", keys=KEY)), "gemini-2.5-flash", gemini_stream),
+        ("bedrock", family_for(BedrockProvider(kind="bedrock", region="us-east-1")),
          "anthropic.claude-sonnet-4-5-20250929-v1:0", bedrock_stream),
-        ("chat (groq)", ChatAdapter(ChatProvider(kind="chat", preset="groq", keys=KEY)), "llama-3.3-70b", chat_stream),
+        ("chat (groq)", family_for(ChatProvider(kind="chat", preset="groq", keys=KEY)), "llama-3.3-70b", chat_stream),
     ]  # fmt: skip
-    for name, adapter, model, make in cases:
+    for name, family, model, make in cases:
         chunks = cut(make(args.deltas), args.chunk)
-        families.append((name, functools.partial(run_bridge, adapter, model, chunks)))
+        families.append((name, functools.partial(run_bridge, family, model, chunks)))
     openai_chunks = cut(openai_stream(args.deltas), args.chunk)
     families.append(("openai pass-through (usage reader)", lambda: run_reader(openai_chunks)))
 

@@ -7,17 +7,18 @@ Both take `{"models": [ModelInfo, ...]}` in the shape of `codex-rs/core/models.j
 openai/codex, and Codex rejects the whole catalog if any field is missing, so every entry here
 carries every field of that shape (measured against the catalog built into Codex 0.169).
 
-What the policy does not say about a model comes from its provider family (see `family_defaults`),
-so a bare policy still gives Codex the right context window for GPT, Claude and Gemini models.
+What the policy does not say about a model comes from its provider family
+(`ProviderFamily.codex_defaults`), so a bare policy still gives Codex the right context window for
+GPT, Claude and Gemini models.
 """
 
 from __future__ import annotations
 
-import dataclasses
 from typing import Any
 
 from codexgate.policies.loader import CompiledPolicy
 from codexgate.policies.schema import CodexModelInfo, ModelEntry, VirtualKey
+from codexgate.providers.registry import codex_defaults
 
 REASONING_DESCRIPTIONS = {
     "none": "No reasoning",
@@ -44,51 +45,11 @@ You are a coding agent running in the Codex CLI on the user's computer, working 
 """
 
 
-@dataclasses.dataclass(frozen=True)
-class FamilyDefaults:
-    context_window: int
-    reasoning_levels: tuple[str, ...]
-    default_reasoning_level: str
-    input_modalities: tuple[str, ...]
-    apply_patch: str  # "freeform" (its own grammar-constrained tool) or "shell" (patches via the shell tool)
-
-
-def _openai_context_window(model: str) -> int:
-    name = model.lower()
-    if name.startswith("gpt-4.1"):
-        return 1_047_576
-    if name.startswith(("o1", "o3", "o4")):
-        return 200_000
-    if name.startswith(("gpt-4o", "gpt-4")):
-        return 128_000
-    return 272_000  # the GPT-5 family, as Codex's own catalog gives it
-
-
-def family_defaults(kind: str, upstream_model: str) -> FamilyDefaults:
-    """What Codex should assume about a model the policy describes no further, by provider family
-    (the provider kind of its first route) and upstream model name."""
-    name = upstream_model.lower()
-    reasoning = ("low", "medium", "high")
-    if kind in ("openai", "azure"):
-        return FamilyDefaults(_openai_context_window(name), reasoning, "medium", ("text", "image"), "freeform")
-    if kind == "anthropic" or (kind == "bedrock" and "claude" in name):
-        # Claude models: 200k tokens (the 1M window is an opt-in beta). Every translator carries
-        # apply_patch's freeform (custom) tool as a function of the provider and back.
-        return FamilyDefaults(200_000, reasoning, "medium", ("text", "image"), "freeform")
-    if kind == "gemini":
-        return FamilyDefaults(1_048_576, reasoning, "medium", ("text", "image"), "freeform")
-    return FamilyDefaults(128_000, reasoning, "medium", ("text",), "freeform")  # mock, chat hosts, other Bedrock
-
-
-def _provider_kind(policy: CompiledPolicy, entry: ModelEntry) -> str:
-    provider = policy.policy.providers.get(entry.routes[0].provider)
-    return str(getattr(provider, "kind", "openai"))
-
-
 def model_info(policy: CompiledPolicy, name: str, entry: ModelEntry, priority: int) -> dict[str, Any]:
-    """One catalog entry, every field of Codex's ModelInfo present."""
+    """One catalog entry, every field of Codex's ModelInfo present; what the policy leaves out comes
+    from the family of the model's first route."""
     upstream = entry.routes[0].model or name
-    defaults = family_defaults(_provider_kind(policy, entry), upstream)
+    defaults = codex_defaults(policy.policy.providers[entry.routes[0].provider], upstream)
     meta = entry.codex or CodexModelInfo()
     levels = list(meta.reasoning_levels or defaults.reasoning_levels)
     default_level = meta.default_reasoning_level or (

@@ -7,7 +7,7 @@ import copy
 import dataclasses
 import enum
 import time
-from typing import TYPE_CHECKING, Any, Literal, Protocol
+from typing import TYPE_CHECKING, Any, Literal
 
 from mitmproxy import http
 
@@ -15,9 +15,11 @@ from codexgate.pricing import PriceSource
 from codexgate.stores.base import Admission, Amounts, Counter
 from codexgate.usage import StreamUsageReader, Usage
 
-if TYPE_CHECKING:
+if TYPE_CHECKING:  # (request state sits above providers and policies; annotations only, no import cycle)
     from codexgate.policies.loader import CompiledPolicy
     from codexgate.policies.schema import VirtualKey
+    from codexgate.providers.family import Prepared, ProviderFamily, StreamBridge
+    from codexgate.providers.responses import ResponseContext
 
 METADATA_KEY = "codexgate"
 
@@ -89,53 +91,14 @@ SERVED_DECISIONS = frozenset({Decision.FORWARDED, Decision.ANSWERED, Decision.CL
 GuardrailAction = Literal["block", "redact", "log"]
 
 
-class PreparedRequest(Protocol):
-    """The upstream request a provider adapter built for a translated request."""
-
-    url: str
-    headers: dict[str, str]
-    body: bytes
-    stream: bool
-    upstream_model: str
-    dropped_tools: list[str]
-    dropped_params: list[str]
-    translate: bool  # False: the answer is already a Responses answer
-
-
-class StreamTranslation(Protocol):
-    """Provider stream bytes in, Responses SSE bytes out, chunk boundaries anywhere."""
-
-    def feed(self, chunk: bytes) -> bytes: ...
-
-    def finish(self) -> bytes: ...
-
-    @property
-    def usage(self) -> Usage | None: ...
-
-    @property
-    def outcome(self) -> str | None: ...
-
-
-class ProviderAdapter(Protocol):
-    """How a provider family translates one request and its answer (providers/)."""
-
-    def credentials(self, prepared: Any, secrets: Any) -> dict[str, str]: ...
-
-    def stream(self, prepared: Any, ctx: Any) -> StreamTranslation: ...
-
-    def whole(self, prepared: Any, ctx: Any, raw: bytes) -> Any: ...
-
-    def error(self, status: int, raw: bytes) -> tuple[int, Any]: ...
-
-
 @dataclasses.dataclass(eq=False)
 class Translation:
-    """A request routed to a provider that speaks another API: how to translate its answer."""
+    """How a routed request was prepared for its provider, and how its answer is translated."""
 
-    adapter: ProviderAdapter
-    prepared: PreparedRequest
-    context: Any  # the family's response context (providers.base.ResponseContext)
-    bridge: StreamTranslation | None = None  # once a stream is being translated
+    family: ProviderFamily[Any]  # of the provider it was prepared for
+    prepared: Prepared
+    context: ResponseContext | None  # None when the answer is not translated
+    bridge: StreamBridge | None = None  # once a stream is being translated
     chat_model: str | None = None  # set when the client speaks Chat Completions: answers go back as Chat
     chat_usage: bool = False  # the Chat client asked for a usage chunk
 

@@ -1,29 +1,30 @@
-"""Where credentials travel in HTTP headers: one list for what clients send, one for what may
-carry a secret at all (client credentials plus what providers' auth adds). Every step that strips,
-checks or masks credentials uses these, so they cannot drift apart."""
+"""Where credentials travel in HTTP headers, and stripping or replacing them in one pass.
+
+Every step that strips, checks or masks credentials uses the lists `codexgate.providers.registry`
+builds from these and from every provider family's own, so they cannot drift apart."""
 
 from __future__ import annotations
 
 from mitmproxy.http import Headers
 
-# Sent by clients (virtual keys, or a client's own credentials): none of them may reach a provider.
-CLIENT_CREDENTIAL_HEADERS = (
-    "authorization", "x-api-key", "api-key", "x-goog-api-key", "proxy-authorization", "cookie",
-    "openai-organization", "openai-project",
-)  # fmt: skip
-
-# Anything that may hold a secret on a flow: the above, and providers' own (SigV4's session token).
-SECRET_HEADERS = (*CLIENT_CREDENTIAL_HEADERS, "x-amz-security-token")
-
-_CLIENT_CREDENTIAL_FIELD_NAMES = frozenset(name.encode() for name in CLIENT_CREDENTIAL_HEADERS)
+# Sent by any client as a credential (its virtual key, proxy credentials, a browser's cookie).
+# Provider families add the headers their own keys travel in (`ProviderFamily.secret_headers`):
+# the addons take the full lists from `codexgate.providers.registry` and pass them in here, so
+# this core module names no provider.
+CLIENT_CREDENTIAL_HEADERS = ("authorization", "proxy-authorization", "cookie")
 
 
-def strip_client_credentials(headers: Headers) -> None:
-    """Removes every client credential header in one pass over the fields (mitmproxy's `pop`
-    scans all fields once per name: eight scans a request)."""
-    fields = headers.fields
-    kept = tuple(field for field in fields if field[0].lower() not in _CLIENT_CREDENTIAL_FIELD_NAMES)
-    if len(kept) != len(fields):
+def field_names(names: tuple[str, ...]) -> frozenset[bytes]:
+    """Header names as `strip_client_credentials` matches them (lower-case bytes)."""
+    return frozenset(name.lower().encode() for name in names)
+
+
+def strip_client_credentials(headers: Headers, fields: frozenset[bytes]) -> None:
+    """Removes every header named in `fields` (see `field_names`) in one pass over the fields
+    (mitmproxy's `pop` scans all fields once per name: eight scans a request)."""
+    current = headers.fields
+    kept = tuple(field for field in current if field[0].lower() not in fields)
+    if len(kept) != len(current):
         headers.fields = kept
 
 

@@ -1,7 +1,9 @@
 """What a request costs: genai-prices (bundled data, offline) unless the policy sets a price.
 
 Admission needs an estimate before the answer exists; settlement prices the usage the
-provider reported (cached input and reasoning output priced as genai-prices prices them).
+provider reported (cached input and reasoning output priced as genai-prices prices them). Which
+genai-prices provider id a deployment's models go by is its family's (`ProviderFamily.price_id`,
+handed in by the `Limits` addon: core knows no provider).
 """
 
 from __future__ import annotations
@@ -16,29 +18,6 @@ from genai_prices import calc_price
 from codexgate.usage import Usage
 
 logger = logging.getLogger(__name__)
-
-# Provider kinds whose models genai-prices knows under a provider id; Chat Completions hosts
-# go by their preset name (groq, deepseek, mistral, ...). Self-hosted ones (ollama, vllm,
-# lmstudio, generic) have no list price: the policy sets one (0 is a price too).
-PRICE_PROVIDER_IDS = {
-    "openai": "openai",
-    "anthropic": "anthropic",
-    "gemini": "google",
-    "bedrock": "aws",
-    "azure": "azure",
-}
-CHAT_PRESET_PRICE_IDS = {
-    "groq": "groq", "mistral": "mistral", "deepseek": "deepseek", "xai": "x-ai", "openrouter": "openrouter",
-    "together": "together", "fireworks": "fireworks", "cerebras": "cerebras", "perplexity": "perplexity",
-}  # fmt: skip
-
-
-def price_provider_id(settings: object) -> str | None:
-    kind = getattr(settings, "kind", "")
-    if kind == "chat":
-        return CHAT_PRESET_PRICE_IDS.get(getattr(settings, "preset", ""))
-    return PRICE_PROVIDER_IDS.get(kind)
-
 
 _MTOK = 1_000_000
 

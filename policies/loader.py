@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import typing
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
@@ -19,7 +20,7 @@ from ruamel.yaml.comments import CommentedMap, CommentedSeq
 from ruamel.yaml.error import MarkedYAMLError
 
 from codexgate.policies.egress import EgressRules
-from codexgate.policies.schema import ModelEntry, ModelRoute, Policy, VirtualKey
+from codexgate.policies.schema import ModelEntry, ModelRoute, Policy, Provider, VirtualKey
 
 Loc = tuple[str | int, ...]
 
@@ -204,7 +205,10 @@ def _cross_references(policy: Policy) -> list[tuple[Loc, str]]:
     return problems
 
 
-PROVIDER_KINDS = ("openai", "mock", "anthropic", "gemini", "bedrock", "chat", "azure")
+# The `kind:` values of the policy schema's provider settings models (one per provider family).
+PROVIDER_KINDS = tuple(
+    typing.get_args(model.model_fields["kind"].annotation)[0] for model in typing.get_args(typing.get_args(Provider)[0])
+)
 
 
 def _provider_url(provider: object) -> str | None:

@@ -1,39 +1,19 @@
-"""The shape every translating provider family has, so the `Route`/`Meter` addons can drive any
-of them the same way. Everything here is pure: dict → dict, event → events, no I/O.
+"""Request-side pieces every translating family shares: `TranslateOptions`, the Chat sampling
+parameters, refusing what needs OpenAI's stored state, the reasoning envelope. Pure, no I/O.
 
-Codex speaks the OpenAI Responses API only. A provider family that speaks something else
-(Anthropic Messages, Gemini generateContent, Bedrock Converse, Chat Completions hosts)
-provides, in its own module `providers/<family>.py`:
+The contract a family implements is `providers/family.py` (`ProviderFamily`); the answer side
+(`response` object, stream events, tool names, the custom-tool JSON decoder) is the toolkit in
+`providers/responses/`. `ResponseContext`, `response_object`, `request_echo` and `echoed_fields`
+are re-exported here from there until every family imports them from the toolkit.
 
-- `build_request(body: dict, upstream_model: str, options: TranslateOptions) -> dict`
-  A Responses API request body (as Codex sends it) → the provider's request body.
-  (URL, path and auth headers are the addon's business, see `request_target` below.)
-- `request_target(base_url: str, upstream_model: str, stream: bool) -> tuple[str, dict[str, str]]`
-  The full URL to POST to and any fixed headers the family needs (e.g. `anthropic-version`),
-  without credentials.
-- `auth_headers(secret: str) -> dict[str, str]` — how the family's API key travels.
-- `translate_response(provider_body: dict, ctx: ResponseContext) -> dict`
-  A non-streamed provider answer → a Responses API `response` object.
-- `class StreamTranslator(ctx: ResponseContext)` with
-  `feed(event: dict) -> list[dict]` (one decoded provider stream event → zero or more
-  Responses stream events, in order, `sequence_number` assigned by the translator) and
-  `finish() -> list[dict]` (called once when the provider stream ended; emits the terminal
-  event — `response.completed`, `response.incomplete`, or `response.failed` when the stream
-  ended early — unless one was already emitted), plus attributes `usage: Usage | None`
-  and `outcome: str | None` ("completed" / "incomplete" / "failed").
-  Decoding the provider's framing (SSE lines, AWS event-stream frames) into event dicts is
-  done by a separate function `decode_stream(parser_state, chunk: bytes) -> list[dict]` or a
-  small decoder class, also in the family module, so chunk boundaries can fall anywhere.
-- What every family promises (tests/providers/test_conformance.py checks it): no request it
-  builds carries whitespace-only text or an unanswered tool call or a role order its API refuses
-  (histories are repaired, not sent as they came); no answer holds a whitespace-only message item
-  (Codex would replay it); the `response` objects echo the request's fields (`request_echo`);
-  Chat sampling parameters are mapped where the API has them and named in
-  `TranslateOptions.dropped_params` where not; any split of the upstream stream gives the same events.
-- `translate_error(status: int, provider_body: bytes) -> tuple[int, dict]`
-  A provider error → (status for the client, OpenAI-shaped `{"error": {...}}` body) with a
-  code Codex understands where one applies (`rate_limit_exceeded`, `context_length_exceeded`,
-  `insufficient_quota`, `server_error`, `invalid_request_error`).
+What every family promises (tests/providers/test_conformance.py checks it): no request it
+builds carries whitespace-only text or an unanswered tool call or a role order its API refuses
+(histories are repaired, not sent as they came); no answer holds a whitespace-only message item
+(Codex would replay it); the `response` objects echo the request's fields (`request_echo`);
+Chat sampling parameters are mapped where the API has them and named in
+`TranslateOptions.dropped_params` where not; any split of the upstream stream gives the same
+events; errors become OpenAI-shaped bodies with a code Codex understands (`rate_limit_exceeded`,
+`context_length_exceeded`, `insufficient_quota`, `server_error`, `invalid_request_error`).
 """
 
 from __future__ import annotations
@@ -42,6 +22,7 @@ import dataclasses
 from collections.abc import Iterable, Mapping
 from typing import Any
 
+from codexgate.providers.responses.objects import ResponseContext, echoed_fields, request_echo, response_object
 from codexgate.usage import Usage
 
 __all__ = [
@@ -68,66 +49,6 @@ def input_items(body: Mapping[str, Any]) -> list[dict[str, Any]]:
     if isinstance(items, str):
         return [{"type": "message", "role": "user", "content": items}]
     return [item for item in items if isinstance(item, dict)] if isinstance(items, list) else []
-
-
-def response_object(
-    ctx: ResponseContext,
-    status: str,
-    output: list[dict[str, Any]],
-    usage: dict[str, Any] | None,
-    *,
-    error: dict[str, Any] | None = None,
-    incomplete: str | None = None,
-) -> dict[str, Any]:
-    """A Responses API `response` object as translators report it (SDK-valid, no extra keys)."""
-    return {
-        "id": ctx.response_id,
-        "object": "response",
-        "created_at": ctx.created_at,
-        "status": status,
-        "model": ctx.model,
-        "output": output,
-        **echoed_fields(ctx),
-        "usage": usage,
-        "error": error,
-        "incomplete_details": {"reason": incomplete} if incomplete else None,
-        "instructions": None,
-    }
-
-
-# What a Responses `response` object repeats from its request, with the API's defaults.
-_ECHO_DEFAULTS: dict[str, Any] = {
-    "parallel_tool_calls": True,
-    "tool_choice": "auto",
-    "tools": [],
-    "metadata": {},
-    "temperature": None,
-    "top_p": None,
-}
-
-
-def request_echo(body: Mapping[str, Any]) -> dict[str, Any]:
-    """The request fields a `response` object echoes, as the request had them (well-formed ones)."""
-    echo: dict[str, Any] = {}
-    if isinstance(body.get("parallel_tool_calls"), bool):
-        echo["parallel_tool_calls"] = body["parallel_tool_calls"]
-    choice = body.get("tool_choice")
-    if choice in ("auto", "none", "required") or isinstance(choice, dict) and isinstance(choice.get("type"), str):
-        echo["tool_choice"] = choice
-    if isinstance(body.get("tools"), list):
-        echo["tools"] = [tool for tool in body["tools"] if isinstance(tool, dict) and isinstance(tool.get("type"), str)]
-    metadata = body.get("metadata")
-    if isinstance(metadata, dict) and all(isinstance(v, str) for v in metadata.values()):
-        echo["metadata"] = metadata
-    for key in ("temperature", "top_p"):
-        if isinstance(body.get(key), int | float) and not isinstance(body.get(key), bool):
-            echo[key] = body[key]
-    return echo
-
-
-def echoed_fields(ctx: ResponseContext) -> dict[str, Any]:
-    """parallel_tool_calls, tool_choice, tools, metadata, temperature, top_p for `ctx`'s answer."""
-    return {key: ctx.echo.get(key, default) for key, default in _ECHO_DEFAULTS.items()}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -202,18 +123,6 @@ def refuse_stateful(body: Mapping[str, Any], provider_name: str) -> None:
             "background=false (streaming if it is long)",
             "background",
         )
-
-
-@dataclasses.dataclass(frozen=True)
-class ResponseContext:
-    """What a response translator needs to know about the request it answers."""
-
-    response_id: str  # "resp_..." minted by the gateway, stable for the whole stream
-    model: str  # the model name to report back (what the client asked for)
-    provider_name: str
-    created_at: int  # epoch seconds
-    # Request fields the answer repeats (see `request_echo`); absent ones take the API defaults.
-    echo: Mapping[str, Any] = dataclasses.field(default_factory=dict)
 
 
 # Reasoning state across turns. A provider's own reasoning record (Anthropic thinking

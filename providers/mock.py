@@ -8,6 +8,7 @@ round trip works without any model.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import re
 import time
@@ -16,6 +17,8 @@ from typing import Any
 
 from codexgate.policies.schema import MockProvider
 from codexgate.providers.base import input_items as _input_items
+from codexgate.providers.family import Prepared, ProviderFamily
+from codexgate.sse import encode_chat_stream, encode_responses_stream
 
 SHELL_TOOL_NAMES = ("shell_command", "exec_command", "shell", "container.exec", "local_shell")
 _RUN_REQUEST = re.compile(r"\brun\b[^`]*`([^`]+)`", re.IGNORECASE)
@@ -308,3 +311,37 @@ def chat_chunks(body: dict[str, Any], model: str, input_tokens: int, settings: M
     if (body.get("stream_options") or {}).get("include_usage"):
         chunks.append(dict(base, choices=[], usage=full["usage"]))
     return chunks
+
+
+class MockFamily(ProviderFamily[MockProvider]):
+    """Answered inside the gateway (`MockUpstream`), in whatever API the client speaks."""
+
+    kind = "mock"
+    settings_type = MockProvider
+    answers_locally = True
+    endpoints = frozenset({"responses", "chat"})
+
+    def key_weights(self) -> list[int]:
+        return []
+
+    def prepare(self, body: dict[str, Any], upstream_model: str, provider_name: str,
+                endpoint: str = "responses") -> Prepared:  # fmt: skip
+        return Prepared("", {}, None, bool(body.get("stream")), upstream_model, translate=False)
+
+    async def answer_locally(
+        self, body: dict[str, Any], endpoint: str, stream: bool, model: str, raw_body: bytes
+    ) -> tuple[bytes, str]:
+        """(content, content type) of the answer, after the configured latency."""
+        if self.settings.latency_ms:
+            await asyncio.sleep(self.settings.latency_ms / 1000)
+        settings = within_cap(self.settings, body)
+        input_tokens = estimated_input_tokens(raw_body, settings)
+        if endpoint == "responses" and stream:
+            return encode_responses_stream(responses_events(body, model, input_tokens, settings)), "text/event-stream"
+        if endpoint == "responses":
+            return json.dumps(responses_body(body, model, input_tokens, settings)).encode(), "application/json"
+        if stream:
+            # As from OpenAI, the gateway asks for the usage chunk: the request is accounted from it.
+            body = dict(body, stream_options={**(body.get("stream_options") or {}), "include_usage": True})
+            return encode_chat_stream(chat_chunks(body, model, input_tokens, settings)), "text/event-stream"
+        return json.dumps(chat_body(body, model, input_tokens, settings)).encode(), "application/json"

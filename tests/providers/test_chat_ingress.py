@@ -36,8 +36,8 @@ from pydantic import TypeAdapter
 from codexgate.policies.schema import MockProvider
 from codexgate.providers import anthropic, bedrock, gemini, mock
 from codexgate.providers import chat_ingress as ci
-from codexgate.providers.adapters import StreamBridge
 from codexgate.providers.base import ResponseContext, TranslateOptions
+from codexgate.providers.family import StreamBridge
 from codexgate.sse import SSEParser, encode_event
 
 # The openai SDK's own HTTP client library (newer releases moved from httpx to httpx2).

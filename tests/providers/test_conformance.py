@@ -1,12 +1,13 @@
 """One contract for every translating provider family (Anthropic, Gemini, Bedrock, Chat hosts).
 
-Each family is driven the way the gateway drives it — `adapter.prepare` for the request,
-`adapter.stream` (decoder + translator + SSE encoder) for the answer — with upstream answers in
+Each family of the registry is driven the way the gateway drives it — `ProviderFamily.prepare`
+for the request, `ProviderFamily.stream` (decoder + translator + SSE encoder) for the answer — with upstream answers in
 the provider's own wire format made by the SDK-validated fakes in tests/fakes. Every request the
 translators build is checked by that family's fake validator (what the real API refuses), and
 every Responses event or answer they produce is validated strictly against openai.types.responses.
 
-Adding a family: one `Family` entry in FAMILIES (adapter, model, request check, wire encoders).
+Adding a family: one `Family` entry in FAMILIES (its settings, model, request check, wire encoders);
+every translating family of the registry must have one (`test_every_translating_family_is_covered`).
 """
 
 from __future__ import annotations
@@ -31,17 +32,10 @@ from codexgate.policies.schema import (
     GeminiProvider,
     SecretRef,
 )
-from codexgate.providers import anthropic, gemini
-from codexgate.providers.adapters import (
-    AnthropicAdapter,
-    BedrockAdapter,
-    ChatAdapter,
-    GeminiAdapter,
-    Prepared,
-    new_context,
-)
+from codexgate.providers import anthropic, gemini, registry
 from codexgate.providers.base import ResponseContext, TranslateOptions, UnsupportedRequest, seal_reasoning
 from codexgate.providers.chat_ingress import chat_to_translator_body
+from codexgate.providers.family import Prepared, ProviderFamily, new_context
 from codexgate.sse import SSEParser
 
 KEY = [SecretRef(value="env:UNUSED")]
@@ -85,7 +79,7 @@ class Answer:
 @dataclasses.dataclass(frozen=True)
 class Family:
     name: str
-    adapter: Any
+    provider: ProviderFamily[Any]  # the registry's family, built for conformance settings
     model: str
     request_errors: Callable[[dict[str, Any], str], list[str]]
     stream: Callable[[Answer, str], bytes]  # (answer, model) → upstream stream bytes
@@ -232,7 +226,7 @@ def _chat_errors(body: dict[str, Any], model: str) -> list[str]:
 FAMILIES = {
     "anthropic": Family(
         "anthropic",
-        AnthropicAdapter(AnthropicProvider(kind="anthropic", keys=KEY)),
+        registry.family_for(AnthropicProvider(kind="anthropic", keys=KEY)),
         "claude-sonnet-4-5",
         _anthropic_errors,
         anthropic_stream,
@@ -240,7 +234,7 @@ FAMILIES = {
     ),
     "gemini": Family(
         "gemini",
-        GeminiAdapter(GeminiProvider(kind="gemini", keys=KEY)),
+        registry.family_for(GeminiProvider(kind="gemini", keys=KEY)),
         "gemini-2.5-flash",
         _gemini_errors,
         gemini_stream,
@@ -248,21 +242,39 @@ FAMILIES = {
     ),
     "bedrock": Family(
         "bedrock",
-        BedrockAdapter(BedrockProvider(kind="bedrock", region="us-east-1")),
+        registry.family_for(BedrockProvider(kind="bedrock", region="us-east-1")),
         "us.anthropic.claude-sonnet-4-20250514-v1:0",
         _bedrock_errors,
         bedrock_stream,
         bedrock_error,
     ),
+    "azure": Family(
+        "azure",
+        registry.family_for(AzureProvider(kind="azure", endpoint="https://res.openai.azure.com", api="chat", keys=KEY)),
+        "gpt-4o-mini",
+        _chat_errors,
+        chat_stream,
+        chat_error,
+    ),
     "chat": Family(
         "chat",
-        ChatAdapter(ChatProvider(kind="chat", preset="groq", keys=KEY)),
+        registry.family_for(ChatProvider(kind="chat", preset="groq", keys=KEY)),
         "llama-3.3-70b",
         _chat_errors,
         chat_stream,
         chat_error,
     ),
 }
+
+
+# Every family that translates (not pass-through, not answered in the gateway) is held to this contract.
+TRANSLATING = sorted(
+    kind for kind, family in registry.FAMILIES.items() if not family.passthrough and not family.answers_locally
+)
+
+
+def test_every_translating_family_is_covered() -> None:
+    assert set(TRANSLATING) == set(FAMILIES)
 
 
 @pytest.fixture(params=sorted(FAMILIES))
@@ -307,7 +319,7 @@ def body_with(*items: dict[str, Any], **extra: Any) -> dict[str, Any]:
 
 def prepare(family: Family, body: dict[str, Any]) -> tuple[Prepared, dict[str, Any]]:
     """The upstream request for `body`; it must pass the family's fake checks."""
-    prepared = family.adapter.prepare(body, family.model, PROVIDER)
+    prepared = family.provider.prepare(body, family.model, PROVIDER)
     request = json.loads(prepared.body)
     errors = family.request_errors(request, family.model)
     assert errors == [], errors
@@ -324,7 +336,7 @@ def decode_sse(data: bytes) -> list[dict[str, Any]]:
 
 def run(family: Family, prepared: Prepared, pieces: list[bytes]) -> tuple[list[dict[str, Any]], Any]:
     """Feed upstream bytes in these pieces; the Responses events (each validated) and the bridge."""
-    bridge = family.adapter.stream(prepared, context())
+    bridge = family.provider.stream(prepared, context())
     out = b"".join(bridge.feed(piece) for piece in pieces) + bridge.finish()
     events = decode_sse(out)
     for number, event in enumerate(events):
@@ -518,7 +530,7 @@ def test_echo_defaults_when_the_request_says_nothing(family: Family) -> None:
 @pytest.mark.parametrize(("field", "value"), [("previous_response_id", "resp_earlier"), ("background", True)])
 def test_stateful_requests_are_refused_with_400(family: Family, field: str, value: Any) -> None:
     with pytest.raises(UnsupportedRequest) as refused:
-        family.adapter.prepare(body_with(user("hi"), **{field: value}), family.model, PROVIDER)
+        family.provider.prepare(body_with(user("hi"), **{field: value}), family.model, PROVIDER)
     body = refused.value.body()
     assert body["error"]["param"] == field and body["error"]["type"] == "invalid_request_error"
     assert field.split("_")[0] in body["error"]["message"]
@@ -532,6 +544,7 @@ STOP_FIELD: dict[str, Callable[[dict[str, Any]], Any]] = {
     "gemini": lambda request: request.get("generationConfig", {}).get("stopSequences"),
     "bedrock": lambda request: request.get("inferenceConfig", {}).get("stopSequences"),
     "chat": lambda request: request.get("stop"),
+    "azure": lambda request: request.get("stop"),
 }
 # What each family sends of the Chat sampling parameters below (the rest is reported dropped).
 SENT = {
@@ -539,6 +552,7 @@ SENT = {
     "gemini": {"stop", "seed"},
     "bedrock": {"stop"},
     "chat": {"stop", "seed", "presence_penalty"},
+    "azure": {"stop", "seed", "presence_penalty"},
 }
 
 
@@ -668,7 +682,7 @@ def test_anthropic_refusal_after_partial_text_is_marked() -> None:
     ctx = new_context("codex-model", PROVIDER)
     whole = anthropic.translate_response(message, ctx)
     valid_response(whole)
-    adapter = FAMILIES["anthropic"].adapter
+    adapter = FAMILIES["anthropic"].provider
     prepared, _ = prepare(FAMILIES["anthropic"], body_with(user("x")))
     events, bridge = run(
         FAMILIES["anthropic"], prepared, [anthropic_fake.encode_sse(anthropic_fake.message_events(message, reply))]
@@ -702,7 +716,7 @@ def test_other_providers_reasoning_is_never_replayed(family: Family) -> None:
 def test_azure_responses_pass_through_reports_chat_parameters_and_keeps_state() -> None:
     """Azure's v1 Responses API is a pass-through: it stores responses itself (so
     previous_response_id is its business), and the Chat-only parameters never reach it."""
-    adapter = ChatAdapter(AzureProvider(kind="azure", endpoint="https://res.openai.azure.com", keys=KEY))
+    adapter = registry.family_for(AzureProvider(kind="azure", endpoint="https://res.openai.azure.com", keys=KEY))
     chat = {"model": "gpt", "messages": [{"role": "user", "content": "hi"}], "stop": "END", "seed": 1}
     prepared = adapter.prepare(chat_to_translator_body(chat), "my-gpt", PROVIDER)
     sent = json.loads(prepared.body)

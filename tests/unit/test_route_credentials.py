@@ -13,8 +13,9 @@ from mitmproxy.test import taddons
 from unit_support import KEYS, UPSTREAM_ENV, error_of, governed, make_flow, policy_yaml
 
 from codexgate.addons.credentials import Credentials
-from codexgate.addons.route import Route
+from codexgate.addons.route import Route, prepare_translation
 from codexgate.policies.loader import load_policy
+from codexgate.providers.registry import family_for
 
 pytest_plugins = ["unit_support"]
 
@@ -98,7 +99,7 @@ def test_mock_route_leaves_url_and_names_provider(route, compiled):
     assert flow.request.url == "http://127.0.0.1:4000/v1/responses"
     assert state.provider == "local"
     assert state.upstream_model == "mock-model"
-    assert state.body["model"] == "mock-model"
+    assert state.translation.family.answers_locally  # answered by MockUpstream with the upstream model
 
 
 def swapped(credentials, compiled, headers, model="gpt-5.5", provider="openai"):
@@ -107,7 +108,9 @@ def swapped(credentials, compiled, headers, model="gpt-5.5", provider="openai"):
     )
     state = governed(flow, compiled, key="alice", body={"model": model}, model=model)
     state.provider = provider
-    credentials.request(flow)
+    family = family_for(compiled.policy.providers[provider])
+    state.translation = prepare_translation(state, family, model, provider)  # what Route leaves
+    asyncio.run(credentials.request(flow))
     return flow, state
 
 
@@ -138,7 +141,8 @@ def test_duplicate_authorization_headers_all_removed(credentials, compiled, upst
     flow.request.headers.add("authorization", f"Bearer {KEYS['dave']}")
     state = governed(flow, compiled, key="alice", body={"model": "gpt-5.5"}, model="gpt-5.5")
     state.provider = "openai"
-    credentials.request(flow)
+    state.translation = prepare_translation(state, family_for(compiled.policy.providers["openai"]), "gpt-5.5", "openai")
+    asyncio.run(credentials.request(flow))
     assert flow.request.headers.get_all("authorization") == [f"Bearer {upstream_env}"]
 
 
