@@ -3,17 +3,19 @@ response headers naming the decision, and the mitmweb flow comment."""
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import time
-from typing import IO, Any
+from typing import Any
 
 from mitmproxy import ctx, http
 from mitmproxy.addonmanager import Loader
 
-from codexgate.flowstate import GatewayRequest, state_of
+from codexgate.flowstate import Decision, GatewayRequest, state_of
+from codexgate.headers import replace_header_fields
+from codexgate.jsonline import compact
 from codexgate.metrics import GatewayMetrics
+from codexgate.records import request_record
 
 logger = logging.getLogger(__name__)
 
@@ -28,44 +30,12 @@ def accounting_file(writer_id: str) -> str:
     return f"accounting-{writer_id}.jsonl" if writer_id else ACCOUNTING_FILE
 
 
-def accounting_record(state: GatewayRequest, status: int | None, error: str | None) -> dict[str, Any]:
-    now = time.time()
-    outcome = state.reader.outcome if state.reader is not None else None
-    return {
-        "ts": round(now, 3),
-        "request_id": state.request_id,
-        "mode": state.mode,
-        "transport": state.transport,
-        "endpoint": state.endpoint,
-        "session_id": state.session_id,
-        "key": state.key.name if state.key else None,
-        "team": state.team,
-        "org": state.org,
-        "model_requested": state.model_requested,
-        "model": state.model,
-        "provider": state.provider,
-        "upstream_model": state.upstream_model,
-        "stream": state.stream,
-        "decision": state.decision,
-        "status": status,
-        "error": error,
-        "stream_outcome": outcome,
-        "usage": state.usage.as_dict() if state.usage else None,
-        "cost_usd": round(state.cost_usd, 12) if state.cost_usd is not None else None,
-        "charge": state.charge_basis,
-        "output_cap": getattr(state.metering, "output_cap", None),  # set by a hard budget
-        "attempts": state.attempts,
-        "duration_ms": round((now - state.started) * 1000, 1),
-        "ttfb_ms": round((state.first_byte - state.started) * 1000, 1) if state.first_byte else None,
-    }
-
-
 class Accounting:
     def __init__(self, metrics: GatewayMetrics | None = None) -> None:
         self._metrics = metrics or GatewayMetrics()
         # Label values come from the policy, so this stays bounded like the metrics themselves.
         self._children: dict[tuple[int, tuple[str, ...]], Any] = {}
-        self._file: IO[str] | None = None
+        self._fd: int | None = None
         self.records = 0
 
     def load(self, loader: Loader) -> None:
@@ -79,24 +49,24 @@ class Accounting:
             data_dir = ctx.options.codexgate_data_dir
             if data_dir and ctx.options.codexgate_accounting:
                 path = os.path.join(data_dir, accounting_file(getattr(ctx.options, "codexgate_writer_id", "") or ""))
-                fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
-                self._file = os.fdopen(fd, "a", encoding="utf-8", buffering=1)
+                self._fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
 
     def responseheaders(self, flow: http.HTTPFlow) -> None:
         state = state_of(flow)
         if state is None or flow.response is None:
             return
-        headers = flow.response.headers
-        headers["x-codexgate-request-id"] = state.request_id
-        headers["x-codexgate-decision"] = (
-            "refused" if state.decision not in ("pending", "forwarded", "answered") else "allowed"
-        )
+        # One pass over the answer's header fields (mitmproxy's `headers[name] = ...` is one per name).
+        fields = [
+            (b"x-codexgate-request-id", state.request_id.encode()),
+            (b"x-codexgate-decision", b"allowed" if state.decision.allowed else b"refused"),
+        ]
         if state.provider:
-            headers["x-codexgate-provider"] = state.provider
+            fields.append((b"x-codexgate-provider", state.provider.encode()))
         if state.upstream_model:
-            headers["x-codexgate-model"] = state.upstream_model
+            fields.append((b"x-codexgate-model", state.upstream_model.encode("utf-8", "surrogateescape")))
         if state.attempts is not None:
-            headers["x-codexgate-attempt-count"] = str(len(state.attempts))
+            fields.append((b"x-codexgate-attempt-count", str(len(state.attempts)).encode()))
+        replace_header_fields(flow.response.headers, fields)
 
     def response(self, flow: http.HTTPFlow) -> None:
         state = state_of(flow)
@@ -109,17 +79,15 @@ class Accounting:
             if state.reader is not None and state.usage is None:
                 state.usage = state.reader.usage
             status = flow.response.status_code if flow.response else 502
-            if state.decision == "client_disconnected" and flow.response is None:
+            if state.decision is Decision.CLIENT_DISCONNECTED and flow.response is None:
                 status = 499  # the client closed the request before an answer started (nginx's code)
-            elif state.decision in ("pending", "forwarded"):
-                state.decision = "upstream_error"
             self._record(flow, state, status, flow.error.msg if flow.error else "unknown error")
 
     def _record(self, flow: http.HTTPFlow, state: GatewayRequest, status: int, error: str | None) -> None:
         if state.accounted:
             return
         state.accounted = True
-        record = accounting_record(state, status, error)
+        record = request_record(state, status, error)  # the audit record is a view of it
         usage = record["usage"] or {}
         self._observe(state, status)
         flow.comment = (
@@ -129,7 +97,7 @@ class Accounting:
         )
         # Refusals and failures are worth a line in the log; allowed traffic is in the accounting
         # file (a log line per request costs ~0.1 ms of mitmproxy's single loop).
-        allowed = state.decision in ("forwarded", "answered") and status < 400
+        allowed = state.decision in (Decision.FORWARDED, Decision.ANSWERED) and status < 400
         logger.log(
             logging.DEBUG if allowed else logging.INFO,
             "%s %s key=%s team=%s model=%s provider=%s status=%s in=%s out=%s ms=%s",
@@ -144,10 +112,9 @@ class Accounting:
             usage.get("output_tokens", 0),
             record["duration_ms"],
         )
-        if self._file is not None:
+        if self._fd is not None:
             try:
-                self._file.write(json.dumps(record, separators=(",", ":")) + "\n")
-                self.records += 1
+                self._write(record)
             except OSError:
                 logger.exception("cannot write accounting line for %s", state.request_id)
 
@@ -159,16 +126,23 @@ class Accounting:
 
     def append_record(self, record: dict[str, Any]) -> bool:
         """A line not made from a live flow (a request recovered after a crash); False if the log is off."""
-        if self._file is None:
+        if self._fd is None:
             return False
-        self._file.write(json.dumps(record, separators=(",", ":")) + "\n")
-        self.records += 1
+        self._write(record)
         return True
 
+    def _write(self, record: dict[str, Any]) -> None:
+        """One line, one write(2) (ASCII: non-ASCII is escaped), no buffer in between."""
+        assert self._fd is not None
+        line = (compact(record) + "\n").encode("ascii")
+        written = os.write(self._fd, line)
+        while written < len(line):  # a short write (signal, full disk): the rest, or the error
+            written += os.write(self._fd, line[written:])
+        self.records += 1
+
     def sync(self) -> None:
-        if self._file is not None:
-            self._file.flush()
-            os.fsync(self._file.fileno())
+        if self._fd is not None:
+            os.fsync(self._fd)
 
     def _child(self, metric: Any, *labels: str) -> Any:
         """A labelled metric child, looked up once per label set (`labels()` costs ~10 µs a call)."""
@@ -183,7 +157,7 @@ class Accounting:
         key = state.key.name if state.key else ""
         labels = (state.org or "", state.team or "", key, state.model or "", state.provider or "")
         child(metrics.requests, *labels, state.decision, str(status)).inc()
-        if state.decision not in ("pending", "forwarded", "answered", "client_disconnected"):
+        if state.decision.refusal:
             child(metrics.refusals, state.decision, state.team or "").inc()
         usage = state.usage
         if usage is not None:
@@ -203,13 +177,14 @@ class Accounting:
             if state.forwarded_at is not None and state.attempts is None:
                 child(metrics.upstream_latency, state.provider).observe(max(0.0, now - state.forwarded_at))
                 metrics.overhead.observe(max(0.0, state.forwarded_at - (state.received_at or state.started)))
-                outcome = "error" if state.decision == "upstream_error" else "ok" if status < 400 else f"http_{status}"
+                failed = state.decision is Decision.UPSTREAM_ERROR
+                outcome = "error" if failed else "ok" if status < 400 else f"http_{status}"
                 child(metrics.attempts, state.provider, outcome).inc()  # relayed ones count in the relay
 
     def _close(self) -> None:
-        if self._file is not None:
-            self._file.close()
-            self._file = None
+        if self._fd is not None:
+            fd, self._fd = self._fd, None
+            os.close(fd)
 
     def done(self) -> None:
         self._close()

@@ -8,7 +8,7 @@ from mitmproxy import http
 
 from codexgate.errors import error_response
 from codexgate.failsafe import fail_closed
-from codexgate.flowstate import refuse, state_of
+from codexgate.flowstate import Decision, refuse, state_of
 
 logger = logging.getLogger(__name__)
 
@@ -27,7 +27,7 @@ class Admit:
         unusable = key.unusable()
         if unusable is not None:
             code, message = unusable
-            refuse(flow, error_response(401, code, message), code)
+            refuse(flow, error_response(401, code, message), Decision(code))
             return
         if state.endpoint == "models":
             return
@@ -42,7 +42,7 @@ class Admit:
                     f"model {requested} does not exist on this gateway; GET /v1/models lists yours",
                     "model",
                 ),
-                "unknown_model",
+                Decision.UNKNOWN_MODEL,
             )
             return
         canonical, _entry = found
@@ -55,7 +55,7 @@ class Admit:
                     f"model {requested} is not allowed for key {key.name}; allowed: {', '.join(key.models)}",
                     "model",
                 ),
-                "model_not_allowed",
+                Decision.MODEL_NOT_ALLOWED,
             )
             return
         team = state.policy.policy.teams.get(key.team)
@@ -69,7 +69,7 @@ class Admit:
                     f"allowed: {', '.join(team.models or ())}",
                     "model",
                 ),
-                "model_not_allowed",
+                Decision.MODEL_NOT_ALLOWED,
             )
             return
         if not state.policy.reachable_providers(key, canonical):
@@ -83,7 +83,7 @@ class Admit:
                     f"allowed providers: {', '.join(sorted(allowed)) or 'none'}",
                     "model",
                 ),
-                "provider_not_allowed",
+                Decision.PROVIDER_NOT_ALLOWED,
             )
             return
         state.model = canonical

@@ -27,7 +27,6 @@ from codexgate.secrets import REFERENCE_HELP, SecretResolver, SecretUnavailable
 
 logger = logging.getLogger(__name__)
 
-AUDITED = "codexgate.audited"
 SYNC_INTERVAL = 0.05  # seconds a record may wait for its fsync in "batch" mode
 HEAD_INTERVAL = 1.0  # seconds between updates of the head file (the restart check lags by that much)
 
@@ -215,12 +214,12 @@ class AuditLog:
             self._record(flow, state, status, flow.error.msg if flow.error else "unknown error")
 
     def _record(self, flow: http.HTTPFlow, state: GatewayRequest, status: int, error: str | None) -> None:
-        if flow.metadata.get(AUDITED) or self._writer is None:
+        if state.audited or self._writer is None:
             return
         # Set first: whatever happens below, a flow never gets a second record.
-        flow.metadata[AUDITED] = True
+        state.audited = True
         try:
-            record = audit_record(state, status, flow.request.raw_content or b"")
+            record = audit_record(state, status, flow.request.raw_content or b"", error)
             guardrails = state.policy.policy.guardrails
             if guardrails is not None and guardrails.audit_content and state.body is not None:
                 # Content only when the policy asks for it, and then with every detector applied.
@@ -228,14 +227,8 @@ class AuditLog:
                     name: state.body[name] for name in ("instructions", "input", "messages") if name in state.body
                 }
                 record["content"] = redact_text(json.dumps(content), guardrails.detectors_compiled())
-            findings = flow.metadata.get("codexgate.guardrail_findings")
-            if findings:
-                record["guardrail_findings"] = sorted(set(findings))
-            if error is not None:
-                record["error"] = error
-                if record["decision"] in ("pending", "forwarded"):
-                    # The same word Accounting uses, whichever of the two runs first.
-                    record["decision"] = "upstream_error"
+            if state.guardrail_findings:
+                record["guardrail_findings"] = sorted(set(state.guardrail_findings))
             self._writer.write(record)
             self.records += 1
             self._written += 1

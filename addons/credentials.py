@@ -13,7 +13,7 @@ from mitmproxy import http
 
 from codexgate.errors import error_response
 from codexgate.failsafe import fail_closed
-from codexgate.flowstate import refuse, state_of
+from codexgate.flowstate import Decision, refuse, state_of
 from codexgate.headers import replace_headers, strip_client_credentials
 from codexgate.providers.registry import CLIENT_CREDENTIAL_FIELDS
 from codexgate.secrets import SecretResolver, SecretUnavailable
@@ -60,5 +60,5 @@ class Credentials:
                 f"provider {provider} is not usable right now (its credentials cannot be read); "
                 "tell your platform team",
             ),
-            "provider_unavailable",
+            Decision.PROVIDER_UNAVAILABLE,
         )  # fmt: skip

@@ -11,7 +11,6 @@ This addon owns the relay and the health store, plans the candidates (`plan_cand
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import json
 import logging
 import os
@@ -22,7 +21,7 @@ from typing import Any
 from mitmproxy import ctx, http
 
 from codexgate.errors import error_response
-from codexgate.flowstate import GatewayRequest, state_of
+from codexgate.flowstate import Candidate, Decision, GatewayRequest, state_of
 from codexgate.health import HealthStore, MemoryHealth, RedisHealth, weighted_order
 from codexgate.health_shared import COOLDOWNS_FILE, SQLiteHealth
 from codexgate.metrics import GatewayMetrics
@@ -39,26 +38,6 @@ COOLDOWN_OUTCOMES = frozenset(
     {"rate_limited", "overloaded", "server_error", "connect_error", "connection_reset", "tls_error",
      "connect_timeout", "first_byte_timeout", "idle_timeout", "stream_broken"}
 )  # fmt: skip
-
-
-@dataclasses.dataclass(frozen=True)
-class Candidate:
-    label: str  # "provider/upstream-model#key": what attempts headers, logs and health use
-    model: str  # the policy model it serves (the asked one, or a fallback)
-    provider: str
-    upstream_model: str
-    key_index: int
-
-
-@dataclasses.dataclass
-class RelayedRequest:
-    """A request sent through the relay: its candidates and, per attempt, how to translate."""
-
-    token: str
-    candidates: list[Candidate]
-    translations: dict[int, Any] = dataclasses.field(default_factory=dict)
-    ended: asyncio.Future[None] | None = None  # resolved once the relay is done with it (reading on included)
-    drained_usage: Any = None  # usage.Usage read after the client left, when the provider still sent it
 
 
 def candidate_groups(state: GatewayRequest) -> list[list[tuple[Candidate, int]]]:
@@ -173,7 +152,7 @@ class Failover:
     def responseheaders(self, flow: http.HTTPFlow) -> None:
         """Which attempt answered: its provider, model and translation become the request's."""
         state = state_of(flow)
-        relayed: RelayedRequest | None = getattr(state, "relayed", None) if state else None
+        relayed = state.relayed if state is not None else None
         if state is None or relayed is None or flow.response is None:
             return
         headers = flow.response.headers
@@ -185,9 +164,9 @@ class Failover:
         if index is None or not index.isdigit() or int(index) >= len(relayed.candidates):
             # Every attempt failed: the relay answered with an OpenAI-shaped summary of them.
             state.answered_locally = True
-            state.decision = "upstream_exhausted"
+            state.decision = Decision.UPSTREAM_EXHAUSTED
             return
-        chosen = relayed.candidates[int(index)]
+        chosen = relayed.answered_by = relayed.candidates[int(index)]
         state.provider, state.upstream_model = chosen.provider, chosen.upstream_model
         state.translation = relayed.translations.get(int(index))
         if int(index) > 0:

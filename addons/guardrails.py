@@ -12,8 +12,8 @@ custom rule that fixes its own):
   finding; the response carries `x-codexgate-guardrail: redacted=<rules>`.
 - `log`: a warning naming rule and location only; the request passes unchanged.
 
-Every action lists the rule names in `flow.metadata["codexgate.guardrail_findings"]` (and
-the action taken in `flow.metadata["codexgate.guardrail_action"]`) for accounting and audit.
+Every action lists the rule names in `state.guardrail_findings` (and the action taken in
+`state.guardrail_action`) for accounting and audit.
 
 Extra detectors (external DLP services, ...): any object with a `name` and
 `scan(text) -> list[(start, end)]` (`codexgate.detectors.Detector`), registered with
@@ -54,13 +54,10 @@ from codexgate.detectors import (
 )
 from codexgate.errors import error_response
 from codexgate.failsafe import fail_closed
-from codexgate.flowstate import refuse, state_of
+from codexgate.flowstate import Decision, refuse, state_of
 
 logger = logging.getLogger(__name__)
 
-FINDINGS_KEY = "codexgate.guardrail_findings"
-ACTION_KEY = "codexgate.guardrail_action"
-HEADER_KEY = "codexgate.guardrail_header"
 HEADER = "x-codexgate-guardrail"
 MAX_LISTED = 5  # locations named in a block message
 
@@ -118,11 +115,11 @@ class Guardrails:
             return
         grouped = decide(findings, settings, state.team)
         names = rule_names(findings)
-        flow.metadata[FINDINGS_KEY] = names
+        state.guardrail_findings = names
         who = f"request {flow.id} key {state.key.name if state.key else '-'} team {state.team or '-'}"
         blocked = grouped.get("block")
         if blocked:
-            flow.metadata[ACTION_KEY] = "block"
+            state.guardrail_action = "block"
             listed = "; ".join(finding.describe() for finding in blocked[:MAX_LISTED])
             more = f" (and {len(blocked) - MAX_LISTED} more)" if len(blocked) > MAX_LISTED else ""
             logger.warning("guardrail blocked %s: %s%s", who, listed, more)
@@ -135,7 +132,7 @@ class Guardrails:
                     "output; the conversation is re-sent every turn, so start a new session if it is in the history.",
                     headers={HEADER: "blocked=" + ",".join(rule_names(blocked))},
                 ),
-                "guardrail_blocked",
+                Decision.GUARDRAIL_BLOCKED,
             )
             return
         redacted = grouped.get("redact", [])
@@ -146,10 +143,10 @@ class Guardrails:
                 logger.warning("guardrail finding %s: %s (redacted)", who, finding.describe())
             state.body = redact(state.body, redacted)
             flow.request.content = json.dumps(state.body).encode()
-            flow.metadata[HEADER_KEY] = "redacted=" + ",".join(rule_names(redacted))
-            flow.metadata[ACTION_KEY] = "redact"
+            state.guardrail_header = "redacted=" + ",".join(rule_names(redacted))
+            state.guardrail_action = "redact"
         else:
-            flow.metadata[ACTION_KEY] = "log"
+            state.guardrail_action = "log"
 
     async def _scan_async(self, body: dict[str, Any]) -> list[Finding]:
         detectors = [d for d in self._extra if inspect.iscoroutinefunction(d.scan)]
@@ -166,12 +163,14 @@ class Guardrails:
         return findings
 
     def responseheaders(self, flow: http.HTTPFlow) -> None:
-        value = flow.metadata.get(HEADER_KEY)
+        state = state_of(flow)
+        value = state.guardrail_header if state is not None else None
         if value and flow.response is not None:
             flow.response.headers[HEADER] = value
 
     def response(self, flow: http.HTTPFlow) -> None:
         # Answers made inside the gateway (mock provider) skip `responseheaders`.
-        value = flow.metadata.get(HEADER_KEY)
+        state = state_of(flow)
+        value = state.guardrail_header if state is not None else None
         if value and flow.response is not None and HEADER not in flow.response.headers:
             flow.response.headers[HEADER] = value

@@ -17,7 +17,7 @@ from mitmproxy import connection, http
 
 from codexgate.errors import error_response
 from codexgate.failsafe import fail_closed
-from codexgate.flowstate import refuse, state_of
+from codexgate.flowstate import Decision, refuse, state_of
 from codexgate.policies.keys import hash_key
 
 logger = logging.getLogger(__name__)
@@ -52,9 +52,7 @@ def key_candidates(headers: http.Headers) -> list[str]:
     return candidates
 
 
-def flow_key_candidates(
-    flow: http.HTTPFlow, connect_keys: Mapping[connection.Client, str] | None = None
-) -> list[str]:
+def flow_key_candidates(flow: http.HTTPFlow, connect_keys: Mapping[connection.Client, str] | None = None) -> list[str]:
     """Every credential a flow carries, in order of preference: its headers (or what SecretMask set
     aside from them, under mitmweb), then the proxy credentials its CONNECT gave (`connect_keys`)."""
     saved = flow.metadata.get(CLIENT_CREDENTIALS_KEY)
@@ -96,7 +94,7 @@ class Identify:
                     "missing_api_key",
                     "no virtual key: send it as 'Authorization: Bearer <key>' (CODEX_API_KEY for Codex)",
                 ),
-                "missing_key",
+                Decision.MISSING_KEY,
             )
             return
         # A client behind a credentialed proxy may send a placeholder bearer: the first known key wins.
@@ -107,7 +105,7 @@ class Identify:
             refuse(
                 flow,
                 error_response(401, "invalid_api_key", "unknown virtual key; ask your platform team for one"),
-                "unknown_key",
+                Decision.UNKNOWN_KEY,
             )
             return
         state.key = record

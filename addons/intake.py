@@ -18,7 +18,7 @@ from codexgate.addons.policy_source import PolicySource
 from codexgate.bounded import BodyTooLarge, clip, decode_body, nesting_exceeds
 from codexgate.errors import error_response
 from codexgate.failsafe import fail_closed
-from codexgate.flowstate import METADATA_KEY, GatewayRequest, refuse, state_of
+from codexgate.flowstate import METADATA_KEY, Decision, GatewayRequest, refuse, state_of
 
 logger = logging.getLogger(__name__)
 
@@ -80,7 +80,7 @@ class Intake:
                     "unknown_endpoint",
                     f"codexgate does not serve {clip(flow.request.method, 16)} {clip(path)}; it serves {SERVED}",
                 ),
-                "unknown_endpoint",
+                Decision.UNKNOWN_ENDPOINT,
             )
 
     @fail_closed
@@ -108,25 +108,26 @@ class Intake:
         except ValueError as exc:
             refuse(
                 flow, error_response(400, "invalid_json", f"request body is not valid JSON: {clip(str(exc))}"),
-                "invalid_json",
+                Decision.INVALID_JSON,
             )  # fmt: skip
             return
         if too_deep or (caps.enabled and nesting_exceeds(body, caps.max_json_depth)):
             refuse(
                 flow,
                 error_response(400, "json_too_deep", f"request body nests deeper than {caps.max_json_depth} levels"),
-                "invalid_json",
+                Decision.INVALID_JSON,
             )
             return
         if not isinstance(body, dict):
-            refuse(flow, error_response(400, "invalid_json", "request body must be a JSON object"), "invalid_json")
+            message = "request body must be a JSON object"
+            refuse(flow, error_response(400, "invalid_json", message), Decision.INVALID_JSON)
             return
         model = body.get("model")
         if not isinstance(model, str) or not model:
             refuse(
                 flow,
                 error_response(400, "missing_model", "request body needs a string 'model'", "model"),
-                "missing_model",
+                Decision.MISSING_MODEL,
             )
             return
         if caps.enabled and len(model) > caps.max_model_chars:
@@ -136,14 +137,13 @@ class Intake:
                     400, "invalid_model", f"'model' is {len(model)} characters; at most {caps.max_model_chars}",
                     "model",
                 ),
-                "invalid_model",
+                Decision.INVALID_MODEL,
             )  # fmt: skip
             return
         stream = body.get("stream", False)
         if not isinstance(stream, bool):
-            refuse(
-                flow, error_response(400, "invalid_stream", "'stream' must be true or false", "stream"), "invalid_body"
-            )
+            message = "'stream' must be true or false"
+            refuse(flow, error_response(400, "invalid_stream", message, "stream"), Decision.INVALID_BODY)
             return
         state.body = body
         state.model_requested = model
@@ -163,21 +163,21 @@ class Intake:
                 error_response(
                     413, "request_too_large", f"the request body exceeds {caps.max_body} bytes once decoded"
                 ),
-                "request_too_large",
+                Decision.REQUEST_TOO_LARGE,
             )
             return None
         except ValueError as exc:
             refuse(
                 flow,
                 error_response(400, "invalid_body", f"request body cannot be decoded: {clip(str(exc))}"),
-                "invalid_body",
+                Decision.INVALID_BODY,
             )
             return None
         if len(decoded) > caps.max_body:
             refuse(
                 flow,
                 error_response(413, "request_too_large", f"the request body exceeds {caps.max_body} bytes"),
-                "request_too_large",
+                Decision.REQUEST_TOO_LARGE,
             )
             return None
         if encoding:
@@ -194,6 +194,6 @@ class Intake:
             refuse(
                 flow,
                 error_response(400, "invalid_body", "request body cannot be decoded (content-encoding)"),
-                "invalid_body",
+                Decision.INVALID_BODY,
             )
             return None

@@ -29,7 +29,7 @@ from mitmproxy.utils import human
 from codexgate import mitm_seams
 from codexgate.addons.policy_source import PolicySource
 from codexgate.errors import error_response
-from codexgate.flowstate import refuse, state_of
+from codexgate.flowstate import Decision, refuse, state_of
 from codexgate.metrics import GatewayMetrics
 
 logger = logging.getLogger(__name__)
@@ -249,7 +249,7 @@ class RequestLimits:
                     f"the request carries {count} header fields ({size} bytes); the gateway accepts at most "
                     f"{self._max_headers} fields and {self._max_header_bytes} bytes",
                 ),
-                "headers_too_large",
+                Decision.HEADERS_TOO_LARGE,
             )  # fmt: skip
             return
         if length.isdigit() and int(length) > self.caps.max_body and state_of(flow) is not None:
@@ -259,7 +259,7 @@ class RequestLimits:
                     413, "request_too_large",
                     f"the request body is {int(length)} bytes; the gateway accepts at most {self.caps.max_body}",
                 ),
-                "request_too_large",
+                Decision.REQUEST_TOO_LARGE,
             )  # fmt: skip
 
     def request(self, flow: http.HTTPFlow) -> None:
@@ -293,7 +293,7 @@ class RequestLimits:
         if clock.in_flight == 0:
             self._arm(flow.client_conn, "idle")
 
-    def _refuse(self, flow: http.HTTPFlow, response: http.Response, reason: str) -> None:
+    def _refuse(self, flow: http.HTTPFlow, response: http.Response, reason: Decision) -> None:
         logger.warning("request %s refused: %s", flow.id, reason)
         if state_of(flow) is None:
             self._metrics.refusals.labels(reason, "").inc()

@@ -15,7 +15,7 @@ from mitmproxy import ctx, exceptions, http
 from mitmproxy.addonmanager import Loader
 
 from codexgate.errors import error_response
-from codexgate.flowstate import refuse, state_of
+from codexgate.flowstate import Decision, refuse, state_of
 
 logger = logging.getLogger(__name__)
 
@@ -89,7 +89,7 @@ class GracefulShutdown:
                 flow,
                 error_response(503, "gateway_shutting_down", "this codexgate instance is shutting down; retry",
                                headers={"retry-after": "1", "connection": "close"}),
-                "shutting_down",
+                Decision.SHUTTING_DOWN,
             )  # fmt: skip
             return
         self._in_flight.add(flow.id)

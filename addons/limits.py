@@ -43,7 +43,7 @@ from codexgate.addons.output_cap import cap_output
 from codexgate.addons.policy_source import PolicySource
 from codexgate.errors import error_response
 from codexgate.failsafe import fail_closed
-from codexgate.flowstate import GatewayRequest, refuse, state_of
+from codexgate.flowstate import Candidate, Decision, GatewayRequest, Metering, refuse, state_of
 from codexgate.headers import replace_header_fields
 from codexgate.metrics import GatewayMetrics
 from codexgate.policies.schema import Limited, Price
@@ -55,20 +55,6 @@ from codexgate.usage import Usage
 from codexgate.windows import describe_period, format_reset, window
 
 logger = logging.getLogger(__name__)
-
-@dataclasses.dataclass
-class Metering:
-    """What admission decided for one request; settlement reads it."""
-
-    price: PriceSource | None
-    estimate: Amounts
-    counters: list[Counter]
-    reservation: Amounts = dataclasses.field(default_factory=Amounts)  # what is held: the worst case under hard budgets
-    output_cap: int | None = None  # the output cap a hard budget set on the request upstream
-    reserved: bool = False
-    unmetered: bool = False  # the store was down and the policy says fail open
-    admission: Admission | None = None
-    settled: bool = False
 
 
 def counters_for(levels: list[tuple[str, str, Limited]], now: float, epsilon_usd: float = 0.0) -> list[Counter]:
@@ -194,8 +180,12 @@ def client_left(flow: http.HTTPFlow) -> bool:
     return message.startswith(("Client disconnected", "stream reset by client"))
 
 
-def levels_of(state: GatewayRequest) -> list[tuple[str, str, Limited]]:
+def levels_of(state: GatewayRequest, answered_by: Candidate | None = None) -> list[tuple[str, str, Limited]]:
+    """The levels a request is counted at: its key, team and org, and the provider and model of
+    its route (or of the relay's candidate that answered it)."""
     policy = state.policy.policy
+    provider = answered_by.provider if answered_by is not None else state.provider
+    model = answered_by.model if answered_by is not None else state.model
     levels: list[tuple[str, str, Limited]] = []
     if state.key is not None:
         levels.append(("key", state.key.name, state.key))
@@ -203,10 +193,10 @@ def levels_of(state: GatewayRequest) -> list[tuple[str, str, Limited]]:
         levels.append(("team", state.team, policy.teams[state.team]))
     if state.org and state.org in policy.orgs:
         levels.append(("org", state.org, policy.orgs[state.org]))
-    if state.provider and state.provider in policy.providers:
-        levels.append(("provider", state.provider, policy.providers[state.provider]))
-    if state.model and state.model in policy.models:
-        levels.append(("model", state.model, policy.models[state.model]))
+    if provider and provider in policy.providers:
+        levels.append(("provider", provider, policy.providers[provider]))
+    if model and model in policy.models:
+        levels.append(("model", model, policy.models[model]))
     return levels
 
 
@@ -298,12 +288,8 @@ class Limits:
             return
         policy = state.policy.policy
         entry = policy.models[state.model]
-        provider = policy.providers[state.provider]
-        default_price: Price | None = None if policy.gateway.unknown_price == "deny" else policy.gateway.unknown_price
         try:
-            price = self.pricer.source(
-                family_for(provider).price_id(), state.upstream_model or state.model, entry.price, default_price
-            )
+            price = self.price_of(state, state.provider, state.model, state.upstream_model or state.model)
         except PriceUnknown:
             refuse(
                 flow,
@@ -313,7 +299,7 @@ class Limits:
                     f"model {state.model_requested} has no known price and this gateway does not serve unpriced models;"
                     " the platform team can set models.<name>.price in the policy",
                 ),  # fmt: skip
-                "price_unknown",
+                Decision.PRICE_UNKNOWN,
             )
             return
         body_bytes = decoded_length(flow)
@@ -330,7 +316,7 @@ class Limits:
             output_tokens = ceiling
         metering = Metering(
             price=price, estimate=self._amounts(price, input_tokens, entry.output_allowance, output_tokens),
-            counters=counters,
+            counters=counters, provider=state.provider, model=state.model,
         )  # fmt: skip
         metering.reservation = metering.estimate
         if hard:
@@ -384,7 +370,7 @@ class Limits:
                 error_response(503, "store_unavailable",
                                "codexgate cannot check budgets and rate limits right now; try again shortly",
                                headers={"retry-after": "5"}),
-                "store_unavailable",
+                Decision.STORE_UNAVAILABLE,
             )  # fmt: skip
             return
         metering.admission = admission
@@ -407,10 +393,30 @@ class Limits:
                     f"; what remains cannot pay for this request's input and"
                     f" {min(hard_settings.min_output_tokens, ceiling):,} output tokens"
                 )
-            refuse(flow, error_response(402, "budget_exceeded", message, headers=headers), "budget_exceeded")
+            refuse(flow, error_response(402, "budget_exceeded", message, headers=headers), Decision.BUDGET_EXCEEDED)
         else:
             headers["retry-after"] = str(max(1, math.ceil(counter.resets_at - now)))
-            refuse(flow, error_response(429, "rate_limit_exceeded", message, headers=headers), "rate_limited")
+            refuse(flow, error_response(429, "rate_limit_exceeded", message, headers=headers), Decision.RATE_LIMITED)
+
+    def price_of(self, state: GatewayRequest, provider: str, model: str, upstream_model: str) -> PriceSource:
+        """The price of `model` served by `provider` as `upstream_model` (raises PriceUnknown)."""
+        policy = state.policy.policy
+        default_price: Price | None = None if policy.gateway.unknown_price == "deny" else policy.gateway.unknown_price
+        return self.pricer.source(
+            family_for(policy.providers[provider]).price_id(), upstream_model, policy.models[model].price, default_price
+        )
+
+    def answered_elsewhere(self, state: GatewayRequest, metering: Metering) -> Candidate | None:
+        """The relay's candidate that answered, when it is another provider or model than the one
+        admission reserved for (its counters and price are then the ones to charge)."""
+        relayed = state.relayed
+        chosen = relayed.answered_by if relayed is not None else None
+        if chosen is None or (chosen.provider == metering.provider and chosen.model == metering.model):
+            return None
+        return chosen
+
+    def counters_of(self, state: GatewayRequest, now: float, answered_by: Candidate | None = None) -> list[Counter]:
+        return self._counters(state, now, answered_by)
 
     def _amounts(self, price: PriceSource, input_tokens: int, allowance: int, output_tokens: int) -> Amounts:
         """What a request is charged when its usage never arrives (and reserves, under soft budgets)."""
@@ -428,8 +434,8 @@ class Limits:
             cap -= max(1, cap // 1_000_000)  # float rounding: a token or two at most
         return cap
 
-    def _counters(self, state: GatewayRequest, now: float) -> list[Counter]:
-        levels = levels_of(state)
+    def _counters(self, state: GatewayRequest, now: float, answered_by: Candidate | None = None) -> list[Counter]:
+        levels = levels_of(state, answered_by)
         cache_key = (id(state.policy), tuple((level, name) for level, name, _ in levels))
         cached = self._counters_cache.get(cache_key)
         if cached is not None and cached.policy is state.policy and cached.valid_from <= now < cached.valid_until:
@@ -456,7 +462,7 @@ class Limits:
 
     def responseheaders(self, flow: http.HTTPFlow) -> None:
         state = state_of(flow)
-        metering = getattr(state, "metering", None) if state else None
+        metering = state.metering if state is not None else None
         if flow.response is None or metering is None:
             return
         if metering.unmetered:
@@ -482,10 +488,10 @@ class Charge:
 
     async def error(self, flow: http.HTTPFlow) -> None:
         state = state_of(flow)
-        if state is not None and client_left(flow) and state.decision in ("pending", "forwarded"):
+        if state is not None and client_left(flow) and state.decision.in_flight:
             # Not the provider's failure: its own outcome, charged what the provider produced when
             # its usage can still be read (the relay reads a stream on after the client left).
-            state.decision = "client_disconnected"
+            state.decision = Decision.CLIENT_DISCONNECTED
             await self._usage_after_client_left(state)
         await self._settle(flow, broken=True)
 
@@ -506,12 +512,21 @@ class Charge:
 
     async def _settle(self, flow: http.HTTPFlow, broken: bool) -> None:
         state = state_of(flow)
-        metering: Metering | None = getattr(state, "metering", None) if state else None
+        metering = state.metering if state is not None else None
         if state is None or metering is None or metering.settled:
             return
         metering.settled = True
+        # A relay that failed over: the provider (and model) that answered is charged, at its price.
+        elsewhere = self._limits.answered_elsewhere(state, metering)
+        price = metering.price
+        if elsewhere is not None:
+            try:
+                price = self._limits.price_of(state, elsewhere.provider, elsewhere.model, elsewhere.upstream_model)
+            except PriceUnknown:
+                logger.warning("request %s: no price for %s; charged at the first choice's", state.request_id,
+                               elsewhere.label)  # fmt: skip
         try:
-            amounts, how = self._amounts(flow, state, metering, broken)
+            amounts, how = self._amounts(flow, state, metering, broken, price)
         except Exception:
             logger.exception("cannot price request %s; charging its estimate", state.request_id)
             amounts, how = metering.estimate, "estimate"
@@ -519,21 +534,28 @@ class Charge:
         state.charge_basis = how
         if not metering.reserved or self._limits.store is None:
             return
+        counters = None
+        if elsewhere is not None and how != "release":
+            counters = self._limits.counters_of(state, time.time(), elsewhere)
         # The answer need not wait for the store: the cost is known (the accounting line and the
         # audit record have it), and settling is idempotent and awaited at shutdown. It starts
         # after the answer is written (see SETTLE_DELAY_SECONDS).
-        self._limits.defer_settlement(functools.partial(self._start_settle, state, amounts, how))
+        self._limits.defer_settlement(functools.partial(self._start_settle, state, amounts, how, counters))
 
-    def _start_settle(self, state: GatewayRequest, amounts: Amounts, how: str) -> None:
-        task = asyncio.get_running_loop().create_task(self._store_settle(state, amounts, how))
+    def _start_settle(self, state: GatewayRequest, amounts: Amounts, how: str, counters: list[Counter] | None) -> None:
+        task = asyncio.get_running_loop().create_task(self._store_settle(state, amounts, how, counters))
         self._limits.pending_settlements.add(task)
         task.add_done_callback(self._limits.pending_settlements.discard)
 
-    async def _store_settle(self, state: GatewayRequest, amounts: Amounts, how: str) -> None:
+    async def _store_settle(
+        self, state: GatewayRequest, amounts: Amounts, how: str, counters: list[Counter] | None
+    ) -> None:
         assert self._limits.store is not None
         try:
             if how == "release":
                 await self._limits.store.release(state.request_id)
+            elif counters is not None:
+                await self._limits.store.settle_to(state.request_id, amounts, counters, time.time())
             else:
                 await self._limits.store.settle(state.request_id, amounts)
         except StoreUnavailable as exc:
@@ -549,11 +571,13 @@ class Charge:
             logger.exception("settling %s failed", state.request_id)
 
     @staticmethod
-    def _amounts(flow: http.HTTPFlow, state: GatewayRequest, metering: Metering, broken: bool) -> tuple[Amounts, str]:
-        if state.answered_locally and state.decision not in ("answered",):
+    def _amounts(
+        flow: http.HTTPFlow, state: GatewayRequest, metering: Metering, broken: bool, price: PriceSource | None
+    ) -> tuple[Amounts, str]:
+        if state.answered_locally and state.decision is not Decision.ANSWERED:
             return Amounts(), "release"  # refused by the gateway after admission: nothing used
-        if state.usage is not None and metering.price is not None:
-            return actual_amounts(state.usage, metering.price.cost(state.usage)), "actual"
+        if state.usage is not None and price is not None:
+            return actual_amounts(state.usage, price.cost(state.usage)), "actual"
         status = flow.response.status_code if flow.response is not None else None
         if not broken and status is not None and status >= 400:
             return Amounts(requests=1), "upstream_error"  # the provider refused: it charges nothing

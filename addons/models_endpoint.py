@@ -8,7 +8,7 @@ from mitmproxy import http
 
 from codexgate.errors import error_response
 from codexgate.failsafe import fail_closed
-from codexgate.flowstate import answer_locally, refuse, state_of
+from codexgate.flowstate import Decision, answer_locally, refuse, state_of
 
 
 class ModelsEndpoint:
@@ -38,7 +38,7 @@ class ModelsEndpoint:
                 refuse(
                     flow,
                     error_response(404, "model_not_found", f"model {wanted} is not available to key {key.name}"),
-                    "unknown_model",
+                    Decision.UNKNOWN_MODEL,
                 )
                 return
             payload: dict = match[0]

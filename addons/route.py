@@ -17,10 +17,10 @@ from typing import Any
 
 from mitmproxy import http
 
-from codexgate.addons.failover import Candidate, Failover, RelayedRequest
+from codexgate.addons.failover import Failover
 from codexgate.errors import error_response
 from codexgate.failsafe import fail_closed
-from codexgate.flowstate import GatewayRequest, Translation, refuse, state_of
+from codexgate.flowstate import Candidate, Decision, GatewayRequest, RelayedRequest, Translation, refuse, state_of
 from codexgate.metrics import GatewayMetrics
 from codexgate.providers.base import UnsupportedRequest, refuse_stateful
 from codexgate.providers.family import CODEX_HEADERS, ProviderFamily, new_context
@@ -65,7 +65,7 @@ class Route:
             # ending in 502). Such a request goes to the deployments that can serve it, in order.
             servable = [c for c in candidates if _keeps_responses(family_for(providers[c.provider]))]
             if not servable:
-                refuse(flow, stateful_refusal(state.body, candidates[0].provider), "invalid_body")
+                refuse(flow, stateful_refusal(state.body, candidates[0].provider), Decision.INVALID_BODY)
                 return
             candidates = servable
         first = candidates[0]
@@ -206,11 +206,11 @@ def point(flow: http.HTTPFlow, state: GatewayRequest, family: ProviderFamily[Any
             http.Response.make(400, json.dumps(body()).encode(), {"content-type": "application/json"})
             if callable(body)
             else error_response(400, "invalid_request", str(exc)),
-            "invalid_body",
+            Decision.INVALID_BODY,
         )
         return
     if translation is None:
-        refuse(flow, unsupported_chat(state.provider), "endpoint_not_supported")
+        refuse(flow, unsupported_chat(state.provider), Decision.ENDPOINT_NOT_SUPPORTED)
         return
     state.translation = translation
     if family.answers_locally:

@@ -13,7 +13,7 @@ from mitmproxy import http
 from codexgate.addons.policy_source import PolicySource
 from codexgate.addons.websocket import RELAYED_UPGRADE
 from codexgate.failsafe import refuse_internal
-from codexgate.flowstate import state_of
+from codexgate.flowstate import Decision, state_of
 
 logger = logging.getLogger(__name__)
 
@@ -35,7 +35,7 @@ class Seal:
         except Exception:
             governed_host = True
         if state is not None and state.cleared:
-            state.decision = "forwarded"
+            state.decision = Decision.FORWARDED
             state.forwarded_at = time.time()
             return
         if governed_host:

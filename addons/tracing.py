@@ -43,7 +43,7 @@ from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapProp
 
 from codexgate import __version__
 from codexgate.addons.identify import CLIENT_CREDENTIALS_KEY
-from codexgate.flowstate import GatewayRequest, state_of
+from codexgate.flowstate import Decision, GatewayRequest, state_of
 from codexgate.providers.registry import SECRET_HEADERS
 
 logger = logging.getLogger(__name__)
@@ -52,7 +52,6 @@ SCOPE = "codexgate.tracing"
 EXPORT_TIMEOUT_S = 5.0
 # GenAI operation per gateway endpoint (the Responses API is a chat operation in the conventions).
 OPERATIONS = {"responses": "chat", "chat": "chat"}
-ALLOWED_DECISIONS = ("pending", "forwarded", "answered")
 MAX_CONTENT_CHARS = 32_768
 REDACTED = "[redacted]"
 # Credential shapes scrubbed from traced content even when the gateway does not know the value.
@@ -261,7 +260,7 @@ class Tracing:
             span.add_event("first_byte", timestamp=_ns(max(state.first_byte, state.started)))
         if self._content:
             self._add_output(span, flow, state, found.secrets)
-        refused = state.decision not in ALLOWED_DECISIONS
+        refused = not state.decision.allowed
         if refused or error is not None or _status_is_error(status):
             kind = state.decision if refused else (error or str(status))
             span.set_attribute("error.type", kind)
@@ -446,7 +445,7 @@ class TraceEnd:
                 return
             if tracing._content:
                 tracing._add_input(found, flow, state)
-            leaving = flow.response is None and flow.error is None and state.decision == "forwarded"
+            leaving = flow.response is None and flow.error is None and state.decision is Decision.FORWARDED
             if leaving and state.provider and found.attempt is None and found.attempts == 0:
                 tracing.attempt(flow, state.provider, start=time.time())
         except Exception:
@@ -465,7 +464,7 @@ class TraceEnd:
             return
         try:
             state = state_of(flow)
-            if state is not None and state.decision == "client_disconnected":
+            if state is not None and state.decision is Decision.CLIENT_DISCONNECTED:
                 # Charge.error (before this step) found the client left: not the provider's failure.
                 # 499 before any answer started, as the accounting line says.
                 status = flow.response.status_code if flow.response is not None else 499

@@ -29,6 +29,7 @@ def _bridge_stream(
     import time
 
     bridge = translation.bridge
+    assert bridge is not None  # set by Translate.responseheaders before this is made
     chat = None
     if translation.chat_model is not None:
         from codexgate.providers.chat_ingress import ChatSSERelay

@@ -28,7 +28,7 @@ from mitmproxy.addonmanager import Loader
 from codexgate.addons.meter import UPSTREAM_ERROR_MARKER, failed_event
 from codexgate.bounded import clip
 from codexgate.errors import error_response
-from codexgate.flowstate import GatewayRequest, state_of
+from codexgate.flowstate import Decision, GatewayRequest, state_of
 from codexgate.metrics import GatewayMetrics
 from codexgate.mitm_seams import FAILED_EVENT, UPSTREAM_FAILURE, LiveCallable, UpstreamFailure
 from codexgate.usage import StreamUsageReader
@@ -205,7 +205,7 @@ class UpstreamBounds:
             return
         if not _is_json(response):
             state.answered_locally = True
-            state.decision = "upstream_invalid_response"
+            state.decision = Decision.UPSTREAM_INVALID_RESPONSE
             content_type = response.headers.get("content-type", "no content-type")
             logger.warning("request %s: provider %s answered 200 without a JSON body (%s); answering 502",
                            flow.id, state.provider, clip(content_type, 60))  # fmt: skip
@@ -235,7 +235,7 @@ def _settle_failure(state: GatewayRequest, failure: UpstreamFailure) -> None:
     if not failure.received:
         # Nothing came back from the provider: the gateway answered, and nothing is charged.
         state.answered_locally = True
-        state.decision = failure.code
+        state.decision = Decision(failure.code)
 
 
 def _is_json(response: http.Response) -> bool:

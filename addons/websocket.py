@@ -24,7 +24,7 @@ from mitmproxy.proxy.mode_specs import ReverseMode
 from codexgate.addons.identify import CLIENT_CREDENTIALS_KEY, flow_key_candidates, key_from_proxy_authorization
 from codexgate.errors import error_response
 from codexgate.failsafe import fail_closed
-from codexgate.flowstate import METADATA_KEY, GatewayRequest, refuse, state_of
+from codexgate.flowstate import METADATA_KEY, Decision, GatewayRequest, refuse, state_of
 from codexgate.headers import strip_client_credentials
 from codexgate.policies.keys import hash_key
 from codexgate.providers.registry import CLIENT_CREDENTIAL_FIELDS
@@ -148,7 +148,7 @@ class ResponsesWebSocket:
         candidates = flow_key_candidates(flow, self._connect_keys)
         if not candidates:
             message = "no virtual key: send it as 'Authorization: Bearer <key>' (CODEX_API_KEY for Codex)"
-            refuse(flow, error_response(401, "missing_api_key", message), "missing_key")
+            refuse(flow, error_response(401, "missing_api_key", message), Decision.MISSING_KEY)
             return None
         for candidate in candidates:
             record = state.policy.keys_by_hash.get(hash_key(candidate))
@@ -160,19 +160,19 @@ class ResponsesWebSocket:
             unusable = record.unusable()
             if unusable is not None:
                 code, message = unusable
-                refuse(flow, error_response(401, code, message), code)
+                refuse(flow, error_response(401, code, message), Decision(code))
                 return None
             # Model rules, limits and budgets (and the key again) are checked on every response.create.
             return candidate
         refuse(
             flow, error_response(401, "invalid_api_key", "unknown virtual key; ask your platform team for one"),
-            "unknown_key",
+            Decision.UNKNOWN_KEY,
         )  # fmt: skip
         return None
 
     @staticmethod
     def _refuse_426(flow: http.HTTPFlow, message: str) -> None:
-        refuse(flow, error_response(426, "websocket_not_supported", message), "websocket_refused")
+        refuse(flow, error_response(426, "websocket_not_supported", message), Decision.WEBSOCKET_REFUSED)
 
     def _target(self) -> str | None:
         """The gateway (base-URL) listener's /v1/responses, which relayed requests go through."""

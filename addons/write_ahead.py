@@ -36,8 +36,9 @@ from codexgate.addons.audit_log import AuditLog
 from codexgate.addons.limits import Limits
 from codexgate.audit import CRASH_EVENT, _utc_iso
 from codexgate.errors import error_response
-from codexgate.flowstate import refuse, state_of
+from codexgate.flowstate import Decision, refuse, state_of
 from codexgate.metrics import GatewayMetrics
+from codexgate.records import audit_fields, forwarded_entry, recovered_record
 from codexgate.stores.base import Amounts, StoreUnavailable
 from codexgate.wal import ForwardLog, PreviousRun
 
@@ -46,28 +47,6 @@ logger = logging.getLogger(__name__)
 SYNC_INTERVAL = 0.05
 LOST_ANSWER = "the gateway stopped before this request's answer was recorded; charged its estimate"
 ACCOUNTING_SCAN_MARGIN = 5.0  # seconds before the oldest forwarded request the accounting scan looks back
-
-
-def forwarded_entry(state: Any) -> dict[str, Any]:
-    metering = state.metering
-    estimate = getattr(metering, "estimate", None)
-    return {
-        "id": state.request_id,
-        "ts": round(time.time(), 3),
-        "mode": state.mode,
-        "endpoint": state.endpoint,
-        "stream": state.stream,
-        "session_id": state.session_id,
-        "key": state.key.name if state.key is not None else None,
-        "team": state.team,
-        "org": state.org,
-        "model_requested": state.model_requested,
-        "model": state.model,
-        "provider": state.provider,
-        "upstream_model": state.upstream_model,
-        "reserved": bool(getattr(metering, "reserved", False)),
-        "estimate": [estimate.usd, estimate.requests, estimate.tokens] if estimate is not None else None,
-    }
 
 
 def _estimate(entry: dict[str, Any]) -> Amounts:
@@ -227,35 +206,9 @@ class WriteAhead:
                 self._metrics.recovered.labels("settlement").inc()
 
     def _record_lost(self, entry: dict[str, Any]) -> None:
-        estimate = _estimate(entry)
-        now = time.time()
-        common = {
-            "request_id": entry["id"],
-            "mode": entry.get("mode"),
-            "endpoint": entry.get("endpoint"),
-            "session_id": entry.get("session_id"),
-            "key": entry.get("key"),
-            "team": entry.get("team"),
-            "org": entry.get("org"),
-            "model_requested": entry.get("model_requested"),
-            "model": entry.get("model"),
-            "provider": entry.get("provider"),
-            "upstream_model": entry.get("upstream_model"),
-            "decision": "forwarded",
-            "status": None,
-            "usage": None,
-            "cost_usd": round(estimate.usd, 12),
-            "charge": "estimate",
-            "recovered": True,
-            "error": LOST_ANSWER,
-        }
-        self._accounting.append_record(
-            {
-                "ts": round(now, 3), **common, "stream": entry.get("stream"), "stream_outcome": None,
-                "attempts": None, "duration_ms": None, "ttfb_ms": None, "forwarded_ts": entry.get("ts"),
-            }
-        )  # fmt: skip
-        self._audit_append({"time": _utc_iso(now), "ts": round(now, 3), **common, "body_sha256": None})
+        record = recovered_record(entry, _estimate(entry).usd, LOST_ANSWER, time.time())
+        self._accounting.append_record(record)
+        self._audit_append(audit_fields(record, None))
 
     def _audit_append(self, record: dict[str, Any]) -> None:
         try:
@@ -267,7 +220,7 @@ class WriteAhead:
         if flow.response or flow.error or self._log is None:
             return
         state = state_of(flow)
-        if state is None or state.decision != "forwarded":
+        if state is None or state.decision is not Decision.FORWARDED:
             return
         try:
             self._log.append(state.request_id, forwarded_entry(state))
@@ -284,7 +237,7 @@ class WriteAhead:
                     "codexgate cannot put this request on record right now (its write-ahead log failed); retry shortly",
                     headers={"retry-after": "5"},
                 ),
-                "record_unavailable",
+                Decision.RECORD_UNAVAILABLE,
             )  # fmt: skip
             return
         self._schedule_sync()

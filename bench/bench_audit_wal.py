@@ -30,7 +30,7 @@ from mitmproxy.test import tflow
 
 from codexgate.audit import AuditWriter
 from codexgate.audit_signing import CheckpointLog, load_private_key, write_key_pair
-from codexgate.flowstate import METADATA_KEY, GatewayRequest
+from codexgate.flowstate import METADATA_KEY, Decision, GatewayRequest
 from codexgate.policies.loader import parse_policy
 from codexgate.wal import ForwardLog
 
@@ -72,7 +72,7 @@ def main() -> None:
     args = parser.parse_args()
     work = Path(tempfile.mkdtemp(prefix="codexgate-bench-wal-"))
     policy = parse_policy(POLICY, "bench.yaml")
-    from codexgate.addons.write_ahead import forwarded_entry
+    from codexgate.records import forwarded_entry
 
     flows = []
     for _ in range(1000):
@@ -81,7 +81,7 @@ def main() -> None:
         state.key = next(iter(policy.keys_by_hash.values()))
         state.team, state.org, state.session_id = "platform", "acme", "s" * 36
         state.model_requested = state.model = state.upstream_model = "gpt-bench"
-        state.provider, state.decision = "openai", "forwarded"
+        state.provider, state.decision = "openai", Decision.FORWARDED
         flow.metadata[METADATA_KEY] = state
         flows.append(state)
     log = ForwardLog(work / "wal")

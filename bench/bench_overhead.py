@@ -5,6 +5,10 @@ Two kinds of request, each measured on all paths (`--kinds`, default both, strea
         the bare proxies then run with `--set stream_large_bodies=1`, i.e. they stream every body
         as it arrives, which codexgate must do for a stream
   json  a non-streamed request, answered with one Responses object
+  translated  `"stream": true` for a model codexgate routes to an Anthropic-shaped upstream
+        (`/v1/messages`, 50 events), translated to the Responses API event by event; the bare
+        proxies forward the same Anthropic stream untranslated (what codexgate's translation
+        costs over passing a stream through)
 
 Paths to the same fake OpenAI upstream (`bench/fake_upstream.py`, its own process):
 
@@ -56,6 +60,8 @@ os.environ.setdefault("CODEXGATE_WORKERS", "1")
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
 MODEL = "gpt-bench"
+TRANSLATED_MODEL = "claude-bench"  # routed to the fake upstream's Anthropic-shaped /v1/messages
+KINDS = ("sse", "json", "translated")
 PATHS = ("direct", "mitmdump", "mitmproxy-core", "codexgate", "codexgate-limits")
 DEFAULT_PATHS = ("direct", "mitmdump", "mitmproxy-core", "codexgate")
 UPSTREAM_KEY_ENV = "BENCH_UPSTREAM_KEY"
@@ -313,6 +319,11 @@ def sanity_check(name: str, target: dict[str, Any], body: str) -> list[str]:
     status, headers, content = http_post(target["url"], target["headers"], body)
     if status != 200:
         return [f"{name}: HTTP {status}: {content[:200]!r}"]
+    if headers.get("content-type", "").startswith("text/event-stream") and b"event: message_start" in content:
+        # The translated kind's bare paths: Anthropic's own stream, passed through.
+        if b"event: message_stop" not in content or b'"output_tokens"' not in content:
+            return [f"{name}: an Anthropic stream without message_stop or usage: {content[-200:]!r}"]
+        return []
     if headers.get("content-type", "").startswith("text/event-stream"):
         lines = content.split(b"\n")
         completed = [line[5:] for line in lines if line.startswith(b"data:") and b'"response.completed"' in line]
@@ -569,10 +580,18 @@ providers:
     base_url: http://127.0.0.1:{upstream_port}/v1
     keys:
       - value: env:{UPSTREAM_KEY_ENV}
+  anthropic:
+    kind: anthropic
+    base_url: http://127.0.0.1:{upstream_port}
+    keys:
+      - value: env:{UPSTREAM_KEY_ENV}
 models:
   {MODEL}:
     routes: [{{provider: openai}}]
     price: {{input_per_mtok: 1.25, output_per_mtok: 10.0, cached_input_per_mtok: 0.125}}{model}
+  {TRANSLATED_MODEL}:
+    routes: [{{provider: anthropic}}]
+    price: {{input_per_mtok: 3.0, output_per_mtok: 15.0}}{model}
 orgs:
   bench: {{description: Benchmark{org}}}
 teams:
@@ -841,7 +860,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "--kinds",
         default="sse,json",
         help="request kinds, measured one after the other (each on all paths, interleaved): sse (streamed, "
-        "the bare proxies with stream_large_bodies=1), json (not streamed)",
+        "the bare proxies with stream_large_bodies=1), json (not streamed), translated (streamed from an "
+        "Anthropic-shaped upstream: codexgate translates it, the bare proxies pass it through)",
     )
     parser.add_argument("--sse-events", type=int, default=50, help="events per streamed answer")
     parser.add_argument("--rates", default="50,200", help="open-loop rates in req/s, comma separated")
@@ -922,11 +942,17 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "closed loop (collapsed stacks + summary into DIR)",
     )
     parser.add_argument("--py-spy", default=shutil.which("py-spy") or "py-spy", help="py-spy executable")
+    parser.add_argument(
+        "--store",
+        metavar="URL",
+        help="also measure codexgate~redis (and codexgate~redis-limits with codexgate-limits in --paths): the "
+        "same gateways with this counter store (codexgate_store=URL, e.g. redis://127.0.0.1:6390/0)",
+    )
     parser.add_argument("--keep-dir", action="store_true", help="keep the temporary dir (logs, policy, accounting)")
     args = parser.parse_args(argv)
     args.kind_list = [k.strip() for k in args.kinds.split(",") if k.strip()]
-    if not args.kind_list or not set(args.kind_list) <= {"sse", "json"}:
-        parser.error("--kinds: sse, json or both")
+    if not args.kind_list or not set(args.kind_list) <= set(KINDS):
+        parser.error(f"--kinds: one or more of {', '.join(KINDS)}")
     args.rate_list = [float(r) for r in args.rates.split(",") if r.strip()]
     if args.ratio_rate not in args.rate_list:
         args.rate_list.append(args.ratio_rate)
@@ -940,6 +966,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     args.variant_options = {}
     if args.checks_off:
         args.variant.append("checks-off:codexgate_intake_limits=false,codexgate_upstream_bounds=false")
+    if args.store:
+        args.variant.append(f"redis:codexgate_store={args.store}")
+        if "codexgate-limits" in args.path_list:
+            args.variant.append(f"redis-limits:codexgate_store={args.store}")
     for variant in args.variant:
         label, _, options = variant.partition(":")
         if not label or not options or "=" not in options:
@@ -959,10 +989,18 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return args
 
 
-def request_body(size: int, body_file: str | None = None, stream: bool = False) -> str:
+def anthropic_body(size: int) -> str:
+    """What a client of Anthropic's API sends: the bare proxies' request in the translated kind."""
+    text = "Say hello." if size <= 0 else "Say hello. " + "x" * max(0, size - 60)
+    return json.dumps(
+        {"model": TRANSLATED_MODEL, "max_tokens": 1024, "stream": True, "messages": [{"role": "user", "content": text}]}
+    )
+
+
+def request_body(size: int, body_file: str | None = None, stream: bool = False, model: str = MODEL) -> str:
     if body_file:
-        return json.dumps(dict(json.loads(Path(body_file).read_text()), model=MODEL, stream=stream))
-    body: dict[str, Any] = {"model": MODEL, "input": "Say hello.", "stream": stream}
+        return json.dumps(dict(json.loads(Path(body_file).read_text()), model=model, stream=stream))
+    body: dict[str, Any] = {"model": model, "input": "Say hello.", "stream": stream}
     if size > 0:
         body["input"] = "Say hello. " + "x" * max(0, size - 60)
     return json.dumps(body)
@@ -1013,7 +1051,9 @@ def start_codexgate(
     )
     cli = [sys.executable, "-m", "codexgate.cli"]
     created = subprocess.run(
-        cli + ["keys", "create", "--policy", str(policy), "--name", "bench", "--team", "bench", "--models", MODEL],
+        cli
+        + ["keys", "create", "--policy", str(policy), "--name", "bench", "--team", "bench"]
+        + ["--models", MODEL, TRANSLATED_MODEL],
         env=env,
         cwd=work,
         capture_output=True,
@@ -1102,8 +1142,16 @@ def measure_paired(
 
 
 def run_all(
-    args: argparse.Namespace, procs: Processes, work: Path, body: str, report: dict[str, Any], stream: bool = False
+    args: argparse.Namespace,
+    procs: Processes,
+    work: Path,
+    body: str,
+    report: dict[str, Any],
+    stream: bool = False,
+    translated: bool = False,
 ) -> None:
+    """Every path of one kind. `translated`: codexgate is asked for a model it routes to the
+    upstream's Anthropic-shaped API, the other paths send Anthropic's own request there."""
     upstream_key = "sk-bench-upstream-" + os.urandom(8).hex()
     env = {**os.environ, UPSTREAM_KEY_ENV: upstream_key, "PYTHONUNBUFFERED": "1"}
     procs.ports = {name: free_port() for name in ("upstream", *args.path_list)}
@@ -1111,27 +1159,35 @@ def run_all(
     procs.start("upstream", upstream_cmd + ["--sse-events", str(args.sse_events)], env)
     upstream_base = f"http://127.0.0.1:{procs.ports['upstream']}"
     upstream_headers = {"Authorization": f"Bearer {upstream_key}", "Content-Type": "application/json"}
+    upstream_path, upstream_body = "/v1/responses", body
+    if translated:
+        upstream_headers = {"x-api-key": upstream_key, "anthropic-version": "2023-06-01",
+                            "Content-Type": "application/json"}  # fmt: skip
+        upstream_path, upstream_body = "/v1/messages", anthropic_body(args.body_bytes)
     targets: dict[str, dict[str, Any]] = {}
     for name in args.path_list:
         if name == "direct":
-            targets[name] = {"url": f"{upstream_base}/v1/responses", "headers": upstream_headers, "server": "upstream"}
+            targets[name] = {"url": f"{upstream_base}{upstream_path}", "headers": upstream_headers,
+                             "server": "upstream", "body": upstream_body}  # fmt: skip
             continue
         if name in ("mitmdump", "mitmproxy-core"):
             start = start_mitmdump if name == "mitmdump" else start_proxy_core
             start(procs, work, upstream_base, procs.ports[name], env, stream)
-            headers = upstream_headers
+            headers, path, path_body = upstream_headers, upstream_path, upstream_body
         else:
             options = args.gateway_set + args.variant_options.get(name, [])
             key = start_codexgate(procs, work, name, procs.ports["upstream"], env, options)
             headers = {"Authorization": f"Bearer {key}", "Content-Type": "application/json"}
+            path, path_body = "/v1/responses", body
         targets[name] = {
-            "url": f"http://127.0.0.1:{procs.ports[name]}/v1/responses",
+            "url": f"http://127.0.0.1:{procs.ports[name]}{path}",
             "headers": headers,
             "server": name,
+            "body": path_body,
         }
     for name, target in targets.items():
-        wait_ready(procs, target["server"], target, body)
-        report["problems"] += sanity_check(name, target, body)
+        wait_ready(procs, target["server"], target, target["body"])
+        report["problems"] += sanity_check(name, target, target["body"])
     print(f"# bench: servers ready ({', '.join(targets)}); logs in {work}", file=sys.stderr)
     report["other_load_at_start_pct"] = wait_for_quiet(args.quiet_wait)
 
@@ -1161,7 +1217,9 @@ def run_all(
 
     def spec_for(name: str, **extra: Any) -> dict[str, Any]:
         target = targets[name]
-        return {"url": target["url"], "headers": target["headers"], "body": body, "timeout": args.timeout, **extra}
+        # A paired loop sends its first path's body to every path: pair paths of one shape (codexgate's).
+        return {"url": target["url"], "headers": target["headers"], "body": target["body"], "timeout": args.timeout,
+                **extra}  # fmt: skip
 
     for rate in args.rate_list:
         segments: dict[str, list[dict[str, Any]]] = {name: [] for name in targets}
@@ -1208,11 +1266,13 @@ def run_all(
 
 def measure_kind(args: argparse.Namespace, kind: str) -> dict[str, Any]:
     """All paths for one kind of request (sse or json), in processes of their own."""
-    body = request_body(args.body_bytes, args.body_file, stream=kind == "sse")
+    streamed = kind in ("sse", "translated")
+    model = TRANSLATED_MODEL if kind == "translated" else MODEL
+    body = request_body(args.body_bytes, args.body_file, stream=streamed, model=model)
     report: dict[str, Any] = {
         "config": {
             "kind": kind,
-            "sse_events": args.sse_events if kind == "sse" else None,
+            "sse_events": args.sse_events if streamed else None,
             "rates": args.rate_list,
             "duration": args.duration,
             "rounds": args.rounds,
@@ -1235,7 +1295,7 @@ def measure_kind(args: argparse.Namespace, kind: str) -> dict[str, Any]:
     work = Path(tempfile.mkdtemp(prefix=f"codexgate-bench-{kind}-"))
     procs = Processes(work)
     try:
-        run_all(args, procs, work, body, report, stream=kind == "sse")
+        run_all(args, procs, work, body, report, stream=streamed, translated=kind == "translated")
     finally:
         procs.stop_all()
         if args.keep_dir:
@@ -1283,6 +1343,11 @@ def kind_label(report: dict[str, Any]) -> str:
     cfg = report["config"]
     if cfg["kind"] == "sse":
         return f"streamed (SSE, {cfg['sse_events']} events per answer; bare proxies with stream_large_bodies=1)"
+    if cfg["kind"] == "translated":
+        return (
+            f"streamed and translated (an Anthropic-shaped upstream, {cfg['sse_events']} events per answer, to "
+            "Responses events; the bare proxies pass the Anthropic stream through, stream_large_bodies=1)"
+        )
     return "not streamed (one JSON answer)"
 
 
@@ -1300,7 +1365,7 @@ def main(argv: list[str] | None = None) -> int:
         print(markdown_report(report))
         for name, acc in report.get("accounting", {}).items():
             print(f"\n{name} accounting lines: {acc['records']} ({acc['forwarded_with_usage']} forwarded with usage)")
-    print("\n## Both kinds\n")
+    print("\n## All kinds\n")
     print(
         "| kind | key ratio (added p50 / mitmdump's) | max req/s codexgate / mitmdump "
         "| chain CPU µs/req over mitmproxy-core | first byte p50 over mitmdump's, ms |"

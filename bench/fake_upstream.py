@@ -1,7 +1,9 @@
 """A fake OpenAI upstream for benchmarks: `POST /v1/responses` answers a small, valid,
 non-streamed Responses API object (with `usage`) at once; with `"stream": true`, a Responses
 event stream of `--sse-events` events (default 50: created, text deltas, completed with the
-usage), each event written on its own, as a provider sends them while it generates.
+usage), each event written on its own, as a provider sends them while it generates. `POST
+/v1/messages` does the same in Anthropic's shape (the upstream of a translated request), with
+the key in `x-api-key`.
 
 Only `Authorization: Bearer $BENCH_UPSTREAM_KEY` is accepted (401 otherwise), so a benchmark
 notices when a gateway forwards the client's virtual key instead of the provider key.
@@ -86,6 +88,40 @@ def sse_events(model: str, number: int, count: int) -> list[bytes]:
     return events
 
 
+def anthropic_message(model: str, number: int) -> dict[str, object]:
+    """A minimal complete Anthropic Messages API `message` (what a translated request is answered)."""
+    return {
+        "id": f"msg_bench{number:012d}", "type": "message", "role": "assistant", "model": model,
+        "content": [{"type": "text", "text": "Hello from the bench upstream."}],
+        "stop_reason": "end_turn", "stop_sequence": None,
+        "usage": {"input_tokens": 12, "output_tokens": 7, "cache_creation_input_tokens": 0,
+                  "cache_read_input_tokens": 0},
+    }  # fmt: skip
+
+
+def anthropic_events(model: str, number: int, count: int) -> list[bytes]:
+    """`count` (>= 6) Anthropic stream events: message_start, a text block of count - 5 deltas,
+    message_delta with the usage, message_stop — each written on its own, as Anthropic sends them."""
+    message = anthropic_message(model, number)
+    start = dict(message, content=[], stop_reason=None, usage={"input_tokens": 12, "output_tokens": 1})
+    events: list[dict[str, object]] = [
+        {"type": "message_start", "message": start},
+        {"type": "content_block_start", "index": 0, "content_block": {"type": "text", "text": ""}},
+    ]
+    events += [{"type": "content_block_delta", "index": 0, "delta": {"type": "text_delta", "text": " token"}}] * (
+        count - 5
+    )
+    events += [
+        {"type": "content_block_stop", "index": 0},
+        {"type": "message_delta", "delta": {"stop_reason": "end_turn", "stop_sequence": None},
+         "usage": {"output_tokens": 7}},
+        {"type": "message_stop"},
+    ]  # fmt: skip
+    return [
+        f"event: {event['type']}\ndata: {json.dumps(event, separators=(',', ':'))}\n\n".encode() for event in events
+    ]
+
+
 def make_app(api_key: str, sse_count: int = 50) -> web.Application:
     expected = f"Bearer {api_key}"
     unauthorized = json.dumps(
@@ -110,11 +146,31 @@ def make_app(api_key: str, sse_count: int = 50) -> web.Application:
         await answer.write_eof()
         return answer
 
+    async def messages(request: web.Request) -> web.StreamResponse:
+        """Anthropic's `POST /v1/messages` (key in `x-api-key`): the upstream of a translated request."""
+        raw = await request.read()
+        if request.headers.get("x-api-key") != api_key:
+            return web.Response(status=401, body=unauthorized, content_type="application/json")
+        try:
+            parsed = json.loads(raw)
+            model, stream = parsed.get("model") or "unknown", parsed.get("stream") is True
+        except (ValueError, AttributeError):
+            model, stream = "unknown", False
+        if not stream:
+            return web.json_response(anthropic_message(str(model), next(_ids)))
+        answer = web.StreamResponse(headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache"})
+        await answer.prepare(request)
+        for chunk in anthropic_events(str(model), next(_ids), max(6, sse_count)):
+            await answer.write(chunk)
+        await answer.write_eof()
+        return answer
+
     async def health(_request: web.Request) -> web.Response:
         return web.Response(text="ok")
 
     app = web.Application(client_max_size=64 * 1024 * 1024)
     app.router.add_post("/v1/responses", responses)
+    app.router.add_post("/v1/messages", messages)
     app.router.add_get("/health", health)
     return app
 

@@ -48,6 +48,8 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any
 
+from codexgate.jsonline import canonical_text
+
 if TYPE_CHECKING:
     from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
@@ -68,12 +70,26 @@ _TAIL_BLOCK = 64 * 1024
 
 
 def canonical(obj: dict[str, Any]) -> bytes:
-    """The one byte form a record is hashed and stored in.
+    """The one byte form a record is hashed and stored in: `json.dumps(obj, sort_keys=True,
+    separators=(",", ":"), ensure_ascii=True, allow_nan=False)`.
 
     ASCII-only so that the bytes do not depend on an encoding choice and a lone surrogate
     cannot make a write fail; no NaN/Infinity, which are not JSON.
     """
-    return json.dumps(obj, sort_keys=True, separators=(",", ":"), ensure_ascii=True, allow_nan=False).encode("ascii")
+    return canonical_text(obj).encode("ascii")
+
+
+def chained_line(stored: dict[str, Any], hmac_key: bytes | None) -> tuple[str, bytes]:
+    """The hash of `stored` (a record with seq and prev, without hash) and its line: the canonical
+    form of the record with its hash, i.e. `canonical(stored | {"hash": ...}) + b"\n"`.
+
+    Encoded once, in two halves around where `hash` sorts: the hashed form is the two halves
+    joined, the line the same with the hash between them (keys sort as Python sorts strings)."""
+    low = canonical_text({name: value for name, value in stored.items() if name < "hash"})[1:-1]
+    high = canonical_text({name: value for name, value in stored.items() if name > "hash"})[1:-1]
+    digest = record_hash(("{" + ",".join(part for part in (low, high) if part) + "}").encode("ascii"), hmac_key)
+    line = "{" + ",".join(part for part in (low, f'"hash":"{digest}"', high) if part) + "}\n"
+    return digest, line.encode("ascii")
 
 
 def record_hash(payload: bytes, hmac_key: bytes | None) -> str:
@@ -399,8 +415,7 @@ class AuditWriter:
         stored = dict(record)
         stored["seq"] = self._seq + 1
         stored["prev"] = self._prev
-        stored["hash"] = record_hash(canonical(stored), self._key)
-        line = canonical(stored) + b"\n"
+        stored["hash"], line = chained_line(stored, self._key)
         if self._torn or (self._size > 0 and self._size + len(line) > self._max_bytes):
             self._open(self._free_number(self._number + 1), new=True)
         self._append(line)
@@ -964,34 +979,13 @@ def _utc_iso(epoch: float) -> str:
     return dt.datetime.fromtimestamp(epoch, dt.UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
-def audit_record(state: GatewayRequest, status: int, body: bytes) -> dict[str, Any]:
-    """What the audit log keeps about one request: who, what was asked, what was served, the cost.
+def audit_record(state: GatewayRequest, status: int, body: bytes, error: str | None = None) -> dict[str, Any]:
+    """What the audit log keeps about one request: who, what was asked, what was served, the cost
+    (`codexgate.records.audit_fields` of the request's one record).
 
     The body is only hashed (so a disputed request can be matched without the log holding
     prompts); no header and no key material is ever copied in, only the key's name.
     """
-    now = time.time()
-    usage = state.usage
-    if usage is None and state.reader is not None:
-        usage = state.reader.usage  # a stream that broke off: what it reported so far
-    return {
-        "time": _utc_iso(now),
-        "ts": round(now, 3),
-        "request_id": state.request_id,
-        "session_id": state.session_id,
-        "mode": state.mode,
-        "endpoint": state.endpoint,
-        "key": state.key.name if state.key is not None else None,
-        "team": state.team,
-        "org": state.org,
-        "model_requested": state.model_requested,
-        "model": state.model,
-        "provider": state.provider,
-        "upstream_model": state.upstream_model,
-        "usage": usage.as_dict() if usage is not None else None,
-        "cost_usd": round(state.cost_usd, 12) if state.cost_usd is not None else None,
-        "charge": state.charge_basis,
-        "status": status,
-        "decision": state.decision,
-        "body_sha256": hashlib.sha256(body or b"").hexdigest(),
-    }
+    from codexgate.records import audit_fields, request_record
+
+    return audit_fields(request_record(state, status, error), hashlib.sha256(body or b"").hexdigest())

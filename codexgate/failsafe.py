@@ -11,7 +11,7 @@ from typing import Any
 from mitmproxy import http
 
 from codexgate.errors import error_response
-from codexgate.flowstate import refuse
+from codexgate.flowstate import Decision, refuse
 
 logger = logging.getLogger("codexgate.failsafe")
 
@@ -24,7 +24,7 @@ def refuse_internal(flow: http.HTTPFlow) -> None:
             error_response(
                 500, "gateway_internal_error", f"codexgate internal error (request {flow.id}); see gateway log"
             ),
-            "internal_error",
+            Decision.INTERNAL_ERROR,
         )
 
 

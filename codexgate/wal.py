@@ -24,6 +24,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from codexgate.jsonline import compact
+
 logger = logging.getLogger(__name__)
 
 FILE_PATTERN = re.compile(r"^forwarded-(?:([a-z][a-z0-9_]{0,31})-)?(\d{6,})\.jsonl$")
@@ -112,7 +114,7 @@ class ForwardLog:
     def append(self, request_id: str, entry: dict[str, Any]) -> None:
         """One line, one write(2): the request is on record once this returns."""
         assert self._fd is not None
-        os.write(self._fd, json.dumps(entry, separators=(",", ":")).encode() + b"\n")
+        os.write(self._fd, (compact(entry) + "\n").encode("ascii"))
         self._segment_of[request_id] = self._number
         self._open_requests[self._number] += 1
         self._entries_in_segment += 1

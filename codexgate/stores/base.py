@@ -80,6 +80,13 @@ class CounterStore(Protocol):
         released, or never made) — so a request is charged at most once."""
         ...
 
+    async def settle_to(self, request_id: str, actual: Amounts, counters: list[Counter], now: float) -> bool:
+        """Like `settle`, for a request answered elsewhere than it reserved (failover to another
+        provider or model): atomically, the reservation leaves every counter it touched and
+        `actual` is added to `counters` (their buckets at `now`) instead, without a room check —
+        the spend happened. False (and no change) if there is no open reservation."""
+        ...
+
     async def release(self, request_id: str) -> bool:
         """Remove the reservation of `request_id` entirely (request refused or never sent)."""
         ...

@@ -167,24 +167,39 @@ class EmbeddedStore:
             )
             return build_admission(counters, amounts, used, None, None)
 
-    def _finish(self, request_id: str, actual: Amounts) -> bool:
+    def _finish(self, request_id: str, actual: Amounts, elsewhere: list[Counter] | None = None) -> bool:
+        """Replaces the reservation by `actual`: in the counters it touched, or (`elsewhere`) in those."""
         with self._transaction("BEGIN IMMEDIATE") as db:
             row = db.execute("SELECT items FROM reservation WHERE request_id = ?", (request_id,)).fetchone()
             if row is None:
                 return False
+            charged = Amounts() if elsewhere is not None else actual
             for counter_id, start, kind, amount in json.loads(row[0]):
                 # (used - reserved) + actual, in the same order as the Redis script. A bucket
                 # pruned meanwhile lies outside every window: nothing to correct there.
                 db.execute(
                     "UPDATE bucket SET used = MAX(used - ? + ?, 0.0) WHERE counter_id = ? AND bucket_start = ?",
-                    (amount, actual.of(kind), counter_id, start),
+                    (amount, charged.of(kind), counter_id, start),
                 )
+            for counter in elsewhere or ():
+                start = float(counter.bucket_start)
+                db.execute(
+                    "INSERT INTO bucket (counter_id, bucket_start, used, expires_at) VALUES (?, ?, ?, ?)"
+                    " ON CONFLICT (counter_id, bucket_start) DO UPDATE"
+                    " SET used = used + excluded.used, expires_at = MAX(expires_at, excluded.expires_at)",
+                    (counter.counter_id, start, actual.of(counter.kind),
+                     start + counter.span_seconds + PRUNE_MARGIN_SECONDS),
+                )  # fmt: skip
             db.execute("DELETE FROM reservation WHERE request_id = ?", (request_id,))
             return True
 
     async def settle(self, request_id: str, actual: Amounts) -> bool:
         check_amounts(actual)
         return self._finish(request_id, actual)
+
+    async def settle_to(self, request_id: str, actual: Amounts, counters: list[Counter], now: float) -> bool:
+        check_request(counters, actual)
+        return self._finish(request_id, actual, counters)
 
     async def release(self, request_id: str) -> bool:
         return self._finish(request_id, Amounts())

@@ -356,8 +356,29 @@ flush()
 return out
 """
 
+_SETTLE_TO_BODY = """
+-- KEYS[1] open-reservation zset, KEYS[2] the reservation, KEYS[3..] the counters to charge instead;
+-- ARGV[1..3] actual usd, requests, tokens, ARGV[4] now; then three per counter: field (bucket
+-- start), kind, expires_at. Returns 1 if the reservation was open (and is settled), else 0.
+local now = tonumber(ARGV[4])
+if finish(KEYS[2], KEYS[1], '0', '0', '0') == 0 then return 0 end
+for i = 3, #KEYS do
+  local b = 4 + 3 * (i - 3)
+  local key, field, kind = KEYS[i], ARGV[b + 1], ARGV[b + 2]
+  local amount = tonumber(kind == 'usd' and ARGV[1] or (kind == 'requests' and ARGV[2] or ARGV[3]))
+  put(key, field, (value(key, field) or 0) + amount)
+end
+flush()
+for i = 3, #KEYS do
+  local ttl = math.max(1000, math.ceil((tonumber(ARGV[4 + 3 * (i - 3) + 3]) - now) * 1000))
+  if call('PTTL', KEYS[i]) < ttl then call('PEXPIRE', KEYS[i], ttl) end
+end
+return 1
+"""
+
 _RESERVE = _COMMON + _RESERVE_BODY
 _FINISH_MANY = _COMMON + _FINISH_MANY_BODY
+_SETTLE_TO = _COMMON + _SETTLE_TO_BODY
 
 _SNAPSHOT = """
 -- KEYS counter hashes; ARGV per counter: lo, hi (bucket starts in (lo, hi] count). Returns used per counter.
@@ -406,6 +427,7 @@ class RedisStore:
         self._link = RedisLink(url, connect_timeout_seconds, read_timeout_seconds)
         self._reserve = _Script(_RESERVE)
         self._finish_many = _Script(_FINISH_MANY)
+        self._settle_to = _Script(_SETTLE_TO)
         self._snapshot = _Script(_SNAPSHOT)
         self._open_key = prefix + "open"
         self._reservation_ttl_ms = str(math.ceil((self.stale_after_seconds + RESERVATION_TTL_MARGIN_SECONDS) * 1000))
@@ -796,6 +818,20 @@ class RedisStore:
     async def settle(self, request_id: str, actual: Amounts) -> bool:
         check_amounts(actual)
         return await self._finish_reservation(request_id, actual)
+
+    async def settle_to(self, request_id: str, actual: Amounts, counters: list[Counter], now: float) -> bool:
+        # Rare (a failed-over request): one round trip of its own rather than riding along.
+        check_request(counters, actual)
+        keys = [self._open_key, self._reservation_key(request_id)]
+        args = [repr(float(actual.usd)), repr(float(actual.requests)), repr(float(actual.tokens)), repr(float(now))]
+        for counter in counters:
+            key, (start, _lo, _span, _limit, kind, expires_at) = self._counter_args(counter)
+            keys.append(key)
+            args += [start, kind, expires_at]
+        out = await self._run("settle", self._settle_to, keys, args)
+        if out not in (0, 1):
+            raise StoreUnavailable(f"counter store {self.url} answered settle with {out!r}")
+        return out == 1
 
     async def release(self, request_id: str) -> bool:
         return await self._finish_reservation(request_id, Amounts())

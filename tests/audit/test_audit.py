@@ -18,10 +18,10 @@ from mitmproxy import exceptions, http
 from mitmproxy.test import taddons, tflow
 
 from codexgate import audit
-from codexgate.addons.audit_log import AUDITED, AuditLog
+from codexgate.addons.audit_log import AuditLog
 from codexgate.addons.policy_source import PolicySource
 from codexgate.audit import GENESIS, AuditWriter, audit_record, canonical, verify, verify_command
-from codexgate.flowstate import METADATA_KEY, GatewayRequest
+from codexgate.flowstate import METADATA_KEY, Decision, GatewayRequest
 from codexgate.policies.keys import hash_key
 from codexgate.policies.loader import CompiledPolicy, parse_policy
 from codexgate.usage import Usage
@@ -500,7 +500,7 @@ def governed_flow(compiled: CompiledPolicy, *, response: bool = True) -> tuple[h
     state.team, state.org, state.session_id = "platform", "acme", "sess-1"
     state.model_requested = state.model = state.upstream_model = "mock-model"
     state.provider = "local"
-    state.decision = "answered"
+    state.decision = Decision.ANSWERED
     state.usage = Usage(input_tokens=11, output_tokens=5)
     state.cost_usd = 0.000021
     state.charge_basis = "actual"
@@ -543,20 +543,20 @@ def test_addon_one_record_per_request_no_secrets(
     source = PolicySource()
     with taddons.context(source, addon) as tctx:
         tctx.configure(source, codexgate_policy=str(path), codexgate_data_dir=str(data_dir))
-        answered, _ = governed_flow(compiled)
+        answered, answered_state = governed_flow(compiled)
         addon.response(answered)
         addon.response(answered)  # hooks that fire twice still make one record
         addon.error(answered)
-        assert answered.metadata[AUDITED] is True
+        assert answered_state.audited is True
 
         broken, state = governed_flow(compiled, response=False)
-        state.decision = "forwarded"
+        state.decision = Decision.FORWARDED
         broken.error = tflow.terr()
         addon.error(broken)
 
         ungoverned = tflow.tflow(resp=True)
         addon.response(ungoverned)
-        assert AUDITED not in ungoverned.metadata
+        assert METADATA_KEY not in ungoverned.metadata
         assert addon.records == 2
 
     audit_dir = data_dir / "audit"

@@ -26,7 +26,7 @@ from codexgate.addons.limits import Limits, counters_for
 from codexgate.addons.policy_source import PolicySource
 from codexgate.addons.write_ahead import WriteAhead
 from codexgate.audit import verify
-from codexgate.flowstate import METADATA_KEY, GatewayRequest
+from codexgate.flowstate import METADATA_KEY, Decision, GatewayRequest
 from codexgate.metrics import GatewayMetrics
 from codexgate.policies.keys import hash_key
 from codexgate.policies.loader import load_policy
@@ -259,7 +259,7 @@ def test_a_request_that_cannot_be_put_on_record_does_not_leave(tmp_path: Path) -
         context.configure(source, codexgate_policy=str(policy), codexgate_data_dir=str(data_dir))
         flow = tflow.tflow()
         state = GatewayRequest(request_id=flow.id, policy=compiled, mode="gateway", endpoint="responses")
-        state.cleared, state.decision = True, "forwarded"
+        state.cleared, state.decision = True, Decision.FORWARDED
         flow.metadata[METADATA_KEY] = state
         log = write_ahead._log
         assert log is not None and log._fd is not None

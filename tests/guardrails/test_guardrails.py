@@ -38,7 +38,7 @@ from mitmproxy import http
 from mitmproxy.test import taddons
 from pydantic import ValidationError
 
-from codexgate.addons.guardrails import ACTION_KEY, FINDINGS_KEY, HEADER, Guardrails
+from codexgate.addons.guardrails import HEADER, Guardrails
 from codexgate.detectors import (
     BUILTIN_DETECTORS,
     CustomRule,
@@ -443,8 +443,8 @@ def test_block_answers_400_naming_rules_and_locations_and_forwards_nothing(caplo
     assert "aws_secret_access_key at input[5].output" in error["message"]
     assert flow.response.headers[HEADER] == "blocked=aws_access_key_id,aws_secret_access_key"
     assert state.decision == "guardrail_blocked" and state.answered_locally
-    assert flow.metadata[FINDINGS_KEY] == ["aws_access_key_id", "aws_secret_access_key"]
-    assert flow.metadata[ACTION_KEY] == "block"
+    assert state_of(flow).guardrail_findings == ["aws_access_key_id", "aws_secret_access_key"]
+    assert state_of(flow).guardrail_action == "block"
     for secret in (AWS_KEY_ID, AWS_SECRET):
         assert secret not in text_of(flow.response) and secret not in caplog.text
     assert "guardrail blocked" in caplog.text
@@ -464,8 +464,8 @@ def test_redact_rewrites_the_forwarded_body_and_marks_the_response() -> None:
         "aws_secret_access_key = [REDACTED:aws_secret_access_key]\n"
     )
     assert state.body["input"][:5] == codex_body()["input"][:5]
-    assert flow.metadata[FINDINGS_KEY] == ["aws_access_key_id", "aws_secret_access_key"]
-    assert flow.metadata[ACTION_KEY] == "redact"
+    assert state_of(flow).guardrail_findings == ["aws_access_key_id", "aws_secret_access_key"]
+    assert state_of(flow).guardrail_action == "redact"
     flow.response = http.Response.make(200, b"data: {}\n\n", {"content-type": "text/event-stream"})
     addon.responseheaders(flow)
     assert flow.response.headers[HEADER] == "redacted=aws_access_key_id,aws_secret_access_key"
@@ -488,8 +488,8 @@ def test_log_passes_unchanged_with_a_line_naming_rule_and_location(caplog: pytes
     run(Guardrails(settings_override=GuardrailSettings()), flow)
     assert flow.response is None
     assert flow.request.content == content and state.body == body
-    assert flow.metadata[FINDINGS_KEY] == ["aws_access_key_id", "aws_secret_access_key"]
-    assert flow.metadata[ACTION_KEY] == "log"
+    assert state_of(flow).guardrail_findings == ["aws_access_key_id", "aws_secret_access_key"]
+    assert state_of(flow).guardrail_action == "log"
     lines = [r.getMessage() for r in caplog.records if r.name == "codexgate.addons.guardrails"]
     assert len(lines) == 2
     assert "aws_access_key_id at input[5].output" in lines[0] and "team platform" in lines[0]
@@ -501,7 +501,7 @@ def test_clean_request_passes_untouched() -> None:
     content = flow.request.content
     run(Guardrails(settings_override=GuardrailSettings(action="block")), flow)
     assert flow.response is None and flow.request.content == content
-    assert FINDINGS_KEY not in flow.metadata and state.decision == "pending"
+    assert not state_of(flow).guardrail_findings and state.decision == "pending"
 
 
 def test_team_action_and_rule_action() -> None:
@@ -518,8 +518,8 @@ def test_team_action_and_rule_action() -> None:
     run(Guardrails(settings_override=settings), flow)
     assert flow.response is None  # platform logs; the custom rule redacts its own finding
     assert state.body is not None and state.body["input"][5]["output"] == f"{AWS_KEY_ID} [REDACTED:codename]"
-    assert flow.metadata[FINDINGS_KEY] == ["aws_access_key_id", "codename"]
-    assert flow.metadata[ACTION_KEY] == "redact"
+    assert state_of(flow).guardrail_findings == ["aws_access_key_id", "codename"]
+    assert state_of(flow).guardrail_action == "redact"
 
 
 def test_chat_completions_request_is_redacted() -> None:
@@ -535,7 +535,7 @@ def test_settings_come_from_the_policy_when_it_has_a_guardrails_section() -> Non
     source = types.SimpleNamespace(current=lambda: compiled)
     flow, _ = governed_flow(leaked_body(), policy=compiled)
     run(Guardrails(source), flow)  # type: ignore[arg-type]
-    assert flow.response is None and FINDINGS_KEY not in flow.metadata
+    assert flow.response is None and not state_of(flow).guardrail_findings
     # With the section (stubbed here), its settings apply.
     with_section = types.SimpleNamespace(policy=types.SimpleNamespace(guardrails=GuardrailSettings(action="block")))
     source = types.SimpleNamespace(current=lambda: with_section)
@@ -603,7 +603,7 @@ def test_registered_detectors_sync_and_async() -> None:
     run(addon, flow)
     assert state.body is not None
     assert state.body["input"][5]["output"] == "[REDACTED:codeword] says hi to [REDACTED:remote_dlp]"
-    assert flow.metadata[FINDINGS_KEY] == ["codeword", "remote_dlp"]
+    assert state_of(flow).guardrail_findings == ["codeword", "remote_dlp"]
     assert dlp.calls == len(list(texts(codex_body())))
     with pytest.raises(TypeError):
         addon.register(object())  # type: ignore[arg-type]
@@ -633,4 +633,4 @@ def test_cache_is_reused_across_turns_and_dropped_with_new_settings() -> None:
     addon._override = GuardrailSettings(action="redact", detectors=["email"])
     flow, state = governed_flow(leaked_body())
     run(addon, flow)
-    assert FINDINGS_KEY not in flow.metadata  # the old results were not reused
+    assert not state_of(flow).guardrail_findings  # the old results were not reused

@@ -234,6 +234,28 @@ def test_settle_twice_charges_once(backend: Backend) -> None:
     run(backend, body)
 
 
+def test_settle_to_charges_the_counters_that_answered_instead(backend: Backend) -> None:
+    """A failed-over request: the reservation leaves the first choice's counters, the actual goes to
+    the answering provider's (past its limit if need be: the spend happened), shared levels net out."""
+    key, first, second = usd("key:alice/usd/1d"), usd("provider:first/usd/1d"), usd("provider:second/usd/1d", limit=1)
+    tokens = tokens_per_day("provider:second/tokens/1d")
+
+    async def body(store: CounterStore) -> None:
+        assert (await store.reserve("r1", [key, first], Amounts(usd=5, requests=1, tokens=500), T + 1)).admitted
+        assert await store.settle_to("r1", Amounts(usd=2.5, requests=1, tokens=40), [key, second, tokens], T + 2)
+        assert await used(store, [key, first, second, tokens]) == [2.5, 0, 2.5, 40]
+        # Once: neither settle_to, settle nor release changes anything again.
+        assert await store.settle_to("r1", Amounts(usd=9), [key, second], T + 3) is False
+        assert await store.settle("r1", Amounts(usd=9)) is False
+        assert await store.release("r1") is False
+        assert await store.settle_to("never-reserved", Amounts(usd=9), [second], T + 3) is False
+        assert await used(store, [key, first, second, tokens]) == [2.5, 0, 2.5, 40]
+        refused = await store.reserve("r2", [key, second], Amounts(usd=0.1), T + 4)
+        assert summary(refused)[:2] == (False, "provider:second/usd/1d")
+
+    run(backend, body)
+
+
 def test_release_removes_the_reservation(backend: Backend) -> None:
     budget = usd(limit=10)
 

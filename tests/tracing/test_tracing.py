@@ -18,7 +18,7 @@ from opentelemetry.proto.trace.v1.trace_pb2 import Span, Status
 
 from codexgate.addons.identify import CLIENT_CREDENTIALS_KEY
 from codexgate.addons.tracing import NO_ATTEMPT, TraceEnd, Tracing
-from codexgate.flowstate import METADATA_KEY, GatewayRequest, refuse
+from codexgate.flowstate import METADATA_KEY, Decision, GatewayRequest, refuse
 from codexgate.policies.keys import hash_key
 from codexgate.policies.loader import CompiledPolicy, load_policy
 from codexgate.usage import Usage
@@ -150,7 +150,7 @@ def admit_and_route(flow: http.HTTPFlow, state: GatewayRequest, body: dict[str, 
     flow.request.url = "https://upstream.example.net:8443/openai/v1/responses"
     flow.request.headers["authorization"] = f"Bearer {UPSTREAM_SECRET}"
     state.cleared = True
-    state.decision = "forwarded"
+    state.decision = Decision.FORWARDED
 
 
 def answer(flow: http.HTTPFlow, state: GatewayRequest, status: int = 200, content: bytes = b"") -> None:
@@ -266,7 +266,7 @@ def test_refusal_is_an_error_span_without_attempt(traced, collector, compiled):
     state.key = state.policy.keys_by_hash[hash_key(VIRTUAL_KEY)]
     state.team, state.org = "platform", "acme"
     state.model_requested = "gpt-5.5"
-    refuse(flow, http.Response.make(429, b'{"error": {}}', {"content-type": "application/json"}), "rate_limited")
+    refuse(flow, http.Response.make(429, b'{"error": {}}', {"content-type": "application/json"}), Decision.RATE_LIMITED)
     traced.end.request(flow)
     traced.end.response(flow)
     traced.tracing.done()
@@ -290,7 +290,7 @@ def test_upstream_failure_marks_span_and_attempt(traced, collector, compiled):
     admit_and_route(flow, state, request_body())
     traced.end.request(flow)
     flow.error = tflow.terr("Server disconnected.")
-    state.decision = "upstream_error"  # as Accounting's error hook leaves it
+    state.decision = Decision.UPSTREAM_ERROR  # as Accounting's error hook leaves it
     traced.end.error(flow)
     traced.tracing.done()
 
@@ -311,7 +311,7 @@ def test_client_disconnect_is_not_an_upstream_error(traced, collector, compiled)
     admit_and_route(flow, state, request_body())
     traced.end.request(flow)
     flow.error = tflow.terr("Client disconnected.")
-    state.decision = "client_disconnected"  # as Charge.error leaves it when the client left
+    state.decision = Decision.CLIENT_DISCONNECTED  # as Charge.error leaves it when the client left
     traced.end.error(flow)
     traced.tracing.done()
 
@@ -345,7 +345,7 @@ def test_locally_answered_request_has_no_attempt(traced, collector, compiled):
     traced.tracing.requestheaders(flow)
     state.model_requested = state.model = "mock-model"
     state.provider = "local"
-    state.decision = "answered"
+    state.decision = Decision.ANSWERED
     state.answered_locally = True
     flow.response = http.Response.make(200, b"{}", {"content-type": "application/json"})
     traced.end.request(flow)

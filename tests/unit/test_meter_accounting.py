@@ -17,6 +17,7 @@ from codexgate.addons.accounting import ACCOUNTING_FILE, Accounting
 from codexgate.addons.limits import Charge, Limits, Metering
 from codexgate.addons.meter import Meter
 from codexgate.addons.policy_source import PolicySource
+from codexgate.flowstate import Decision
 from codexgate.metrics import GatewayMetrics
 from codexgate.policies.schema import Price
 from codexgate.pricing import PriceSource
@@ -145,7 +146,7 @@ def test_one_line_per_governed_request(accounting, compiled, tmp_path):
     state.session_id = "sess-1"
     state.provider = "openai"
     state.upstream_model = "gpt-5.5-2026-01-01"
-    state.decision = "forwarded"
+    state.decision = Decision.FORWARDED
     state.usage = EXPECTED
     flow.response = http.Response.make(200, b"{}", {"content-type": "application/json"})
     accounting.responseheaders(flow)
@@ -176,7 +177,7 @@ def test_one_line_per_governed_request(accounting, compiled, tmp_path):
 def test_refusal_and_upstream_error_recorded(accounting, compiled, tmp_path):
     refused = make_flow(body={"model": "o9-secret"})
     state = governed(refused, compiled, key="alice", body={"model": "o9-secret"})
-    state.decision = "model_not_allowed"
+    state.decision = Decision.MODEL_NOT_ALLOWED
     refused.response = http.Response.make(403, b"{}")
     accounting.responseheaders(refused)
     assert refused.response.headers["x-codexgate-decision"] == "refused"
@@ -184,7 +185,7 @@ def test_refusal_and_upstream_error_recorded(accounting, compiled, tmp_path):
 
     failed = make_flow(body={"model": "gpt-5.5"})
     state = governed(failed, compiled, key="alice", body={"model": "gpt-5.5"}, model="gpt-5.5")
-    state.decision = "forwarded"
+    state.decision = Decision.FORWARDED
     failed.error = flow_module.Error("connection reset")
     accounting.error(failed)
     accounting.error(failed)
@@ -215,7 +216,7 @@ def test_client_disconnect_is_its_own_outcome(accounting, compiled, tmp_path):
     def leaving(with_answer: bool):
         flow = make_flow(body={"model": "gpt-5.5", "stream": True})
         state = governed(flow, compiled, key="alice", body={"model": "gpt-5.5", "stream": True}, model="gpt-5.5")
-        state.decision = "forwarded"
+        state.decision = Decision.FORWARDED
         state.metering = Metering(price=price, estimate=Amounts(usd=0.5, requests=1), counters=[])
         if with_answer:
             flow.response = sse_response()

@@ -1,0 +1,210 @@
+"""CPU per request of codexgate's whole chain, in process: the per-request cost over mitmproxy's core.
+
+`bench_overhead.py` measures the chain end to end (codexgate minus `mitmproxy-core`, same run); on
+the shared 2-core machine that difference moves by hundreds of µs from run to run. This script
+measures the chain itself: the real default chain (`addons.chain(shown=False)`: SecretMask and the
+Pipeline of every step, embedded store, accounting, audit with its group commit, write-ahead log,
+metrics), configured as `codexgate up` configures it (data dir, policy with a virtual key), called
+as mitmproxy calls it for one request and its answer — requestheaders, request, responseheaders,
+the stream callable fed a 50-event Responses stream chunk by chunk (streamed kind), response —
+on real flows inside a running event loop. CPU by `time.thread_time` around the hooks only (flows
+and answers are made before the clock starts), so other processes add noise, not their own time.
+The group commit's fsyncs run in worker threads, which thread time does not count, as in the
+gateway (they are off the event loop there too).
+
+    .venv/bin/python bench/bench_chain_cpu.py                       # both kinds, 7 batches of 300
+    .venv/bin/python bench/bench_chain_cpu.py --kinds sse --profile /tmp/chain.prof
+    .venv/bin/python bench/bench_chain_cpu.py --limits              # + budgets and rate limits
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import cProfile
+import json
+import os
+import pstats
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+from mitmproxy import http
+from mitmproxy.proxy.mode_specs import ProxyMode
+from mitmproxy.test import taddons, tflow
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from fake_upstream import response_body, sse_events  # noqa: E402
+
+from codexgate.policies.keys import hash_key  # noqa: E402
+
+MODEL = "gpt-bench"
+VIRTUAL_KEY = "sk-cg-bench-000000000000000000000000000000"
+UPSTREAM_ENV = "BENCH_CHAIN_UPSTREAM_KEY"
+
+
+def policy_yaml(limits: bool) -> str:
+    org = team = ""
+    if limits:
+        org = ", budgets: [{limit_usd: 1000000, period: 1M}]"
+        team = ", budgets: [{limit_usd: 1000000, period: 1d}], rate_limits: [{requests: 100000000, per: 1m}]"
+    return f"""
+gateway:
+  intercept_hosts: [api.openai.com]
+providers:
+  openai:
+    kind: openai
+    base_url: http://127.0.0.1:9/v1
+    keys: [{{value: "env:{UPSTREAM_ENV}"}}]
+models:
+  {MODEL}:
+    routes: [{{provider: openai}}]
+    price: {{input_per_mtok: 1.25, output_per_mtok: 10.0, cached_input_per_mtok: 0.125}}
+orgs:
+  bench: {{description: Benchmark{org}}}
+teams:
+  bench: {{org: bench{team}}}
+keys:
+  - {{name: bench, team: bench, hash: {hash_key(VIRTUAL_KEY)}}}
+"""
+
+
+def make_flow(stream: bool) -> http.HTTPFlow:
+    flow = tflow.tflow()
+    flow.client_conn.proxy_mode = ProxyMode.parse("reverse:http://127.0.0.1:9@4000")
+    body = json.dumps({"model": MODEL, "input": "Say hello.", "stream": stream}).encode()
+    headers: dict[str | bytes, str | bytes] = {
+        "content-type": "application/json", "authorization": f"Bearer {VIRTUAL_KEY}",
+        "user-agent": "codex_cli_rs/0.169", "session-id": "bench", "originator": "codex_cli_rs",
+    }  # fmt: skip
+    if stream:
+        headers["accept"] = "text/event-stream"
+    flow.request = http.Request.make("POST", "http://127.0.0.1:4000/v1/responses", body, headers)
+    flow.request.timestamp_start = flow.request.timestamp_end = time.time()
+    return flow
+
+
+def make_answer(stream: bool, number: int) -> tuple[http.Response, list[bytes]]:
+    if stream:
+        response = http.Response.make(200, b"", {"content-type": "text/event-stream"})
+        response.content = None  # a streamed body: mitmproxy sets no content until the end
+        return response, sse_events(MODEL, number, 50)
+    return http.Response.make(200, response_body(MODEL, number), {"content-type": "application/json"}), []
+
+
+async def one_request(addons: list[Any], flow: http.HTTPFlow, answer: http.Response, chunks: list[bytes]) -> None:
+    """The hooks mitmproxy calls for one request and its answer, on every addon of the chain."""
+    for hook in ("requestheaders", "request"):
+        for addon in addons:
+            function = getattr(addon, hook, None)
+            if function is not None:
+                result = function(flow)
+                if asyncio.iscoroutine(result):
+                    await result
+    if flow.response is not None:
+        raise RuntimeError(f"the chain answered the request itself: {flow.response.status_code} {flow.response.text}")
+    flow.response = answer
+    for addon in addons:
+        function = getattr(addon, "responseheaders", None)
+        if function is not None:
+            result = function(flow)
+            if asyncio.iscoroutine(result):
+                await result
+    stream = flow.response.stream
+    if chunks:
+        if not callable(stream):
+            raise RuntimeError("the chain did not set a stream callable for an SSE answer")
+        for chunk in chunks:
+            stream(chunk)
+        stream(b"")
+        flow.response.content = b"".join(chunks)  # what mitmproxy leaves after streaming? (unused by the chain)
+    for addon in addons:
+        function = getattr(addon, "response", None)
+        if function is not None:
+            result = function(flow)
+            if asyncio.iscoroutine(result):
+                await result
+
+
+async def measure(args: argparse.Namespace) -> dict[str, list[float]]:
+    from codexgate.addons import chain
+
+    results: dict[str, list[float]] = {kind: [] for kind in args.kinds}
+    os.environ[UPSTREAM_ENV] = "sk-bench-upstream"
+    with tempfile.TemporaryDirectory() as work:
+        policy_file = Path(work) / "policy.yaml"
+        policy_file.write_text(policy_yaml(args.limits))
+        data_dir = Path(work) / "data"
+        data_dir.mkdir(mode=0o700)
+        addons = chain(shown=False)
+        with taddons.context(*addons) as tctx:
+            tctx.options.update(codexgate_policy=str(policy_file), codexgate_data_dir=str(data_dir))
+            for addon in addons:
+                running = getattr(addon, "running", None)
+                if running is not None:
+                    result = running()
+                    if asyncio.iscoroutine(result):
+                        await result
+            number = 0
+            profiler = cProfile.Profile() if args.profile else None
+            for batch in range(args.batches + 1):  # the first batch warms up, unreported
+                for kind in args.kinds:
+                    stream = kind == "sse"
+                    flows = [make_flow(stream) for _ in range(args.per_batch)]
+                    answers = []
+                    for _ in range(args.per_batch):
+                        number += 1
+                        answers.append(make_answer(stream, number))
+                    if profiler is not None and batch > 0:
+                        profiler.enable()
+                    start = time.thread_time_ns()
+                    for flow, (answer, chunks) in zip(flows, answers, strict=True):
+                        await one_request(addons, flow, answer, chunks)
+                    elapsed = time.thread_time_ns() - start
+                    if profiler is not None:
+                        profiler.disable()
+                    if batch > 0:
+                        results[kind].append(elapsed / args.per_batch / 1000)
+                    await asyncio.sleep(0.06)  # lets the group commits and deferred settlements run
+            for addon in reversed(addons):
+                done = getattr(addon, "done", None)
+                if done is not None:
+                    result = done()
+                    if asyncio.iscoroutine(result):
+                        await result
+            lines = (data_dir / "accounting.jsonl").read_text().splitlines()
+            expected = (args.batches + 1) * args.per_batch * len(args.kinds)
+            if len(lines) != expected or any('"decision":"forwarded"' not in line for line in lines):
+                raise RuntimeError(f"expected {expected} forwarded accounting lines, found {len(lines)}")
+            if profiler is not None:
+                profiler.dump_stats(args.profile)
+                pstats.Stats(profiler).sort_stats("tottime").print_stats(args.profile_lines)
+    return results
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
+    parser.add_argument("--kinds", default="sse,json", help="sse (50 events per answer) and/or json")
+    parser.add_argument("--batches", type=int, default=7, help="measured batches per kind (interleaved)")
+    parser.add_argument("--per-batch", type=int, default=300, help="requests per batch")
+    parser.add_argument("--limits", action="store_true", help="a policy with budgets and rate limits (store path)")
+    parser.add_argument("--profile", metavar="FILE", help="cProfile the measured batches into FILE and print the top")
+    parser.add_argument("--profile-lines", type=int, default=45)
+    args = parser.parse_args()
+    args.kinds = [kind.strip() for kind in args.kinds.split(",") if kind.strip()]
+    results = asyncio.run(measure(args))
+    for kind, values in results.items():
+        ordered = sorted(values)
+        print(
+            f"{kind}: chain CPU per request {statistics.median(ordered):.0f} µs (median of {len(ordered)} batches of "
+            f"{args.per_batch}; min {ordered[0]:.0f}, max {ordered[-1]:.0f})"
+            + (" [cProfile on: inflated]" if args.profile else "")
+        )
+
+
+if __name__ == "__main__":
+    main()

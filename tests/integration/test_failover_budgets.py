@@ -1,0 +1,104 @@
+"""Per-provider budgets of a failed-over request: charged to the provider (and model) that answered,
+at its price — not to the first choice the request was admitted for.
+
+A real gateway process, two fake OpenAI upstreams (the first answers 429 or 500, the second
+answers), soft per-provider budgets, the embedded store read from its file."""
+
+from __future__ import annotations
+
+import sqlite3
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import openai
+import pytest
+from fakes.gateway import ALICE_KEY, Gateway, free_port
+from fakes.openai_upstream import FakeOpenAI
+
+from codexgate.policies.keys import hash_key
+
+FIRST_PRICE = (1.0, 8.0)  # $ per million input / output tokens
+SECOND_PRICE = (2.0, 16.0)
+LIMIT_USD = 0.0001  # one answer of the second model (11 in, 7 out: $0.000134) takes its provider past it
+
+
+@pytest.fixture
+def upstreams() -> Iterator[dict[str, FakeOpenAI]]:
+    fakes = {name: FakeOpenAI().start() for name in ("first", "second")}
+    yield fakes
+    for fake in fakes.values():
+        fake.stop()
+
+
+@pytest.fixture
+def gateway(tmp_path: Path, upstreams: dict[str, FakeOpenAI]) -> Iterator[Gateway]:
+    policy = tmp_path / "policy.yaml"
+    key = '[{value: "env:CG_TEST_UPSTREAM_KEY"}]'
+    budget = f"budgets: [{{limit_usd: {LIMIT_USD}, period: 1M, hard: false}}]"
+    policy.write_text(
+        f"""\
+gateway: {{resilience: {{cooldown_seconds: 0}}}}
+providers:
+  first: {{kind: openai, base_url: "{upstreams["first"].url}", keys: {key}, {budget}}}
+  second: {{kind: openai, base_url: "{upstreams["second"].url}", keys: {key}, {budget}}}
+models:
+  gpt-first:
+    routes: [{{provider: first}}]
+    fallbacks: [gpt-second]
+    output_allowance: 1
+    price: {{input_per_mtok: {FIRST_PRICE[0]}, output_per_mtok: {FIRST_PRICE[1]}}}
+  gpt-second:
+    routes: [{{provider: second}}]
+    output_allowance: 1
+    price: {{input_per_mtok: {SECOND_PRICE[0]}, output_per_mtok: {SECOND_PRICE[1]}}}
+teams: {{platform: {{org: acme}}}}
+keys:
+  - {{name: alice, team: platform, hash: "{hash_key(ALICE_KEY)}"}}
+"""
+    )
+    gateway = Gateway(policy, tmp_path / "data")
+    gateway.metrics_port = free_port()
+    gateway.start()
+    yield gateway
+    gateway.stop()
+
+
+def spent(data_dir: Path, request_id: str) -> dict[str, float]:
+    """USD per provider counter in the embedded store, once the request's settlement has landed."""
+    deadline = time.monotonic() + 15
+    with sqlite3.connect(f"file:{data_dir / 'counters.sqlite3'}?mode=ro", uri=True) as db:
+        while db.execute("SELECT 1 FROM reservation WHERE request_id = ?", (request_id,)).fetchone():
+            assert time.monotonic() < deadline, "the request's reservation was never settled"
+            time.sleep(0.02)
+        rows = db.execute("SELECT counter_id, SUM(used) FROM bucket WHERE counter_id LIKE 'provider:%/usd/%'"
+                          " GROUP BY counter_id").fetchall()  # fmt: skip
+    return {counter_id.split("/")[0]: used for counter_id, used in rows}
+
+
+@pytest.mark.parametrize("status", [429, 500])
+def test_a_failed_over_request_is_charged_to_the_provider_that_answered(
+    gateway: Gateway, upstreams: dict[str, FakeOpenAI], status: int
+) -> None:
+    client = openai.OpenAI(api_key=ALICE_KEY, base_url=gateway.base_url, max_retries=0, timeout=30)
+    upstreams["first"].failures.append((status, {}))
+    raw = client.responses.with_raw_response.create(model="gpt-first", input="hello", extra_headers={"session-id": "a"})
+    assert raw.http_response.status_code == 200
+    assert raw.headers["x-codexgate-provider"] == "second"
+    assert (len(upstreams["first"].received), len(upstreams["second"].received)) == (1, 1)
+    (record,) = gateway.wait_accounting(lambda line: line["session_id"] == "a")
+    assert record["provider"] == "second" and record["charge"] == "actual"
+    second_cost = (11 * SECOND_PRICE[0] + 7 * SECOND_PRICE[1]) / 1e6
+    assert record["cost_usd"] == pytest.approx(second_cost)  # the answering model's price
+
+    counters = spent(gateway.data_dir, record["request_id"])
+    assert counters.get("provider:second") == pytest.approx(second_cost)
+    assert counters.get("provider:first", 0.0) == pytest.approx(0.0)
+
+    # The second provider's budget is spent (the next request for it is refused); the first one's is not.
+    with pytest.raises(openai.APIStatusError) as refused:
+        client.responses.create(model="gpt-second", input="hello", extra_headers={"session-id": "b"})
+    assert refused.value.status_code == 402
+    assert "provider second" in refused.value.message
+    served = client.responses.with_raw_response.create(model="gpt-first", input="hi", extra_headers={"session-id": "c"})
+    assert served.http_response.status_code == 200 and served.headers["x-codexgate-provider"] == "first"
