@@ -357,19 +357,23 @@ return out
 """
 
 _SETTLE_TO_BODY = """
--- KEYS[1] open-reservation zset, KEYS[2] the reservation, KEYS[3..] the counters to charge instead;
--- ARGV[1..3] actual usd, requests, tokens, ARGV[4] now; then three per counter: field (bucket
--- start), kind, expires_at. Returns 1 if the reservation was open (and is settled), else 0.
+-- KEYS[1] open-reservation zset, KEYS[2] the reservation, KEYS[3..n+2] the counters to charge
+-- instead, then the counter hashes the reservation holds (declared only, see the module docstring);
+-- ARGV[1..3] actual usd, requests, tokens, ARGV[4] now; then three per counter to charge: field
+-- (bucket start), kind, expires_at. Returns 1 if the reservation was open (and is settled), 0 if
+-- not, -1 if its record names counters not declared (nothing written: read them, call again).
 local now = tonumber(ARGV[4])
-if finish(KEYS[2], KEYS[1], '0', '0', '0') == 0 then return 0 end
-for i = 3, #KEYS do
+local n = (#ARGV - 4) / 3
+local finished = finish(KEYS[2], KEYS[1], '0', '0', '0')
+if finished ~= 1 then return finished end
+for i = 3, n + 2 do
   local b = 4 + 3 * (i - 3)
   local key, field, kind = KEYS[i], ARGV[b + 1], ARGV[b + 2]
   local amount = tonumber(kind == 'usd' and ARGV[1] or (kind == 'requests' and ARGV[2] or ARGV[3]))
   put(key, field, (value(key, field) or 0) + amount)
 end
 flush()
-for i = 3, #KEYS do
+for i = 3, n + 2 do
   local ttl = math.max(1000, math.ceil((tonumber(ARGV[4 + 3 * (i - 3) + 3]) - now) * 1000))
   if call('PTTL', KEYS[i]) < ttl then call('PEXPIRE', KEYS[i], ttl) end
 end
@@ -822,16 +826,30 @@ class RedisStore:
     async def settle_to(self, request_id: str, actual: Amounts, counters: list[Counter], now: float) -> bool:
         # Rare (a failed-over request): one round trip of its own rather than riding along.
         check_request(counters, actual)
-        keys = [self._open_key, self._reservation_key(request_id)]
+        reservation_key = self._reservation_key(request_id)
+        keys = [self._open_key, reservation_key]
         args = [repr(float(actual.usd)), repr(float(actual.requests)), repr(float(actual.tokens)), repr(float(now))]
         for counter in counters:
             key, (start, _lo, _span, _limit, kind, expires_at) = self._counter_args(counter)
             keys.append(key)
             args += [start, kind, expires_at]
-        out = await self._run("settle", self._settle_to, keys, args)
-        if out not in (0, 1):
-            raise StoreUnavailable(f"counter store {self.url} answered settle with {out!r}")
-        return out == 1
+        held = self._keys_of_reservation.get(reservation_key)
+        for attempt in range(2):
+            # Every key the script touches is declared (Redis Cluster): the reservation's own
+            # counters too, remembered at reserve or read from its record (another process made it).
+            declared = keys + [key for key in dict.fromkeys(held or ()) if key not in keys]
+            out = await self._run("settle", self._settle_to, declared, args)
+            if out in (0, 1):
+                self._keys_of_reservation.pop(reservation_key, None)
+                return bool(out == 1)
+            if out != -1 or attempt:
+                break
+            try:
+                record = await self._link.call("GET", reservation_key)
+                held = tuple(json.loads(record)[0::4]) if record else ()
+            except (LinkError, ReplyError, OSError, TimeoutError, TypeError, ValueError) as exc:
+                raise StoreUnavailable(f"counter store {self.url} unavailable during settle: {exc}") from exc
+        raise StoreUnavailable(f"counter store {self.url} answered settle with {out!r}")
 
     async def release(self, request_id: str) -> bool:
         return await self._finish_reservation(request_id, Amounts())

@@ -288,6 +288,38 @@ def test_a_store_that_did_not_make_a_reservation_settles_it_with_its_keys_declar
     assert used == [0.25, 0.25]
 
 
+def test_a_failed_over_settlement_by_another_process_declares_the_reservations_keys(
+    cluster: RedisCluster, tmp_path: Path
+) -> None:
+    """`settle_to` (a failed-over request charged to the provider that answered) of a reservation
+    another process made: the store reads the record's counters and declares them, so the first
+    choice's reservation is released (not left charged at its estimate) and the answering
+    provider's counter charged, once."""
+    now = time.time()
+    prefix = _prefix()
+    key = _counter(now, "key:alice/usd/1d")
+    first_choice, answering = _counter(now, "provider:first/usd/1d"), _counter(now, "provider:second/usd/1d")
+
+    async def main() -> tuple[bool, bool, list[float]]:
+        first = _store(cluster, prefix)
+        try:
+            assert (await first.reserve("r1", [key, first_choice], ESTIMATE, now)).admitted
+        finally:
+            await first.close()
+        second = _store(cluster, prefix)
+        try:
+            settled = await second.settle_to("r1", ACTUAL, [key, answering], now)
+            again = await second.settle_to("r1", ACTUAL, [key, answering], now)
+            states = await second.snapshot([key, first_choice, answering], now)
+            return settled, again, [state.used for state in states]
+        finally:
+            await second.close()
+
+    settled, again, used = asyncio.run(main())
+    assert (settled, again) == (True, False)
+    assert used == [ACTUAL.usd, 0, ACTUAL.usd]
+
+
 def test_a_batch_of_settlements_is_all_or_nothing_when_one_counter_has_moved(
     cluster: RedisCluster, tmp_path: Path
 ) -> None:
