@@ -12,7 +12,8 @@ and adds what the addon API cannot express:
 - **Why an upstream failed** (`HttpStream.handle_protocol_error`): a failure on the server side
   is classified into `flow.metadata[UPSTREAM_FAILURE]` before the `error` hook runs (addons
   read it there), and a stream that breaks after its headers gets the API's own failure event
-  (`response.failed`) written before mitmproxy closes the connection.
+  (`response.failed`) written, and the answer then ends cleanly (`_end_after_failure_event`)
+  instead of mitmproxy cutting the client's connection.
 - **A refused request's body is read, not kept** (`HttpStream.state_consume_request_body`):
   once `requestheaders` answered a request (no key, too large, ...), its body is discarded as
   it arrives instead of being buffered for a `request` hook that has nothing to do with it.
@@ -31,12 +32,13 @@ import logging
 from collections.abc import Callable, Generator
 from typing import Any
 
+from mitmproxy import flow as mitmproxy_flow
 from mitmproxy import http
 from mitmproxy.net.http import http1
 from mitmproxy.proxy import commands, events
 from mitmproxy.proxy.layers import http as http_layer
 from mitmproxy.proxy.layers.http import _http1, _http2, _http3
-from mitmproxy.proxy.layers.http._events import ErrorCode, ResponseData, ResponseProtocolError
+from mitmproxy.proxy.layers.http._events import ErrorCode, ResponseData, ResponseEndOfMessage, ResponseProtocolError
 
 from codexgate.bounded import clip
 from codexgate.errors import error_body
@@ -168,11 +170,32 @@ def _patched_handle_protocol_error(original: Callable[..., Any]) -> Callable[...
                     data = b""
                 if data:
                     yield http_layer.SendHttp(ResponseData(self.stream_id, data), self.context.client)
+                    return (yield from _end_after_failure_event(self, marked(failure.status, failure.code,
+                                                                             failure.message)))  # fmt: skip
             event = ResponseProtocolError(event.stream_id, marked(failure.status, failure.code, failure.message),
                                           event.code)  # fmt: skip
         return (yield from original(self, event))
 
     return handle_protocol_error
+
+
+def _end_after_failure_event(stream: Any, message: str) -> Generator[Any, Any, None]:
+    """The client's answer ends cleanly after its failure event (the last chunk of a chunked
+    HTTP/1 body, END_STREAM on HTTP/2): the stream said how it ended, so the client reads a whole
+    answer instead of a cut connection (SDKs raise on a cut and drop what they read). Otherwise
+    what mitmproxy's `handle_protocol_error` does for a broken server side: the flow's error, the
+    `error` hook (accounting, audit), the stream dropped — without its ResponseProtocolError to
+    the client, which would close the connection after the complete answer."""
+    flow: http.HTTPFlow = stream.flow
+    yield http_layer.SendHttp(ResponseEndOfMessage(stream.stream_id), stream.context.client)
+    flow.error = mitmproxy_flow.Error(message)
+    yield http_layer.HttpErrorHook(flow)
+    if (yield from stream.check_killed(False)):
+        return
+    stream.server_state = stream.state_errored
+    stream.client_state = stream.state_done
+    flow.live = False
+    yield http_layer.DropStream(stream.stream_id)
 
 
 def _patched_consume_request_body(original: Callable[..., Any]) -> Callable[..., Any]:

@@ -119,12 +119,6 @@ def test_bedrock_api_key_and_a_chat_completions_client(
     assert "x-amz-date" not in received.headers and up.invalid == []
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=openai.APIConnectionError,
-    reason="issue 15 gap, in the addons (not the family): an upstream connection aborted mid-stream "
-    "cuts the client's connection instead of ending in response.failed",
-)
 def test_an_aborted_bedrock_stream_ends_in_response_failed(
     gateway: Gateway, runtimes: dict[str, bedrock_fake.FakeBedrock]
 ) -> None:

@@ -130,12 +130,6 @@ def test_a_failing_token_endpoint_is_a_503_with_a_log_line_and_a_metric(
     assert sum(refusals) >= 1
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="open: for Gemini, Anthropic, Bedrock and Chat hosts a provider connection dropped mid-stream ends in "
-    "the translator's response.failed (tests/integration/test_broken_streams.py); through Vertex AI after the first "
-    "chunk the client connection is still cut — cause not yet found",
-)
 def test_an_upstream_connection_dropped_mid_stream_ends_in_response_failed(
     gateway: Gateway, vertex_fake: FakeVertex
 ) -> None:

@@ -172,11 +172,8 @@ def _stream_text(gateway: Gateway, model: str, session: str) -> str:
         timeout=30,
     ) as response:
         assert response.status_code == 200
-        chunks = []
-        with contextlib.suppress(httpx.HTTPError):  # the connection ends without a clean end of stream
-            for chunk in response.iter_text():
-                chunks.append(chunk)
-    return "".join(chunks)
+        # After its response.failed the answer ends cleanly: reading it to the end raises nothing.
+        return "".join(response.iter_text())
 
 
 def _failed_event(text: str) -> dict:
@@ -223,3 +220,23 @@ def test_http2_client_through_the_proxy_gets_json_too(bounded: Gateway) -> None:
     assert answer.status_code == 502
     assert answer.headers["content-type"] == "application/json"
     assert error_of(answer)["code"] == "upstream_unavailable"
+
+
+def test_cut_stream_to_an_http2_client_in_proxy_mode_ends_cleanly_after_response_failed(bounded: Gateway) -> None:
+    """HTTP/2 (Codex in proxy mode may negotiate it): the failure event, then END_STREAM — not a
+    reset stream the client would report as a transport error."""
+    context = ssl.create_default_context(cafile=str(bounded.ca_cert))
+    with (
+        httpx.Client(proxy=bounded.proxy_url, verify=context, http2=True, timeout=30) as client,
+        client.stream(
+            "POST",
+            "https://api.openai.com/v1/responses",
+            json={"model": "m-cut", "input": "hello", "stream": True},
+            headers={"authorization": f"Bearer {ALICE_KEY}", "session-id": "m-cut-h2"},
+        ) as response,
+    ):
+        assert response.http_version == "HTTP/2" and response.status_code == 200
+        text = "".join(response.iter_text())
+    assert '"n":0' in text
+    assert "broke off" in _failed_event(text)["response"]["error"]["message"]
+    assert len(bounded.wait_accounting(lambda r: r["session_id"] == "m-cut-h2")) == 1
