@@ -162,7 +162,7 @@ def _patched_handle_protocol_error(original: Callable[..., Any]) -> Callable[...
                 and flow.response.stream
                 and self.client_state != self.state_errored
             ):
-                # The stream's own failure event goes out before mitmproxy closes the connection.
+                # The stream's own failure event, then a clean end of the answer (not a cut connection).
                 try:
                     data = failed_event(flow, failure.message)
                 except Exception:
