@@ -99,11 +99,18 @@ def test_failing_deployment_cools_down_and_comes_back(ha_gateway: Gateway, upstr
     primary, backup = upstreams["primary"], upstreams["backup"]
     time.sleep(1.6)
     primary.failures.append((503, {}))
+    tripped_by = time.monotonic()  # the primary fails after this instant: its 1.5 s cooldown ends later
     sdk(ha_gateway).responses.create(model="gpt-ha", input="trip the primary")
     during = len(primary.received)
+    checked = 0
     for _ in range(3):  # while it cools down the primary receives nothing
         sdk(ha_gateway).responses.create(model="gpt-ha", input="during cooldown")
-    assert len(primary.received) == during
+        if time.monotonic() - tripped_by >= 1.5:
+            break  # a slow machine: this request may have ended after the cooldown; not evidence
+        assert len(primary.received) == during
+        checked += 1
+    if checked == 0:
+        pytest.skip("no request completed within the 1.5 s cooldown on this machine")
     time.sleep(1.7)  # the cooldown is over: it is tried first again
     before_backup = len(backup.received)
     sdk(ha_gateway).responses.create(model="gpt-ha", input="after cooldown")
