@@ -26,7 +26,7 @@ from codexgate.usage import Usage
 # What the audit log keeps of a request record (besides `time`, `body_sha256` and, when set,
 # `error`, `content` and `guardrail_findings`): who, what was asked, what was served, the cost.
 AUDIT_FIELDS = (
-    "ts", "request_id", "session_id", "mode", "endpoint", "key", "team", "org", "model_requested", "model",
+    "ts", "request_id", "session_id", "mode", "transport", "endpoint", "key", "team", "org", "model_requested", "model",
     "provider", "upstream_model", "usage", "cost_usd", "charge", "status", "decision",
 )  # fmt: skip
 

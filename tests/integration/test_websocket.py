@@ -100,6 +100,14 @@ def test_key_in_proxy_credentials_identifies_the_socket(gateway: Gateway) -> Non
     assert asyncio.run(session())[-1]["type"] == "response.completed"
     [line] = gateway.wait_accounting(lambda r: r["session_id"] == session_id)
     assert (line["key"], line["transport"], line["mode"]) == ("alice", "ws", "proxy")
+    # The audit record says how the turn came, too (the accounting line and it are one record).
+    audited = [
+        record
+        for path in sorted((gateway.data_dir / "audit").glob("*.jsonl"))
+        for record in map(json.loads, path.read_text().splitlines())
+        if record.get("request_id") == line["request_id"]
+    ]
+    assert [(record["transport"], record["mode"]) for record in audited] == [("ws", "proxy")]
 
 
 def test_unknown_and_disabled_keys_are_refused_at_the_upgrade(gateway: Gateway) -> None:
