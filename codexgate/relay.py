@@ -38,7 +38,6 @@ import inspect
 import json
 import logging
 import math
-import secrets
 import ssl
 import time
 from collections.abc import Awaitable, Callable, Sequence
@@ -50,6 +49,7 @@ from aiohttp import web
 from multidict import CIMultiDict
 
 from codexgate.errors import error_object
+from codexgate.loopback import LoopbackServer, TokenTable
 
 logger = logging.getLogger(__name__)
 
@@ -252,22 +252,27 @@ class Relay:
         self.on_attempt = on_attempt
         self.on_auth_failure = on_auth_failure
         self._ssl = ssl_context
-        self._shutdown_timeout = shutdown_timeout
         self._keepalive_timeout = keepalive_timeout
-        self._plans: dict[str, tuple[Plan, asyncio.TimerHandle]] = {}
-        self._loop: asyncio.AbstractEventLoop | None = None
-        self._runner: web.AppRunner | None = None
+        self._plans: TokenTable[Plan] = TokenTable(on_expired=self._expired)
+        app = web.Application()
+        app.router.add_post("/relay/{token}", self._handle)
+        self._server = LoopbackServer(app, shutdown_timeout=shutdown_timeout)
         self._session: aiohttp.ClientSession | None = None
         self._drains: set[asyncio.Task[None]] = set()
-        self.host = "127.0.0.1"
-        self.port = 0
+
+    @property
+    def host(self) -> str:
+        return self._server.host
+
+    @property
+    def port(self) -> int:
+        return self._server.port
 
     # -- lifecycle -------------------------------------------------------------------------
 
     async def start(self, host: str = "127.0.0.1", port: int = 0) -> int:
-        if self._runner is not None:
+        if self._server.running:
             return self.port
-        self._loop = asyncio.get_running_loop()
         connector = aiohttp.TCPConnector(
             limit=0, ssl=self._ssl, keepalive_timeout=self._keepalive_timeout, ttl_dns_cache=60
         )
@@ -278,33 +283,18 @@ class Relay:
             timeout=aiohttp.ClientTimeout(total=None),
             raise_for_status=False,
         )
-        app = web.Application()
-        app.router.add_post("/relay/{token}", self._handle)
-        # handler_cancellation: when mitmproxy drops the connection (Codex cancelled the turn),
-        # the handler is cancelled and the upstream request closed, so the provider stops generating.
-        self._runner = web.AppRunner(
-            app, access_log=None, handler_cancellation=True, shutdown_timeout=self._shutdown_timeout
-        )
-        await self._runner.setup()
-        await web.TCPSite(self._runner, host, port).start()
-        self.host = host
-        self.port = int(self._runner.addresses[0][1])
+        await self._server.start(host, port)
         logger.info("failover relay listening on %s:%d", host, self.port)
         return self.port
 
     async def stop(self) -> None:
         """Stop accepting; in-flight relayed requests get `shutdown_timeout` seconds to finish."""
-        for plan, timer in self._plans.values():
-            timer.cancel()
-            _ended(plan)
         self._plans.clear()
         for task in list(self._drains):
             task.cancel()
         if self._drains:
             await asyncio.gather(*self._drains, return_exceptions=True)
-        if self._runner is not None:
-            await self._runner.cleanup()
-            self._runner = None
+        await self._server.stop()
         if self._session is not None:
             await self._session.close()
             self._session = None
@@ -313,32 +303,27 @@ class Relay:
 
     def register(self, plan: Plan) -> str:
         """Hold `plan` for one relayed request; returns its token (single use, expires after total)."""
-        if self._loop is None:
+        if not self._server.running:
             raise RuntimeError("the relay is not started")
-        token = secrets.token_urlsafe(24)
-        timer = self._loop.call_later(plan.timeouts.total, self._expire, token)
-        self._plans[token] = (plan, timer)
-        return token
+        return self._plans.register(plan, plan.timeouts.total)
 
     def url(self, token: str) -> str:
         return f"http://{self.host}:{self.port}/relay/{token}"
 
     def discard(self, token: str) -> None:
         """Drop a registered plan that will not be used (e.g. the request was refused after all)."""
-        entry = self._plans.pop(token, None)
-        if entry is not None:
-            entry[1].cancel()
-            _ended(entry[0])
+        plan = self._plans.discard(token)
+        if plan is not None:
+            _ended(plan)
 
     @property
     def pending(self) -> int:
         return len(self._plans)
 
-    def _expire(self, token: str) -> None:
-        entry = self._plans.pop(token, None)
-        if entry is not None:
-            logger.info("relay plan expired unused")
-            _ended(entry[0])
+    @staticmethod
+    def _expired(plan: Plan) -> None:
+        logger.info("relay plan %s ended unused", plan.label)
+        _ended(plan)
 
     # -- callbacks -------------------------------------------------------------------------
 
@@ -361,13 +346,11 @@ class Relay:
     # -- the handler -----------------------------------------------------------------------
 
     async def _handle(self, request: web.Request) -> web.StreamResponse:
-        entry = self._plans.pop(request.match_info["token"], None)
-        if entry is None:
+        plan = self._plans.take(request.match_info["token"])
+        if plan is None:
             return _error_response(
                 404, "relay_plan_unknown", "codexgate relay: unknown or expired request token", None, []
             )
-        plan, timer = entry
-        timer.cancel()
         try:
             return await self._run(request, plan)
         except Exception:  # a bug here must still answer (before the answer started; see _relay_answer)

@@ -51,6 +51,7 @@ import aiohttp
 from aiohttp import web
 
 from codexgate.errors import error_object
+from codexgate.loopback import LoopbackServer, TokenTable
 from codexgate.sse import SSEParser
 
 logger = logging.getLogger(__name__)
@@ -137,52 +138,45 @@ class WebSocketRelay:
     def __init__(self, *, session_ttl: float = 30.0, shutdown_timeout: float = 5.0) -> None:
         self.marker_secret = secrets.token_hex(16)
         self.target: str | None = None
-        self.host = "127.0.0.1"
-        self.port = 0
         self._session_ttl = session_ttl
-        self._shutdown_timeout = shutdown_timeout
-        self._sessions: dict[str, tuple[SocketSession, asyncio.TimerHandle]] = {}
+        self._sessions: TokenTable[SocketSession] = TokenTable()
         self._sockets: set[web.WebSocketResponse] = set()
         self._refused: dict[tuple[str, str], tuple[float, str]] = {}  # (key, session) -> (until, message)
-        self._loop: asyncio.AbstractEventLoop | None = None
-        self._runner: web.AppRunner | None = None
         self._client: aiohttp.ClientSession | None = None
+        app = web.Application()
+        app.router.add_get(PATH_PREFIX + "{token}", self._handle)
+        self._server = LoopbackServer(app, shutdown_timeout=shutdown_timeout)
+
+    @property
+    def host(self) -> str:
+        return self._server.host
+
+    @property
+    def port(self) -> int:
+        return self._server.port
 
     # -- lifecycle -------------------------------------------------------------------------
 
     async def start(self, host: str = "127.0.0.1", port: int = 0) -> int:
-        if self._runner is not None:
+        if self._server.running:
             return self.port
-        self._loop = asyncio.get_running_loop()
         self._client = aiohttp.ClientSession(
             connector=aiohttp.TCPConnector(limit=0, keepalive_timeout=30),
             auto_decompress=True,
             trust_env=False,  # the gateway may be its own process's HTTPS_PROXY
             timeout=aiohttp.ClientTimeout(total=None),
         )
-        app = web.Application()
-        app.router.add_get(PATH_PREFIX + "{token}", self._handle)
-        self._runner = web.AppRunner(
-            app, access_log=None, handler_cancellation=True, shutdown_timeout=self._shutdown_timeout
-        )
-        await self._runner.setup()
-        await web.TCPSite(self._runner, host, port).start()
-        self.host = host
-        self.port = int(self._runner.addresses[0][1])
+        await self._server.start(host, port)
         logger.info("Responses WebSocket relay listening on %s:%d", host, self.port)
         return self.port
 
     async def stop(self) -> None:
-        for _, timer in self._sessions.values():
-            timer.cancel()
         self._sessions.clear()
         # Codex reconnects (to another instance, or this one restarted) on "going away".
         going_away = aiohttp.WSCloseCode.GOING_AWAY
         closing = [socket.close(code=going_away, message=b"gateway stopping") for socket in self._sockets]
         await asyncio.gather(*closing, return_exceptions=True)
-        if self._runner is not None:
-            await self._runner.cleanup()
-            self._runner = None
+        await self._server.stop()
         if self._client is not None:
             await self._client.close()
             self._client = None
@@ -191,17 +185,12 @@ class WebSocketRelay:
 
     def register(self, session: SocketSession) -> str:
         """Hold `session` for the upgrade about to arrive; returns the path it must use."""
-        if self._loop is None:
+        if not self._server.running:
             raise RuntimeError("the WebSocket relay is not started")
-        token = secrets.token_urlsafe(24)
-        timer = self._loop.call_later(self._session_ttl, self._sessions.pop, token, None)
-        self._sessions[token] = (session, timer)
-        return PATH_PREFIX + token
+        return PATH_PREFIX + self._sessions.register(session, self._session_ttl)
 
     def discard(self, path: str) -> None:
-        entry = self._sessions.pop(path.removeprefix(PATH_PREFIX), None)
-        if entry is not None:
-            entry[1].cancel()
+        self._sessions.discard(path.removeprefix(PATH_PREFIX))
 
     def take_refusal(self, key: str, session_id: str | None) -> str | None:
         """The message of a refusal retrying cannot cure (401/402/403) that this key's session got
@@ -237,14 +226,12 @@ class WebSocketRelay:
     # -- the socket ------------------------------------------------------------------------
 
     async def _handle(self, request: web.Request) -> web.StreamResponse:
-        entry = self._sessions.pop(request.match_info["token"], None)
-        if entry is None:
+        session = self._sessions.take(request.match_info["token"])
+        if session is None:
             return web.json_response(
                 {"error": error_object(403, "forbidden", "codexgate: unknown or expired WebSocket session")},
                 status=403,
             )
-        session, timer = entry
-        timer.cancel()
         # No permessage-deflate: the gateway is CPU-bound, events are small, and continuations
         # (previous_response_id) keep requests small too.
         socket = web.WebSocketResponse(max_msg_size=MAX_MESSAGE_BYTES, compress=False, autoping=True, timeout=2.0)
