@@ -167,7 +167,8 @@ class Failover:
             state.decision = Decision.UPSTREAM_EXHAUSTED
             return
         chosen = relayed.answered_by = relayed.candidates[int(index)]
-        state.provider, state.upstream_model = chosen.provider, chosen.upstream_model
+        # The record names what answered: the fallback model (`model_requested` keeps what was asked).
+        state.model, state.provider, state.upstream_model = chosen.model, chosen.provider, chosen.upstream_model
         state.translation = relayed.translations.get(int(index))
         if int(index) > 0:
             headers["x-codexgate-fallback"] = chosen.label

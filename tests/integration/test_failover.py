@@ -88,6 +88,7 @@ def test_fallback_answers_when_primary_fails(
     assert (len(primary.received) - before[0], len(backup.received) - before[1]) == (1, 1)
     (record,) = records(ha_gateway, session)  # one request, one accounting line, one charge
     assert record["provider"] == "backup" and record["charge"] == "actual"
+    assert (record["model_requested"], record["model"]) == ("gpt-ha", "gpt-backup")  # what answered
     assert [a["outcome"] for a in record["attempts"]] == [
         "rate_limited" if status == 429 else "overloaded" if status == 503 else "server_error",
         "ok",
