@@ -15,6 +15,11 @@ from codexgate.flowstate import Decision, refuse
 
 logger = logging.getLogger("codexgate.failsafe")
 
+# Set on `fail_closed`'s wrappers: the function they wrap. `codexgate.pipeline` calls that function
+# itself and refuses on an exception as the wrapper would (`refuse_after_exception`), without the
+# wrapper's frame per call; a step loaded on its own (as the unit tests load them) keeps the wrapper.
+FAIL_CLOSED_ATTRIBUTE = "__codexgate_fail_closed__"
+
 
 def refuse_internal(flow: http.HTTPFlow) -> None:
     """Answers 500 JSON (the details are in the gateway log, not in the answer)."""
@@ -28,7 +33,8 @@ def refuse_internal(flow: http.HTTPFlow) -> None:
         )
 
 
-def _refuse_internal(flow: http.HTTPFlow, hook: Callable[..., Any]) -> None:
+def refuse_after_exception(flow: http.HTTPFlow, hook: Callable[..., Any]) -> None:
+    """What a fail-closed hook does once `hook` raised (call it inside the `except`)."""
     logger.exception("internal error in %s; request %s refused", hook.__qualname__, flow.id)
     refuse_internal(flow)
 
@@ -42,8 +48,9 @@ def fail_closed(hook: Callable[..., Any]) -> Callable[..., Any]:
             try:
                 await hook(self, flow)
             except Exception:
-                _refuse_internal(flow, hook)
+                refuse_after_exception(flow, hook)
 
+        setattr(async_wrapper, FAIL_CLOSED_ATTRIBUTE, hook)
         return async_wrapper
 
     @functools.wraps(hook)
@@ -51,6 +58,7 @@ def fail_closed(hook: Callable[..., Any]) -> Callable[..., Any]:
         try:
             hook(self, flow)
         except Exception:
-            _refuse_internal(flow, hook)
+            refuse_after_exception(flow, hook)
 
+    setattr(wrapper, FAIL_CLOSED_ATTRIBUTE, hook)
     return wrapper

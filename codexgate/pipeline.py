@@ -27,6 +27,9 @@ from typing import Any
 import mitmproxy.master  # noqa: F401
 from mitmproxy import hooks
 
+from codexgate import failsafe
+from codexgate.failsafe import FAIL_CLOSED_ATTRIBUTE
+
 logger = logging.getLogger(__name__)
 
 # Their exceptions reach mitmproxy (an `OptionsError` from `configure` must); every other hook's
@@ -39,26 +42,61 @@ def mitmproxy_hooks() -> tuple[str, ...]:
     return tuple(hooks.all_hooks)
 
 
-def _isolated_sync(hook: str, functions: list[Callable[..., Any]]) -> Callable[..., None]:
+class _Step:
+    """One step's function for one hook, resolved once at construction: whether it is a coroutine
+    function (awaited without an `inspect.isawaitable` per call), and, for a hook wrapped by
+    `failsafe.fail_closed`, the unwrapped function (the dispatcher refuses the flow itself, as the
+    wrapper would: one Python frame less per step and request)."""
+
+    __slots__ = ("call", "is_coroutine", "fail_closed", "name")
+
+    def __init__(self, function: Callable[..., Any]) -> None:
+        wrapped = getattr(getattr(function, "__func__", None), FAIL_CLOSED_ATTRIBUTE, None)
+        self.fail_closed: Callable[..., Any] | None = wrapped
+        self.call: Callable[..., Any] = function if wrapped is None else wrapped.__get__(function.__self__)
+        self.is_coroutine = inspect.iscoroutinefunction(self.call)
+        self.name = getattr(function, "__qualname__", function)
+
+
+def _failed(hook: str, step: _Step, args: tuple[Any, ...]) -> None:
+    """A step raised (called from inside its `except`): refuse the flow if the step fails closed
+    (exactly as `fail_closed`'s wrapper does), else log and go on, as mitmproxy does between addons."""
+    if step.fail_closed is None:
+        logger.exception("%s failed in %s", hook, step.name)
+        return
+    try:
+        failsafe.refuse_after_exception(args[0], step.fail_closed)
+    except Exception:
+        logger.exception("%s failed in %s", hook, step.name)
+
+
+def _isolated_sync(hook: str, steps: list[_Step]) -> Callable[..., None]:
+    entries = tuple((step.call, step) for step in steps)
+
     def dispatch(*args: Any) -> None:
-        for function in functions:
+        for call, step in entries:
             try:
-                function(*args)
+                call(*args)
             except Exception:
-                logger.exception("%s failed in %s", hook, getattr(function, "__qualname__", function))
+                _failed(hook, step, args)
 
     return dispatch
 
 
-def _isolated_async(hook: str, functions: list[Callable[..., Any]]) -> Callable[..., Any]:
+def _isolated_async(hook: str, steps: list[_Step]) -> Callable[..., Any]:
+    entries = tuple((step.call, step.is_coroutine, step) for step in steps)
+
     async def dispatch(*args: Any) -> None:
-        for function in functions:
+        for call, is_coroutine, step in entries:
             try:
-                result = function(*args)
-                if inspect.isawaitable(result):
-                    await result
+                if is_coroutine:
+                    await call(*args)
+                else:
+                    result = call(*args)
+                    if result is not None and inspect.isawaitable(result):
+                        await result
             except Exception:
-                logger.exception("%s failed in %s", hook, getattr(function, "__qualname__", function))
+                _failed(hook, step, args)
 
     return dispatch
 
@@ -92,9 +130,9 @@ class Pipeline:
             if hook in LIFECYCLE_HOOKS:
                 dispatcher = _propagating(functions, is_async)
             elif is_async:
-                dispatcher = _isolated_async(hook, functions)
+                dispatcher = _isolated_async(hook, [_Step(function) for function in functions])
             else:
-                dispatcher = _isolated_sync(hook, functions)
+                dispatcher = _isolated_sync(hook, [_Step(function) for function in functions])
             setattr(self, hook, dispatcher)
 
     def __repr__(self) -> str:
