@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import inspect
 import logging
+import types
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -53,7 +54,9 @@ class _Step:
     def __init__(self, function: Callable[..., Any]) -> None:
         wrapped = getattr(getattr(function, "__func__", None), FAIL_CLOSED_ATTRIBUTE, None)
         self.fail_closed: Callable[..., Any] | None = wrapped
-        self.call: Callable[..., Any] = function if wrapped is None else wrapped.__get__(function.__self__)
+        self.call: Callable[..., Any] = function
+        if wrapped is not None:
+            self.call = types.MethodType(wrapped, function.__self__)  # type: ignore[attr-defined]
         self.is_coroutine = inspect.iscoroutinefunction(self.call)
         self.name = getattr(function, "__qualname__", function)
 
