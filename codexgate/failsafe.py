@@ -12,13 +12,10 @@ from mitmproxy import http
 
 from codexgate.errors import error_response
 from codexgate.flowstate import Decision, refuse
+from codexgate.pipeline import UNWRAPPED_ATTRIBUTE
 
 logger = logging.getLogger("codexgate.failsafe")
 
-# Set on `fail_closed`'s wrappers: the function they wrap. `codexgate.pipeline` calls that function
-# itself and refuses on an exception as the wrapper would (`refuse_after_exception`), without the
-# wrapper's frame per call; a step loaded on its own (as the unit tests load them) keeps the wrapper.
-FAIL_CLOSED_ATTRIBUTE = "__codexgate_fail_closed__"
 
 
 def refuse_internal(flow: http.HTTPFlow) -> None:
@@ -50,7 +47,8 @@ def fail_closed(hook: Callable[..., Any]) -> Callable[..., Any]:
             except Exception:
                 refuse_after_exception(flow, hook)
 
-        setattr(async_wrapper, FAIL_CLOSED_ATTRIBUTE, hook)
+        # The pipeline calls `hook` itself and refuses as this wrapper does (a step loaded on its own keeps it).
+        setattr(async_wrapper, UNWRAPPED_ATTRIBUTE, (hook, refuse_after_exception))
         return async_wrapper
 
     @functools.wraps(hook)
@@ -60,5 +58,5 @@ def fail_closed(hook: Callable[..., Any]) -> Callable[..., Any]:
         except Exception:
             refuse_after_exception(flow, hook)
 
-    setattr(wrapper, FAIL_CLOSED_ATTRIBUTE, hook)
+    setattr(wrapper, UNWRAPPED_ATTRIBUTE, (hook, refuse_after_exception))
     return wrapper

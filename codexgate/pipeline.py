@@ -28,14 +28,17 @@ from typing import Any
 import mitmproxy.master  # noqa: F401
 from mitmproxy import hooks
 
-from codexgate import failsafe
-from codexgate.failsafe import FAIL_CLOSED_ATTRIBUTE
-
 logger = logging.getLogger(__name__)
 
 # Their exceptions reach mitmproxy (an `OptionsError` from `configure` must); every other hook's
 # exceptions are logged per step.
 LIFECYCLE_HOOKS = frozenset({"load", "configure", "running", "done"})
+
+# A hook wrapper that handles its function's exceptions itself (`codexgate.failsafe.fail_closed`)
+# carries, under this attribute, (the function it wraps, what it does when that raises: called with
+# the flow and that function inside the `except`). The pipeline then calls the function and handles
+# its exception the same way itself: one Python frame less per step and request.
+UNWRAPPED_ATTRIBUTE = "__codexgate_unwrapped__"
 
 
 def mitmproxy_hooks() -> tuple[str, ...]:
@@ -45,30 +48,31 @@ def mitmproxy_hooks() -> tuple[str, ...]:
 
 class _Step:
     """One step's function for one hook, resolved once at construction: whether it is a coroutine
-    function (awaited without an `inspect.isawaitable` per call), and, for a hook wrapped by
-    `failsafe.fail_closed`, the unwrapped function (the dispatcher refuses the flow itself, as the
-    wrapper would: one Python frame less per step and request)."""
+    function (awaited without an `inspect.isawaitable` per call), and, for a wrapper carrying
+    UNWRAPPED_ATTRIBUTE, the function it wraps and its exception handler."""
 
-    __slots__ = ("call", "is_coroutine", "fail_closed", "name")
+    __slots__ = ("call", "is_coroutine", "on_exception", "unwrapped", "name")
 
     def __init__(self, function: Callable[..., Any]) -> None:
-        wrapped = getattr(getattr(function, "__func__", None), FAIL_CLOSED_ATTRIBUTE, None)
-        self.fail_closed: Callable[..., Any] | None = wrapped
         self.call: Callable[..., Any] = function
-        if wrapped is not None:
-            self.call = types.MethodType(wrapped, function.__self__)  # type: ignore[attr-defined]
+        self.unwrapped: Callable[..., Any] | None = None
+        self.on_exception: Callable[[Any, Callable[..., Any]], None] | None = None
+        carried = getattr(getattr(function, "__func__", None), UNWRAPPED_ATTRIBUTE, None)
+        if carried is not None:
+            self.unwrapped, self.on_exception = carried
+            self.call = types.MethodType(self.unwrapped, function.__self__)  # type: ignore[attr-defined]
         self.is_coroutine = inspect.iscoroutinefunction(self.call)
         self.name = getattr(function, "__qualname__", function)
 
 
 def _failed(hook: str, step: _Step, args: tuple[Any, ...]) -> None:
-    """A step raised (called from inside its `except`): refuse the flow if the step fails closed
-    (exactly as `fail_closed`'s wrapper does), else log and go on, as mitmproxy does between addons."""
-    if step.fail_closed is None:
+    """A step raised (called inside its `except`): its wrapper's handler runs, as the wrapper would
+    have run it; else the exception is logged and the next step runs, as mitmproxy does between addons."""
+    if step.on_exception is None or step.unwrapped is None:
         logger.exception("%s failed in %s", hook, step.name)
         return
     try:
-        failsafe.refuse_after_exception(args[0], step.fail_closed)
+        step.on_exception(args[0], step.unwrapped)
     except Exception:
         logger.exception("%s failed in %s", hook, step.name)
 

@@ -13,6 +13,7 @@ import mitmproxy.log
 import mitmproxy.proxy.layer
 import mitmproxy.proxy.layers
 import mitmproxy.proxy.server_hooks  # noqa: F401
+import pytest
 from mitmproxy import hooks, tls
 from mitmproxy.proxy.context import Context
 from mitmproxy.proxy.layers.dns import DnsRequestHook
@@ -107,24 +108,27 @@ class After:
         return asyncio.sleep(0)  # a plain function returning an awaitable is awaited, as mitmproxy does
 
 
-def test_a_fail_closed_step_refuses_in_the_pipeline_as_on_its_own() -> None:
-    for hook in ("requestheaders", "request"):
-        calls: list[str] = []
-        pipeline = Pipeline([FailsClosed(calls), After(calls)])
-        alone = FailsClosed([])
+@pytest.mark.parametrize("hook", ["requestheaders", "request"])
+def test_a_fail_closed_step_refuses_in_the_pipeline_as_on_its_own(hook: str) -> None:
+    calls: list[str] = []
+    pipeline = Pipeline([FailsClosed(calls), After(calls)])
+    alone = FailsClosed([])
 
-        async def run(hook: str = hook) -> tuple[Any, Any]:
-            with taddons.context(pipeline, alone):
-                in_pipeline, on_its_own = tflow.tflow(), tflow.tflow()
-                result = getattr(pipeline, hook)(in_pipeline)
-                if asyncio.iscoroutine(result):
-                    await result
-                await getattr(alone, hook)(on_its_own) if hook == "request" else alone.requestheaders(on_its_own)
-                return in_pipeline, on_its_own
+    async def call(target: Any, flow: Any) -> None:
+        result = getattr(target, hook)(flow)
+        if asyncio.iscoroutine(result):
+            await result
 
-        in_pipeline, on_its_own = asyncio.run(run())
-        assert in_pipeline.response is not None and in_pipeline.response.status_code == 500
-        assert on_its_own.response is not None and on_its_own.response.status_code == 500
-        assert in_pipeline.response.json()["error"]["code"] == on_its_own.response.json()["error"]["code"]
-        assert in_pipeline.metadata.keys() == on_its_own.metadata.keys()
-        assert calls == (["sync", "after sync"] if hook == "requestheaders" else ["async", "after async"])
+    async def run() -> tuple[Any, Any]:
+        with taddons.context(pipeline, alone):
+            in_pipeline, on_its_own = tflow.tflow(), tflow.tflow()
+            await call(pipeline, in_pipeline)
+            await call(alone, on_its_own)
+            return in_pipeline, on_its_own
+
+    in_pipeline, on_its_own = asyncio.run(run())
+    assert in_pipeline.response is not None and in_pipeline.response.status_code == 500
+    assert on_its_own.response is not None and on_its_own.response.status_code == 500
+    assert in_pipeline.response.json()["error"]["code"] == on_its_own.response.json()["error"]["code"]
+    assert in_pipeline.metadata.keys() == on_its_own.metadata.keys()
+    assert calls == (["sync", "after sync"] if hook == "requestheaders" else ["async", "after async"])

@@ -14,7 +14,7 @@ URLS = [
     "https://api.anthropic.com:8443/v1/messages?beta=true",
     "http://localhost:80/openai/deployments/x/responses?api-version=2025-04-01",
     "https://[::1]:4443/v1/chat/completions",
-    "https://bücher.example/v1/responses",
+    "https://xn--bcher-kva.example/v1/responses",
     "HTTPS://API.Example.COM/v1/Responses",
 ]
 
@@ -44,7 +44,9 @@ def test_same_as_the_url_setter(url: str) -> None:
         assert pointed.host_header == expected.host_header
 
 
-@pytest.mark.parametrize("url", ["no-scheme-or-host", "http://:80/x", "http://example.com:99999/x"])
+@pytest.mark.parametrize(
+    "url", ["no-scheme-or-host", "http://:80/x", "http://example.com:99999/x", "https://bücher.example/v1/responses"]
+)
 def test_refuses_what_the_setter_refuses(url: str) -> None:
     with pytest.raises(ValueError):
         http.Request.make("GET", "http://a/").url = url
