@@ -19,7 +19,7 @@ from codexgate.bounded import BodyTooLarge, clip, decode_body, nesting_exceeds
 from codexgate.errors import error_response
 from codexgate.failsafe import fail_closed
 from codexgate.flowstate import METADATA_KEY, Decision, GatewayRequest, refuse, state_of
-from codexgate.headers import header_values
+from codexgate.headers import header_value, header_values
 
 logger = logging.getLogger(__name__)
 
@@ -157,7 +157,7 @@ class Intake:
         """The body with its content-encoding removed under the decoded-size cap; what is
         forwarded and estimated from then on (the header goes: the upstream gets it plain)."""
         raw = flow.request.raw_content or b""
-        encoding = flow.request.headers.get("content-encoding", "")
+        encoding = header_value(flow.request.headers, b"content-encoding") or ""
         try:
             decoded = decode_body(raw, encoding, caps.max_body) if encoding else raw
         except BodyTooLarge:

@@ -55,3 +55,17 @@ def header_values(headers: Headers, names: frozenset[bytes]) -> dict[bytes, str]
         if lowered in names:
             found.setdefault(lowered, []).append(value.decode("utf-8", "surrogateescape"))
     return {name: ", ".join(values) for name, values in found.items()}
+
+
+def header_value(headers: Headers, name: bytes) -> str | None:
+    """`headers.get(name)` for one lower-case bytes name, None when absent (one pass, no
+    `_kconv`/`get_all` frames per field)."""
+    values = [value for field, value in headers.fields if field.lower() == name]
+    if not values:
+        return None
+    return ", ".join(value.decode("utf-8", "surrogateescape") for value in values)
+
+
+def has_header(headers: Headers, name: bytes) -> bool:
+    """`name in headers` for one lower-case bytes name."""
+    return any(field.lower() == name for field, _ in headers.fields)

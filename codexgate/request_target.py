@@ -30,7 +30,17 @@ def point_at(request: http.Request, url: str) -> None:
     scheme, host, port, path, hostport = _target(always_str(url, "utf-8", "surrogateescape"))
     data = request.data
     data.scheme, data.host, data.port, data.path = scheme, host, port, path
-    if "Host" in data.headers:
-        data.headers["Host"] = hostport
+    fields = data.headers.fields
+    if any(name.lower() == b"host" for name, _ in fields):
+        # `headers["Host"] = hostport`: the first Host field keeps its place and name, others go.
+        value: bytes | None = hostport.encode("utf-8", "surrogateescape")
+        replaced: list[tuple[bytes, bytes]] = []
+        for name, old in fields:
+            if name.lower() != b"host":
+                replaced.append((name, old))
+            elif value is not None:
+                replaced.append((name, value))
+                value = None
+        data.headers.fields = tuple(replaced)
     if data.authority:
         request.authority = hostport

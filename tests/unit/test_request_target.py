@@ -52,3 +52,13 @@ def test_refuses_what_the_setter_refuses(url: str) -> None:
         http.Request.make("GET", "http://a/").url = url
     with pytest.raises(ValueError):
         point_at(http.Request.make("GET", "http://a/"), url)
+
+
+def test_several_host_fields_end_as_the_setter_leaves_them() -> None:
+    fields = [(b"HOST", b"a:1"), (b"x-a", b"1"), (b"host", b"b:2")]
+    expected = http.Request.make("GET", "http://a:1/", b"", fields)
+    pointed = http.Request.make("GET", "http://a:1/", b"", fields)
+    expected.url = "https://api.openai.com/v1/responses"
+    point_at(pointed, "https://api.openai.com/v1/responses")
+    assert pointed.headers.fields == expected.headers.fields
+    assert [field for field in pointed.headers.fields if field[0].lower() == b"host"] == [(b"HOST", b"api.openai.com")]
