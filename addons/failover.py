@@ -110,8 +110,11 @@ class Failover:
 
     async def order(self, state: GatewayRequest) -> list[Candidate]:
         self._cooldown = state.policy.policy.gateway.resilience.cooldown_seconds
+        groups = candidate_groups(state)
+        if len(groups) == 1 and len(groups[0]) <= 1:
+            return [candidate for candidate, _ in groups[0]]  # one deployment, no fallback: nothing to order
         ordered: list[Candidate] = []
-        for group in candidate_groups(state):
+        for group in groups:
             by_label = {candidate.label: candidate for candidate, _ in group}
             ordered += [by_label[label] for label in weighted_order([(c.label, w) for c, w in group], self.rng)]
         if len(ordered) < 2:

@@ -18,6 +18,7 @@ from mitmproxy import connection, http
 from codexgate.errors import error_response
 from codexgate.failsafe import fail_closed
 from codexgate.flowstate import Decision, refuse, state_of
+from codexgate.headers import header_values
 from codexgate.policies.keys import hash_key
 
 logger = logging.getLogger(__name__)
@@ -36,17 +37,24 @@ def key_from_proxy_authorization(value: str) -> str | None:
     return password or user or None
 
 
+# The headers a virtual key may come in (read in one pass over the fields: `key_candidates`).
+KEY_FIELDS = frozenset({b"authorization", b"x-api-key", b"api-key", b"proxy-authorization"})
+
+
 def key_candidates(headers: http.Headers) -> list[str]:
     """Every credential the request carries, in order of preference."""
     candidates = []
-    authorization = headers.get("authorization", "")
+    values = header_values(headers, KEY_FIELDS)
+    authorization = values.get(b"authorization", "")
     if authorization[:7].lower() == "bearer " and authorization[7:].strip():
         candidates.append(authorization[7:].strip())
-    for name in ("x-api-key", "api-key"):
-        if headers.get(name, "").strip():
-            candidates.append(headers[name].strip())
-    if "proxy-authorization" in headers:
-        proxy_key = key_from_proxy_authorization(headers["proxy-authorization"])
+    for name in (b"x-api-key", b"api-key"):
+        value = values.get(name, "").strip()
+        if value:
+            candidates.append(value)
+    proxy_authorization = values.get(b"proxy-authorization")
+    if proxy_authorization is not None:
+        proxy_key = key_from_proxy_authorization(proxy_authorization)
         if proxy_key:
             candidates.append(proxy_key)
     return candidates

@@ -19,6 +19,7 @@ from codexgate.bounded import BodyTooLarge, clip, decode_body, nesting_exceeds
 from codexgate.errors import error_response
 from codexgate.failsafe import fail_closed
 from codexgate.flowstate import METADATA_KEY, Decision, GatewayRequest, refuse, state_of
+from codexgate.headers import header_value, header_values
 
 logger = logging.getLogger(__name__)
 
@@ -31,6 +32,7 @@ ENDPOINTS = {
 }
 SERVED = "POST /v1/responses, POST /v1/chat/completions, GET /v1/models"
 MAX_SESSION_ID = 128
+HEAD_FIELDS = frozenset({b"session-id", b"x-session-id", b"upgrade"})  # read in one pass
 
 
 def _normalised_path(path: str) -> str:
@@ -64,10 +66,11 @@ class Intake:
             return
         state = GatewayRequest(request_id=flow.id, policy=policy, mode="gateway" if gateway_listener else "proxy")
         flow.metadata[METADATA_KEY] = state
-        session = flow.request.headers.get("session-id") or flow.request.headers.get("x-session-id")
+        values = header_values(flow.request.headers, HEAD_FIELDS)
+        session = values.get(b"session-id") or values.get(b"x-session-id")
         state.session_id = session[:MAX_SESSION_ID] if session else None
         path = _normalised_path(flow.request.path)
-        if path.endswith("/responses") and flow.request.headers.get("upgrade", "").lower() == "websocket":
+        if path.endswith("/responses") and values.get(b"upgrade", "").lower() == "websocket":
             # Codex tries Responses over WebSocket first: ResponsesWebSocket (next) serves it or answers 426.
             state.endpoint = "responses_websocket"
             return
@@ -154,7 +157,7 @@ class Intake:
         """The body with its content-encoding removed under the decoded-size cap; what is
         forwarded and estimated from then on (the header goes: the upstream gets it plain)."""
         raw = flow.request.raw_content or b""
-        encoding = flow.request.headers.get("content-encoding", "")
+        encoding = header_value(flow.request.headers, b"content-encoding") or ""
         try:
             decoded = decode_body(raw, encoding, caps.max_body) if encoding else raw
         except BodyTooLarge:

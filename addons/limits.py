@@ -44,7 +44,7 @@ from codexgate.addons.policy_source import PolicySource
 from codexgate.errors import error_response
 from codexgate.failsafe import fail_closed
 from codexgate.flowstate import Candidate, Decision, GatewayRequest, Metering, refuse, state_of
-from codexgate.headers import replace_header_fields
+from codexgate.headers import header_value, replace_header_fields
 from codexgate.metrics import GatewayMetrics
 from codexgate.policies.schema import Limited, Price
 from codexgate.pricing import Pricer, PriceSource, PriceUnknown
@@ -159,7 +159,7 @@ def ratelimit_headers(states: list[CounterState], now: float) -> dict[str, str]:
 def decoded_length(flow: http.HTTPFlow) -> int:
     """The request body's length as the provider reads it: decoded when it came compressed (a
     gzipped prompt is as many tokens as the plain one)."""
-    encoding = flow.request.headers.get("content-encoding", "").strip().lower()
+    encoding = (header_value(flow.request.headers, b"content-encoding") or "").strip().lower()
     if encoding and encoding != "identity":
         return len(flow.request.get_content(strict=False) or b"")
     return len(flow.request.raw_content or b"")

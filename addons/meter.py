@@ -11,6 +11,7 @@ from collections.abc import Callable
 from mitmproxy import http
 
 from codexgate.flowstate import GatewayRequest, state_of
+from codexgate.headers import header_value
 from codexgate.metrics import GatewayMetrics
 from codexgate.usage import StreamUsageReader, usage_from_body
 
@@ -128,7 +129,9 @@ class Meter:
                 state.first_byte = flow.response.timestamp_start
             if flow.response.status_code >= 400 and state.answered_locally:
                 return  # the gateway's own refusal: nothing was used
-            content = flow.response.get_content(strict=False) or b""
+            # `get_content(strict=False)`, without its `Headers.get` when nothing is encoded.
+            encoded = header_value(flow.response.headers, b"content-encoding")
+            content = (flow.response.get_content(strict=False) if encoded else flow.response.raw_content) or b""
             if _is_event_stream(flow.response):
                 reader = StreamUsageReader(state.endpoint)
                 reader.feed(content)

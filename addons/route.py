@@ -26,6 +26,7 @@ from codexgate.providers.base import UnsupportedRequest, refuse_stateful
 from codexgate.providers.family import CODEX_HEADERS, ProviderFamily, new_context
 from codexgate.providers.registry import CLIENT_CREDENTIAL_HEADERS, family_for
 from codexgate.relay import Attempt, Plan, Timeouts
+from codexgate.request_target import point_at
 from codexgate.usage import StreamUsageReader
 
 logger = logging.getLogger(__name__)
@@ -133,7 +134,7 @@ class Route:
         state.relayed = relayed
         # Limits are reserved against the first choice; the answering attempt is recorded later.
         state.provider, state.upstream_model = candidates[0].provider, candidates[0].upstream_model
-        flow.request.url = relay.url(relayed.token)
+        point_at(flow.request, relay.url(relayed.token))
         flow.request.headers["accept-encoding"] = "identity"
 
     async def _attempt(
@@ -223,7 +224,7 @@ def point(flow: http.HTTPFlow, state: GatewayRequest, family: ProviderFamily[Any
         headers.pop("content-encoding", None)
         headers["content-type"] = "application/json"
         headers["accept-encoding"] = "identity"  # the answer is translated as it passes
-    flow.request.url = prepared.url
+    point_at(flow.request, prepared.url)  # as `flow.request.url = ...`, without parsing it per request
     if prepared.body is not None:
         flow.request.content = prepared.body  # (sets content-length too)
     elif rewrite:

@@ -29,6 +29,7 @@ from codexgate.addons.meter import UPSTREAM_ERROR_MARKER, failed_event
 from codexgate.bounded import clip
 from codexgate.errors import error_response
 from codexgate.flowstate import Decision, GatewayRequest, state_of
+from codexgate.headers import has_header
 from codexgate.metrics import GatewayMetrics
 from codexgate.mitm_seams import FAILED_EVENT, UPSTREAM_FAILURE, LiveCallable, UpstreamFailure
 from codexgate.usage import StreamUsageReader
@@ -244,7 +245,7 @@ def _is_json(response: http.Response) -> bool:
     content = response.raw_content
     if content is None:
         return False
-    if "content-encoding" in response.headers:
+    if has_header(response.headers, b"content-encoding"):
         try:
             content = response.get_content(strict=True) or b""
         except ValueError:

@@ -15,11 +15,13 @@ import logging
 
 from mitmproxy import ctx, http
 from mitmproxy.addonmanager import Loader
+from mitmproxy.proxy.mode_specs import ReverseMode
 
 from codexgate.addons.identify import CLIENT_CREDENTIALS_KEY
 from codexgate.addons.key_guard import VIRTUAL_KEY_REMOVED, carries_virtual_key, scrub_request_head
 from codexgate.addons.policy_source import PolicySource
 from codexgate.flowstate import state_of
+from codexgate.policies.loader import CompiledPolicy
 from codexgate.providers.registry import CLIENT_CREDENTIAL_HEADERS, SECRET_HEADERS
 
 logger = logging.getLogger(__name__)
@@ -58,12 +60,15 @@ class SecretMask:
 
     def requestheaders(self, flow: http.HTTPFlow) -> None:
         headers = flow.request.headers
-        try:
-            policy = self._policy.current()
-        except Exception:
-            policy = None  # unsure what is governed: keep every credential out of sight
-        governed = policy is None or policy.is_governed_host(flow.request.host, flow.request.port)
-        governed = governed or self._gateway_listener(flow)
+        policy: CompiledPolicy | None = None
+        # Everything on the gateway listener is governed: no policy lookup needed to know that.
+        governed = isinstance(flow.client_conn.proxy_mode, ReverseMode)
+        if not governed:
+            try:
+                policy = self._policy.current()
+            except Exception:
+                policy = None  # unsure what is governed: keep every credential out of sight
+            governed = policy is None or policy.is_governed_host(flow.request.host, flow.request.port)
         if governed:
             if not self._shown:
                 return
@@ -107,12 +112,6 @@ class SecretMask:
             values = headers.get_all(name)
             if values and any(MASKED not in value for value in values):
                 headers.set_all(name, [mask_value(v) for v in values])
-
-    @staticmethod
-    def _gateway_listener(flow: http.HTTPFlow) -> bool:
-        from mitmproxy.proxy.mode_specs import ReverseMode
-
-        return isinstance(flow.client_conn.proxy_mode, ReverseMode)
 
 
 class FlowRetention:

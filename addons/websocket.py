@@ -25,12 +25,14 @@ from codexgate.addons.identify import CLIENT_CREDENTIALS_KEY, flow_key_candidate
 from codexgate.errors import error_response
 from codexgate.failsafe import fail_closed
 from codexgate.flowstate import METADATA_KEY, Decision, GatewayRequest, refuse, state_of
-from codexgate.headers import strip_client_credentials
+from codexgate.headers import header_value, strip_client_credentials
 from codexgate.policies.keys import hash_key
 from codexgate.providers.registry import CLIENT_CREDENTIAL_FIELDS
 from codexgate.ws_relay import RELAY_MARKER_HEADER, SocketSession, WebSocketRelay
 
 logger = logging.getLogger(__name__)
+
+RELAY_MARKER_FIELD = RELAY_MARKER_HEADER.encode()  # lower case already
 
 WEBSOCKET_ENDPOINT = "responses_websocket"  # Intake's endpoint for a Responses WebSocket upgrade
 RELAYED_UPGRADE = "codexgate.websocket_relayed"  # flow metadata: Seal lets this upgrade pass
@@ -94,7 +96,7 @@ class ResponsesWebSocket:
                     403, "forbidden_destination", "the gateway's internal WebSocket relay is not reachable"
                 )
             return
-        marker = flow.request.headers.get(RELAY_MARKER_HEADER)
+        marker = header_value(flow.request.headers, RELAY_MARKER_FIELD)
         if marker is not None:
             del flow.request.headers[RELAY_MARKER_HEADER]
             self._mark_relayed(flow, state, marker)

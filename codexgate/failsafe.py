@@ -12,8 +12,10 @@ from mitmproxy import http
 
 from codexgate.errors import error_response
 from codexgate.flowstate import Decision, refuse
+from codexgate.pipeline import UNWRAPPED_ATTRIBUTE
 
 logger = logging.getLogger("codexgate.failsafe")
+
 
 
 def refuse_internal(flow: http.HTTPFlow) -> None:
@@ -28,7 +30,8 @@ def refuse_internal(flow: http.HTTPFlow) -> None:
         )
 
 
-def _refuse_internal(flow: http.HTTPFlow, hook: Callable[..., Any]) -> None:
+def refuse_after_exception(flow: http.HTTPFlow, hook: Callable[..., Any]) -> None:
+    """What a fail-closed hook does once `hook` raised (call it inside the `except`)."""
     logger.exception("internal error in %s; request %s refused", hook.__qualname__, flow.id)
     refuse_internal(flow)
 
@@ -42,8 +45,10 @@ def fail_closed(hook: Callable[..., Any]) -> Callable[..., Any]:
             try:
                 await hook(self, flow)
             except Exception:
-                _refuse_internal(flow, hook)
+                refuse_after_exception(flow, hook)
 
+        # The pipeline calls `hook` itself and refuses as this wrapper does (a step loaded on its own keeps it).
+        setattr(async_wrapper, UNWRAPPED_ATTRIBUTE, (hook, refuse_after_exception))
         return async_wrapper
 
     @functools.wraps(hook)
@@ -51,6 +56,7 @@ def fail_closed(hook: Callable[..., Any]) -> Callable[..., Any]:
         try:
             hook(self, flow)
         except Exception:
-            _refuse_internal(flow, hook)
+            refuse_after_exception(flow, hook)
 
+    setattr(wrapper, UNWRAPPED_ATTRIBUTE, (hook, refuse_after_exception))
     return wrapper

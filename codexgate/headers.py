@@ -43,3 +43,29 @@ def replace_header_fields(headers: Headers, fields: list[tuple[bytes, bytes]]) -
     names = frozenset(name for name, _ in fields)
     kept = tuple(field for field in headers.fields if field[0].lower() not in names)
     headers.fields = kept + tuple(fields)
+
+
+def header_values(headers: Headers, names: frozenset[bytes]) -> dict[bytes, str]:
+    """For each of `names` (lower-case bytes) present: its value as `headers.get(name)` gives it
+    (several fields of one name folded with ", "), from one pass over the fields. mitmproxy's
+    `Headers.get` scans and lower-cases every field per call (several µs a call)."""
+    found: dict[bytes, list[str]] = {}
+    for name, value in headers.fields:
+        lowered = name.lower()
+        if lowered in names:
+            found.setdefault(lowered, []).append(value.decode("utf-8", "surrogateescape"))
+    return {name: ", ".join(values) for name, values in found.items()}
+
+
+def header_value(headers: Headers, name: bytes) -> str | None:
+    """`headers.get(name)` for one lower-case bytes name, None when absent (one pass, no
+    `_kconv`/`get_all` frames per field)."""
+    values = [value for field, value in headers.fields if field.lower() == name]
+    if not values:
+        return None
+    return ", ".join(value.decode("utf-8", "surrogateescape") for value in values)
+
+
+def has_header(headers: Headers, name: bytes) -> bool:
+    """`name in headers` for one lower-case bytes name."""
+    return any(field.lower() == name for field, _ in headers.fields)

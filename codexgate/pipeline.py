@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import inspect
 import logging
+import types
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -33,32 +34,76 @@ logger = logging.getLogger(__name__)
 # exceptions are logged per step.
 LIFECYCLE_HOOKS = frozenset({"load", "configure", "running", "done"})
 
+# A hook wrapper that handles its function's exceptions itself (`codexgate.failsafe.fail_closed`)
+# carries, under this attribute, (the function it wraps, what it does when that raises: called with
+# the flow and that function inside the `except`). The pipeline then calls the function and handles
+# its exception the same way itself: one Python frame less per step and request.
+UNWRAPPED_ATTRIBUTE = "__codexgate_unwrapped__"
+
 
 def mitmproxy_hooks() -> tuple[str, ...]:
     """Every event mitmproxy calls on addons, by name."""
     return tuple(hooks.all_hooks)
 
 
-def _isolated_sync(hook: str, functions: list[Callable[..., Any]]) -> Callable[..., None]:
+class _Step:
+    """One step's function for one hook, resolved once at construction: whether it is a coroutine
+    function (awaited without an `inspect.isawaitable` per call), and, for a wrapper carrying
+    UNWRAPPED_ATTRIBUTE, the function it wraps and its exception handler."""
+
+    __slots__ = ("call", "is_coroutine", "on_exception", "unwrapped", "name")
+
+    def __init__(self, function: Callable[..., Any]) -> None:
+        self.call: Callable[..., Any] = function
+        self.unwrapped: Callable[..., Any] | None = None
+        self.on_exception: Callable[[Any, Callable[..., Any]], None] | None = None
+        carried = getattr(getattr(function, "__func__", None), UNWRAPPED_ATTRIBUTE, None)
+        if carried is not None:
+            self.unwrapped, self.on_exception = carried
+            self.call = types.MethodType(self.unwrapped, function.__self__)  # type: ignore[attr-defined]
+        self.is_coroutine = inspect.iscoroutinefunction(self.call)
+        self.name = getattr(function, "__qualname__", function)
+
+
+def _failed(hook: str, step: _Step, args: tuple[Any, ...]) -> None:
+    """A step raised (called inside its `except`): its wrapper's handler runs, as the wrapper would
+    have run it; else the exception is logged and the next step runs, as mitmproxy does between addons."""
+    if step.on_exception is None or step.unwrapped is None:
+        logger.exception("%s failed in %s", hook, step.name)
+        return
+    try:
+        step.on_exception(args[0], step.unwrapped)
+    except Exception:
+        logger.exception("%s failed in %s", hook, step.name)
+
+
+def _isolated_sync(hook: str, steps: list[_Step]) -> Callable[..., None]:
+    entries = tuple((step.call, step) for step in steps)
+
     def dispatch(*args: Any) -> None:
-        for function in functions:
+        for call, step in entries:
             try:
-                function(*args)
+                call(*args)
             except Exception:
-                logger.exception("%s failed in %s", hook, getattr(function, "__qualname__", function))
+                _failed(hook, step, args)
 
     return dispatch
 
 
-def _isolated_async(hook: str, functions: list[Callable[..., Any]]) -> Callable[..., Any]:
+def _isolated_async(hook: str, steps: list[_Step]) -> Callable[..., Any]:
+    entries = tuple((step.call, step.is_coroutine, step) for step in steps)
+
     async def dispatch(*args: Any) -> None:
-        for function in functions:
+        for call, is_coroutine, step in entries:
             try:
-                result = function(*args)
-                if inspect.isawaitable(result):
-                    await result
+                if is_coroutine:
+                    await call(*args)
+                else:
+                    result = call(*args)
+                    if result is not None and inspect.isawaitable(result):
+                        await result
             except Exception:
-                logger.exception("%s failed in %s", hook, getattr(function, "__qualname__", function))
+                _failed(hook, step, args)
 
     return dispatch
 
@@ -92,9 +137,9 @@ class Pipeline:
             if hook in LIFECYCLE_HOOKS:
                 dispatcher = _propagating(functions, is_async)
             elif is_async:
-                dispatcher = _isolated_async(hook, functions)
+                dispatcher = _isolated_async(hook, [_Step(function) for function in functions])
             else:
-                dispatcher = _isolated_sync(hook, functions)
+                dispatcher = _isolated_sync(hook, [_Step(function) for function in functions])
             setattr(self, hook, dispatcher)
 
     def __repr__(self) -> str:
