@@ -17,7 +17,6 @@ from codexgate.pipeline import UNWRAPPED_ATTRIBUTE
 logger = logging.getLogger("codexgate.failsafe")
 
 
-
 def refuse_internal(flow: http.HTTPFlow) -> None:
     """Answers 500 JSON (the details are in the gateway log, not in the answer)."""
     if flow.response is None and not flow.error:

@@ -16,7 +16,7 @@ from collections.abc import Callable
 
 from aiohttp import web
 
-__all__ = ["LoopbackServer", "TokenTable"]
+__all__ = ["LoopbackServer", "OnLoopback", "TokenTable"]
 
 
 class LoopbackServer:
@@ -54,6 +54,20 @@ class LoopbackServer:
         if self._runner is not None:
             await self._runner.cleanup()
             self._runner = None
+
+
+class OnLoopback:
+    """A relay served by a `LoopbackServer` (`self._server`): where mitmproxy sends what it hands over."""
+
+    _server: LoopbackServer
+
+    @property
+    def host(self) -> str:
+        return self._server.host
+
+    @property
+    def port(self) -> int:
+        return self._server.port
 
 
 class TokenTable[T]:

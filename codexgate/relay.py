@@ -49,7 +49,7 @@ from aiohttp import web
 from multidict import CIMultiDict
 
 from codexgate.errors import error_object
-from codexgate.loopback import LoopbackServer, TokenTable
+from codexgate.loopback import LoopbackServer, OnLoopback, TokenTable
 
 logger = logging.getLogger(__name__)
 
@@ -237,7 +237,7 @@ class _Failure(Exception):
         self.outcome = outcome
 
 
-class Relay:
+class Relay(OnLoopback):
     """The failover relay server. `start()` on the gateway's loop, `register(plan)` per request."""
 
     def __init__(
@@ -259,14 +259,6 @@ class Relay:
         self._server = LoopbackServer(app, shutdown_timeout=shutdown_timeout)
         self._session: aiohttp.ClientSession | None = None
         self._drains: set[asyncio.Task[None]] = set()
-
-    @property
-    def host(self) -> str:
-        return self._server.host
-
-    @property
-    def port(self) -> int:
-        return self._server.port
 
     # -- lifecycle -------------------------------------------------------------------------
 

@@ -51,7 +51,7 @@ import aiohttp
 from aiohttp import web
 
 from codexgate.errors import error_object
-from codexgate.loopback import LoopbackServer, TokenTable
+from codexgate.loopback import LoopbackServer, OnLoopback, TokenTable
 from codexgate.sse import SSEParser
 
 logger = logging.getLogger(__name__)
@@ -131,7 +131,7 @@ def _local_response(response_id: str, model: Any, status: str) -> dict[str, Any]
     }  # fmt: skip
 
 
-class WebSocketRelay:
+class WebSocketRelay(OnLoopback):
     """`start()` on the gateway's loop; `register(session)` per upgrade; `target` is the
     gateway listener's `/v1/responses` URL the requests go to."""
 
@@ -146,14 +146,6 @@ class WebSocketRelay:
         app = web.Application()
         app.router.add_get(PATH_PREFIX + "{token}", self._handle)
         self._server = LoopbackServer(app, shutdown_timeout=shutdown_timeout)
-
-    @property
-    def host(self) -> str:
-        return self._server.host
-
-    @property
-    def port(self) -> int:
-        return self._server.port
 
     # -- lifecycle -------------------------------------------------------------------------
 
