@@ -2,7 +2,7 @@
 
 A client that speaks `POST /v1/chat/completions` reaches a provider family the gateway serves
 through its Responses translators like this: the Chat request becomes a Responses request
-(`chat_to_responses`), the family's adapter takes it from there exactly as for Codex, and the
+(`chat_to_responses`), the provider's `ProviderFamily` takes it from there exactly as for Codex, and the
 Responses answer comes back as a Chat answer (`responses_to_chat`, or `ChatChunkEncoder` /
 `ChatSSERelay` for streams). Everything here is pure: dict → dict, event → chunks, bytes → bytes.
 
@@ -16,18 +16,19 @@ Request (one `POST /v1/chat/completions` body `chat`)::
     except chat_ingress.ChatRequestError as exc:           # a ValueError
         return 400, exc.body()                             # OpenAI-shaped invalid_request_error
     include_usage = chat_ingress.wants_usage(chat)         # stream_options.include_usage
-    prepared = adapter.prepare(body, upstream_model, provider_name)
+    family = registry.family_for(settings)                 # codexgate.providers.registry
+    prepared = family.prepare(body, upstream_model, provider_name)
     # `dropped` names the Chat fields with no Responses counterpart (stop, seed, logit_bias, ...)
 
 Answer, not streamed::
 
-    response = adapter.whole(prepared, ctx, raw)
+    response = family.whole(prepared, ctx, raw)
     try:
         completion = chat_ingress.responses_to_chat(response, model=chat["model"])
     except chat_ingress.UpstreamFailed as exc:             # the response has status "failed"
         return exc.status, exc.body()
 
-Answer, streamed (`adapter.stream(...)` gives a `StreamBridge`, which yields Responses SSE bytes)::
+Answer, streamed (`family.stream(...)` gives a `StreamBridge`, which yields Responses SSE bytes)::
 
     relay = chat_ingress.ChatSSERelay(model=chat["model"], include_usage=include_usage)
     for chunk in upstream_bytes:
