@@ -250,7 +250,9 @@ class RedisLink:
             for result in results:
                 if isinstance(result, _Timeout):
                     raise result
-                if isinstance(result, BaseException):
+                # An error reply (NOSCRIPT, say) is a reply like any other, not a lost call; gather
+                # hands replies and raised exceptions back in one list, so tell them apart here.
+                if isinstance(result, BaseException) and not isinstance(result, hiredis.ReplyError):
                     raise _Dropped(str(result)) from result  # may have run: once more, as any drop
             for command, reply in zip(commands[:-1], results, strict=False):
                 if isinstance(reply, hiredis.ReplyError):

@@ -214,6 +214,39 @@ def test_settlement_follows_ask_to_the_target_once_every_key_has_moved(cluster: 
     assert _leftover_reservations(cluster, prefix) == []
 
 
+def test_a_script_the_ask_target_never_saw_is_loaded_there_with_eval(cluster: RedisCluster, tmp_path: Path) -> None:
+    """The ASK target answers NOSCRIPT when it never ran the store's scripts (a node that joined,
+    or one whose script cache was flushed). That error is a reply, not a dropped connection: the
+    store sends EVAL, which follows the same ASK, and the settlement lands once."""
+    now = time.time()
+    prefix = _prefix()
+    counters = [_counter(now, "key:alice/usd/1d"), _counter(now, "team:platform/usd/1d")]
+
+    async def main() -> tuple[bool, list[float], int]:
+        store = _store(cluster, prefix)
+        try:
+            assert (await store.reserve("r1", counters, ESTIMATE, now)).admitted
+            migration = cluster.begin_migration(prefix + "x")
+            migration.move(migration.keys_left())
+            target = redis.Redis(host="127.0.0.1", port=migration.target, decode_responses=True)
+            target.script_flush()
+            noscript_before = migration.error_count(migration.target, "NOSCRIPT")
+            settled = await store.settle("r1", ACTUAL)
+            during = [state.used for state in await store.snapshot(counters, now)]
+            noscripts = migration.error_count(migration.target, "NOSCRIPT") - noscript_before
+            target.close()
+            await asyncio.to_thread(migration.finish)
+            return settled, during, noscripts
+        finally:
+            await store.close()
+
+    settled, during, noscripts = asyncio.run(main())
+    assert noscripts >= 2  # the settlement's and the snapshot's EVALSHA both met the empty cache
+    assert settled
+    assert during == [0.25, 0.25]
+    assert _leftover_reservations(cluster, prefix) == []
+
+
 def test_settlement_never_runs_on_the_target_while_its_counters_are_still_on_the_source(
     cluster: RedisCluster, tmp_path: Path
 ) -> None:
