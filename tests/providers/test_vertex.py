@@ -157,7 +157,7 @@ def test_a_key_that_is_not_a_service_account_key_names_no_content() -> None:
     assert "MIIsecret" not in str(refused.value)
 
 
-def test_vertex_auth_caches_per_resolver_and_uses_an_explicit_token_as_it_is(
+def test_vertex_auth_caches_a_token_and_uses_an_explicit_token_as_it_is(
     token_endpoint: FakeTokenEndpoint, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setenv("VERTEX_KEY", token_endpoint.key().json)
@@ -165,15 +165,17 @@ def test_vertex_auth_caches_per_resolver_and_uses_an_explicit_token_as_it_is(
     secrets = SecretResolver()
     keyed = VertexProvider(kind="vertex", project="acme-prod-1", credentials=_ref("VERTEX_KEY"))
     given = VertexProvider(kind="vertex", project="acme-prod-1", access_token=_ref("VERTEX_TOKEN"))
+    auth = VertexAuth()
 
-    async def scenario() -> list[dict[str, str]]:
+    async def scenario() -> list[tuple[dict[str, str], vertex.Issued | None]]:
         return [
-            await VertexAuth.for_resolver(secrets).headers(keyed, secrets),
-            await VertexAuth.for_resolver(secrets).headers(keyed, secrets),
-            await VertexAuth.for_resolver(secrets).headers(given, secrets),
+            await auth.headers(keyed, secrets),
+            await auth.headers(keyed, secrets),
+            await VertexAuth().headers(given, secrets),
         ]
 
-    first, second, explicit = asyncio.run(scenario())
+    (first, issued), (second, again), (explicit, none) = asyncio.run(scenario())
     assert first == second and first["authorization"].startswith("Bearer ya29.fake-")
+    assert issued == again and issued is not None and issued.serial == 1
     assert len(token_endpoint.grants) == 1
-    assert explicit == {"authorization": "Bearer ya29.given"}
+    assert explicit == {"authorization": "Bearer ya29.given"} and none is None
