@@ -169,7 +169,7 @@ def token_refused(status: int, raw: bytes) -> bool:
         return False
     try:
         error = json.loads(raw)
-    except (ValueError, UnicodeDecodeError):
+    except (ValueError, UnicodeDecodeError, RecursionError):
         return False
     if isinstance(error, list) and error:
         error = error[0]  # the non-SSE streaming endpoint wraps errors in an array
@@ -177,7 +177,7 @@ def token_refused(status: int, raw: bytes) -> bool:
     if not isinstance(error, dict):
         return False
     details = error.get("details")
-    reasons = {d.get("reason") for d in details if isinstance(d, dict)} if isinstance(details, list) else set()
+    reasons = {str(d.get("reason")) for d in details if isinstance(d, dict)} if isinstance(details, list) else set()
     return error.get("status") == "UNAUTHENTICATED" or "ACCESS_TOKEN_EXPIRED" in reasons
 
 

@@ -201,6 +201,8 @@ def test_which_refusals_a_new_token_can_cure() -> None:
     assert vertex.token_refused(403, google_error(403, "PERMISSION_DENIED", "ACCESS_TOKEN_EXPIRED"))
     assert vertex.token_refused(403, b"[" + google_error(403, "UNAUTHENTICATED", "X") + b"]")
     assert not vertex.token_refused(403, b"<html>") and not vertex.token_refused(429, EXPIRED)
+    odd = b'{"error": {"details": [{"reason": ["a list"]}, "text"], "status": 7}}'
+    assert not vertex.token_refused(403, odd) and not vertex.token_refused(403, b"[" * 100_000)  # never raises
 
 
 def test_a_refused_token_is_dropped_and_a_late_refusal_of_it_keeps_the_next(
