@@ -24,7 +24,7 @@ from codexgate.flowstate import Candidate, Decision, GatewayRequest, RelayedRequ
 from codexgate.metrics import GatewayMetrics
 from codexgate.providers.base import UnsupportedRequest, refuse_stateful
 from codexgate.providers.family import CODEX_HEADERS, ProviderFamily, new_context
-from codexgate.providers.registry import CLIENT_CREDENTIAL_HEADERS, family_for
+from codexgate.providers.registry import CLIENT_CREDENTIAL_HEADERS, family_for, family_of
 from codexgate.relay import Attempt, Plan, Timeouts
 from codexgate.request_target import point_at
 from codexgate.usage import StreamUsageReader
@@ -96,7 +96,7 @@ class Route:
     def _direct(self, flow: http.HTTPFlow, state: GatewayRequest, chosen: Candidate) -> None:
         state.provider, state.upstream_model = chosen.provider, chosen.upstream_model
         state.key_index = chosen.key_index
-        family = family_for(state.policy.policy.providers[chosen.provider])
+        family = family_of(state.policy, chosen.provider)
         point(flow, state, family)
 
     # -- several deployments: the relay tries them in order -------------------------------------------
@@ -147,7 +147,7 @@ class Route:
     ) -> Attempt:
         """The request for one candidate, prepared right before it is sent (keys, SigV4)."""
         assert state.body is not None
-        family = family_for(state.policy.policy.providers[candidate.provider])
+        family = family_of(state.policy, candidate.provider)
         translation = prepare_translation(state, family, candidate.upstream_model, candidate.provider)
         if translation is None:
             raise ValueError(f"{candidate.provider} cannot serve {state.endpoint}")
@@ -289,4 +289,4 @@ def _resolve_ended(ended: asyncio.Future[None]) -> None:
 def reprepare(flow: http.HTTPFlow, state: GatewayRequest) -> None:
     """Prepares a directly routed request anew from `state.body` (a hard budget capped its output)."""
     assert state.provider is not None
-    point(flow, state, family_for(state.policy.policy.providers[state.provider]), rewrite=True)
+    point(flow, state, family_of(state.policy, state.provider), rewrite=True)

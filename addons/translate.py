@@ -97,6 +97,10 @@ class Translate:
         translation = state.translation if state else None
         if state is None or flow.response is None or state.answered_locally:
             return
+        if translation is not None and flow.response.status_code in (401, 403):
+            # credentials it cached and the provider refused (Vertex's token) are not sent again
+            raw = flow.response.get_content(strict=False) or b""
+            translation.family.on_auth_error(translation.prepared, flow.response.status_code, raw)
         if translation is None or not translation.prepared.translate:
             if flow.response.status_code in (401, 403) and state.provider:
                 hide_credential_refusal(flow, state.provider)

@@ -48,6 +48,10 @@ class CompiledPolicy:
     # (key name, model) -> reachable providers: asked on every admission, fixed for this policy.
     _reachable: dict[tuple[str, str], list[str]] = dataclasses.field(default_factory=dict, compare=False, repr=False)
     _allowed: dict[str, frozenset[str] | None] = dataclasses.field(default_factory=dict, compare=False, repr=False)
+    # provider name -> its provider family, made on first use (`codexgate.providers.registry.family_of`):
+    # what a family keeps between requests (access tokens) lives and dies with this load. Any: the
+    # policies layer knows no provider.
+    families: dict[str, Any] = dataclasses.field(default_factory=dict, compare=False, repr=False)
 
     def lookup_model(self, requested: str) -> tuple[str, ModelEntry] | None:
         return self.models_by_name.get(requested)

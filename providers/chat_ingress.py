@@ -16,7 +16,7 @@ Request (one `POST /v1/chat/completions` body `chat`)::
     except chat_ingress.ChatRequestError as exc:           # a ValueError
         return 400, exc.body()                             # OpenAI-shaped invalid_request_error
     include_usage = chat_ingress.wants_usage(chat)         # stream_options.include_usage
-    family = registry.family_for(settings)                 # codexgate.providers.registry
+    family = registry.family_of(policy, provider_name)     # codexgate.providers.registry
     prepared = family.prepare(body, upstream_model, provider_name)
     # `dropped` names the Chat fields with no Responses counterpart (stop, seed, logit_bias, ...)
 

@@ -62,6 +62,9 @@ class Prepared:
     translate: bool = True  # False: the answer is already what the client asked for (pass-through)
     answer: Any = None  # what the family's translator needs about the request (tool names, echo, ...)
     echo: JSON = dataclasses.field(default_factory=dict)  # request fields the `response` repeats
+    # What `credentials` noted about the credentials it gave this attempt (Vertex: which cached
+    # token), read back by `on_auth_error`; never a secret itself.
+    issued: Any = None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -145,7 +148,15 @@ class StreamBridge:
 
 
 class ProviderFamily[SettingsT: BaseModel]:
-    """One kind of provider (`kind` in the policy), built per request from its settings.
+    """One kind of provider (`kind` in the policy), an instance per configured provider.
+
+    The gateway sends a provider's requests through one instance per loaded policy
+    (`registry.family_of(policy, name)`, kept with the `CompiledPolicy`): what a family keeps
+    between requests (Vertex's OAuth access tokens) lives in its own attributes, is never shared
+    with another provider, and goes with its policy — a reload builds new instances from the new
+    settings, so nothing cached under the old ones is used again. `registry.family_for(settings)`
+    builds a throwaway instance, for questions about the settings alone (price id, key weights,
+    catalog defaults).
 
     The gateway uses a family like this, and a family promises the following:
 
@@ -178,7 +189,16 @@ class ProviderFamily[SettingsT: BaseModel]:
         The auth headers for the chosen key, over exactly the prepared request (SigV4 signs URL
         and body). Async so a family can do I/O (an OAuth token fetch) — it should cache, since
         this runs per attempt; a family that needs none returns without awaiting anything.
-        Raises `SecretUnavailable` when the key cannot be read (answered 503, logged).
+        Raises `SecretUnavailable` when the key cannot be read (answered 503, logged). A family
+        that caches credentials notes in `prepared.issued` which ones it gave (never the secret).
+
+    `on_auth_error(prepared, status, raw)`
+        The provider refused the credentials given for `prepared` (HTTP 401 or 403, `raw` its
+        error body; direct or relayed, translated or not). A family that caches credentials drops
+        the refused ones — only those, not newer ones `prepared.issued` does not name — so the
+        next request gets fresh ones; the request itself is still answered `error(status, raw)`.
+        A refusal that fresh credentials cannot cure (a missing permission) changes nothing.
+        Never raises; the default does nothing.
 
     `stream(prepared, ctx) -> StreamBridge`
         A decoder for the provider's framing (SSE lines, AWS event-stream frames) and a
@@ -231,6 +251,9 @@ class ProviderFamily[SettingsT: BaseModel]:
 
     async def credentials(self, prepared: Prepared, key_index: int, secrets: SecretResolver) -> dict[str, str]:
         return {}
+
+    def on_auth_error(self, prepared: Prepared, status: int, raw: bytes) -> None:
+        return None
 
     def secret(self, key_index: int, secrets: SecretResolver) -> str:
         """The chosen key's secret (`keys[key_index]`, the first when out of range)."""

@@ -1,10 +1,12 @@
 """Provider kind → family: every family the gateway knows, registered once, here.
 
 Adding a provider is one package `providers/<family>/` with a `family.py` subclassing
-`ProviderFamily`, plus one line below. Everything else reads this table: the addons pick the
-family of a deployment (`family_for`), price it (`ProviderFamily.price_id`), strip and mask its
-credential headers (`SECRET_HEADERS`, `CLIENT_CREDENTIAL_HEADERS`), describe its models to Codex
-(`codex_defaults`).
+`ProviderFamily`, plus one line below. Everything else reads this table: the addons send a
+provider's requests through its family for the loaded policy (`family_of`: one instance per
+provider per load, kept with the `CompiledPolicy`, holding the provider's runtime state), ask a
+throwaway one about settings (`family_for`), price it (`ProviderFamily.price_id`), strip and mask
+its credential headers (`SECRET_HEADERS`, `CLIENT_CREDENTIAL_HEADERS`), describe its models to
+Codex (`codex_defaults`).
 
 Layering (core → policies → providers → addons): settings models live in
 `codexgate.policies.schema` and core (`codexgate.headers`, `codexgate.pricing`) knows no provider.
@@ -12,7 +14,8 @@ The dependency is inverted by handing values down, not by registering into core 
 addons take the secret header names and price ids from here and pass them to the core functions
 (`strip_client_credentials(headers, CLIENT_CREDENTIAL_FIELDS)`, `Pricer.source(price_id, ...)`);
 the Codex catalog (request-state layer, above providers) calls `codex_defaults` itself. So no
-module keeps mutable global state and a core module never depends on import order.
+module keeps mutable global state (a family's runtime state lives with the loaded policy) and a
+core module never depends on import order.
 `check_registry` (run by the tests) holds the table and the policy schema's `Provider` union to
 the same kinds.
 """
@@ -24,6 +27,7 @@ from typing import Any
 
 from codexgate.headers import CLIENT_CREDENTIAL_HEADERS as CLIENT_HEADERS_CORE
 from codexgate.headers import field_names
+from codexgate.policies.loader import CompiledPolicy
 from codexgate.policies.schema import Provider
 from codexgate.providers.anthropic.family import AnthropicFamily
 from codexgate.providers.bedrock.family import BedrockFamily
@@ -41,6 +45,7 @@ __all__ = [
     "check_registry",
     "codex_defaults",
     "family_for",
+    "family_of",
     "kinds",
 ]
 
@@ -70,8 +75,19 @@ SECRET_HEADERS: tuple[str, ...] = CLIENT_CREDENTIAL_HEADERS
 
 
 def family_for(settings: Any) -> ProviderFamily[Any]:
-    """The family of a provider's settings (a policy `providers.<name>` entry), built for it."""
+    """A new family for a provider's settings (a policy `providers.<name>` entry): for questions
+    about the settings; requests go through `family_of`."""
     return FAMILIES[settings.kind](settings)
+
+
+def family_of(policy: CompiledPolicy, provider: str) -> ProviderFamily[Any]:
+    """The family of configured provider `provider` for this loaded policy: made on first use and
+    kept with the policy, so its runtime state (Vertex's access tokens) is this provider's alone,
+    outlives requests, and is left behind with the policy a reload replaces."""
+    family = policy.families.get(provider)
+    if family is None:
+        family = policy.families[provider] = family_for(policy.policy.providers[provider])
+    return family
 
 
 def codex_defaults(settings: Any, upstream_model: str) -> FamilyDefaults:

@@ -87,9 +87,30 @@ class VertexFamily(_GenerateContentFamily[VertexProvider]):
     settings_type = VertexProvider
     secret_headers = ("authorization",)
 
+    def __init__(self, settings: VertexProvider) -> None:
+        super().__init__(settings)
+        # This provider's access tokens: the instance lives as long as the loaded policy
+        # (`registry.family_of`), so they are fetched once per hour, not per request.
+        self._auth = vertex.VertexAuth()
+
     def target(self, upstream_model: str, stream: bool) -> str:
         settings = self.settings
         return vertex.request_target(settings.endpoint, settings.project, settings.location, upstream_model, stream)
 
     async def credentials(self, prepared: Prepared, key_index: int, secrets: SecretResolver) -> dict[str, str]:
-        return await vertex.VertexAuth.for_resolver(secrets).headers(self.settings, secrets)
+        headers, prepared.issued = await self._auth.headers(self.settings, secrets)
+        return headers
+
+    def on_auth_error(self, prepared: Prepared, status: int, raw: bytes) -> None:
+        if isinstance(prepared.issued, vertex.Issued) and vertex.token_refused(status, raw):
+            self._auth.refused(prepared.issued, status)
+
+    def error(self, status: int, raw: bytes) -> tuple[int, JSON]:
+        status_out, body = translate_error(status, raw)
+        if vertex.token_refused(status, raw) and self.settings.credentials is not None:
+            # Not the operator's key to fix: a revoked or early-expired token, already dropped.
+            body["error"]["message"] = (
+                f"Vertex AI refused the gateway's access token (HTTP {status}); the gateway fetches a new "
+                "one for the next request: retry it."
+            )
+        return status_out, body

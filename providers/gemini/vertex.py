@@ -7,17 +7,22 @@ mints from the account's JSON key (an RS256-signed JWT assertion exchanged at th
 `token_uri`). Tokens live an hour; `ServiceAccountTokens` keeps one per key and fetches the next
 ahead of expiry, in a worker thread (google-auth's transport blocks), so the event loop never waits
 on the token endpoint and requests wait only when no usable token is left.
+
+`VertexAuth` is one provider's: its `VertexFamily` keeps it, one per configured provider per loaded
+policy (`registry.family_of`), so providers never share tokens and a reload starts afresh. A token
+Vertex refuses (401 UNAUTHENTICATED: revoked, or expired early) is dropped, so the next request
+fetches a new one instead of failing until the old one's expiry.
 """
 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import datetime as dt
 import hashlib
 import json
 import logging
 import time
-import weakref
 from collections.abc import Callable
 from typing import Any
 
@@ -87,6 +92,7 @@ class ServiceAccountTokens:
         self._session = requests.Session()
         self._token: str | None = None
         self._expires_at = 0.0
+        self.serial = 0  # counts the tokens fetched: names the one a request was sent with
         self._fetch: asyncio.Future[None] | None = None
         self._failed: tuple[float, str] | None = None
 
@@ -106,6 +112,14 @@ class ServiceAccountTokens:
             raise TokenUnavailable(self._failed[1] if self._failed else "the token endpoint gave no usable token")
         return self._token
 
+    def drop(self, serial: int) -> bool:
+        """Forget the token numbered `serial` (Vertex refused it), so the next `token()` fetches a
+        new one; a newer token is kept (a late refusal of an old one says nothing about it)."""
+        if serial != self.serial or self._token is None:
+            return False
+        self._token, self._expires_at = None, 0.0
+        return True
+
     def _holding_failure(self) -> bool:
         return self._failed is not None and self._clock() - self._failed[0] < FAILURE_HOLD_SECONDS
 
@@ -123,6 +137,7 @@ class ServiceAccountTokens:
             log.error("vertex: no access token for %s: %s", self.account, reason)
             return
         self._token, self._expires_at, self._failed = token, expiry, None
+        self.serial += 1
         log.info("vertex: access token for %s, valid %.0f s", self.account, self._lifetime())
 
     def _fetch_blocking(self) -> tuple[str, float]:
@@ -143,32 +158,66 @@ def _reason(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {text[:300]}"
 
 
+def token_refused(status: int, raw: bytes) -> bool:
+    """Whether Vertex's error says the bearer token itself is no good (a new one may pass): 401
+    UNAUTHENTICATED, whose ErrorInfo reason is ACCESS_TOKEN_EXPIRED for an expired or revoked token.
+    A 403 is a missing permission or scope (IAM_PERMISSION_DENIED, ACCESS_TOKEN_SCOPE_INSUFFICIENT)
+    that the account's next token has too — unless it names the token as expired."""
+    if status == 401:
+        return True
+    if status != 403:
+        return False
+    try:
+        error = json.loads(raw)
+    except (ValueError, UnicodeDecodeError, RecursionError):
+        return False
+    if isinstance(error, list) and error:
+        error = error[0]  # the non-SSE streaming endpoint wraps errors in an array
+    error = error.get("error") if isinstance(error, dict) else None
+    if not isinstance(error, dict):
+        return False
+    details = error.get("details")
+    reasons = {str(d.get("reason")) for d in details if isinstance(d, dict)} if isinstance(details, list) else set()
+    return error.get("status") == "UNAUTHENTICATED" or "ACCESS_TOKEN_EXPIRED" in reasons
+
+
+@dataclasses.dataclass(frozen=True)
+class Issued:
+    """Which cached token a request went out with (its `Prepared.issued`)."""
+
+    source: ServiceAccountTokens
+    serial: int
+
+
 class VertexAuth:
-    """The bearer token for a Vertex provider's settings: an explicit `access_token` reference as
-    it is, or one of a service account's (`credentials`), one `ServiceAccountTokens` per key.
+    """One Vertex provider's bearer token: its explicit `access_token` reference as it is, or a
+    token of its service account (`credentials`), cached in a `ServiceAccountTokens` for the key.
 
-    Families are built per request, so the token sources live with what outlives them: the
-    `SecretResolver` each addon keeps for its life (`for_resolver`)."""
-
-    _by_resolver: weakref.WeakKeyDictionary[SecretResolver, VertexAuth] = weakref.WeakKeyDictionary()
+    Its `VertexFamily` keeps it for as long as the loaded policy, so it is this provider's alone.
+    A rotated key (new content under the same reference) gets a source of its own, replacing the
+    old key's."""
 
     def __init__(self) -> None:
-        self._sources: dict[str, ServiceAccountTokens] = {}
+        self._source: tuple[str, ServiceAccountTokens] | None = None  # (key fingerprint, its tokens)
 
-    @classmethod
-    def for_resolver(cls, secrets: SecretResolver) -> VertexAuth:
-        auth = cls._by_resolver.get(secrets)
-        if auth is None:
-            auth = cls._by_resolver[secrets] = cls()
-        return auth
-
-    async def headers(self, settings: Any, secrets: SecretResolver) -> dict[str, str]:
+    async def headers(self, settings: Any, secrets: SecretResolver) -> tuple[dict[str, str], Issued | None]:
+        """The authorization header, and which cached token it carries (None: an explicit one)."""
         if settings.access_token is not None:
-            return {"authorization": f"Bearer {secrets.resolve(settings.access_token.value)}"}
+            return {"authorization": f"Bearer {secrets.resolve(settings.access_token.value)}"}, None
         key_json = secrets.resolve(settings.credentials.value)
-        # One source per key content: a rotated key (same reference) gets a source of its own.
         fingerprint = hashlib.sha256(key_json.encode()).hexdigest()
-        source = self._sources.get(fingerprint)
-        if source is None:
-            source = self._sources[fingerprint] = ServiceAccountTokens(key_json)
-        return {"authorization": f"Bearer {await source.token()}"}
+        if self._source is None or self._source[0] != fingerprint:
+            self._source = (fingerprint, ServiceAccountTokens(key_json))
+        source = self._source[1]
+        token = await source.token()
+        # No await between the token and its serial: they name the same fetch.
+        return {"authorization": f"Bearer {token}"}, Issued(source, source.serial)
+
+    @staticmethod
+    def refused(issued: Issued, status: int) -> None:
+        """Vertex refused the token `issued` names: the next request fetches a new one."""
+        if issued.source.drop(issued.serial):
+            log.warning(
+                "vertex: the access token for %s was refused (HTTP %s); the next request fetches a new one",
+                issued.source.account, status,
+            )  # fmt: skip

@@ -4,13 +4,15 @@
 scripted answers, tests/fakes/gemini_upstream.py) under Vertex's paths
 (`/v1/projects/P/locations/L/publishers/google/models/M:streamGenerateContent?alt=sse`), and
 authorizes `Authorization: Bearer` with tokens its `FakeTokenEndpoint` issued and that have not
-expired, answering 401 UNAUTHENTICATED like Google otherwise.
+expired or been revoked, answering 401 UNAUTHENTICATED with Google's body otherwise (ErrorInfo
+reason ACCESS_TOKEN_EXPIRED for a token it issued, ACCESS_TOKEN_TYPE_UNSUPPORTED for anything else).
 
-`FakeTokenEndpoint` is Google's `token_uri` for a service account: it takes the JWT-bearer grant
-(RFC 7523) and verifies the assertion as Google does — RS256 over `header.claims` with the public
-key of the account's key (made per test by `service_account_key`), `iss` the account's email,
-`aud` Google's token endpoint, a `scope`, `iat`/`exp` at most an hour apart around now — before it issues
-`{"access_token", "expires_in", "token_type": "Bearer"}`; anything else is a 400 `invalid_grant`.
+`FakeTokenEndpoint` is Google's `token_uri` for service accounts (one or several, each with its own
+key): it takes the JWT-bearer grant (RFC 7523) and verifies the assertion as Google does — RS256
+over `header.claims` with the public key of the account's key (made per test by
+`service_account_key`), `iss` the account's email, `aud` Google's token endpoint, a `scope`,
+`iat`/`exp` at most an hour apart around now — before it issues `{"access_token", "expires_in",
+"token_type": "Bearer"}`; anything else is a 400 `invalid_grant`.
 """
 
 from __future__ import annotations
@@ -72,12 +74,12 @@ def _b64decode(part: str) -> bytes:
 
 
 class FakeTokenEndpoint(ThreadedApp):
-    """Google's OAuth2 token endpoint for one service account (see the module docstring)."""
+    """Google's OAuth2 token endpoint for service accounts (see the module docstring)."""
 
     def __init__(self, expires_in: int = 3600) -> None:
         super().__init__()
-        self.public_key: rsa.RSAPublicKey | None = None  # set once the test made the key
-        self.client_email = CLIENT_EMAIL
+        self.accounts: dict[str, rsa.RSAPublicKey] = {}  # client email → its key's public key
+        self.client_email = CLIENT_EMAIL  # the account `key()` makes a key for by default
         self.expires_in = expires_in
         self.fail_status: int | None = None  # answer every grant with this error status
         self.hold: threading.Event | None = None  # grants wait for it (10 s at most, then fail)
@@ -85,20 +87,31 @@ class FakeTokenEndpoint(ThreadedApp):
         self.grants: list[dict[str, Any]] = []  # the verified claims of each grant served
         self.refused: list[str] = []
         self.issued: dict[str, float] = {}  # token → when it expires (epoch seconds)
+        self.owners: dict[str, str] = {}  # token → the account it was issued to
         self._ids = itertools.count(1)
 
     @property
     def url(self) -> str:
         return f"http://127.0.0.1:{self.port}/token"
 
-    def key(self) -> ServiceAccountKey:
-        """A service-account key for this endpoint; grants are verified against it from now on."""
-        made = service_account_key(self.url, self.client_email)
-        self.public_key = made.public_key
+    def key(self, client_email: str | None = None) -> ServiceAccountKey:
+        """A new key of service account `client_email` (default `self.client_email`) for this
+        endpoint; that account's grants are verified against it from now on (an older key of the
+        account no longer works)."""
+        email = client_email or self.client_email
+        made = service_account_key(self.url, email)
+        self.accounts[email] = made.public_key
         return made
 
     def valid(self, token: str) -> bool:
         return self.issued.get(token, 0.0) > time.time()
+
+    def revoke(self, token: str) -> None:
+        """The token stops working before its expiry (as after a revocation or a key disabled)."""
+        self.issued[token] = 0.0
+
+    def grants_of(self, client_email: str) -> list[dict[str, Any]]:
+        return [grant for grant in self.grants if grant.get("iss") == client_email]
 
     def _refuse(self, status: int, error: str, description: str) -> web.Response:
         self.refused.append(f"{error}: {description}")
@@ -123,6 +136,7 @@ class FakeTokenEndpoint(ThreadedApp):
         self.grants.append(claims)
         token = f"ya29.fake-{next(self._ids)}-{int(time.time())}"
         self.issued[token] = time.time() + self.expires_in
+        self.owners[token] = str(claims["iss"])
         return web.json_response({"access_token": token, "expires_in": self.expires_in, "token_type": "Bearer"})
 
     def _verify(self, assertion: str) -> tuple[str, dict[str, Any]]:
@@ -137,16 +151,15 @@ class FakeTokenEndpoint(ThreadedApp):
             return "undecodable assertion", {}
         if header.get("alg") != "RS256":
             return f"alg {header.get('alg')!r}, not RS256", {}
-        if self.public_key is None:
-            return "no key registered", {}
+        public_key = self.accounts.get(str(claims.get("iss")))
+        if public_key is None:
+            return f"iss {claims.get('iss')!r}: no such account", {}
         try:
             signing_input = f"{parts[0]}.{parts[1]}".encode()
-            self.public_key.verify(signature, signing_input, padding.PKCS1v15(), hashes.SHA256())
+            public_key.verify(signature, signing_input, padding.PKCS1v15(), hashes.SHA256())
         except InvalidSignature:
             return "Invalid JWT Signature.", {}
         now = time.time()
-        if claims.get("iss") != self.client_email:
-            return f"iss {claims.get('iss')!r}", {}
         if claims.get("aud") not in (GOOGLE_TOKEN_AUDIENCE, self.url):
             return f"aud {claims.get('aud')!r} is not the token URI", {}
         if "https://www.googleapis.com/auth/cloud-platform" not in str(claims.get("scope", "")).split():
@@ -180,10 +193,24 @@ class FakeVertex(FakeGemini):
         if request.headers.get("x-goog-api-key"):
             return self._error(401, "UNAUTHENTICATED", "API keys are not supported by this API.")
         if scheme.lower() != "bearer" or not self.tokens.valid(token):
+            # Google's answer, word for word: one it issued that no longer works has expired
+            reason = "ACCESS_TOKEN_EXPIRED" if token in self.tokens.issued else "ACCESS_TOKEN_TYPE_UNSUPPORTED"
             return self._error(
                 401,
                 "UNAUTHENTICATED",
-                "Request had invalid authentication credentials. Expected OAuth 2 access token.",
-                [{"@type": "type.googleapis.com/google.rpc.ErrorInfo", "reason": "ACCESS_TOKEN_TYPE_UNSUPPORTED"}],
+                "Request had invalid authentication credentials. Expected OAuth 2 access token, login cookie"
+                " or other valid authentication credential. See"
+                " https://developers.google.com/identity/sign-in/web/devconsole-project.",
+                [
+                    {
+                        "@type": "type.googleapis.com/google.rpc.ErrorInfo",
+                        "reason": reason,
+                        "domain": "googleapis.com",
+                        "metadata": {
+                            "service": "aiplatform.googleapis.com",
+                            "method": "google.cloud.aiplatform.v1.PredictionService.GenerateContent",
+                        },
+                    }
+                ],
             )
         return None

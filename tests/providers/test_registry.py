@@ -8,6 +8,7 @@ from typing import Any
 import pytest
 from fakes.sdk_validation import valid_response
 
+from codexgate.policies.loader import parse_policy
 from codexgate.policies.schema import AnthropicProvider, OpenAIProvider, SecretRef
 from codexgate.providers.family import Prepared, ProviderFamily, StreamBridge, new_context
 from codexgate.providers.registry import (
@@ -16,6 +17,7 @@ from codexgate.providers.registry import (
     SECRET_HEADERS,
     check_registry,
     family_for,
+    family_of,
     kinds,
 )
 from codexgate.providers.responses import EmittingTranslator, ResponseContext
@@ -29,6 +31,23 @@ def test_every_policy_kind_has_exactly_its_family() -> None:
     family = family_for(settings)
     assert family.kind == "anthropic" and family.settings is settings
     assert family_for(OpenAIProvider(kind="openai", keys=[SecretRef(value="env:K")])).passthrough
+
+
+def test_a_provider_has_one_family_per_loaded_policy() -> None:
+    """Where a family's runtime state (Vertex's tokens) lives: one instance per provider for as
+    long as the loaded policy, another provider's apart, a reloaded policy's new."""
+    text = """\
+providers:
+  one: {kind: vertex, project: acme-prod-1, credentials: {value: env:A}}
+  two: {kind: vertex, project: acme-prod-1, credentials: {value: env:A}}
+models:
+  m: {routes: [{provider: one}, {provider: two}]}
+"""
+    loaded, reloaded = parse_policy(text), parse_policy(text)
+    one = family_of(loaded, "one")
+    assert family_of(loaded, "one") is one and one.settings is loaded.policy.providers["one"]
+    assert family_of(loaded, "two") is not one  # same settings, another provider: its own state
+    assert family_of(reloaded, "one") is not one and family_of(reloaded, "one") is family_of(reloaded, "one")
 
 
 def test_every_familys_secret_headers_are_stripped_from_clients_and_masked() -> None:

@@ -4,6 +4,7 @@ token endpoint that verifies the RS256 JWT assertion (tests/fakes/vertex_upstrea
 from __future__ import annotations
 
 import asyncio
+import json
 import threading
 from collections.abc import Iterator
 
@@ -11,7 +12,9 @@ import pytest
 from fakes.vertex_upstream import FakeTokenEndpoint
 
 from codexgate.policies.schema import SecretRef, VertexProvider
+from codexgate.providers.family import Prepared
 from codexgate.providers.gemini import vertex
+from codexgate.providers.gemini.family import VertexFamily
 from codexgate.providers.gemini.vertex import ServiceAccountTokens, TokenUnavailable, VertexAuth
 from codexgate.secrets import SecretResolver, SecretUnavailable
 
@@ -157,7 +160,7 @@ def test_a_key_that_is_not_a_service_account_key_names_no_content() -> None:
     assert "MIIsecret" not in str(refused.value)
 
 
-def test_vertex_auth_caches_per_resolver_and_uses_an_explicit_token_as_it_is(
+def test_vertex_auth_caches_a_token_and_uses_an_explicit_token_as_it_is(
     token_endpoint: FakeTokenEndpoint, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setenv("VERTEX_KEY", token_endpoint.key().json)
@@ -165,15 +168,77 @@ def test_vertex_auth_caches_per_resolver_and_uses_an_explicit_token_as_it_is(
     secrets = SecretResolver()
     keyed = VertexProvider(kind="vertex", project="acme-prod-1", credentials=_ref("VERTEX_KEY"))
     given = VertexProvider(kind="vertex", project="acme-prod-1", access_token=_ref("VERTEX_TOKEN"))
+    auth = VertexAuth()
 
-    async def scenario() -> list[dict[str, str]]:
+    async def scenario() -> list[tuple[dict[str, str], vertex.Issued | None]]:
         return [
-            await VertexAuth.for_resolver(secrets).headers(keyed, secrets),
-            await VertexAuth.for_resolver(secrets).headers(keyed, secrets),
-            await VertexAuth.for_resolver(secrets).headers(given, secrets),
+            await auth.headers(keyed, secrets),
+            await auth.headers(keyed, secrets),
+            await VertexAuth().headers(given, secrets),
         ]
 
-    first, second, explicit = asyncio.run(scenario())
+    (first, issued), (second, again), (explicit, none) = asyncio.run(scenario())
     assert first == second and first["authorization"].startswith("Bearer ya29.fake-")
+    assert issued == again and issued is not None and issued.serial == 1
     assert len(token_endpoint.grants) == 1
-    assert explicit == {"authorization": "Bearer ya29.given"}
+    assert explicit == {"authorization": "Bearer ya29.given"} and none is None
+
+
+def google_error(status: int, google_status: str, reason: str) -> bytes:
+    """Google's error body (google.rpc.Status with an ErrorInfo)."""
+    info = {"@type": "type.googleapis.com/google.rpc.ErrorInfo", "reason": reason, "domain": "googleapis.com"}
+    return json.dumps({"error": {"code": status, "message": "m", "status": google_status, "details": [info]}}).encode()
+
+
+EXPIRED = google_error(401, "UNAUTHENTICATED", "ACCESS_TOKEN_EXPIRED")
+NO_PERMISSION = google_error(403, "PERMISSION_DENIED", "IAM_PERMISSION_DENIED")
+
+
+def test_which_refusals_a_new_token_can_cure() -> None:
+    assert vertex.token_refused(401, EXPIRED) and vertex.token_refused(401, b"not json")
+    assert not vertex.token_refused(403, NO_PERMISSION)  # the account's next token lacks it too
+    assert not vertex.token_refused(403, google_error(403, "PERMISSION_DENIED", "ACCESS_TOKEN_SCOPE_INSUFFICIENT"))
+    assert vertex.token_refused(403, google_error(403, "PERMISSION_DENIED", "ACCESS_TOKEN_EXPIRED"))
+    assert vertex.token_refused(403, b"[" + google_error(403, "UNAUTHENTICATED", "X") + b"]")
+    assert not vertex.token_refused(403, b"<html>") and not vertex.token_refused(429, EXPIRED)
+    odd = b'{"error": {"details": [{"reason": ["a list"]}, "text"], "status": 7}}'
+    assert not vertex.token_refused(403, odd) and not vertex.token_refused(403, b"[" * 100_000)  # never raises
+
+
+def test_a_refused_token_is_dropped_and_a_late_refusal_of_it_keeps_the_next(
+    token_endpoint: FakeTokenEndpoint, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Requests in flight with a revoked token each get a 401; the first drops it, the later ones
+    must not drop the new token fetched meanwhile."""
+    monkeypatch.setenv("VERTEX_KEY", token_endpoint.key().json)
+    family = VertexFamily(VertexProvider(kind="vertex", project="acme-prod-1", credentials=_ref("VERTEX_KEY")))
+    secrets = SecretResolver()
+
+    async def send() -> tuple[str, Prepared]:
+        prepared = Prepared("https://vertex.test/", {}, b"{}", False, "gemini-2.5-pro")
+        headers = await family.credentials(prepared, 0, secrets)
+        return headers["authorization"], prepared
+
+    async def scenario() -> list[str]:
+        (first, sent), (_, also_sent) = await send(), await send()
+        family.on_auth_error(sent, 403, NO_PERMISSION)  # not the token's fault: kept
+        kept, _ = await send()
+        family.on_auth_error(sent, 401, EXPIRED)
+        fresh, _ = await send()
+        family.on_auth_error(also_sent, 401, EXPIRED)  # the old token again: the new one stays
+        still, _ = await send()
+        return [first, kept, fresh, still]
+
+    first, kept, fresh, still = asyncio.run(scenario())
+    assert kept == first and fresh != first and still == fresh
+    assert len(token_endpoint.grants) == 2
+
+
+def test_an_explicit_access_token_has_nothing_to_drop(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("VERTEX_TOKEN", "ya29.given")
+    family = VertexFamily(VertexProvider(kind="vertex", project="acme-prod-1", access_token=_ref("VERTEX_TOKEN")))
+    prepared = Prepared("https://vertex.test/", {}, b"{}", False, "gemini-2.5-pro")
+    assert asyncio.run(family.credentials(prepared, 0, SecretResolver())) == {"authorization": "Bearer ya29.given"}
+    family.on_auth_error(prepared, 401, EXPIRED)  # nothing cached: nothing happens
+    status, body = family.error(401, EXPIRED)  # and the operator is told it is the given token
+    assert status == 502 and "refused by Google" in body["error"]["message"]
