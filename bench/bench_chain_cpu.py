@@ -15,12 +15,19 @@ gateway (they are off the event loop there too).
     .venv/bin/python bench/bench_chain_cpu.py                       # both kinds, 7 batches of 300
     .venv/bin/python bench/bench_chain_cpu.py --kinds sse --profile /tmp/chain.prof
     .venv/bin/python bench/bench_chain_cpu.py --limits              # + budgets and rate limits
+    .venv/bin/python bench/bench_chain_cpu.py --calls               # calls per step: no noise at all
+
+`--calls` counts the function calls (Python and C: `sys.setprofile`'s call and c_call events) each
+step makes per request, by hook, and the stream callable's per answer. A count is the same on
+every run and machine, so a change's effect on the chain's work shows without the 2-core machine's
+noise; CPU follows it roughly (a C call is cheaper than a Python one).
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import collections
 import cProfile
 import json
 import os
@@ -130,6 +137,60 @@ async def one_request(addons: list[Any], flow: http.HTTPFlow, answer: http.Respo
                 await result
 
 
+class CallCounter:
+    """Counts the calls made while it is installed (`sys.setprofile`), into `counts[label]`."""
+
+    def __init__(self) -> None:
+        self.counts: collections.Counter[tuple[str, str]] = collections.Counter()
+        self._calls = 0
+
+    def _profile(self, frame: Any, event: str, arg: Any) -> None:
+        if event == "call" or event == "c_call":
+            self._calls += 1
+
+    def start(self) -> None:
+        self._calls = 0
+        sys.setprofile(self._profile)
+
+    def stop(self, label: tuple[str, str]) -> None:
+        sys.setprofile(None)
+        self.counts[label] += self._calls - 1  # sys.setprofile(None) itself is a c_call
+
+
+async def counted_request(
+    steps: list[Any], counter: CallCounter, flow: http.HTTPFlow, answer: http.Response, chunks: list[bytes]
+) -> None:
+    """`one_request`, with each step's hook (and the stream callable) counted on its own."""
+
+    async def call(hook: str) -> None:
+        for step in steps:
+            function = getattr(step, hook, None)
+            if function is None:
+                continue
+            counter.start()
+            result = function(flow)
+            if asyncio.iscoroutine(result):
+                await result
+            counter.stop((hook, type(step).__name__))
+
+    await call("requestheaders")
+    await call("request")
+    if flow.response is not None:
+        raise RuntimeError(f"the chain answered the request itself: {flow.response.status_code} {flow.response.text}")
+    flow.response = answer
+    await call("responseheaders")
+    if chunks:
+        stream = flow.response.stream
+        assert callable(stream)
+        counter.start()
+        for chunk in chunks:
+            stream(chunk)
+        stream(b"")
+        counter.stop(("stream", f"callable ({len(chunks)} chunks)"))
+        flow.response.content = b"".join(chunks)
+    await call("response")
+
+
 async def measure(args: argparse.Namespace) -> dict[str, list[float]]:
     from codexgate.addons import chain
 
@@ -150,6 +211,24 @@ async def measure(args: argparse.Namespace) -> dict[str, list[float]]:
                     if asyncio.iscoroutine(result):
                         await result
             number = 0
+            if args.calls:
+                steps = [addons[0], *addons[1].steps]  # SecretMask, then the Pipeline's steps in order
+                for kind in args.kinds:
+                    counter = CallCounter()
+                    for index in range(args.per_batch + 20):  # 20 unreported: caches and first-use paths
+                        number += 1
+                        stream = kind == "sse"
+                        answer, chunks = make_answer(stream, number)
+                        if index == 20:
+                            counter.counts.clear()
+                        await counted_request(steps, counter, make_flow(stream), answer, chunks)
+                        await asyncio.sleep(0.001)
+                    results[kind] = [sum(counter.counts.values()) / args.per_batch]
+                    print(f"{kind}: {results[kind][0]:.0f} calls per request; by step and hook (>= 2 per request):")
+                    for (hook, step), count in counter.counts.most_common():
+                        if count / args.per_batch >= 2:
+                            print(f"  {count / args.per_batch:7.1f}  {hook:<16} {step}")
+                args.batches = -1  # no timed batches
             profiler = cProfile.Profile() if args.profile else None
             for batch in range(args.batches + 1):  # the first batch warms up, unreported
                 for kind in args.kinds:
@@ -178,6 +257,8 @@ async def measure(args: argparse.Namespace) -> dict[str, list[float]]:
                         await result
             lines = (data_dir / "accounting.jsonl").read_text().splitlines()
             expected = (args.batches + 1) * args.per_batch * len(args.kinds)
+            if args.calls:
+                expected = (args.per_batch + 20) * len(args.kinds)
             if len(lines) != expected or any('"decision":"forwarded"' not in line for line in lines):
                 raise RuntimeError(f"expected {expected} forwarded accounting lines, found {len(lines)}")
             if profiler is not None:
@@ -194,9 +275,12 @@ def main() -> None:
     parser.add_argument("--limits", action="store_true", help="a policy with budgets and rate limits (store path)")
     parser.add_argument("--profile", metavar="FILE", help="cProfile the measured batches into FILE and print the top")
     parser.add_argument("--profile-lines", type=int, default=45)
+    parser.add_argument("--calls", action="store_true", help="count the calls per step and hook instead of timing")
     args = parser.parse_args()
     args.kinds = [kind.strip() for kind in args.kinds.split(",") if kind.strip()]
     results = asyncio.run(measure(args))
+    if args.calls:
+        return
     for kind, values in results.items():
         ordered = sorted(values)
         print(
