@@ -10,6 +10,7 @@ from collections.abc import Callable
 
 from mitmproxy import http
 
+from codexgate.addons.upstream_watch import UpstreamWatch, stream_progress
 from codexgate.flowstate import GatewayRequest, state_of
 from codexgate.headers import header_value
 from codexgate.metrics import GatewayMetrics
@@ -41,12 +42,29 @@ def failed_event(state: GatewayRequest, reader: StreamUsageReader, marker: bytes
     return f"event: response.failed\ndata: {json.dumps(event)}\n\n".encode()
 
 
-def _pass_through(state: GatewayRequest, reader: StreamUsageReader) -> Callable[[bytes], bytes]:
-    """A provider's stream forwarded by mitmproxy itself: read for its usage, the bytes unchanged.
+def _pass_through(
+    state: GatewayRequest, reader: StreamUsageReader, progress: tuple[UpstreamWatch, Callable[[], float]] | None
+) -> Callable[[bytes], bytes]:
+    """A provider's stream forwarded by mitmproxy itself: read for its usage, the bytes unchanged,
+    and each chunk's arrival noted for the idle timeout (`progress`, when the request is watched).
     Runs once per chunk, so it does no more than that (the reader counts most chunks only)."""
     feed = reader.feed
+    if progress is None:
 
-    def observe(chunk: bytes) -> bytes:
+        def observe(chunk: bytes) -> bytes:
+            if state.first_byte is None and chunk:
+                state.first_byte = time.time()
+            try:
+                feed(chunk)
+            except Exception:  # a reading problem must never disturb the stream itself
+                logger.exception("usage reader failed on request %s", state.request_id)
+            return chunk
+
+        return observe
+    watch, clock = progress
+
+    def observe_watched(chunk: bytes) -> bytes:
+        watch.last_data = clock()
         if state.first_byte is None and chunk:
             state.first_byte = time.time()
         try:
@@ -55,7 +73,7 @@ def _pass_through(state: GatewayRequest, reader: StreamUsageReader) -> Callable[
             logger.exception("usage reader failed on request %s", state.request_id)
         return chunk
 
-    return observe
+    return observe_watched
 
 
 def _observer(state: GatewayRequest, reader: StreamUsageReader) -> Callable[[bytes], bytes]:
@@ -101,8 +119,10 @@ class Meter:
             return  # Translate reads usage from its own translator
         if _is_event_stream(flow.response):
             state.reader = StreamUsageReader(state.endpoint)
-            relayed = state.relayed is not None
-            flow.response.stream = (_observer if relayed else _pass_through)(state, state.reader)
+            if state.relayed is not None:
+                flow.response.stream = _observer(state, state.reader)  # the relay bounds what it carries
+            else:
+                flow.response.stream = _pass_through(state, state.reader, stream_progress(flow))
             self._metrics.active_streams.inc()
             state.notes.append("stream")
 

@@ -10,6 +10,7 @@ from collections.abc import Callable
 
 from mitmproxy import http
 
+from codexgate.addons.upstream_watch import UpstreamWatch, stream_progress
 from codexgate.errors import error_object, error_response
 from codexgate.flowstate import GatewayRequest, Translation, state_of
 from codexgate.mitm_seams import FAILED_EVENT, LiveCallable
@@ -21,13 +22,15 @@ KEPT_HEADER_PREFIXES = ("date", "x-codexgate-", "x-ratelimit-")
 
 
 def _bridge_stream(
-    state: GatewayRequest, translation: Translation
+    state: GatewayRequest, translation: Translation, progress: tuple[UpstreamWatch, Callable[[], float]] | None
 ) -> tuple[Callable[[bytes], bytes | list[bytes]], Callable[[http.HTTPFlow, str], bytes]]:
     """The stream callable for mitmproxy, and what to send when the provider's connection breaks
     mid-stream (`codexgate.mitm_seams.FAILED_EVENT`): the translator's own `response.failed`,
-    numbered after what it emitted, with its response id, items and input usage."""
+    numbered after what it emitted, with its response id, items and input usage. Each chunk's
+    arrival is noted for the idle timeout (`progress`, when the request is watched)."""
     import time
 
+    watch, clock = progress if progress is not None else (None, time.monotonic)
     bridge = translation.bridge
     assert bridge is not None  # set by Translate.responseheaders before this is made
     chat = None
@@ -37,6 +40,8 @@ def _bridge_stream(
         chat = ChatSSERelay(translation.chat_model, translation.chat_usage)
 
     def translate(chunk: bytes) -> bytes | list[bytes]:
+        if watch is not None:
+            watch.last_data = clock()
         if state.first_byte is None and chunk:
             state.first_byte = time.time()
         try:
@@ -89,7 +94,7 @@ class Translate:
             headers["cache-control"] = "no-cache"
             if flow.request.http_version == "HTTP/1.1":
                 headers["transfer-encoding"] = "chunked"
-            flow.response.stream, broken = _bridge_stream(state, translation)
+            flow.response.stream, broken = _bridge_stream(state, translation, stream_progress(flow))
             flow.metadata[FAILED_EVENT] = LiveCallable(broken)
 
     def response(self, flow: http.HTTPFlow) -> None:

@@ -16,16 +16,15 @@ for the idle timeout. A "200" that is not JSON is answered 502 `upstream_invalid
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import json
 import logging
-import time
 from typing import Any
 
 from mitmproxy import connection, ctx, http
 from mitmproxy.addonmanager import Loader
 
 from codexgate.addons.meter import UPSTREAM_ERROR_MARKER, failed_event
+from codexgate.addons.upstream_watch import WATCH_KEY, UpstreamWatch, loop_clock
 from codexgate.bounded import clip
 from codexgate.errors import error_response
 from codexgate.flowstate import Decision, GatewayRequest, state_of
@@ -36,35 +35,7 @@ from codexgate.usage import StreamUsageReader
 
 logger = logging.getLogger(__name__)
 
-WATCH_KEY = "codexgate.upstream_watch"
 ANSWER_ENDPOINTS = ("responses", "chat")
-
-
-@dataclasses.dataclass(eq=False)
-class _Watch:
-    """The deadlines of one forwarded request. One timer, scheduled once: it fires at the connect
-    deadline and, if the request is still going, sleeps until the next one (first byte, then
-    idle since the last data, and the total); the stages move on without re-creating it."""
-
-    connect: float
-    first_byte: float
-    idle: float
-    total: float
-    started: float
-    timer: asyncio.TimerHandle | None = None
-    stage: str = "connect"  # connect / first_byte / idle
-    last_data: float = 0.0
-    tail: bytes = b""  # the stream's last two bytes
-    done: bool = False
-
-    def __deepcopy__(self, memo: dict[int, object]) -> None:
-        return None  # live timers: not part of a saved flow (mitmproxy serializes a deep copy)
-
-    def cancel(self) -> None:
-        self.done = True
-        if self.timer is not None:
-            self.timer.cancel()
-            self.timer = None
 
 
 def _connected(flow: http.HTTPFlow) -> bool:
@@ -103,9 +74,9 @@ def stream_failure_event(flow: http.HTTPFlow, message: str) -> bytes:
         return b""
     reader = state.reader or StreamUsageReader(state.endpoint)
     marker = UPSTREAM_ERROR_MARKER + b"\ndata: " + json.dumps({"message": message}).encode() + b"\n\n"
-    watch = flow.metadata.get(WATCH_KEY)
-    # An event the provider cut in half is ended first, so that the failure is an event of its own.
-    cut_mid_event = isinstance(watch, _Watch) and watch.tail not in (b"", b"\n\n")
+    # An event the provider cut in half is ended first, so that the failure is an event of its own
+    # (the reader has seen every byte the client got).
+    cut_mid_event = state.reader is not None and state.reader.mid_event
     return (b"\n\n" if cut_mid_event else b"") + failed_event(state, reader, marker)
 
 
@@ -135,13 +106,13 @@ class UpstreamBounds:
             return  # the relay bounds what it carries itself
         settings = state.policy.policy.gateway.resilience
         loop = asyncio.get_running_loop()
-        watch = _Watch(settings.connect_timeout, settings.first_byte_timeout, settings.idle_timeout,
+        watch = UpstreamWatch(settings.connect_timeout, settings.first_byte_timeout, settings.idle_timeout,
                        settings.total_timeout, loop.time())  # fmt: skip
         flow.metadata[WATCH_KEY] = watch
         flow.metadata[FAILED_EVENT] = LiveCallable(stream_failure_event)
         watch.timer = loop.call_at(watch.started + min(watch.connect, watch.first_byte), self._check, flow, watch)
 
-    def _check(self, flow: http.HTTPFlow, watch: _Watch) -> None:
+    def _check(self, flow: http.HTTPFlow, watch: UpstreamWatch) -> None:
         watch.timer = None
         if watch.done:
             return
@@ -170,7 +141,7 @@ class UpstreamBounds:
             else:
                 self._expire(flow, watch, "idle_timeout", f"the provider's answer stalled for {watch.idle:g} s")
 
-    def _expire(self, flow: http.HTTPFlow, watch: _Watch, outcome: str, message: str) -> None:
+    def _expire(self, flow: http.HTTPFlow, watch: UpstreamWatch, outcome: str, message: str) -> None:
         watch.timer = None
         received = flow.response is not None
         status = 502 if received else 504
@@ -184,7 +155,7 @@ class UpstreamBounds:
 
     def responseheaders(self, flow: http.HTTPFlow) -> None:
         watch = flow.metadata.get(WATCH_KEY)
-        if isinstance(watch, _Watch):
+        if isinstance(watch, UpstreamWatch):
             # From here on the answer may not go quiet for longer than idle_timeout; a whole
             # (unstreamed) answer must complete within it. StreamWatch notes a stream's progress.
             watch.stage = "idle"
@@ -194,7 +165,7 @@ class UpstreamBounds:
 
     def response(self, flow: http.HTTPFlow) -> None:
         watch = flow.metadata.get(WATCH_KEY)
-        if isinstance(watch, _Watch):
+        if isinstance(watch, UpstreamWatch):
             watch.cancel()
         if not self.enabled:
             return
@@ -217,7 +188,7 @@ class UpstreamBounds:
 
     def error(self, flow: http.HTTPFlow) -> None:
         watch = flow.metadata.get(WATCH_KEY)
-        if isinstance(watch, _Watch):
+        if isinstance(watch, UpstreamWatch):
             watch.cancel()
         failure = flow.metadata.get(UPSTREAM_FAILURE)
         state = state_of(flow)
@@ -259,30 +230,24 @@ class StreamWatch:
 
     def responseheaders(self, flow: http.HTTPFlow) -> None:
         watch = flow.metadata.get(WATCH_KEY)
-        if not isinstance(watch, _Watch) or watch.done or flow.response is None:
-            return
-        loop = asyncio.get_running_loop()
-        # asyncio's own loops tell time.monotonic(): called directly, without the method's frame.
-        clock = time.monotonic if type(loop).time is asyncio.BaseEventLoop.time else loop.time
+        if not isinstance(watch, UpstreamWatch) or watch.done or watch.noted or flow.response is None:
+            return  # noted: the gateway's stream callable sets last_data itself (Meter, Translate)
         inner = flow.response.stream
         if not inner:
             return
-        # Runs once per chunk: no more than the clock and the last two bytes (kept without copying
-        # the chunk), and the inner callable chosen here rather than tested each time.
+        clock = loop_clock()
+        # Runs once per chunk: no more than the clock, and the inner callable chosen here rather
+        # than tested each time.
         if callable(inner):
 
             def watched(chunk: bytes) -> Any:
                 watch.last_data = clock()
-                if chunk:
-                    watch.tail = chunk[-2:] if len(chunk) > 1 else watch.tail[-1:] + chunk
                 return inner(chunk)
 
         else:
 
             def watched(chunk: bytes) -> Any:
                 watch.last_data = clock()
-                if chunk:
-                    watch.tail = chunk[-2:] if len(chunk) > 1 else watch.tail[-1:] + chunk
                 return chunk
 
         flow.response.stream = watched

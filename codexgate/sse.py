@@ -15,6 +15,11 @@ class SSEParser:
     def __init__(self) -> None:
         self._buffer = b""
 
+    @property
+    def pending(self) -> bytes:
+        """What was fed after the last complete event (the start of one not yet ended)."""
+        return self._buffer
+
     def feed(self, chunk: bytes) -> list[tuple[str, str]]:
         self._buffer += chunk
         if b"\r" in self._buffer:

@@ -139,6 +139,12 @@ class StreamUsageReader:
         else:
             self.events += whole.count(b"\n\n")  # each event ends with a blank line
 
+    @property
+    def mid_event(self) -> bool:
+        """Whether the bytes read so far stop inside an event (a stream cut there needs a blank
+        line before anything appended to it can be an event of its own)."""
+        return bool((self._pending or self._parser.pending).strip(b"\r\n"))
+
     def _matters(self, whole: bytes) -> bool:
         if self.endpoint != "responses":
             return any(word in whole for word in _CHAT_WORDS)

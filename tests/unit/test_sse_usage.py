@@ -250,3 +250,26 @@ def test_responses_reader_takes_the_id_from_response_created_wherever_it_is(resp
     reader = StreamUsageReader("responses")
     reader.feed(encode_event({"type": "response.created", "sequence_number": 0, "response": response}))
     assert reader.response_id == "resp_first"
+
+
+@pytest.mark.parametrize(
+    ("chunks", "mid_event"),
+    [
+        ([], False),
+        ([b'event: response.output_text.delta\ndata: {"delta":"a"}\n\n'], False),  # counted without parsing
+        ([b'event: response.output_text.delta\ndata: {"del'], True),  # cut inside the data line
+        ([b'event: response.output_text.delta\ndata: {"delta":"a"}\n'], True),  # its blank line not yet sent
+        ([b'event: response.output_text.delta\ndata: {"delta":"a"}\n\nevent: response.output_'], True),
+        ([b'event: response.output_text.delta\r\ndata: {"delta":"a"}\r\n'], True),  # exact parsing (\r\n)
+        ([b'event: response.output_text.delta\r\ndata: {"delta":"a"}\r\n\r\n'], False),
+        ([b': keep-alive\n\n', b'event: response.output_text.delta\ndata: {"de'], True),  # exact parsing (comment)
+        ([b'event: response.output_text.delta\ndata: {"delta":"a"}\n\n\n'], False),  # a spare blank line ends nothing
+    ],
+)
+def test_the_reader_knows_whether_the_bytes_so_far_stop_inside_an_event(chunks: list[bytes], mid_event: bool) -> None:
+    """What a cut stream's failure event is prefixed with depends on it (a blank line when the client
+    got half an event), and the reader has seen every byte the client got."""
+    reader = StreamUsageReader("responses")
+    for chunk in chunks:
+        reader.feed(chunk)
+    assert reader.mid_event is mid_event

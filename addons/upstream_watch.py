@@ -1,0 +1,67 @@
+"""The deadlines of one forwarded request, and how a stream callable notes its progress.
+
+`UpstreamBounds` (addons/upstream_bounds.py) keeps one `UpstreamWatch` per single-route request
+(`flow.metadata[WATCH_KEY]`) and times it out; the stream callables the gateway sets on an answer
+(Meter's pass-through reader, Translate's translator) note each chunk's arrival in it themselves,
+inline (`stream_progress`), so the per-chunk path has no wrapper for it. A module of its own because
+Meter and Translate, which UpstreamBounds itself imports, need it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import time
+from collections.abc import Callable
+
+from mitmproxy import http
+
+WATCH_KEY = "codexgate.upstream_watch"
+
+
+@dataclasses.dataclass(eq=False)
+class UpstreamWatch:
+    """The deadlines of one forwarded request. One timer, scheduled once: it fires at the connect
+    deadline and, if the request is still going, sleeps until the next one (first byte, then
+    idle since the last data, and the total); the stages move on without re-creating it."""
+
+    connect: float
+    first_byte: float
+    idle: float
+    total: float
+    started: float
+    timer: asyncio.TimerHandle | None = None
+    stage: str = "connect"  # connect / first_byte / idle
+    last_data: float = 0.0
+    # Set when the gateway's own stream callable notes `last_data` itself (see `stream_progress`):
+    # StreamWatch then adds no wrapper of its own, a Python call less per chunk.
+    noted: bool = False
+    done: bool = False
+
+    def __deepcopy__(self, memo: dict[int, object]) -> None:
+        return None  # live timers: not part of a saved flow (mitmproxy serializes a deep copy)
+
+    def cancel(self) -> None:
+        self.done = True
+        if self.timer is not None:
+            self.timer.cancel()
+            self.timer = None
+
+
+def stream_progress(flow: http.HTTPFlow) -> tuple[UpstreamWatch, Callable[[], float]] | None:
+    """For a stream callable about to be set on `flow.response`: the watch whose `last_data` it
+    must set to `clock()` on every chunk (the idle timeout reads it), or None when nothing watches
+    this request (relayed, bounds off). Whoever takes it notes the progress itself, inline: the
+    chunk path is the hot path, and StreamWatch's wrapper around it would be one call more."""
+    watch = flow.metadata.get(WATCH_KEY)
+    if not isinstance(watch, UpstreamWatch) or watch.done:
+        return None
+    watch.noted = True
+    return watch, loop_clock()
+
+
+def loop_clock() -> Callable[[], float]:
+    """The running loop's clock; asyncio's own loops tell time.monotonic(): called directly, without
+    the method's frame."""
+    loop = asyncio.get_running_loop()
+    return time.monotonic if type(loop).time is asyncio.BaseEventLoop.time else loop.time
