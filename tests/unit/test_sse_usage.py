@@ -262,7 +262,7 @@ def test_responses_reader_takes_the_id_from_response_created_wherever_it_is(resp
         ([b'event: response.output_text.delta\ndata: {"delta":"a"}\n\nevent: response.output_'], True),
         ([b'event: response.output_text.delta\r\ndata: {"delta":"a"}\r\n'], True),  # exact parsing (\r\n)
         ([b'event: response.output_text.delta\r\ndata: {"delta":"a"}\r\n\r\n'], False),
-        ([b': keep-alive\n\n', b'event: response.output_text.delta\ndata: {"de'], True),  # exact parsing (comment)
+        ([b": keep-alive\n\n", b'event: response.output_text.delta\ndata: {"de'], True),  # exact parsing (comment)
         ([b'event: response.output_text.delta\ndata: {"delta":"a"}\n\n\n'], False),  # a spare blank line ends nothing
     ],
 )
