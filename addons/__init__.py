@@ -6,19 +6,23 @@ from typing import Any
 
 
 def chain(shown: bool = True) -> list[Any]:
-    """What mitmproxy loads: `SecretMask` (which must run before mitmproxy's own addons) and one
-    `Pipeline` running every other step in order (see `steps`). `shown=False` where no one can
-    look at flows (the gateway master, without mitmweb): nothing to mask for, no view to trim."""
+    """What mitmproxy loads: one `Pipeline` running every step in order (see `steps`), and where
+    flows are shown, `ShownSecretMask` ahead of it (it must run before mitmproxy's View).
+    `shown=False` where no one can look at flows (the gateway master, without mitmweb): nothing to
+    mask for, no view to trim, and a single addon for mitmproxy to dispatch each event to (it
+    costs a few µs per addon per event, whether the addon implements the hook or not)."""
     import logging
 
-    from codexgate.addons.web_view import SecretMask
+    from codexgate.addons.web_view import ShownSecretMask
     from codexgate.pipeline import Pipeline
 
     # mitmproxy leaves the root logger at DEBUG and turns every record into an event for every
     # addon; codexgate's debug lines would cost ~0.2 ms a request even when nothing prints them.
     logging.getLogger("codexgate").setLevel(logging.INFO)
     all_steps = steps(shown)
-    mask = next(step for step in all_steps if isinstance(step, SecretMask))
+    if not shown:
+        return [Pipeline(all_steps)]
+    mask = next(step for step in all_steps if isinstance(step, ShownSecretMask))
     return [mask, Pipeline([step for step in all_steps if step is not mask])]
 
 
@@ -52,7 +56,7 @@ def steps(shown: bool = True) -> list[Any]:
     from codexgate.addons.tracing import TraceEnd, Tracing
     from codexgate.addons.translate import Translate
     from codexgate.addons.upstream_bounds import StreamWatch, UpstreamBounds
-    from codexgate.addons.web_view import FlowRetention, SecretMask
+    from codexgate.addons.web_view import FlowRetention, SecretMask, ShownSecretMask
     from codexgate.addons.websocket import ResponsesWebSocket
     from codexgate.addons.write_ahead import WriteAhead
     from codexgate.metrics import GatewayMetrics
@@ -72,7 +76,8 @@ def steps(shown: bool = True) -> list[Any]:
     audit = AuditLog(metrics)
     shutdown = GracefulShutdown()
     chosen = [
-        SecretMask(policy, shown),  # moves itself ahead of mitmproxy's own addons
+        # shown: moves itself ahead of mitmproxy's own addons; else the Pipeline's first step
+        ShownSecretMask(policy) if shown else SecretMask(policy, shown=False),
         OptionsLock(audit),  # first to see a runtime option change: refuses it before any step applies it
         MetricsExport(metrics, Readiness(policy, limits, shutdown)),  # /metrics, /healthz, /readyz
         policy,

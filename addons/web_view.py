@@ -44,11 +44,14 @@ class CredentialsKeptAside(list[tuple[str, str]]):
 
 
 class SecretMask:
+    """Keeps virtual keys from leaving on ungoverned flows (removed before anything else sees the
+    request) and, where someone can look at flows (`shown`), keeps every credential of a governed
+    request out of sight. Without a view — the gateway master — masking governed flows would be
+    wasted work, and this runs as the Pipeline's first step (`codexgate.addons.chain`); under
+    mitmweb it is an addon of its own ahead of mitmproxy's View (see `load`)."""
+
     def __init__(self, policy: PolicySource, shown: bool = True) -> None:
         self._policy = policy
-        # False where no one can look at flows (the gateway master has no View, no flow dump):
-        # then masking governed flows is wasted work (~0.1 ms a request). Virtual keys on
-        # ungoverned flows are removed either way: that keeps them from leaving the gateway.
         self._shown = shown
 
     def load(self, loader: Loader) -> None:
@@ -94,6 +97,15 @@ class SecretMask:
         if removed:
             flow.metadata[VIRTUAL_KEY_REMOVED] = removed
 
+
+class ShownSecretMask(SecretMask):
+    """`SecretMask` where flows can be looked at (mitmweb, a flow dump): also masks the provider
+    credential `Credentials` put in, once the request has been sent. A class of its own so that
+    where nothing is shown these hooks are not there to be dispatched at all."""
+
+    def __init__(self, policy: PolicySource) -> None:
+        super().__init__(policy, shown=True)
+
     def response(self, flow: http.HTTPFlow) -> None:
         self._mask_sent(flow)
 
@@ -105,7 +117,7 @@ class SecretMask:
 
     def _mask_sent(self, flow: http.HTTPFlow) -> None:
         """The provider's credential has left with the request: the flow need not keep it."""
-        if not self._shown or state_of(flow) is None:
+        if state_of(flow) is None:
             return
         headers = flow.request.headers
         for name in SECRET_HEADERS:

@@ -2,8 +2,8 @@
 
 `bench_overhead.py` measures the chain end to end (codexgate minus `mitmproxy-core`, same run); on
 the shared 2-core machine that difference moves by hundreds of µs from run to run. This script
-measures the chain itself: the real default chain (`addons.chain(shown=False)`: SecretMask and the
-Pipeline of every step, embedded store, accounting, audit with its group commit, write-ahead log,
+measures the chain itself: the real default chain (`addons.chain(shown=False)`: the Pipeline of every
+step, embedded store, accounting, audit with its group commit, write-ahead log,
 metrics), configured as `codexgate up` configures it (data dir, policy with a virtual key), called
 as mitmproxy calls it for one request and its answer — requestheaders, request, responseheaders,
 the stream callable fed a 50-event Responses stream chunk by chunk (streamed kind), response —
@@ -212,7 +212,7 @@ async def measure(args: argparse.Namespace) -> dict[str, list[float]]:
                         await result
             number = 0
             if args.calls:
-                steps = [addons[0], *addons[1].steps]  # SecretMask, then the Pipeline's steps in order
+                steps = [step for addon in addons for step in getattr(addon, "steps", [addon])]  # in chain order
                 for kind in args.kinds:
                     counter = CallCounter()
                     for index in range(args.per_batch + 20):  # 20 unreported: caches and first-use paths

@@ -124,7 +124,7 @@ def unshown_gateway(policy_file, tmp_path, upstream_env):
     with taddons.context(*addons) as tctx:
         tctx.configure(addons[0], codexgate_policy=str(policy_file), codexgate_data_dir=str(tmp_path / "data"))
         yield addons
-        asyncio.run(addons[1].done())
+        asyncio.run(addons[-1].done())
 
 
 def accounting_lines(tmp_path):
@@ -213,7 +213,10 @@ def test_chain_refusal_is_recorded_not_forwarded(gateway, tmp_path):
 
 
 def test_unshown_chain_skips_masking_but_still_removes_virtual_keys_bound_elsewhere(unshown_gateway):
-    assert not any(type(step).__name__ == "FlowRetention" for step in unshown_gateway[1].steps)
+    (pipeline,) = unshown_gateway  # one addon for mitmproxy to dispatch to
+    names = [type(step).__name__ for step in pipeline.steps]
+    assert "FlowRetention" not in names and "ShownSecretMask" not in names
+    assert names[0] == "SecretMask"  # first: virtual keys go before any other step sees the request
     governed_flow = make_flow(
         body={"model": "gpt-5.5", "input": "hi"}, headers={"authorization": f"Bearer {KEYS['alice']}"}
     )
