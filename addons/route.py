@@ -25,7 +25,7 @@ from codexgate.metrics import GatewayMetrics
 from codexgate.providers.base import UnsupportedRequest, refuse_stateful
 from codexgate.providers.family import CODEX_HEADERS, ProviderFamily, new_context
 from codexgate.providers.registry import CLIENT_CREDENTIAL_HEADERS, family_for
-from codexgate.relay import Attempt, Plan, Timeouts
+from codexgate.relay import Attempt, Plan, Skip, Timeouts
 from codexgate.request_target import point_at
 from codexgate.usage import StreamUsageReader
 
@@ -113,9 +113,15 @@ class Route:
             if name.lower() not in HOP_HEADERS and name.lower() not in CLIENT_CREDENTIAL_HEADERS
         }
 
-        async def build(index: int) -> Attempt | None:
+        async def build(index: int) -> Attempt | Skip | None:
             if index >= len(candidates):
                 return None
+            if relayed.admit is not None:
+                # Limits moves the reservation to this candidate's provider and model first (or
+                # refuses it there: its budget or rate limit is used up) — before it is prepared.
+                skip = await relayed.admit(index)
+                if skip is not None:
+                    return skip
             return await self._attempt(state, candidates[index], index, relayed, client_headers)
 
         plan = Plan(
@@ -132,7 +138,7 @@ class Route:
         plan.ended = functools.partial(_resolve_ended, relayed.ended)
         relayed.token = relay.register(plan)
         state.relayed = relayed
-        # Limits are reserved against the first choice; the answering attempt is recorded later.
+        # Limits reserve against the first choice; before each other candidate, `relayed.admit`.
         state.provider, state.upstream_model = candidates[0].provider, candidates[0].upstream_model
         point_at(flow.request, relay.url(relayed.token))
         flow.request.headers["accept-encoding"] = "identity"
