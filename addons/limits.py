@@ -23,6 +23,14 @@ requests answered within the last 20 ms.
 
 A client that leaves mid-answer is `client_disconnected`: charged the usage the relay could still
 read from the provider's stream, else the estimate.
+
+Failover (several candidates, `addons/failover.py`): admission reserves for the first choice;
+before the relay tries a candidate on another provider or model, `admit_candidate` moves the
+reservation there — on record in the write-ahead log first, then released where it was and
+reserved at the candidate's levels and price under `<request id>~<index>`, capped by its hard
+budgets like a first choice — or refuses the candidate, which the relay then skips. So no hard
+level or rate limit of the provider that answers is passed, and the request is settled (and, after
+a crash, recovered) where its reservation last went.
 """
 
 from __future__ import annotations
@@ -273,6 +281,11 @@ def record_unavailable() -> http.Response:
                           " retry shortly", headers={"retry-after": "5"})  # fmt: skip
 
 
+def request_ended() -> http.Response:
+    """(Nobody reads it: the request had ended — the client left — before that deployment's turn.)"""
+    return error_response(503, "request_ended", "the request ended before this deployment was tried")
+
+
 def _message_of(response: http.Response) -> str:
     try:
         return str(json.loads(response.content or b"{}")["error"]["message"])
@@ -432,7 +445,7 @@ class Limits:
         candidate = relayed.candidates[index]
         target = (candidate.provider, candidate.model, candidate.upstream_model)
         if metering.settled:  # the request ended meanwhile (the client left): nothing is sent now
-            return self._skip(state, candidate, "settled", "the request already ended", store_unavailable())
+            return self._skip(state, candidate, "settled", "the request already ended", request_ended())
         if target == sizing.target:
             return None
         try:
@@ -488,7 +501,7 @@ class Limits:
             # found nothing held): nothing may stay held for it.
             if admission.admitted:
                 self._spawn_release(metering.reservation_id)
-            return self._skip(state, candidate, "settled", "the request already ended", store_unavailable())
+            return self._skip(state, candidate, "settled", "the request already ended", request_ended())
         metering.admission = admission
         self._set_gauges(admission)
         if admission.admitted:
