@@ -27,6 +27,7 @@ from codexgate.stores.base import Amounts
 from codexgate.stores.factory import open_store
 
 SECOND_BUDGET = 1.0  # $, hard: spent before the test's requests
+SECOND_PRICE = (2.0, 16.0)  # $ per million input / output tokens (the first model's: 1 / 8)
 
 
 @pytest.fixture
@@ -47,8 +48,11 @@ providers:
   first: {{kind: openai, base_url: "{first_url}", keys: {key}}}
   second: {{kind: openai, base_url: "{second_url}", keys: {key}, {second_limits}}}
 models:
-  gpt-first: {{routes: [{{provider: first}}], fallbacks: [gpt-second], {price}}}
-  gpt-second: {{routes: [{{provider: second}}], {price}}}
+  gpt-first: {{routes: [{{provider: first}}], fallbacks: [gpt-second], output_allowance: 1000, {price}}}
+  gpt-second:
+    routes: [{{provider: second}}]
+    output_allowance: 1000
+    price: {{input_per_mtok: {SECOND_PRICE[0]}, output_per_mtok: {SECOND_PRICE[1]}}}
 teams: {{platform: {{org: acme}}}}
 keys:
   - {{name: alice, team: platform, hash: "{hash_key(ALICE_KEY)}",
@@ -207,3 +211,32 @@ def test_a_candidate_whose_rate_limit_is_used_up_is_not_tried(tmp_path: Path, up
     assert counter(now, "key:alice/requests") == pytest.approx(1.0)
     assert counter(now, "provider:second/requests") == pytest.approx(1.0)
     assert counter(now, "provider:first/requests") == pytest.approx(0.0)
+
+
+def test_a_stream_cut_after_a_failover_is_charged_the_candidates_estimate_at_its_levels(
+    tmp_path: Path, upstreams: dict[str, FakeOpenAI]
+) -> None:
+    budget = "budgets: [{limit_usd: 50, period: 1d, rolling: true}]"
+    policy = write_policy(tmp_path / "policy.yaml", upstreams["first"].url, upstreams["second"].url, budget)
+    gateway = start(tmp_path, policy, "embedded")
+    upstreams["first"].failures.append((500, {}))
+    upstreams["second"].cut_stream.set()  # the answer breaks after its first event, before any usage
+    content = b'{"model": "gpt-first", "input": "tell me a long story", "stream": true}'
+    try:
+        with httpx.stream(
+            "POST", f"{gateway.base_url}/responses", content=content, timeout=30,
+            headers={"authorization": f"Bearer {ALICE_KEY}", "session-id": "cut", "content-type": "application/json"},
+        ) as answer:  # fmt: skip
+            assert answer.status_code == 200 and answer.headers["x-codexgate-provider"] == "second"
+            assert b"response.failed" in answer.read()
+        (line,) = gateway.wait_accounting(lambda r: r["session_id"] == "cut")
+    finally:
+        gateway.stop()
+    assert (line["provider"], line["charge"]) == ("second", "estimate")
+    # The estimate at the second model's price: its body's bytes / 4 in, its output allowance out.
+    estimate = (len(content) // 4 * SECOND_PRICE[0] + 1000 * SECOND_PRICE[1]) / 1e6
+    assert line["cost_usd"] == pytest.approx(estimate, rel=1e-9)
+    now = used(policy, "embedded", tmp_path / "data")
+    assert counter(now, "provider:second/usd") == pytest.approx(estimate, rel=1e-9)
+    assert counter(now, "provider:first/usd") == pytest.approx(0.0, abs=1e-12)
+    assert counter(now, "key:alice/usd") == pytest.approx(estimate, rel=1e-9)  # once
