@@ -14,15 +14,14 @@ Per attempt:
   `retry_after_max` seconds is waited out and the same attempt is tried once more.
 - final, passed through as it is: 2xx, and any other status (400, 401, 403, 404, ...); 401/403
   are reported to `on_auth_failure(deployment)`.
+- skipped: the plan's factory may return a `Skip` instead of an attempt (the gateway's own limits
+  do not admit the request at that deployment, see `addons/limits.py`): nothing is sent, the
+  record's outcome is `skipped_<reason>` (reported to `on_attempt` too), and the next one is tried.
 - Once an answer's headers have been sent, nothing can be retried. A stream that stalls longer
   than `idle`, exceeds `total`, or breaks ends with an in-band event
   `event: codexgate.upstream_error` (SSE answers: a clean end after complete events only); any
   other body is cut (connection closed without the final chunk), so it is never mistaken for a
   complete one.
-
-- skipped: the plan's factory may return a `Skip` instead of an attempt (the gateway's own limits
-  do not admit the request at that deployment, see `addons/limits.py`): nothing is sent, the
-  record's outcome is `skipped_<reason>` (reported to `on_attempt` too), and the next one is tried.
 
 Response headers added: `x-codexgate-attempt` (index in the plan of the attempt that answered)
 and `x-codexgate-attempts` (JSON list of `{deployment, outcome, status?, ms, retry_after?}`). When
