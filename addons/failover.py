@@ -6,6 +6,11 @@ fallback models) is therefore pointed at the in-process relay (`codexgate.relay.
 which tries the candidates in order and streams the first good answer back through mitmproxy.
 This addon owns the relay and the health store, plans the candidates (`plan_candidates`, used by
 `Route`), and reads back which attempt answered (`responseheaders`).
+
+Budgets and rate limits hold at every candidate: before the relay tries another deployment, the
+request's reservation moves to that deployment's provider and model levels (`Limits`), and a
+candidate whose levels cannot admit the request is not tried (outcome `skipped_<reason>`). When
+none is left, the client gets that refusal (402, 429, ...), as if it had been the first choice.
 """
 
 from __future__ import annotations
@@ -165,9 +170,10 @@ class Failover:
             state.attempts = []
         index = headers.get("x-codexgate-attempt")
         if index is None or not index.isdigit() or int(index) >= len(relayed.candidates):
-            # Every attempt failed: the relay answered with an OpenAI-shaped summary of them.
+            # Every attempt failed: the relay answered with an OpenAI-shaped summary of them, or with
+            # the refusal of a candidate the gateway's limits did not admit (see Limits.admit_candidate).
             state.answered_locally = True
-            state.decision = Decision.UPSTREAM_EXHAUSTED
+            state.decision = relayed.refusal or Decision.UPSTREAM_EXHAUSTED
             return
         chosen = relayed.answered_by = relayed.candidates[int(index)]
         # The record names what answered: the fallback model (`model_requested` keeps what was asked).

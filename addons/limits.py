@@ -23,6 +23,14 @@ requests answered within the last 20 ms.
 
 A client that leaves mid-answer is `client_disconnected`: charged the usage the relay could still
 read from the provider's stream, else the estimate.
+
+Failover (several candidates, `addons/failover.py`): admission reserves for the first choice;
+before the relay tries a candidate on another provider or model, `admit_candidate` moves the
+reservation there — on record in the write-ahead log first, then released where it was and
+reserved at the candidate's levels and price under `<request id>~<index>`, capped by its hard
+budgets like a first choice — or refuses the candidate, which the relay then skips. So no hard
+level or rate limit of the provider that answers is passed, and the request is settled (and, after
+a crash, recovered) where its reservation last went.
 """
 
 from __future__ import annotations
@@ -30,6 +38,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import functools
+import json
 import logging
 import math
 import time
@@ -39,7 +48,7 @@ from typing import Any
 from mitmproxy import ctx, exceptions, http
 from mitmproxy.addonmanager import Loader
 
-from codexgate.addons.output_cap import cap_output
+from codexgate.addons.output_cap import cap_body, cap_output
 from codexgate.addons.policy_source import PolicySource
 from codexgate.errors import error_response
 from codexgate.failsafe import fail_closed
@@ -49,7 +58,7 @@ from codexgate.metrics import GatewayMetrics
 from codexgate.policies.schema import Limited, Price
 from codexgate.pricing import Pricer, PriceSource, PriceUnknown
 from codexgate.providers.registry import family_for
-from codexgate.relay import DRAIN_MAX_SECONDS
+from codexgate.relay import DRAIN_MAX_SECONDS, Skip
 from codexgate.stores.base import Admission, Amounts, Counter, CounterState, CounterStore, Kind, StoreUnavailable
 from codexgate.usage import Usage
 from codexgate.windows import describe_period, format_reset, window
@@ -200,6 +209,90 @@ def levels_of(state: GatewayRequest, answered_by: Candidate | None = None) -> li
     return levels
 
 
+_CAP_FIELDS = ("max_output_tokens", "max_completion_tokens", "max_tokens")
+
+
+@dataclasses.dataclass
+class Sizing:
+    """What admission measured of a request, kept for reserving it again at a failover candidate."""
+
+    body_bytes: int  # the decoded body's length: a hard budget's bound on its input tokens
+    input_tokens: int  # the estimate's
+    client_cap: int | None  # the output cap the client set itself
+    client_caps: dict[str, Any]  # the body's output-cap fields as the client sent them
+    # The deployment (provider, model, upstream model) the request's reservation is held for; None
+    # while nothing is held (a failover candidate was refused).
+    target: tuple[str, str, str] | None = None
+
+    @classmethod
+    def of(cls, flow: http.HTTPFlow, state: GatewayRequest) -> Sizing:
+        body_bytes = decoded_length(flow)
+        body = state.body or {}
+        caps = {name: body[name] for name in _CAP_FIELDS if name in body}
+        return cls(body_bytes, max(1, body_bytes // 4), requested_output_cap(state), caps)
+
+    def ceiling(self, max_output_tokens: int) -> int:
+        """The most output the answer can have: the model's limit, or the client's smaller cap."""
+        return max_output_tokens if self.client_cap is None else min(max_output_tokens, self.client_cap)
+
+    def cap(self, state: GatewayRequest, tokens: int | None) -> None:
+        """A relayed request's body with this output cap (None: as the client sent it): every attempt
+        is prepared from `state.body`, so the next one carries it (see output_cap.py)."""
+        body = state.body
+        if body is None:
+            return
+        for name in _CAP_FIELDS:
+            body.pop(name, None)
+        body.update(self.client_caps)
+        if tokens is not None:
+            cap_body(body, state.endpoint, tokens)
+            logger.info("request %s: output capped at %d tokens by a hard budget", state.request_id, tokens)
+
+
+@dataclasses.dataclass(frozen=True)
+class Switch:
+    """A relayed request's reservation about to move to another candidate (see admit_candidate)."""
+
+    request_id: str
+    reservation_id: str  # the store id the candidate's reservation is made under
+    candidate: Candidate
+    estimate: Amounts  # what it is charged there if its usage never arrives
+    reserving: bool  # the candidate's levels have counters (a reservation is made)
+
+
+def price_unknown(state: GatewayRequest) -> http.Response:
+    return error_response(
+        403,
+        "model_price_unknown",
+        f"model {state.model_requested} has no known price and this gateway does not serve unpriced models;"
+        " the platform team can set models.<name>.price in the policy",
+    )  # fmt: skip
+
+
+def store_unavailable() -> http.Response:
+    return error_response(503, "store_unavailable",
+                          "codexgate cannot check budgets and rate limits right now; try again shortly",
+                          headers={"retry-after": "5"})  # fmt: skip
+
+
+def record_unavailable() -> http.Response:
+    return error_response(503, "record_unavailable",
+                          "codexgate cannot put this request on record right now (its write-ahead log failed);"
+                          " retry shortly", headers={"retry-after": "5"})  # fmt: skip
+
+
+def request_ended() -> http.Response:
+    """(Nobody reads it: the request had ended — the client left — before that deployment's turn.)"""
+    return error_response(503, "request_ended", "the request ended before this deployment was tried")
+
+
+def _message_of(response: http.Response) -> str:
+    try:
+        return str(json.loads(response.content or b"{}")["error"]["message"])
+    except (ValueError, KeyError, TypeError):
+        return f"refused ({response.status_code})"
+
+
 COUNTERS_CACHE_SIZE = 10_000
 # Reservations tried with a smaller output cap when a hard budget cannot pay the worst case (each
 # try uses the remainder the store reported; concurrent requests may take it meanwhile).
@@ -234,6 +327,9 @@ class Limits:
         # reloaded, so they are built once per (policy, levels, windows), not per request.
         self._counters_cache: dict[tuple[int, tuple[tuple[str, str], ...]], CachedCounters] = {}
         self._budget_gauges: dict[str, Any] = {}
+        # Called before a relayed request's reservation moves to another candidate (WriteAhead puts
+        # it on record); one that raises keeps that candidate from being tried.
+        self.on_switch: list[Callable[[Switch], None]] = []
 
     def load(self, loader: Loader) -> None:
         loader.add_option(
@@ -286,76 +382,30 @@ class Limits:
         state = state_of(flow)
         if state is None or state.provider is None or state.model is None:
             return
-        policy = state.policy.policy
-        entry = policy.models[state.model]
         try:
             price = self.price_of(state, state.provider, state.model, state.upstream_model or state.model)
         except PriceUnknown:
-            refuse(
-                flow,
-                error_response(
-                    403,
-                    "model_price_unknown",
-                    f"model {state.model_requested} has no known price and this gateway does not serve unpriced models;"
-                    " the platform team can set models.<name>.price in the policy",
-                ),  # fmt: skip
-                Decision.PRICE_UNKNOWN,
-            )
+            refuse(flow, price_unknown(state), Decision.PRICE_UNKNOWN)
             return
-        body_bytes = decoded_length(flow)
-        input_tokens = max(1, body_bytes // 4)
+        sizing = Sizing.of(flow, state)
         now = time.time()
         counters = self._counters(state, now)
-        hard = any(counter.hard for counter in counters)
-        output_tokens = entry.output_allowance
-        ceiling = entry.max_output_tokens
-        if hard:
-            client_cap = requested_output_cap(state)
-            if client_cap is not None:
-                ceiling = min(ceiling, client_cap)
-            output_tokens = ceiling
-        metering = Metering(
-            price=price, estimate=self._amounts(price, input_tokens, entry.output_allowance, output_tokens),
-            counters=counters, provider=state.provider, model=state.model,
-        )  # fmt: skip
-        metering.reservation = metering.estimate
-        if hard:
-            # The worst case: every byte of the body a token (a text token is never shorter than one
-            # byte, and the body carries all the text) and the most output the answer can have.
-            metering.reservation = Amounts(
-                usd=self.pricer.estimate(price, max(1, body_bytes), output_tokens),
-                requests=1,
-                tokens=metering.estimate.tokens,
-            )
+        metering = self._metering(state, price, counters, sizing, state.provider, state.model)
+        metering.reservation_id = state.request_id
         state.metering = metering
+        if state.relayed is not None:
+            # The relay asks before each other candidate (addons/route.py): see admit_candidate.
+            sizing.target = (state.provider, state.model, state.upstream_model or state.model)
+            state.relayed.admit = functools.partial(self.admit_candidate, state, sizing)
         if not counters:
             return
         if self.store is None:
             raise RuntimeError("no counter store configured")
-        hard_settings = policy.gateway.hard_budgets
         try:
-            admission = await self.store.reserve(state.request_id, counters, metering.reservation, now)
-            # A hard budget whose remainder cannot pay the worst case: the output is capped to what it
-            # can pay, and that is reserved instead (again atomically: another request may have taken
-            # the room meanwhile, so a few tries with what the store then reports).
-            for _ in range(HARD_CAP_TRIES if hard else 0):
-                refused_by = admission.refused_by
-                if refused_by is None or refused_by.kind != "usd":
-                    break
-                cap = self._affordable_output(price, max(1, body_bytes), admission)
-                if cap < min(hard_settings.min_output_tokens, ceiling) or cap >= output_tokens:
-                    break
-                output_tokens = cap
-                metering.output_cap = cap
-                metering.estimate = self._amounts(price, input_tokens, entry.output_allowance, cap)
-                metering.reservation = Amounts(
-                    usd=self.pricer.estimate(price, max(1, body_bytes), cap), requests=1,
-                    tokens=metering.estimate.tokens,
-                )  # fmt: skip
-                admission = await self.store.reserve(state.request_id, counters, metering.reservation, now)
+            admission = await self._reserve(state, metering, sizing, now)
         except StoreUnavailable as exc:
-            self._metrics.store_errors.labels("reserve", policy.gateway.on_store_error).inc()
-            if policy.gateway.on_store_error == "open":
+            self._metrics.store_errors.labels("reserve", state.policy.policy.gateway.on_store_error).inc()
+            if state.policy.policy.gateway.on_store_error == "open":
                 logger.error(
                     "counter store unavailable (%s); admitting %s unmetered (on_store_error: open)",
                     exc,
@@ -365,38 +415,217 @@ class Limits:
                 metering.output_cap = None
                 return
             logger.error("counter store unavailable (%s); refusing %s (on_store_error: closed)", exc, state.request_id)
-            refuse(
-                flow,
-                error_response(503, "store_unavailable",
-                               "codexgate cannot check budgets and rate limits right now; try again shortly",
-                               headers={"retry-after": "5"}),
-                Decision.STORE_UNAVAILABLE,
-            )  # fmt: skip
+            refuse(flow, store_unavailable(), Decision.STORE_UNAVAILABLE)
             return
         metering.admission = admission
-        for counter_state in admission.states:
-            if counter_state.counter.kind == "usd":
-                self._budget_gauge(counter_state.counter).set(max(0.0, counter_state.remaining))
+        self._set_gauges(admission)
         if admission.admitted:
             metering.reserved = True
             if metering.output_cap is not None:
                 cap_output(flow, state, metering.output_cap)
             return
+        response, decision = self._refusal(state, metering, sizing, admission, now)
+        refuse(flow, response, decision)
+
+    async def admit_candidate(self, state: GatewayRequest, sizing: Sizing, index: int) -> Skip | None:
+        """Asked by the relay before it tries candidate `index` of a relayed request: the request's
+        reservation moves to that candidate's levels (its provider and model, at its price), checked
+        as if it had been the first choice. None: go ahead. A Skip: that candidate's own levels do not
+        admit the request (budget, rate limit) or cannot be checked (store down, fail closed); the
+        relay tries the next one, and answers with the first such refusal if none answers.
+
+        At most one reservation is held at any moment (no level counts the request twice): the one
+        held is released before the candidate's is made, under an id of its own (`<request id>~<i>`),
+        which settlement and crash recovery then use. It goes on record in the write-ahead log
+        before it is made (`on_switch`), so recovery after a crash charges the candidate that was
+        answering. Another key of the deployment already counted (or a retry) changes nothing."""
+        relayed, metering = state.relayed, state.metering
+        if relayed is None or metering is None or metering.unmetered:
+            return None  # not metered (fail open): nothing to move
+        candidate = relayed.candidates[index]
+        target = (candidate.provider, candidate.model, candidate.upstream_model)
+        if metering.settled:  # the request ended meanwhile (the client left): nothing is sent now
+            return self._skip(state, candidate, "settled", "the request already ended", request_ended())
+        if target == sizing.target:
+            return None
+        try:
+            price = self.price_of(state, candidate.provider, candidate.model, candidate.upstream_model)
+        except PriceUnknown:
+            return self._skip(state, candidate, "model_price_unknown", "it has no known price", price_unknown(state),
+                              Decision.PRICE_UNKNOWN)  # fmt: skip
+        now = time.time()
+        counters = self._counters(state, now, candidate)
+        moved = self._metering(state, price, counters, sizing, candidate.provider, candidate.model)
+        moved.reservation_id = f"{state.request_id}~{index}"
+        switch = Switch(state.request_id, moved.reservation_id, candidate, moved.estimate, bool(counters))
+        try:
+            for hook in self.on_switch:
+                hook(switch)  # on record before anything changes
+        except Exception:
+            logger.error("request %s: failing over to %s not put on record; not tried", state.request_id,
+                         candidate.label, exc_info=True)  # fmt: skip
+            return self._skip(state, candidate, "record_unavailable", "its write-ahead record failed",
+                              record_unavailable(), Decision.RECORD_UNAVAILABLE)  # fmt: skip
+        on_store_error = state.policy.policy.gateway.on_store_error
+        try:
+            if metering.reserved:
+                if self.store is None:
+                    raise RuntimeError("no counter store configured")
+                await self.store.release(metering.reservation_id)
+                metering.reserved = False
+            sizing.target = None  # nothing held from here until the candidate's reservation is made
+            for field in dataclasses.fields(Metering):
+                if field.name not in ("settled", "unmetered"):
+                    setattr(metering, field.name, getattr(moved, field.name))
+            if not counters:
+                sizing.target = target
+                sizing.cap(state, None)
+                return None
+            if self.store is None:
+                raise RuntimeError("no counter store configured")
+            admission = await self._reserve(state, metering, sizing, now)
+        except StoreUnavailable as exc:
+            self._metrics.store_errors.labels("reserve", on_store_error).inc()
+            if on_store_error == "open":
+                logger.error("counter store unavailable (%s); request %s goes on to %s unmetered"
+                             " (on_store_error: open)", exc, state.request_id, candidate.label)  # fmt: skip
+                metering.unmetered = True
+                sizing.cap(state, None)
+                return None
+            logger.error("counter store unavailable (%s); request %s: %s not tried (on_store_error: closed)",
+                         exc, state.request_id, candidate.label)  # fmt: skip
+            return self._skip(state, candidate, "store_unavailable", "the counter store is unavailable",
+                              store_unavailable(), Decision.STORE_UNAVAILABLE)  # fmt: skip
+        if metering.settled:
+            # Charge settled the request while this reservation was being made (the flow ended; it
+            # found nothing held): nothing may stay held for it.
+            if admission.admitted:
+                self._spawn_release(metering.reservation_id)
+            return self._skip(state, candidate, "settled", "the request already ended", request_ended())
+        metering.admission = admission
+        self._set_gauges(admission)
+        if admission.admitted:
+            metering.reserved = True
+            sizing.target = target
+            sizing.cap(state, metering.output_cap)
+            logger.info("request %s: failing over to %s; its reservation moved there", state.request_id,
+                        candidate.label)  # fmt: skip
+            return None
+        response, decision = self._refusal(state, metering, sizing, admission, now)
+        reason = "budget_exceeded" if decision is Decision.BUDGET_EXCEEDED else "rate_limit_exceeded"
+        return self._skip(state, candidate, reason, _message_of(response), response, decision)
+
+    def _skip(
+        self,
+        state: GatewayRequest,
+        candidate: Candidate,
+        reason: str,
+        detail: str,
+        response: http.Response,
+        decision: Decision | None = None,
+    ) -> Skip:
+        logger.warning("request %s: %s not tried: %s", state.request_id, candidate.label, detail)
+        relayed = state.relayed
+        if relayed is not None and relayed.refusal is None and decision is not None:
+            relayed.refusal = decision  # the first one is the answer if no candidate answers
+        headers = {name: value for name, value in response.headers.items()}
+        return Skip(candidate.label, reason, detail, response.status_code, headers, response.content or b"")
+
+    def _spawn_release(self, reservation_id: str) -> None:
+        store = self.store
+        if store is None:
+            return
+
+        async def release() -> None:
+            try:
+                await store.release(reservation_id)
+            except StoreUnavailable as exc:
+                logger.error("cannot release %s yet (%s); the store retries it, else it is charged as held",
+                             reservation_id, exc)  # fmt: skip
+
+        task = asyncio.get_running_loop().create_task(release())
+        self.pending_settlements.add(task)
+        task.add_done_callback(self.pending_settlements.discard)
+
+    def _metering(
+        self, state: GatewayRequest, price: PriceSource, counters: list[Counter], sizing: Sizing,
+        provider: str, model: str,
+    ) -> Metering:  # fmt: skip
+        """What a request reserves at these counters, for `model` at `price` (nothing reserved yet)."""
+        entry = state.policy.policy.models[model]
+        hard = any(counter.hard for counter in counters)
+        output_tokens = sizing.ceiling(entry.max_output_tokens) if hard else entry.output_allowance
+        metering = Metering(
+            price=price, estimate=self._amounts(price, sizing.input_tokens, entry.output_allowance, output_tokens),
+            counters=counters, provider=provider, model=model,
+        )  # fmt: skip
+        metering.reservation = metering.estimate
+        if hard:
+            # The worst case: every byte of the body a token (a text token is never shorter than one
+            # byte, and the body carries all the text) and the most output the answer can have.
+            metering.reservation = Amounts(
+                usd=self.pricer.estimate(price, max(1, sizing.body_bytes), output_tokens),
+                requests=1,
+                tokens=metering.estimate.tokens,
+            )
+        return metering
+
+    async def _reserve(self, state: GatewayRequest, metering: Metering, sizing: Sizing, now: float) -> Admission:
+        """Reserves `metering.reservation` under `metering.reservation_id`; a hard budget that cannot
+        pay the worst case caps the output (metering.output_cap) to what it can pay, if that is enough."""
+        assert self.store is not None and metering.price is not None and metering.model is not None
+        price = metering.price
+        entry = state.policy.policy.models[metering.model]
+        hard = any(counter.hard for counter in metering.counters)
+        ceiling = sizing.ceiling(entry.max_output_tokens)
+        output_tokens = ceiling if hard else entry.output_allowance
+        hard_settings = state.policy.policy.gateway.hard_budgets
+        admission = await self.store.reserve(metering.reservation_id, metering.counters, metering.reservation, now)
+        # A hard budget whose remainder cannot pay the worst case: the output is capped to what it
+        # can pay, and that is reserved instead (again atomically: another request may have taken
+        # the room meanwhile, so a few tries with what the store then reports).
+        for _ in range(HARD_CAP_TRIES if hard else 0):
+            refused_by = admission.refused_by
+            if refused_by is None or refused_by.kind != "usd":
+                break
+            cap = self._affordable_output(price, max(1, sizing.body_bytes), admission)
+            if cap < min(hard_settings.min_output_tokens, ceiling) or cap >= output_tokens:
+                break
+            output_tokens = cap
+            metering.output_cap = cap
+            metering.estimate = self._amounts(price, sizing.input_tokens, entry.output_allowance, cap)
+            metering.reservation = Amounts(
+                usd=self.pricer.estimate(price, max(1, sizing.body_bytes), cap), requests=1,
+                tokens=metering.estimate.tokens,
+            )  # fmt: skip
+            admission = await self.store.reserve(metering.reservation_id, metering.counters, metering.reservation, now)
+        return admission
+
+    def _refusal(
+        self, state: GatewayRequest, metering: Metering, sizing: Sizing, admission: Admission, now: float
+    ) -> tuple[http.Response, Decision]:
+        """The 402 (budget) or 429 (rate limit) of a request `admission` did not admit."""
         counter = admission.refused_by
-        assert counter is not None
+        assert counter is not None and metering.model is not None
         refused_state = next(s for s in admission.states if s.counter == counter)
         message = refusal_message(counter, refused_state, now)
         headers = ratelimit_headers(admission.states, now)
         if counter.kind == "usd":
+            hard = any(c.hard for c in metering.counters)
             if hard and refused_state.used < counter.limit:
+                ceiling = sizing.ceiling(state.policy.policy.models[metering.model].max_output_tokens)
+                min_output = state.policy.policy.gateway.hard_budgets.min_output_tokens
                 message += (
-                    f"; what remains cannot pay for this request's input and"
-                    f" {min(hard_settings.min_output_tokens, ceiling):,} output tokens"
+                    f"; what remains cannot pay for this request's input and {min(min_output, ceiling):,} output tokens"
                 )
-            refuse(flow, error_response(402, "budget_exceeded", message, headers=headers), Decision.BUDGET_EXCEEDED)
-        else:
-            headers["retry-after"] = str(max(1, math.ceil(counter.resets_at - now)))
-            refuse(flow, error_response(429, "rate_limit_exceeded", message, headers=headers), Decision.RATE_LIMITED)
+            return error_response(402, "budget_exceeded", message, headers=headers), Decision.BUDGET_EXCEEDED
+        headers["retry-after"] = str(max(1, math.ceil(counter.resets_at - now)))
+        return error_response(429, "rate_limit_exceeded", message, headers=headers), Decision.RATE_LIMITED
+
+    def _set_gauges(self, admission: Admission) -> None:
+        for counter_state in admission.states:
+            if counter_state.counter.kind == "usd":
+                self._budget_gauge(counter_state.counter).set(max(0.0, counter_state.remaining))
 
     def price_of(self, state: GatewayRequest, provider: str, model: str, upstream_model: str) -> PriceSource:
         """The price of `model` served by `provider` as `upstream_model` (raises PriceUnknown)."""
@@ -517,6 +746,8 @@ class Charge:
             return
         metering.settled = True
         # A relay that failed over: the provider (and model) that answered is charged, at its price.
+        # Normally the reservation moved there before that attempt (admit_candidate) and is settled
+        # as it is; only when it could not move (the store was down, fail open) does it move now.
         elsewhere = self._limits.answered_elsewhere(state, metering)
         price = metering.price
         if elsewhere is not None:
@@ -537,27 +768,33 @@ class Charge:
         counters = None
         if elsewhere is not None and how != "release":
             counters = self._limits.counters_of(state, time.time(), elsewhere)
+        # What is held: the request's own reservation, or a failover candidate's (admit_candidate).
+        reservation_id = metering.reservation_id or state.request_id
         # The answer need not wait for the store: the cost is known (the accounting line and the
         # audit record have it), and settling is idempotent and awaited at shutdown. It starts
         # after the answer is written (see SETTLE_DELAY_SECONDS).
-        self._limits.defer_settlement(functools.partial(self._start_settle, state, amounts, how, counters))
+        self._limits.defer_settlement(
+            functools.partial(self._start_settle, state, reservation_id, amounts, how, counters)
+        )
 
-    def _start_settle(self, state: GatewayRequest, amounts: Amounts, how: str, counters: list[Counter] | None) -> None:
-        task = asyncio.get_running_loop().create_task(self._store_settle(state, amounts, how, counters))
+    def _start_settle(
+        self, state: GatewayRequest, reservation_id: str, amounts: Amounts, how: str, counters: list[Counter] | None
+    ) -> None:
+        task = asyncio.get_running_loop().create_task(self._store_settle(state, reservation_id, amounts, how, counters))
         self._limits.pending_settlements.add(task)
         task.add_done_callback(self._limits.pending_settlements.discard)
 
     async def _store_settle(
-        self, state: GatewayRequest, amounts: Amounts, how: str, counters: list[Counter] | None
+        self, state: GatewayRequest, reservation_id: str, amounts: Amounts, how: str, counters: list[Counter] | None
     ) -> None:
         assert self._limits.store is not None
         try:
             if how == "release":
-                await self._limits.store.release(state.request_id)
+                await self._limits.store.release(reservation_id)
             elif counters is not None:
-                await self._limits.store.settle_to(state.request_id, amounts, counters, time.time())
+                await self._limits.store.settle_to(reservation_id, amounts, counters, time.time())
             else:
-                await self._limits.store.settle(state.request_id, amounts)
+                await self._limits.store.settle(reservation_id, amounts)
         except StoreUnavailable as exc:
             # The store tries again for a while (settling is idempotent); if it never gets through,
             # the reservation stays and is charged at what it holds once it is stale.

@@ -24,8 +24,8 @@ from codexgate.flowstate import Candidate, Decision, GatewayRequest, RelayedRequ
 from codexgate.metrics import GatewayMetrics
 from codexgate.providers.base import UnsupportedRequest, refuse_stateful
 from codexgate.providers.family import CODEX_HEADERS, ProviderFamily, new_context
-from codexgate.providers.registry import CLIENT_CREDENTIAL_HEADERS, family_for, family_of
-from codexgate.relay import Attempt, Plan, Timeouts
+from codexgate.providers.registry import CLIENT_CREDENTIAL_HEADERS, family_of
+from codexgate.relay import Attempt, Plan, Skip, Timeouts
 from codexgate.request_target import point_at
 from codexgate.usage import StreamUsageReader
 
@@ -59,21 +59,21 @@ class Route:
         if state.policy.lookup_model(state.model) is None:
             raise RuntimeError(f"admitted model {state.model} has no entry")
         candidates = await self._failover.order(state)
-        providers = state.policy.policy.providers
+        policy = state.policy
         if state.endpoint == "responses" and needs_stored_state(state.body):
             # Only OpenAI-style deployments keep responses; a translated one would refuse the
             # request after the relay had already counted it a failed attempt (and tried the next,
             # ending in 502). Such a request goes to the deployments that can serve it, in order.
-            servable = [c for c in candidates if _keeps_responses(family_for(providers[c.provider]))]
+            servable = [c for c in candidates if _keeps_responses(family_of(policy, c.provider))]
             if not servable:
                 refuse(flow, stateful_refusal(state.body, candidates[0].provider), Decision.INVALID_BODY)
                 return
             candidates = servable
         first = candidates[0]
-        if len(candidates) == 1 or family_for(providers[first.provider]).answers_locally:
+        if len(candidates) == 1 or family_of(policy, first.provider).answers_locally:
             self._direct(flow, state, first)
             return
-        relayable = [c for c in candidates if not family_for(providers[c.provider]).answers_locally]
+        relayable = [c for c in candidates if not family_of(policy, c.provider).answers_locally]
         self._relayed(flow, state, relayable)
 
     def response(self, flow: http.HTTPFlow) -> None:
@@ -113,9 +113,15 @@ class Route:
             if name.lower() not in HOP_HEADERS and name.lower() not in CLIENT_CREDENTIAL_HEADERS
         }
 
-        async def build(index: int) -> Attempt | None:
+        async def build(index: int) -> Attempt | Skip | None:
             if index >= len(candidates):
                 return None
+            if relayed.admit is not None:
+                # Limits moves the reservation to this candidate's provider and model first (or
+                # refuses it there: its budget or rate limit is used up) — before it is prepared.
+                skip = await relayed.admit(index)
+                if skip is not None:
+                    return skip
             return await self._attempt(state, candidates[index], index, relayed, client_headers)
 
         plan = Plan(
@@ -132,7 +138,7 @@ class Route:
         plan.ended = functools.partial(_resolve_ended, relayed.ended)
         relayed.token = relay.register(plan)
         state.relayed = relayed
-        # Limits are reserved against the first choice; the answering attempt is recorded later.
+        # Limits reserve against the first choice; before each other candidate, `relayed.admit`.
         state.provider, state.upstream_model = candidates[0].provider, candidates[0].upstream_model
         point_at(flow.request, relay.url(relayed.token))
         flow.request.headers["accept-encoding"] = "identity"

@@ -13,6 +13,12 @@ without a clean close means it crashed (kill -9, OOM, power loss); for every req
   store and `codexgate usage` agree. (Redis: a reservation nobody settles stays charged at its
   estimate too; settling it at the estimate only closes it sooner.)
 
+A request the failover relay moved to another provider or model is recovered as that deployment's:
+`Limits` moves its reservation there (under an id of its own) only after a `switch` line naming it
+is on record, so recovery settles the last one named (its provider, model and estimate; the record
+names them too) and releases any earlier one — the first choice's counters are not charged for an
+answer another provider was giving.
+
 The audit log gets one `event: crash` record naming the gap, which `codexgate audit verify`
 reports as a crash (exit 2), not as tampering and not as intact.
 """
@@ -33,7 +39,7 @@ from mitmproxy.addonmanager import Loader
 
 from codexgate.addons.accounting import Accounting
 from codexgate.addons.audit_log import AuditLog
-from codexgate.addons.limits import Limits
+from codexgate.addons.limits import Limits, Switch
 from codexgate.audit import CRASH_EVENT, _utc_iso
 from codexgate.errors import error_response
 from codexgate.flowstate import Decision, refuse, state_of
@@ -52,6 +58,25 @@ ACCOUNTING_SCAN_MARGIN = 5.0  # seconds before the oldest forwarded request the 
 def _estimate(entry: dict[str, Any]) -> Amounts:
     usd, requests, tokens = entry.get("estimate") or (0.0, 0.0, 0.0)
     return Amounts(usd=float(usd), requests=float(requests), tokens=float(tokens))
+
+
+def answering(entry: dict[str, Any], switches: list[dict[str, Any]]) -> dict[str, Any]:
+    """A request's write-ahead entry as of its last failover switch: the deployment it was moved to
+    (provider, model, estimate, the reservation made there) and the reservations it left
+    (`superseded`, released by then unless a crash came first)."""
+    if not switches:
+        return entry
+    last = switches[-1]
+    return {
+        **entry,
+        "provider": last.get("provider"),
+        "model": last.get("model"),
+        "upstream_model": last.get("upstream_model"),
+        "estimate": last.get("estimate"),
+        "reserved": bool(last.get("reserve")),
+        "reservation": last.get("reservation"),
+        "superseded": [entry["id"], *(s.get("reservation") for s in switches[:-1])],
+    }
 
 
 def settled_amounts(line: dict[str, Any], entry: dict[str, Any]) -> Amounts | None:
@@ -114,6 +139,7 @@ class WriteAhead:
         self._spec: tuple[str, str] | None = None
         self.recovered = 0
         self.resettled = 0
+        limits.on_switch.append(self._switched)
 
     def load(self, loader: Loader) -> None:
         loader.add_option(
@@ -150,7 +176,10 @@ class WriteAhead:
             self._log.discard_previous()
 
     async def recover(self, previous: PreviousRun) -> None:
-        entries = previous.entries
+        entries = {
+            request_id: answering(entry, previous.switches.get(request_id, []))
+            for request_id, entry in previous.entries.items()
+        }
         since = min((entry.get("ts", 0.0) for entry in entries.values()), default=0.0) - ACCOUNTING_SCAN_MARGIN
         accounted = accounted_lines(self._accounting.path, set(entries), since)
         lost = [entry for request_id, entry in entries.items() if request_id not in accounted]
@@ -190,12 +219,20 @@ class WriteAhead:
         if store is None:
             return
         for request_id, entry in entries.items():
+            for earlier in entry.get("superseded", ()):
+                if not isinstance(earlier, str):
+                    continue
+                try:
+                    await store.release(earlier)  # (a no-op when the failover had released it)
+                except (StoreUnavailable, ValueError) as exc:
+                    logger.error("write-ahead recovery: cannot release %s (%s); it stays charged as held", earlier, exc)
             if not entry.get("reserved"):
                 continue
             line = accounted.get(request_id)
             amounts = _estimate(entry) if line is None else settled_amounts(line, entry)
+            held = entry.get("reservation") or request_id
             try:
-                changed = await (store.release(request_id) if amounts is None else store.settle(request_id, amounts))
+                changed = await (store.release(held) if amounts is None else store.settle(held, amounts))
             except (StoreUnavailable, ValueError) as exc:
                 logger.error(
                     "write-ahead recovery: cannot settle %s (%s); it stays charged its estimate", request_id, exc
@@ -215,6 +252,29 @@ class WriteAhead:
             self._audit.append(record)
         except Exception:
             logger.warning("AUDIT RECORD NOT WRITTEN during crash recovery", exc_info=True)
+
+    def _switched(self, switch: Switch) -> None:
+        """A relayed request is about to move to another deployment: on record before its
+        reservation moves (raises when it cannot be written: Limits does not try that deployment)."""
+        if self._log is None:
+            return
+        candidate, estimate = switch.candidate, switch.estimate
+        line = {
+            "switch": switch.request_id,
+            "ts": round(time.time(), 3),
+            "reservation": switch.reservation_id,
+            "provider": candidate.provider,
+            "model": candidate.model,
+            "upstream_model": candidate.upstream_model,
+            "estimate": [estimate.usd, estimate.requests, estimate.tokens],
+            "reserve": switch.reserving,
+        }
+        try:
+            self._log.note(switch.request_id, line)
+        except Exception:
+            self._metrics.audit_failures.inc()
+            raise
+        self._schedule_sync()
 
     def request(self, flow: http.HTTPFlow) -> None:
         if flow.response or flow.error or self._log is None:

@@ -16,10 +16,13 @@ from codexgate.stores.base import Admission, Amounts, Counter
 from codexgate.usage import StreamUsageReader, Usage
 
 if TYPE_CHECKING:  # (request state sits above providers and policies; annotations only, no import cycle)
+    from collections.abc import Awaitable, Callable
+
     from codexgate.policies.loader import CompiledPolicy
     from codexgate.policies.schema import VirtualKey
     from codexgate.providers.family import Prepared, ProviderFamily, StreamBridge
     from codexgate.providers.responses import ResponseContext
+    from codexgate.relay import Skip
 
 METADATA_KEY = "codexgate"
 
@@ -120,6 +123,7 @@ class Metering:
     # Charge settle into that one's counters, at its price.
     provider: str | None = None
     model: str | None = None
+    reservation_id: str = ""  # the store's id of what is held ("": the request id; a failover moves it)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -143,6 +147,9 @@ class RelayedRequest:
     ended: asyncio.Future[None] | None = None  # resolved once the relay is done with it (reading on included)
     drained_usage: Usage | None = None  # usage read after the client left, when the provider still sent it
     answered_by: Candidate | None = None  # the candidate whose answer the client got
+    # Set by Limits: asked before attempt i; moves the reservation there, or says why not (a Skip).
+    admit: Callable[[int], Awaitable[Skip | None]] | None = dataclasses.field(default=None, repr=False)
+    refusal: Decision | None = None  # why the first skipped candidate was refused (the answer if none answers)
 
 
 @dataclasses.dataclass(eq=False)

@@ -14,6 +14,9 @@ Per attempt:
   `retry_after_max` seconds is waited out and the same attempt is tried once more.
 - final, passed through as it is: 2xx, and any other status (400, 401, 403, 404, ...); 401/403
   are reported to `on_auth_failure(deployment)`.
+- skipped: the plan's factory may return a `Skip` instead of an attempt (the gateway's own limits
+  do not admit the request at that deployment, see `addons/limits.py`): nothing is sent, the
+  record's outcome is `skipped_<reason>` (reported to `on_attempt` too), and the next one is tried.
 - Once an answer's headers have been sent, nothing can be retried. A stream that stalls longer
   than `idle`, exceeds `total`, or breaks ends with an in-band event
   `event: codexgate.upstream_error` (SSE answers: a clean end after complete events only); any
@@ -23,7 +26,9 @@ Per attempt:
 Response headers added: `x-codexgate-attempt` (index in the plan of the attempt that answered)
 and `x-codexgate-attempts` (JSON list of `{deployment, outcome, status?, ms, retry_after?}`). When
 every attempt fails the relay answers 429 (all rate limited, with `Retry-After`), 503 (capacity:
-overloaded and rate limited only) or 502, with an OpenAI-shaped error body listing the attempts.
+overloaded and rate limited only) or 502, with an OpenAI-shaped error body listing the attempts —
+unless one was skipped: then the first skip's own answer (e.g. the 402 or 429 the gateway gives
+a request that deployment's budget or rate limit cannot admit), as if it had been the first choice.
 
 All methods run on the event loop the relay was started on (mitmproxy's); `register` is
 synchronous so a mitmproxy `request` hook can call it.
@@ -78,6 +83,8 @@ BUILD_FAILED = "build_failed"  # the plan's factory raised (e.g. a secret could 
 IDLE_TIMEOUT = "idle_timeout"
 STREAM_BROKEN = "stream_broken"
 CLIENT_CLOSED = "client_closed"
+# Not tried: the gateway's own limits refused that deployment (outcome "skipped_<reason>", see Skip).
+SKIPPED = "skipped"
 
 _HOP_BY_HOP = frozenset(
     {
@@ -100,9 +107,27 @@ class Attempt:
     body: bytes
 
 
-# build(i) -> the i-th attempt (prepared right before it is sent, e.g. for SigV4), or None: no more.
-# Called again for the same i when that attempt is retried after a short Retry-After.
-AttemptFactory = Callable[[int], Attempt | None | Awaitable[Attempt | None]]
+@dataclasses.dataclass
+class Skip:
+    """An attempt the gateway will not make (its limits refuse that deployment): nothing is sent.
+    `status`, `headers` and `body` are the answer the client gets if no later attempt answers."""
+
+    deployment: str
+    reason: str  # a short code, e.g. "budget_exceeded": the record's outcome is "skipped_<reason>"
+    detail: str  # for the log line (no secret)
+    status: int
+    headers: dict[str, str]
+    body: bytes
+
+    @property
+    def outcome(self) -> str:
+        return f"{SKIPPED}_{self.reason}"
+
+
+# build(i) -> the i-th attempt (prepared right before it is sent, e.g. for SigV4), a Skip (move on
+# to i+1 without sending anything), or None: no more. Called again for the same i when that
+# attempt is retried after a short Retry-After.
+AttemptFactory = Callable[[int], Attempt | Skip | None | Awaitable[Attempt | Skip | None]]
 
 
 @dataclasses.dataclass
@@ -129,7 +154,7 @@ class Plan:
     ended: Callable[[], None] | None = None  # called once the relay is done with the request, drain included
     draining: bool = dataclasses.field(default=False, init=False)
 
-    async def attempt(self, index: int) -> Attempt | None:
+    async def attempt(self, index: int) -> Attempt | Skip | None:
         if index >= self.max_attempts:
             return None
         if callable(self.attempts):
@@ -356,6 +381,7 @@ class Relay(OnLoopback):
         loop = asyncio.get_running_loop()
         deadline = loop.time() + plan.timeouts.total
         records: list[AttemptRecord] = []
+        skipped: Skip | None = None  # the first attempt the gateway's limits refused
         index = 0
         retried = False
         while True:
@@ -372,6 +398,17 @@ class Relay(OnLoopback):
                 continue
             if attempt is None:
                 break
+            if isinstance(attempt, Skip):
+                record = AttemptRecord(attempt.deployment, attempt.outcome, None, loop.time() - started)
+                records.append(record)
+                self._report(record)
+                logger.info(
+                    "relay %s: attempt %d (%s) not tried: %s", plan.label, index, attempt.deployment, attempt.detail
+                )
+                skipped = skipped or attempt
+                index += 1
+                retried = False
+                continue
             try:
                 upstream = await self._send(attempt, plan.timeouts, deadline)
             except _Failure as failure:
@@ -419,6 +456,8 @@ class Relay(OnLoopback):
             )  # fmt: skip
             index += 1
             retried = False
+        if skipped is not None:
+            return self._refused(plan, skipped, records)
         return self._exhausted(plan, records)
 
     async def _send(self, attempt: Attempt, timeouts: Timeouts, deadline: float) -> aiohttp.ClientResponse:
@@ -598,6 +637,18 @@ class Relay(OnLoopback):
             except Exception:
                 logger.exception("relay %s: drain callback failed", plan.label)
             _ended(plan)
+
+    @staticmethod
+    def _refused(plan: Plan, skipped: Skip, records: list[AttemptRecord]) -> web.Response:
+        """No attempt answered and the gateway refused one: its refusal is the answer (what the
+        client would get had that deployment been the first choice), with the attempts' header."""
+        logger.warning(
+            "relay %s: no deployment answered; answering %d as the gateway refused %s: %s",
+            plan.label, skipped.status, skipped.deployment, skipped.detail,
+        )  # fmt: skip
+        headers = {k: v for k, v in skipped.headers.items() if k.lower() not in _RESPONSE_DROPPED}
+        headers[ATTEMPTS_HEADER] = json.dumps([r.public() for r in records], separators=(",", ":"))
+        return web.Response(status=skipped.status, body=skipped.body, headers=headers)
 
     def _exhausted(self, plan: Plan, records: list[AttemptRecord]) -> web.Response:
         outcomes = {r.outcome for r in records}

@@ -8,9 +8,16 @@ stops cleanly, the log ends with a `closed` line and is removed; a log found at 
 one is a crash, and every request in it that has no accounting line is recorded then
 (`addons/write_ahead.py`).
 
-A segment lives while any of its requests is unfinished, plus `DELETE_GRACE_SECONDS` (time for
-the deferred settlement of the last one to reach the store); a new segment starts every
-`ROTATE_SECONDS`, so the files stay small and recovery reads only the last minutes.
+A request the failover relay moves to another deployment (provider or model) gets a second, small
+line before its reservation moves there: `{"switch": <request id>, "reservation": <store id>,
+"provider", "model", "upstream_model", "estimate", "reserve"}` (`ForwardLog.note`). Recovery reads
+the last one of each request (`PreviousRun.switches`) and charges that deployment, not the first
+choice.
+
+A segment lives while any of its requests is unfinished (a request is unfinished in each segment
+that holds one of its lines), plus `DELETE_GRACE_SECONDS` (time for the deferred settlement of the
+last one to reach the store); a new segment starts every `ROTATE_SECONDS`, so the files stay small
+and recovery reads only the last minutes.
 """
 
 from __future__ import annotations
@@ -53,6 +60,7 @@ class PreviousRun:
         self.files = files
         self.headers: list[dict[str, Any]] = []
         self.entries: dict[str, dict[str, Any]] = {}
+        self.switches: dict[str, list[dict[str, Any]]] = {}  # request id -> its switch lines, in order
         self.closed_cleanly = bool(files)
         for path in files:
             closed = False
@@ -70,6 +78,8 @@ class PreviousRun:
                         closed = True
                     elif isinstance(line.get("id"), str):
                         self.entries.setdefault(line["id"], line)
+                    elif isinstance(line.get("switch"), str):
+                        self.switches.setdefault(line["switch"], []).append(line)
             self.closed_cleanly = self.closed_cleanly and closed
 
     @property
@@ -89,7 +99,7 @@ class ForwardLog:
         self._number = (existing[-1][0] if existing else 0) + 1
         self._fd: int | None = None
         self._open_requests: dict[int, int] = {}  # segment -> requests not finished yet
-        self._segment_of: dict[str, int] = {}
+        self._segments_of: dict[str, list[int]] = {}  # request -> the segments holding its lines
         self._finished_at: dict[int, float] = {}  # old segment -> when its last request finished
         self._segment_started = 0.0
         self._entries_in_segment = 0
@@ -115,17 +125,27 @@ class ForwardLog:
         """One line, one write(2): the request is on record once this returns."""
         assert self._fd is not None
         os.write(self._fd, (compact(entry) + "\n").encode("ascii"))
-        self._segment_of[request_id] = self._number
+        self._segments_of[request_id] = [self._number]
         self._open_requests[self._number] += 1
         self._entries_in_segment += 1
 
+    def note(self, request_id: str, line: dict[str, Any]) -> None:
+        """A later line about an unfinished request (e.g. a failover `switch`), one write(2); its
+        segment then lives until the request finishes too."""
+        assert self._fd is not None
+        os.write(self._fd, (compact(line) + "\n").encode("ascii"))
+        self._entries_in_segment += 1
+        held = self._segments_of.get(request_id)
+        if held is not None and self._number not in held:
+            held.append(self._number)
+            self._open_requests[self._number] += 1
+
     def finish(self, request_id: str) -> None:
-        number = self._segment_of.pop(request_id, None)
-        if number is None:
-            return
-        self._open_requests[number] -= 1
-        if number != self._number and self._open_requests[number] == 0:
-            self._finished_at[number] = time.monotonic()
+        numbers = self._segments_of.pop(request_id, None)
+        for number in numbers or ():
+            self._open_requests[number] -= 1
+            if number != self._number and self._open_requests[number] == 0:
+                self._finished_at[number] = time.monotonic()
 
     def duplicate_fd(self) -> int | None:
         return os.dup(self._fd) if self._fd is not None else None
@@ -155,7 +175,7 @@ class ForwardLog:
 
     @property
     def unfinished(self) -> int:
-        return len(self._segment_of)
+        return len(self._segments_of)
 
     def close(self) -> None:
         """Clean stop: with nothing unfinished the log goes; otherwise it says it was closed, and the
@@ -164,13 +184,13 @@ class ForwardLog:
             return
         fd, self._fd = self._fd, None
         try:
-            if not self._segment_of:
+            if not self._segments_of:
                 os.close(fd)
                 for number in list(self._open_requests):
                     with contextlib.suppress(FileNotFoundError):
                         self._path(number).unlink()
                 return
-            os.write(fd, json.dumps({"closed": True, "unfinished": len(self._segment_of)}).encode() + b"\n")
+            os.write(fd, json.dumps({"closed": True, "unfinished": len(self._segments_of)}).encode() + b"\n")
             os.fsync(fd)
             os.close(fd)
             for number in self._open_requests:

@@ -68,7 +68,9 @@ def spent(data_dir: Path, request_id: str) -> dict[str, float]:
     """USD per provider counter in the embedded store, once the request's settlement has landed."""
     deadline = time.monotonic() + 15
     with sqlite3.connect(f"file:{data_dir / 'counters.sqlite3'}?mode=ro", uri=True) as db:
-        while db.execute("SELECT 1 FROM reservation WHERE request_id = ?", (request_id,)).fetchone():
+        # (a failed-over request's reservation moved to the candidate, under "<request id>~<index>")
+        held = "SELECT 1 FROM reservation WHERE request_id = ? OR request_id LIKE ?"
+        while db.execute(held, (request_id, f"{request_id}~%")).fetchone():
             assert time.monotonic() < deadline, "the request's reservation was never settled"
             time.sleep(0.02)
         rows = db.execute("SELECT counter_id, SUM(used) FROM bucket WHERE counter_id LIKE 'provider:%/usd/%'"

@@ -1,0 +1,149 @@
+"""kill -9 of the gateway while a failed-over answer streams: the recovery at the next start charges
+the deployment that was answering (its provider, model and price), not the first choice.
+
+A real gateway process (embedded store, or a real redis-server), two fake OpenAI upstreams: the
+first answers 500, the second starts streaming and holds; the gateway is killed (-9) once the
+client has the first event, then started again on the same data dir."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import sqlite3
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx2 as httpx
+import pytest
+from fakes.gateway import ALICE_KEY, Gateway
+from fakes.openai_upstream import FakeOpenAI
+
+from codexgate.addons.limits import counters_for
+from codexgate.policies.keys import hash_key
+from codexgate.policies.loader import load_policy
+from codexgate.policies.schema import Limited
+from codexgate.stores.factory import EMBEDDED_FILE, open_store
+
+
+@pytest.fixture
+def upstreams() -> Iterator[dict[str, FakeOpenAI]]:
+    fakes = {name: FakeOpenAI().start() for name in ("first", "second")}
+    yield fakes
+    for fake in fakes.values():
+        fake.stop()
+
+
+def write_policy(path: Path, upstreams: dict[str, FakeOpenAI]) -> Path:
+    key = '[{value: "env:CG_TEST_UPSTREAM_KEY"}]'
+    budget = "budgets: [{limit_usd: 100, period: 1d, rolling: true}]"  # hard (the default)
+    path.write_text(
+        f"""\
+gateway: {{resilience: {{cooldown_seconds: 0}}}}
+providers:
+  first: {{kind: openai, base_url: "{upstreams["first"].url}", keys: {key}, {budget}}}
+  second: {{kind: openai, base_url: "{upstreams["second"].url}", keys: {key}, {budget}}}
+models:
+  gpt-first:
+    routes: [{{provider: first}}]
+    fallbacks: [gpt-second]
+    output_allowance: 1000
+    price: {{input_per_mtok: 1.0, output_per_mtok: 8.0}}
+  gpt-second:
+    routes: [{{provider: second}}]
+    output_allowance: 1000
+    price: {{input_per_mtok: 2.0, output_per_mtok: 16.0}}
+teams: {{platform: {{org: acme}}}}
+keys:
+  - {{name: alice, team: platform, hash: "{hash_key(ALICE_KEY)}", {budget}}}
+"""
+    )
+    return path
+
+
+def used(policy: Path, store_spec: str, data_dir: Path) -> dict[str, float]:
+    """Each level's USD use (settled + reserved) through the store's own API."""
+    compiled = load_policy(policy).policy
+    now = time.time()
+    levels: list[tuple[str, str, Limited]] = [
+        ("key", "alice", compiled.keys[0]),
+        ("provider", "first", compiled.providers["first"]),
+        ("provider", "second", compiled.providers["second"]),
+    ]
+    counters = counters_for(levels, now, compiled.gateway.hard_budgets.epsilon_usd)
+
+    async def read() -> dict[str, float]:
+        store = open_store(store_spec, str(data_dir))
+        try:
+            return {s.counter.counter_id.split("/")[0]: s.used for s in await store.snapshot(counters, now)}
+        finally:
+            await store.close()
+
+    return asyncio.run(read())
+
+
+def wal_lines(data_dir: Path) -> list[dict]:
+    return [
+        json.loads(line)
+        for path in sorted((data_dir / "wal").glob("forwarded-*.jsonl"))
+        for line in path.read_text().splitlines()
+        if line.strip()
+    ]
+
+
+@pytest.mark.parametrize("store", ["embedded", "redis"])
+def test_kill_9_mid_stream_after_a_failover_charges_the_answering_provider(
+    tmp_path: Path, upstreams: dict[str, FakeOpenAI], store: str, request: pytest.FixtureRequest
+) -> None:
+    store_spec = request.getfixturevalue("fresh_redis_server").url if store == "redis" else "embedded"
+    policy = write_policy(tmp_path / "policy.yaml", upstreams)
+    data_dir = tmp_path / "data"
+    gateway = Gateway(policy, data_dir)
+    gateway.store = store_spec
+    gateway.start()
+    upstreams["first"].failures.append((500, {}))
+    upstreams["second"].hold_stream.set()  # the answer's first event, then it waits: in flight for sure
+    try:
+        body = {"model": "gpt-first", "input": "a long story, please", "stream": True}
+        headers = {"authorization": f"Bearer {ALICE_KEY}", "session-id": "crash"}
+        with httpx.stream("POST", f"{gateway.base_url}/responses", json=body, headers=headers, timeout=30) as answer:
+            assert answer.status_code == 200
+            assert answer.headers["x-codexgate-provider"] == "second"
+            assert b"response.created" in next(answer.iter_bytes())  # the failed-over answer is streaming
+            assert gateway.process is not None
+            gateway.process.kill()  # kill -9: no hook, no settlement, no accounting line
+            gateway.process.wait(10)
+    except httpx.HTTPError:
+        pass  # the gateway died under the stream
+    finally:
+        upstreams["second"].release_stream.set()
+        gateway.stop()
+    assert len(upstreams["first"].received) == len(upstreams["second"].received) == 1
+    assert gateway.accounting() == []  # the request left no line itself
+    left = wal_lines(data_dir)
+    (entry,) = [line for line in left if "id" in line]
+    assert entry["provider"] == "first"  # admitted for the first choice
+
+    restarted = Gateway(policy, data_dir)
+    restarted.store = store_spec
+    restarted.start()
+    try:
+        assert "1 had no record and were recorded now" in restarted.wait_log("write-ahead log:")
+        (line,) = restarted.wait_accounting(lambda r: bool(r.get("recovered")))
+    finally:
+        restarted.stop()
+    assert line["request_id"] == entry["id"] and line["charge"] == "estimate"
+    assert (line["provider"], line["model"], line["model_requested"]) == ("second", "gpt-second", "gpt-first")
+    # The second model's estimate: twice the first's (same tokens, twice the price).
+    assert line["cost_usd"] == pytest.approx(2 * entry["estimate"][0], rel=1e-9) and line["cost_usd"] > 0
+    # The store agrees with the line: the second provider charged, the first not, the key once.
+    spent = used(policy, store_spec, data_dir)
+    assert spent["provider:second"] == pytest.approx(line["cost_usd"], rel=1e-9)
+    assert spent["provider:first"] == pytest.approx(0.0, abs=1e-12)
+    assert spent["key:alice"] == pytest.approx(line["cost_usd"], rel=1e-9)
+    # What recovery read: the move to the second deployment, on record before its reservation.
+    (switch,) = [line for line in left if "switch" in line]
+    assert (switch["switch"], switch["provider"], switch["model"]) == (entry["id"], "second", "gpt-second")
+    if store == "embedded":
+        with sqlite3.connect(f"file:{data_dir / EMBEDDED_FILE}?mode=ro", uri=True) as db:
+            assert db.execute("SELECT request_id FROM reservation").fetchall() == []
