@@ -32,21 +32,23 @@ class Credentials:
         state = state_of(flow)
         if state is None or state.provider is None:
             return
-        strip_client_credentials(flow.request.headers, CLIENT_CREDENTIAL_FIELDS)
-        if state.relayed is not None:
-            state.cleared = True  # each relayed attempt carries its own provider credentials
-            return
         translation = state.translation
-        if translation is None:
-            return  # not pointed at a provider: never cleared
-        family = translation.family
-        if not family.answers_locally:
-            try:
-                headers = await family.credentials(translation.prepared, state.key_index, self._secrets)
-            except SecretUnavailable as exc:
-                self._unusable(flow, state.provider, exc)
-                return
-            replace_headers(flow.request.headers, headers)
+        family = translation.family if translation is not None and state.relayed is None else None
+        if translation is None or family is None or family.answers_locally:
+            strip_client_credentials(flow.request.headers, CLIENT_CREDENTIAL_FIELDS)
+            if state.relayed is not None or translation is not None:
+                # Relayed: each attempt carries its own provider credentials; answered locally
+                # (mock): nothing leaves. Not pointed at a provider at all: never cleared.
+                state.cleared = True
+            return
+        try:
+            headers = await family.credentials(translation.prepared, state.key_index, self._secrets)
+        except SecretUnavailable as exc:
+            strip_client_credentials(flow.request.headers, CLIENT_CREDENTIAL_FIELDS)
+            self._unusable(flow, state.provider, exc)
+            return
+        # The client's credentials out and the provider's in, in one pass over the fields.
+        replace_headers(flow.request.headers, headers, removing=CLIENT_CREDENTIAL_FIELDS)
         state.cleared = True
 
     @staticmethod

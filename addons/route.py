@@ -21,6 +21,7 @@ from codexgate.addons.failover import Failover
 from codexgate.errors import error_response
 from codexgate.failsafe import fail_closed
 from codexgate.flowstate import Candidate, Decision, GatewayRequest, RelayedRequest, Translation, refuse, state_of
+from codexgate.headers import replace_headers
 from codexgate.metrics import GatewayMetrics
 from codexgate.providers.base import UnsupportedRequest, refuse_stateful
 from codexgate.providers.family import CODEX_HEADERS, ProviderFamily, new_context
@@ -235,7 +236,7 @@ def point(flow: http.HTTPFlow, state: GatewayRequest, family: ProviderFamily[Any
         flow.request.content = prepared.body  # (sets content-length too)
     elif rewrite:
         flow.request.content = json.dumps(state.body).encode()
-    headers.update(prepared.headers)
+    replace_headers(headers, prepared.headers)  # one pass over the fields (Headers.update: several per name)
     if prepared.dropped_tools:
         logger.info("request %s to %s: tools it cannot serve were dropped: %s", state.request_id,
                     state.provider, ", ".join(prepared.dropped_tools))  # fmt: skip

@@ -28,19 +28,21 @@ def strip_client_credentials(headers: Headers, fields: frozenset[bytes]) -> None
         headers.fields = kept
 
 
-def replace_headers(headers: Headers, values: dict[str, str]) -> None:
-    """Sets each of `values` (replacing any field of the same name) in one pass over the fields."""
-    if values:
-        fields = [(name.lower().encode(), value.encode("utf-8", "surrogateescape")) for name, value in values.items()]
-        replace_header_fields(headers, fields)
+def replace_headers(headers: Headers, values: dict[str, str], removing: frozenset[bytes] = frozenset()) -> None:
+    """Sets each of `values` (replacing any field of the same name) and removes every field named
+    in `removing` (lower-case bytes), in one pass over the fields."""
+    fields = [(name.lower().encode(), value.encode("utf-8", "surrogateescape")) for name, value in values.items()]
+    replace_header_fields(headers, fields, removing)
 
 
-def replace_header_fields(headers: Headers, fields: list[tuple[bytes, bytes]]) -> None:
+def replace_header_fields(
+    headers: Headers, fields: list[tuple[bytes, bytes]], removing: frozenset[bytes] = frozenset()
+) -> None:
     """`replace_headers` for fields already encoded, names in lower case (per-request headers
     built from constants skip the encoding)."""
-    if not fields:
+    if not fields and not removing:
         return
-    names = frozenset(name for name, _ in fields)
+    names = frozenset(name for name, _ in fields) | removing if fields else removing
     kept = tuple(field for field in headers.fields if field[0].lower() not in names)
     headers.fields = kept + tuple(fields)
 

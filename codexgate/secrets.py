@@ -22,6 +22,7 @@ Error messages name the reference and the reason, never a secret value or a stor
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import os
@@ -83,6 +84,7 @@ class AwsSmRef:
 Reference = EnvRef | FileRef | VaultRef | AwsSmRef
 
 
+@functools.lru_cache(maxsize=1024)  # the policy's few references, resolved on every request (immutable results)
 def parse_reference(reference: str) -> Reference:
     """Parse a secret reference; ValueError (which never repeats the text: it may be a pasted key) if invalid."""
     if reference.startswith("env:") and len(reference) > 4:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import json
 from typing import Any
 from urllib.parse import urlsplit
@@ -13,6 +14,7 @@ from codexgate.secrets import SecretResolver
 ENDPOINT_PATHS = {"responses": "/responses", "chat": "/chat/completions"}
 
 
+@functools.lru_cache(maxsize=256)  # a few providers' URLs, asked on every request
 def upstream_target(base_url: str, endpoint: str) -> tuple[str, str, int, str]:
     """(scheme, host, port, path) of `endpoint` at `base_url` (which ends in /v1 or similar)."""
     parts = urlsplit(base_url)
