@@ -161,8 +161,8 @@ class Failover:
         """Which attempt answered: its provider, model and translation become the request's."""
         state = state_of(flow)
         relayed = state.relayed if state is not None else None
-        if state is None or relayed is None or flow.response is None:
-            return
+        if state is None or relayed is None or flow.response is None or state.answered_locally:
+            return  # answered locally: the gateway refused the request before the relay saw it
         headers = flow.response.headers
         try:
             state.attempts = json.loads(headers.get("x-codexgate-attempts", "[]"))

@@ -57,7 +57,7 @@ from codexgate.headers import header_value, replace_header_fields
 from codexgate.metrics import GatewayMetrics
 from codexgate.policies.schema import Limited, Price
 from codexgate.pricing import Pricer, PriceSource, PriceUnknown
-from codexgate.providers.registry import family_for
+from codexgate.providers.registry import family_of
 from codexgate.relay import DRAIN_MAX_SECONDS, Skip
 from codexgate.stores.base import Admission, Amounts, Counter, CounterState, CounterStore, Kind, StoreUnavailable
 from codexgate.usage import Usage
@@ -223,6 +223,9 @@ class Sizing:
     # The deployment (provider, model, upstream model) the request's reservation is held for; None
     # while nothing is held (a failover candidate was refused).
     target: tuple[str, str, str] | None = None
+    # The first choice's own refusal, when admission found only its provider or model full and
+    # left the other candidates to the relay (see Limits.request).
+    first_refusal: Skip | None = None
 
     @classmethod
     def of(cls, flow: http.HTTPFlow, state: GatewayRequest) -> Sizing:
@@ -284,6 +287,15 @@ def record_unavailable() -> http.Response:
 def request_ended() -> http.Response:
     """(Nobody reads it: the request had ended — the client left — before that deployment's turn.)"""
     return error_response(503, "request_ended", "the request ended before this deployment was tried")
+
+
+# Levels that belong to one candidate of a relayed request (counter ids start "<level>:"): when only
+# these are full at the first choice, the others are asked before the request is refused.
+CANDIDATE_LEVELS = ("provider:", "model:")
+
+
+def _skip_reason(decision: Decision) -> str:
+    return "budget_exceeded" if decision is Decision.BUDGET_EXCEEDED else "rate_limit_exceeded"
 
 
 def _message_of(response: http.Response) -> str:
@@ -425,6 +437,22 @@ class Limits:
                 cap_output(flow, state, metering.output_cap)
             return
         response, decision = self._refusal(state, metering, sizing, admission, now)
+        relayed, refused_by = state.relayed, admission.refused_by
+        if (
+            relayed is not None
+            and len(relayed.candidates) > 1
+            and refused_by is not None
+            and (refused_by.counter_id.startswith(CANDIDATE_LEVELS))
+        ):
+            # Only the first choice's own provider or model is full (the key, team and org had
+            # room: they come first): another candidate may have room there. The relay asks each in
+            # turn (admit_candidate, which gives this refusal for the first choice without asking
+            # the store again) and answers this refusal if none admits the request.
+            sizing.target = None
+            sizing.first_refusal = self._skip(
+                state, relayed.candidates[0], _skip_reason(decision), _message_of(response), response, decision
+            )
+            return
         refuse(flow, response, decision)
 
     async def admit_candidate(self, state: GatewayRequest, sizing: Sizing, index: int) -> Skip | None:
@@ -446,6 +474,8 @@ class Limits:
         target = (candidate.provider, candidate.model, candidate.upstream_model)
         if metering.settled:  # the request ended meanwhile (the client left): nothing is sent now
             return self._skip(state, candidate, "settled", "the request already ended", request_ended())
+        if index == 0 and sizing.first_refusal is not None:
+            return sizing.first_refusal  # admission found its provider or model full (see request)
         if target == sizing.target:
             return None
         try:
@@ -512,8 +542,7 @@ class Limits:
                         candidate.label)  # fmt: skip
             return None
         response, decision = self._refusal(state, metering, sizing, admission, now)
-        reason = "budget_exceeded" if decision is Decision.BUDGET_EXCEEDED else "rate_limit_exceeded"
-        return self._skip(state, candidate, reason, _message_of(response), response, decision)
+        return self._skip(state, candidate, _skip_reason(decision), _message_of(response), response, decision)
 
     def _skip(
         self,
@@ -632,7 +661,7 @@ class Limits:
         policy = state.policy.policy
         default_price: Price | None = None if policy.gateway.unknown_price == "deny" else policy.gateway.unknown_price
         return self.pricer.source(
-            family_for(policy.providers[provider]).price_id(), upstream_model, policy.models[model].price, default_price
+            family_of(state.policy, provider).price_id(), upstream_model, policy.models[model].price, default_price
         )
 
     def answered_elsewhere(self, state: GatewayRequest, metering: Metering) -> Candidate | None:

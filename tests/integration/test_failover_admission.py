@@ -9,6 +9,7 @@ first one fails: 500, 429 or a refused connection), the counters read through th
 from __future__ import annotations
 
 import asyncio
+import json
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -38,14 +39,16 @@ def upstreams() -> Iterator[dict[str, FakeOpenAI]]:
         fake.stop()
 
 
-def write_policy(path: Path, first_url: str, second_url: str, second_limits: str) -> Path:
+def write_policy(
+    path: Path, first_url: str, second_url: str, second_limits: str, first_limits: str = "", key_budget: float = 100
+) -> Path:
     key = '[{value: "env:CG_TEST_UPSTREAM_KEY"}]'
     price = "price: {input_per_mtok: 1.0, output_per_mtok: 8.0}"
     path.write_text(
         f"""\
 gateway: {{resilience: {{cooldown_seconds: 0}}}}
 providers:
-  first: {{kind: openai, base_url: "{first_url}", keys: {key}}}
+  first: {{kind: openai, base_url: "{first_url}", keys: {key}{", " + first_limits if first_limits else ""}}}
   second: {{kind: openai, base_url: "{second_url}", keys: {key}, {second_limits}}}
 models:
   gpt-first: {{routes: [{{provider: first}}], fallbacks: [gpt-second], output_allowance: 1000, {price}}}
@@ -56,7 +59,7 @@ models:
 teams: {{platform: {{org: acme}}}}
 keys:
   - {{name: alice, team: platform, hash: "{hash_key(ALICE_KEY)}",
-      budgets: [{{limit_usd: 100, period: 1d, rolling: true}}],
+      budgets: [{{limit_usd: {key_budget}, period: 1d, rolling: true}}],
       rate_limits: [{{requests: 1000, per: 1h, rolling: true}}]}}
 """
     )
@@ -86,12 +89,15 @@ def used(policy: Path, store_spec: str, data_dir: Path) -> dict[str, float]:
     return asyncio.run(read())
 
 
-def spend_second_budget(policy: Path, store_spec: str, data_dir: Path) -> None:
-    """The second provider's hard budget, spent (as earlier requests would have spent it)."""
+def spend_second_budget(
+    policy: Path, store_spec: str, data_dir: Path, level: tuple[str, str] = ("provider", "second")
+) -> None:
+    """A level's hard budget (the second provider's), spent (as earlier requests would have spent it)."""
     compiled = load_policy(policy).policy
     now = time.time()
-    second = compiled.providers["second"]
-    counters = counters_for([("provider", "second", second)], now, compiled.gateway.hard_budgets.epsilon_usd)
+    kind, name = level
+    limited = compiled.providers[name] if kind == "provider" else next(k for k in compiled.keys if k.name == name)
+    counters = counters_for([(kind, name, limited)], now, compiled.gateway.hard_budgets.epsilon_usd)
 
     async def spend() -> None:
         store = open_store(store_spec, str(data_dir))
@@ -240,3 +246,57 @@ def test_a_stream_cut_after_a_failover_is_charged_the_candidates_estimate_at_its
     assert counter(now, "provider:second/usd") == pytest.approx(estimate, rel=1e-9)
     assert counter(now, "provider:first/usd") == pytest.approx(0.0, abs=1e-12)
     assert counter(now, "key:alice/usd") == pytest.approx(estimate, rel=1e-9)  # once
+
+
+@pytest.mark.parametrize("store", ["embedded", "redis"])
+def test_a_first_choice_whose_own_budget_is_spent_leaves_the_request_to_a_candidate_with_room(
+    tmp_path: Path, upstreams: dict[str, FakeOpenAI], store: str, request: pytest.FixtureRequest
+) -> None:
+    """Only the first choice's provider is full: the request is not refused while another candidate
+    has room there — it is served there (counted there and at the key, once), and the full provider
+    is neither sent anything nor charged."""
+    store_spec = request.getfixturevalue("fresh_redis_server").url if store == "redis" else "embedded"
+    budget = f"budgets: [{{limit_usd: {SECOND_BUDGET}, period: 1d, rolling: true}}]"
+    policy = write_policy(tmp_path / "policy.yaml", upstreams["first"].url, upstreams["second"].url,
+                          "budgets: [{limit_usd: 50, period: 1d, rolling: true}]", first_limits=budget)  # fmt: skip
+    data_dir = tmp_path / "data"
+    spend_second_budget(policy, store_spec, data_dir, ("provider", "first"))
+    gateway = start(tmp_path, policy, store_spec)
+    try:
+        client = openai.OpenAI(api_key=ALICE_KEY, base_url=gateway.base_url, max_retries=0, timeout=30)
+        served = client.responses.with_raw_response.create(model="gpt-first", input="hi")
+        assert served.http_response.status_code == 200
+        assert served.headers["x-codexgate-provider"] == "second"
+        assert upstreams["first"].received == [] and len(upstreams["second"].received) == 1
+        (line,) = gateway.wait_accounting(lambda r: r["charge"] == "actual")
+        assert (line["decision"], line["provider"], line["model"]) == ("forwarded", "second", "gpt-second")
+        outcomes = [(a["deployment"], a["outcome"]) for a in line["attempts"]]
+        assert outcomes[0] == ("first/gpt-first#0", "skipped_budget_exceeded")
+        assert outcomes[-1][0] == "second/gpt-second#0" and outcomes[-1][1] == "ok"
+    finally:
+        gateway.stop()
+    now = used(policy, store_spec, data_dir)
+    assert counter(now, "provider:first/usd") == pytest.approx(SECOND_BUDGET)  # what was spent before, only
+    assert counter(now, "provider:second/usd") == pytest.approx(line["cost_usd"], rel=1e-9)
+    assert counter(now, "key:alice/usd") == pytest.approx(line["cost_usd"], rel=1e-9)  # once
+    assert counter(now, "key:alice/requests") == pytest.approx(1.0)
+
+
+def test_a_spent_key_budget_is_refused_outright_whatever_the_candidates(
+    tmp_path: Path, upstreams: dict[str, FakeOpenAI]
+) -> None:
+    """The key's own budget is the same at every candidate: refused at admission, nothing relayed."""
+    policy = write_policy(tmp_path / "policy.yaml", upstreams["first"].url, upstreams["second"].url,
+                          "budgets: [{limit_usd: 50, period: 1d, rolling: true}]", key_budget=SECOND_BUDGET)  # fmt: skip
+    data_dir = tmp_path / "data"
+    spend_second_budget(policy, "embedded", data_dir, ("key", "alice"))
+    gateway = start(tmp_path, policy, "embedded")
+    try:
+        answer = refusal(gateway, "gpt-first", "key-spent")
+        assert answer.status_code == 402, answer.text
+        assert answer.json()["error"]["message"].startswith("key alice: rolling day budget $1.00 used")
+        (line,) = gateway.wait_accounting(lambda r: r["session_id"] == "key-spent")
+        assert line["decision"] == "budget_exceeded" and not line["attempts"], json.dumps(line)
+    finally:
+        gateway.stop()
+    assert upstreams["first"].received == [] and upstreams["second"].received == []
