@@ -286,8 +286,9 @@ def test_a_spent_key_budget_is_refused_outright_whatever_the_candidates(
     tmp_path: Path, upstreams: dict[str, FakeOpenAI]
 ) -> None:
     """The key's own budget is the same at every candidate: refused at admission, nothing relayed."""
-    policy = write_policy(tmp_path / "policy.yaml", upstreams["first"].url, upstreams["second"].url,
-                          "budgets: [{limit_usd: 50, period: 1d, rolling: true}]", key_budget=SECOND_BUDGET)  # fmt: skip
+    second_budget = "budgets: [{limit_usd: 50, period: 1d, rolling: true}]"
+    policy = write_policy(tmp_path / "policy.yaml", upstreams["first"].url, upstreams["second"].url, second_budget,
+                          key_budget=SECOND_BUDGET)  # fmt: skip
     data_dir = tmp_path / "data"
     spend_second_budget(policy, "embedded", data_dir, ("key", "alice"))
     gateway = start(tmp_path, policy, "embedded")
