@@ -87,14 +87,17 @@ def chained_line(stored: dict[str, Any], hmac_key: bytes | None) -> tuple[str, b
     joined, the line the same with the hash between them (keys sort as Python sorts strings)."""
     low = canonical_text({name: value for name, value in stored.items() if name < "hash"})[1:-1]
     high = canonical_text({name: value for name, value in stored.items() if name > "hash"})[1:-1]
-    digest = record_hash(("{" + ",".join(part for part in (low, high) if part) + "}").encode("ascii"), hmac_key)
-    line = "{" + ",".join(part for part in (low, f'"hash":"{digest}"', high) if part) + "}\n"
+    # Either half may be empty: a comma only between two non-empty parts.
+    payload = f"{{{low},{high}}}" if low and high else f"{{{low}{high}}}"
+    digest = record_hash(payload.encode("ascii"), hmac_key)
+    line = f'{{{low}{"," if low else ""}"hash":"{digest}"{"," if high else ""}{high}}}\n'
     return digest, line.encode("ascii")
 
 
 def record_hash(payload: bytes, hmac_key: bytes | None) -> str:
     if hmac_key:
-        return hmac.new(hmac_key, payload, hashlib.sha256).hexdigest()
+        # hmac.digest: the one-shot form of hmac.new(...).hexdigest()'s bytes, without the HMAC object.
+        return hmac.digest(hmac_key, payload, "sha256").hex()
     return hashlib.sha256(payload).hexdigest()
 
 
@@ -383,19 +386,22 @@ class AuditWriter:
                 os.close(dir_fd)
 
     def _file_changed(self) -> str | None:
-        """What happened to the current file since the writer last wrote it, or None."""
-        name = os.path.basename(self._path)
+        """What happened to the current file since the writer last wrote it, or None.
+
+        A stat of the path, not an fstat of the descriptor: a file renamed away (log rotation)
+        still looks intact through the writer's own descriptor."""
         try:
             status = os.stat(self._path)
         except FileNotFoundError:
-            return f"{name} was deleted while the writer had it open"
+            return f"{os.path.basename(self._path)} was deleted while the writer had it open"
+        if status.st_ino == self._inode[1] and status.st_dev == self._inode[0] and status.st_size == self._size:
+            return None  # the common case, decided without building anything
+        name = os.path.basename(self._path)
         if (status.st_dev, status.st_ino) != self._inode:
             return f"{name} was replaced by another file (e.g. sed -i) while the writer had it open"
         if status.st_size < self._size:
             return f"{name} was truncated to {status.st_size} bytes; the writer had written {self._size}"
-        if status.st_size > self._size:
-            return f"{name} grew to {status.st_size} bytes; the writer had written {self._size} (another writer?)"
-        return None
+        return f"{name} grew to {status.st_size} bytes; the writer had written {self._size} (another writer?)"
 
     def write(self, record: dict[str, Any]) -> dict[str, Any]:
         """Append `record` to the chain; returns it as stored (with seq, prev and hash)."""
