@@ -67,6 +67,8 @@ BREAK_EVENT = "chain_break"  # first record of a segment the writer started beca
 CRASH_EVENT = "crash"  # written at start-up when the previous run ended without shutting down
 CHAIN_FIELDS = ("seq", "prev", "hash")
 _TAIL_BLOCK = 64 * 1024
+_HASH_SLOT = "<hash>"  # where `chained_line` puts the hash
+_SLOT_MEMBER = f'"hash":"{_HASH_SLOT}"'
 
 
 def canonical(obj: dict[str, Any]) -> bytes:
@@ -83,8 +85,16 @@ def chained_line(stored: dict[str, Any], hmac_key: bytes | None) -> tuple[str, b
     """The hash of `stored` (a record with seq and prev, without hash) and its line: the canonical
     form of the record with its hash, i.e. `canonical(stored | {"hash": ...}) + b"\n"`.
 
-    Encoded once, in two halves around where `hash` sorts: the hashed form is the two halves
-    joined, the line the same with the hash between them (keys sort as Python sorts strings)."""
+    Encoded once, with a stand-in where the hash goes (the encoder sorts it into place): the line
+    is that text with the hash put in, the hashed form the same text without the member."""
+    before, member, after = canonical_text({**stored, "hash": _HASH_SLOT}).partition(_SLOT_MEMBER)
+    if member and _SLOT_MEMBER not in after:
+        # Inside a string every quote is escaped, so the member is a key of some object: ours, as
+        # it is the only one. The hashed form drops it with one of its commas.
+        payload = before[:-1] + after if before[-1] == "," else before + after.removeprefix(",")
+        digest = record_hash(payload.encode("ascii"), hmac_key)
+        return digest, f'{before}"hash":"{digest}"{after}\n'.encode("ascii")
+    # A nested object with the same member (never in the gateway's records): two halves instead.
     low = canonical_text({name: value for name, value in stored.items() if name < "hash"})[1:-1]
     high = canonical_text({name: value for name, value in stored.items() if name > "hash"})[1:-1]
     # Either half may be empty: a comma only between two non-empty parts.

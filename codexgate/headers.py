@@ -40,8 +40,9 @@ def replace_header_fields(headers: Headers, fields: list[tuple[bytes, bytes]]) -
     built from constants skip the encoding)."""
     if not fields:
         return
-    names = frozenset(name for name, _ in fields)
-    kept = tuple(field for field in headers.fields if field[0].lower() not in names)
+    # List comprehensions, not generators: run inline, without a generator frame resumed per field.
+    names = frozenset([name for name, _ in fields])
+    kept = tuple([field for field in headers.fields if field[0].lower() not in names])
     headers.fields = kept + tuple(fields)
 
 

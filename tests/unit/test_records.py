@@ -4,6 +4,8 @@ one-pass line equal to the canonical form of the record with its hash."""
 from __future__ import annotations
 
 import datetime as dt
+import hashlib
+import hmac
 import json
 import math
 
@@ -12,7 +14,7 @@ import pytest
 from codexgate.audit import canonical, chained_line, record_hash
 from codexgate.flowstate import Decision
 from codexgate.jsonline import canonical_text, compact
-from codexgate.records import utc_iso
+from codexgate.records import AUDIT_FIELDS, audit_fields, recovered_record, utc_iso
 
 RECORDS = [
     {},
@@ -22,6 +24,11 @@ RECORDS = [
      "cost_usd": 1.34e-4, "content": 'a "quoted", text,"key":"x"', "guardrail_findings": ["b", "a"], "ha": True},
     {"seq": 1, "prev": "0" * 64},  # nothing sorts before "hash"
     {"a": 1, "b": 2},  # nothing sorts after "hash"
+    # What chained_line's stand-in for the hash looks like, in a string and as a nested member.
+    {"content": '"hash":"<hash>"', "error": '{"hash":"<hash>"}', "seq": 2, "prev": "1" * 64},
+    {"usage": {"hash": "<hash>"}, "seq": 2, "prev": "1" * 64},
+    {"attempts": [{"hash": "<hash>"}], "body_sha256": {"hash": "<hash>", "x": 1}, "seq": 2},
+    {"hash_": {"hash": "x"}, "ha": {"hash": "<hash>"}},
 ]  # fmt: skip
 
 
@@ -43,8 +50,51 @@ def test_canonical_refuses_nan_and_unencodable_values() -> None:
 @pytest.mark.parametrize("key", [None, b"secret"])
 def test_chained_line_is_the_canonical_record_with_its_hash(record: dict, key: bytes | None) -> None:
     digest, line = chained_line(record, key)
-    assert digest == record_hash(canonical(record), key)
+    payload = canonical(record)
+    assert digest == (hmac.new(key, payload, hashlib.sha256) if key else hashlib.sha256(payload)).hexdigest()
+    assert digest == record_hash(payload, key)
     assert line == canonical({**record, "hash": digest}) + b"\n"
+
+
+def reference_audit_fields(record: dict, body_sha256: str | None) -> dict:
+    """audit_fields as it was first written: one `get` per field."""
+    fields = {"time": utc_iso(record["ts"])}
+    for name in AUDIT_FIELDS:
+        fields[name] = record.get(name)
+    fields["body_sha256"] = body_sha256
+    if record.get("error") is not None:
+        fields["error"] = record["error"]
+    if record.get("recovered"):
+        fields["recovered"] = True
+    return fields
+
+
+LIVE_RECORD = {
+    "request_id": "0f8e7d6c", "mode": "gateway", "endpoint": "responses", "session_id": "s", "key": "alice",
+    "team": "platform", "org": "acme", "model_requested": "m", "model": "m", "provider": "openai",
+    "upstream_model": "m-1", "ts": 1765000000.123, "transport": "http", "stream": True, "decision": "forwarded",
+    "status": 200, "error": None, "stream_outcome": "completed",
+    "usage": {"input_tokens": 12, "cached_tokens": 0, "output_tokens": 40, "reasoning_tokens": 0},
+    "cost_usd": 0.000415, "charge": "actual", "output_cap": None, "attempts": None, "duration_ms": 1.2, "ttfb_ms": 0.9,
+}  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    "record",
+    [
+        LIVE_RECORD,
+        {**LIVE_RECORD, "error": "upstream reset", "decision": "upstream_error", "status": 502, "usage": None},
+        recovered_record({"id": "r1", "key": "alice", "stream": True, "ts": 1.5}, 0.25, "crash", 1765000001.0),
+    ],
+)
+@pytest.mark.parametrize("body_sha256", ["ab" * 32, None])
+def test_audit_fields_and_their_line_are_what_they_were(record: dict, body_sha256: str | None) -> None:
+    """The audit line of a live and of a recovered record (which has no `transport`), byte for byte."""
+    fields = audit_fields(record, body_sha256)
+    expected = reference_audit_fields(record, body_sha256)
+    assert fields == expected
+    digest, line = chained_line({**fields, "seq": 7, "prev": "1" * 64}, b"k")
+    assert line == canonical({**expected, "seq": 7, "prev": "1" * 64, "hash": digest}) + b"\n"
 
 
 @pytest.mark.parametrize("epoch", [0.0, 1_765_000_000.0, 1_765_000_000.9995, 1_765_000_000.9999996, 1_765_000_123.4567])
