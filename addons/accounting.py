@@ -153,8 +153,8 @@ class Accounting:
             os.fsync(self._fd)
 
     def _observe(self, state: GatewayRequest, status: int) -> None:
-        # Cells take no negative amounts (a counter never goes down): token counts are >= 0 by
-        # construction (codexgate.usage), and the cost and the durations are checked here.
+        # A counter's cell takes no negative amount (it skips the check `Counter.inc` raises on):
+        # token counts are >= 0 by construction (codexgate.usage); a cost counts when positive.
         provider = state.provider or ""
         team = state.team or ""
         labels = (state.org or "", team, state.key.name if state.key else "", state.model or "", provider)

@@ -139,7 +139,7 @@ def audit_fields(record: dict[str, Any], body_sha256: str | None) -> dict[str, A
         values = _audit_values(record)
     except KeyError:  # a recovered request's record has no `transport`
         values = tuple([record.get(name) for name in _AUDIT_NAMES])
-    # Built in key order, the order the canonical form sorts them into (the sort is then one pass).
+    # Built (nearly) in key order: the canonical form's sort then has little to move.
     fields: dict[str, Any] = {"body_sha256": body_sha256}
     fields.update(zip(_AUDIT_NAMES, values, strict=True))
     fields["time"] = utc_iso(record["ts"])
