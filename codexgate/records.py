@@ -112,23 +112,36 @@ def request_record(state: GatewayRequest, status: int | None, error: str | None)
         usage = state.reader.usage  # a stream that broke off: what it reported so far
     reader = state.reader
     metering = state.metering
-    record = identity(state)
-    record.update(
-        ts=round(now, 3),
-        transport=state.transport,
-        stream=state.stream,
-        decision=state.decision.value,
-        status=status,
-        error=error,
-        stream_outcome=reader.outcome if reader is not None else None,
-        usage=usage_fields(usage),
-        cost_usd=round(state.cost_usd, 12) if state.cost_usd is not None else None,
-        charge=state.charge_basis,
-        output_cap=metering.output_cap if metering is not None else None,  # set by a hard budget
-        attempts=state.attempts,
-        duration_ms=round((now - state.started) * 1000, 1),
-        ttfb_ms=round((state.first_byte - state.started) * 1000, 1) if state.first_byte else None,
-    )
+    key = state.key
+    # One dict display: `identity(state)`'s fields first, in its order (a test holds them equal),
+    # then the outcome's; no second dict of keyword arguments merged in.
+    record = {
+        "request_id": state.request_id,
+        "mode": state.mode,
+        "endpoint": state.endpoint,
+        "session_id": state.session_id,
+        "key": key.name if key is not None else None,
+        "team": state.team,
+        "org": state.org,
+        "model_requested": state.model_requested,
+        "model": state.model,
+        "provider": state.provider,
+        "upstream_model": state.upstream_model,
+        "ts": round(now, 3),
+        "transport": state.transport,
+        "stream": state.stream,
+        "decision": state.decision.value,
+        "status": status,
+        "error": error,
+        "stream_outcome": reader.outcome if reader is not None else None,
+        "usage": usage_fields(usage),
+        "cost_usd": round(state.cost_usd, 12) if state.cost_usd is not None else None,
+        "charge": state.charge_basis,
+        "output_cap": metering.output_cap if metering is not None else None,  # set by a hard budget
+        "attempts": state.attempts,
+        "duration_ms": round((now - state.started) * 1000, 1),
+        "ttfb_ms": round((state.first_byte - state.started) * 1000, 1) if state.first_byte else None,
+    }
     state.record = record
     return record
 

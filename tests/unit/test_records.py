@@ -8,13 +8,16 @@ import hashlib
 import hmac
 import json
 import math
+import types
 
 import pytest
 
+from codexgate import records
 from codexgate.audit import canonical, chained_line, record_hash
-from codexgate.flowstate import Decision
+from codexgate.flowstate import Decision, GatewayRequest
 from codexgate.jsonline import canonical_text, compact
-from codexgate.records import AUDIT_FIELDS, audit_fields, recovered_record, utc_iso
+from codexgate.records import AUDIT_FIELDS, audit_fields, identity, recovered_record, usage_fields, utc_iso
+from codexgate.usage import Usage
 
 RECORDS = [
     {},
@@ -101,3 +104,37 @@ def test_audit_fields_and_their_line_are_what_they_were(record: dict, body_sha25
 def test_utc_iso_is_datetimes_iso_form_in_milliseconds(epoch: float) -> None:
     expected = dt.datetime.fromtimestamp(epoch, dt.UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
     assert utc_iso(epoch) == expected
+
+
+def reference_request_record(state: GatewayRequest, status: int | None, error: str | None, now: float) -> dict:
+    """request_record as first written: `identity(state)`, then the outcome's fields."""
+    usage = state.usage if state.usage is not None or state.reader is None else state.reader.usage
+    record = identity(state)
+    record.update(
+        ts=round(now, 3), transport=state.transport, stream=state.stream, decision=state.decision.value,
+        status=status, error=error, stream_outcome=state.reader.outcome if state.reader is not None else None,
+        usage=usage_fields(usage), cost_usd=round(state.cost_usd, 12) if state.cost_usd is not None else None,
+        charge=state.charge_basis, output_cap=state.metering.output_cap if state.metering is not None else None,
+        attempts=state.attempts, duration_ms=round((now - state.started) * 1000, 1),
+        ttfb_ms=round((state.first_byte - state.started) * 1000, 1) if state.first_byte else None,
+    )  # fmt: skip
+    return record
+
+
+@pytest.mark.parametrize("full", [True, False])
+def test_request_record_is_identity_then_the_outcome(monkeypatch: pytest.MonkeyPatch, full: bool) -> None:
+    """The accounting line's fields and their order: identity's first (the write-ahead entry's)."""
+    now = 1_765_000_000.4567
+    monkeypatch.setattr(records, "time", types.SimpleNamespace(time=lambda: now))
+    state = GatewayRequest(request_id="r-1", policy=None, mode="gateway", started=now - 1.25)  # type: ignore[arg-type]
+    if full:
+        state.endpoint, state.session_id, state.team, state.org = "responses", "s", "platform", "acme"
+        state.key = types.SimpleNamespace(name="alice")  # type: ignore[assignment]
+        state.model_requested, state.model, state.provider, state.upstream_model = "m", "m", "openai", "m-1"
+        state.decision, state.stream, state.transport = Decision.FORWARDED, True, "ws"
+        state.usage, state.cost_usd, state.charge_basis = Usage(5, 1, 9, 2), 0.00012345678901234, "actual"
+        state.first_byte, state.attempts = now - 1.0, [{"provider": "openai", "status": 200}]
+    record = records.request_record(state, 200 if full else None, None if full else "reset")
+    expected = reference_request_record(state, 200 if full else None, None if full else "reset", now)
+    assert compact(record) == compact(expected)
+    assert list(record)[: len(identity(state))] == list(identity(state))
