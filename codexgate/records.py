@@ -63,7 +63,8 @@ def usage_fields(usage: Usage | None) -> dict[str, int] | None:
 
 
 def identity(state: GatewayRequest) -> dict[str, Any]:
-    """Who asked for what, and where it went: the fields every record of the request carries."""
+    """Who asked for what, and where it went: the fields every record of the request carries
+    (`request_record` spells them out in the same order; tests/unit/test_records.py holds it)."""
     key = state.key
     return {
         "request_id": state.request_id,
