@@ -67,6 +67,8 @@ BREAK_EVENT = "chain_break"  # first record of a segment the writer started beca
 CRASH_EVENT = "crash"  # written at start-up when the previous run ended without shutting down
 CHAIN_FIELDS = ("seq", "prev", "hash")
 _TAIL_BLOCK = 64 * 1024
+_HASH_SLOT = "<hash>"  # where `chained_line` puts the hash
+_SLOT_MEMBER = f'"hash":"{_HASH_SLOT}"'
 
 
 def canonical(obj: dict[str, Any]) -> bytes:
@@ -83,18 +85,29 @@ def chained_line(stored: dict[str, Any], hmac_key: bytes | None) -> tuple[str, b
     """The hash of `stored` (a record with seq and prev, without hash) and its line: the canonical
     form of the record with its hash, i.e. `canonical(stored | {"hash": ...}) + b"\n"`.
 
-    Encoded once, in two halves around where `hash` sorts: the hashed form is the two halves
-    joined, the line the same with the hash between them (keys sort as Python sorts strings)."""
+    Encoded once, with a stand-in where the hash goes (the encoder sorts it into place): the line
+    is that text with the hash put in, the hashed form the same text without the member."""
+    before, member, after = canonical_text({**stored, "hash": _HASH_SLOT}).partition(_SLOT_MEMBER)
+    if member and _SLOT_MEMBER not in after:
+        # Inside a string every quote is escaped, so the member is a key of some object: ours, as
+        # it is the only one. The hashed form drops it with one of its commas.
+        payload = before[:-1] + after if before[-1] == "," else before + after.removeprefix(",")
+        digest = record_hash(payload.encode("ascii"), hmac_key)
+        return digest, f'{before}"hash":"{digest}"{after}\n'.encode("ascii")
+    # A nested object with the same member (never in the gateway's records): two halves instead.
     low = canonical_text({name: value for name, value in stored.items() if name < "hash"})[1:-1]
     high = canonical_text({name: value for name, value in stored.items() if name > "hash"})[1:-1]
-    digest = record_hash(("{" + ",".join(part for part in (low, high) if part) + "}").encode("ascii"), hmac_key)
-    line = "{" + ",".join(part for part in (low, f'"hash":"{digest}"', high) if part) + "}\n"
+    # Either half may be empty: a comma only between two non-empty parts.
+    payload = f"{{{low},{high}}}" if low and high else f"{{{low}{high}}}"
+    digest = record_hash(payload.encode("ascii"), hmac_key)
+    line = f'{{{low}{"," if low else ""}"hash":"{digest}"{"," if high else ""}{high}}}\n'
     return digest, line.encode("ascii")
 
 
 def record_hash(payload: bytes, hmac_key: bytes | None) -> str:
     if hmac_key:
-        return hmac.new(hmac_key, payload, hashlib.sha256).hexdigest()
+        # hmac.digest: the one-shot form of hmac.new(...).hexdigest()'s bytes, without the HMAC object.
+        return hmac.digest(hmac_key, payload, "sha256").hex()
     return hashlib.sha256(payload).hexdigest()
 
 
@@ -383,19 +396,22 @@ class AuditWriter:
                 os.close(dir_fd)
 
     def _file_changed(self) -> str | None:
-        """What happened to the current file since the writer last wrote it, or None."""
-        name = os.path.basename(self._path)
+        """What happened to the current file since the writer last wrote it, or None.
+
+        A stat of the path, not an fstat of the descriptor: a file renamed away (log rotation)
+        still looks intact through the writer's own descriptor."""
         try:
             status = os.stat(self._path)
         except FileNotFoundError:
-            return f"{name} was deleted while the writer had it open"
+            return f"{os.path.basename(self._path)} was deleted while the writer had it open"
+        if status.st_ino == self._inode[1] and status.st_dev == self._inode[0] and status.st_size == self._size:
+            return None  # the common case, decided without building anything
+        name = os.path.basename(self._path)
         if (status.st_dev, status.st_ino) != self._inode:
             return f"{name} was replaced by another file (e.g. sed -i) while the writer had it open"
         if status.st_size < self._size:
             return f"{name} was truncated to {status.st_size} bytes; the writer had written {self._size}"
-        if status.st_size > self._size:
-            return f"{name} grew to {status.st_size} bytes; the writer had written {self._size} (another writer?)"
-        return None
+        return f"{name} grew to {status.st_size} bytes; the writer had written {self._size} (another writer?)"
 
     def write(self, record: dict[str, Any]) -> dict[str, Any]:
         """Append `record` to the chain; returns it as stored (with seq, prev and hash)."""

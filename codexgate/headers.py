@@ -42,8 +42,9 @@ def replace_header_fields(
     built from constants skip the encoding)."""
     if not fields and not removing:
         return
-    names = frozenset(name for name, _ in fields) | removing if fields else removing
-    kept = tuple(field for field in headers.fields if field[0].lower() not in names)
+    # List comprehensions, not generators: run inline, without a generator frame resumed per field.
+    names = frozenset([name for name, _ in fields]) | removing if fields else removing
+    kept = tuple([field for field in headers.fields if field[0].lower() not in names])
     headers.fields = kept + tuple(fields)
 
 

@@ -6,6 +6,10 @@ Label values come from the policy (key, team, org, model, provider names) or fro
 
 from __future__ import annotations
 
+from bisect import bisect_left
+from collections.abc import Callable
+from typing import Any, Protocol, cast
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 EGRESS_REFUSAL_REASONS = (
@@ -111,3 +115,76 @@ class GatewayMetrics:
         for operation in ("reserve", "settle"):
             for policy in ("closed", "open"):
                 self.store_errors.labels(operation, policy)
+
+
+class CounterCell(Protocol):
+    def inc(self, amount: float) -> None: ...
+
+
+class HistogramCell(Protocol):
+    def observe(self, amount: float) -> None: ...
+
+
+def counter_cell(child: Counter) -> CounterCell:
+    """Where an observable counter (a labelled child, or a counter without labels) keeps its value.
+
+    `Counter.inc` runs two Python-level checks before the value's own `inc` (the child has its
+    labels; the amount is not negative): callers of the cell make sure of both. The value is
+    prometheus-client's value class, so its multiprocess mode (`codexgate up --workers N`) is kept.
+    A client without that attribute gets the child itself, which has the same `inc`."""
+    value = getattr(child, "_value", None)
+    return cast(CounterCell, value if callable(getattr(value, "inc", None)) else child)
+
+
+class _BisectedHistogram:
+    """An observable histogram's storage, observed with a binary search: prometheus-client's
+    `observe` walks the bounds in a Python loop. The sample lands in the same bucket (the first
+    whose bound is >= it, none for NaN) and the sum moves the same, so the exposition is the same."""
+
+    __slots__ = ("_sum", "_buckets", "_bounds")
+
+    def __init__(self, sum_value: CounterCell, buckets: list[CounterCell], bounds: list[float]) -> None:
+        self._sum = sum_value
+        self._buckets = buckets
+        self._bounds = bounds
+
+    def observe(self, amount: float) -> None:
+        self._sum.inc(amount)
+        index = bisect_left(self._bounds, amount)  # the last bound is +Inf: always one, but for NaN
+        if amount <= self._bounds[index]:
+            self._buckets[index].inc(1)
+
+
+def histogram_cell(child: Histogram) -> HistogramCell:
+    """Where an observable histogram keeps its sum and buckets, observed by `_BisectedHistogram`
+    (the child itself with a prometheus-client that keeps them otherwise)."""
+    sum_value = getattr(child, "_sum", None)
+    buckets = getattr(child, "_buckets", None)
+    bounds = getattr(child, "_upper_bounds", None)
+    if (
+        callable(getattr(sum_value, "inc", None))
+        and isinstance(buckets, list)
+        and isinstance(bounds, list)
+        and len(buckets) == len(bounds)
+        and bounds == sorted(bounds)
+        and bounds[-1] == float("inf")
+    ):
+        return _BisectedHistogram(sum_value, buckets, bounds)  # type: ignore[arg-type]
+    return child
+
+
+class Cells[Cell](dict[tuple[Any, ...], Cell]):
+    """The cells of one labelled metric by label values, each child made on first use:
+    `cells[labels].inc(amount)`. prometheus-client's `labels()` costs ~10 µs a call; a dict
+    lookup is what the per-request path pays. Label values come from the policy or fixed sets,
+    so this stays as bounded as the metric itself. A label set appears in the exposition from its
+    first use, as with `labels()`."""
+
+    def __init__(self, metric: Any, make: Callable[[Any], Cell]) -> None:
+        super().__init__()
+        self._metric = metric
+        self._make: Callable[[Any], Cell] = make
+
+    def __missing__(self, labels: tuple[Any, ...]) -> Cell:
+        cell = self[labels] = self._make(self._metric.labels(*labels))
+        return cell
