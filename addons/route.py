@@ -168,7 +168,13 @@ class Route:
         headers["content-type"] = "application/json"
         relayed.translations[index] = translation
         body = prepared.body if prepared.body is not None else json.dumps(state.body).encode()
-        return Attempt(candidate.label, prepared.url, headers, body)
+        return Attempt(
+            candidate.label,
+            prepared.url,
+            headers,
+            body,
+            on_auth_error=functools.partial(family.on_auth_error, prepared),
+        )
 
 
 def prepare_translation(

@@ -13,7 +13,9 @@ Per attempt:
   `first_byte`, status 429 or 5xx. A 429/503 whose `Retry-After` (or `retry-after-ms`) is at most
   `retry_after_max` seconds is waited out and the same attempt is tried once more.
 - final, passed through as it is: 2xx, and any other status (400, 401, 403, 404, ...); 401/403
-  are reported to `on_auth_failure(deployment)`.
+  are reported to `on_auth_failure(deployment)` — unless the attempt's `on_auth_error` says the
+  refused credentials were cached and are now dropped (an OAuth token revoked early): then the
+  attempt is built and made once more, with fresh ones (outcome `auth_refreshed`), once a request.
 - skipped: the plan's factory may return a `Skip` instead of an attempt (the gateway's own limits
   do not admit the request at that deployment, see `addons/limits.py`): nothing is sent, the
   record's outcome is `skipped_<reason>` (reported to `on_attempt` too), and the next one is tried.
@@ -71,6 +73,9 @@ RATE_LIMITED = "rate_limited"  # 429
 OVERLOADED = "overloaded"  # 503 / 529
 SERVER_ERROR = "server_error"  # other 5xx
 AUTH_ERROR = "auth_error"  # 401 / 403, answered as it is
+# 401 / 403 refusing credentials the deployment's family had cached (an OAuth token it has now
+# dropped, see Attempt.on_auth_error): the same attempt is made once more, with fresh ones.
+AUTH_REFRESHED = "auth_refreshed"
 CLIENT_ERROR = "client_error"  # other 4xx (and 1xx/3xx), answered as it is
 CONNECT_ERROR = "connect_error"  # refused, unreachable, DNS
 CONNECTION_RESET = "connection_reset"  # closed or reset before response headers
@@ -95,6 +100,9 @@ _HOP_BY_HOP = frozenset(
 # Never copied from the plan's headers: aiohttp sets them from the URL and the body.
 _REQUEST_DROPPED = _HOP_BY_HOP | {"host", "content-length"}
 _RESPONSE_DROPPED = _HOP_BY_HOP | {"content-length"}  # the relay re-chunks every answer
+# A refusal of credentials is read whole before it is answered (its family decides from the body
+# whether fresh credentials may pass): this much of it, at most.
+MAX_REFUSAL_BODY = 64 * 1024
 
 
 @dataclasses.dataclass
@@ -105,6 +113,11 @@ class Attempt:
     url: str
     headers: dict[str, str]
     body: bytes
+    # Called with a 401/403 answer's status and body: True when the credentials in `headers` will
+    # not be given again (its family had cached them and has dropped them). The relay then makes
+    # this attempt once more, with fresh ones, instead of answering the refusal and cooling the
+    # deployment down.
+    on_auth_error: Callable[[int, bytes], bool] | None = dataclasses.field(default=None, repr=False)
 
 
 @dataclasses.dataclass
@@ -213,6 +226,44 @@ def parse_retry_after(headers: Any, now: float | None = None) -> float | None:
     if when.tzinfo is None:
         return None
     return max(0.0, when.timestamp() - (time.time() if now is None else now))
+
+
+class _ReadBody:
+    """An answer's body read already (a refusal of credentials), as `StreamReader.readany` gives it."""
+
+    def __init__(self, body: bytes) -> None:
+        self._body = body
+
+    async def readany(self) -> bytes:
+        body, self._body = self._body, b""
+        return body
+
+
+async def _refusal_body(upstream: aiohttp.ClientResponse, timeouts: Timeouts) -> bytes:
+    """A 401/403 answer's body, read whole (at most MAX_REFUSAL_BODY, within the idle timeout): what
+    arrived, when it breaks off."""
+    parts: list[bytes] = []
+    size = 0
+    try:
+        async with asyncio.timeout(timeouts.idle):
+            while size < MAX_REFUSAL_BODY:
+                part = await upstream.content.readany()
+                if not part:
+                    break
+                parts.append(part)
+                size += len(part)
+    except (TimeoutError, aiohttp.ClientError, OSError):
+        pass
+    return b"".join(parts)
+
+
+def _credentials_dropped(attempt: Attempt, status: int, body: bytes) -> bool:
+    assert attempt.on_auth_error is not None
+    try:
+        return bool(attempt.on_auth_error(status, body))
+    except Exception:  # the family's own bug: the refusal is answered as it came
+        logger.exception("on_auth_error of %s failed", attempt.deployment)
+        return False
 
 
 def _classify(status: int) -> str:
@@ -384,6 +435,7 @@ class Relay(OnLoopback):
         skipped: Skip | None = None  # the first attempt the gateway's limits refused
         index = 0
         retried = False
+        auth_refreshed = False  # once per request: fresh credentials refused too are a real refusal
         while True:
             started = loop.time()
             try:
@@ -427,11 +479,27 @@ class Relay(OnLoopback):
             outcome = _classify(upstream.status)
             if outcome not in _MOVE_ON:
                 headers_seconds = loop.time() - started
+                body: bytes | None = None
+                if outcome == AUTH_ERROR and attempt.on_auth_error is not None:
+                    body = await _refusal_body(upstream, plan.timeouts)
+                    if _credentials_dropped(attempt, upstream.status, body) and not auth_refreshed:
+                        upstream.release()
+                        record = AttemptRecord(attempt.deployment, AUTH_REFRESHED, upstream.status, headers_seconds)
+                        records.append(record)
+                        self._report(record)
+                        logger.info(
+                            "relay %s: attempt %d (%s) answered %d to credentials that are now dropped; "
+                            "making it again with fresh ones", plan.label, index, attempt.deployment, upstream.status,
+                        )  # fmt: skip
+                        auth_refreshed = True
+                        continue
                 record = AttemptRecord(attempt.deployment, outcome, upstream.status, headers_seconds)
                 records.append(record)
                 if outcome == AUTH_ERROR:
                     self._auth_failed(attempt.deployment)
-                return await self._relay_answer(request, upstream, plan, index, attempt, records, started, deadline)
+                return await self._relay_answer(
+                    request, upstream, plan, index, attempt, records, started, deadline, body
+                )  # fmt: skip
             retry_after = parse_retry_after(upstream.headers) if upstream.status in (429, 503) else None
             upstream.release()
             record = AttemptRecord(attempt.deployment, outcome, upstream.status, loop.time() - started, retry_after)
@@ -508,8 +576,10 @@ class Relay(OnLoopback):
         records: list[AttemptRecord],
         started: float,
         deadline: float,
+        body: bytes | None = None,
     ) -> web.StreamResponse:
-        """Stream a final upstream answer to the client as it arrives."""
+        """Stream a final upstream answer to the client as it arrives (`body`: what of it was read
+        already, all there is of it)."""
         loop = asyncio.get_running_loop()
         answered = records[-1]
         out = web.StreamResponse(status=upstream.status, reason=upstream.reason)
@@ -526,7 +596,7 @@ class Relay(OnLoopback):
         chunk = b""  # the last events read (perhaps never delivered when the client left)
         try:
             await out.prepare(request)
-            content = upstream.content
+            content: aiohttp.StreamReader | _ReadBody = upstream.content if body is None else _ReadBody(body)
             while True:
                 remaining = deadline - loop.time()
                 scope = asyncio.timeout(min(plan.timeouts.idle, remaining))

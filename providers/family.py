@@ -192,13 +192,15 @@ class ProviderFamily[SettingsT: BaseModel]:
         Raises `SecretUnavailable` when the key cannot be read (answered 503, logged). A family
         that caches credentials notes in `prepared.issued` which ones it gave (never the secret).
 
-    `on_auth_error(prepared, status, raw)`
+    `on_auth_error(prepared, status, raw) -> bool`
         The provider refused the credentials given for `prepared` (HTTP 401 or 403, `raw` its
         error body; direct or relayed, translated or not). A family that caches credentials drops
         the refused ones — only those, not newer ones `prepared.issued` does not name — so the
-        next request gets fresh ones; the request itself is still answered `error(status, raw)`.
-        A refusal that fresh credentials cannot cure (a missing permission) changes nothing.
-        Never raises; the default does nothing.
+        next request gets fresh ones, and returns True: those credentials will not be given again
+        (the failover relay then makes the attempt once more, with fresh ones; a request sent
+        directly is answered `error(status, raw)`). A refusal that fresh credentials cannot cure
+        (a missing permission) changes nothing and returns False. Never raises; the default
+        returns False.
 
     `stream(prepared, ctx) -> StreamBridge`
         A decoder for the provider's framing (SSE lines, AWS event-stream frames) and a
@@ -252,8 +254,8 @@ class ProviderFamily[SettingsT: BaseModel]:
     async def credentials(self, prepared: Prepared, key_index: int, secrets: SecretResolver) -> dict[str, str]:
         return {}
 
-    def on_auth_error(self, prepared: Prepared, status: int, raw: bytes) -> None:
-        return None
+    def on_auth_error(self, prepared: Prepared, status: int, raw: bytes) -> bool:
+        return False
 
     def secret(self, key_index: int, secrets: SecretResolver) -> str:
         """The chosen key's secret (`keys[key_index]`, the first when out of range)."""

@@ -101,9 +101,11 @@ class VertexFamily(_GenerateContentFamily[VertexProvider]):
         headers, prepared.issued = await self._auth.headers(self.settings, secrets)
         return headers
 
-    def on_auth_error(self, prepared: Prepared, status: int, raw: bytes) -> None:
+    def on_auth_error(self, prepared: Prepared, status: int, raw: bytes) -> bool:
         if isinstance(prepared.issued, vertex.Issued) and vertex.token_refused(status, raw):
             self._auth.refused(prepared.issued, status)
+            return True  # dropped now, or already replaced by a newer one: not given again
+        return False
 
     def error(self, status: int, raw: bytes) -> tuple[int, JSON]:
         status_out, body = translate_error(status, raw)

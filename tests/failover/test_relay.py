@@ -307,6 +307,56 @@ def test_auth_failure_is_returned_and_reported(upstream: FaultUpstream, status: 
     assert not upstream.hits_of(b)
 
 
+def refreshing(deployment: str, url: str, dropped: list[bool], seen: list[tuple[int, bytes]]) -> Attempt:
+    """An attempt whose credentials its family had cached: `on_auth_error` says whether it dropped them."""
+    made = attempt(deployment, url)
+
+    def on_auth_error(status: int, body: bytes) -> bool:
+        seen.append((status, body))
+        return dropped.pop(0)
+
+    made.on_auth_error = on_auth_error
+    return made
+
+
+def test_cached_credentials_refused_are_replaced_and_the_attempt_made_again(upstream: FaultUpstream) -> None:
+    """A 401 to a token the family has now dropped: the same deployment is tried once more (the plan
+    builds the attempt anew, with fresh credentials), not answered with the refusal, not cooled down."""
+    a, b = name(), name()
+    url = upstream.script(a, Fault.status(401, message="token expired"), Fault.sse(3))
+    seen: list[tuple[int, bytes]] = []
+    built: list[int] = []
+
+    def build(i: int) -> Attempt | None:
+        built.append(i)
+        return [refreshing("vertex/m#0", url, [True], seen), attempt("b", upstream.script(b, Fault.sse()))][i]
+
+    result = run(Plan(build, FAST))
+    assert result.status == 200 and result.body == full_stream(3)
+    assert result.outcomes == [("vertex/m#0", "auth_refreshed"), ("vertex/m#0", "ok")]
+    assert built == [0, 0]  # built anew: the fresh credentials are the factory's
+    assert [(status, json.loads(body)["error"]["message"]) for status, body in seen] == [(401, "token expired")]
+    assert result.auth_failures == [] and not upstream.hits_of(b)
+
+
+@pytest.mark.parametrize("dropped", [[False], [True, True]], ids=["not-cached", "fresh-ones-refused-too"])
+def test_a_refusal_fresh_credentials_cannot_cure_is_answered_whole_and_cools_down(
+    upstream: FaultUpstream, dropped: list[bool]
+) -> None:
+    a, b = name(), name()
+    url = upstream.script(a, Fault.status(401, message="invalid x-api-key"))
+    seen: list[tuple[int, bytes]] = []
+    attempts = [refreshing("bad-key", url, list(dropped), seen), attempt("b", upstream.script(b, Fault.sse()))]
+    result = run(Plan(lambda i: attempts[i] if i < 2 else None, FAST))
+    assert result.status == 401  # the provider's refusal, read before it was answered, passes whole
+    assert json.loads(result.body)["error"]["message"] == "invalid x-api-key"
+    expected = [("bad-key", "auth_refreshed")] * (len(dropped) - 1) + [("bad-key", "auth_error")]
+    assert result.outcomes == expected
+    assert len(seen) == len(dropped)
+    assert result.auth_failures == ["bad-key"]
+    assert not upstream.hits_of(b)
+
+
 @pytest.mark.parametrize("status", [400, 404])
 def test_client_errors_are_returned_without_failover(upstream: FaultUpstream, status: int) -> None:
     a, b = name(), name()

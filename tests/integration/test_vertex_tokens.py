@@ -7,6 +7,7 @@ Each test uses providers and accounts of its own, so the token counts it reads a
 
 from __future__ import annotations
 
+import json
 import os
 import time
 from collections.abc import Iterator
@@ -146,7 +147,9 @@ def test_one_token_per_provider_whichever_path_sends_its_requests(
     gateway: Gateway, vertex_fake: FakeVertex, token_endpoint: FakeTokenEndpoint
 ) -> None:
     """A provider's requests go out through mitmproxy (one deployment) or the failover relay
-    (several): both use the provider's one token, and a 401 on the relayed path drops it too."""
+    (several): both use the provider's one token. On the relayed path a 401 to it drops it and the
+    relay makes the attempt again with a fresh one: the request is answered by that deployment,
+    which is not cooled down (the next relayed request goes there too, not to the fallback)."""
     account = email("shared")
     sent = len(vertex_fake.received)
     assert ask(gateway, "gemini-shared") == "fake-gemini reply"
@@ -155,13 +158,20 @@ def test_one_token_per_provider_whichever_path_sends_its_requests(
     assert relayed == first and len(token_endpoint.grants_of(account)) == 1
 
     token_endpoint.revoke(first)
-    with pytest.raises(openai.InternalServerError) as refused:
-        ask(gateway, "gemini-shared-relayed")
-    assert refused.value.response.json()["error"]["code"] == "upstream_auth_error"
-    assert ask(gateway, "gemini-shared") == "fake-gemini reply"
+    client = openai.OpenAI(api_key=ALICE_KEY, base_url=gateway.base_url, max_retries=0, timeout=30)
+    answer = client.responses.with_raw_response.create(model="gemini-shared-relayed", input="hello")
+    assert answer.parse().output_text == "fake-gemini reply"
+    attempts = json.loads(answer.headers["x-codexgate-attempts"])
+    deployment = "vx-shared/gemini-2.5-pro"
+    assert [(a["deployment"], a["outcome"]) for a in attempts] == [(deployment, "auth_refreshed"), (deployment, "ok")]
     *_, refused_bearer, fresh = bearers(vertex_fake, sent)
     assert refused_bearer == first and fresh != first and token_endpoint.owners[fresh] == account
     assert len(token_endpoint.grants_of(account)) == 2
+    before = len(vertex_fake.received)
+    assert ask(gateway, "gemini-shared-relayed") == "fake-gemini reply"  # not the fallback's account
+    assert bearers(vertex_fake, before) == [fresh]
+    assert ask(gateway, "gemini-shared") == "fake-gemini reply"
+    assert bearers(vertex_fake, before + 1) == [fresh] and len(token_endpoint.grants_of(account)) == 2
 
 
 def test_two_providers_with_different_service_accounts_get_their_own_tokens(
