@@ -49,22 +49,11 @@ def _pass_through(
     and each chunk's arrival noted for the idle timeout (`progress`, when the request is watched).
     Runs once per chunk, so it does no more than that (the reader counts most chunks only)."""
     feed = reader.feed
-    if progress is None:
+    watch, clock = progress if progress is not None else (None, time.monotonic)
 
-        def observe(chunk: bytes) -> bytes:
-            if state.first_byte is None and chunk:
-                state.first_byte = time.time()
-            try:
-                feed(chunk)
-            except Exception:  # a reading problem must never disturb the stream itself
-                logger.exception("usage reader failed on request %s", state.request_id)
-            return chunk
-
-        return observe
-    watch, clock = progress
-
-    def observe_watched(chunk: bytes) -> bytes:
-        watch.last_data = clock()
+    def observe(chunk: bytes) -> bytes:
+        if watch is not None:
+            watch.last_data = clock()
         if state.first_byte is None and chunk:
             state.first_byte = time.time()
         try:
@@ -73,7 +62,7 @@ def _pass_through(
             logger.exception("usage reader failed on request %s", state.request_id)
         return chunk
 
-    return observe_watched
+    return observe
 
 
 def _observer(state: GatewayRequest, reader: StreamUsageReader) -> Callable[[bytes], bytes]:

@@ -63,8 +63,7 @@ def usage_fields(usage: Usage | None) -> dict[str, int] | None:
 
 
 def identity(state: GatewayRequest) -> dict[str, Any]:
-    """Who asked for what, and where it went: the fields every record of the request carries
-    (`request_record` spells them out in the same order; tests/unit/test_records.py holds it)."""
+    """Who asked for what, and where it went: the fields every record of the request carries."""
     key = state.key
     return {
         "request_id": state.request_id,
@@ -113,36 +112,22 @@ def request_record(state: GatewayRequest, status: int | None, error: str | None)
         usage = state.reader.usage  # a stream that broke off: what it reported so far
     reader = state.reader
     metering = state.metering
-    key = state.key
-    # One dict display: `identity(state)`'s fields first, in its order (a test holds them equal),
-    # then the outcome's; no second dict of keyword arguments merged in.
-    record = {
-        "request_id": state.request_id,
-        "mode": state.mode,
-        "endpoint": state.endpoint,
-        "session_id": state.session_id,
-        "key": key.name if key is not None else None,
-        "team": state.team,
-        "org": state.org,
-        "model_requested": state.model_requested,
-        "model": state.model,
-        "provider": state.provider,
-        "upstream_model": state.upstream_model,
-        "ts": round(now, 3),
-        "transport": state.transport,
-        "stream": state.stream,
-        "decision": state.decision.value,
-        "status": status,
-        "error": error,
-        "stream_outcome": reader.outcome if reader is not None else None,
-        "usage": usage_fields(usage),
-        "cost_usd": round(state.cost_usd, 12) if state.cost_usd is not None else None,
-        "charge": state.charge_basis,
-        "output_cap": metering.output_cap if metering is not None else None,  # set by a hard budget
-        "attempts": state.attempts,
-        "duration_ms": round((now - state.started) * 1000, 1),
-        "ttfb_ms": round((state.first_byte - state.started) * 1000, 1) if state.first_byte else None,
-    }
+    # `identity(state)`'s fields first, then the outcome's, each set in place (no second dict merged in).
+    record = identity(state)
+    record["ts"] = round(now, 3)
+    record["transport"] = state.transport
+    record["stream"] = state.stream
+    record["decision"] = state.decision.value
+    record["status"] = status
+    record["error"] = error
+    record["stream_outcome"] = reader.outcome if reader is not None else None
+    record["usage"] = usage_fields(usage)
+    record["cost_usd"] = round(state.cost_usd, 12) if state.cost_usd is not None else None
+    record["charge"] = state.charge_basis
+    record["output_cap"] = metering.output_cap if metering is not None else None  # set by a hard budget
+    record["attempts"] = state.attempts
+    record["duration_ms"] = round((now - state.started) * 1000, 1)
+    record["ttfb_ms"] = round((state.first_byte - state.started) * 1000, 1) if state.first_byte else None
     state.record = record
     return record
 
