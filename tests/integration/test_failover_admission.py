@@ -17,13 +17,13 @@ from pathlib import Path
 import httpx2 as httpx
 import openai
 import pytest
+from fakes.counter_use import counter_use
 from fakes.gateway import ALICE_KEY, Gateway, free_port
 from fakes.openai_upstream import FakeOpenAI
 
 from codexgate.addons.limits import counters_for
 from codexgate.policies.keys import hash_key
 from codexgate.policies.loader import load_policy
-from codexgate.policies.schema import Limited
 from codexgate.stores.base import Amounts
 from codexgate.stores.factory import open_store
 
@@ -67,26 +67,7 @@ keys:
 
 
 def used(policy: Path, store_spec: str, data_dir: Path) -> dict[str, float]:
-    """Every counter's use (settled + reserved) through the store's own API, once the gateway
-    stopped (it lands every settlement first): a reservation left held, or a request counted twice,
-    shows here."""
-    compiled = load_policy(policy).policy
-    now = time.time()
-    levels: list[tuple[str, str, Limited]] = [
-        ("key", "alice", compiled.keys[0]),
-        ("provider", "first", compiled.providers["first"]),
-        ("provider", "second", compiled.providers["second"]),
-    ]
-    counters = counters_for(levels, now, compiled.gateway.hard_budgets.epsilon_usd)
-
-    async def read() -> dict[str, float]:
-        store = open_store(store_spec, str(data_dir))
-        try:
-            return {s.counter.counter_id: s.used for s in await store.snapshot(counters, now)}
-        finally:
-            await store.close()
-
-    return asyncio.run(read())
+    return counter_use(policy, store_spec, data_dir)
 
 
 def spend_second_budget(

@@ -7,23 +7,19 @@ client has the first event, then started again on the same data dir."""
 
 from __future__ import annotations
 
-import asyncio
 import json
 import sqlite3
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import httpx2 as httpx
 import pytest
+from fakes.counter_use import counter_use
 from fakes.gateway import ALICE_KEY, Gateway
 from fakes.openai_upstream import FakeOpenAI
 
-from codexgate.addons.limits import counters_for
 from codexgate.policies.keys import hash_key
-from codexgate.policies.loader import load_policy
-from codexgate.policies.schema import Limited
-from codexgate.stores.factory import EMBEDDED_FILE, open_store
+from codexgate.stores.factory import EMBEDDED_FILE
 
 
 @pytest.fixture
@@ -62,24 +58,8 @@ keys:
 
 
 def used(policy: Path, store_spec: str, data_dir: Path) -> dict[str, float]:
-    """Each level's USD use (settled + reserved) through the store's own API."""
-    compiled = load_policy(policy).policy
-    now = time.time()
-    levels: list[tuple[str, str, Limited]] = [
-        ("key", "alice", compiled.keys[0]),
-        ("provider", "first", compiled.providers["first"]),
-        ("provider", "second", compiled.providers["second"]),
-    ]
-    counters = counters_for(levels, now, compiled.gateway.hard_budgets.epsilon_usd)
-
-    async def read() -> dict[str, float]:
-        store = open_store(store_spec, str(data_dir))
-        try:
-            return {s.counter.counter_id.split("/")[0]: s.used for s in await store.snapshot(counters, now)}
-        finally:
-            await store.close()
-
-    return asyncio.run(read())
+    """Each level's USD use (the policy has budgets only), by level."""
+    return {counter_id.split("/")[0]: value for counter_id, value in counter_use(policy, store_spec, data_dir).items()}
 
 
 def wal_lines(data_dir: Path) -> list[dict]:
