@@ -69,9 +69,11 @@ class RateLimit(Strict):
 class Price(Strict):
     """USD per million tokens; overrides genai-prices (self-hosted = 0, negotiated rates)."""
 
-    input_per_mtok: float = Field(ge=0)
-    output_per_mtok: float = Field(ge=0)
-    cached_input_per_mtok: float | None = Field(default=None, ge=0, description="default: the input price")
+    input_per_mtok: float = Field(ge=0, allow_inf_nan=False)
+    output_per_mtok: float = Field(ge=0, allow_inf_nan=False)
+    cached_input_per_mtok: float | None = Field(
+        default=None, ge=0, allow_inf_nan=False, description="default: the input price"
+    )
 
 
 class Limited(Strict):

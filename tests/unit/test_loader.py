@@ -171,3 +171,14 @@ def test_check_exit_codes(tmp_path: Path, capsys):
 def test_example_policy_passes_check(capsys):
     example = resources.files("codexgate.policies").joinpath("example.yaml")
     assert main(["check", str(example)]) == 0
+
+
+def test_prices_must_be_finite():
+    # An infinite price would make every cost infinite: budgets useless, records without a number.
+    text = BASE.replace(
+        "routes: [{provider: openai}]",
+        "routes: [{provider: openai}]\n    price: {input_per_mtok: .inf, output_per_mtok: 1}",
+    )
+    problems = problems_of(text)
+    assert len(problems) == 1 and problems[0].startswith("team/policy.yaml:10: models.gpt-5.5.price.input_per_mtok: ")
+    assert "finite" in problems[0]
