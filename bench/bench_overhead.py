@@ -34,6 +34,8 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import dataclasses
+import functools
 import json
 import math
 import os
@@ -239,16 +241,44 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / CLK_TCK
 
 
+@dataclasses.dataclass(frozen=True)
+class Pinning:
+    """`--pin`: the proxy under test alone on `server` CPUs; the fake upstream and the load
+    generator on `client` CPUs. Unpinned, all share the 2 cores and a proxy near its capacity
+    competes with the load for them, so its queueing at 200 streams/s is the machine's, not its own."""
+
+    server: frozenset[int]
+    client: frozenset[int]
+
+    @classmethod
+    def parse(cls, text: str) -> Pinning:
+        """ "S/C": CPU lists (comma-separated) for the server and for the clients, e.g. "1/0"."""
+        server, _, client = text.partition("/")
+        pinning = cls(
+            frozenset(int(c) for c in server.split(",") if c.strip()),
+            frozenset(int(c) for c in client.split(",") if c.strip()),
+        )
+        allowed = os.sched_getaffinity(0)
+        if not pinning.server or not pinning.client or pinning.server & pinning.client:
+            raise ValueError("two disjoint, non-empty CPU lists, e.g. 1/0")
+        if not (pinning.server | pinning.client) <= allowed:
+            raise ValueError(f"CPUs this process may use: {sorted(allowed)}")
+        return pinning
+
+
 class Processes:
     """Started servers, each in its own process group; `stop_all` ends every group."""
 
-    def __init__(self, log_dir: Path) -> None:
+    def __init__(self, log_dir: Path, pinning: Pinning | None = None) -> None:
         self.log_dir = log_dir
+        self.pinning = pinning
         self.procs: dict[str, subprocess.Popen[bytes]] = {}
         self.ports: dict[str, int] = {}
 
     def start(self, name: str, argv: list[str], env: dict[str, str]) -> subprocess.Popen[bytes]:
         log = open(self.log_dir / f"{name}.log", "wb")  # noqa: SIM115 - closed with the process
+        # The upstream inherits the client CPUs from this process (`main` pins itself to them).
+        cpus = None if self.pinning is None or name == "upstream" else self.pinning.server
         try:
             proc = subprocess.Popen(
                 argv,
@@ -258,6 +288,8 @@ class Processes:
                 stderr=subprocess.STDOUT,
                 stdin=subprocess.DEVNULL,
                 start_new_session=True,
+                # Set in the child before it runs anything: every thread and child it starts inherits it.
+                preexec_fn=None if cpus is None else functools.partial(os.sched_setaffinity, 0, cpus),
             )
         finally:
             log.close()
@@ -949,7 +981,18 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "same gateways with this counter store (codexgate_store=URL, e.g. redis://127.0.0.1:6390/0)",
     )
     parser.add_argument("--keep-dir", action="store_true", help="keep the temporary dir (logs, policy, accounting)")
+    parser.add_argument(
+        "--pin",
+        metavar="S/C",
+        help="CPU affinity: each proxy under test on CPUs S, the fake upstream, the load generator and this "
+        "script on CPUs C (comma-separated lists, disjoint), e.g. 1/0: a proxy near its capacity then queues "
+        "on its own core, not behind the load it is measured with",
+    )
     args = parser.parse_args(argv)
+    try:
+        args.pinning = Pinning.parse(args.pin) if args.pin else None
+    except ValueError as exc:
+        parser.error(f"--pin {args.pin}: {exc}")
     args.kind_list = [k.strip() for k in args.kinds.split(",") if k.strip()]
     if not args.kind_list or not set(args.kind_list) <= set(KINDS):
         parser.error(f"--kinds: one or more of {', '.join(KINDS)}")
@@ -1286,6 +1329,7 @@ def measure_kind(args: argparse.Namespace, kind: str) -> dict[str, Any]:
             "gateway_set": args.gateway_set,
             "variants": args.variant_options,
             "paired": args.paired,
+            "pin": args.pin,
         },
         "machine": machine_info(),
         "open_loop": [],
@@ -1293,7 +1337,7 @@ def measure_kind(args: argparse.Namespace, kind: str) -> dict[str, Any]:
         "problems": [],
     }
     work = Path(tempfile.mkdtemp(prefix=f"codexgate-bench-{kind}-"))
-    procs = Processes(work)
+    procs = Processes(work, args.pinning)
     try:
         run_all(args, procs, work, body, report, stream=streamed, translated=kind == "translated")
     finally:
@@ -1353,12 +1397,15 @@ def kind_label(report: dict[str, Any]) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    if args.pinning is not None:  # before anything starts: the upstream and the load generator inherit it
+        os.sched_setaffinity(0, args.pinning.client)
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # run the finally block on SIGTERM too
     reports = {kind: measure_kind(args, kind) for kind in args.kind_list}
     machine = next(iter(reports.values()))["machine"]
     print(
         f"Machine: {machine['nproc']} CPUs ({machine['cpu_model']}), Python {machine['python']}, "
         f"mitmproxy {machine['mitmproxy']}, aiohttp {machine['aiohttp']}; codexgate {machine['codexgate_commit']}"
+        + (f"; pinned: proxies on CPU {args.pin.replace('/', ', clients on CPU ')}" if args.pin else "")
     )
     for report in reports.values():
         print(f"\n## {kind_label(report)}; request body {report['config']['request_bytes']} bytes\n")
