@@ -252,7 +252,7 @@ class Pinning:
 
     @classmethod
     def parse(cls, text: str) -> Pinning:
-        """ "S/C": CPU lists (comma-separated) for the server and for the clients, e.g. "1/0"."""
+        """CPU lists from `S/C` (each comma-separated): the server's, then the clients', e.g. `1/0`."""
         server, _, client = text.partition("/")
         pinning = cls(
             frozenset(int(c) for c in server.split(",") if c.strip()),
