@@ -10,7 +10,7 @@ from collections.abc import Callable
 
 from mitmproxy import http
 
-from codexgate.addons.upstream_watch import UpstreamWatch, stream_progress
+from codexgate.addons.upstream_watch import UpstreamWatch, counted_watch
 from codexgate.flowstate import GatewayRequest, state_of
 from codexgate.headers import header_value
 from codexgate.metrics import GatewayMetrics
@@ -42,26 +42,37 @@ def failed_event(state: GatewayRequest, reader: StreamUsageReader, marker: bytes
     return f"event: response.failed\ndata: {json.dumps(event)}\n\n".encode()
 
 
+# Chunks a pass-through stream hands the usage reader between two readings: a reading is a few C
+# calls over their bytes joined, instead of a Python call per chunk.
+READ_EVERY = 32
+
+
 def _pass_through(
-    state: GatewayRequest, reader: StreamUsageReader, progress: tuple[UpstreamWatch, Callable[[], float]] | None
+    state: GatewayRequest, reader: StreamUsageReader, watch: UpstreamWatch | None
 ) -> Callable[[bytes], bytes]:
-    """A provider's stream forwarded by mitmproxy itself: read for its usage, the bytes unchanged,
-    and each chunk's arrival noted for the idle timeout (`progress`, when the request is watched).
-    Runs once per chunk, so it does no more than that (the reader counts most chunks only)."""
-    feed = reader.feed
-    watch, clock = progress if progress is not None else (None, time.monotonic)
+    """A provider's stream forwarded by mitmproxy itself, the bytes unchanged. Runs once per chunk,
+    so it does no more than hand the chunk to the usage reader unread (read every READ_EVERY
+    chunks, and whenever anyone asks the reader) and count it: the idle timeout reads the count
+    (`watch`, when the request is watched), not a clock per chunk."""
+    hand_over = reader.unread.append
+    settle = reader.settle
+    chunks = 0
 
     def observe(chunk: bytes) -> bytes:
-        if watch is not None:
-            watch.last_data = clock()
+        nonlocal chunks
         if state.first_byte is None and chunk:
             state.first_byte = time.time()
-        try:
-            feed(chunk)
-        except Exception:  # a reading problem must never disturb the stream itself
-            logger.exception("usage reader failed on request %s", state.request_id)
+        hand_over(chunk)
+        chunks += 1
+        if not chunks % READ_EVERY:
+            settle()
         return chunk
 
+    def progress() -> int:
+        return chunks
+
+    if watch is not None:
+        watch.progress = progress
     return observe
 
 
@@ -111,7 +122,7 @@ class Meter:
             if state.relayed is not None:
                 flow.response.stream = _observer(state, state.reader)  # the relay bounds what it carries
             else:
-                flow.response.stream = _pass_through(state, state.reader, stream_progress(flow))
+                flow.response.stream = _pass_through(state, state.reader, counted_watch(flow))
             self._metrics.active_streams.inc()
             state.notes.append("stream")
 

@@ -134,10 +134,17 @@ class UpstreamBounds:
             return
         if watch.stage == "idle":
             end = watch.started + watch.total
+            due = watch.last_data + watch.idle
+            if watch.progress is not None:  # a counted stream: chunks since the last look are data now
+                chunks = watch.progress()
+                if chunks != watch.seen:
+                    watch.seen, watch.last_data = chunks, now
+                    due = now + watch.idle
+                due = min(due, now + watch.idle / 4)  # the next look
             if now >= end:
                 self._expire(flow, watch, "total_timeout", f"the provider's answer took longer than {watch.total:g} s")
             elif now < watch.last_data + watch.idle:
-                watch.timer = loop.call_at(min(watch.last_data + watch.idle, end), self._check, flow, watch)
+                watch.timer = loop.call_at(min(due, end), self._check, flow, watch)
             else:
                 self._expire(flow, watch, "idle_timeout", f"the provider's answer stalled for {watch.idle:g} s")
 

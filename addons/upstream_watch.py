@@ -33,9 +33,13 @@ class UpstreamWatch:
     timer: asyncio.TimerHandle | None = None
     stage: str = "connect"  # connect / first_byte / idle
     last_data: float = 0.0
-    # Set when the gateway's own stream callable notes `last_data` itself (see `stream_progress`):
-    # StreamWatch then adds no wrapper of its own, a Python call less per chunk.
+    # Set when the gateway's own stream callable notes its progress itself (see `stream_progress`
+    # and `counted_watch`): StreamWatch then adds no wrapper of its own, a Python call less per chunk.
     noted: bool = False
+    # `counted_watch`: the number of chunks so far, looked at by the timer instead of `last_data`
+    # being set per chunk; `seen` is what it was at the last look.
+    progress: Callable[[], int] | None = None
+    seen: int = 0
     done: bool = False
 
     def __deepcopy__(self, memo: dict[int, object]) -> None:
@@ -58,6 +62,19 @@ def stream_progress(flow: http.HTTPFlow) -> tuple[UpstreamWatch, Callable[[], fl
         return None
     watch.noted = True
     return watch, loop_clock()
+
+
+def counted_watch(flow: http.HTTPFlow) -> UpstreamWatch | None:
+    """For a stream callable about to be set on `flow.response` that counts its chunks: the watch
+    whose `progress` it must set to a function telling that count, or None when nothing watches
+    this request. No clock per chunk: the timer looks at the count every quarter of the idle
+    timeout and takes a change as data at that moment, so a stall is cut between 1 and 1.25 idle
+    timeouts after the last chunk (and a live stream never)."""
+    watch = flow.metadata.get(WATCH_KEY)
+    if not isinstance(watch, UpstreamWatch) or watch.done:
+        return None
+    watch.noted = True
+    return watch
 
 
 def loop_clock() -> Callable[[], float]:

@@ -5,10 +5,13 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import json
+import logging
 import re
 from typing import Any
 
 from codexgate.sse import SSEParser
+
+logger = logging.getLogger(__name__)
 
 
 @dataclasses.dataclass
@@ -70,6 +73,7 @@ RESPONSES_TERMINAL = {
 # (named, or unnamed with its `type`), or the first event with the response's id.
 _RESPONSES_TERMINAL_WORDS = tuple(name.encode() for name in RESPONSES_TERMINAL)
 _RESPONSES_CREATED_WORD = b"response.created"
+_RESPONSES_CREATED_AND_TERMINAL_WORDS = (_RESPONSES_CREATED_WORD, *_RESPONSES_TERMINAL_WORDS)
 # response.created's `{"type": ..., "sequence_number": ..., "response": {"id": "resp_..."`.
 _CREATED_RESPONSE_ID = re.compile(r'"response"\s*:\s*\{\s*"id"\s*:\s*"([^"\\]+)"')
 _CHAT_WORDS = (b'"usage"', b"[DONE]")
@@ -93,29 +97,71 @@ class StreamUsageReader:
     stream with `\r` line ends, comment lines or runs of blank lines is parsed event by event
     from there on (exact). Counted without parsing, a block of only `id:`/`retry:` fields would
     count as an event (OpenAI sends none; the count only numbers a failure event).
+
+    A pass-through stream hands its chunks over unread instead (`unread.append`, a C call: the
+    chunk path has no Python frame of the reader's), and `settle`s now and then; what the reader
+    tells (usage, outcome, events, response id, mid_event) is read up to the last chunk handed
+    over, whenever it is asked. Reading a run of chunks joined is reading them one by one: nothing
+    here depends on where a chunk ends.
     """
 
-    __slots__ = ("endpoint", "_parser", "_pending", "_exact", "usage", "outcome", "events", "response_id")
+    __slots__ = ("endpoint", "_parser", "_pending", "_exact", "_usage", "_outcome", "_events", "_response_id", "unread")
 
     def __init__(self, endpoint: str) -> None:
         self.endpoint = endpoint
         self._parser = SSEParser()
         self._pending = b""  # the start of an event whose end has not come yet
         self._exact = False
-        self.usage: Usage | None = None
-        self.outcome: str | None = None  # completed / incomplete / failed / done; None = cut short
-        self.events = 0
-        self.response_id: str | None = None
+        self._usage: Usage | None = None
+        self._outcome: str | None = None
+        self._events = 0
+        self._response_id: str | None = None
+        self.unread: list[bytes] = []  # chunks handed over and not read yet (`settle` reads them)
+
+    def settle(self) -> None:
+        """Reads the chunks handed over since the last time, as one."""
+        if not self.unread:
+            return
+        data = b"".join(self.unread)
+        self.unread.clear()
+        try:
+            self.feed(data)
+        except Exception:  # a reading problem must never disturb the stream, nor whoever asks
+            logger.exception("usage reader failed")
+
+    @property
+    def usage(self) -> Usage | None:
+        self.settle()
+        return self._usage
+
+    @property
+    def outcome(self) -> str | None:
+        """completed / incomplete / failed / done; None = cut short."""
+        self.settle()
+        return self._outcome
+
+    @property
+    def events(self) -> int:
+        self.settle()
+        return self._events
+
+    @property
+    def response_id(self) -> str | None:
+        self.settle()
+        return self._response_id
 
     def feed(self, chunk: bytes) -> None:
+        if self.unread:  # chunks handed over come first
+            self.settle()
         if (
             not self._pending
             and chunk.startswith(_NAMED_RESPONSES_EVENT)
             and not chunk.startswith(_KEY_EVENT_NAMES, len(_NAMED_RESPONSES_EVENT))
             and chunk.find(b"\n\n") == len(chunk) - 2
             and not self._exact
+            and b"\r" not in chunk  # `\r\n\r\n` ends an event too: the one `\n\n` may end a later one
         ):
-            self.events += 1  # most of a stream: one delta event per chunk
+            self._events += 1  # most of a stream: one delta event per chunk
             return
         if self._exact or b"\r" in chunk:
             self._exact_feed(chunk)
@@ -134,23 +180,44 @@ class StreamUsageReader:
             self._exact, self._pending = True, b""
             self._feed_events(data)
             return
-        if self._matters(whole):
-            self._feed_events(whole)
-        else:
-            self.events += whole.count(b"\n\n")  # each event ends with a blank line
+        self._read_run(whole)
 
     @property
     def mid_event(self) -> bool:
         """Whether the bytes read so far stop inside an event (a stream cut there needs a blank
         line before anything appended to it can be an event of its own)."""
+        self.settle()
         return bool((self._pending or self._parser.pending).strip(b"\r\n"))
 
-    def _matters(self, whole: bytes) -> bool:
+    def _read_run(self, whole: bytes) -> None:
+        """A run of whole events: those holding a word that matters parsed, one by one, the others
+        only counted (each event ends with a blank line)."""
+        while whole:
+            at = self._first_word(whole)
+            if at < 0:
+                self._events += whole.count(b"\n\n")
+                return
+            before = whole.rfind(b"\n\n", 0, at)
+            start = before + 2 if before >= 0 else 0
+            end = whole.find(b"\n\n", at) + 2  # the run ends with a blank line: always found
+            self._events += whole.count(b"\n\n", 0, start)
+            self._feed_events(whole[start:end])
+            whole = whole[end:]
+
+    def _first_word(self, whole: bytes) -> int:
+        """Where the first word that sends an event to the parser is in `whole`, or -1."""
         if self.endpoint != "responses":
-            return any(word in whole for word in _CHAT_WORDS)
-        if self.response_id is None and _RESPONSES_CREATED_WORD in whole:
-            return True
-        return any(word in whole for word in _RESPONSES_TERMINAL_WORDS)
+            words = _CHAT_WORDS
+        elif self._response_id is None:
+            words = _RESPONSES_CREATED_AND_TERMINAL_WORDS
+        else:
+            words = _RESPONSES_TERMINAL_WORDS
+        first = -1
+        for word in words:
+            at = whole.find(word)
+            if at >= 0 and (first < 0 or at < first):
+                first = at
+        return first
 
     def _exact_feed(self, chunk: bytes) -> None:
         if not self._exact:
@@ -160,21 +227,21 @@ class StreamUsageReader:
 
     def _feed_events(self, chunk: bytes) -> None:
         for name, data in self._parser.feed(chunk):
-            self.events += 1
+            self._events += 1
             if self.endpoint == "responses":
                 self._responses_event(name, data)
             else:
                 self._chat_event(data)
 
     def _responses_event(self, name: str, data: str) -> None:
-        if name == "response.created" and self.response_id is None:
+        if name == "response.created" and self._response_id is None:
             # Only a failure event needs the id: read where OpenAI puts it, decode all if elsewhere.
             found = _CREATED_RESPONSE_ID.search(data, 0, 300)
             if found is not None:
-                self.response_id = found.group(1)
+                self._response_id = found.group(1)
             else:
                 with contextlib.suppress(ValueError, AttributeError):
-                    self.response_id = (json.loads(data).get("response") or {}).get("id")
+                    self._response_id = (json.loads(data).get("response") or {}).get("id")
             return
         kind = name if name in RESPONSES_TERMINAL else None
         if (
@@ -192,14 +259,14 @@ class StreamUsageReader:
         outcome = RESPONSES_TERMINAL.get(event.get("type", ""))
         if outcome is None:
             return
-        self.outcome = outcome
+        self._outcome = outcome
         response = event.get("response") or {}
-        self.response_id = response.get("id")
-        self.usage = usage_from_responses(response.get("usage")) or self.usage
+        self._response_id = response.get("id")
+        self._usage = usage_from_responses(response.get("usage")) or self._usage
 
     def _chat_event(self, data: str) -> None:
         if data.strip() == "[DONE]":
-            self.outcome = "done"
+            self._outcome = "done"
             return
         if '"usage"' not in data:
             return
@@ -209,4 +276,4 @@ class StreamUsageReader:
             return
         usage = usage_from_chat(chunk.get("usage"))
         if usage is not None:
-            self.usage = usage
+            self._usage = usage

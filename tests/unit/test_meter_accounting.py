@@ -15,7 +15,7 @@ from unit_support import governed, make_flow
 
 from codexgate.addons.accounting import ACCOUNTING_FILE, Accounting
 from codexgate.addons.limits import Charge, Limits, Metering
-from codexgate.addons.meter import Meter
+from codexgate.addons.meter import READ_EVERY, Meter
 from codexgate.addons.policy_source import PolicySource
 from codexgate.flowstate import Decision
 from codexgate.metrics import GatewayMetrics
@@ -69,6 +69,29 @@ def test_stream_usage_read_as_it_passes(compiled, size):
     assert state.usage == EXPECTED
     assert state.reader.outcome == "completed"
     assert state.reader.response_id == "resp_1"
+
+
+def test_stream_reader_tells_every_chunk_passed_whenever_asked(compiled):
+    """The pass-through hands chunks to the reader unread and reads them in runs: whoever asks
+    mid-stream (a cut stream's failure event, the accounting of a client that left) still gets
+    what every chunk so far says, and a count the idle timeout can watch."""
+    meter = Meter()
+    flow = make_flow(body={"model": "gpt-5.5", "stream": True})
+    state = governed(flow, compiled, key="alice", body={"model": "gpt-5.5", "stream": True}, stream=True)
+    flow.response = sse_response()
+    meter.responseheaders(flow)
+    observe = flow.response.stream
+    delta = b'event: response.output_text.delta\ndata: {"type":"response.output_text.delta","delta":"x"}\n\n'
+    created, _, rest = RESPONSES_SSE.partition(b"\n\n")
+    chunks = [created + b"\n\n"] + [delta] * (2 * READ_EVERY + 3) + [rest[:40], rest[40:]]
+    for number, chunk in enumerate(chunks, 1):
+        assert observe(chunk) is chunk
+        reader = state.reader
+        if number <= len(chunks) - 2:  # every whole event so far counted, none cut
+            assert (reader.events, reader.mid_event, reader.outcome) == (number, False, None)
+            assert reader.response_id == "resp_1"
+    assert reader.mid_event is False and reader.outcome == "completed" and reader.usage == EXPECTED
+    assert reader.events == len(chunks) - 1 + 1  # the last two chunks are the last two events
 
 
 def test_json_body_usage_responses(compiled):

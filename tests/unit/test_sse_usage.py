@@ -273,3 +273,13 @@ def test_the_reader_knows_whether_the_bytes_so_far_stop_inside_an_event(chunks: 
     for chunk in chunks:
         reader.feed(chunk)
     assert reader.mid_event is mid_event
+
+
+def test_responses_reader_one_chunk_with_a_crlf_event_then_an_lf_event():
+    """One `\\n\\n`, at the chunk's end, is not one event when an earlier one ended `\\r\\n\\r\\n` (a
+    run of chunks read at once, as the pass-through reads them, can hold both)."""
+    delta = b'event: response.output_text.delta\r\ndata: {"type":"response.output_text.delta","delta":"x"}\r\n\r\n'
+    completed = encode_event({"type": "response.completed", "response": {"id": "resp_c", "usage": USAGE}})
+    reader = StreamUsageReader("responses")
+    reader.feed(delta + completed)
+    assert (reader.events, reader.outcome, reader.usage) == (2, "completed", Usage(500, 100, 40, 30))
