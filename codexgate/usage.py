@@ -207,7 +207,7 @@ class StreamUsageReader:
     def _first_word(self, whole: bytes) -> int:
         """Where the first word that sends an event to the parser is in `whole`, or -1."""
         if self.endpoint != "responses":
-            words = _CHAT_WORDS
+            words: tuple[bytes, ...] = _CHAT_WORDS
         elif self._response_id is None:
             words = _RESPONSES_CREATED_AND_TERMINAL_WORDS
         else:
