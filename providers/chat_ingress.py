@@ -80,7 +80,7 @@ from collections.abc import Iterable, Mapping
 from typing import Any
 
 from codexgate.providers.base import SAMPLING_PARAMS, UNMAPPED_PARAMS_KEY
-from codexgate.sse import SSEParser
+from codexgate.sse import SSEParser, decode_json, encode_json
 
 JSON = dict[str, Any]
 
@@ -782,7 +782,7 @@ class ChatChunkEncoder:
 
 def encode_chunks(chunks: Iterable[Mapping[str, Any]]) -> bytes:
     """Chunks (and error objects) as SSE `data:` lines, without the final `data: [DONE]`."""
-    return b"".join(f"data: {json.dumps(chunk, separators=(',', ':'))}\n\n".encode() for chunk in chunks)
+    return b"".join(b"data: %s\n\n" % encode_json(chunk) for chunk in chunks)
 
 
 class ChatSSERelay:
@@ -795,9 +795,9 @@ class ChatSSERelay:
 
     def feed(self, data: bytes) -> bytes:
         chunks: list[JSON] = []
-        for _name, text in self._parser.feed(data):
+        for _name, raw in self._parser.feed_raw(data):
             try:
-                event = json.loads(text)
+                event = decode_json(raw)
             except ValueError:
                 continue
             if isinstance(event, dict):

@@ -4,7 +4,6 @@ events, emitted through the shared toolkit (`providers/responses`)."""
 from __future__ import annotations
 
 import dataclasses
-import json
 import logging
 from collections.abc import Mapping
 from typing import Any
@@ -23,7 +22,7 @@ from codexgate.providers.responses import (
     ResponseContext,
     ToolNameMap,
 )
-from codexgate.sse import SSEParser
+from codexgate.sse import SSEParser, decode_json
 
 logger = logging.getLogger(__name__)
 
@@ -44,14 +43,17 @@ class StreamDecoder:
 
     def feed(self, chunk: bytes) -> list[JSON]:
         events: list[JSON] = []
-        for name, data in self._parser.feed(chunk):
+        for name, data in self._parser.feed_raw(chunk):
             if not data.strip():
                 continue
             try:
-                event = json.loads(data)
+                event = decode_json(data)
             except ValueError:
+                text = data.decode("utf-8", "replace")
+                if not text.strip():
+                    continue  # Unicode whitespace only: as empty
                 # A garbled event cannot be skipped silently (it may be text): fail the answer.
-                logger.warning("undecodable Anthropic stream event %r", data[:200])
+                logger.warning("undecodable Anthropic stream event %r", text[:200])
                 event = {"type": "error", "error": {"type": "api_error", "message": "undecodable stream event"}}
             if isinstance(event, dict):
                 event.setdefault("type", name)

@@ -10,6 +10,8 @@ from typing import Any
 
 from botocore.eventstream import EventStreamBuffer, EventStreamMessage, ParserError
 
+from codexgate.sse import decode_json
+
 
 class EventStreamDecoder:
     """Feed the ConverseStream body in arbitrary chunks; get decoded events as they complete.
@@ -51,7 +53,7 @@ def _event_of(message: EventStreamMessage) -> dict[str, Any] | None:
     headers = message.headers
     kind = headers.get(":message-type")
     try:
-        payload = json.loads(message.payload) if message.payload else {}
+        payload = decode_json(message.payload) if message.payload else {}
     except ValueError:
         payload = {"message": message.payload.decode("utf-8", "replace")}
     if not isinstance(payload, dict):
