@@ -61,21 +61,19 @@ class ChatStreamDecoder:
     def feed(self, chunk: bytes) -> list[dict[str, Any]]:
         events: list[dict[str, Any]] = []
         for name, data in self._parser.feed_raw(chunk):
-            raw = data.strip()
-            if not raw:
-                continue
-            if raw == b"[DONE]":
-                events.append(dict(DONE))
-                continue
             try:
-                event = decode_json(raw)
+                event = decode_json(data)
             except ValueError:
-                text = data.decode("utf-8", "replace").strip()  # Unicode whitespace too, as before
+                # `data: [DONE]`, an empty line, or JSON in whitespace JSON does not allow
+                text = data.decode("utf-8", "replace").strip()
                 if text == "[DONE]":
                     events.append(dict(DONE))
-                elif text:
+                    continue
+                try:
+                    event = decode_json(text) if text else None
+                except ValueError:
                     log.warning("undecodable chat stream event skipped: %.200s", text)
-                continue
+                    continue
             if not isinstance(event, dict):
                 continue
             if name == "error" and "error" not in event:

@@ -68,13 +68,11 @@ class StreamDecoder:
     def feed(self, chunk: bytes) -> list[dict[str, Any]]:
         events = []
         for _name, data in self._parser.feed_raw(chunk):
-            if not data.strip():
-                continue
             try:
                 event = decode_json(data)
             except ValueError:
                 if not data.decode("utf-8", "replace").strip():
-                    continue  # Unicode whitespace only: as empty
+                    continue  # an empty data line (also one of whitespace only): nothing
                 event = None
             if not isinstance(event, dict):
                 event = {"error": {"code": 502, "status": "INTERNAL", "message": "undecodable Gemini stream event"}}
