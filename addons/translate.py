@@ -50,9 +50,12 @@ def _bridge_stream(
         if state.first_byte is None and chunk:
             state.first_byte = time.time()
         try:
-            out = bridge.feed(chunk) if chunk else bridge.feed(b"") + bridge.finish()
-            if chat is not None:
-                out = chat.feed(out) if chunk else chat.feed(out) + chat.finish()
+            if chat is None:
+                out = bridge.feed(chunk) if chunk else bridge.feed(b"") + bridge.finish()
+            elif chunk:
+                out = chat.feed_events(bridge.feed_events(chunk))
+            else:
+                out = chat.feed_events(bridge.feed_events(b"") + bridge.finish_events()) + chat.finish()
         except Exception:
             logger.exception("stream translation failed for request %s", state.request_id)
             out = bridge.finish() if not chunk else b""
@@ -60,10 +63,9 @@ def _bridge_stream(
         return [out] if out else []
 
     def broken(flow: http.HTTPFlow, detail: str) -> bytes:
-        out = bridge.finish()  # nothing once the translator has emitted its terminal event
-        if chat is not None:
-            out = chat.feed(out) + chat.finish()
-        return out
+        if chat is None:
+            return bridge.finish()  # nothing once the translator has emitted its terminal event
+        return chat.feed_events(bridge.finish_events()) + chat.finish()
 
     return translate, broken
 

@@ -787,7 +787,9 @@ def encode_chunks(chunks: Iterable[Mapping[str, Any]]) -> bytes:
 
 class ChatSSERelay:
     """Responses SSE bytes (what `StreamBridge.feed/finish` return) → Chat Completions SSE bytes;
-    chunk boundaries anywhere. `finish()` ends the stream with `data: [DONE]`."""
+    chunk boundaries anywhere. `finish()` ends the stream with `data: [DONE]`. `feed_events` takes
+    the events themselves (`StreamBridge.feed_events`): a translated answer to a Chat client is not
+    written as Responses JSON only to be read back."""
 
     def __init__(self, model: str, include_usage: bool) -> None:
         self.encoder = ChatChunkEncoder(model, include_usage)
@@ -803,6 +805,9 @@ class ChatSSERelay:
             if isinstance(event, dict):
                 chunks += self.encoder.feed(event)
         return encode_chunks(chunks)
+
+    def feed_events(self, events: list[JSON]) -> bytes:
+        return encode_chunks([chunk for event in events for chunk in self.encoder.feed(event)])
 
     def finish(self) -> bytes:
         return encode_chunks(self.encoder.finish()) + b"data: [DONE]\n\n"

@@ -122,19 +122,26 @@ class StreamBridge:
         self.events_out = 0
 
     def feed(self, chunk: bytes) -> bytes:
-        events = self._decoder.feed(chunk)
-        if not events:
-            return b""
-        translate = self._translator.feed
         # Translated first, then encoded together: the encoder may write them twice (its fallback).
-        out = [translated for event in events for translated in translate(event)]
-        self.events_out += len(out)
-        return encode_events(out)
+        return encode_events(self.feed_events(chunk))
 
     def finish(self) -> bytes:
+        return encode_events(self.finish_events())
+
+    def feed_events(self, chunk: bytes) -> list[JSON]:
+        """`feed`'s events, not encoded (for a relay that writes them in another form)."""
+        events = self._decoder.feed(chunk)
+        if not events:
+            return []
+        translate = self._translator.feed
+        out = [translated for event in events for translated in translate(event)]
+        self.events_out += len(out)
+        return out
+
+    def finish_events(self) -> list[JSON]:
         out = self._translator.finish()
         self.events_out += len(out)
-        return encode_events(out)
+        return out
 
     @property
     def translator(self) -> StreamTranslator:

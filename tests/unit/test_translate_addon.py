@@ -15,8 +15,10 @@ from codexgate.addons.translate import Translate
 from codexgate.flowstate import METADATA_KEY, GatewayRequest, Translation
 from codexgate.mitm_seams import FAILED_EVENT
 from codexgate.policies.schema import AnthropicProvider, SecretRef
+from codexgate.providers.chat_ingress import ChatSSERelay
 from codexgate.providers.family import new_context
 from codexgate.providers.registry import family_for
+from codexgate.providers.responses import ResponseContext
 from codexgate.sse import SSEParser
 from codexgate.usage import Usage
 
@@ -32,7 +34,7 @@ PROVIDER_HEADERS = {
 }
 
 
-def routed_flow(http_version: str = "HTTP/1.1") -> http.HTTPFlow:
+def routed_flow(http_version: str = "HTTP/1.1", ctx: ResponseContext | None = None) -> http.HTTPFlow:
     body = {"model": "claude", "input": "Say hello.", "stream": True}
     family = family_for(AnthropicProvider(kind="anthropic", keys=[SecretRef(value="env:UNUSED")]))
     flow = tflow.tflow()
@@ -40,7 +42,7 @@ def routed_flow(http_version: str = "HTTP/1.1") -> http.HTTPFlow:
     flow.request.http_version = http_version
     state = GatewayRequest(request_id="req-1", policy=cast(Any, None), mode="gateway", stream=True)
     prepared = family.prepare(body, UPSTREAM_MODEL, "anthropic")
-    state.translation = Translation(family, prepared, new_context("claude", "anthropic"))
+    state.translation = Translation(family, prepared, ctx or new_context("claude", "anthropic"))
     flow.metadata[METADATA_KEY] = state
     flow.response = http.Response.make(200, b"", PROVIDER_HEADERS)
     flow.response.http_version = http_version
@@ -110,3 +112,27 @@ def test_a_stream_cut_mid_answer_ends_in_response_failed_billing_the_input():
     state = flow.metadata[METADATA_KEY]
     assert state.usage is None  # a broken answer is charged the estimate (Limits), not a partial count
     assert state.translation.bridge.outcome == "failed"
+
+
+def test_a_chat_client_gets_the_chunks_the_responses_bytes_would_have_given():
+    """A Chat Completions client's answer is made from the translated events themselves; the same
+    chunks, byte for byte, as from the Responses SSE the bridge writes, read back by the relay."""
+    ctx = new_context("claude", "anthropic")
+    flow = routed_flow(ctx=ctx)
+    state = flow.metadata[METADATA_KEY]
+    state.translation.chat_model, state.translation.chat_usage = "claude", True
+    addon = Translate()
+    addon.responseheaders(flow)
+    assert flow.response is not None and callable(flow.response.stream)
+    chunks = upstream_events(Reply(content=[{"type": "text", "text": "Chat, with a \ud83d cut"}]))
+    out: list[bytes] = []
+    for chunk in chunks:
+        out += flow.response.stream(chunk)
+    out += flow.response.stream(b"")
+
+    bridge = state.translation.family.stream(state.translation.prepared, ctx)
+    relay = ChatSSERelay("claude", True)
+    expected = b"".join(relay.feed(bridge.feed(chunk)) for chunk in chunks)
+    expected += relay.feed(bridge.feed(b"") + bridge.finish()) + relay.finish()
+    assert b"".join(out) == expected
+    assert expected.endswith(b"data: [DONE]\n\n") and b'"usage":{"prompt_tokens":29' in expected
