@@ -122,8 +122,15 @@ class StreamBridge:
         self.events_out = 0
 
     def feed(self, chunk: bytes) -> bytes:
+        # `feed_events` written out, not called: this runs per chunk of every translated stream.
+        events = self._decoder.feed(chunk)
+        if not events:
+            return b""
+        translate = self._translator.feed
         # Translated first, then encoded together: the encoder may write them twice (its fallback).
-        return encode_events(self.feed_events(chunk))
+        out = [translated for event in events for translated in translate(event)]
+        self.events_out += len(out)
+        return encode_events(out)
 
     def finish(self) -> bytes:
         return encode_events(self.finish_events())
