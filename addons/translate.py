@@ -19,6 +19,11 @@ from codexgate.usage import usage_from_responses
 logger = logging.getLogger(__name__)
 
 KEPT_HEADER_PREFIXES = ("date", "x-codexgate-", "x-ratelimit-")
+# A translated stream's headers: the provider's framing ones replaced by these.
+_STREAM_REPLACED = frozenset({b"content-length", b"content-encoding", b"content-type", b"transfer-encoding",
+                              b"cache-control"})  # fmt: skip
+_STREAM_HEADERS = ((b"content-type", b"text/event-stream"), (b"cache-control", b"no-cache"))
+_STREAM_HEADERS_HTTP1 = (*_STREAM_HEADERS, (b"transfer-encoding", b"chunked"))
 
 
 def _bridge_stream(
@@ -45,9 +50,12 @@ def _bridge_stream(
         if state.first_byte is None and chunk:
             state.first_byte = time.time()
         try:
-            out = bridge.feed(chunk) if chunk else bridge.feed(b"") + bridge.finish()
-            if chat is not None:
-                out = chat.feed(out) if chunk else chat.feed(out) + chat.finish()
+            if chat is None:
+                out = bridge.feed(chunk) if chunk else bridge.feed(b"") + bridge.finish()
+            elif chunk:
+                out = chat.feed_events(bridge.feed_events(chunk))
+            else:
+                out = chat.feed_events(bridge.feed_events(b"") + bridge.finish_events()) + chat.finish()
         except Exception:
             logger.exception("stream translation failed for request %s", state.request_id)
             out = bridge.finish() if not chunk else b""
@@ -55,10 +63,9 @@ def _bridge_stream(
         return [out] if out else []
 
     def broken(flow: http.HTTPFlow, detail: str) -> bytes:
-        out = bridge.finish()  # nothing once the translator has emitted its terminal event
-        if chat is not None:
-            out = chat.feed(out) + chat.finish()
-        return out
+        if chat is None:
+            return bridge.finish()  # nothing once the translator has emitted its terminal event
+        return chat.feed_events(bridge.finish_events()) + chat.finish()
 
     return translate, broken
 
@@ -87,13 +94,13 @@ class Translate:
             return
         if flow.response.status_code == 200 and translation.prepared.stream:
             translation.bridge = translation.family.stream(translation.prepared, translation.context)
+            # The provider's framing headers describe its body, not ours. One pass over the raw
+            # fields (per request; the Headers methods take a dozen calls per name).
             headers = flow.response.headers
-            for name in ("content-length", "content-encoding", "content-type", "transfer-encoding"):
-                headers.pop(name, None)
-            headers["content-type"] = "text/event-stream"
-            headers["cache-control"] = "no-cache"
-            if flow.request.http_version == "HTTP/1.1":
-                headers["transfer-encoding"] = "chunked"
+            fields = tuple(field for field in headers.fields if field[0].lower() not in _STREAM_REPLACED)
+            headers.fields = fields + (
+                _STREAM_HEADERS_HTTP1 if flow.request.http_version == "HTTP/1.1" else _STREAM_HEADERS
+            )
             flow.response.stream, broken = _bridge_stream(state, translation, stream_progress(flow))
             flow.metadata[FAILED_EVENT] = LiveCallable(broken)
 

@@ -80,7 +80,7 @@ from collections.abc import Iterable, Mapping
 from typing import Any
 
 from codexgate.providers.base import SAMPLING_PARAMS, UNMAPPED_PARAMS_KEY
-from codexgate.sse import SSEParser
+from codexgate.sse import SSEParser, decode_json, encode_json
 
 JSON = dict[str, Any]
 
@@ -782,12 +782,14 @@ class ChatChunkEncoder:
 
 def encode_chunks(chunks: Iterable[Mapping[str, Any]]) -> bytes:
     """Chunks (and error objects) as SSE `data:` lines, without the final `data: [DONE]`."""
-    return b"".join(f"data: {json.dumps(chunk, separators=(',', ':'))}\n\n".encode() for chunk in chunks)
+    return b"".join(b"data: %s\n\n" % encode_json(chunk) for chunk in chunks)
 
 
 class ChatSSERelay:
     """Responses SSE bytes (what `StreamBridge.feed/finish` return) → Chat Completions SSE bytes;
-    chunk boundaries anywhere. `finish()` ends the stream with `data: [DONE]`."""
+    chunk boundaries anywhere. `finish()` ends the stream with `data: [DONE]`. `feed_events` takes
+    the events themselves (`StreamBridge.feed_events`): a translated answer to a Chat client is not
+    written as Responses JSON only to be read back."""
 
     def __init__(self, model: str, include_usage: bool) -> None:
         self.encoder = ChatChunkEncoder(model, include_usage)
@@ -795,14 +797,17 @@ class ChatSSERelay:
 
     def feed(self, data: bytes) -> bytes:
         chunks: list[JSON] = []
-        for _name, text in self._parser.feed(data):
+        for _name, raw in self._parser.feed_raw(data):
             try:
-                event = json.loads(text)
+                event = decode_json(raw)
             except ValueError:
                 continue
             if isinstance(event, dict):
                 chunks += self.encoder.feed(event)
         return encode_chunks(chunks)
+
+    def feed_events(self, events: list[JSON]) -> bytes:
+        return encode_chunks([chunk for event in events for chunk in self.encoder.feed(event)])
 
     def finish(self) -> bytes:
         return encode_chunks(self.encoder.finish()) + b"data: [DONE]\n\n"

@@ -19,7 +19,7 @@ from pydantic import BaseModel
 
 from codexgate.providers.responses.objects import ResponseContext
 from codexgate.secrets import SecretResolver
-from codexgate.sse import encode_event
+from codexgate.sse import encode_events
 from codexgate.usage import Usage
 
 __all__ = [
@@ -122,17 +122,33 @@ class StreamBridge:
         self.events_out = 0
 
     def feed(self, chunk: bytes) -> bytes:
-        out: list[bytes] = []
-        for event in self._decoder.feed(chunk):
-            for translated in self._translator.feed(event):
-                out.append(encode_event(translated))
+        # `feed_events` written out, not called: this runs per chunk of every translated stream.
+        events = self._decoder.feed(chunk)
+        if not events:
+            return b""
+        translate = self._translator.feed
+        # Translated first, then encoded together: the encoder may write them twice (its fallback).
+        out = [translated for event in events for translated in translate(event)]
         self.events_out += len(out)
-        return b"".join(out)
+        return encode_events(out)
 
     def finish(self) -> bytes:
-        out = [encode_event(event) for event in self._translator.finish()]
+        return encode_events(self.finish_events())
+
+    def feed_events(self, chunk: bytes) -> list[JSON]:
+        """`feed`'s events, not encoded (for a relay that writes them in another form)."""
+        events = self._decoder.feed(chunk)
+        if not events:
+            return []
+        translate = self._translator.feed
+        out = [translated for event in events for translated in translate(event)]
         self.events_out += len(out)
-        return b"".join(out)
+        return out
+
+    def finish_events(self) -> list[JSON]:
+        out = self._translator.finish()
+        self.events_out += len(out)
+        return out
 
     @property
     def translator(self) -> StreamTranslator:

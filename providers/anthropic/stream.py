@@ -4,7 +4,6 @@ events, emitted through the shared toolkit (`providers/responses`)."""
 from __future__ import annotations
 
 import dataclasses
-import json
 import logging
 from collections.abc import Mapping
 from typing import Any
@@ -23,7 +22,7 @@ from codexgate.providers.responses import (
     ResponseContext,
     ToolNameMap,
 )
-from codexgate.sse import SSEParser
+from codexgate.sse import SSEParser, decode_json
 
 logger = logging.getLogger(__name__)
 
@@ -44,17 +43,19 @@ class StreamDecoder:
 
     def feed(self, chunk: bytes) -> list[JSON]:
         events: list[JSON] = []
-        for name, data in self._parser.feed(chunk):
-            if not data.strip():
-                continue
+        for name, data in self._parser.feed_raw(chunk):
             try:
-                event = json.loads(data)
+                event = decode_json(data)
             except ValueError:
+                text = data.decode("utf-8", "replace")
+                if not text.strip():
+                    continue  # an empty data line (also one of whitespace only): nothing
                 # A garbled event cannot be skipped silently (it may be text): fail the answer.
-                logger.warning("undecodable Anthropic stream event %r", data[:200])
+                logger.warning("undecodable Anthropic stream event %r", text[:200])
                 event = {"type": "error", "error": {"type": "api_error", "message": "undecodable stream event"}}
             if isinstance(event, dict):
-                event.setdefault("type", name)
+                if "type" not in event:
+                    event["type"] = name
                 events.append(event)
         return events
 
@@ -159,8 +160,8 @@ class StreamTranslator(EmittingTranslator):
     def _block_delta(self, event: Mapping[str, Any]) -> None:
         index = event.get("index")
         block = self._blocks.get(index) if isinstance(index, int) else None
-        delta = as_dict(event.get("delta"))
-        if block is None:
+        delta = event.get("delta")
+        if block is None or not isinstance(delta, dict):
             return
         kind, item = delta.get("type"), block.item
         if kind == "text_delta" and isinstance(item, MessageItem) and isinstance(delta.get("text"), str):

@@ -66,6 +66,8 @@ class ThinkSplitter:
         self._strip = False
 
     def feed(self, text: str) -> list[tuple[str, str]]:
+        if self._state == "text" and not self._strip:  # past any <think> block (nothing buffered): as is
+            return [("text", text)] if text else []
         out: list[tuple[str, str]] = []
         self._buffer += text
         while self._buffer:

@@ -11,7 +11,6 @@ its stream would have been (`whole.py`), so both end in the same `response`.
 from __future__ import annotations
 
 import dataclasses
-import json
 import logging
 import types
 from collections.abc import Mapping
@@ -38,7 +37,7 @@ from codexgate.providers.responses.emitter import (
 from codexgate.providers.responses.jsonstring import InputStringStream, custom_input
 from codexgate.providers.responses.objects import ResponseContext
 from codexgate.providers.responses.tools import ToolNameMap
-from codexgate.sse import SSEParser
+from codexgate.sse import SSEParser, decode_json
 from codexgate.usage import Usage
 
 __all__ = ["DONE", "ChatStreamDecoder", "StreamTranslator"]
@@ -61,18 +60,20 @@ class ChatStreamDecoder:
 
     def feed(self, chunk: bytes) -> list[dict[str, Any]]:
         events: list[dict[str, Any]] = []
-        for name, data in self._parser.feed(chunk):
-            text = data.strip()
-            if not text:
-                continue
-            if text == "[DONE]":
-                events.append(dict(DONE))
-                continue
+        for name, data in self._parser.feed_raw(chunk):
             try:
-                event = json.loads(text)
+                event = decode_json(data)
             except ValueError:
-                log.warning("undecodable chat stream event skipped: %.200s", text)
-                continue
+                # `data: [DONE]`, an empty line, or JSON in whitespace JSON does not allow
+                text = data.decode("utf-8", "replace").strip()
+                if text == "[DONE]":
+                    events.append(dict(DONE))
+                    continue
+                try:
+                    event = decode_json(text) if text else None
+                except ValueError:
+                    log.warning("undecodable chat stream event skipped: %.200s", text)
+                    continue
             if not isinstance(event, dict):
                 continue
             if name == "error" and "error" not in event:

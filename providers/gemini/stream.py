@@ -23,7 +23,7 @@ from codexgate.providers.responses import (
     without_lone_surrogates,
 )
 from codexgate.providers.responses.emitter import EmittingTranslator
-from codexgate.sse import SSEParser
+from codexgate.sse import SSEParser, decode_json
 from codexgate.usage import Usage
 
 log = logging.getLogger(__name__)
@@ -67,12 +67,12 @@ class StreamDecoder:
 
     def feed(self, chunk: bytes) -> list[dict[str, Any]]:
         events = []
-        for _name, data in self._parser.feed(chunk):
-            if not data.strip():
-                continue
+        for _name, data in self._parser.feed_raw(chunk):
             try:
-                event = json.loads(data)
+                event = decode_json(data)
             except ValueError:
+                if not data.decode("utf-8", "replace").strip():
+                    continue  # an empty data line (also one of whitespace only): nothing
                 event = None
             if not isinstance(event, dict):
                 event = {"error": {"code": 502, "status": "INTERNAL", "message": "undecodable Gemini stream event"}}

@@ -1065,3 +1065,34 @@ def test_mid_stream_error_and_cut_over_http(upstream: FakeAnthropic) -> None:
         events, translator = run_stream(b"".join(chunks), info, random.Random(7))
         response = check_stream(events)
         assert translator.outcome == "failed" and response["error"]["code"] == "server_error"
+
+
+def test_a_lone_surrogate_in_text_passes_the_bridge_as_before() -> None:
+    """The bridge reads and writes JSON with orjson, which refuses a lone surrogate (an escape
+    Claude can send when it cuts an emoji) both ways: the stdlib reads and writes that event, so
+    the text reaches the client as it did before orjson, escaped, instead of failing the answer."""
+    from codexgate.policies.schema import AnthropicProvider, SecretRef
+    from codexgate.providers.registry import family_for
+    from codexgate.sse import SSEParser
+
+    family = family_for(AnthropicProvider(kind="anthropic", keys=[SecretRef(value="env:UNUSED")]))
+    prepared = family.prepare({"model": "gpt-5.5", "input": "hi", "stream": True}, MODEL, PROVIDER)
+    bridge = family.stream(prepared, ctx())
+    text = "cut \ud83d! caf\u00e9"
+    upstream = [
+        {"type": "message_start", "message": {"id": "msg_1", "type": "message", "role": "assistant", "model": MODEL,
+                                              "content": [], "usage": {"input_tokens": 9, "output_tokens": 1}}},
+        {"type": "content_block_start", "index": 0, "content_block": {"type": "text", "text": ""}},
+        {"type": "content_block_delta", "index": 0, "delta": {"type": "text_delta", "text": text}},
+        {"type": "content_block_stop", "index": 0},
+        {"type": "message_delta", "delta": {"stop_reason": "end_turn"}, "usage": {"output_tokens": 4}},
+        {"type": "message_stop"},
+    ]  # fmt: skip
+    raw = b"".join(f"event: {e['type']}\ndata: {json.dumps(e)}\n\n".encode() for e in upstream)
+    out = bridge.feed(raw) + bridge.finish()
+    assert b'"delta":"cut \\ud83d! caf\\u00e9"' in out  # the stdlib's form, for this event only
+    events = [json.loads(data) for _, data in SSEParser().feed(out)]
+    assert [e["delta"] for e in events if e["type"] == "response.output_text.delta"] == [text]
+    assert events[-1]["type"] == "response.completed" and bridge.outcome == "completed"
+    assert events[-1]["response"]["output"][0]["content"][0]["text"] == text
+    assert bridge.usage == Usage(input_tokens=9, output_tokens=4)

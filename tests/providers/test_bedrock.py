@@ -615,6 +615,94 @@ def test_decoder_yields_the_events_bedrock_sent() -> None:
     assert decoded == events  # the "p" padding is gone, blobs stay base64 text
 
 
+def botocore_events(raw: bytes, size: int) -> list[dict[str, Any]]:
+    """What the decoder gave when botocore's EventStreamBuffer read the frames (before it read
+    them itself): the reference the decoder's own frame reading must agree with."""
+    from botocore.eventstream import ParserError
+
+    buffer, events = EventStreamBuffer(), []
+    for start in range(0, len(raw), size):
+        buffer.add_data(raw[start : start + size])
+        try:
+            for message in buffer:
+                kind, payload = message.headers.get(":message-type"), json.loads(message.payload or b"{}")
+                if kind == "event":
+                    payload.pop("p", None)
+                    events.append({message.headers[":event-type"]: payload})
+                elif kind == "exception":
+                    events.append({message.headers[":exception-type"]: payload})
+        except ParserError as exc:
+            message = f"corrupt event-stream frame from Bedrock ({type(exc).__name__})"
+            return [*events, {"internalServerException": {"message": message}}]
+    return events
+
+
+def header(name: str, kind: int, value: bytes) -> bytes:
+    return bytes([len(name)]) + name.encode() + bytes([kind]) + value
+
+
+def frame(headers: bytes, payload: bytes, total_delta: int = 0) -> bytes:
+    import struct
+    import zlib
+
+    prelude = struct.pack("!II", 12 + len(headers) + len(payload) + 4 + total_delta, len(headers))
+    message = prelude + struct.pack("!I", zlib.crc32(prelude)) + headers + payload
+    return message + struct.pack("!I", zlib.crc32(message))
+
+
+TYPED_HEADERS = (  # every header value type of the encoding, as botocore reads them
+    header(":message-type", 7, b"\x00\x05event")
+    + header(":event-type", 7, b"\x00\x10contentBlockStop")
+    + header("yes", 0, b"") + header("no", 1, b"") + header("byte", 2, b"\xff") + header("short", 3, b"\x01\x02")
+    + header("int", 4, b"\x00\x00\x01\x00") + header("long", 5, b"\x00" * 7 + b"\x05")
+    + header("bytes", 6, b"\x00\x02\xfe\xfd") + header("time", 8, b"\x00" * 6 + b"\x03\xe8")
+    + header("uuid", 9, bytes(range(16)))
+)  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    "stream",
+    [
+        encode_stream(full_script() + [{"throttlingException": {"message": "slow down"}}]),
+        frame(TYPED_HEADERS, b'{"contentBlockIndex":0}') + encode_stream(full_script()[-2:]),
+        frame(header(":message-type", 7, b"\x00\x05event") * 2, b"{}"),  # a header twice
+        frame(b"", b"x" * 10, total_delta=24 * 1024 * 1024),  # a payload over botocore's limit
+        bytes(range(12)) + encode_stream(full_script()),  # a bad prelude CRC
+    ],
+    ids=["script", "typed-headers", "duplicate-header", "payload-limit", "prelude-crc"],
+)
+def test_decoder_reads_frames_as_botocore_does(stream: bytes) -> None:
+    for size in (1, 7, 64, len(stream)):
+        decoder = bedrock.EventStreamDecoder()
+        decoded = [
+            event for start in range(0, len(stream), size) for event in decoder.feed(stream[start : start + size])
+        ]
+        assert decoded == botocore_events(stream, size), size
+
+
+def test_a_frame_shorter_than_its_headers_is_corrupt() -> None:
+    """botocore's buffer raised struct.error on it (out of the decoder, failing the chunk): now the
+    corrupt frame it is, failing the answer like any other."""
+    stream = encode_stream(full_script()[:1]) + frame(header(":message-type", 7, b"\x00\x05event"), b"{}", -40)
+    decoded = bedrock.EventStreamDecoder().feed(stream)
+    assert decoded == [
+        full_script()[0],
+        {"internalServerException": {"message": "corrupt event-stream frame from Bedrock (ParserError)"}},
+    ]
+
+
+def test_decoder_agrees_with_botocore_on_every_corrupted_byte() -> None:
+    stream = encode_stream(full_script()[:3])
+    for at in range(len(stream)):
+        corrupt = bytearray(stream)
+        corrupt[at] ^= 0x41
+        for size in (5, len(stream)):
+            decoder = bedrock.EventStreamDecoder()
+            pieces = range(0, len(corrupt), size)
+            decoded = [event for start in pieces for event in decoder.feed(bytes(corrupt[start : start + size]))]
+            assert decoded == botocore_events(bytes(corrupt), size), (at, size)
+
+
 def test_sign_request_headers() -> None:
     endpoint = BedrockProvider(kind="bedrock", region="eu-west-1").endpoint
     url, _ = bedrock.request_target(endpoint, CLAUDE, stream=True)

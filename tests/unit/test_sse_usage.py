@@ -6,7 +6,14 @@ import json
 
 import pytest
 
-from codexgate.sse import SSEParser, encode_chat_stream, encode_event, encode_responses_stream
+from codexgate.sse import (
+    SSEParser,
+    decode_json,
+    encode_chat_stream,
+    encode_event,
+    encode_json,
+    encode_responses_stream,
+)
 from codexgate.usage import StreamUsageReader, Usage, usage_from_body, usage_from_chat, usage_from_responses
 
 STREAM = (
@@ -75,6 +82,59 @@ def test_encoders_round_trip():
     parsed = SSEParser().feed(chat)
     assert [json.loads(parsed[0][1])] == chunks
     assert parsed[1] == ("", "[DONE]")
+
+
+@pytest.mark.parametrize(
+    "event",
+    [
+        {"type": "response.output_text.delta", "delta": "cut mid-emoji \ud83d!"},  # a lone surrogate
+        {"type": "response.completed", "response": {"usage": {"input_tokens": 2**70}}},  # beyond 64 bits
+        {"type": "response.output_item.done", "item": {1: "a non-str key"}},
+    ],
+)
+def test_encoder_writes_what_orjson_refuses_as_the_stdlib_did(event):
+    """The hot path's orjson refuses these; the event still goes out, as the stdlib wrote it."""
+    expected = f"event: {event['type']}\ndata: {json.dumps(event, separators=(',', ':'))}\n\n".encode()
+    assert encode_event(event) == expected
+    assert encode_json(event) == json.dumps(event, separators=(",", ":")).encode()
+
+
+def test_encoder_writes_utf8_and_the_same_json():
+    event = {"type": "response.output_text.delta", "delta": 'café ✓ 😀 "q" \\ \n\u2028', "n": 1.5e-07}
+    data = encode_event(event)
+    assert "café ✓ 😀".encode() in data  # UTF-8, not \\u escapes: SSE is UTF-8
+    assert [(name, json.loads(text)) for name, text in SSEParser().feed(data)] == [(event["type"], event)]
+
+
+@pytest.mark.parametrize(
+    ("data", "expected"),
+    [
+        (b'{"a":NaN,"b":-Infinity}', "nan-inf"),  # orjson refuses both
+        (b'{"t":"\\ud83d!"}', {"t": "\ud83d!"}),  # a lone surrogate escape
+        (b'{"t":"caf\xe9"}', {"t": "caf\ufffd"}),  # invalid UTF-8: replaced, as the parser's decode did
+        (b'{"t":"caf\xc3\xa9","n":[1,2.5,null,true]}', {"t": "café", "n": [1, 2.5, None, True]}),
+        ('{"t":"str in"}', {"t": "str in"}),
+    ],
+)
+def test_decoder_reads_what_the_stdlib_read(data, expected):
+    value = decode_json(data)
+    if expected == "nan-inf":
+        assert value["a"] != value["a"] and value["b"] == float("-inf")
+    else:
+        assert value == expected
+
+
+def test_decoder_raises_value_error_on_garbage():
+    for garbage in (b"{not json", b"", b"\xff\xfe", "[1,"):
+        with pytest.raises(ValueError):
+            decode_json(garbage)
+
+
+def test_raw_feed_gives_the_data_bytes_undecoded():
+    parser = SSEParser()
+    assert parser.feed_raw(STREAM[:48]) == [("first", b"one")]
+    assert parser.feed_raw(STREAM[48:]) == [(name, data.encode()) for name, data in EXPECTED[1:]]
+    assert parser.pending == b"data: incomplete tail"
 
 
 USAGE = {
