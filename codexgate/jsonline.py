@@ -11,7 +11,7 @@ for byte `json.dumps`'s (tests/unit/test_records.py checks it). orjson differs o
   pure ASCII without DEL, checked on the bytes;
 - floats below 1e-4 (orjson writes `0.00001` and `1.5e-7` where Python writes `1e-05` and
   `1.5e-07`): a number in the line starting `0.0000`, or with a negative exponent, found by a
-  substring test and confirmed by a regular expression only when the substring occurs;
+  substring test and, when one occurs, checked to start a number (not to be inside a string);
 - values orjson refuses (ints beyond 64 bits, lone surrogates, non-string keys): its exception;
 - NaN and infinities, which orjson writes as `null` where `json.dumps` writes `NaN` (compact) or
   raises (canonical): the records hold none (prices are validated finite and non-negative), so
@@ -21,7 +21,6 @@ for byte `json.dumps`'s (tests/unit/test_records.py checks it). orjson differs o
 from __future__ import annotations
 
 import json
-import re
 from collections.abc import Callable
 from json import encoder as _json_encoder
 from typing import Any
@@ -50,8 +49,37 @@ def _standard(*, sort_keys: bool, ensure_ascii: bool, allow_nan: bool) -> Callab
     return dumps
 
 
-# A number (after `:`, `,` or `[`) that orjson writes differently: below 1e-4 in magnitude.
-_SMALL_NUMBER = re.compile(rb"[:,\[]-?(?:0\.0000|\d+(?:\.\d+)?e-)")
+_NUMBER_STARTS = b":,["  # what comes before a number in compact JSON (or before its minus sign)
+_MANTISSA = b"0123456789."
+
+
+def _starts_number(line: bytes, at: int) -> bool:
+    """Whether a number starts at `line[at]` (a digit there): the byte before it, past a minus sign,
+    ends a key, an item or opens an array; inside a string it is anything else (a UUID's hex)."""
+    before = line[at - 1] if at > 0 else 0
+    if before == 45:  # "-"
+        before = line[at - 2] if at > 1 else 0
+    return before in _NUMBER_STARTS
+
+
+def _small_number(line: bytes) -> bool:
+    """Whether a number in `line` is below 1e-4 in magnitude as orjson writes it: `0.0000...` or a
+    mantissa with a negative exponent. Found by substring, then checked to be a number's (a
+    string holding `e-` is common: a UUID, a model name)."""
+    at = line.find(b"0.0000")
+    while at >= 0:
+        if _starts_number(line, at):
+            return True
+        at = line.find(b"0.0000", at + 6)
+    at = line.find(b"e-")
+    while at >= 0:
+        start = at
+        while start > 0 and line[start - 1] in _MANTISSA:
+            start -= 1
+        if start < at and _starts_number(line, start):
+            return True
+        at = line.find(b"e-", at + 2)
+    return False
 
 
 def _fast(option: int, standard: Callable[[Any], str]) -> Callable[[Any], str]:
@@ -62,11 +90,7 @@ def _fast(option: int, standard: Callable[[Any], str]) -> Callable[[Any], str]:
             line = dumps(obj, option=option)
         except TypeError:  # orjson.JSONEncodeError: what it cannot encode, the standard encoder says
             return standard(obj)
-        if (
-            not line.isascii()
-            or b"\x7f" in line
-            or ((b"0.0000" in line or b"e-" in line) and _SMALL_NUMBER.search(line) is not None)
-        ):
+        if not line.isascii() or b"\x7f" in line or ((b"0.0000" in line or b"e-" in line) and _small_number(line)):
             return standard(obj)
         return line.decode("ascii")
 
