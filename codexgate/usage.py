@@ -4,12 +4,11 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import json
 import logging
 import re
 from typing import Any
 
-from codexgate.sse import SSEParser
+from codexgate.sse import SSEParser, decode_json
 
 logger = logging.getLogger(__name__)
 
@@ -75,7 +74,7 @@ _RESPONSES_TERMINAL_WORDS = tuple(name.encode() for name in RESPONSES_TERMINAL)
 _RESPONSES_CREATED_WORD = b"response.created"
 _RESPONSES_CREATED_AND_TERMINAL_WORDS = (_RESPONSES_CREATED_WORD, *_RESPONSES_TERMINAL_WORDS)
 # response.created's `{"type": ..., "sequence_number": ..., "response": {"id": "resp_..."`.
-_CREATED_RESPONSE_ID = re.compile(r'"response"\s*:\s*\{\s*"id"\s*:\s*"([^"\\]+)"')
+_CREATED_RESPONSE_ID = re.compile(rb'"response"\s*:\s*\{\s*"id"\s*:\s*"([^"\\]+)"')
 _CHAT_WORDS = (b'"usage"', b"[DONE]")
 # A chunk that is one whole event named `response.<anything but these>` is counted, nothing more.
 _NAMED_RESPONSES_EVENT = b"event: response."
@@ -226,34 +225,34 @@ class StreamUsageReader:
         self._feed_events(chunk)
 
     def _feed_events(self, chunk: bytes) -> None:
-        for name, data in self._parser.feed(chunk):
+        for name, data in self._parser.feed_raw(chunk):
             self._events += 1
             if self.endpoint == "responses":
                 self._responses_event(name, data)
             else:
                 self._chat_event(data)
 
-    def _responses_event(self, name: str, data: str) -> None:
+    def _responses_event(self, name: str, data: bytes) -> None:
         if name == "response.created" and self._response_id is None:
             # Only a failure event needs the id: read where OpenAI puts it, decode all if elsewhere.
             found = _CREATED_RESPONSE_ID.search(data, 0, 300)
             if found is not None:
-                self._response_id = found.group(1)
+                self._response_id = found.group(1).decode("utf-8", "replace")
             else:
                 with contextlib.suppress(ValueError, AttributeError):
-                    self._response_id = (json.loads(data).get("response") or {}).get("id")
+                    self._response_id = (decode_json(data).get("response") or {}).get("id")
             return
         kind = name if name in RESPONSES_TERMINAL else None
         if (
             kind is None
-            and '"response.' in data
-            and ('completed"' in data or 'incomplete"' in data or 'failed"' in data)
+            and b'"response.' in data
+            and (b'completed"' in data or b'incomplete"' in data or b'failed"' in data)
         ):
             kind = ""  # unnamed event: decide from its type below
         if kind is None:
             return
         try:
-            event = json.loads(data)
+            event = decode_json(data)  # orjson: a completed event holds the whole response
         except ValueError:
             return
         outcome = RESPONSES_TERMINAL.get(event.get("type", ""))
@@ -264,14 +263,14 @@ class StreamUsageReader:
         self._response_id = response.get("id")
         self._usage = usage_from_responses(response.get("usage")) or self._usage
 
-    def _chat_event(self, data: str) -> None:
-        if data.strip() == "[DONE]":
+    def _chat_event(self, data: bytes) -> None:
+        if data.strip() == b"[DONE]":
             self._outcome = "done"
             return
-        if '"usage"' not in data:
+        if b'"usage"' not in data:
             return
         try:
-            chunk = json.loads(data)
+            chunk = decode_json(data)
         except ValueError:
             return
         usage = usage_from_chat(chunk.get("usage"))
