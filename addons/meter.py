@@ -14,6 +14,7 @@ from codexgate.addons.upstream_watch import UpstreamWatch, counted_watch
 from codexgate.flowstate import GatewayRequest, state_of
 from codexgate.headers import header_value
 from codexgate.metrics import GatewayMetrics
+from codexgate.sse import decode_json
 from codexgate.usage import StreamUsageReader, usage_from_body
 
 logger = logging.getLogger(__name__)
@@ -158,6 +159,6 @@ class Meter:
                 state.reader = reader
                 state.usage = reader.usage
             else:
-                state.usage = usage_from_body(state.endpoint, json.loads(content))
+                state.usage = usage_from_body(state.endpoint, decode_json(content))
         except Exception:
             logger.exception("cannot read usage of request %s", state.request_id)
