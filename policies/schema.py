@@ -414,7 +414,9 @@ class Resilience(Strict):
 
     connect_timeout: float = Field(default=5, gt=0)
     first_byte_timeout: float = Field(default=60, gt=0)
-    idle_timeout: float = Field(default=60, gt=0, description="longest silence between stream chunks")
+    idle_timeout: float = Field(
+        default=60, gt=0, description="longest silence between stream chunks (cut within 1.25x of it on the fast path)"
+    )
     total_timeout: float = Field(default=900, gt=0)
     cooldown_seconds: float = Field(default=30, ge=0, description="a failing deployment is skipped this long")
     retry_after_max: float = Field(default=2.0, ge=0, description="a shorter provider Retry-After is waited out")
