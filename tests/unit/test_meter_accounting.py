@@ -47,14 +47,20 @@ def sse_response() -> http.Response:
     return http.Response.make(200, b"", {"content-type": "text/event-stream; charset=utf-8"})
 
 
-@pytest.mark.parametrize("size", [1, 2, 5, 17, 64, len(RESPONSES_SSE)])
-def test_stream_usage_read_as_it_passes(compiled, size):
+def metered_stream(compiled):
+    """A streamed Responses request whose SSE answer Meter has set up: (meter, flow, state, the
+    stream callable)."""
     meter = Meter()
     flow = make_flow(body={"model": "gpt-5.5", "stream": True})
     state = governed(flow, compiled, key="alice", body={"model": "gpt-5.5", "stream": True}, stream=True)
     flow.response = sse_response()
     meter.responseheaders(flow)
-    observe = flow.response.stream
+    return meter, flow, state, flow.response.stream
+
+
+@pytest.mark.parametrize("size", [1, 2, 5, 17, 64, len(RESPONSES_SSE)])
+def test_stream_usage_read_as_it_passes(compiled, size):
+    meter, flow, state, observe = metered_stream(compiled)
     assert callable(observe)
     passed = b""
     for start in range(0, len(RESPONSES_SSE), size):
@@ -75,12 +81,7 @@ def test_stream_reader_tells_every_chunk_passed_whenever_asked(compiled):
     """The pass-through hands chunks to the reader unread and reads them in runs: whoever asks
     mid-stream (a cut stream's failure event, the accounting of a client that left) still gets
     what every chunk so far says, and a count the idle timeout can watch."""
-    meter = Meter()
-    flow = make_flow(body={"model": "gpt-5.5", "stream": True})
-    state = governed(flow, compiled, key="alice", body={"model": "gpt-5.5", "stream": True}, stream=True)
-    flow.response = sse_response()
-    meter.responseheaders(flow)
-    observe = flow.response.stream
+    _, _, state, observe = metered_stream(compiled)
     delta = b'event: response.output_text.delta\ndata: {"type":"response.output_text.delta","delta":"x"}\n\n'
     created, _, rest = RESPONSES_SSE.partition(b"\n\n")
     chunks = [created + b"\n\n"] + [delta] * (2 * READ_EVERY + 3) + [rest[:40], rest[40:]]
