@@ -2,9 +2,10 @@
 
 `UpstreamBounds` (addons/upstream_bounds.py) keeps one `UpstreamWatch` per single-route request
 (`flow.metadata[WATCH_KEY]`) and times it out; the stream callables the gateway sets on an answer
-(Meter's pass-through reader, Translate's translator) note each chunk's arrival in it themselves,
-inline (`stream_progress`), so the per-chunk path has no wrapper for it. A module of its own because
-Meter and Translate, which UpstreamBounds itself imports, need it.
+note their progress in it themselves, so the per-chunk path has no wrapper for it: Translate's
+translator the time of each chunk (`stream_progress`), Meter's pass-through a count of chunks the
+timer looks at (`counted_watch`). A module of its own because Meter and Translate, which
+UpstreamBounds itself imports, need it.
 """
 
 from __future__ import annotations
