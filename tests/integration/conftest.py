@@ -1,4 +1,5 @@
-"""Fixtures shared by integration modules: a fake Anthropic and a gateway routing Claude to it."""
+"""Fixtures shared by integration modules: a fake Anthropic and a gateway routing Claude to it; the
+failover tests' two fake OpenAI upstreams."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ from collections.abc import Iterator
 import pytest
 from fakes import anthropic_upstream as anthropic_fake
 from fakes.gateway import ALICE_KEY, Gateway
+from fakes.openai_upstream import FakeOpenAI
 
 from codexgate.policies.keys import hash_key
 
@@ -36,3 +38,12 @@ keys:
     gateway = Gateway(policy, root / "data", extra_env={"CG_ANTHROPIC_KEY": anthropic_fake.API_KEY}).start()
     yield gateway
     gateway.stop()
+
+
+@pytest.fixture
+def upstreams() -> Iterator[dict[str, FakeOpenAI]]:
+    """The failover tests' two fake OpenAI upstreams, `first` and `second` (fakes/failover_pair.py)."""
+    fakes = {name: FakeOpenAI().start() for name in ("first", "second")}
+    yield fakes
+    for fake in fakes.values():
+        fake.stop()

@@ -11,18 +11,17 @@ from __future__ import annotations
 import asyncio
 import json
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import httpx2 as httpx
 import openai
 import pytest
 from fakes.counter_use import counter_use
+from fakes.failover_pair import failover_policy
 from fakes.gateway import ALICE_KEY, Gateway, free_port
 from fakes.openai_upstream import FakeOpenAI
 
 from codexgate.addons.limits import counters_for
-from codexgate.policies.keys import hash_key
 from codexgate.policies.loader import load_policy
 from codexgate.stores.base import Amounts
 from codexgate.stores.factory import open_store
@@ -31,38 +30,15 @@ SECOND_BUDGET = 1.0  # $, hard: spent before the test's requests
 SECOND_PRICE = (2.0, 16.0)  # $ per million input / output tokens (the first model's: 1 / 8)
 
 
-@pytest.fixture
-def upstreams() -> Iterator[dict[str, FakeOpenAI]]:
-    fakes = {name: FakeOpenAI().start() for name in ("first", "second")}
-    yield fakes
-    for fake in fakes.values():
-        fake.stop()
-
-
 def write_policy(
     path: Path, first_url: str, second_url: str, second_limits: str, first_limits: str = "", key_budget: float = 100
 ) -> Path:
-    key = '[{value: "env:CG_TEST_UPSTREAM_KEY"}]'
-    price = "price: {input_per_mtok: 1.0, output_per_mtok: 8.0}"
+    key_limits = (f"budgets: [{{limit_usd: {key_budget}, period: 1d, rolling: true}}], "
+                  "rate_limits: [{requests: 1000, per: 1h, rolling: true}]")  # fmt: skip
     path.write_text(
-        f"""\
-gateway: {{resilience: {{cooldown_seconds: 0}}}}
-providers:
-  first: {{kind: openai, base_url: "{first_url}", keys: {key}{", " + first_limits if first_limits else ""}}}
-  second: {{kind: openai, base_url: "{second_url}", keys: {key}, {second_limits}}}
-models:
-  gpt-first: {{routes: [{{provider: first}}], fallbacks: [gpt-second], output_allowance: 1000, {price}}}
-  gpt-second:
-    routes: [{{provider: second}}]
-    output_allowance: 1000
-    price: {{input_per_mtok: {SECOND_PRICE[0]}, output_per_mtok: {SECOND_PRICE[1]}}}
-teams: {{platform: {{org: acme}}}}
-keys:
-  - {{name: alice, team: platform, hash: "{hash_key(ALICE_KEY)}",
-      budgets: [{{limit_usd: {key_budget}, period: 1d, rolling: true}}],
-      rate_limits: [{{requests: 1000, per: 1h, rolling: true}}]}}
-"""
-    )
+        failover_policy(first_url, second_url, first_limits=first_limits, second_limits=second_limits,
+                        key_limits=key_limits, second_price=SECOND_PRICE)
+    )  # fmt: skip
     return path
 
 

@@ -13,10 +13,9 @@ from pathlib import Path
 
 import openai
 import pytest
+from fakes.failover_pair import failover_policy
 from fakes.gateway import ALICE_KEY, Gateway, free_port
 from fakes.openai_upstream import FakeOpenAI
-
-from codexgate.policies.keys import hash_key
 
 FIRST_PRICE = (1.0, 8.0)  # $ per million input / output tokens
 SECOND_PRICE = (2.0, 16.0)
@@ -24,39 +23,13 @@ LIMIT_USD = 0.0001  # one answer of the second model (11 in, 7 out: $0.000134) t
 
 
 @pytest.fixture
-def upstreams() -> Iterator[dict[str, FakeOpenAI]]:
-    fakes = {name: FakeOpenAI().start() for name in ("first", "second")}
-    yield fakes
-    for fake in fakes.values():
-        fake.stop()
-
-
-@pytest.fixture
 def gateway(tmp_path: Path, upstreams: dict[str, FakeOpenAI]) -> Iterator[Gateway]:
     policy = tmp_path / "policy.yaml"
-    key = '[{value: "env:CG_TEST_UPSTREAM_KEY"}]'
     budget = f"budgets: [{{limit_usd: {LIMIT_USD}, period: 1M, hard: false}}]"
     policy.write_text(
-        f"""\
-gateway: {{resilience: {{cooldown_seconds: 0}}}}
-providers:
-  first: {{kind: openai, base_url: "{upstreams["first"].url}", keys: {key}, {budget}}}
-  second: {{kind: openai, base_url: "{upstreams["second"].url}", keys: {key}, {budget}}}
-models:
-  gpt-first:
-    routes: [{{provider: first}}]
-    fallbacks: [gpt-second]
-    output_allowance: 1
-    price: {{input_per_mtok: {FIRST_PRICE[0]}, output_per_mtok: {FIRST_PRICE[1]}}}
-  gpt-second:
-    routes: [{{provider: second}}]
-    output_allowance: 1
-    price: {{input_per_mtok: {SECOND_PRICE[0]}, output_per_mtok: {SECOND_PRICE[1]}}}
-teams: {{platform: {{org: acme}}}}
-keys:
-  - {{name: alice, team: platform, hash: "{hash_key(ALICE_KEY)}"}}
-"""
-    )
+        failover_policy(upstreams["first"].url, upstreams["second"].url, first_limits=budget, second_limits=budget,
+                        output_allowance=1, first_price=FIRST_PRICE, second_price=SECOND_PRICE)
+    )  # fmt: skip
     gateway = Gateway(policy, tmp_path / "data")
     gateway.metrics_port = free_port()
     gateway.start()

@@ -9,51 +9,24 @@ from __future__ import annotations
 
 import json
 import sqlite3
-from collections.abc import Iterator
 from pathlib import Path
 
 import httpx2 as httpx
 import pytest
 from fakes.counter_use import counter_use
+from fakes.failover_pair import failover_policy
 from fakes.gateway import ALICE_KEY, Gateway
 from fakes.openai_upstream import FakeOpenAI
 
-from codexgate.policies.keys import hash_key
 from codexgate.stores.factory import EMBEDDED_FILE
 
 
-@pytest.fixture
-def upstreams() -> Iterator[dict[str, FakeOpenAI]]:
-    fakes = {name: FakeOpenAI().start() for name in ("first", "second")}
-    yield fakes
-    for fake in fakes.values():
-        fake.stop()
-
-
 def write_policy(path: Path, upstreams: dict[str, FakeOpenAI]) -> Path:
-    key = '[{value: "env:CG_TEST_UPSTREAM_KEY"}]'
     budget = "budgets: [{limit_usd: 100, period: 1d, rolling: true}]"  # hard (the default)
     path.write_text(
-        f"""\
-gateway: {{resilience: {{cooldown_seconds: 0}}}}
-providers:
-  first: {{kind: openai, base_url: "{upstreams["first"].url}", keys: {key}, {budget}}}
-  second: {{kind: openai, base_url: "{upstreams["second"].url}", keys: {key}, {budget}}}
-models:
-  gpt-first:
-    routes: [{{provider: first}}]
-    fallbacks: [gpt-second]
-    output_allowance: 1000
-    price: {{input_per_mtok: 1.0, output_per_mtok: 8.0}}
-  gpt-second:
-    routes: [{{provider: second}}]
-    output_allowance: 1000
-    price: {{input_per_mtok: 2.0, output_per_mtok: 16.0}}
-teams: {{platform: {{org: acme}}}}
-keys:
-  - {{name: alice, team: platform, hash: "{hash_key(ALICE_KEY)}", {budget}}}
-"""
-    )
+        failover_policy(upstreams["first"].url, upstreams["second"].url,
+                        first_limits=budget, second_limits=budget, key_limits=budget)
+    )  # fmt: skip
     return path
 
 
