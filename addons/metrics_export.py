@@ -93,7 +93,9 @@ class MetricsExport:
     def load(self, loader: Loader) -> None:
         loader.add_option(
             "codexgate_metrics_port", int, 0,
-            "Port of the admin server: Prometheus /metrics, /healthz and /readyz (0: not served).",
+            "Port of the admin server: Prometheus /metrics, /healthz and /readyz (0: not served; -1: a "
+            "free port the system picks, named in the log line 'metrics at http://HOST:PORT/metrics', which is "
+            "how `codexgate up --workers` runs each worker's).",
         )  # fmt: skip
         loader.add_option("codexgate_metrics_host", str, "127.0.0.1", "Address the metrics port listens on.")
 
@@ -102,16 +104,22 @@ class MetricsExport:
             return
         self._stop()
         port = ctx.options.codexgate_metrics_port
+        if not -1 <= port <= 65535:
+            raise exceptions.OptionsError(f"codexgate_metrics_port {port}: not a port (0: not served, -1: any)")
         if port:
             try:
+                # Port 0 to the kernel: bound in the same call that picks it, so no other program can
+                # take it in between (a port picked first and bound later can be).
                 self._server = AdminServer(
-                    ctx.options.codexgate_metrics_host, port, self.metrics.registry, self._readiness
+                    ctx.options.codexgate_metrics_host, max(port, 0), self.metrics.registry, self._readiness
                 )
             except OSError as exc:
                 raise exceptions.OptionsError(f"codexgate_metrics_port {port}: {exc.strerror}") from None
             self._server.loop = self._loop
             logger.info(
-                "metrics at http://%s:%d/metrics (and /healthz, /readyz)", ctx.options.codexgate_metrics_host, port
+                "metrics at http://%s:%d/metrics (and /healthz, /readyz)",
+                ctx.options.codexgate_metrics_host,
+                self._server.port,
             )
 
     def running(self) -> None:

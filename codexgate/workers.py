@@ -40,6 +40,7 @@ import json
 import logging
 import math
 import os
+import re
 import shutil
 import signal
 import socket
@@ -60,6 +61,8 @@ RESTART_DELAY_MAX_SECONDS = 30.0
 STABLE_AFTER_SECONDS = 30.0  # a worker that ran this long starts the restart delay from the beginning again
 WORKER_PROBE_TIMEOUT_SECONDS = 2.0
 READY_LINE = b"codexgate ready"  # addons/lifecycle.py logs it once the worker serves
+# addons/metrics_export.py logs it once the worker's admin server listens on the port the kernel gave it.
+ADMIN_LINE = re.compile(rb"metrics at http://127\.0\.0\.1:(\d+)/metrics")
 SUPERVISOR_PID_ENV = "CODEXGATE_SUPERVISOR_PID"
 PR_SET_PDEATHSIG = 1  # linux/prctl.h
 
@@ -107,12 +110,6 @@ def check_ports_free(host: str, ports: list[int]) -> str | None:
     return None
 
 
-def _free_loopback_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 def _with_settings(argv: list[str], settings: dict[str, str]) -> list[str]:
     """`argv` with these `--set NAME=VALUE` instead of any it had (mitmproxy refuses an option set twice)."""
     kept: list[str] = []
@@ -141,7 +138,7 @@ def _last_setting(argv: list[str], name: str) -> str | None:
 @dataclass
 class Worker:
     index: int
-    admin_port: int = 0
+    admin_port: int = 0  # its admin server's, read from its log; 0 until it listens
     process: asyncio.subprocess.Process | None = None
     started: float = 0.0
     exited: list[int] = field(default_factory=list)
@@ -171,9 +168,14 @@ class Supervisor:
     # -- the workers -------------------------------------------------------------------------
 
     def _command(self, worker: Worker) -> list[str]:
-        settings = {"codexgate_writer_id": worker.name, "codexgate_metrics_port": str(worker.admin_port)}
-        if worker.admin_port:
-            settings["codexgate_metrics_host"] = "127.0.0.1"  # the supervisor serves the public admin port
+        settings = {"codexgate_writer_id": worker.name, "codexgate_metrics_port": "0"}
+        if self.metrics_port:
+            # The supervisor serves the public admin port and asks each worker's on loopback. The worker
+            # binds a port the kernel picks and names it in its log: a port picked here and bound by the
+            # worker seconds later (it imports mitmproxy first) could be taken in between, and the
+            # worker would exit before it was ready, stopping the whole deployment.
+            settings["codexgate_metrics_port"] = "-1"
+            settings["codexgate_metrics_host"] = "127.0.0.1"
         entry = "from codexgate.workers import worker_main; worker_main()"
         return [sys.executable, "-P", "-c", entry, *_with_settings(self.argv, settings)]
 
@@ -186,6 +188,7 @@ class Supervisor:
             # also learns from it when the worker is ready).
             "PYTHONUNBUFFERED": "1",
         }
+        worker.admin_port = 0
         worker.process = await asyncio.create_subprocess_exec(
             *self._command(worker),
             stdin=asyncio.subprocess.DEVNULL,
@@ -204,6 +207,8 @@ class Supervisor:
         prefix = f"[{worker.name}] ".encode()
         out = sys.stdout.buffer
         while line := await process.stdout.readline():
+            if not worker.admin_port and (admin := ADMIN_LINE.search(line)):
+                worker.admin_port = int(admin.group(1))
             if not worker.ever_ready and READY_LINE in line:
                 worker.ever_ready = True
                 if self._admin is not None:
@@ -292,6 +297,8 @@ class Supervisor:
         process = worker.process
         if process is None or process.returncode is not None:
             return "not running (restarting)"
+        if not worker.admin_port:
+            return "starting"
         try:
             with urllib.request.urlopen(
                 f"http://127.0.0.1:{worker.admin_port}/readyz", timeout=WORKER_PROBE_TIMEOUT_SECONDS
@@ -321,9 +328,6 @@ class Supervisor:
         # Files of an earlier run would be summed into this one's counters.
         shutil.rmtree(self.metrics_dir, ignore_errors=True)
         self.metrics_dir.mkdir(mode=0o700)
-        if self.metrics_port:
-            for worker in self.workers:
-                worker.admin_port = _free_loopback_port()
 
     async def run(self) -> int:
         self._loop = asyncio.get_running_loop()

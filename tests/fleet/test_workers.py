@@ -48,10 +48,12 @@ keys:
 """
 
 
-def wait_until(what: str, condition: Callable[[], bool]) -> None:
+def wait_until(what: str, condition: Callable[[], bool], gateway: Gateway | None = None) -> None:
     deadline = time.monotonic() + BOUND
     while not condition():
-        assert time.monotonic() < deadline, f"not within {BOUND:.0f} s: {what}"
+        if time.monotonic() >= deadline:
+            log = f"\n{gateway.log_text()}" if gateway is not None else ""  # why, when it is the gateway's
+            raise AssertionError(f"not within {BOUND:.0f} s: {what}{log}")
         time.sleep(0.05)
 
 
@@ -69,7 +71,7 @@ def _start(tmp_path: Path, upstream: FakeOpenAI, *extra: str) -> Gateway:
     gateway.metrics_port = free_port()
     gateway.extra_args = ["--workers", "2", *extra]
     gateway.start()
-    wait_until("both workers ready", lambda: _both_ready(gateway))
+    wait_until("both workers ready", lambda: _both_ready(gateway), gateway)
     return gateway
 
 

@@ -3,12 +3,18 @@
 from __future__ import annotations
 
 import json
+import logging
+import urllib.request
 from pathlib import Path
 
 import pytest
+from mitmproxy import exceptions
+from mitmproxy.test import taddons
 
+from codexgate.addons.metrics_export import MetricsExport
+from codexgate.metrics import GatewayMetrics
 from codexgate.usage_report import report
-from codexgate.workers import _last_setting, _with_settings, available_cores, default_workers
+from codexgate.workers import ADMIN_LINE, _last_setting, _with_settings, available_cores, default_workers
 
 
 def test_worker_settings_replace_the_ones_given_instead_of_repeating_them() -> None:
@@ -57,3 +63,24 @@ def test_available_cores_honours_the_cgroup_quota(tmp_path: Path) -> None:
     cpu_max.write_text("50000 100000\n")
     assert available_cores(cpu_max) == 1
     assert available_cores(tmp_path / "absent") == unlimited
+
+
+def test_a_worker_admin_server_binds_a_port_the_kernel_picks_and_names_it_as_the_supervisor_reads_it(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    # The supervisor cannot pick the port for the worker: between its pick and the worker's bind,
+    # seconds later, another program can take it, and the worker would exit before it was ready.
+    export = MetricsExport(GatewayMetrics())
+    with caplog.at_level(logging.INFO), taddons.context(export) as tctx:
+        tctx.options.update(codexgate_metrics_port=-1)
+        assert export._server is not None
+        port = export._server.port
+        assert port > 0
+        lines = [record.getMessage().encode() for record in caplog.records]
+        learned = [int(m.group(1)) for line in lines if (m := ADMIN_LINE.search(line))]
+        assert learned == [port]
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as answer:
+            assert b"codexgate_requests" in answer.read()  # it serves there
+        with pytest.raises(exceptions.OptionsError, match="not a port"):
+            tctx.options.update(codexgate_metrics_port=-2)
+        export._stop()
