@@ -14,8 +14,12 @@ Paths to the same fake OpenAI upstream (`bench/fake_upstream.py`, its own proces
 
   direct          client -> upstream
   mitmdump        client -> `mitmdump --mode reverse:...` (no addons of ours) -> upstream
-  mitmproxy-core  client -> codexgate's master without the chain (codexgate.master) -> upstream
-  codexgate       client -> `codexgate up` (full addon chain, base-URL listener) -> upstream
+  mitmproxy-core  client -> codexgate's master without the chain (codexgate.master, run with -O as
+                  `codexgate up` runs it) -> upstream
+  codexgate       client -> `codexgate up` (full addon chain, base-URL listener; Python -O) -> upstream
+Not measured unless named in --paths: `mitmdump-O` (the same mitmdump run with python -O, i.e.
+without mitmproxy's `__debug__` checks, as codexgate runs) and `codexgate-checks` (`codexgate up
+--python-checks`: with them).
 
 Open loop: requests leave on a fixed timetable whatever the answers do; latency counts from the
 *scheduled* send time, so a stalled server is charged for the requests queued behind it (no
@@ -64,7 +68,7 @@ REPO = HERE.parent
 MODEL = "gpt-bench"
 TRANSLATED_MODEL = "claude-bench"  # routed to the fake upstream's Anthropic-shaped /v1/messages
 KINDS = ("sse", "json", "translated")
-PATHS = ("direct", "mitmdump", "mitmproxy-core", "codexgate", "codexgate-limits")
+PATHS = ("direct", "mitmdump", "mitmdump-O", "mitmproxy-core", "codexgate", "codexgate-limits", "codexgate-checks")
 DEFAULT_PATHS = ("direct", "mitmdump", "mitmproxy-core", "codexgate")
 UPSTREAM_KEY_ENV = "BENCH_UPSTREAM_KEY"
 TARGET_RATIO = 1.3
@@ -1050,15 +1054,23 @@ def request_body(size: int, body_file: str | None = None, stream: bool = False, 
 
 
 def start_mitmdump(
-    procs: Processes, work: Path, upstream_base: str, port: int, env: dict[str, str], stream: bool = False
+    procs: Processes,
+    work: Path,
+    upstream_base: str,
+    port: int,
+    env: dict[str, str],
+    stream: bool = False,
+    name: str = "mitmdump",
 ) -> None:
     """Bare mitmdump in reverse mode, no addons (its own confdir keeps ~/.mitmproxy untouched);
-    with `stream`, every body is streamed as it arrives (stream_large_bodies=1)."""
-    confdir = work / "mitmdump-conf"
+    with `stream`, every body is streamed as it arrives (stream_large_bodies=1). `mitmdump-O`:
+    run by `python -O`."""
+    confdir = work / f"{name}-conf"
     confdir.mkdir(exist_ok=True)
+    flags = ["-O"] if name.endswith("-O") else []
     procs.start(
-        "mitmdump",
-        [sys.executable, "-c", "from mitmproxy.tools.main import mitmdump; mitmdump()"]
+        name,
+        [sys.executable, *flags, "-c", "from mitmproxy.tools.main import mitmdump; mitmdump()"]
         + ["--mode", f"reverse:{upstream_base}@127.0.0.1:{port}"]
         + ["--set", "flow_detail=0", "--set", "connection_strategy=lazy", "--set", f"confdir={confdir}"]
         + (["--set", "stream_large_bodies=1"] if stream else []),
@@ -1070,10 +1082,11 @@ def start_proxy_core(
     procs: Processes, work: Path, upstream_base: str, port: int, env: dict[str, str], stream: bool = False
 ) -> None:
     """codexgate's own master without the codexgate chain (the mitmproxy addons it keeps, no
-    others), in reverse mode: what the chain itself adds is codexgate minus this path."""
+    others), in reverse mode, run with -O as `codexgate up` runs the master: what the chain itself
+    adds is codexgate minus this path."""
     procs.start(
         "mitmproxy-core",
-        [sys.executable, "-c", "from codexgate.master import main; main(with_chain=False)"]
+        [sys.executable, "-O", "-c", "from codexgate.master import main; main(with_chain=False)"]
         + ["--mode", f"reverse:{upstream_base}@127.0.0.1:{port}"]
         + ["--set", "connection_strategy=lazy", "--set", f"confdir={work / 'core-conf'}"]
         + (["--set", "stream_large_bodies=1"] if stream else []),
@@ -1111,6 +1124,8 @@ def start_codexgate(
         lines = [f"{k.strip()}: {v.strip()}" for k, _, v in (o.partition("=") for o in options)]
         (data_dir / "mitmproxy" / "config.yaml").write_text("\n".join(lines) + "\n", encoding="utf-8")
     up = [*cli, "up", "--policy", str(policy), "--data-dir", str(data_dir)]
+    if name.endswith("-checks"):
+        up.append("--python-checks")
     up += ["--proxy-port", str(free_port()), "--gateway-port", str(procs.ports[name])]
     help_text = subprocess.run(
         [*cli, "up", "--help"], env=env, cwd=work, capture_output=True, text=True, check=False
@@ -1213,9 +1228,11 @@ def run_all(
             targets[name] = {"url": f"{upstream_base}{upstream_path}", "headers": upstream_headers,
                              "server": "upstream", "body": upstream_body}  # fmt: skip
             continue
-        if name in ("mitmdump", "mitmproxy-core"):
-            start = start_mitmdump if name == "mitmdump" else start_proxy_core
-            start(procs, work, upstream_base, procs.ports[name], env, stream)
+        if name in ("mitmdump", "mitmdump-O", "mitmproxy-core"):
+            if name == "mitmproxy-core":
+                start_proxy_core(procs, work, upstream_base, procs.ports[name], env, stream)
+            else:
+                start_mitmdump(procs, work, upstream_base, procs.ports[name], env, stream, name)
             headers, path, path_body = upstream_headers, upstream_path, upstream_body
         else:
             options = args.gateway_set + args.variant_options.get(name, [])

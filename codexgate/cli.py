@@ -240,6 +240,15 @@ def _up_locked(args: argparse.Namespace, config: dict[str, Any], data_dir: Path,
         entry = "from mitmproxy.tools.main import mitmdump; mitmdump()"
     else:
         entry = "from codexgate.master import main; main()"
+    # -P: `-c` would put the current directory first on the import path, and a folder named
+    # codexgate there (the parent of a clone, say) would shadow the installed package.
+    flags = ["-P"]
+    if not (args.web or args.mitmdump or args.python_checks):
+        # -O drops mitmproxy's `if __debug__` type checks of every Request, Response and layer event,
+        # which it is written to run without (mitmproxy/proxy/utils.py, `expect`), and the asserts that
+        # narrow types: a request cannot reach either, only an addon bug can. mitmweb and stock
+        # mitmdump, the inspection modes, keep them.
+        flags.append("-O")
     workers = args.workers if args.workers is not None else 1 if args.web or args.mitmdump else None
     if workers is None:
         from codexgate.workers import default_workers
@@ -254,10 +263,8 @@ def _up_locked(args: argparse.Namespace, config: dict[str, Any], data_dir: Path,
             return 2
         from codexgate.workers import supervise  # N gateway processes on the same ports (codexgate/workers.py)
 
-        return supervise(workers, argv, data_dir, lock_fd, host, [proxy_port, gateway_port])
-    # -P: `-c` would put the current directory first on the import path, and a folder named
-    # codexgate there (the parent of a clone, say) would shadow the installed package.
-    os.execv(sys.executable, [sys.executable, "-P", "-c", entry, *argv])
+        return supervise(workers, argv, data_dir, lock_fd, host, [proxy_port, gateway_port], flags)
+    os.execv(sys.executable, [sys.executable, *flags, "-c", entry, *argv])
     return 0  # not reached
 
 
@@ -405,6 +412,11 @@ def build_parser() -> argparse.ArgumentParser:
         "--workers", type=int, metavar="N",
         help="gateway processes sharing the listeners, the data dir and the store (default: $CODEXGATE_WORKERS, "
         "else the cores available; 1 = one process, as with --web and --mitmdump)",
+    )  # fmt: skip
+    up.add_argument(
+        "--python-checks", action="store_true",
+        help="run the gateway master with Python's assertions and mitmproxy's per-object type checks, which "
+        "catch a bug in an addon, not a bad request (off by default: they cost 5-20%% of the CPU; docs/benchmarks.md)",
     )  # fmt: skip
     up.add_argument("--web-port", type=int, default=8081, help="mitmweb port (password: $CODEXGATE_WEB_PASSWORD)")
     up.add_argument(

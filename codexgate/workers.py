@@ -150,9 +150,12 @@ class Worker:
 
 
 class Supervisor:
-    def __init__(self, count: int, argv: list[str], data_dir: Path, lock_fd: int) -> None:
+    def __init__(
+        self, count: int, argv: list[str], data_dir: Path, lock_fd: int, flags: tuple[str, ...] = ("-P",)
+    ) -> None:
         self.count = count
         self.argv = argv
+        self.flags = flags  # the interpreter's, as `codexgate up` would run a single gateway
         self.data_dir = data_dir
         self.lock_fd = lock_fd
         self.metrics_port = int(_last_setting(argv, "codexgate_metrics_port") or 0)
@@ -177,7 +180,7 @@ class Supervisor:
             settings["codexgate_metrics_port"] = "-1"
             settings["codexgate_metrics_host"] = "127.0.0.1"
         entry = "from codexgate.workers import worker_main; worker_main()"
-        return [sys.executable, "-P", "-c", entry, *_with_settings(self.argv, settings)]
+        return [sys.executable, *self.flags, "-c", entry, *_with_settings(self.argv, settings)]
 
     async def _start(self, worker: Worker) -> None:
         env = {
@@ -350,12 +353,14 @@ class Supervisor:
         return self.exit_code
 
 
-def supervise(count: int, argv: list[str], data_dir: Path, lock_fd: int, host: str, ports: list[int]) -> int:
+def supervise(
+    count: int, argv: list[str], data_dir: Path, lock_fd: int, host: str, ports: list[int], flags: list[str]
+) -> int:
     problem = check_ports_free(host, ports)
     if problem:
         print(f"codexgate up: {problem}", file=sys.stderr)
         return 1
-    supervisor = Supervisor(count, argv, data_dir, lock_fd)
+    supervisor = Supervisor(count, argv, data_dir, lock_fd, tuple(flags))
     supervisor.prepare()
     return asyncio.run(supervisor.run())
 

@@ -132,6 +132,9 @@ def test_two_workers_share_the_ports_the_limits_and_the_records(tmp_path: Path, 
                 break
         assert writers == {"accounting-w0.jsonl", "accounting-w1.jsonl"}, writers
         assert not (gateway.data_dir / "accounting.jsonl").exists()  # never one file appended by two processes
+        for pid in _worker_pids(gateway).values():  # run as a single gateway is: optimised (cli.py)
+            argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+            assert b"-O" in argv[: argv.index(b"-c")], argv
 
         # 2. The official SDK through the same port, for a streamed answer too.
         client = openai.OpenAI(base_url=gateway.base_url, api_key=ALICE_KEY, max_retries=0, timeout=20)

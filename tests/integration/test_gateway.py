@@ -28,7 +28,30 @@ def proxy_client(gateway: Gateway, key: str = ALICE_KEY) -> openai.OpenAI:
 
 def test_codexgate_up_runs_the_gateway_master(gateway: Gateway) -> None:
     assert gateway.process is not None  # `codexgate up` exec'd it in place of itself
-    assert b"from codexgate.master import main" in Path(f"/proc/{gateway.process.pid}/cmdline").read_bytes()
+    argv = Path(f"/proc/{gateway.process.pid}/cmdline").read_bytes().split(b"\0")
+    assert b"from codexgate.master import main; main()" in argv
+    # Optimised (docs/benchmarks.md): every test that starts a gateway runs the chain as deployed.
+    assert b"-O" in argv[: argv.index(b"-c")]
+
+
+def test_python_checks_run_the_gateway_master_with_asserts_on(
+    tmp_path_factory: pytest.TempPathFactory, fake_openai: FakeOpenAI
+) -> None:
+    from fakes.gateway import policy_text
+
+    root = tmp_path_factory.mktemp("python-checks")
+    policy = root / "policy.yaml"
+    policy.write_text(policy_text(fake_openai.url))
+    checked = Gateway(policy, root / "data")
+    checked.extra_args = ["--python-checks"]
+    checked.start()
+    try:
+        assert checked.process is not None
+        argv = Path(f"/proc/{checked.process.pid}/cmdline").read_bytes().split(b"\0")
+        assert b"from codexgate.master import main; main()" in argv and b"-O" not in argv
+        assert client(checked).responses.create(model="mock-model", input="checked").status == "completed"
+    finally:
+        checked.stop()
 
 
 def test_mock_responses_non_streamed(gateway: Gateway) -> None:
@@ -342,7 +365,9 @@ def test_the_chain_governs_the_same_under_stock_mitmdump(
         assert [line["decision"] for line in lines] == ["forwarded", "forwarded", "model_not_allowed"]
         # It really is stock mitmdump (the CLI exec'd it in place), and the default run is not.
         assert stock.process is not None
-        assert b"mitmdump()" in Path(f"/proc/{stock.process.pid}/cmdline").read_bytes()
+        stock_argv = Path(f"/proc/{stock.process.pid}/cmdline").read_bytes().split(b"\0")
+        assert b"from mitmproxy.tools.main import mitmdump; mitmdump()" in stock_argv
+        assert b"-O" not in stock_argv  # stock mitmdump, as mitmproxy ships it: its checks on
         # Its flow log is off: the accounting line is the one record per request.
         assert "<< 200" not in stock.log_text()
     finally:
