@@ -1,0 +1,120 @@
+"""Two ways of running the same proxy, closed loop, in alternated short rounds: the median of the
+pairs' ratios, CPU per request and maximum rate.
+
+`bench_overhead.py` measures each path once per run, one after the other; on the shared 2-core VM the
+machine's speed drifts between those measurements by more than a 10 % change. Here each pair (A, B)
+is measured back to back, N times, in alternating order (A B, B A, A B, ...), and the ratio is taken
+within each pair: the drift moves both sides of a pair alike.
+
+    .venv/bin/python bench/bench_alternate.py --kind json --rounds 8 --seconds 3
+    .venv/bin/python bench/bench_alternate.py --kind sse --pairs codexgate,codexgate-checks
+
+Paths (bench_overhead.py's): codexgate (`codexgate up`, run with -O), codexgate-checks (`codexgate
+up --python-checks`), mitmdump, mitmdump-O (the same mitmdump run by `python -O`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import sys
+import tempfile
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import bench_overhead as bench  # noqa: E402
+
+UPSTREAM_KEY = "sk-bench-upstream-alternate"
+
+
+def start(procs: bench.Processes, work: Path, names: list[str], kind: str, env: dict[str, str]) -> dict[str, Any]:
+    """Each path's target (url, headers, body), started and answering."""
+    stream = kind in ("sse", "translated")
+    upstream_base = f"http://127.0.0.1:{procs.ports['upstream']}"
+    targets: dict[str, dict[str, Any]] = {}
+    for name in names:
+        if name.startswith("mitmdump"):
+            bench.start_mitmdump(procs, work, upstream_base, procs.ports[name], env, stream, name)
+            if kind == "translated":
+                headers = {"x-api-key": UPSTREAM_KEY, "anthropic-version": "2023-06-01",
+                           "Content-Type": "application/json"}  # fmt: skip
+                path, body = "/v1/messages", bench.anthropic_body(0)
+            else:
+                headers = {"Authorization": f"Bearer {UPSTREAM_KEY}", "Content-Type": "application/json"}
+                path, body = "/v1/responses", bench.request_body(0, None, stream=stream)
+        else:
+            key = bench.start_codexgate(procs, work, name, procs.ports["upstream"], env, [])
+            headers = {"Authorization": f"Bearer {key}", "Content-Type": "application/json"}
+            model = bench.TRANSLATED_MODEL if kind == "translated" else bench.MODEL
+            path, body = "/v1/responses", bench.request_body(0, None, stream=stream, model=model)
+        targets[name] = {"url": f"http://127.0.0.1:{procs.ports[name]}{path}", "headers": headers,
+                         "server": name, "body": body}  # fmt: skip
+    for name, target in targets.items():
+        bench.wait_ready(procs, name, target, target["body"])
+        problems = bench.sanity_check(name, target, target["body"])
+        if problems:
+            raise SystemExit(f"{name}: {problems}")
+    return targets
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--kind", choices=("json", "sse", "translated"), default="json")
+    parser.add_argument("--pairs", nargs="+", default=["codexgate,codexgate-checks", "mitmdump-O,mitmdump"],
+                        help="A,B: A measured against B (ratios A/B)")  # fmt: skip
+    parser.add_argument("--rounds", type=int, default=8, help="pairs measured, each in alternating order")
+    parser.add_argument("--seconds", type=float, default=3.0, help="closed-loop seconds per measurement")
+    parser.add_argument("--workers", type=int, default=8, help="closed-loop connections")
+    parser.add_argument("--json", help="write the measurements here")
+    args = parser.parse_args()
+    pairs = [tuple(pair.split(",")) for pair in args.pairs]
+    names = list(dict.fromkeys(name for pair in pairs for name in pair))
+    unknown = [name for name in names if name not in ("codexgate", "codexgate-checks", "mitmdump", "mitmdump-O")]
+    if unknown or any(len(pair) != 2 for pair in pairs):
+        parser.error(f"--pairs: A,B of codexgate, codexgate-checks, mitmdump, mitmdump-O (got {args.pairs})")
+    work = Path(tempfile.mkdtemp(prefix="bench-alternate-"))
+    procs = bench.Processes(work)
+    results: dict[str, list[dict[str, float]]] = {name: [] for name in names}
+    try:
+        env = {**os.environ, bench.UPSTREAM_KEY_ENV: UPSTREAM_KEY, "PYTHONUNBUFFERED": "1"}
+        procs.ports = {"upstream": bench.free_port(), **{name: bench.free_port() for name in names}}
+        procs.start(
+            "upstream",
+            [sys.executable, str(bench.HERE / "fake_upstream.py"), "--port", str(procs.ports["upstream"])]
+            + ["--sse-events", "50"],
+            env,
+        )
+        targets = start(procs, work, names, args.kind, env)
+        stream = args.kind != "json"
+        for round_number in range(args.rounds):
+            for pair in pairs:
+                for name in pair if round_number % 2 == 0 else reversed(pair):
+                    spec = {"kind": "closed", "warmup": 0.5, "duration": args.seconds, "workers": args.workers,
+                            "timeout": 10, "stream": stream, **targets[name]}  # fmt: skip
+                    server = procs.procs[name].pid
+                    measured = bench.run_loadgen(spec, server, procs.procs["upstream"].pid)
+                    fields = bench.cpu_fields(measured["cpu_s"], measured["requests_total"])
+                    results[name].append({"rps": measured["throughput_rps"], "cpu_us": fields["server_cpu_us_per_req"]})
+    finally:
+        procs.stop_all()
+    print(f"{args.kind}, closed loop ({args.workers} connections, {args.seconds:g} s), {args.rounds} alternated pairs:")
+    for a, b in pairs:
+        cpu = sorted(x["cpu_us"] / y["cpu_us"] for x, y in zip(results[a], results[b], strict=True))
+        rps = sorted(x["rps"] / y["rps"] for x, y in zip(results[a], results[b], strict=True))
+        print(
+            f"  {a} / {b}: CPU per request {statistics.median(cpu):.2f}x (pairs {cpu[0]:.2f}-{cpu[-1]:.2f}), "
+            f"max rate {statistics.median(rps):.2f}x ({rps[0]:.2f}-{rps[-1]:.2f}); medians "
+            f"{statistics.median(x['cpu_us'] for x in results[a]):.0f} / "
+            f"{statistics.median(x['cpu_us'] for x in results[b]):.0f} us per request"
+        )
+    if args.json:
+        Path(args.json).write_text(json.dumps({"kind": args.kind, "pairs": args.pairs, "results": results}, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
