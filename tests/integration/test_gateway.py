@@ -34,17 +34,22 @@ def test_codexgate_up_runs_the_gateway_master(gateway: Gateway) -> None:
     assert b"-O" in argv[: argv.index(b"-c")]
 
 
+def _started_with(tmp_path_factory: pytest.TempPathFactory, fake_openai: FakeOpenAI, *extra_args: str) -> Gateway:
+    """A gateway of its own on the integration policy, `codexgate up` given `extra_args`."""
+    from fakes.gateway import policy_text
+
+    root = tmp_path_factory.mktemp("gateway")
+    policy = root / "policy.yaml"
+    policy.write_text(policy_text(fake_openai.url))
+    gateway = Gateway(policy, root / "data")
+    gateway.extra_args = list(extra_args)
+    return gateway.start()
+
+
 def test_python_checks_run_the_gateway_master_with_asserts_on(
     tmp_path_factory: pytest.TempPathFactory, fake_openai: FakeOpenAI
 ) -> None:
-    from fakes.gateway import policy_text
-
-    root = tmp_path_factory.mktemp("python-checks")
-    policy = root / "policy.yaml"
-    policy.write_text(policy_text(fake_openai.url))
-    checked = Gateway(policy, root / "data")
-    checked.extra_args = ["--python-checks"]
-    checked.start()
+    checked = _started_with(tmp_path_factory, fake_openai, "--python-checks")
     try:
         assert checked.process is not None
         argv = Path(f"/proc/{checked.process.pid}/cmdline").read_bytes().split(b"\0")
@@ -344,14 +349,7 @@ def test_the_chain_governs_the_same_under_stock_mitmdump(
     tmp_path_factory: pytest.TempPathFactory, fake_openai: FakeOpenAI
 ) -> None:
     """`codexgate up --mitmdump`: the chain as a script in stock mitmdump (all of mitmproxy's addons)."""
-    from fakes.gateway import policy_text
-
-    root = tmp_path_factory.mktemp("stock-mitmdump")
-    policy = root / "policy.yaml"
-    policy.write_text(policy_text(fake_openai.url))
-    stock = Gateway(policy, root / "data")
-    stock.extra_args = ["--mitmdump"]
-    stock.start()
+    stock = _started_with(tmp_path_factory, fake_openai, "--mitmdump")
     try:
         before = len(fake_openai.received)
         assert client(stock).responses.create(model="gpt-renamed", input="via mitmdump").model == "gpt-upstream-name"

@@ -4,6 +4,7 @@ headers, the stream callable fed the real Anthropic wire format chunk by chunk, 
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from typing import Any, cast
 
 import pytest
@@ -72,12 +73,17 @@ def test_a_translated_stream_has_our_framing_headers_and_keeps_the_providers_oth
     assert headers["x-ratelimit-remaining-requests"] == "99" and headers["request-id"] == "req_provider"
 
 
-def test_the_stream_callable_translates_chunk_by_chunk_and_usage_comes_from_the_stream():
+def translating_stream() -> tuple[http.HTTPFlow, Translate, Callable[[bytes], list[bytes]]]:
+    """A routed flow whose answer headers Translate has seen: the flow, the addon, its stream callable."""
     flow = routed_flow()
     addon = Translate()
     addon.responseheaders(flow)
     assert flow.response is not None and callable(flow.response.stream)
-    stream = flow.response.stream
+    return flow, addon, flow.response.stream
+
+
+def test_the_stream_callable_translates_chunk_by_chunk_and_usage_comes_from_the_stream():
+    flow, addon, stream = translating_stream()
     reply = Reply(content=[{"type": "text", "text": "Héllo ✓ from the fake"}], input_tokens=30, output_tokens=9)
     out: list[bytes] = []
     for chunk in upstream_events(reply):
@@ -95,11 +101,7 @@ def test_the_stream_callable_translates_chunk_by_chunk_and_usage_comes_from_the_
 
 
 def test_a_stream_cut_mid_answer_ends_in_response_failed_billing_the_input():
-    flow = routed_flow()
-    addon = Translate()
-    addon.responseheaders(flow)
-    assert flow.response is not None and callable(flow.response.stream)
-    stream = flow.response.stream
+    flow, addon, stream = translating_stream()
     chunks = upstream_events(Reply(content=[{"type": "text", "text": "cut short"}]))
     out: list[bytes] = []
     for chunk in chunks[:4]:  # message_start, the block's start and delta, no stop
