@@ -39,13 +39,8 @@ def start(procs: bench.Processes, work: Path, names: list[str], kind: str, env: 
     for name in names:
         if name.startswith("mitmdump"):
             bench.start_mitmdump(procs, work, upstream_base, procs.ports[name], env, stream, name)
-            if kind == "translated":
-                headers = {"x-api-key": UPSTREAM_KEY, "anthropic-version": "2023-06-01",
-                           "Content-Type": "application/json"}  # fmt: skip
-                path, body = "/v1/messages", bench.anthropic_body(0)
-            else:
-                headers = {"Authorization": f"Bearer {UPSTREAM_KEY}", "Content-Type": "application/json"}
-                path, body = "/v1/responses", bench.request_body(0, None, stream=stream)
+            plain = bench.request_body(0, None, stream=stream)
+            headers, path, body = bench.upstream_request(UPSTREAM_KEY, plain, kind == "translated")
         else:
             key = bench.start_codexgate(procs, work, name, procs.ports["upstream"], env, [])
             headers = {"Authorization": f"Bearer {key}", "Content-Type": "application/json"}

@@ -1044,6 +1044,15 @@ def anthropic_body(size: int) -> str:
     )
 
 
+def upstream_request(key: str, body: str, translated: bool, size: int = 0) -> tuple[dict[str, str], str, str]:
+    """(headers, path, body) of a request sent to the upstream itself: what the direct path and
+    the bare proxies send (`body`, or for the translated kind Anthropic's own request)."""
+    if translated:
+        headers = {"x-api-key": key, "anthropic-version": "2023-06-01", "Content-Type": "application/json"}
+        return headers, "/v1/messages", anthropic_body(size)
+    return {"Authorization": f"Bearer {key}", "Content-Type": "application/json"}, "/v1/responses", body
+
+
 def request_body(size: int, body_file: str | None = None, stream: bool = False, model: str = MODEL) -> str:
     if body_file:
         return json.dumps(dict(json.loads(Path(body_file).read_text()), model=model, stream=stream))
@@ -1216,12 +1225,7 @@ def run_all(
     upstream_cmd = [sys.executable, str(HERE / "fake_upstream.py"), "--port", str(procs.ports["upstream"])]
     procs.start("upstream", upstream_cmd + ["--sse-events", str(args.sse_events)], env)
     upstream_base = f"http://127.0.0.1:{procs.ports['upstream']}"
-    upstream_headers = {"Authorization": f"Bearer {upstream_key}", "Content-Type": "application/json"}
-    upstream_path, upstream_body = "/v1/responses", body
-    if translated:
-        upstream_headers = {"x-api-key": upstream_key, "anthropic-version": "2023-06-01",
-                            "Content-Type": "application/json"}  # fmt: skip
-        upstream_path, upstream_body = "/v1/messages", anthropic_body(args.body_bytes)
+    upstream_headers, upstream_path, upstream_body = upstream_request(upstream_key, body, translated, args.body_bytes)
     targets: dict[str, dict[str, Any]] = {}
     for name in args.path_list:
         if name == "direct":

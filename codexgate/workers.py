@@ -150,9 +150,7 @@ class Worker:
 
 
 class Supervisor:
-    def __init__(
-        self, count: int, argv: list[str], data_dir: Path, lock_fd: int, flags: tuple[str, ...] = ("-P",)
-    ) -> None:
+    def __init__(self, count: int, argv: list[str], data_dir: Path, lock_fd: int, flags: tuple[str, ...]) -> None:
         self.count = count
         self.argv = argv
         self.flags = flags  # the interpreter's, as `codexgate up` would run a single gateway

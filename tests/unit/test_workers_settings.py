@@ -73,14 +73,16 @@ def test_a_worker_admin_server_binds_a_port_the_kernel_picks_and_names_it_as_the
     export = MetricsExport(GatewayMetrics())
     with caplog.at_level(logging.INFO), taddons.context(export) as tctx:
         tctx.options.update(codexgate_metrics_port=-1)
-        assert export._server is not None
-        port = export._server.port
-        assert port > 0
-        lines = [record.getMessage().encode() for record in caplog.records]
-        learned = [int(m.group(1)) for line in lines if (m := ADMIN_LINE.search(line))]
-        assert learned == [port]
-        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as answer:
-            assert b"codexgate_requests" in answer.read()  # it serves there
-        with pytest.raises(exceptions.OptionsError, match="not a port"):
-            tctx.options.update(codexgate_metrics_port=-2)
-        export._stop()
+        try:
+            assert export._server is not None
+            port = export._server.port
+            assert port > 0
+            lines = [record.getMessage().encode() for record in caplog.records]
+            learned = [int(m.group(1)) for line in lines if (m := ADMIN_LINE.search(line))]
+            assert learned == [port]
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as answer:
+                assert b"codexgate_requests" in answer.read()  # it serves there
+            with pytest.raises(exceptions.OptionsError, match="not a port"):
+                tctx.options.update(codexgate_metrics_port=-2)
+        finally:
+            export._stop()
