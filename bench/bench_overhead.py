@@ -23,7 +23,10 @@ without mitmproxy's `__debug__` checks, as codexgate runs) and `codexgate-checks
 
 Open loop: requests leave on a fixed timetable whatever the answers do; latency counts from the
 *scheduled* send time, so a stalled server is charged for the requests queued behind it (no
-coordinated omission). Closed loop: N workers back to back, for the maximum throughput.
+coordinated omission). Closed loop: N workers back to back, for the maximum throughput, in
+`--closed-rounds` rounds over the paths in alternated order; the max-rate ratio (codexgate /
+mitmdump) and the chain's CPU (codexgate − mitmproxy-core) are taken within each round, reported as
+the median and range of the rounds.
 Paired (`--paired A,B[,C...]`): one open loop whose requests take turns between the paths, A, B,
 A, B, ..., so all see the same moments of the machine; each path's p50 minus A's is free of the
 drift between rounds that dominates a difference of two separate measurements (docs/benchmarks.md).
@@ -471,6 +474,40 @@ def merge_open(path: str, rate: float, segments: list[dict[str, Any]]) -> dict[s
     }
 
 
+def merge_closed(rounds: list[dict[str, Any]]) -> dict[str, Any]:
+    """One path's closed-loop result from its alternated rounds: the median round (by throughput),
+    with every round's throughput and CPU per request beside it (`round_rps`, `round_cpu_us`)."""
+    ordered = sorted(rounds, key=lambda r: r["throughput_rps"])
+    median = dict(ordered[(len(ordered) - 1) // 2])
+    median["round_rps"] = [r["throughput_rps"] for r in rounds]
+    median["round_cpu_us"] = [r["server_cpu_us_per_req"] for r in rounds]
+    return median
+
+
+def round_ratio(closed: dict[str, dict[str, Any]], field: str, a: str, b: str) -> dict[str, Any] | None:
+    """`a`'s figure over `b`'s within each closed-loop round (measured back to back), as the median
+    and the range of the rounds' ratios; None unless both paths ran."""
+    if a not in closed or b not in closed:
+        return None
+    ratios = sorted(x / y for x, y in zip(closed[a][field], closed[b][field], strict=True) if y)
+    if not ratios:
+        return None
+    return {"median": round(statistics.median(ratios), 2), "min": round(ratios[0], 2), "max": round(ratios[-1], 2)}
+
+
+def spread(figure: dict[str, Any] | None) -> str:
+    """A median with its rounds' range, for the summary table."""
+    return "–" if not figure else f"{figure['median']:g} ({figure['min']:g}–{figure['max']:g})"
+
+
+def round_difference(closed: dict[str, dict[str, Any]], field: str, a: str, b: str) -> dict[str, Any] | None:
+    """`a`'s figure minus `b`'s within each closed-loop round, as the median and the range."""
+    if a not in closed or b not in closed:
+        return None
+    diffs = sorted(x - y for x, y in zip(closed[a][field], closed[b][field], strict=True))
+    return {"median": round(statistics.median(diffs), 1), "min": round(diffs[0], 1), "max": round(diffs[-1], 1)}
+
+
 DISPATCH_FRAMES = ("AddonManager.", "traverse ", "Hook.args", "_GeneratorContextManager", "contextmanager.<locals>")
 
 
@@ -787,19 +824,31 @@ def markdown_report(report: dict[str, Any]) -> str:
         lines += [
             "",
             f"Closed loop (max throughput): {first['workers']} concurrent keep-alive workers, "
-            f"{cfg['closed_duration']:g} s after {cfg['warmup']:g} s warm-up. CPU columns in % of one core.",
+            f"{cfg['closed_duration']:g} s after {cfg['warmup']:g} s warm-up, {len(first['round_rps'])} rounds "
+            "in alternated order; each row is the path's median round (by max req/s). CPU columns in % of one core.",
             "",
-            "| path | max req/s | p50 ms | p99 ms | errors | server CPU µs/req | server CPU | upstream CPU "
-            "| load-gen CPU | other load |",
-            "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+            "| path | max req/s | rounds' req/s | p50 ms | p99 ms | errors | server CPU µs/req | rounds' µs/req "
+            "| server CPU | upstream CPU | load-gen CPU | other load |",
+            "|---|---:|---|---:|---:|---:|---:|---|---:|---:|---:|---:|",
         ]
         for r in report["closed_loop"]:
             lat = r["latency_ms"]
             lines.append(
-                f"| {r['path']} | {r['throughput_rps']:.0f} | {fmt(lat['p50'])} | {fmt(lat['p99'])} | {r['errors']} "
-                f"| {fmt(r['server_cpu_us_per_req'], 0)} | {fmt(r['server_cpu_pct'], 0)} "
+                f"| {r['path']} | {r['throughput_rps']:.0f} | {', '.join(f'{x:.0f}' for x in r['round_rps'])} "
+                f"| {fmt(lat['p50'])} | {fmt(lat['p99'])} | {r['errors']} "
+                f"| {fmt(r['server_cpu_us_per_req'], 0)} | {', '.join(f'{x:.0f}' for x in r['round_cpu_us'])} "
+                f"| {fmt(r['server_cpu_pct'], 0)} "
                 f"| {fmt(r['upstream_cpu_pct'], 0)} | {fmt(r['loadgen_cpu_pct'], 0)} | {fmt(r['other_cpu_pct'], 0)} |"
             )
+        for label, figure, unit in (
+            ("max req/s codexgate / mitmdump", report.get("throughput_ratio_rounds"), "×"),
+            ("chain CPU (codexgate − mitmproxy-core), µs per request", report.get("closed_chain_cpu_us_per_req"), ""),
+        ):
+            if figure:
+                lines.append(
+                    f"\n{label}, within each round: median **{figure['median']:g}{unit}** "
+                    f"(rounds {figure['min']:g}–{figure['max']:g}{unit})"
+                )
     rate = cfg["ratio_rate"]
     gateways = dict.fromkeys(r["path"] for r in report["open_loop"] if r["path"].startswith("codexgate"))
     for gateway in gateways or ["codexgate"]:
@@ -906,7 +955,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "--rounds", type=int, default=3, help="split each open-loop measurement into this many interleaved rounds"
     )
     parser.add_argument("--warmup", type=float, default=1, help="unreported warm-up seconds before each measurement")
-    parser.add_argument("--closed-duration", type=float, default=5, help="measured seconds of the closed loop")
+    parser.add_argument("--closed-duration", type=float, default=5, help="measured seconds of each closed loop")
+    parser.add_argument(
+        "--closed-rounds",
+        type=int,
+        default=3,
+        help="closed loops per path, in alternated order; the max-rate ratio is the median of the rounds' ratios",
+    )
     parser.add_argument("--workers", type=int, default=16, help="closed-loop concurrent workers (connections)")
     parser.add_argument("--no-closed", action="store_true", help="skip the closed-loop (max throughput) runs")
     parser.add_argument("--connections", type=int, default=64, help="open-loop connection pool size (keep-alive)")
@@ -1310,16 +1365,26 @@ def run_all(
             )
     if args.paired:
         report["paired"] = measure_paired(args, targets, measure, spec_for)
-    for name in [] if args.no_closed else targets:
-        spec = spec_for(name, kind="closed", duration=args.closed_duration, warmup=args.warmup, workers=args.workers)
-        result = measure(spec, name, f"{name}-closed")
-        result.update(path=name, **cpu_fields(result["cpu_s"], result["requests_total"]))
-        report["closed_loop"].append(result)
-        print(
-            f"# closed {name:16s} {args.workers} workers: {result['throughput_rps']:.0f} req/s, "
-            f"errors {result['errors']}",
-            file=sys.stderr,
-        )
+    closed_rounds: dict[str, list[dict[str, Any]]] = {name: [] for name in targets}
+    for round_number in range(0 if args.no_closed else args.closed_rounds):
+        # Alternated order (forward, then backward): the machine's drift between one measurement and
+        # the next moves the paths of a round alike, and the ratios are taken within each round.
+        order = list(targets) if round_number % 2 == 0 else list(reversed(targets))
+        for name in order:
+            duration = args.closed_duration
+            spec = spec_for(name, kind="closed", duration=duration, warmup=args.warmup, workers=args.workers)
+            last = round_number == args.closed_rounds - 1
+            result = measure(spec, name, f"{name}-closed" if last else None)
+            result.update(path=name, **cpu_fields(result["cpu_s"], result["requests_total"]))
+            closed_rounds[name].append(result)
+            print(
+                f"# closed {name:16s} {args.workers} workers, round {round_number + 1}: "
+                f"{result['throughput_rps']:.0f} req/s, errors {result['errors']}",
+                file=sys.stderr,
+            )
+    for rounds in closed_rounds.values():
+        if rounds:
+            report["closed_loop"].append(merge_closed(rounds))
     for name in targets:
         options = args.gateway_set + args.variant_options.get(name, [])
         if name.startswith("codexgate") and "codexgate_accounting=false" not in options:
@@ -1392,11 +1457,10 @@ def measure_kind(args: argparse.Namespace, kind: str) -> dict[str, Any]:
         and (bare := (open_results.get(("mitmdump", rate)) or {}).get("ttfb_ms", {}).get("p50")) is not None
     }
     closed = {r["path"]: r for r in report["closed_loop"]}
-    report["throughput_ratio"] = (
-        round(closed["codexgate"]["throughput_rps"] / closed["mitmdump"]["throughput_rps"], 2)
-        if "codexgate" in closed and "mitmdump" in closed and closed["mitmdump"]["throughput_rps"]
-        else None
-    )
+    # Max rate and chain CPU in the closed loop, as ratios and differences within each alternated round.
+    report["throughput_ratio_rounds"] = round_ratio(closed, "round_rps", "codexgate", "mitmdump")
+    report["throughput_ratio"] = (report["throughput_ratio_rounds"] or {}).get("median")
+    report["closed_chain_cpu_us_per_req"] = round_difference(closed, "round_cpu_us", "codexgate", "mitmproxy-core")
     cpu = {r["path"]: r["server_cpu_us_per_req"] for r in report["open_loop"] if r["rate"] == args.ratio_rate}
     report["chain_cpu_us_per_req"] = (
         round(cpu["codexgate"] - cpu["mitmproxy-core"], 1) if "codexgate" in cpu and "mitmproxy-core" in cpu else None
@@ -1435,15 +1499,17 @@ def main(argv: list[str] | None = None) -> int:
             print(f"\n{name} accounting lines: {acc['records']} ({acc['forwarded_with_usage']} forwarded with usage)")
     print("\n## All kinds\n")
     print(
-        "| kind | key ratio (added p50 / mitmdump's) | max req/s codexgate / mitmdump "
-        "| chain CPU µs/req over mitmproxy-core | first byte p50 over mitmdump's, ms |"
+        "| kind | key ratio (added p50 / mitmdump's) | max req/s codexgate / mitmdump (rounds) "
+        "| chain CPU µs/req over mitmproxy-core: open loop | closed loop (rounds) "
+        "| first byte p50 over mitmdump's, ms |"
     )
-    print("|---|---:|---:|---:|---|")
+    print("|---|---:|---:|---:|---:|---|")
     for kind, report in reports.items():
         ratio = report["key_ratio"]
         ttfb = ", ".join(f"{d:+.2f} at {rate:g}/s" for rate, d in report["ttfb_over_mitmdump_ms"].items()) or "–"
         print(
-            f"| {kind} | {fmt(ratio)} | {fmt(report['throughput_ratio'])} | {fmt(report['chain_cpu_us_per_req'], 0)} "
+            f"| {kind} | {fmt(ratio)} | {spread(report.get('throughput_ratio_rounds'))} "
+            f"| {fmt(report['chain_cpu_us_per_req'], 0)} | {spread(report.get('closed_chain_cpu_us_per_req'))} "
             f"| {ttfb} |"
         )
     if args.json:
