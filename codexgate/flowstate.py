@@ -228,8 +228,12 @@ class GatewayRequest:
 
 
 def state_of(flow: http.HTTPFlow) -> GatewayRequest | None:
+    """The flow's governed-request state; None for a flow the gateway does not govern, or one
+    loaded from a flow file (its metadata holds the plain-value record, not the state)."""
     state = flow.metadata.get(METADATA_KEY)
-    return state if isinstance(state, GatewayRequest) else None
+    # An exact class test by attribute, not `isinstance`: every step calls this, several times a
+    # request, and nothing subclasses GatewayRequest.
+    return state if state.__class__ is GatewayRequest else None
 
 
 def answer_locally(flow: http.HTTPFlow, response: http.Response, decision: Decision = Decision.ANSWERED) -> None:
