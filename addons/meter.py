@@ -105,7 +105,7 @@ def _is_event_stream(fields: tuple[tuple[bytes, bytes], ...]) -> bool:
     """`"text/event-stream" in response.headers.get("content-type", "")` (every content-type field),
     from the raw fields (`response.headers.fields`): a name is lower-cased only where its value names
     an event stream, so a JSON answer is told without a call."""
-    for name, value in fields:
+    for name, value in fields:  # noqa: SIM110 (a loop: no generator frame resumed per field)
         if b"text/event-stream" in value and name.lower() == b"content-type":
             return True
     return False
@@ -157,8 +157,9 @@ class Meter:
             if state.answered_locally and response.status_code >= 400:
                 return  # the gateway's own refusal: nothing was used
             # `get_content(strict=False)`, without its `Headers.get` when nothing is encoded.
-            fields = response.headers.fields
-            encoded = b"content-encoding" in lowered_names(fields) and header_value(response.headers, b"content-encoding")
+            headers = response.headers
+            fields = headers.fields
+            encoded = b"content-encoding" in lowered_names(fields) and header_value(headers, b"content-encoding")
             content = (response.get_content(strict=False) if encoded else response.raw_content) or b""
             if _is_event_stream(fields):
                 reader = StreamUsageReader(state.endpoint)
