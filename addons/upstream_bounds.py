@@ -30,7 +30,7 @@ from codexgate.errors import error_response
 from codexgate.flowstate import Decision, GatewayRequest, state_of
 from codexgate.headers import has_header
 from codexgate.metrics import GatewayMetrics
-from codexgate.mitm_seams import FAILED_EVENT, UPSTREAM_FAILURE, LiveCallable, UpstreamFailure
+from codexgate.mitm_seams import FAILED_EVENT, UPSTREAM_FAILURE, LiveCallable, UpstreamFailure, lowered_names
 from codexgate.usage import StreamUsageReader
 
 logger = logging.getLogger(__name__)
@@ -80,6 +80,10 @@ def stream_failure_event(flow: http.HTTPFlow, message: str) -> bytes:
     return (b"\n\n" if cut_mid_event else b"") + failed_event(state, reader, marker)
 
 
+# One for every flow: it holds nothing of any one flow.
+_STREAM_FAILURE_EVENT = LiveCallable(stream_failure_event)
+
+
 class UpstreamBounds:
     def __init__(self, metrics: GatewayMetrics | None = None) -> None:
         self._metrics = metrics or GatewayMetrics()
@@ -109,7 +113,7 @@ class UpstreamBounds:
         watch = UpstreamWatch(settings.connect_timeout, settings.first_byte_timeout, settings.idle_timeout,
                        settings.total_timeout, loop.time())  # fmt: skip
         flow.metadata[WATCH_KEY] = watch
-        flow.metadata[FAILED_EVENT] = LiveCallable(stream_failure_event)
+        flow.metadata[FAILED_EVENT] = _STREAM_FAILURE_EVENT
         watch.timer = loop.call_at(watch.started + min(watch.connect, watch.first_byte), self._check, flow, watch)
 
     def _check(self, flow: http.HTTPFlow, watch: UpstreamWatch) -> None:
@@ -223,7 +227,8 @@ def _is_json(response: http.Response) -> bool:
     content = response.raw_content
     if content is None:
         return False
-    if has_header(response.headers, b"content-encoding"):
+    headers = response.headers
+    if b"content-encoding" in lowered_names(headers.fields) and has_header(headers, b"content-encoding"):
         try:
             content = response.get_content(strict=True) or b""
         except ValueError:

@@ -283,11 +283,22 @@ def lowered_names(fields: tuple[tuple[bytes, bytes], ...]) -> bytes:
     return b"\n".join([name for name, _ in fields]).lower()
 
 
+# The last answer of `single_values`, by the very fields tuple it read: several steps read the same
+# request's head in turn, and mitmproxy's `Headers` replaces its `fields` tuple on every change
+# (a tuple cannot change), so the same tuple object means the same fields. Holding it keeps it
+# alive: its id cannot be reused by another tuple meanwhile.
+_single_values_of: tuple[tuple[tuple[bytes, bytes], ...], dict[bytes, bytes] | None] = ((), None)
+
+
 def single_values(fields: tuple[tuple[bytes, bytes], ...]) -> dict[bytes, bytes] | None:
     """Each field's raw value by its lower-case name, where no name repeats; None otherwise (a name
-    given twice, or one holding b"\\n": the caller reads those field by field)."""
+    given twice, or one holding b"\\n": the caller reads those field by field). Shared between
+    callers reading the same fields: never change the dict it returns."""
+    global _single_values_of
+    if fields is _single_values_of[0]:
+        return _single_values_of[1]
     names = b"\n".join([name for name, _ in fields]).lower().split(b"\n")
     by_name = dict(zip(names, [value for _, value in fields], strict=False))
-    if len(by_name) != len(fields) or len(names) != len(fields):
-        return None
-    return by_name
+    found = by_name if len(by_name) == len(fields) == len(names) else None
+    _single_values_of = (fields, found)
+    return found
