@@ -18,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import time
 from typing import Any
 
 from mitmproxy import connection, ctx, http
@@ -36,6 +37,11 @@ from codexgate.usage import StreamUsageReader
 logger = logging.getLogger(__name__)
 
 ANSWER_ENDPOINTS = ("responses", "chat")
+
+
+# asyncio's own loops tell time.monotonic(): `loop.time()` is called directly, without the method's
+# frame, where the loop's `time` is this one (as `upstream_watch.loop_clock` does).
+_BASE_LOOP_TIME = asyncio.BaseEventLoop.time
 
 
 def _connected(flow: http.HTTPFlow) -> bool:
@@ -111,10 +117,12 @@ class UpstreamBounds:
         settings = state.policy.policy.gateway.resilience
         loop = asyncio.get_running_loop()
         watch = UpstreamWatch(settings.connect_timeout, settings.first_byte_timeout, settings.idle_timeout,
-                       settings.total_timeout, loop.time())  # fmt: skip
+                       settings.total_timeout,
+                       time.monotonic() if type(loop).time is _BASE_LOOP_TIME else loop.time())  # fmt: skip
         flow.metadata[WATCH_KEY] = watch
         flow.metadata[FAILED_EVENT] = _STREAM_FAILURE_EVENT
-        watch.timer = loop.call_at(watch.started + min(watch.connect, watch.first_byte), self._check, flow, watch)
+        first = watch.first_byte if watch.first_byte < watch.connect else watch.connect  # min(), without its call
+        watch.timer = loop.call_at(watch.started + first, self._check, flow, watch)
 
     def _check(self, flow: http.HTTPFlow, watch: UpstreamWatch) -> None:
         watch.timer = None
@@ -170,7 +178,8 @@ class UpstreamBounds:
             # From here on the answer may not go quiet for longer than idle_timeout; a whole
             # (unstreamed) answer must complete within it. StreamWatch notes a stream's progress.
             watch.stage = "idle"
-            watch.last_data = asyncio.get_running_loop().time()
+            loop = asyncio.get_running_loop()
+            watch.last_data = time.monotonic() if type(loop).time is _BASE_LOOP_TIME else loop.time()
 
     # -- the outcome ---------------------------------------------------------------------------------
 
