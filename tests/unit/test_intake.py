@@ -209,3 +209,45 @@ def test_request_limits_count_every_header_byte(source):
     flow.request.headers.fields += ((b"x", b""),)
     limits.requestheaders(flow)
     assert flow.response is not None and flow.response.status_code == 431
+
+
+M = b'"model": "m"'
+BODIES = [
+    b'{"model": "m", "n": 123456789012345678901234567890, "f": 1e400, "z": -0.0}',
+    b'{"model": "m", "x": NaN, "y": -Infinity}',
+    b'{"model": "m", "a": 1, "a": 2}',
+    b'{"model": "m"}  \r\n\t',  # whitespace after the object
+    b'{"model": "m"} x',  # extra data
+    b'{"model": "m"}{}',
+    b"{" + M + b', "s": "\xed\xa0\x80"}',  # an encoded lone surrogate (json.loads decodes with surrogatepass)
+    b"{" + M + b', "s": "\xff"}',  # invalid UTF-8
+    b"{" + M + b', "s": "\\ud800"}',
+    b"{" + M + b', "s": "\x01"}',  # a control character in a string
+    b"\xef\xbb\xbf{" + M + b"}",  # a UTF-8 byte order mark
+    '{"model": "m"}'.encode("utf-16-le"),
+    '{"model": "m"}'.encode("utf-16"),
+    b"{",
+    b"{}",
+    b'{"model": "m", "d": ' + b"[" * 2000 + b"]" * 2000 + b"}",  # deeper than json.loads reads
+    b'{"model": "m", "d": ' + b"[" * 150 + b"]" * 150 + b"}",
+    b' {"model": "m"}',
+]
+
+
+@pytest.mark.parametrize("raw", BODIES)
+def test_the_body_is_read_exactly_as_json_loads_reads_it(intake, raw):
+    flow = make_flow(body=raw)
+    run(intake, flow)
+    try:
+        expected = json.loads(raw)
+    except RecursionError:
+        assert error_of(flow)["code"] == "json_too_deep"
+        return
+    except ValueError as exc:
+        error = error_of(flow)
+        assert error["code"] == "invalid_json" and str(exc)[:60] in error["message"]
+        return
+    if flow.response is not None:
+        assert error_of(flow)["code"] in ("json_too_deep", "missing_model")
+        return
+    assert repr(state_of(flow).body) == repr(expected)
