@@ -235,8 +235,9 @@ class RequestLimits:
                     length = value.strip()
                 elif lowered == b"transfer-encoding":
                     chunked = b"chunked" in value.lower()
-        clock = self._disarm(flow.client_conn)
+        clock = self._clocks.get(flow.client_conn.id)  # `_disarm`, inline
         if clock is not None:
+            clock.deadline = None
             clock.in_flight += 1
             if (
                 chunked
@@ -278,13 +279,11 @@ class RequestLimits:
                 if clock.receiving <= 0:
                     self._disarm(flow.client_conn)  # waiting on the answer: the upstream's bounds apply
 
-    def response(self, flow: http.HTTPFlow) -> None:
-        self._finished(flow)
-
     def error(self, flow: http.HTTPFlow) -> None:
-        self._finished(flow)
+        self.response(flow)
 
-    def _finished(self, flow: http.HTTPFlow) -> None:
+    def response(self, flow: http.HTTPFlow) -> None:
+        """The request is done (answered, or failed: `error`)."""
         clock = self._clocks.get(flow.client_conn.id)
         if clock is None:
             return

@@ -31,7 +31,7 @@ from codexgate.errors import error_response
 from codexgate.flowstate import Decision, GatewayRequest, state_of
 from codexgate.headers import has_header
 from codexgate.metrics import GatewayMetrics
-from codexgate.mitm_seams import FAILED_EVENT, UPSTREAM_FAILURE, LiveCallable, UpstreamFailure, lowered_names
+from codexgate.mitm_seams import FAILED_EVENT, UPSTREAM_FAILURE, LiveCallable, UpstreamFailure
 from codexgate.usage import StreamUsageReader
 
 logger = logging.getLogger(__name__)
@@ -237,7 +237,8 @@ def _is_json(response: http.Response) -> bool:
     if content is None:
         return False
     headers = response.headers
-    if b"content-encoding" in lowered_names(headers.fields) and has_header(headers, b"content-encoding"):
+    names = b"\n".join([name for name, _ in headers.fields]).lower()  # `lowered_names`, inline
+    if b"content-encoding" in names and has_header(headers, b"content-encoding"):
         try:
             content = response.get_content(strict=True) or b""
         except ValueError:
