@@ -19,6 +19,7 @@ from codexgate.errors import error_response
 from codexgate.failsafe import fail_closed
 from codexgate.flowstate import Decision, refuse, state_of
 from codexgate.headers import header_values
+from codexgate.mitm_seams import single_values
 from codexgate.policies.keys import hash_key
 
 logger = logging.getLogger(__name__)
@@ -44,13 +45,19 @@ KEY_FIELDS = frozenset({b"authorization", b"x-api-key", b"api-key", b"proxy-auth
 def key_candidates(headers: http.Headers) -> list[str]:
     """Every credential the request carries, in order of preference."""
     candidates = []
-    values = header_values(headers, KEY_FIELDS)
-    authorization = values.get(b"authorization", "")
-    if authorization[:7].lower() == "bearer " and authorization[7:].strip():
-        candidates.append(authorization[7:].strip())
+    by_name = single_values(headers.fields)
+    if by_name is None:  # a name given twice: its values folded as `Headers.get` folds them
+        values = header_values(headers, KEY_FIELDS)
+    else:
+        values = {name: by_name[name].decode("utf-8", "surrogateescape") for name in KEY_FIELDS if name in by_name}
+    authorization = values.get(b"authorization")
+    if authorization is not None and authorization[:7].lower() == "bearer ":
+        bearer = authorization[7:].strip()
+        if bearer:
+            candidates.append(bearer)
     for name in (b"x-api-key", b"api-key"):
-        value = values.get(name, "").strip()
-        if value:
+        value = values.get(name)
+        if value and (value := value.strip()):
             candidates.append(value)
     proxy_authorization = values.get(b"proxy-authorization")
     if proxy_authorization is not None:
@@ -76,6 +83,9 @@ class Identify:
     def __init__(self) -> None:
         # Proxy credentials given on CONNECT, per client connection (gone with the connection).
         self._connect_keys: weakref.WeakKeyDictionary[connection.Client, str] = weakref.WeakKeyDictionary()
+        # Until a CONNECT gave one, no flow is looked up in `_connect_keys` (four calls a request; on
+        # the gateway listener there are no CONNECTs at all).
+        self._any_connect_key = False
 
     def http_connect(self, flow: http.HTTPFlow) -> None:
         value = flow.request.headers.get("proxy-authorization")
@@ -83,6 +93,7 @@ class Identify:
             key = key_from_proxy_authorization(value)
             if key:
                 self._connect_keys[flow.client_conn] = key
+                self._any_connect_key = True
 
     @fail_closed
     def requestheaders(self, flow: http.HTTPFlow) -> None:
@@ -93,7 +104,7 @@ class Identify:
         state = state_of(flow)
         if state is None:
             return
-        candidates = flow_key_candidates(flow, self._connect_keys)
+        candidates = flow_key_candidates(flow, self._connect_keys if self._any_connect_key else None)
         if not candidates:
             refuse(
                 flow,
@@ -106,9 +117,14 @@ class Identify:
             )
             return
         # A client behind a credentialed proxy may send a placeholder bearer: the first known key wins.
-        record = next(
-            (found for found in (state.policy.keys_by_hash.get(hash_key(c)) for c in candidates) if found), None
-        )
+        keys_by_hash = state.policy.keys_by_hash
+        record = None
+        for candidate in candidates:
+            record = keys_by_hash.get(hash_key(candidate))
+            if record:
+                break
+        else:
+            record = None
         if record is None:
             refuse(
                 flow,

@@ -9,6 +9,8 @@ from __future__ import annotations
 import json
 import logging
 import time
+from collections.abc import Callable
+from typing import Any
 
 from mitmproxy import http
 from mitmproxy.proxy.mode_specs import ReverseMode
@@ -20,6 +22,7 @@ from codexgate.errors import error_response
 from codexgate.failsafe import fail_closed
 from codexgate.flowstate import METADATA_KEY, Decision, GatewayRequest, refuse, state_of
 from codexgate.headers import header_value, header_values
+from codexgate.mitm_seams import single_values
 
 logger = logging.getLogger(__name__)
 
@@ -32,6 +35,11 @@ ENDPOINTS = {
 }
 SERVED = "POST /v1/responses, POST /v1/chat/completions, GET /v1/models"
 MAX_SESSION_ID = 128
+# `json.loads`'s own reading of a document (the C scanner of a default JSONDecoder), for an object
+# read from its first byte (see `Intake.request`).
+_SCAN_ONCE: Callable[[str, int], tuple[Any, int]] = json.JSONDecoder().scan_once  # type: ignore[attr-defined]
+_NOT_READ = object()
+DEFAULT_CAPS = IntakeCaps()  # without RequestLimits (frozen: one for all)
 HEAD_FIELDS = frozenset({b"session-id", b"x-session-id", b"upgrade"})  # read in one pass
 
 
@@ -53,9 +61,6 @@ class Intake:
         self._policy = policy
         self._limits = limits
 
-    def _caps(self) -> IntakeCaps:
-        return self._limits.caps if self._limits is not None else IntakeCaps()
-
     @fail_closed
     def requestheaders(self, flow: http.HTTPFlow) -> None:
         if flow.response or flow.error:
@@ -66,22 +71,34 @@ class Intake:
             return
         state = GatewayRequest(request_id=flow.id, policy=policy, mode="gateway" if gateway_listener else "proxy")
         flow.metadata[METADATA_KEY] = state
-        values = header_values(flow.request.headers, HEAD_FIELDS)
-        session = values.get(b"session-id") or values.get(b"x-session-id")
+        request = flow.request
+        headers = request.headers
+        by_name = single_values(headers.fields)
+        if by_name is None:  # a name given twice: its values folded as `Headers.get` folds them
+            values = header_values(headers, HEAD_FIELDS)
+            session = values.get(b"session-id") or values.get(b"x-session-id")
+            upgrade = values.get(b"upgrade")
+        else:  # decoded only where present (`header_values` decodes as this does)
+            raw = by_name.get(b"session-id") or by_name.get(b"x-session-id")
+            session = raw.decode("utf-8", "surrogateescape") if raw else None
+            raw = by_name.get(b"upgrade")
+            upgrade = raw.decode("utf-8", "surrogateescape") if raw is not None else None
         state.session_id = session[:MAX_SESSION_ID] if session else None
-        path = _normalised_path(flow.request.path)
-        if path.endswith("/responses") and values.get(b"upgrade", "").lower() == "websocket":
+        path = request.path.split("?", 1)[0].rstrip("/") or "/"  # `_normalised_path`, inline
+        if upgrade is not None and path.endswith("/responses") and upgrade.lower() == "websocket":
             # Codex tries Responses over WebSocket first: ResponsesWebSocket (next) serves it or answers 426.
             state.endpoint = "responses_websocket"
             return
-        state.endpoint = endpoint_of(flow.request.method, path)
+        method = request.method
+        # Most requests are this, the first of ENDPOINTS: told without `endpoint_of`'s loop.
+        state.endpoint = "responses" if method == "POST" and path.endswith("/responses") else endpoint_of(method, path)
         if state.endpoint is None:
             refuse(
                 flow,
                 error_response(
                     404,
                     "unknown_endpoint",
-                    f"codexgate does not serve {clip(flow.request.method, 16)} {clip(path)}; it serves {SERVED}",
+                    f"codexgate does not serve {clip(method, 16)} {clip(path)}; it serves {SERVED}",
                 ),
                 Decision.UNKNOWN_ENDPOINT,
             )
@@ -94,7 +111,7 @@ class Intake:
         if state is None or state.endpoint in (None, "models"):
             return
         state.received_at = time.time()
-        caps = self._caps()
+        caps = self._limits.caps if self._limits is not None else DEFAULT_CAPS
         if not caps.enabled:
             raw = self._decoded_unbounded(flow)
             if raw is None:
@@ -104,8 +121,22 @@ class Intake:
             if raw is None:
                 return
         too_deep = False
+        body = _NOT_READ
+        if raw[:1] == b"{" and raw[1:2] != b"\0":
+            # What `json.loads(raw)` does with a body that opens an object, without its four Python
+            # frames and their checks (a dozen calls a request): decoded as it decodes UTF-8, read by
+            # the same C scanner. Anything else, or anything that fails, is left to `json.loads`
+            # itself: every error, and the depth at which it gives up, are its own.
+            try:
+                text = raw.decode("utf-8", "surrogatepass")
+                value, end = _SCAN_ONCE(text, 0)
+                if end == len(text):  # nothing after the object (`json.loads` also allows whitespace)
+                    body = value
+            except Exception:  # json.loads below raises it again, as it would have
+                pass
         try:
-            body = json.loads(raw)
+            if body is _NOT_READ:
+                body = json.loads(raw)
         except RecursionError:  # deeper than the interpreter's own limit (about 1,000 levels)
             body, too_deep = None, True
         except ValueError as exc:
@@ -156,8 +187,15 @@ class Intake:
     def _decoded(flow: http.HTTPFlow, caps: IntakeCaps) -> bytes | None:
         """The body with its content-encoding removed under the decoded-size cap; what is
         forwarded and estimated from then on (the header goes: the upstream gets it plain)."""
-        raw = flow.request.raw_content or b""
-        encoding = header_value(flow.request.headers, b"content-encoding") or ""
+        request = flow.request
+        raw = request.raw_content or b""
+        headers = request.headers
+        by_name = single_values(headers.fields)  # (most often what requestheaders read: no pass at all)
+        if by_name is None:
+            encoding = header_value(headers, b"content-encoding") or ""
+        else:
+            found = by_name.get(b"content-encoding")
+            encoding = found.decode("utf-8", "surrogateescape") if found else ""
         try:
             decoded = decode_body(raw, encoding, caps.max_body) if encoding else raw
         except BodyTooLarge:

@@ -216,19 +216,28 @@ class RequestLimits:
     def requestheaders(self, flow: http.HTTPFlow) -> None:
         if not self.caps.enabled:
             return
-        # One pass over the raw header fields: size, count, and the body's framing.
+        # Size, count and the body's framing in a fixed few C calls, not calls per field (each field
+        # counts its name, value, ": " and CRLF; of a repeated field the last one counts).
         fields = flow.request.headers.fields
-        size = 0
+        count = len(fields)
+        size = len(b"".join([part for field in fields for part in field])) + 4 * count
         length = b""
         chunked = False
-        for name, value in fields:
-            size += len(name) + len(value) + 4
-            if len(name) == 14 and name.lower() == b"content-length":
-                length = value.strip()
-            elif len(name) == 17 and name.lower() == b"transfer-encoding":
-                chunked = b"chunked" in value.lower()
-        clock = self._disarm(flow.client_conn)
+        by_name = mitm_seams.single_values(fields)
+        if by_name is not None:
+            length = by_name.get(b"content-length", b"").strip()
+            encoding = by_name.get(b"transfer-encoding")
+            chunked = encoding is not None and b"chunked" in encoding.lower()
+        else:
+            for name, value in fields:
+                lowered = name.lower()
+                if lowered == b"content-length":
+                    length = value.strip()
+                elif lowered == b"transfer-encoding":
+                    chunked = b"chunked" in value.lower()
+        clock = self._clocks.get(flow.client_conn.id)  # `_disarm`, inline
         if clock is not None:
+            clock.deadline = None
             clock.in_flight += 1
             if (
                 chunked
@@ -240,7 +249,6 @@ class RequestLimits:
                 self._arm(flow.client_conn, "body")
         if flow.response or flow.error:
             return
-        count = len(fields)
         if count > self._max_headers or size > self._max_header_bytes:
             self._refuse(
                 flow,
@@ -271,13 +279,11 @@ class RequestLimits:
                 if clock.receiving <= 0:
                     self._disarm(flow.client_conn)  # waiting on the answer: the upstream's bounds apply
 
-    def response(self, flow: http.HTTPFlow) -> None:
-        self._finished(flow)
-
     def error(self, flow: http.HTTPFlow) -> None:
-        self._finished(flow)
+        self.response(flow)
 
-    def _finished(self, flow: http.HTTPFlow) -> None:
+    def response(self, flow: http.HTTPFlow) -> None:
+        """The request is done (answered, or failed: `error`)."""
         clock = self._clocks.get(flow.client_conn.id)
         if clock is None:
             return

@@ -14,6 +14,7 @@ from codexgate.addons.upstream_watch import UpstreamWatch, counted_watch
 from codexgate.flowstate import GatewayRequest, state_of
 from codexgate.headers import header_value
 from codexgate.metrics import GatewayMetrics
+from codexgate.mitm_seams import lowered_names
 from codexgate.sse import decode_json
 from codexgate.usage import StreamUsageReader, usage_from_body
 
@@ -100,12 +101,14 @@ def _observer(state: GatewayRequest, reader: StreamUsageReader) -> Callable[[byt
     return observe
 
 
-def _is_event_stream(response: http.Response) -> bool:
+def _is_event_stream(fields: tuple[tuple[bytes, bytes], ...]) -> bool:
     """`"text/event-stream" in response.headers.get("content-type", "")` (every content-type field),
-    in one pass over the raw fields (mitmproxy's `Headers.get` costs several µs a call, on every answer)."""
-    return any(
-        name.lower() == b"content-type" and b"text/event-stream" in value for name, value in response.headers.fields
-    )
+    from the raw fields (`response.headers.fields`): a name is lower-cased only where its value names
+    an event stream, so a JSON answer is told without a call."""
+    for name, value in fields:  # noqa: SIM110 (a loop: no generator frame resumed per field)
+        if b"text/event-stream" in value and name.lower() == b"content-type":
+            return True
+    return False
 
 
 class Meter:
@@ -118,7 +121,7 @@ class Meter:
             return
         if state.translation is not None and state.translation.prepared.translate:
             return  # Translate reads usage from its own translator
-        if _is_event_stream(flow.response):
+        if _is_event_stream(flow.response.headers.fields):
             state.reader = StreamUsageReader(state.endpoint)
             if state.relayed is not None:
                 flow.response.stream = _observer(state, state.reader)  # the relay bounds what it carries
@@ -135,10 +138,13 @@ class Meter:
 
     def response(self, flow: http.HTTPFlow) -> None:
         state = state_of(flow)
-        if state is not None and "stream" in state.notes:
+        if state is None:
+            return
+        if "stream" in state.notes:
             state.notes.remove("stream")
             self._metrics.active_streams.dec()
-        if state is None or flow.response is None or state.endpoint not in ("responses", "chat"):
+        response = flow.response
+        if response is None or state.endpoint not in ("responses", "chat"):
             return
         if state.translation is not None and state.translation.prepared.translate:
             return
@@ -147,13 +153,15 @@ class Meter:
                 state.usage = state.reader.usage
                 return
             if state.first_byte is None:
-                state.first_byte = flow.response.timestamp_start
-            if flow.response.status_code >= 400 and state.answered_locally:
+                state.first_byte = response.timestamp_start
+            if state.answered_locally and response.status_code >= 400:
                 return  # the gateway's own refusal: nothing was used
             # `get_content(strict=False)`, without its `Headers.get` when nothing is encoded.
-            encoded = header_value(flow.response.headers, b"content-encoding")
-            content = (flow.response.get_content(strict=False) if encoded else flow.response.raw_content) or b""
-            if _is_event_stream(flow.response):
+            headers = response.headers
+            fields = headers.fields
+            encoded = b"content-encoding" in lowered_names(fields) and header_value(headers, b"content-encoding")
+            content = (response.get_content(strict=False) if encoded else response.raw_content) or b""
+            if _is_event_stream(fields):
                 reader = StreamUsageReader(state.endpoint)
                 reader.feed(content)
                 state.reader = reader

@@ -434,7 +434,7 @@ class TraceEnd:
 
     def request(self, flow: http.HTTPFlow) -> None:
         tracing = self.tracing
-        if not tracing.enabled:
+        if tracing._tracer is None:  # `not tracing.enabled`, without the property's frame
             return
         try:
             state = state_of(flow)
@@ -452,7 +452,7 @@ class TraceEnd:
             logger.exception("tracing failed on request %s", flow.id)
 
     def response(self, flow: http.HTTPFlow) -> None:
-        if not self.tracing.enabled:
+        if self.tracing._tracer is None:  # `not self.tracing.enabled`, without the property's frame
             return
         try:
             self.tracing.finish(flow, flow.response.status_code if flow.response is not None else None)
@@ -460,7 +460,7 @@ class TraceEnd:
             logger.exception("tracing failed to end request %s", flow.id)
 
     def error(self, flow: http.HTTPFlow) -> None:
-        if not self.tracing.enabled:
+        if self.tracing._tracer is None:  # `not self.tracing.enabled`, without the property's frame
             return
         try:
             state = state_of(flow)

@@ -109,12 +109,13 @@ class Translate:
         translation = state.translation if state else None
         if state is None or flow.response is None or state.answered_locally:
             return
-        if translation is not None and flow.response.status_code in (401, 403):
+        status_code = flow.response.status_code  # (a property: read once)
+        if translation is not None and status_code in (401, 403):
             # credentials it cached and the provider refused (Vertex's token) are not sent again
             raw = flow.response.get_content(strict=False) or b""
-            translation.family.on_auth_error(translation.prepared, flow.response.status_code, raw)
+            translation.family.on_auth_error(translation.prepared, status_code, raw)
         if translation is None or not translation.prepared.translate:
-            if flow.response.status_code in (401, 403) and state.provider:
+            if status_code in (401, 403) and state.provider:
                 hide_credential_refusal(flow, state.provider)
             return
         if translation.bridge is not None:

@@ -18,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import time
 from typing import Any
 
 from mitmproxy import connection, ctx, http
@@ -36,6 +37,11 @@ from codexgate.usage import StreamUsageReader
 logger = logging.getLogger(__name__)
 
 ANSWER_ENDPOINTS = ("responses", "chat")
+
+
+# asyncio's own loops tell time.monotonic(): `loop.time()` is called directly, without the method's
+# frame, where the loop's `time` is this one (as `upstream_watch.loop_clock` does).
+_BASE_LOOP_TIME = asyncio.BaseEventLoop.time
 
 
 def _connected(flow: http.HTTPFlow) -> bool:
@@ -80,6 +86,10 @@ def stream_failure_event(flow: http.HTTPFlow, message: str) -> bytes:
     return (b"\n\n" if cut_mid_event else b"") + failed_event(state, reader, marker)
 
 
+# One for every flow: it holds nothing of any one flow.
+_STREAM_FAILURE_EVENT = LiveCallable(stream_failure_event)
+
+
 class UpstreamBounds:
     def __init__(self, metrics: GatewayMetrics | None = None) -> None:
         self._metrics = metrics or GatewayMetrics()
@@ -107,10 +117,12 @@ class UpstreamBounds:
         settings = state.policy.policy.gateway.resilience
         loop = asyncio.get_running_loop()
         watch = UpstreamWatch(settings.connect_timeout, settings.first_byte_timeout, settings.idle_timeout,
-                       settings.total_timeout, loop.time())  # fmt: skip
+                       settings.total_timeout,
+                       time.monotonic() if type(loop).time is _BASE_LOOP_TIME else loop.time())  # fmt: skip
         flow.metadata[WATCH_KEY] = watch
-        flow.metadata[FAILED_EVENT] = LiveCallable(stream_failure_event)
-        watch.timer = loop.call_at(watch.started + min(watch.connect, watch.first_byte), self._check, flow, watch)
+        flow.metadata[FAILED_EVENT] = _STREAM_FAILURE_EVENT
+        first = watch.first_byte if watch.first_byte < watch.connect else watch.connect  # min(), without its call
+        watch.timer = loop.call_at(watch.started + first, self._check, flow, watch)
 
     def _check(self, flow: http.HTTPFlow, watch: UpstreamWatch) -> None:
         watch.timer = None
@@ -166,7 +178,8 @@ class UpstreamBounds:
             # From here on the answer may not go quiet for longer than idle_timeout; a whole
             # (unstreamed) answer must complete within it. StreamWatch notes a stream's progress.
             watch.stage = "idle"
-            watch.last_data = asyncio.get_running_loop().time()
+            loop = asyncio.get_running_loop()
+            watch.last_data = time.monotonic() if type(loop).time is _BASE_LOOP_TIME else loop.time()
 
     # -- the outcome ---------------------------------------------------------------------------------
 
@@ -223,7 +236,9 @@ def _is_json(response: http.Response) -> bool:
     content = response.raw_content
     if content is None:
         return False
-    if has_header(response.headers, b"content-encoding"):
+    headers = response.headers
+    names = b"\n".join([name for name, _ in headers.fields]).lower()  # `lowered_names`, inline
+    if b"content-encoding" in names and has_header(headers, b"content-encoding"):
         try:
             content = response.get_content(strict=True) or b""
         except ValueError:

@@ -62,7 +62,6 @@ class SecretMask:
             addons.chain.insert(0, self)
 
     def requestheaders(self, flow: http.HTTPFlow) -> None:
-        headers = flow.request.headers
         policy: CompiledPolicy | None = None
         # Everything on the gateway listener is governed: no policy lookup needed to know that.
         governed = isinstance(flow.client_conn.proxy_mode, ReverseMode)
@@ -75,6 +74,7 @@ class SecretMask:
         if governed:
             if not self._shown:
                 return
+            headers = flow.request.headers
             saved = [(name, value) for name in SECRET_HEADERS for value in headers.get_all(name)]
             if saved:
                 flow.metadata[CLIENT_CREDENTIALS_KEY] = CredentialsKeptAside(saved)
@@ -82,6 +82,7 @@ class SecretMask:
                     headers.set_all(name, [mask_value(v) for v in headers.get_all(name)])
             return
         assert policy is not None
+        headers = flow.request.headers
         # Not governed: a virtual key must not leave, nor be shown. Removed here, before View
         # publishes the flow; KeyGuard logs it and answers guard hosts.
         if policy.is_guard_host(flow.request.pretty_host.lower()):

@@ -26,6 +26,7 @@ from codexgate.errors import error_response
 from codexgate.failsafe import fail_closed
 from codexgate.flowstate import METADATA_KEY, Decision, GatewayRequest, refuse, state_of
 from codexgate.headers import header_value, strip_client_credentials
+from codexgate.mitm_seams import single_values
 from codexgate.policies.keys import hash_key
 from codexgate.providers.registry import CLIENT_CREDENTIAL_FIELDS
 from codexgate.ws_relay import RELAY_MARKER_HEADER, SocketSession, WebSocketRelay
@@ -96,7 +97,13 @@ class ResponsesWebSocket:
                     403, "forbidden_destination", "the gateway's internal WebSocket relay is not reachable"
                 )
             return
-        marker = header_value(flow.request.headers, RELAY_MARKER_FIELD)
+        headers = flow.request.headers
+        by_name = single_values(headers.fields)  # what Intake read: most often no pass at all
+        if by_name is None:
+            marker = header_value(headers, RELAY_MARKER_FIELD)
+        else:
+            found = by_name.get(RELAY_MARKER_FIELD)
+            marker = found.decode("utf-8", "surrogateescape") if found is not None else None
         if marker is not None:
             del flow.request.headers[RELAY_MARKER_HEADER]
             self._mark_relayed(flow, state, marker)

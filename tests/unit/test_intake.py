@@ -9,6 +9,7 @@ from mitmproxy import http
 from unit_support import error_of, make_flow
 
 from codexgate.addons.intake import Intake
+from codexgate.addons.intake_limits import RequestLimits
 from codexgate.flowstate import state_of
 
 pytest_plugins = ["unit_support"]
@@ -160,3 +161,93 @@ def test_flow_already_answered_is_left_alone(intake):
     run(intake, flow)
     assert flow.response.status_code == 204
     assert state_of(flow) is None
+
+
+@pytest.mark.parametrize(
+    ("fields", "session"),
+    [
+        ([(b"Session-Id", b"a")], "a"),
+        ([(b"session-id", b""), (b"X-Session-Id", b"b")], "b"),
+        ([(b"session-id", b"a"), (b"SESSION-ID", b"b")], "a, b"),  # repeated: folded as Headers.get folds it
+        ([(b"x-session-id", b"\xff")], "\udcff"),
+    ],
+)
+def test_session_id_is_read_as_headers_get_reads_it(intake, fields, session):
+    flow = make_flow(body=BODY)
+    flow.request.headers.fields = flow.request.headers.fields + tuple(fields)
+    run(intake, flow)
+    assert state_of(flow).session_id == session
+
+
+@pytest.mark.parametrize(
+    ("fields", "refused"),
+    [
+        ([(b"Content-Length", b"999999999999")], True),
+        ([(b"content-length", b"999999999999"), (b"CONTENT-LENGTH", b"1")], False),  # the last one counts
+        ([(b"content-length", b"1"), (b"Content-Length", b" 999999999999 ")], True),
+        ([(b"x-content-length", b"999999999999")], False),
+    ],
+)
+def test_request_limits_read_the_declared_length_of_the_last_field(source, fields, refused):
+    limits = RequestLimits(source)
+    flow = make_flow(body=BODY)
+    flow.request.headers.fields = tuple(f for f in flow.request.headers.fields if f[0].lower() != b"content-length")
+    flow.request.headers.fields += tuple(fields)
+    Intake(source, limits).requestheaders(flow)
+    limits.requestheaders(flow)
+    assert (flow.response is not None and flow.response.status_code == 413) is refused
+
+
+def test_request_limits_count_every_header_byte(source):
+    limits = RequestLimits(source)
+    limits._max_header_bytes = 100
+    flow = make_flow(body=BODY)
+    size = sum(len(name) + len(value) + 4 for name, value in flow.request.headers.fields)
+    flow.request.headers.fields += ((b"x-pad", b"p" * (100 - size - 9)),)  # exactly 100 bytes
+    limits.requestheaders(flow)
+    assert flow.response is None
+    flow.request.headers.fields += ((b"x", b""),)
+    limits.requestheaders(flow)
+    assert flow.response is not None and flow.response.status_code == 431
+
+
+M = b'"model": "m"'
+BODIES = [
+    b'{"model": "m", "n": 123456789012345678901234567890, "f": 1e400, "z": -0.0}',
+    b'{"model": "m", "x": NaN, "y": -Infinity}',
+    b'{"model": "m", "a": 1, "a": 2}',
+    b'{"model": "m"}  \r\n\t',  # whitespace after the object
+    b'{"model": "m"} x',  # extra data
+    b'{"model": "m"}{}',
+    b"{" + M + b', "s": "\xed\xa0\x80"}',  # an encoded lone surrogate (json.loads decodes with surrogatepass)
+    b"{" + M + b', "s": "\xff"}',  # invalid UTF-8
+    b"{" + M + b', "s": "\\ud800"}',
+    b"{" + M + b', "s": "\x01"}',  # a control character in a string
+    b"\xef\xbb\xbf{" + M + b"}",  # a UTF-8 byte order mark
+    '{"model": "m"}'.encode("utf-16-le"),
+    '{"model": "m"}'.encode("utf-16"),
+    b"{",
+    b"{}",
+    b'{"model": "m", "d": ' + b"[" * 2000 + b"]" * 2000 + b"}",  # deeper than json.loads reads
+    b'{"model": "m", "d": ' + b"[" * 150 + b"]" * 150 + b"}",
+    b' {"model": "m"}',
+]
+
+
+@pytest.mark.parametrize("raw", BODIES)
+def test_the_body_is_read_exactly_as_json_loads_reads_it(intake, raw):
+    flow = make_flow(body=raw)
+    run(intake, flow)
+    try:
+        expected = json.loads(raw)
+    except RecursionError:
+        assert error_of(flow)["code"] == "json_too_deep"
+        return
+    except ValueError as exc:
+        error = error_of(flow)
+        assert error["code"] == "invalid_json" and str(exc)[:60] in error["message"]
+        return
+    if flow.response is not None:
+        assert error_of(flow)["code"] in ("json_too_deep", "missing_model")
+        return
+    assert repr(state_of(flow).body) == repr(expected)

@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import json
 
+import pytest
+from mitmproxy.http import Headers
 from mitmproxy.proxy.layers.http._events import ErrorCode, ResponseProtocolError
 from mitmproxy.test import tflow
 
-from codexgate.mitm_seams import classify, error_answer, make_error_response, marked
+from codexgate.mitm_seams import classify, error_answer, lowered_names, make_error_response, marked, single_values
 
 
 def test_mitmproxy_messages_never_reach_the_client() -> None:
@@ -42,3 +44,36 @@ def test_upstream_failures_are_classified() -> None:
     flow.response = tflow.tresp()
     cut = classify(flow, ResponseProtocolError(1, "server closed connection", ErrorCode.GENERIC_SERVER_ERROR))
     assert (cut.code, cut.received) == ("stream_broken", True)
+
+
+HEADS = [
+    [(b"Host", b"gw"), (b"Content-Length", b"12"), (b"Authorization", b"Bearer k")],
+    [(b"content-length", b"1"), (b"Content-Length", b"2")],  # repeated: read field by field
+    [(b"a\nb", b"x"), (b"c", b"y")],  # a name holding the separator
+    [(b"TRANSFER-ENCODING", b"gzip, Chunked"), (b"x-content-length", b"9")],
+    [],
+]
+
+
+@pytest.mark.parametrize("fields", HEADS)
+def test_single_values_reads_as_headers_get(fields: list[tuple[bytes, bytes]]) -> None:
+    headers = Headers(fields)
+    by_name = single_values(headers.fields)
+    names = [name.lower() for name, _ in headers.fields]
+    if by_name is None:
+        assert len(set(names)) != len(names) or any(b"\n" in name for name in names) or not names
+        return
+    assert by_name == {name.lower(): value for name, value in headers.fields}
+    for name in names:
+        assert by_name[name].decode() == headers.get(name.decode())
+    assert single_values(headers.fields) is by_name  # the same tuple: read once
+    headers["x-new"] = "1"  # a change replaces the tuple: read again
+    assert single_values(headers.fields) == {**by_name, b"x-new": b"1"}
+
+
+@pytest.mark.parametrize("fields", HEADS)
+def test_lowered_names_finds_every_name(fields: list[tuple[bytes, bytes]]) -> None:
+    names = lowered_names(Headers(fields).fields)
+    for name, _ in fields:
+        assert name.lower() in names
+    assert (b"content-encoding" in names) == any(name.lower() == b"content-encoding" for name, _ in fields)
