@@ -11,11 +11,16 @@ for byte `json.dumps`'s (tests/unit/test_records.py checks it). orjson differs o
   pure ASCII without DEL, checked on the bytes;
 - floats below 1e-4 (orjson writes `0.00001` and `1.5e-7` where Python writes `1e-05` and
   `1.5e-07`): a number in the line starting `0.0000`, or with a negative exponent, found by a
-  substring test and, when one occurs, checked to start a number (not to be inside a string);
+  substring test and, when one occurs, checked by one regex search to start a number (not to be
+  inside a string);
 - values orjson refuses (ints beyond 64 bits, lone surrogates, non-string keys): its exception;
 - NaN and infinities, which orjson writes as `null` where `json.dumps` writes `NaN` (compact) or
   raises (canonical): the records hold none (prices are validated finite and non-negative), so
   these are not looked for; a line orjson writes is JSON either way.
+
+Each form comes as text (`compact`, `canonical_text`) and as the line a log writes, ASCII bytes
+ending in a newline (`compact_line`, `canonical_line`): orjson's own bytes, with no decode and
+encode per line (the per-request cost is in calls: each one costs ~1 µs end to end).
 """
 
 from __future__ import annotations
