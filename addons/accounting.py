@@ -11,15 +11,32 @@ from typing import Any
 from mitmproxy import ctx, http
 from mitmproxy.addonmanager import Loader
 
-from codexgate.flowstate import Decision, GatewayRequest, state_of
+from codexgate.flowstate import METADATA_KEY, Decision, GatewayRequest, state_of
 from codexgate.headers import replace_header_fields
-from codexgate.jsonline import compact
+from codexgate.jsonline import compact_line
 from codexgate.metrics import Cells, GatewayMetrics, counter_cell, histogram_cell
 from codexgate.records import request_record
 
 logger = logging.getLogger(__name__)
 
 ACCOUNTING_FILE = "accounting.jsonl"
+# `Decision.allowed` and `Decision.refusal` as sets: a membership test is no call, a property is.
+_ALLOWED = frozenset(decision for decision in Decision if decision.allowed)
+_REFUSALS = frozenset(decision for decision in Decision if decision.refusal)
+
+
+class _Encoded(dict[str, bytes]):
+    """Header values by text (provider and model names), encoded once: a hit is a dict lookup,
+    no `str.encode` call. Bounded: an upstream model name may come from the client (passthrough),
+    so past `LIMIT` names it starts over."""
+
+    LIMIT = 1024
+
+    def __missing__(self, text: str) -> bytes:
+        if len(self) >= self.LIMIT:
+            self.clear()
+        value = self[text] = text.encode("utf-8", "surrogateescape")
+        return value
 
 
 def accounting_file(writer_id: str) -> str:
@@ -44,6 +61,7 @@ class Accounting:
         self._upstream_latency = Cells(metrics.upstream_latency, histogram_cell)
         self._overhead = histogram_cell(metrics.overhead)
         self._fd: int | None = None
+        self._encoded = _Encoded()
         self.records = 0
 
     def load(self, loader: Loader) -> None:
@@ -60,26 +78,30 @@ class Accounting:
                 self._fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
 
     def responseheaders(self, flow: http.HTTPFlow) -> None:
-        state = state_of(flow)
-        if state is None or flow.response is None:
+        # `state_of(flow)`, the `headers` property and `Decision.allowed`, inline (once per request).
+        state = flow.metadata.get(METADATA_KEY)
+        response = flow.response
+        if not isinstance(state, GatewayRequest) or response is None:
             return
-        # One pass over the answer's header fields (mitmproxy's `headers[name] = ...` is one per name).
+        # One pass over the answer's header fields (mitmproxy's `headers[name] = ...` is one per name);
+        # the list grown by `+=` (an operator, not an `append` call per field).
         fields = [
             (b"x-codexgate-request-id", state.request_id.encode()),
-            (b"x-codexgate-decision", b"allowed" if state.decision.allowed else b"refused"),
+            (b"x-codexgate-decision", b"allowed" if state.decision in _ALLOWED else b"refused"),
         ]
         if state.provider:
-            fields.append((b"x-codexgate-provider", state.provider.encode()))
+            fields += ((b"x-codexgate-provider", self._encoded[state.provider]),)
         if state.upstream_model:
-            fields.append((b"x-codexgate-model", state.upstream_model.encode("utf-8", "surrogateescape")))
+            fields += ((b"x-codexgate-model", self._encoded[state.upstream_model]),)
         if state.attempts is not None:
-            fields.append((b"x-codexgate-attempt-count", str(len(state.attempts)).encode()))
-        replace_header_fields(flow.response.headers, fields)
+            fields += ((b"x-codexgate-attempt-count", str(len(state.attempts)).encode()),)
+        replace_header_fields(response.data.headers, fields)
 
     def response(self, flow: http.HTTPFlow) -> None:
-        state = state_of(flow)
-        if state is not None and flow.response is not None:
-            self._record(flow, state, flow.response.status_code, None)
+        state = flow.metadata.get(METADATA_KEY)
+        response = flow.response
+        if isinstance(state, GatewayRequest) and response is not None:
+            self._record(flow, state, response.data.status_code, None)
 
     def error(self, flow: http.HTTPFlow) -> None:
         state = state_of(flow)
@@ -99,30 +121,40 @@ class Accounting:
         usage = record["usage"]
         tokens_in, tokens_out = (usage["input_tokens"], usage["output_tokens"]) if usage else (0, 0)
         self._observe(state, status)
+        decision = state.decision
         flow.comment = (
-            f"codexgate {state.decision}: key={record['key']} team={record['team']} model={record['model_requested']}"
+            f"codexgate {decision}: key={record['key']} team={record['team']} model={record['model_requested']}"
             f" provider={record['provider']} status={status} tokens={tokens_in}in/{tokens_out}out"
         )
         # Refusals and failures are worth a line in the log; allowed traffic is in the accounting
-        # file (a log line per request costs ~0.1 ms of mitmproxy's single loop).
-        allowed = state.decision in (Decision.FORWARDED, Decision.ANSWERED) and status < 400
-        logger.log(
-            logging.DEBUG if allowed else logging.INFO,
-            "%s %s key=%s team=%s model=%s provider=%s status=%s in=%s out=%s ms=%s",
-            state.request_id[:8],
-            state.decision,
-            record["key"],
-            record["team"],
-            record["model_requested"],
-            record["provider"],
-            status,
-            tokens_in,
-            tokens_out,
-            record["duration_ms"],
-        )
-        if self._fd is not None:
+        # file (a log line per request costs ~0.1 ms of mitmproxy's single loop). Asked first
+        # whether the level is on: `logger.log` asks too, so a line not logged costs one call.
+        allowed = decision in (Decision.FORWARDED, Decision.ANSWERED) and status < 400
+        level = logging.DEBUG if allowed else logging.INFO
+        if logger.isEnabledFor(level):
+            logger.log(
+                level,
+                "%s %s key=%s team=%s model=%s provider=%s status=%s in=%s out=%s ms=%s",
+                state.request_id[:8],
+                decision,
+                record["key"],
+                record["team"],
+                record["model_requested"],
+                record["provider"],
+                status,
+                tokens_in,
+                tokens_out,
+                record["duration_ms"],
+            )
+        fd = self._fd
+        if fd is not None:
+            # `_write`, inline: one line, one write(2), no buffer in between.
             try:
-                self._write(record)
+                line = compact_line(record)
+                rest = line[os.write(fd, line) :]
+                while rest:  # a short write (signal, full disk): the rest, or the error
+                    rest = rest[os.write(fd, rest) :]
+                self.records += 1
             except OSError:
                 logger.exception("cannot write accounting line for %s", state.request_id)
 
@@ -142,10 +174,10 @@ class Accounting:
     def _write(self, record: dict[str, Any]) -> None:
         """One line, one write(2) (ASCII: non-ASCII is escaped), no buffer in between."""
         assert self._fd is not None
-        line = (compact(record) + "\n").encode("ascii")
-        written = os.write(self._fd, line)
-        while written < len(line):  # a short write (signal, full disk): the rest, or the error
-            written += os.write(self._fd, line[written:])
+        line = compact_line(record)
+        rest = line[os.write(self._fd, line) :]
+        while rest:  # a short write (signal, full disk): the rest, or the error
+            rest = rest[os.write(self._fd, rest) :]
         self.records += 1
 
     def sync(self) -> None:
@@ -160,7 +192,7 @@ class Accounting:
         labels = (state.org or "", team, state.key.name if state.key else "", state.model or "", provider)
         decision = state.decision
         self._requests[(*labels, decision, str(status))].inc(1)
-        if decision.refusal:
+        if decision in _REFUSALS:  # `decision.refusal`, without the property's call
             self._refusals[(decision, team)].inc(1)
         usage = state.usage
         if usage is not None:

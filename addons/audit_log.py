@@ -13,16 +13,18 @@ import json
 import logging
 import os
 import time
+from hashlib import sha256
 from pathlib import Path
 from typing import Any
 
 from mitmproxy import ctx, exceptions, http
 from mitmproxy.addonmanager import Loader
 
-from codexgate.audit import WRITER_PATTERN, AuditWriter, audit_record
+from codexgate.audit import WRITER_PATTERN, AuditWriter
 from codexgate.detectors import redact_text
-from codexgate.flowstate import GatewayRequest, state_of
+from codexgate.flowstate import METADATA_KEY, GatewayRequest, state_of
 from codexgate.metrics import GatewayMetrics
+from codexgate.records import audit_fields, request_record
 from codexgate.secrets import REFERENCE_HELP, SecretResolver, SecretUnavailable
 
 logger = logging.getLogger(__name__)
@@ -202,9 +204,11 @@ class AuditLog:
         self.append({"event": "option_change", "ts": round(time.time(), 3), "options": names, "refused": refused})
 
     def response(self, flow: http.HTTPFlow) -> None:
-        state = state_of(flow)
-        if state is not None and flow.response is not None:
-            self._record(flow, state, flow.response.status_code, None)
+        # `state_of(flow)` and the `status_code` property, inline: this runs once per request.
+        state = flow.metadata.get(METADATA_KEY)
+        response = flow.response
+        if isinstance(state, GatewayRequest) and response is not None:
+            self._record(flow, state, response.data.status_code, None)
 
     def error(self, flow: http.HTTPFlow) -> None:
         state = state_of(flow)
@@ -219,7 +223,13 @@ class AuditLog:
         # Set first: whatever happens below, a flow never gets a second record.
         state.audited = True
         try:
-            record = audit_record(state, status, flow.request.raw_content or b"", error)
+            # `codexgate.audit.audit_record`, inline: the request's one record (Accounting, before
+            # this step, built it already), its audit view and the body's hash (`raw_content` is
+            # the message data's `content`).
+            record = state.record
+            if record is None:
+                record = request_record(state, status, error)
+            record = audit_fields(record, sha256(flow.request.data.content or b"").hexdigest())
             guardrails = state.policy.policy.guardrails
             if guardrails is not None and guardrails.audit_content and state.body is not None:
                 # Content only when the policy asks for it, and then with every detector applied.
@@ -232,7 +242,8 @@ class AuditLog:
             self._writer.write(record)
             self.records += 1
             self._written += 1
-            self._schedule_sync()
+            if not self._syncing:  # `_schedule_sync`'s own first test: no call while one is pending
+                self._schedule_sync()
         except Exception:
             # An audit failure must not break the request, but nobody may miss it either.
             self.failures += 1

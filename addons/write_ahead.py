@@ -42,7 +42,7 @@ from codexgate.addons.audit_log import AuditLog
 from codexgate.addons.limits import Limits, Switch
 from codexgate.audit import CRASH_EVENT, _utc_iso
 from codexgate.errors import error_response
-from codexgate.flowstate import Decision, refuse, state_of
+from codexgate.flowstate import METADATA_KEY, Decision, GatewayRequest, refuse, state_of
 from codexgate.metrics import GatewayMetrics
 from codexgate.records import audit_fields, forwarded_entry, recovered_record
 from codexgate.stores.base import Amounts, StoreUnavailable
@@ -279,8 +279,9 @@ class WriteAhead:
     def request(self, flow: http.HTTPFlow) -> None:
         if flow.response or flow.error or self._log is None:
             return
-        state = state_of(flow)
-        if state is None or state.decision is not Decision.FORWARDED:
+        # `state_of(flow)`, inline (once per request).
+        state = flow.metadata.get(METADATA_KEY)
+        if not isinstance(state, GatewayRequest) or state.decision is not Decision.FORWARDED:
             return
         try:
             self._log.append(state.request_id, forwarded_entry(state))
@@ -300,10 +301,14 @@ class WriteAhead:
                 Decision.RECORD_UNAVAILABLE,
             )  # fmt: skip
             return
-        self._schedule_sync()
+        if not self._syncing:  # `_schedule_sync`'s own first test: no call while one is pending
+            self._schedule_sync()
 
     def response(self, flow: http.HTTPFlow) -> None:
-        self._finish(flow)
+        # `_finish` and `state_of(flow)`, inline (once per request).
+        state = flow.metadata.get(METADATA_KEY)
+        if isinstance(state, GatewayRequest) and self._log is not None:
+            self._log.finish(state.request_id)
 
     def error(self, flow: http.HTTPFlow) -> None:
         self._finish(flow)

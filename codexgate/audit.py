@@ -48,7 +48,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any
 
-from codexgate.jsonline import canonical_text
+from codexgate.jsonline import canonical_line, canonical_text
 
 if TYPE_CHECKING:
     from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
@@ -68,7 +68,7 @@ CRASH_EVENT = "crash"  # written at start-up when the previous run ended without
 CHAIN_FIELDS = ("seq", "prev", "hash")
 _TAIL_BLOCK = 64 * 1024
 _HASH_SLOT = "<hash>"  # where `chained_line` puts the hash
-_SLOT_MEMBER = f'"hash":"{_HASH_SLOT}"'
+_SLOT_MEMBER_BYTES = f'"hash":"{_HASH_SLOT}"'.encode("ascii")
 
 
 def canonical(obj: dict[str, Any]) -> bytes:
@@ -86,20 +86,29 @@ def chained_line(stored: dict[str, Any], hmac_key: bytes | None) -> tuple[str, b
     form of the record with its hash, i.e. `canonical(stored | {"hash": ...}) + b"\n"`.
 
     Encoded once, with a stand-in where the hash goes (the encoder sorts it into place): the line
-    is that text with the hash put in, the hashed form the same text without the member."""
-    before, member, after = canonical_text({**stored, "hash": _HASH_SLOT}).partition(_SLOT_MEMBER)
-    if member and _SLOT_MEMBER not in after:
+    is that text with the hash put in, the hashed form the same text without the member. All in
+    bytes, as the encoder gives them (no decode and encode again)."""
+    before, member, after = canonical_line({**stored, "hash": _HASH_SLOT}).partition(_SLOT_MEMBER_BYTES)
+    if member and _SLOT_MEMBER_BYTES not in after:
         # Inside a string every quote is escaped, so the member is a key of some object: ours, as
-        # it is the only one. The hashed form drops it with one of its commas.
-        payload = before[:-1] + after if before[-1] == "," else before + after.removeprefix(",")
-        digest = record_hash(payload.encode("ascii"), hmac_key)
-        return digest, f'{before}"hash":"{digest}"{after}\n'.encode("ascii")
+        # it is the only one. The hashed form drops it with one of its commas (and the line's newline).
+        # Slices and `+`, not endswith/removeprefix: no call (`before` holds at least the "{").
+        rest = after[:-1]
+        if before[-1:] == b",":
+            payload = before[:-1] + rest
+        elif rest[:1] == b",":
+            payload = before + rest[1:]
+        else:
+            payload = before + rest
+        # `record_hash`, inline.
+        digest = hmac.digest(hmac_key, payload, "sha256").hex() if hmac_key else hashlib.sha256(payload).hexdigest()
+        return digest, b'%b"hash":"%b"%b' % (before, digest.encode("ascii"), after)
     # A nested object with the same member (never in the gateway's records): two halves instead.
     low = canonical_text({name: value for name, value in stored.items() if name < "hash"})[1:-1]
     high = canonical_text({name: value for name, value in stored.items() if name > "hash"})[1:-1]
     # Either half may be empty: a comma only between two non-empty parts.
-    payload = f"{{{low},{high}}}" if low and high else f"{{{low}{high}}}"
-    digest = record_hash(payload.encode("ascii"), hmac_key)
+    text = f"{{{low},{high}}}" if low and high else f"{{{low}{high}}}"
+    digest = record_hash(text.encode("ascii"), hmac_key)
     line = f'{{{low}{"," if low else ""}"hash":"{digest}"{"," if high else ""}{high}}}\n'
     return digest, line.encode("ascii")
 
@@ -403,10 +412,17 @@ class AuditWriter:
         try:
             status = os.stat(self._path)
         except FileNotFoundError:
-            return f"{os.path.basename(self._path)} was deleted while the writer had it open"
+            return self._change(None)
         if status.st_ino == self._inode[1] and status.st_dev == self._inode[0] and status.st_size == self._size:
             return None  # the common case, decided without building anything
+        return self._change(status)
+
+    def _change(self, status: os.stat_result | None) -> str:
+        """What `status` (a stat of the current file's path; None: no such file) says happened to it,
+        when it is not the file as the writer left it."""
         name = os.path.basename(self._path)
+        if status is None:
+            return f"{name} was deleted while the writer had it open"
         if (status.st_dev, status.st_ino) != self._inode:
             return f"{name} was replaced by another file (e.g. sed -i) while the writer had it open"
         if status.st_size < self._size:
@@ -417,14 +433,28 @@ class AuditWriter:
         """Append `record` to the chain; returns it as stored (with seq, prev and hash)."""
         if self._fd is None:
             raise ValueError("audit writer is closed")
-        clash = [name for name in CHAIN_FIELDS if name in record]
-        if clash:
+        if "seq" in record or "prev" in record or "hash" in record:  # CHAIN_FIELDS, without a call
+            clash = [name for name in CHAIN_FIELDS if name in record]
             raise ValueError(f"audit record must not carry {', '.join(clash)}: the writer sets them")
-        changed = None if self._torn else self._file_changed()
-        if changed is not None:
-            # Whatever is in that file now, the writer's own chain head is what it wrote last.
-            self._open(self._free_number(self._number + 1), new=True)
-            self._continue_after_break((self._seq, self._prev), changed)
+        if not self._torn:
+            # `_file_changed`, inline (a call less per record): before EVERY record, one stat of the
+            # path. Not once per group commit: a record written after a replacement (`sed -i`) or
+            # a rotation and before the next check would go to the unlinked or renamed-away inode,
+            # i.e. be lost from the chain's files (see the class docstring).
+            try:
+                status: os.stat_result | None = os.stat(self._path)
+            except FileNotFoundError:
+                status = None
+            if (
+                status is None
+                or status.st_ino != self._inode[1]
+                or status.st_dev != self._inode[0]
+                or status.st_size != self._size
+            ):
+                # Whatever is in that file now, the writer's own chain head is what it wrote last.
+                changed = self._change(status)
+                self._open(self._free_number(self._number + 1), new=True)
+                self._continue_after_break((self._seq, self._prev), changed)
         return self._write_chained(record)
 
     def _write_chained(self, record: dict[str, Any]) -> dict[str, Any]:
@@ -434,25 +464,17 @@ class AuditWriter:
         stored["hash"], line = chained_line(stored, self._key)
         if self._torn or (self._size > 0 and self._size + len(line) > self._max_bytes):
             self._open(self._free_number(self._number + 1), new=True)
-        self._append(line)
-        # The record is in the file now; only from here on does the chain move forward.
-        self._seq, self._prev = stored["seq"], stored["hash"]
-        if self._fsync:
-            assert self._fd is not None
-            os.fsync(self._fd)
-        return stored
-
-    def duplicate_fd(self) -> int | None:
-        """A duplicate of the current file's descriptor, for an fsync off the event loop
-        (the writer may rotate and close its own descriptor meanwhile)."""
-        return os.dup(self._fd) if self._fd is not None else None
-
-    def _append(self, line: bytes) -> None:
-        assert self._fd is not None
+        fd = self._fd
+        assert fd is not None
+        # The append, one write(2) but for a short one (signal, full disk): then the rest, or the
+        # error. `rest` empties as the line lands (a slice, not a len() call per round).
         written = 0
+        rest = line
         try:
-            while written < len(line):
-                written += os.write(self._fd, line[written:])
+            while rest:
+                count = os.write(fd, rest)
+                written += count
+                rest = rest[count:]
         except OSError:
             # Part of the line may be on disk (disk full, I/O error): never append after it.
             # Even when nothing landed, a fresh file costs nothing and needs no guessing.
@@ -462,6 +484,16 @@ class AuditWriter:
         self._size += written
         if self._file_digest is not None:
             self._file_digest.update(line)
+        # The record is in the file now; only from here on does the chain move forward.
+        self._seq, self._prev = stored["seq"], stored["hash"]
+        if self._fsync:
+            os.fsync(fd)
+        return stored
+
+    def duplicate_fd(self) -> int | None:
+        """A duplicate of the current file's descriptor, for an fsync off the event loop
+        (the writer may rotate and close its own descriptor meanwhile)."""
+        return os.dup(self._fd) if self._fd is not None else None
 
     # -- head file and checkpoints (called at group commit, after the records' fsync) --------------------
 

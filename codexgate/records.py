@@ -34,6 +34,7 @@ AUDIT_FIELDS = (
 # request's record; `audit_fields` falls back to `get` for a recovered one).
 _AUDIT_NAMES = tuple(sorted(AUDIT_FIELDS))
 _audit_values = operator.itemgetter(*_AUDIT_NAMES)
+_AUDIT_KEYS = ("body_sha256", *_AUDIT_NAMES)  # what `audit_fields` builds, in that order
 
 
 def utc_iso(epoch: float) -> str:
@@ -81,18 +82,30 @@ def identity(state: GatewayRequest) -> dict[str, Any]:
 
 
 def forwarded_entry(state: GatewayRequest, now: float | None = None) -> dict[str, Any]:
-    """The write-ahead line of a request about to leave: who, what, and the estimate it reserved."""
-    entry = identity(state)
-    entry["id"] = entry.pop("request_id")
+    """The write-ahead line of a request about to leave: who, what, and the estimate it reserved.
+
+    `identity(state)` with `request_id` renamed `id` (and so moved after the others), then the
+    entry's own fields: built as one literal, in that order (the line's bytes follow it)."""
+    key = state.key
     metering = state.metering
     estimate = metering.estimate if metering is not None else None
-    entry.update(
-        ts=round(time.time() if now is None else now, 3),
-        stream=state.stream,
-        reserved=bool(metering is not None and metering.reserved),
-        estimate=[estimate.usd, estimate.requests, estimate.tokens] if estimate is not None else None,
-    )
-    return entry
+    return {
+        "mode": state.mode,
+        "endpoint": state.endpoint,
+        "session_id": state.session_id,
+        "key": key.name if key is not None else None,
+        "team": state.team,
+        "org": state.org,
+        "model_requested": state.model_requested,
+        "model": state.model,
+        "provider": state.provider,
+        "upstream_model": state.upstream_model,
+        "id": state.request_id,
+        "ts": round(time.time() if now is None else now, 3),
+        "stream": state.stream,
+        "reserved": bool(metering is not None and metering.reserved),
+        "estimate": [estimate.usd, estimate.requests, estimate.tokens] if estimate is not None else None,
+    }
 
 
 def request_record(state: GatewayRequest, status: int | None, error: str | None) -> dict[str, Any]:
@@ -112,22 +125,46 @@ def request_record(state: GatewayRequest, status: int | None, error: str | None)
         usage = state.reader.usage  # a stream that broke off: what it reported so far
     reader = state.reader
     metering = state.metering
-    # `identity(state)`'s fields first, then the outcome's, each set in place (no second dict merged in).
-    record = identity(state)
-    record["ts"] = round(now, 3)
-    record["transport"] = state.transport
-    record["stream"] = state.stream
-    record["decision"] = state.decision.value
-    record["status"] = status
-    record["error"] = error
-    record["stream_outcome"] = reader.outcome if reader is not None else None
-    record["usage"] = usage_fields(usage)
-    record["cost_usd"] = round(state.cost_usd, 12) if state.cost_usd is not None else None
-    record["charge"] = state.charge_basis
-    record["output_cap"] = metering.output_cap if metering is not None else None  # set by a hard budget
-    record["attempts"] = state.attempts
-    record["duration_ms"] = round((now - state.started) * 1000, 1)
-    record["ttfb_ms"] = round((state.first_byte - state.started) * 1000, 1) if state.first_byte else None
+    key = state.key
+    cost = state.cost_usd
+    first_byte = state.first_byte
+    # `identity(state)`'s fields first, then the outcome's: one literal (no call per part; the
+    # line's bytes follow this order). `_value_` is the enum member's value as a plain attribute
+    # (`.value` is a descriptor: two Python calls).
+    record = {
+        "request_id": state.request_id,
+        "mode": state.mode,
+        "endpoint": state.endpoint,
+        "session_id": state.session_id,
+        "key": key.name if key is not None else None,
+        "team": state.team,
+        "org": state.org,
+        "model_requested": state.model_requested,
+        "model": state.model,
+        "provider": state.provider,
+        "upstream_model": state.upstream_model,
+        "ts": round(now, 3),
+        "transport": state.transport,
+        "stream": state.stream,
+        "decision": state.decision._value_,
+        "status": status,
+        "error": error,
+        "stream_outcome": reader.outcome if reader is not None else None,
+        "usage": None
+        if usage is None
+        else {
+            "input_tokens": usage.input_tokens,
+            "cached_tokens": usage.cached_tokens,
+            "output_tokens": usage.output_tokens,
+            "reasoning_tokens": usage.reasoning_tokens,
+        },
+        "cost_usd": round(cost, 12) if cost is not None else None,
+        "charge": state.charge_basis,
+        "output_cap": metering.output_cap if metering is not None else None,  # set by a hard budget
+        "attempts": state.attempts,
+        "duration_ms": round((now - state.started) * 1000, 1),
+        "ttfb_ms": round((first_byte - state.started) * 1000, 1) if first_byte else None,
+    }
     state.record = record
     return record
 
@@ -138,13 +175,21 @@ def audit_fields(record: dict[str, Any], body_sha256: str | None) -> dict[str, A
         values = _audit_values(record)
     except KeyError:  # a recovered request's record has no `transport`
         values = tuple([record.get(name) for name in _AUDIT_NAMES])
-    # Built (nearly) in key order: the canonical form's sort then has little to move.
-    fields: dict[str, Any] = {"body_sha256": body_sha256}
-    fields.update(zip(_AUDIT_NAMES, values, strict=True))
-    fields["time"] = utc_iso(record["ts"])
-    error = record.get("error")
-    if error is not None:
-        fields["error"] = error
+    # Built (nearly) in key order: the canonical form's sort then has little to move. `dict(zip())`
+    # and `utc_iso` inline: no function call (a type called is none).
+    fields: dict[str, Any] = dict(zip(_AUDIT_KEYS, (body_sha256, *values), strict=True))
+    epoch = record["ts"]
+    seconds = int(epoch)  # math.floor(epoch) for a finite float, as utc_iso
+    if seconds > epoch:
+        seconds -= 1
+    micro = round((epoch - seconds) * 1e6)
+    if micro >= 1_000_000:
+        seconds, micro = seconds + 1, micro - 1_000_000
+    fields["time"] = f"{_second(seconds)}.{micro // 1000:03d}Z"
+    if "error" in record:
+        error = record["error"]
+        if error is not None:
+            fields["error"] = error
     if "recovered" in record and record["recovered"]:
         fields["recovered"] = True
     return fields

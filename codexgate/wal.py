@@ -31,7 +31,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from codexgate.jsonline import compact
+from codexgate.jsonline import compact_line
 
 logger = logging.getLogger(__name__)
 
@@ -124,7 +124,7 @@ class ForwardLog:
     def append(self, request_id: str, entry: dict[str, Any]) -> None:
         """One line, one write(2): the request is on record once this returns."""
         assert self._fd is not None
-        os.write(self._fd, (compact(entry) + "\n").encode("ascii"))
+        os.write(self._fd, compact_line(entry))
         self._segments_of[request_id] = [self._number]
         self._open_requests[self._number] += 1
         self._entries_in_segment += 1
@@ -133,7 +133,7 @@ class ForwardLog:
         """A later line about an unfinished request (e.g. a failover `switch`), one write(2); its
         segment then lives until the request finishes too."""
         assert self._fd is not None
-        os.write(self._fd, (compact(line) + "\n").encode("ascii"))
+        os.write(self._fd, compact_line(line))
         self._entries_in_segment += 1
         held = self._segments_of.get(request_id)
         if held is not None and self._number not in held:

@@ -262,3 +262,41 @@ def test_client_disconnect_is_its_own_outcome(accounting, compiled, tmp_path):
     ]
     assert records[0]["cost_usd"] == pytest.approx((1200 * 1 + 80 * 8) / 1e6)
     assert records[1]["cost_usd"] == 0.5
+
+
+def test_a_short_write_is_completed_and_the_line_is_the_records(accounting, compiled, tmp_path, monkeypatch):
+    """The accounting line written inline: `compact(record)` and a newline, the rest of a short write after it."""
+    from codexgate import jsonline
+    from codexgate.addons import accounting as accounting_module
+
+    real_write = os.write
+    sizes: list[int] = []
+
+    def short(fd: int, data: bytes) -> int:
+        sizes.append(len(data))
+        return real_write(fd, data[:7])  # 7 bytes at a time, as a signal-interrupted write may
+
+    flow = make_flow(body={"model": "gpt-5.5"})
+    state = governed(flow, compiled, key="alice", body={"model": "gpt-5.5"}, model="gpt-5.5")
+    state.decision, state.provider, state.upstream_model = Decision.FORWARDED, "openai", "gpt-5.5-é"
+    state.usage, state.cost_usd = EXPECTED, 0.0000125  # a float orjson writes otherwise: the standard form
+    flow.response = http.Response.make(200, b"{}", {"content-type": "application/json"})
+    accounting.responseheaders(flow)
+    assert flow.response.headers["x-codexgate-model"] == "gpt-5.5-é"
+    monkeypatch.setattr(accounting_module.os, "write", short)
+    accounting.response(flow)
+    monkeypatch.setattr(accounting_module.os, "write", real_write)
+    text = (tmp_path / "data" / ACCOUNTING_FILE).read_bytes()
+    assert text == (jsonline.compact(state.record) + "\n").encode("ascii")
+    assert len(sizes) == -(-len(text) // 7) and sizes[0] == len(text)
+    assert accounting.records == 1
+
+
+def test_header_values_are_encoded_once_and_the_cache_is_bounded():
+    from codexgate.addons.accounting import _Encoded
+
+    encoded = _Encoded()
+    assert encoded["gpt-5.5"] == b"gpt-5.5" and encoded["m-\udcff"] == "m-\udcff".encode("utf-8", "surrogateescape")
+    for index in range(_Encoded.LIMIT + 5):
+        assert encoded[f"m{index}"] == f"m{index}".encode()
+    assert len(encoded) <= _Encoded.LIMIT

@@ -8,6 +8,7 @@ import hashlib
 import hmac
 import json
 import math
+import random
 import types
 
 import pytest
@@ -15,8 +16,16 @@ import pytest
 from codexgate import records
 from codexgate.audit import canonical, chained_line, record_hash
 from codexgate.flowstate import Decision, GatewayRequest
-from codexgate.jsonline import canonical_text, compact
-from codexgate.records import AUDIT_FIELDS, audit_fields, identity, recovered_record, usage_fields, utc_iso
+from codexgate.jsonline import _small_number, canonical_line, canonical_text, compact, compact_line
+from codexgate.records import (
+    AUDIT_FIELDS,
+    audit_fields,
+    forwarded_entry,
+    identity,
+    recovered_record,
+    usage_fields,
+    utc_iso,
+)
 from codexgate.usage import Usage
 
 RECORDS = [
@@ -145,3 +154,76 @@ def test_request_record_is_identity_then_the_outcome(monkeypatch: pytest.MonkeyP
     expected = reference_request_record(state, 200 if full else None, None if full else "reset", now)
     assert compact(record) == compact(expected)
     assert list(record)[: len(identity(state))] == list(identity(state))
+
+
+@pytest.mark.parametrize("record", [*RECORDS, {1: "one", 2: "two"}])
+def test_line_encoders_are_the_text_encoders_with_a_newline(record: dict) -> None:
+    assert compact_line(record) == (compact(record) + "\n").encode("ascii")
+    assert canonical_line(record) == (canonical_text(record) + "\n").encode("ascii")
+
+
+def reference_small_number(line: bytes) -> bool:
+    """The small-number check as first written: each `0.0000` and `e-` found, then a scan back
+    over the mantissa and the byte before the number (past a minus sign)."""
+
+    def starts_number(at: int) -> bool:
+        before = line[at - 1] if at > 0 else 0
+        if before == 45:  # "-"
+            before = line[at - 2] if at > 1 else 0
+        return before in b":,["
+
+    at = line.find(b"0.0000")
+    while at >= 0:
+        if starts_number(at):
+            return True
+        at = line.find(b"0.0000", at + 6)
+    at = line.find(b"e-")
+    while at >= 0:
+        start = at
+        while start > 0 and line[start - 1] in b"0123456789.":
+            start -= 1
+        if start < at and starts_number(start):
+            return True
+        at = line.find(b"e-", at + 2)
+    return False
+
+
+def test_small_number_search_is_the_scan_it_replaced() -> None:
+    lines = [
+        b'{"a":1.5e-7}', b'{"a":-1e-5}', b'[1e-5]', b'{"id":"ab1e-5"}', b'{"a":"x:0.00001"}', b'{"a":0.0001}',
+        b'{"a":-0.00001,"b":2}', b'{"a":"-e-"}', b'{"a":.e-1}', b'0.00001', b'e-', b'{"a":0.0000.0000}',
+    ]  # fmt: skip
+    generator = random.Random(17)
+    lines += [bytes(generator.choice(b':,[-0.e5a"{}') for _ in range(generator.randint(0, 14))) for _ in range(50_000)]
+    for line in lines:
+        assert _small_number(line) == reference_small_number(line), line
+
+
+def reference_forwarded_entry(state: GatewayRequest, now: float) -> dict:
+    """forwarded_entry as first written: `identity(state)`, `request_id` renamed `id`, then its own fields."""
+    entry = identity(state)
+    entry["id"] = entry.pop("request_id")
+    metering = state.metering
+    estimate = metering.estimate if metering is not None else None
+    entry.update(
+        ts=round(now, 3), stream=state.stream, reserved=bool(metering is not None and metering.reserved),
+        estimate=[estimate.usd, estimate.requests, estimate.tokens] if estimate is not None else None,
+    )  # fmt: skip
+    return entry
+
+
+@pytest.mark.parametrize("full", [True, False])
+def test_forwarded_entry_is_identity_then_its_own_fields(full: bool) -> None:
+    now = 1_765_000_000.4567
+    state = GatewayRequest(request_id="r-1", policy=None, mode="gateway", started=now - 1.25)  # type: ignore[arg-type]
+    if full:
+        state.endpoint, state.session_id, state.team, state.org = "responses", "s", "platform", "acme"
+        state.key = types.SimpleNamespace(name="alice")  # type: ignore[assignment]
+        state.model_requested, state.model, state.provider, state.upstream_model = "m", "m", "openai", "m-1"
+        state.stream = True
+        estimate = types.SimpleNamespace(usd=0.0000125, requests=1.0, tokens=4096.0)
+        state.metering = types.SimpleNamespace(estimate=estimate, reserved=True)  # type: ignore[assignment]
+    entry = forwarded_entry(state, now)
+    expected = reference_forwarded_entry(state, now)
+    assert list(entry) == list(expected)
+    assert compact_line(entry) == (json.dumps(expected, separators=(",", ":")) + "\n").encode("ascii")
