@@ -13,7 +13,7 @@ from mitmproxy import http
 from codexgate.addons.upstream_watch import UpstreamWatch, counted_watch
 from codexgate.flowstate import GatewayRequest, state_of
 from codexgate.headers import header_value
-from codexgate.metrics import GatewayMetrics
+from codexgate.metrics import GatewayMetrics, counter_cell
 from codexgate.mitm_seams import lowered_names
 from codexgate.sse import decode_json
 from codexgate.usage import StreamUsageReader, usage_from_body
@@ -114,6 +114,8 @@ def _is_event_stream(fields: tuple[tuple[bytes, bytes], ...]) -> bool:
 class Meter:
     def __init__(self, metrics: GatewayMetrics | None = None) -> None:
         self._metrics = metrics or GatewayMetrics()
+        # The gauge's value itself (`Gauge.inc` checks it is observable first: 5 calls a stream).
+        self._active_streams = counter_cell(self._metrics.active_streams)
 
     def responseheaders(self, flow: http.HTTPFlow) -> None:
         state = state_of(flow)
@@ -127,14 +129,14 @@ class Meter:
                 flow.response.stream = _observer(state, state.reader)  # the relay bounds what it carries
             else:
                 flow.response.stream = _pass_through(state, state.reader, counted_watch(flow))
-            self._metrics.active_streams.inc()
+            self._active_streams.inc(1)
             state.notes.append("stream")
 
     def error(self, flow: http.HTTPFlow) -> None:
         state = state_of(flow)
         if state is not None and "stream" in state.notes:
             state.notes.remove("stream")
-            self._metrics.active_streams.dec()
+            self._active_streams.inc(-1)
 
     def response(self, flow: http.HTTPFlow) -> None:
         state = state_of(flow)
@@ -142,7 +144,7 @@ class Meter:
             return
         if "stream" in state.notes:
             state.notes.remove("stream")
-            self._metrics.active_streams.dec()
+            self._active_streams.inc(-1)
         response = flow.response
         if response is None or state.endpoint not in ("responses", "chat"):
             return

@@ -11,6 +11,7 @@ from collections.abc import Callable
 from typing import Any, Protocol, cast
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client.values import MutexValue
 
 EGRESS_REFUSAL_REASONS = (
     "not_allowed", "denied", "internal_address", "gateway_itself", "unresolvable", "sni_mismatch",
@@ -125,15 +126,40 @@ class HistogramCell(Protocol):
     def observe(self, amount: float) -> None: ...
 
 
-def counter_cell(child: Counter) -> CounterCell:
+class _LoopValue:
+    """A metric value written from the event loop's thread only, without prometheus-client's lock.
+
+    `MutexValue.inc` takes a `threading.Lock` around `+=`: two calls per increment, ~30 a request
+    over the counters and histograms `Accounting` keeps. Every write to these values happens on the
+    event loop's one thread (the steps, the in-process relays); the admin server's thread only reads
+    them (`get`, under the lock, a float read the GIL makes whole). So the increment needs no lock."""
+
+    __slots__ = ("_target",)
+
+    def __init__(self, target: MutexValue) -> None:
+        self._target = target
+
+    def inc(self, amount: float) -> None:
+        self._target._value += amount
+
+
+def _unlocked(value: Any) -> Any:
+    """`value` as a `_LoopValue` where it is prometheus-client's plain in-process `MutexValue`;
+    unchanged otherwise (a multiprocess value under `codexgate up --workers N` keeps its own `inc`,
+    which writes the worker's file)."""
+    return _LoopValue(value) if type(value) is MutexValue else value
+
+
+def counter_cell(child: Counter | Gauge) -> CounterCell:
     """Where an observable counter (a labelled child, or a counter without labels) keeps its value.
 
     `Counter.inc` runs two Python-level checks before the value's own `inc` (the child has its
-    labels; the amount is not negative): callers of the cell make sure of both. The value is
-    prometheus-client's value class, so its multiprocess mode (`codexgate up --workers N`) is kept.
-    A client without that attribute gets the child itself, which has the same `inc`."""
+    labels; the amount is not negative): callers of the cell make sure of both, and write from the
+    event loop's thread only (`_LoopValue`). The value is prometheus-client's value class, so its
+    multiprocess mode (`codexgate up --workers N`) is kept. A client without that attribute gets the
+    child itself, which has the same `inc`."""
     value = getattr(child, "_value", None)
-    return cast(CounterCell, value if callable(getattr(value, "inc", None)) else child)
+    return cast(CounterCell, _unlocked(value) if callable(getattr(value, "inc", None)) else child)
 
 
 class _BisectedHistogram:
@@ -155,6 +181,24 @@ class _BisectedHistogram:
             self._buckets[index].inc(1)
 
 
+class _LoopHistogram:
+    """`_BisectedHistogram` for in-process values written from the event loop's thread only, as
+    `_LoopValue` writes them: the sum and the bucket moved without a call each."""
+
+    __slots__ = ("_sum", "_buckets", "_bounds")
+
+    def __init__(self, sum_value: MutexValue, buckets: list[MutexValue], bounds: list[float]) -> None:
+        self._sum = sum_value
+        self._buckets = buckets
+        self._bounds = bounds
+
+    def observe(self, amount: float) -> None:
+        self._sum._value += amount
+        index = bisect_left(self._bounds, amount)  # the last bound is +Inf: always one, but for NaN
+        if amount <= self._bounds[index]:
+            self._buckets[index]._value += 1
+
+
 def histogram_cell(child: Histogram) -> HistogramCell:
     """Where an observable histogram keeps its sum and buckets, observed by `_BisectedHistogram`
     (the child itself with a prometheus-client that keeps them otherwise)."""
@@ -169,6 +213,8 @@ def histogram_cell(child: Histogram) -> HistogramCell:
         and bounds == sorted(bounds)
         and bounds[-1] == float("inf")
     ):
+        if type(sum_value) is MutexValue and all(type(bucket) is MutexValue for bucket in buckets):
+            return _LoopHistogram(sum_value, buckets, bounds)
         return _BisectedHistogram(sum_value, buckets, bounds)  # type: ignore[arg-type]
     return child
 

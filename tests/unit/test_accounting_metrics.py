@@ -63,6 +63,9 @@ def test_cells_expose_what_the_client_api_does() -> None:
             counter.labels(provider, str(index % 2)).inc(amount)
             counters[(provider, str(index % 2))].inc(amount)
     assert exposition(got) == exposition(expected)
+    # In process, the cells write the values themselves (no prometheus-client method, no lock).
+    assert type(fast_plain).__name__ == "_LoopHistogram"
+    assert type(counters[("openai", "0")]).__name__ == "_LoopValue"
 
 
 def test_cells_fall_back_to_the_child_without_the_clients_internals() -> None:

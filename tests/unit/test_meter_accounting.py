@@ -77,6 +77,32 @@ def test_stream_usage_read_as_it_passes(compiled, size):
     assert state.reader.response_id == "resp_1"
 
 
+@pytest.mark.parametrize("ending", ["response", "error"])
+def test_active_streams_gauge_counts_streams_in_flight(compiled, ending):
+    """The gauge's value is moved directly (not through `Gauge.inc`): one up per stream set up,
+    one down when it ends, whichever way; a second ending does not count it down again."""
+    metrics = GatewayMetrics()
+    meter = Meter(metrics)
+    flows = []
+    for _ in range(2):
+        flow = make_flow(body={"model": "gpt-5.5", "stream": True})
+        governed(flow, compiled, key="alice", body={"model": "gpt-5.5", "stream": True}, stream=True)
+        flow.response = sse_response()
+        meter.responseheaders(flow)
+        flows.append(flow)
+
+    def in_flight() -> float | None:
+        return metrics.registry.get_sample_value("codexgate_active_streams")
+
+    assert in_flight() == 2
+    getattr(meter, ending)(flows[0])
+    assert in_flight() == 1
+    getattr(meter, ending)(flows[0])
+    assert in_flight() == 1
+    getattr(meter, ending)(flows[1])
+    assert in_flight() == 0
+
+
 def test_stream_reader_tells_every_chunk_passed_whenever_asked(compiled):
     """The pass-through hands chunks to the reader unread and reads them in runs: whoever asks
     mid-stream (a cut stream's failure event, the accounting of a client that left) still gets
