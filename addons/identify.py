@@ -17,9 +17,8 @@ from mitmproxy import connection, http
 
 from codexgate.errors import error_response
 from codexgate.failsafe import fail_closed
-from codexgate.flowstate import Decision, refuse, state_of
-from codexgate.headers import header_values
-from codexgate.mitm_seams import single_values
+from codexgate.flowstate import Decision, GatewayRequest, refuse, state_of
+from codexgate.headers import header_values, single_values
 from codexgate.policies.keys import hash_key
 
 logger = logging.getLogger(__name__)
@@ -42,10 +41,11 @@ def key_from_proxy_authorization(value: str) -> str | None:
 KEY_FIELDS = frozenset({b"authorization", b"x-api-key", b"api-key", b"proxy-authorization"})
 
 
-def key_candidates(headers: http.Headers) -> list[str]:
-    """Every credential the request carries, in order of preference."""
+def key_candidates(headers: http.Headers, state: GatewayRequest | None = None) -> list[str]:
+    """Every credential the request carries, in order of preference (`state`: the governed
+    request's, whose reading of the head is shared)."""
     candidates = []
-    by_name = single_values(headers.fields)
+    by_name = state.head_values(headers.fields) if state is not None else single_values(headers.fields)
     if by_name is None:  # a name given twice: its values folded as `Headers.get` folds them
         values = header_values(headers, KEY_FIELDS)
     else:
@@ -72,7 +72,7 @@ def flow_key_candidates(flow: http.HTTPFlow, connect_keys: Mapping[connection.Cl
     aside from them, under mitmweb), then the proxy credentials its CONNECT gave (`connect_keys`)."""
     saved = flow.metadata.get(CLIENT_CREDENTIALS_KEY)
     headers = http.Headers([(n.encode(), v.encode()) for n, v in saved]) if saved else flow.request.headers
-    candidates = key_candidates(headers)
+    candidates = key_candidates(headers, None if saved else state_of(flow))
     connect_key = connect_keys.get(flow.client_conn) if connect_keys is not None else None
     if connect_key:
         candidates.append(connect_key)

@@ -22,7 +22,6 @@ from codexgate.errors import error_response
 from codexgate.failsafe import fail_closed
 from codexgate.flowstate import METADATA_KEY, Decision, GatewayRequest, refuse, state_of
 from codexgate.headers import header_value, header_values
-from codexgate.mitm_seams import single_values
 
 logger = logging.getLogger(__name__)
 
@@ -73,7 +72,7 @@ class Intake:
         flow.metadata[METADATA_KEY] = state
         request = flow.request
         headers = request.headers
-        by_name = single_values(headers.fields)
+        by_name = state.head_values(headers.fields)
         if by_name is None:  # a name given twice: its values folded as `Headers.get` folds them
             values = header_values(headers, HEAD_FIELDS)
             session = values.get(b"session-id") or values.get(b"x-session-id")
@@ -117,7 +116,7 @@ class Intake:
             if raw is None:
                 return
         else:
-            raw = self._decoded(flow, caps)
+            raw = self._decoded(flow, state, caps)
             if raw is None:
                 return
         too_deep = False
@@ -184,13 +183,13 @@ class Intake:
         state.stream = stream
 
     @staticmethod
-    def _decoded(flow: http.HTTPFlow, caps: IntakeCaps) -> bytes | None:
+    def _decoded(flow: http.HTTPFlow, state: GatewayRequest, caps: IntakeCaps) -> bytes | None:
         """The body with its content-encoding removed under the decoded-size cap; what is
         forwarded and estimated from then on (the header goes: the upstream gets it plain)."""
         request = flow.request
         raw = request.raw_content or b""
         headers = request.headers
-        by_name = single_values(headers.fields)  # (most often what requestheaders read: no pass at all)
+        by_name = state.head_values(headers.fields)  # (most often what requestheaders read: no pass at all)
         if by_name is None:
             encoding = header_value(headers, b"content-encoding") or ""
         else:

@@ -30,6 +30,7 @@ from codexgate import mitm_seams
 from codexgate.addons.policy_source import PolicySource
 from codexgate.errors import error_response
 from codexgate.flowstate import Decision, refuse, state_of
+from codexgate.headers import single_values
 from codexgate.metrics import GatewayMetrics
 
 logger = logging.getLogger(__name__)
@@ -223,7 +224,8 @@ class RequestLimits:
         size = len(b"".join([part for field in fields for part in field])) + 4 * count
         length = b""
         chunked = False
-        by_name = mitm_seams.single_values(fields)
+        state = state_of(flow)  # Intake's reading of the head, where it governs the request
+        by_name = state.head_values(fields) if state is not None else single_values(fields)
         if by_name is not None:
             length = by_name.get(b"content-length", b"").strip()
             encoding = by_name.get(b"transfer-encoding")

@@ -12,9 +12,8 @@ from mitmproxy import http
 
 from codexgate.addons.upstream_watch import UpstreamWatch, counted_watch
 from codexgate.flowstate import GatewayRequest, state_of
-from codexgate.headers import header_value
+from codexgate.headers import header_value, lowered_names
 from codexgate.metrics import GatewayMetrics, counter_cell
-from codexgate.mitm_seams import lowered_names
 from codexgate.sse import decode_json
 from codexgate.usage import StreamUsageReader, usage_from_body
 

@@ -26,7 +26,6 @@ from codexgate.errors import error_response
 from codexgate.failsafe import fail_closed
 from codexgate.flowstate import METADATA_KEY, Decision, GatewayRequest, refuse, state_of
 from codexgate.headers import header_value, strip_client_credentials
-from codexgate.mitm_seams import single_values
 from codexgate.policies.keys import hash_key
 from codexgate.providers.registry import CLIENT_CREDENTIAL_FIELDS
 from codexgate.ws_relay import RELAY_MARKER_HEADER, SocketSession, WebSocketRelay
@@ -98,7 +97,7 @@ class ResponsesWebSocket:
                 )
             return
         headers = flow.request.headers
-        by_name = single_values(headers.fields)  # what Intake read: most often no pass at all
+        by_name = state.head_values(headers.fields)  # what Intake read: most often no pass at all
         if by_name is None:
             marker = header_value(headers, RELAY_MARKER_FIELD)
         else:

@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING, Any, Literal
 
 from mitmproxy import http
 
+from codexgate.headers import single_values
 from codexgate.pricing import PriceSource
 from codexgate.stores.base import Admission, Amounts, Counter
 from codexgate.usage import StreamUsageReader, Usage
@@ -200,6 +201,22 @@ class GatewayRequest:
     guardrail_header: str | None = None  # x-codexgate-guardrail on the answer
     audited: bool = False  # the audit log has its record (never a second one)
     record: dict[str, Any] | None = dataclasses.field(default=None, repr=False)  # codexgate.records, once built
+    # `head_values`' last reading: (the fields tuple it read, what it found). Holds credentials: never shown.
+    head: tuple[tuple[tuple[bytes, bytes], ...], dict[bytes, bytes] | None] | None = dataclasses.field(
+        default=None, repr=False
+    )
+
+    def head_values(self, fields: tuple[tuple[bytes, bytes], ...]) -> dict[bytes, bytes] | None:
+        """`headers.single_values(fields)`, read once for the steps that read the same head in turn.
+        mitmproxy's `Headers` replaces its `fields` tuple on every change (a tuple cannot change),
+        so the same tuple object means the same fields; holding it keeps its id from being reused.
+        Never change the dict it returns."""
+        head = self.head
+        if head is not None and head[0] is fields:
+            return head[1]
+        found = single_values(fields)
+        self.head = (fields, found)
+        return found
 
     def as_record(self) -> dict[str, Any]:
         """The request in plain values, for flow files and mitmweb's dump (no body, no secret)."""

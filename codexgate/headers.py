@@ -72,3 +72,24 @@ def header_value(headers: Headers, name: bytes) -> str | None:
 def has_header(headers: Headers, name: bytes) -> bool:
     """`name in headers` for one lower-case bytes name."""
     return any(field.lower() == name for field, _ in headers.fields)
+
+
+# -- header fields by call count -------------------------------------------------------------------
+# The steps read a few header fields of every request and answer. mitmproxy's `Headers.get` and a
+# loop lower-casing each field cost a call or more per field, per lookup; these cost a fixed few C
+# calls however many fields there are: the names joined, lower-cased and split once.
+
+
+def lowered_names(fields: tuple[tuple[bytes, bytes], ...]) -> bytes:
+    """Every field name in lower case, joined by b"\\n": `name in lowered_names(fields)` is False
+    only where no field is called `name` (a True may also be part of a longer name: look again)."""
+    return b"\n".join([name for name, _ in fields]).lower()
+
+
+def single_values(fields: tuple[tuple[bytes, bytes], ...]) -> dict[bytes, bytes] | None:
+    """Each field's raw value by its lower-case name, where no name repeats; None otherwise (a name
+    given twice, or one holding b"\\n": the caller reads those field by field). A governed request's
+    steps share one reading of its head: `GatewayRequest.head_values`."""
+    names = b"\n".join([name for name, _ in fields]).lower().split(b"\n")
+    by_name = dict(zip(names, [value for _, value in fields], strict=False))
+    return by_name if len(by_name) == len(fields) == len(names) else None

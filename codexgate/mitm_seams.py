@@ -269,36 +269,3 @@ def install() -> None:
     h2_server = _http2.Http2Server
     h2_server._handle_event = _patched_h2_server_event(h2_server._handle_event)  # type: ignore[method-assign]
     setattr(http_layer, _INSTALLED, True)
-
-
-# -- header fields by call count -------------------------------------------------------------------
-# The steps read a few header fields of every request and answer. mitmproxy's `Headers.get` and a
-# loop lower-casing each field cost a call or more per field, per lookup; these cost a fixed few C
-# calls however many fields there are: the names joined, lower-cased and split once.
-
-
-def lowered_names(fields: tuple[tuple[bytes, bytes], ...]) -> bytes:
-    """Every field name in lower case, joined by b"\\n": `name in lowered_names(fields)` is False
-    only where no field is called `name` (a True may also be part of a longer name: look again)."""
-    return b"\n".join([name for name, _ in fields]).lower()
-
-
-# The last answer of `single_values`, by the very fields tuple it read: several steps read the same
-# request's head in turn, and mitmproxy's `Headers` replaces its `fields` tuple on every change
-# (a tuple cannot change), so the same tuple object means the same fields. Holding it keeps it
-# alive: its id cannot be reused by another tuple meanwhile.
-_single_values_of: tuple[tuple[tuple[bytes, bytes], ...], dict[bytes, bytes] | None] = ((), None)
-
-
-def single_values(fields: tuple[tuple[bytes, bytes], ...]) -> dict[bytes, bytes] | None:
-    """Each field's raw value by its lower-case name, where no name repeats; None otherwise (a name
-    given twice, or one holding b"\\n": the caller reads those field by field). Shared between
-    callers reading the same fields: never change the dict it returns."""
-    global _single_values_of
-    if fields is _single_values_of[0]:
-        return _single_values_of[1]
-    names = b"\n".join([name for name, _ in fields]).lower().split(b"\n")
-    by_name = dict(zip(names, [value for _, value in fields], strict=False))
-    found = by_name if len(by_name) == len(fields) == len(names) else None
-    _single_values_of = (fields, found)
-    return found

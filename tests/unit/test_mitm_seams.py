@@ -9,7 +9,9 @@ from mitmproxy.http import Headers
 from mitmproxy.proxy.layers.http._events import ErrorCode, ResponseProtocolError
 from mitmproxy.test import tflow
 
-from codexgate.mitm_seams import classify, error_answer, lowered_names, make_error_response, marked, single_values
+from codexgate.flowstate import GatewayRequest
+from codexgate.headers import lowered_names, single_values
+from codexgate.mitm_seams import classify, error_answer, make_error_response, marked
 
 
 def test_mitmproxy_messages_never_reach_the_client() -> None:
@@ -66,9 +68,12 @@ def test_single_values_reads_as_headers_get(fields: list[tuple[bytes, bytes]]) -
     assert by_name == {name.lower(): value for name, value in headers.fields}
     for name in names:
         assert by_name[name].decode() == headers.get(name.decode())
-    assert single_values(headers.fields) is by_name  # the same tuple: read once
+    state = GatewayRequest(request_id="r", policy=None, mode="gateway")  # type: ignore[arg-type]
+    shared = state.head_values(headers.fields)
+    assert shared == by_name
+    assert state.head_values(headers.fields) is shared  # the same tuple: read once for the steps
     headers["x-new"] = "1"  # a change replaces the tuple: read again
-    assert single_values(headers.fields) == {**by_name, b"x-new": b"1"}
+    assert state.head_values(headers.fields) == {**by_name, b"x-new": b"1"}
 
 
 @pytest.mark.parametrize("fields", HEADS)
