@@ -9,8 +9,13 @@ within each pair: the drift moves both sides of a pair alike.
     .venv/bin/python bench/bench_alternate.py --kind json --rounds 8 --seconds 3
     .venv/bin/python bench/bench_alternate.py --kind sse --pairs codexgate,codexgate-checks
 
+    .venv/bin/python bench/bench_alternate.py --kind json --pairs codexgate,codexgate-baseline \
+        --baseline /path/to/other-checkout/.venv/bin/python      # this checkout against another
+
 Paths (bench_overhead.py's): codexgate (`codexgate up`, run with -O), codexgate-checks (`codexgate
-up --python-checks`), mitmdump, mitmdump-O (the same mitmdump run by `python -O`).
+up --python-checks`), mitmdump, mitmdump-O (the same mitmdump run by `python -O`), mitmproxy-core
+(codexgate's master without the chain), codexgate-baseline (`codexgate up` as installed for the
+interpreter `--baseline` names: another checkout's venv, e.g. the commit before a change).
 """
 
 from __future__ import annotations
@@ -31,18 +36,24 @@ import bench_overhead as bench  # noqa: E402
 UPSTREAM_KEY = "sk-bench-upstream-alternate"
 
 
-def start(procs: bench.Processes, work: Path, names: list[str], kind: str, env: dict[str, str]) -> dict[str, Any]:
+def start(
+    procs: bench.Processes, work: Path, names: list[str], kind: str, env: dict[str, str], baseline: str | None
+) -> dict[str, Any]:
     """Each path's target (url, headers, body), started and answering."""
     stream = kind in ("sse", "translated")
     upstream_base = f"http://127.0.0.1:{procs.ports['upstream']}"
     targets: dict[str, dict[str, Any]] = {}
     for name in names:
-        if name.startswith("mitmdump"):
-            bench.start_mitmdump(procs, work, upstream_base, procs.ports[name], env, stream, name)
+        if name.startswith("mitmdump") or name == "mitmproxy-core":
+            if name == "mitmproxy-core":
+                bench.start_proxy_core(procs, work, upstream_base, procs.ports[name], env, stream)
+            else:
+                bench.start_mitmdump(procs, work, upstream_base, procs.ports[name], env, stream, name)
             plain = bench.request_body(0, None, stream=stream)
             headers, path, body = bench.upstream_request(UPSTREAM_KEY, plain, kind == "translated")
         else:
-            key = bench.start_codexgate(procs, work, name, procs.ports["upstream"], env, [])
+            python = baseline if name == "codexgate-baseline" and baseline else sys.executable
+            key = bench.start_codexgate(procs, work, name, procs.ports["upstream"], env, [], python)
             headers = {"Authorization": f"Bearer {key}", "Content-Type": "application/json"}
             model = bench.TRANSLATED_MODEL if kind == "translated" else bench.MODEL
             path, body = "/v1/responses", bench.request_body(0, None, stream=stream, model=model)
@@ -65,12 +76,16 @@ def main() -> int:
     parser.add_argument("--seconds", type=float, default=3.0, help="closed-loop seconds per measurement")
     parser.add_argument("--workers", type=int, default=8, help="closed-loop connections")
     parser.add_argument("--json", help="write the measurements here")
+    parser.add_argument("--baseline", help="the interpreter (another checkout's venv) codexgate-baseline runs with")
     args = parser.parse_args()
     pairs = [tuple(pair.split(",")) for pair in args.pairs]
     names = list(dict.fromkeys(name for pair in pairs for name in pair))
-    unknown = [name for name in names if name not in ("codexgate", "codexgate-checks", "mitmdump", "mitmdump-O")]
+    known = ("codexgate", "codexgate-checks", "codexgate-baseline", "mitmdump", "mitmdump-O", "mitmproxy-core")
+    unknown = [name for name in names if name not in known]
     if unknown or any(len(pair) != 2 for pair in pairs):
-        parser.error(f"--pairs: A,B of codexgate, codexgate-checks, mitmdump, mitmdump-O (got {args.pairs})")
+        parser.error(f"--pairs: A,B of {', '.join(known)} (got {args.pairs})")
+    if "codexgate-baseline" in names and not args.baseline:
+        parser.error("codexgate-baseline needs --baseline PYTHON")
     work = Path(tempfile.mkdtemp(prefix="bench-alternate-"))
     procs = bench.Processes(work)
     results: dict[str, list[dict[str, float]]] = {name: [] for name in names}
@@ -83,7 +98,7 @@ def main() -> int:
             + ["--sse-events", "50"],
             env,
         )
-        targets = start(procs, work, names, args.kind, env)
+        targets = start(procs, work, names, args.kind, env, args.baseline)
         stream = args.kind != "json"
         for round_number in range(args.rounds):
             for pair in pairs:
@@ -100,8 +115,10 @@ def main() -> int:
     for a, b in pairs:
         cpu = sorted(x["cpu_us"] / y["cpu_us"] for x, y in zip(results[a], results[b], strict=True))
         rps = sorted(x["rps"] / y["rps"] for x, y in zip(results[a], results[b], strict=True))
+        extra = sorted(x["cpu_us"] - y["cpu_us"] for x, y in zip(results[a], results[b], strict=True))
         print(
             f"  {a} / {b}: CPU per request {statistics.median(cpu):.2f}x (pairs {cpu[0]:.2f}-{cpu[-1]:.2f}), "
+            f"{statistics.median(extra):+.0f} us ({extra[0]:+.0f} to {extra[-1]:+.0f}); "
             f"max rate {statistics.median(rps):.2f}x ({rps[0]:.2f}-{rps[-1]:.2f}); medians "
             f"{statistics.median(x['cpu_us'] for x in results[a]):.0f} / "
             f"{statistics.median(x['cpu_us'] for x in results[b]):.0f} us per request"

@@ -1159,17 +1159,24 @@ def start_proxy_core(
 
 
 def start_codexgate(
-    procs: Processes, work: Path, name: str, upstream_port: int, env: dict[str, str], options: list[str]
+    procs: Processes,
+    work: Path,
+    name: str,
+    upstream_port: int,
+    env: dict[str, str],
+    options: list[str],
+    python: str = sys.executable,
 ) -> str:
     """`codexgate up` with the bench policy and a fresh virtual key; returns the key.
 
     `options` (NAME=VALUE) go into the gateway's confdir/config.yaml, which mitmproxy reads at start:
-    for A/B runs that switch one part of the chain off (e.g. codexgate_audit=false)."""
+    for A/B runs that switch one part of the chain off (e.g. codexgate_audit=false). `python`: the
+    interpreter whose installed codexgate runs (another checkout's venv, for a before/after pair)."""
     policy = work / f"{name}-policy.yaml"
     policy.write_text(
         policy_text(upstream_port, limits=name.endswith("-limits"), guarded="-guarded" in name), encoding="utf-8"
     )
-    cli = [sys.executable, "-m", "codexgate.cli"]
+    cli = [python, "-m", "codexgate.cli"]
     created = subprocess.run(
         cli
         + ["keys", "create", "--policy", str(policy), "--name", "bench", "--team", "bench"]
