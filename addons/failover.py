@@ -45,10 +45,23 @@ COOLDOWN_OUTCOMES = frozenset(
 )  # fmt: skip
 
 
-def candidate_groups(state: GatewayRequest) -> list[list[tuple[Candidate, int]]]:
-    """(candidate, weight) groups: the asked model's routes (and keys), then each fallback model."""
+def candidate_groups(state: GatewayRequest) -> tuple[tuple[tuple[Candidate, int], ...], ...]:
+    """(candidate, weight) groups: the asked model's routes (and keys), then each fallback model.
+    They depend only on the loaded policy, the model and the key's name (as `allowed_providers`
+    does), so they are built once per (model, key) and kept with the policy (a reload drops them);
+    tuples of frozen candidates: nothing a request does changes them."""
+    assert state.model is not None
+    compiled = state.policy
+    cache_key = (state.model, state.key.name if state.key is not None else None)
+    groups = compiled.candidate_groups.get(cache_key)
+    if groups is None:
+        groups = compiled.candidate_groups[cache_key] = _candidate_groups(state)
+    return groups
+
+
+def _candidate_groups(state: GatewayRequest) -> tuple[tuple[tuple[Candidate, int], ...], ...]:
     policy = state.policy.policy
-    groups: list[list[tuple[Candidate, int]]] = []
+    groups: list[tuple[tuple[Candidate, int], ...]] = []
     assert state.model is not None
     # A key (or its team) restricted to some providers never reaches another, not even by fallback.
     allowed = state.policy.allowed_providers(state.key) if state.key is not None else None
@@ -69,8 +82,8 @@ def candidate_groups(state: GatewayRequest) -> list[list[tuple[Candidate, int]]]
                 group.append(
                     (Candidate(f"{route.provider}/{upstream}", model_name, route.provider, upstream, 0), route.weight)
                 )
-        groups.append(group)
-    return groups
+        groups.append(tuple(group))
+    return tuple(groups)
 
 
 class Failover:

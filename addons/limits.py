@@ -229,10 +229,26 @@ class Sizing:
 
     @classmethod
     def of(cls, flow: http.HTTPFlow, state: GatewayRequest) -> Sizing:
-        body_bytes = decoded_length(flow)
+        # `decoded_length` and `requested_output_cap` inline (one frame less each, per request);
+        # `request.data` is what the `headers` and `raw_content` properties return.
+        data = flow.request.data
+        encoding: str | None = None
+        for name, _ in data.headers.fields:  # `header_value(headers, b"content-encoding")`
+            if name.lower() == b"content-encoding":
+                encoding = header_value(data.headers, b"content-encoding")
+                break
+        if encoding is not None and (stripped := encoding.strip().lower()) and stripped != "identity":
+            body_bytes = len(flow.request.get_content(strict=False) or b"")
+        else:
+            body_bytes = len(data.content or b"")
         body = state.body or {}
         caps = {name: body[name] for name in _CAP_FIELDS if name in body}
-        return cls(body_bytes, max(1, body_bytes // 4), requested_output_cap(state), caps)
+        client_cap: int | None = None
+        for field in ("max_completion_tokens", "max_tokens") if state.endpoint == "chat" else ("max_output_tokens",):
+            cap = body.get(field)
+            if isinstance(cap, int) and not isinstance(cap, bool) and cap > 0:
+                client_cap = cap if client_cap is None else min(client_cap, cap)
+        return cls(body_bytes, max(1, body_bytes // 4), client_cap, caps)
 
     def ceiling(self, max_output_tokens: int) -> int:
         """The most output the answer can have: the model's limit, or the client's smaller cap."""
@@ -337,7 +353,8 @@ class Limits:
         self._store_spec: tuple[str, str] | None = None
         # A request's counters change only when one of their windows rolls over or the policy is
         # reloaded, so they are built once per (policy, levels, windows), not per request.
-        self._counters_cache: dict[tuple[int, tuple[tuple[str, str], ...]], CachedCounters] = {}
+        self._counters_cache: dict[tuple[int, str | None, str | None, str | None, str | None, str | None],
+                                   CachedCounters] = {}  # fmt: skip
         self._budget_gauges: dict[str, Any] = {}
         # Called before a relayed request's reservation moves to another candidate (WriteAhead puts
         # it on record); one that raises keeps that candidate from being tried.
@@ -582,7 +599,7 @@ class Limits:
     ) -> Metering:  # fmt: skip
         """What a request reserves at these counters, for `model` at `price` (nothing reserved yet)."""
         entry = state.policy.policy.models[model]
-        hard = any(counter.hard for counter in counters)
+        hard = any([counter.hard for counter in counters]) if counters else False
         output_tokens = sizing.ceiling(entry.max_output_tokens) if hard else entry.output_allowance
         metering = Metering(
             price=price, estimate=self._amounts(price, sizing.input_tokens, entry.output_allowance, output_tokens),
@@ -605,7 +622,7 @@ class Limits:
         assert self.store is not None and metering.price is not None and metering.model is not None
         price = metering.price
         entry = state.policy.policy.models[metering.model]
-        hard = any(counter.hard for counter in metering.counters)
+        hard = any([counter.hard for counter in metering.counters])
         ceiling = sizing.ceiling(entry.max_output_tokens)
         output_tokens = ceiling if hard else entry.output_allowance
         hard_settings = state.policy.policy.gateway.hard_budgets
@@ -657,7 +674,17 @@ class Limits:
                 self._budget_gauge(counter_state.counter).set(max(0.0, counter_state.remaining))
 
     def price_of(self, state: GatewayRequest, provider: str, model: str, upstream_model: str) -> PriceSource:
-        """The price of `model` served by `provider` as `upstream_model` (raises PriceUnknown)."""
+        """The price of `model` served by `provider` as `upstream_model` (raises PriceUnknown).
+        It depends only on the loaded policy (and genai-prices' bundled data, which the pricer
+        caches for good), so it is kept with the policy; an unknown price is asked again each time."""
+        compiled = state.policy
+        cache_key = (provider, model, upstream_model)
+        found: PriceSource | None = compiled.prices.get(cache_key)
+        if found is None:
+            found = compiled.prices[cache_key] = self._price_of(state, provider, model, upstream_model)
+        return found
+
+    def _price_of(self, state: GatewayRequest, provider: str, model: str, upstream_model: str) -> PriceSource:
         policy = state.policy.policy
         default_price: Price | None = None if policy.gateway.unknown_price == "deny" else policy.gateway.unknown_price
         return self.pricer.source(
@@ -693,11 +720,19 @@ class Limits:
         return cap
 
     def _counters(self, state: GatewayRequest, now: float, answered_by: Candidate | None = None) -> list[Counter]:
-        levels = levels_of(state, answered_by)
-        cache_key = (id(state.policy), tuple((level, name) for level, name, _ in levels))
+        # The levels (`levels_of`) are a function of the loaded policy, the key's name (as every
+        # per-key cache of the policy assumes), team, org, provider and model: the cache is keyed by
+        # those, so a hit builds no levels at all.
+        compiled, key = state.policy, state.key
+        if answered_by is None:
+            provider, model = state.provider, state.model
+        else:
+            provider, model = answered_by.provider, answered_by.model
+        cache_key = (id(compiled), key.name if key is not None else None, state.team, state.org, provider, model)
         cached = self._counters_cache.get(cache_key)
-        if cached is not None and cached.policy is state.policy and cached.valid_from <= now < cached.valid_until:
+        if cached is not None and cached.policy is compiled and cached.valid_from <= now < cached.valid_until:
             return list(cached.counters)
+        levels = levels_of(state, answered_by)
         counters = counters_for(levels, now, state.policy.policy.gateway.hard_budgets.epsilon_usd)
         if len(self._counters_cache) >= COUNTERS_CACHE_SIZE:
             self._counters_cache.clear()  # policy reloads and many keys: start over rather than grow

@@ -61,7 +61,11 @@ class Route:
             raise RuntimeError(f"admitted model {state.model} has no entry")
         candidates = await self._failover.order(state)
         policy = state.policy
-        if state.endpoint == "responses" and needs_stored_state(state.body):
+        body = state.body
+        # `needs_stored_state(body)` inline (a frame less per request)
+        if state.endpoint == "responses" and (
+            body.get("previous_response_id") is not None or body.get("background") is True
+        ):
             # Only OpenAI-style deployments keep responses; a translated one would refuse the
             # request after the relay had already counted it a failed attempt (and tried the next,
             # ending in 502). Such a request goes to the deployments that can serve it, in order.
@@ -71,8 +75,14 @@ class Route:
                 return
             candidates = servable
         first = candidates[0]
-        if len(candidates) == 1 or family_of(policy, first.provider).answers_locally:
-            self._direct(flow, state, first)
+        family = policy.families.get(first.provider)  # `family_of`, the frame only on first use
+        if family is None:
+            family = family_of(policy, first.provider)
+        if len(candidates) == 1 or family.answers_locally:
+            # One deployment (or a local mock first): mitmproxy forwards the request itself.
+            state.provider, state.upstream_model = first.provider, first.upstream_model
+            state.key_index = first.key_index
+            point(flow, state, family)
             return
         relayable = [c for c in candidates if not family_of(policy, c.provider).answers_locally]
         self._relayed(flow, state, relayable)
@@ -91,14 +101,6 @@ class Route:
         relayed = state.relayed if state is not None else None
         if relayed is not None and relayed.token and self._failover.relay is not None:
             self._failover.relay.discard(relayed.token)
-
-    # -- one deployment: mitmproxy forwards the request itself ---------------------------------------
-
-    def _direct(self, flow: http.HTTPFlow, state: GatewayRequest, chosen: Candidate) -> None:
-        state.provider, state.upstream_model = chosen.provider, chosen.upstream_model
-        state.key_index = chosen.key_index
-        family = family_of(state.policy, chosen.provider)
-        point(flow, state, family)
 
     # -- several deployments: the relay tries them in order -------------------------------------------
 
@@ -242,7 +244,8 @@ def point(flow: http.HTTPFlow, state: GatewayRequest, family: ProviderFamily[Any
         flow.request.content = prepared.body  # (sets content-length too)
     elif rewrite:
         flow.request.content = json.dumps(state.body).encode()
-    replace_headers(headers, prepared.headers)  # one pass over the fields (Headers.update: several per name)
+    if prepared.headers:
+        replace_headers(headers, prepared.headers)  # one pass over the fields (Headers.update: several per name)
     if prepared.dropped_tools:
         logger.info("request %s to %s: tools it cannot serve were dropped: %s", state.request_id,
                     state.provider, ", ".join(prepared.dropped_tools))  # fmt: skip
