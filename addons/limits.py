@@ -776,9 +776,6 @@ class Charge:
         self._limits = limits
         self._metrics = metrics
 
-    async def response(self, flow: http.HTTPFlow) -> None:
-        await self._settle(flow, broken=False)
-
     async def error(self, flow: http.HTTPFlow) -> None:
         state = state_of(flow)
         if state is not None and client_left(flow) and state.decision.in_flight:
@@ -803,7 +800,7 @@ class Charge:
         if relayed.drained_usage is not None:
             state.usage = relayed.drained_usage
 
-    async def _settle(self, flow: http.HTTPFlow, broken: bool) -> None:
+    async def _settle(self, flow: http.HTTPFlow, broken: bool = False) -> None:
         state = state_of(flow)
         metering = state.metering if state is not None else None
         if state is None or metering is None or metering.settled:
@@ -812,7 +809,7 @@ class Charge:
         # A relay that failed over: the provider (and model) that answered is charged, at its price.
         # Normally the reservation moved there before that attempt (admit_candidate) and is settled
         # as it is; only when it could not move (the store was down, fail open) does it move now.
-        elsewhere = self._limits.answered_elsewhere(state, metering)
+        elsewhere = self._limits.answered_elsewhere(state, metering) if state.relayed is not None else None
         price = metering.price
         if elsewhere is not None:
             try:
@@ -871,6 +868,9 @@ class Charge:
         except Exception:
             logger.exception("settling %s failed", state.request_id)
 
+    # The hook is `_settle` itself (an answer that arrived whole): no frame of its own per request.
+    response = _settle
+
     @staticmethod
     def _amounts(
         flow: http.HTTPFlow, state: GatewayRequest, metering: Metering, broken: bool, price: PriceSource | None
@@ -878,7 +878,8 @@ class Charge:
         if state.answered_locally and state.decision is not Decision.ANSWERED:
             return Amounts(), "release"  # refused by the gateway after admission: nothing used
         if state.usage is not None and price is not None:
-            return actual_amounts(state.usage, price.cost(state.usage)), "actual"
+            usage = state.usage  # (`actual_amounts`, inline)
+            return Amounts(usd=price.cost(usage), requests=1, tokens=usage.input_tokens + usage.output_tokens), "actual"
         status = flow.response.status_code if flow.response is not None else None
         if not broken and status is not None and status >= 400:
             return Amounts(requests=1), "upstream_error"  # the provider refused: it charges nothing

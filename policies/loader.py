@@ -59,6 +59,9 @@ class CompiledPolicy:
         default_factory=dict, compare=False, repr=False
     )
     prices: dict[tuple[str, str, str], Any] = dataclasses.field(default_factory=dict, compare=False, repr=False)
+    # (key name, requested model) -> the canonical model, for a pair `addons/admit.py` admitted
+    # (model known, allowed for the key and its team, a provider reachable): fixed for this policy.
+    admitted_models: dict[tuple[str, str], str] = dataclasses.field(default_factory=dict, compare=False, repr=False)
 
     def lookup_model(self, requested: str) -> tuple[str, ModelEntry] | None:
         return self.models_by_name.get(requested)
