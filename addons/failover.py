@@ -127,8 +127,13 @@ class Failover:
             await close()
 
     async def order(self, state: GatewayRequest) -> list[Candidate]:
-        self._cooldown = state.policy.policy.gateway.resilience.cooldown_seconds
-        groups = candidate_groups(state)
+        compiled = state.policy
+        self._cooldown = compiled.policy.gateway.resilience.cooldown_seconds
+        assert state.model is not None
+        # `candidate_groups(state)`, its cache looked up here (a frame less per request)
+        groups = compiled.candidate_groups.get((state.model, state.key.name if state.key is not None else None))
+        if groups is None:
+            groups = candidate_groups(state)
         if len(groups) == 1 and len(groups[0]) <= 1:
             return [candidate for candidate, _ in groups[0]]  # one deployment, no fallback: nothing to order
         ordered: list[Candidate] = []

@@ -601,11 +601,10 @@ class Limits:
         entry = state.policy.policy.models[model]
         hard = any([counter.hard for counter in counters]) if counters else False
         output_tokens = sizing.ceiling(entry.max_output_tokens) if hard else entry.output_allowance
+        estimate = self._amounts(price, sizing.input_tokens, entry.output_allowance, output_tokens)
         metering = Metering(
-            price=price, estimate=self._amounts(price, sizing.input_tokens, entry.output_allowance, output_tokens),
-            counters=counters, provider=provider, model=model,
+            price=price, estimate=estimate, counters=counters, reservation=estimate, provider=provider, model=model,
         )  # fmt: skip
-        metering.reservation = metering.estimate
         if hard:
             # The worst case: every byte of the body a token (a text token is never shorter than one
             # byte, and the body carries all the text) and the most output the answer can have.

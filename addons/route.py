@@ -57,7 +57,7 @@ class Route:
         state = state_of(flow)
         if state is None or state.model is None or state.body is None:
             return
-        if state.policy.lookup_model(state.model) is None:
+        if state.model not in state.policy.models_by_name:  # (`lookup_model`, without its frame)
             raise RuntimeError(f"admitted model {state.model} has no entry")
         candidates = await self._failover.order(state)
         policy = state.policy
@@ -87,12 +87,6 @@ class Route:
         relayable = [c for c in candidates if not family_of(policy, c.provider).answers_locally]
         self._relayed(flow, state, relayable)
 
-    def response(self, flow: http.HTTPFlow) -> None:
-        self._release_plan(flow)
-
-    def error(self, flow: http.HTTPFlow) -> None:
-        self._release_plan(flow)
-
     def _release_plan(self, flow: http.HTTPFlow) -> None:
         """Drop the relay plan of a request that never reached the relay — refused by a later
         step (Limits, Credentials, Seal) or failed before it left — instead of holding its
@@ -101,6 +95,10 @@ class Route:
         relayed = state.relayed if state is not None else None
         if relayed is not None and relayed.token and self._failover.relay is not None:
             self._failover.relay.discard(relayed.token)
+
+    # The hooks are `_release_plan` itself: no frame of their own per request.
+    response = _release_plan
+    error = _release_plan
 
     # -- several deployments: the relay tries them in order -------------------------------------------
 
