@@ -36,6 +36,7 @@ a crash, recovered) where its reservation last went.
 from __future__ import annotations
 
 import asyncio
+import collections
 import dataclasses
 import functools
 import json
@@ -331,6 +332,8 @@ HARD_CAP_TRIES = 3
 # answer's path (+0.2 to +0.3 ms p50, bench_overhead.py --paired, docs/benchmarks.md). For these
 # milliseconds the request counts as in flight, as the overspend bound in the README says.
 SETTLE_DELAY_SECONDS = 0.005
+# What asyncio's loop allows a timer early (`BaseEventLoop._clock_resolution`).
+_CLOCK_RESOLUTION = time.get_clock_info("monotonic").resolution
 
 
 @dataclasses.dataclass(frozen=True)
@@ -349,7 +352,10 @@ class Limits:
         self.store: CounterStore | None = None
         self.pending_settlements: set[asyncio.Task[None]] = set()
         self.settle_delay_seconds = SETTLE_DELAY_SECONDS
-        self._deferred: dict[asyncio.TimerHandle, Callable[[], None]] = {}  # settlements not started yet
+        # Settlements not started yet, (when, start) in the order they are due (the delay is the same
+        # for each), and one timer for the first of them: not a TimerHandle (and heap push) per answer.
+        self._deferred: collections.deque[tuple[float, Callable[[], None]]] = collections.deque()
+        self._deferred_timer: asyncio.TimerHandle | None = None
         self._store_spec: tuple[str, str] | None = None
         # A request's counters change only when one of their windows rolls over or the policy is
         # reloaded, so they are built once per (policy, levels, windows), not per request.
@@ -385,19 +391,35 @@ class Limits:
 
     def defer_settlement(self, start: Callable[[], None]) -> None:
         """Calls `start` once the answer has left (settle_delay_seconds later), or at shutdown."""
+        loop = asyncio.get_running_loop()
+        when = loop.time() + self.settle_delay_seconds
+        self._deferred.append((when, start))
+        if self._deferred_timer is None:
+            self._deferred_timer = loop.call_at(when, self._start_due)
 
-        def run() -> None:
-            del self._deferred[handle]
-            start()
-
-        handle = asyncio.get_running_loop().call_later(self.settle_delay_seconds, run)
-        self._deferred[handle] = start
+    def _start_due(self) -> None:
+        """Starts every deferred settlement that is due, as the loop would run a timer of its own for
+        each (one is due once its time is less than a clock resolution away), and waits for the next."""
+        self._deferred_timer = None
+        loop = asyncio.get_running_loop()
+        deferred = self._deferred
+        end = loop.time() + _CLOCK_RESOLUTION
+        while deferred and deferred[0][0] < end:
+            _, start = deferred.popleft()
+            try:
+                start()
+            except Exception:
+                logger.exception("a deferred settlement could not start")
+        if deferred:
+            self._deferred_timer = loop.call_at(deferred[0][0], self._start_due)
 
     async def done(self) -> None:
         # Settlements still on their way land before the store closes: nothing half-written.
-        deferred, self._deferred = self._deferred, {}
-        for handle, start in deferred.items():
-            handle.cancel()
+        if self._deferred_timer is not None:
+            self._deferred_timer.cancel()
+            self._deferred_timer = None
+        deferred, self._deferred = self._deferred, collections.deque()
+        for _, start in deferred:
             start()
         if self.pending_settlements:
             await asyncio.gather(*self.pending_settlements, return_exceptions=True)
