@@ -21,7 +21,7 @@ from codexgate.addons.failover import Failover
 from codexgate.errors import error_response
 from codexgate.failsafe import fail_closed
 from codexgate.flowstate import Candidate, Decision, GatewayRequest, RelayedRequest, Translation, refuse, state_of
-from codexgate.headers import replace_headers
+from codexgate.headers import replace_header_fields
 from codexgate.metrics import GatewayMetrics
 from codexgate.providers.base import UnsupportedRequest, refuse_stateful
 from codexgate.providers.family import CODEX_HEADERS, ProviderFamily, new_context
@@ -243,7 +243,11 @@ def point(flow: http.HTTPFlow, state: GatewayRequest, family: ProviderFamily[Any
     elif rewrite:
         flow.request.content = json.dumps(state.body).encode()
     if prepared.headers:
-        replace_headers(headers, prepared.headers)  # one pass over the fields (Headers.update: several per name)
+        # One pass over the fields (Headers.update: several per name); `replace_headers`, its encoding inline.
+        replace_header_fields(
+            headers, [(name.lower().encode(), value.encode("utf-8", "surrogateescape"))
+                      for name, value in prepared.headers.items()],
+        )  # fmt: skip
     if prepared.dropped_tools:
         logger.info("request %s to %s: tools it cannot serve were dropped: %s", state.request_id,
                     state.provider, ", ".join(prepared.dropped_tools))  # fmt: skip
