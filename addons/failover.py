@@ -168,7 +168,8 @@ class Failover:
     def requestheaders(self, flow: http.HTTPFlow) -> None:
         """The relay serves the gateway alone: a client cannot reach it through the proxy listener."""
         relay = self.relay
-        if relay is None or flow.response is not None or flow.request.port != getattr(relay, "port", None):
+        # (`request.data.port`: what the `port` property returns, without its frame)
+        if relay is None or flow.response is not None or flow.request.data.port != getattr(relay, "port", None):
             return
         if flow.request.host in ("127.0.0.1", "localhost", "::1"):
             flow.response = error_response(

@@ -690,9 +690,14 @@ class Limits:
         return error_response(429, "rate_limit_exceeded", message, headers=headers), Decision.RATE_LIMITED
 
     def _set_gauges(self, admission: Admission) -> None:
+        gauges = self._budget_gauges
         for counter_state in admission.states:
-            if counter_state.counter.kind == "usd":
-                self._budget_gauge(counter_state.counter).set(max(0.0, counter_state.remaining))
+            counter = counter_state.counter
+            if counter.kind == "usd":
+                gauge = gauges.get(counter.counter_id)  # (`_budget_gauge`'s frame only for a new one)
+                if gauge is None:
+                    gauge = self._budget_gauge(counter)
+                gauge.set(max(0.0, counter_state.remaining))
 
     def price_of(self, state: GatewayRequest, provider: str, model: str, upstream_model: str) -> PriceSource:
         """The price of `model` served by `provider` as `upstream_model` (raises PriceUnknown).
