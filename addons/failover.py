@@ -95,6 +95,9 @@ class Failover:
         self.rng = random.Random()
         self._tasks: set[asyncio.Task[None]] = set()
         self._cooldown = 30.0
+        # (provider, outcome) -> its child of the attempts counter: prometheus' `.labels()` takes a
+        # lock and builds its key on every call; attempts report the same few pairs over and over.
+        self._attempt_counters: dict[tuple[str, str], Any] = {}
 
     def configure(self, updated: set[str]) -> None:
         if {"codexgate_store", "codexgate_writer_id", "codexgate_data_dir"} & updated:
@@ -149,7 +152,12 @@ class Failover:
 
     def _on_attempt(self, deployment: str, outcome: str, status: int | None, seconds: float) -> None:
         provider = deployment.split("/", 1)[0]
-        self._metrics.attempts.labels(provider, outcome).inc()
+        counter = self._attempt_counters.get((provider, outcome))
+        if counter is None:
+            if len(self._attempt_counters) >= 1024:
+                self._attempt_counters.clear()  # many providers over many reloads: start over
+            counter = self._attempt_counters[(provider, outcome)] = self._metrics.attempts.labels(provider, outcome)
+        counter.inc()
         if outcome in COOLDOWN_OUTCOMES and self._cooldown > 0:
             logger.warning("deployment %s %s (status %s); cooling it down for %.0f s", deployment, outcome, status,
                            self._cooldown)  # fmt: skip
