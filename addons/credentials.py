@@ -50,7 +50,7 @@ class Credentials:
         # The client's credentials out and the provider's in, in one pass over the fields
         # (`replace_headers`, its encoding inline: a frame less per request).
         replace_header_fields(
-            flow.request.headers,
+            flow.request.data.headers,  # (what the `headers` property returns, without its frame)
             [(name.lower().encode(), value.encode("utf-8", "surrogateescape")) for name, value in headers.items()],
             CLIENT_CREDENTIAL_FIELDS,
         )

@@ -230,7 +230,7 @@ def point(flow: http.HTTPFlow, state: GatewayRequest, family: ProviderFamily[Any
     if family.answers_locally:
         return  # answered in the gateway (MockUpstream): nothing leaves
     prepared = translation.prepared
-    headers = flow.request.headers
+    headers = flow.request.data.headers  # (what the `headers` property returns, without its frame)
     if not family.passthrough:
         for name in CODEX_HEADERS:
             headers.pop(name, None)
