@@ -356,6 +356,7 @@ class Limits:
         # for each), and one timer for the first of them: not a TimerHandle (and heap push) per answer.
         self._deferred: collections.deque[tuple[float, Callable[[], None]]] = collections.deque()
         self._deferred_timer: asyncio.TimerHandle | None = None
+        self._deferred_loop: asyncio.AbstractEventLoop | None = None  # the timer's
         self._store_spec: tuple[str, str] | None = None
         # A request's counters change only when one of their windows rolls over or the policy is
         # reloaded, so they are built once per (policy, levels, windows), not per request.
@@ -394,8 +395,9 @@ class Limits:
         loop = asyncio.get_running_loop()
         when = loop.time() + self.settle_delay_seconds
         self._deferred.append((when, start))
-        if self._deferred_timer is None:
-            self._deferred_timer = loop.call_at(when, self._start_due)
+        # (another loop than the timer's: that loop ended, e.g. a test's asyncio.run; this one takes over)
+        if self._deferred_timer is None or self._deferred_loop is not loop:
+            self._deferred_timer, self._deferred_loop = loop.call_at(self._deferred[0][0], self._start_due), loop
 
     def _start_due(self) -> None:
         """Starts every deferred settlement that is due, as the loop would run a timer of its own for
@@ -411,7 +413,7 @@ class Limits:
             except Exception:
                 logger.exception("a deferred settlement could not start")
         if deferred:
-            self._deferred_timer = loop.call_at(deferred[0][0], self._start_due)
+            self._deferred_timer, self._deferred_loop = loop.call_at(deferred[0][0], self._start_due), loop
 
     async def done(self) -> None:
         # Settlements still on their way land before the store closes: nothing half-written.
