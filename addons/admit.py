@@ -32,6 +32,13 @@ class Admit:
         if state.endpoint == "models":
             return
         requested = state.model_requested or ""
+        # What follows depends only on the loaded policy, the key (by name, as the policy's other
+        # per-key lookups) and the model asked for: a pair admitted once is admitted without
+        # asking again until a reload; a refusal is worked out anew each time.
+        admitted = state.policy.admitted_models.get((key.name, requested))
+        if admitted is not None:
+            state.model = admitted
+            return
         found = state.policy.lookup_model(requested)
         if found is None:
             refuse(
@@ -86,4 +93,5 @@ class Admit:
                 Decision.PROVIDER_NOT_ALLOWED,
             )
             return
+        state.policy.admitted_models[(key.name, requested)] = canonical
         state.model = canonical

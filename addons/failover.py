@@ -45,10 +45,23 @@ COOLDOWN_OUTCOMES = frozenset(
 )  # fmt: skip
 
 
-def candidate_groups(state: GatewayRequest) -> list[list[tuple[Candidate, int]]]:
-    """(candidate, weight) groups: the asked model's routes (and keys), then each fallback model."""
+def candidate_groups(state: GatewayRequest) -> tuple[tuple[tuple[Candidate, int], ...], ...]:
+    """(candidate, weight) groups: the asked model's routes (and keys), then each fallback model.
+    They depend only on the loaded policy, the model and the key's name (as `allowed_providers`
+    does), so they are built once per (model, key) and kept with the policy (a reload drops them);
+    tuples of frozen candidates: nothing a request does changes them."""
+    assert state.model is not None
+    compiled = state.policy
+    cache_key = (state.model, state.key.name if state.key is not None else None)
+    groups = compiled.candidate_groups.get(cache_key)
+    if groups is None:
+        groups = compiled.candidate_groups[cache_key] = _candidate_groups(state)
+    return groups
+
+
+def _candidate_groups(state: GatewayRequest) -> tuple[tuple[tuple[Candidate, int], ...], ...]:
     policy = state.policy.policy
-    groups: list[list[tuple[Candidate, int]]] = []
+    groups: list[tuple[tuple[Candidate, int], ...]] = []
     assert state.model is not None
     # A key (or its team) restricted to some providers never reaches another, not even by fallback.
     allowed = state.policy.allowed_providers(state.key) if state.key is not None else None
@@ -69,8 +82,8 @@ def candidate_groups(state: GatewayRequest) -> list[list[tuple[Candidate, int]]]
                 group.append(
                     (Candidate(f"{route.provider}/{upstream}", model_name, route.provider, upstream, 0), route.weight)
                 )
-        groups.append(group)
-    return groups
+        groups.append(tuple(group))
+    return tuple(groups)
 
 
 class Failover:
@@ -82,6 +95,9 @@ class Failover:
         self.rng = random.Random()
         self._tasks: set[asyncio.Task[None]] = set()
         self._cooldown = 30.0
+        # (provider, outcome) -> its child of the attempts counter: prometheus' `.labels()` takes a
+        # lock and builds its key on every call; attempts report the same few pairs over and over.
+        self._attempt_counters: dict[tuple[str, str], Any] = {}
 
     def configure(self, updated: set[str]) -> None:
         if {"codexgate_store", "codexgate_writer_id", "codexgate_data_dir"} & updated:
@@ -114,8 +130,13 @@ class Failover:
             await close()
 
     async def order(self, state: GatewayRequest) -> list[Candidate]:
-        self._cooldown = state.policy.policy.gateway.resilience.cooldown_seconds
-        groups = candidate_groups(state)
+        compiled = state.policy
+        self._cooldown = compiled.policy.gateway.resilience.cooldown_seconds
+        assert state.model is not None
+        # `candidate_groups(state)`, its cache looked up here (a frame less per request)
+        groups = compiled.candidate_groups.get((state.model, state.key.name if state.key is not None else None))
+        if groups is None:
+            groups = candidate_groups(state)
         if len(groups) == 1 and len(groups[0]) <= 1:
             return [candidate for candidate, _ in groups[0]]  # one deployment, no fallback: nothing to order
         ordered: list[Candidate] = []
@@ -131,7 +152,12 @@ class Failover:
 
     def _on_attempt(self, deployment: str, outcome: str, status: int | None, seconds: float) -> None:
         provider = deployment.split("/", 1)[0]
-        self._metrics.attempts.labels(provider, outcome).inc()
+        counter = self._attempt_counters.get((provider, outcome))
+        if counter is None:
+            if len(self._attempt_counters) >= 1024:
+                self._attempt_counters.clear()  # many providers over many reloads: start over
+            counter = self._attempt_counters[(provider, outcome)] = self._metrics.attempts.labels(provider, outcome)
+        counter.inc()
         if outcome in COOLDOWN_OUTCOMES and self._cooldown > 0:
             logger.warning("deployment %s %s (status %s); cooling it down for %.0f s", deployment, outcome, status,
                            self._cooldown)  # fmt: skip
@@ -150,7 +176,8 @@ class Failover:
     def requestheaders(self, flow: http.HTTPFlow) -> None:
         """The relay serves the gateway alone: a client cannot reach it through the proxy listener."""
         relay = self.relay
-        if relay is None or flow.response is not None or flow.request.port != getattr(relay, "port", None):
+        # (`request.data.port`: what the `port` property returns, without its frame)
+        if relay is None or flow.response is not None or flow.request.data.port != getattr(relay, "port", None):
             return
         if flow.request.host in ("127.0.0.1", "localhost", "::1"):
             flow.response = error_response(

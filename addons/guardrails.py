@@ -94,6 +94,8 @@ class Guardrails:
         if self._policy is None:
             return None
         settings = getattr((compiled or self._policy.current()).policy, "guardrails", None)
+        if settings is None or type(settings) is GuardrailSettings:
+            return settings  # (no `isinstance`: pydantic's metaclass answers it in a Python frame)
         return settings if isinstance(settings, GuardrailSettings) else None
 
     @fail_closed

@@ -36,6 +36,7 @@ a crash, recovered) where its reservation last went.
 from __future__ import annotations
 
 import asyncio
+import collections
 import dataclasses
 import functools
 import json
@@ -229,10 +230,26 @@ class Sizing:
 
     @classmethod
     def of(cls, flow: http.HTTPFlow, state: GatewayRequest) -> Sizing:
-        body_bytes = decoded_length(flow)
+        # `decoded_length` and `requested_output_cap` inline (one frame less each, per request);
+        # `request.data` is what the `headers` and `raw_content` properties return.
+        data = flow.request.data
+        encoding: str | None = None
+        for name, _ in data.headers.fields:  # `header_value(headers, b"content-encoding")`
+            if name.lower() == b"content-encoding":
+                encoding = header_value(data.headers, b"content-encoding")
+                break
+        if encoding is not None and (stripped := encoding.strip().lower()) and stripped != "identity":
+            body_bytes = len(flow.request.get_content(strict=False) or b"")
+        else:
+            body_bytes = len(data.content or b"")
         body = state.body or {}
         caps = {name: body[name] for name in _CAP_FIELDS if name in body}
-        return cls(body_bytes, max(1, body_bytes // 4), requested_output_cap(state), caps)
+        client_cap: int | None = None
+        for field in ("max_completion_tokens", "max_tokens") if state.endpoint == "chat" else ("max_output_tokens",):
+            cap = body.get(field)
+            if isinstance(cap, int) and not isinstance(cap, bool) and cap > 0:
+                client_cap = cap if client_cap is None else min(client_cap, cap)
+        return cls(body_bytes, max(1, body_bytes // 4), client_cap, caps)
 
     def ceiling(self, max_output_tokens: int) -> int:
         """The most output the answer can have: the model's limit, or the client's smaller cap."""
@@ -315,6 +332,8 @@ HARD_CAP_TRIES = 3
 # answer's path (+0.2 to +0.3 ms p50, bench_overhead.py --paired, docs/benchmarks.md). For these
 # milliseconds the request counts as in flight, as the overspend bound in the README says.
 SETTLE_DELAY_SECONDS = 0.005
+# What asyncio's loop allows a timer early (`BaseEventLoop._clock_resolution`).
+_CLOCK_RESOLUTION = time.get_clock_info("monotonic").resolution
 
 
 @dataclasses.dataclass(frozen=True)
@@ -333,11 +352,16 @@ class Limits:
         self.store: CounterStore | None = None
         self.pending_settlements: set[asyncio.Task[None]] = set()
         self.settle_delay_seconds = SETTLE_DELAY_SECONDS
-        self._deferred: dict[asyncio.TimerHandle, Callable[[], None]] = {}  # settlements not started yet
+        # Settlements not started yet, (when, start) in the order they are due (the delay is the same
+        # for each), and one timer for the first of them: not a TimerHandle (and heap push) per answer.
+        self._deferred: collections.deque[tuple[float, Callable[[], None]]] = collections.deque()
+        self._deferred_timer: asyncio.TimerHandle | None = None
+        self._deferred_loop: asyncio.AbstractEventLoop | None = None  # the timer's
         self._store_spec: tuple[str, str] | None = None
         # A request's counters change only when one of their windows rolls over or the policy is
         # reloaded, so they are built once per (policy, levels, windows), not per request.
-        self._counters_cache: dict[tuple[int, tuple[tuple[str, str], ...]], CachedCounters] = {}
+        self._counters_cache: dict[tuple[int, str | None, str | None, str | None, str | None, str | None],
+                                   CachedCounters] = {}  # fmt: skip
         self._budget_gauges: dict[str, Any] = {}
         # Called before a relayed request's reservation moves to another candidate (WriteAhead puts
         # it on record); one that raises keeps that candidate from being tried.
@@ -368,19 +392,36 @@ class Limits:
 
     def defer_settlement(self, start: Callable[[], None]) -> None:
         """Calls `start` once the answer has left (settle_delay_seconds later), or at shutdown."""
+        loop = asyncio.get_running_loop()
+        when = loop.time() + self.settle_delay_seconds
+        self._deferred.append((when, start))
+        # (another loop than the timer's: that loop ended, e.g. a test's asyncio.run; this one takes over)
+        if self._deferred_timer is None or self._deferred_loop is not loop:
+            self._deferred_timer, self._deferred_loop = loop.call_at(self._deferred[0][0], self._start_due), loop
 
-        def run() -> None:
-            del self._deferred[handle]
-            start()
-
-        handle = asyncio.get_running_loop().call_later(self.settle_delay_seconds, run)
-        self._deferred[handle] = start
+    def _start_due(self) -> None:
+        """Starts every deferred settlement that is due, as the loop would run a timer of its own for
+        each (one is due once its time is less than a clock resolution away), and waits for the next."""
+        self._deferred_timer = None
+        loop = asyncio.get_running_loop()
+        deferred = self._deferred
+        end = loop.time() + _CLOCK_RESOLUTION
+        while deferred and deferred[0][0] < end:
+            _, start = deferred.popleft()
+            try:
+                start()
+            except Exception:
+                logger.exception("a deferred settlement could not start")
+        if deferred:
+            self._deferred_timer, self._deferred_loop = loop.call_at(deferred[0][0], self._start_due), loop
 
     async def done(self) -> None:
         # Settlements still on their way land before the store closes: nothing half-written.
-        deferred, self._deferred = self._deferred, {}
-        for handle, start in deferred.items():
-            handle.cancel()
+        if self._deferred_timer is not None:
+            self._deferred_timer.cancel()
+            self._deferred_timer = None
+        deferred, self._deferred = self._deferred, collections.deque()
+        for _, start in deferred:
             start()
         if self.pending_settlements:
             await asyncio.gather(*self.pending_settlements, return_exceptions=True)
@@ -582,13 +623,12 @@ class Limits:
     ) -> Metering:  # fmt: skip
         """What a request reserves at these counters, for `model` at `price` (nothing reserved yet)."""
         entry = state.policy.policy.models[model]
-        hard = any(counter.hard for counter in counters)
+        hard = any([counter.hard for counter in counters]) if counters else False
         output_tokens = sizing.ceiling(entry.max_output_tokens) if hard else entry.output_allowance
+        estimate = self._amounts(price, sizing.input_tokens, entry.output_allowance, output_tokens)
         metering = Metering(
-            price=price, estimate=self._amounts(price, sizing.input_tokens, entry.output_allowance, output_tokens),
-            counters=counters, provider=provider, model=model,
+            price=price, estimate=estimate, counters=counters, reservation=estimate, provider=provider, model=model,
         )  # fmt: skip
-        metering.reservation = metering.estimate
         if hard:
             # The worst case: every byte of the body a token (a text token is never shorter than one
             # byte, and the body carries all the text) and the most output the answer can have.
@@ -605,7 +645,7 @@ class Limits:
         assert self.store is not None and metering.price is not None and metering.model is not None
         price = metering.price
         entry = state.policy.policy.models[metering.model]
-        hard = any(counter.hard for counter in metering.counters)
+        hard = any([counter.hard for counter in metering.counters])
         ceiling = sizing.ceiling(entry.max_output_tokens)
         output_tokens = ceiling if hard else entry.output_allowance
         hard_settings = state.policy.policy.gateway.hard_budgets
@@ -652,12 +692,27 @@ class Limits:
         return error_response(429, "rate_limit_exceeded", message, headers=headers), Decision.RATE_LIMITED
 
     def _set_gauges(self, admission: Admission) -> None:
+        gauges = self._budget_gauges
         for counter_state in admission.states:
-            if counter_state.counter.kind == "usd":
-                self._budget_gauge(counter_state.counter).set(max(0.0, counter_state.remaining))
+            counter = counter_state.counter
+            if counter.kind == "usd":
+                gauge = gauges.get(counter.counter_id)  # (`_budget_gauge`'s frame only for a new one)
+                if gauge is None:
+                    gauge = self._budget_gauge(counter)
+                gauge.set(max(0.0, counter_state.remaining))
 
     def price_of(self, state: GatewayRequest, provider: str, model: str, upstream_model: str) -> PriceSource:
-        """The price of `model` served by `provider` as `upstream_model` (raises PriceUnknown)."""
+        """The price of `model` served by `provider` as `upstream_model` (raises PriceUnknown).
+        It depends only on the loaded policy (and genai-prices' bundled data, which the pricer
+        caches for good), so it is kept with the policy; an unknown price is asked again each time."""
+        compiled = state.policy
+        cache_key = (provider, model, upstream_model)
+        found: PriceSource | None = compiled.prices.get(cache_key)
+        if found is None:
+            found = compiled.prices[cache_key] = self._price_of(state, provider, model, upstream_model)
+        return found
+
+    def _price_of(self, state: GatewayRequest, provider: str, model: str, upstream_model: str) -> PriceSource:
         policy = state.policy.policy
         default_price: Price | None = None if policy.gateway.unknown_price == "deny" else policy.gateway.unknown_price
         return self.pricer.source(
@@ -693,11 +748,19 @@ class Limits:
         return cap
 
     def _counters(self, state: GatewayRequest, now: float, answered_by: Candidate | None = None) -> list[Counter]:
-        levels = levels_of(state, answered_by)
-        cache_key = (id(state.policy), tuple((level, name) for level, name, _ in levels))
+        # The levels (`levels_of`) are a function of the loaded policy, the key's name (as every
+        # per-key cache of the policy assumes), team, org, provider and model: the cache is keyed by
+        # those, so a hit builds no levels at all.
+        compiled, key = state.policy, state.key
+        if answered_by is None:
+            provider, model = state.provider, state.model
+        else:
+            provider, model = answered_by.provider, answered_by.model
+        cache_key = (id(compiled), key.name if key is not None else None, state.team, state.org, provider, model)
         cached = self._counters_cache.get(cache_key)
-        if cached is not None and cached.policy is state.policy and cached.valid_from <= now < cached.valid_until:
+        if cached is not None and cached.policy is compiled and cached.valid_from <= now < cached.valid_until:
             return list(cached.counters)
+        levels = levels_of(state, answered_by)
         counters = counters_for(levels, now, state.policy.policy.gateway.hard_budgets.epsilon_usd)
         if len(self._counters_cache) >= COUNTERS_CACHE_SIZE:
             self._counters_cache.clear()  # policy reloads and many keys: start over rather than grow
@@ -741,9 +804,6 @@ class Charge:
         self._limits = limits
         self._metrics = metrics
 
-    async def response(self, flow: http.HTTPFlow) -> None:
-        await self._settle(flow, broken=False)
-
     async def error(self, flow: http.HTTPFlow) -> None:
         state = state_of(flow)
         if state is not None and client_left(flow) and state.decision.in_flight:
@@ -768,7 +828,7 @@ class Charge:
         if relayed.drained_usage is not None:
             state.usage = relayed.drained_usage
 
-    async def _settle(self, flow: http.HTTPFlow, broken: bool) -> None:
+    async def _settle(self, flow: http.HTTPFlow, broken: bool = False) -> None:
         state = state_of(flow)
         metering = state.metering if state is not None else None
         if state is None or metering is None or metering.settled:
@@ -777,7 +837,7 @@ class Charge:
         # A relay that failed over: the provider (and model) that answered is charged, at its price.
         # Normally the reservation moved there before that attempt (admit_candidate) and is settled
         # as it is; only when it could not move (the store was down, fail open) does it move now.
-        elsewhere = self._limits.answered_elsewhere(state, metering)
+        elsewhere = self._limits.answered_elsewhere(state, metering) if state.relayed is not None else None
         price = metering.price
         if elsewhere is not None:
             try:
@@ -836,6 +896,9 @@ class Charge:
         except Exception:
             logger.exception("settling %s failed", state.request_id)
 
+    # The hook is `_settle` itself (an answer that arrived whole): no frame of its own per request.
+    response = _settle
+
     @staticmethod
     def _amounts(
         flow: http.HTTPFlow, state: GatewayRequest, metering: Metering, broken: bool, price: PriceSource | None
@@ -843,7 +906,8 @@ class Charge:
         if state.answered_locally and state.decision is not Decision.ANSWERED:
             return Amounts(), "release"  # refused by the gateway after admission: nothing used
         if state.usage is not None and price is not None:
-            return actual_amounts(state.usage, price.cost(state.usage)), "actual"
+            usage = state.usage  # (`actual_amounts`, inline)
+            return Amounts(usd=price.cost(usage), requests=1, tokens=usage.input_tokens + usage.output_tokens), "actual"
         status = flow.response.status_code if flow.response is not None else None
         if not broken and status is not None and status >= 400:
             return Amounts(requests=1), "upstream_error"  # the provider refused: it charges nothing

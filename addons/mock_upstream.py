@@ -8,7 +8,7 @@ from mitmproxy import http
 
 from codexgate.failsafe import fail_closed
 from codexgate.flowstate import answer_locally, state_of
-from codexgate.providers.registry import family_for
+from codexgate.providers.registry import FAMILIES, family_for
 
 
 class MockUpstream:
@@ -19,9 +19,11 @@ class MockUpstream:
         state = state_of(flow)
         if state is None or not state.cleared or state.provider is None or state.body is None:
             return
-        family = family_for(state.policy.policy.providers[state.provider])
-        if not family.answers_locally:
+        settings = state.policy.policy.providers[state.provider]
+        # `answers_locally` is the family class's: the family is made (`family_for`) only when it does.
+        if not FAMILIES[settings.kind].answers_locally:
             return
+        family = family_for(settings)
         model = state.upstream_model or state.model or "mock-model"
         content, content_type = await family.answer_locally(
             state.body, state.endpoint or "responses", state.stream, model, flow.request.raw_content or b""

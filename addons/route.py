@@ -21,7 +21,7 @@ from codexgate.addons.failover import Failover
 from codexgate.errors import error_response
 from codexgate.failsafe import fail_closed
 from codexgate.flowstate import Candidate, Decision, GatewayRequest, RelayedRequest, Translation, refuse, state_of
-from codexgate.headers import replace_headers
+from codexgate.headers import replace_header_fields
 from codexgate.metrics import GatewayMetrics
 from codexgate.providers.base import UnsupportedRequest, refuse_stateful
 from codexgate.providers.family import CODEX_HEADERS, ProviderFamily, new_context
@@ -57,11 +57,15 @@ class Route:
         state = state_of(flow)
         if state is None or state.model is None or state.body is None:
             return
-        if state.policy.lookup_model(state.model) is None:
+        if state.model not in state.policy.models_by_name:  # (`lookup_model`, without its frame)
             raise RuntimeError(f"admitted model {state.model} has no entry")
         candidates = await self._failover.order(state)
         policy = state.policy
-        if state.endpoint == "responses" and needs_stored_state(state.body):
+        body = state.body
+        # `needs_stored_state(body)` inline (a frame less per request)
+        if state.endpoint == "responses" and (
+            body.get("previous_response_id") is not None or body.get("background") is True
+        ):
             # Only OpenAI-style deployments keep responses; a translated one would refuse the
             # request after the relay had already counted it a failed attempt (and tried the next,
             # ending in 502). Such a request goes to the deployments that can serve it, in order.
@@ -71,17 +75,17 @@ class Route:
                 return
             candidates = servable
         first = candidates[0]
-        if len(candidates) == 1 or family_of(policy, first.provider).answers_locally:
-            self._direct(flow, state, first)
+        family = policy.families.get(first.provider)  # `family_of`, the frame only on first use
+        if family is None:
+            family = family_of(policy, first.provider)
+        if len(candidates) == 1 or family.answers_locally:
+            # One deployment (or a local mock first): mitmproxy forwards the request itself.
+            state.provider, state.upstream_model = first.provider, first.upstream_model
+            state.key_index = first.key_index
+            point(flow, state, family)
             return
         relayable = [c for c in candidates if not family_of(policy, c.provider).answers_locally]
         self._relayed(flow, state, relayable)
-
-    def response(self, flow: http.HTTPFlow) -> None:
-        self._release_plan(flow)
-
-    def error(self, flow: http.HTTPFlow) -> None:
-        self._release_plan(flow)
 
     def _release_plan(self, flow: http.HTTPFlow) -> None:
         """Drop the relay plan of a request that never reached the relay — refused by a later
@@ -92,13 +96,9 @@ class Route:
         if relayed is not None and relayed.token and self._failover.relay is not None:
             self._failover.relay.discard(relayed.token)
 
-    # -- one deployment: mitmproxy forwards the request itself ---------------------------------------
-
-    def _direct(self, flow: http.HTTPFlow, state: GatewayRequest, chosen: Candidate) -> None:
-        state.provider, state.upstream_model = chosen.provider, chosen.upstream_model
-        state.key_index = chosen.key_index
-        family = family_of(state.policy, chosen.provider)
-        point(flow, state, family)
+    # The hooks are `_release_plan` itself: no frame of their own per request.
+    response = _release_plan
+    error = _release_plan
 
     # -- several deployments: the relay tries them in order -------------------------------------------
 
@@ -230,7 +230,7 @@ def point(flow: http.HTTPFlow, state: GatewayRequest, family: ProviderFamily[Any
     if family.answers_locally:
         return  # answered in the gateway (MockUpstream): nothing leaves
     prepared = translation.prepared
-    headers = flow.request.headers
+    headers = flow.request.data.headers  # (what the `headers` property returns, without its frame)
     if not family.passthrough:
         for name in CODEX_HEADERS:
             headers.pop(name, None)
@@ -242,7 +242,12 @@ def point(flow: http.HTTPFlow, state: GatewayRequest, family: ProviderFamily[Any
         flow.request.content = prepared.body  # (sets content-length too)
     elif rewrite:
         flow.request.content = json.dumps(state.body).encode()
-    replace_headers(headers, prepared.headers)  # one pass over the fields (Headers.update: several per name)
+    if prepared.headers:
+        # One pass over the fields (Headers.update: several per name); `replace_headers`, its encoding inline.
+        replace_header_fields(
+            headers, [(name.lower().encode(), value.encode("utf-8", "surrogateescape"))
+                      for name, value in prepared.headers.items()],
+        )  # fmt: skip
     if prepared.dropped_tools:
         logger.info("request %s to %s: tools it cannot serve were dropped: %s", state.request_id,
                     state.provider, ", ".join(prepared.dropped_tools))  # fmt: skip

@@ -106,8 +106,11 @@ class Pricer:
         raise PriceUnknown(f"no price is known for model {upstream_model}")
 
     def estimate(self, source: PriceSource, input_tokens: int, output_tokens: int) -> float:
-        if source.fixed is not None:
-            return fixed_cost(source.fixed, Usage(input_tokens=input_tokens, output_tokens=output_tokens))
+        fixed = source.fixed
+        if fixed is not None:
+            # `fixed_cost(fixed, Usage(input_tokens, output_tokens))` without its two frames: with
+            # no cached tokens its cached term is 0.0, and adding 0.0 changes no float.
+            return (input_tokens * fixed.input_per_mtok + output_tokens * fixed.output_per_mtok) / _MTOK
         if source not in self._unit:
             per_input = source.cost(Usage(input_tokens=_MTOK)) / _MTOK
             per_output = source.cost(Usage(output_tokens=_MTOK)) / _MTOK

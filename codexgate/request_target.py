@@ -27,11 +27,17 @@ def _target(url: str) -> tuple[bytes, str, int, bytes, str]:
 
 def point_at(request: http.Request, url: str) -> None:
     """Same result as `request.url = url` (scheme, host, port, path, Host header, authority)."""
-    scheme, host, port, path, hostport = _target(always_str(url, "utf-8", "surrogateescape"))
+    text = url if isinstance(url, str) else always_str(url, "utf-8", "surrogateescape")  # (a frame less for a str)
+    scheme, host, port, path, hostport = _target(text)
     data = request.data
     data.scheme, data.host, data.port, data.path = scheme, host, port, path
     fields = data.headers.fields
-    if any(name.lower() == b"host" for name, _ in fields):
+    has_host = False
+    for name, _ in fields:  # (a loop, not `any(...)` over a generator: no frame resumed per field)
+        if name.lower() == b"host":
+            has_host = True
+            break
+    if has_host:
         # `headers["Host"] = hostport`: the first Host field keeps its place and name, others go.
         value: bytes | None = hostport.encode("utf-8", "surrogateescape")
         replaced: list[tuple[bytes, bytes]] = []

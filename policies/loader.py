@@ -52,6 +52,16 @@ class CompiledPolicy:
     # what a family keeps between requests (access tokens) lives and dies with this load. Any: the
     # policies layer knows no provider.
     families: dict[str, Any] = dataclasses.field(default_factory=dict, compare=False, repr=False)
+    # Per-request lookups the addons build once per load (same lifetime as `families`, so a reload
+    # drops them): (model, key name) -> failover candidate groups (`addons/failover.py`); price
+    # sources of (provider, model, upstream model) (`addons/limits.py`). Any: no addon types here.
+    candidate_groups: dict[tuple[str, str | None], Any] = dataclasses.field(
+        default_factory=dict, compare=False, repr=False
+    )
+    prices: dict[tuple[str, str, str], Any] = dataclasses.field(default_factory=dict, compare=False, repr=False)
+    # (key name, requested model) -> the canonical model, for a pair `addons/admit.py` admitted
+    # (model known, allowed for the key and its team, a provider reachable): fixed for this policy.
+    admitted_models: dict[tuple[str, str], str] = dataclasses.field(default_factory=dict, compare=False, repr=False)
 
     def lookup_model(self, requested: str) -> tuple[str, ModelEntry] | None:
         return self.models_by_name.get(requested)
