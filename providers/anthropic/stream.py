@@ -8,11 +8,14 @@ import logging
 from collections.abc import Mapping
 from typing import Any
 
+import orjson
+
 from codexgate.providers.anthropic.errors import stream_error
 from codexgate.providers.anthropic.tools import RequestInfo
 from codexgate.providers.anthropic.usage import UsageCounter
 from codexgate.providers.anthropic.values import JSON, as_dict, as_str
 from codexgate.providers.base import seal_reasoning
+from codexgate.providers.family import StreamBridge
 from codexgate.providers.responses import (
     CustomToolCallItem,
     EmittingTranslator,
@@ -225,3 +228,45 @@ def _refusal_text(stop_details: Any, partial: bool = False) -> str:
     if isinstance(stop_details, dict) and isinstance(stop_details.get("explanation"), str):
         text += f" {stop_details['explanation']}"
     return text
+
+
+_TEXT_DELTA = b"event: content_block_delta\ndata: "
+_AFTER = len(_TEXT_DELTA)
+
+
+class TextDeltaBridge(StreamBridge):
+    """The Anthropic stream's bridge: `StreamBridge`, with a shortest path for the bulk of a stream.
+    Anthropic writes each event on its own, and most are a text delta of the message being
+    written: a chunk that is one whole such event (nothing pending before it, one line of data)
+    is decoded, checked and encoded here in a few calls (`MessageItem.encoded_delta`), the same
+    bytes as the general path's; anything else, or any doubt, takes the general path. The checks
+    only read: nothing has changed when one fails."""
+
+    __slots__ = ("_blocks", "_emitter", "_parser")
+
+    def __init__(self, decoder: StreamDecoder, translator: StreamTranslator) -> None:
+        super().__init__(decoder, translator)
+        self._parser = decoder._parser
+        self._blocks = translator._blocks
+        self._emitter = translator.emit
+
+    def feed(self, chunk: bytes) -> bytes:
+        # What the general path would read as this one event's data: the same bytes when the chunk
+        # is the event's two lines and its blank one, without "\r" (which SSEParser rewrites).
+        if chunk[:_AFTER] == _TEXT_DELTA and chunk[-2:] == b"\n\n" and not self._parser._buffer:
+            data = chunk[_AFTER:-2]
+            if 10 not in data and 13 not in data:  # 10: b"\n", 13: b"\r"
+                try:
+                    event = orjson.loads(data)
+                    index, delta = event["index"], event["delta"]
+                    # (isinstance's int, but for bool, which the general path takes just the same)
+                    item = self._blocks[index].item if index.__class__ is int else None
+                    text = delta["text"] if event["type"] == "content_block_delta" else None
+                    if item.__class__ is MessageItem and text.__class__ is str and delta["type"] == "text_delta":
+                        out = item.encoded_delta(text)  # type: ignore[union-attr]
+                        if out is not None:
+                            self.events_out += 1
+                            return out
+                except (ValueError, KeyError, TypeError):  # orjson's JSONDecodeError is a ValueError
+                    pass  # not this shape: the general path reads it (and decides what it is)
+        return StreamBridge.feed(self, chunk)

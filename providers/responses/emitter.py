@@ -24,8 +24,11 @@ same way from the `{"input": "..."}` JSON the model writes (`jsonstring`).
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 from typing import Any
+
+import orjson
 
 from codexgate.providers.responses.jsonstring import InputStringStream, custom_input
 from codexgate.providers.responses.objects import ResponseContext, response_object, usage_block
@@ -41,6 +44,8 @@ __all__ = [
 ]
 
 JSON = dict[str, Any]
+
+_TEXT_DELTA_EVENT = b"event: response.output_text.delta\ndata: "  # (`codexgate.sse.encode_event`'s head)
 
 
 class ResponseEmitter:
@@ -219,13 +224,14 @@ class _Item:
 class MessageItem(_Item):
     """An assistant message; held back while only whitespace arrived (then it never appears)."""
 
-    __slots__ = ("_held", "_parts", "announced")
+    __slots__ = ("_delta_head", "_held", "_parts", "announced")
 
     def __init__(self, emitter: ResponseEmitter, item_id: str) -> None:
         super().__init__(emitter, item_id)
         self._parts: list[str] = []
         self._held = ""
         self.announced = False
+        self._delta_head: bytes | None = None  # see `encoded_delta`, set once announced
 
     @property
     def text(self) -> str:
@@ -255,6 +261,18 @@ class MessageItem(_Item):
                     "part": {"type": "output_text", "text": "", "annotations": []},
                 }
             )
+            # Its delta events' bytes before the text, as `codexgate.sse.encode_events` writes them
+            # (orjson, the keys in `delta`'s order below; see `encoded_delta`). An id orjson
+            # refuses leaves it unset: the standard encoder writes those events (`delta`).
+            with contextlib.suppress(TypeError):
+                self._delta_head = b"%s{%s,%s,%s,%s,%s:" % (
+                    _TEXT_DELTA_EVENT,
+                    b'"type":"response.output_text.delta"',
+                    b'"output_index":%d' % self.output_index,
+                    b'"item_id":%s' % orjson.dumps(self.item_id),
+                    b'"content_index":0',
+                    b'"delta"',
+                )
         self._parts.append(text)
         self.emitter.emit(
             {
@@ -266,6 +284,26 @@ class MessageItem(_Item):
                 "logprobs": [],
             }
         )
+
+    def encoded_delta(self, text: str) -> bytes | None:
+        """`delta(text)` emitted and encoded in one step, for a stream bridge's shortest path (the
+        bulk of a streamed answer): the bytes `codexgate.sse.encode_events` writes for the
+        `response.output_text.delta` event `delta` emits, with the same bookkeeping (the text kept,
+        the sequence number taken), without building the event. None, with nothing done, where
+        `delta` must take it: the message not announced yet or finished, the answer over, events
+        still queued (they come first), no text, or a text orjson refuses (a lone surrogate: the
+        standard encoder's bytes differ)."""
+        head, emitter = self._delta_head, self.emitter
+        if head is None or self.finished or emitter.outcome is not None or emitter.events or not text:
+            return None
+        try:
+            encoded = orjson.dumps(text)
+        except TypeError:
+            return None
+        self._parts.append(text)
+        sequence = emitter.sequence
+        emitter.sequence = sequence + 1
+        return b'%s%s,"logprobs":[],"sequence_number":%d}\n\n' % (head, encoded, sequence)
 
     def done(self, status: str = "completed") -> JSON | None:
         """The finished message item, or None when only whitespace came (no item at all)."""
