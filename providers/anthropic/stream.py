@@ -25,7 +25,7 @@ from codexgate.providers.responses import (
     ResponseContext,
     ToolNameMap,
 )
-from codexgate.sse import SSEParser, decode_json
+from codexgate.sse import SSEParser, decode_json, encode_events
 
 logger = logging.getLogger(__name__)
 
@@ -45,22 +45,26 @@ class StreamDecoder:
         self._parser = SSEParser()
 
     def feed(self, chunk: bytes) -> list[JSON]:
-        events: list[JSON] = []
-        for name, data in self._parser.feed_raw(chunk):
-            try:
-                event = decode_json(data)
-            except ValueError:
-                text = data.decode("utf-8", "replace")
-                if not text.strip():
-                    continue  # an empty data line (also one of whitespace only): nothing
-                # A garbled event cannot be skipped silently (it may be text): fail the answer.
-                logger.warning("undecodable Anthropic stream event %r", text[:200])
-                event = {"type": "error", "error": {"type": "api_error", "message": "undecodable stream event"}}
-            if isinstance(event, dict):
-                if "type" not in event:
-                    event["type"] = name
-                events.append(event)
-        return events
+        return [event for name, data in self._parser.feed_raw(chunk) if (event := decoded(name, data)) is not None]
+
+
+def decoded(name: str, data: bytes) -> JSON | None:
+    """One SSE event's data → the event dict (its `type` the SSE name when it has none), None for
+    nothing (no data, or JSON that is no object); undecodable data → an error event."""
+    try:
+        event = decode_json(data)
+    except ValueError:
+        text = data.decode("utf-8", "replace")
+        if not text.strip():
+            return None  # an empty data line (also one of whitespace only): nothing
+        # A garbled event cannot be skipped silently (it may be text): fail the answer.
+        logger.warning("undecodable Anthropic stream event %r", text[:200])
+        return {"type": "error", "error": {"type": "api_error", "message": "undecodable stream event"}}
+    if not isinstance(event, dict):
+        return None
+    if "type" not in event:
+        event["type"] = name
+    return event
 
 
 type Item = MessageItem | ReasoningItem | FunctionCallItem | CustomToolCallItem
@@ -235,38 +239,64 @@ _AFTER = len(_TEXT_DELTA)
 
 
 class TextDeltaBridge(StreamBridge):
-    """The Anthropic stream's bridge: `StreamBridge`, with a shortest path for the bulk of a stream.
-    Anthropic writes each event on its own, and most are a text delta of the message being
-    written: a chunk that is one whole such event (nothing pending before it, one line of data)
-    is decoded, checked and encoded here in a few calls (`MessageItem.encoded_delta`), the same
-    bytes as the general path's; anything else, or any doubt, takes the general path. The checks
-    only read: nothing has changed when one fails."""
+    """The Anthropic stream's bridge: `StreamBridge`, with a shortest path for the bulk of a stream,
+    a text delta of the message being written. Such an event is decoded, checked and encoded here
+    in a few calls (`MessageItem.encoded_delta`), the same bytes as the general path's (decoder,
+    translator, `encode_events`), which takes every other event and any text delta in doubt (the
+    checks only read: nothing has changed when one fails). Anthropic writes each event on its
+    own: a chunk that is one whole text delta (nothing pending before it, one line of data) is
+    not even split."""
 
-    __slots__ = ("_blocks", "_emitter", "_parser")
+    __slots__ = ("_blocks", "_parser")
 
     def __init__(self, decoder: StreamDecoder, translator: StreamTranslator) -> None:
         super().__init__(decoder, translator)
         self._parser = decoder._parser
         self._blocks = translator._blocks
-        self._emitter = translator.emit
 
     def feed(self, chunk: bytes) -> bytes:
-        # What the general path would read as this one event's data: the same bytes when the chunk
-        # is the event's two lines and its blank one, without "\r" (which SSEParser rewrites).
+        # A chunk that is one event's two lines and its blank one, without "\r" (which SSEParser
+        # rewrites): its data is what the parser would read, as it would name it.
         if chunk[:_AFTER] == _TEXT_DELTA and chunk[-2:] == b"\n\n" and not self._parser._buffer:
             data = chunk[_AFTER:-2]
             if 10 not in data and 13 not in data:  # 10: b"\n", 13: b"\r"
-                try:
-                    event = orjson.loads(data)
-                    index, delta = event["index"], event["delta"]
-                    # (isinstance's int, but for bool, which the general path takes just the same)
-                    item = self._blocks[index].item if index.__class__ is int else None
-                    text = delta["text"] if event["type"] == "content_block_delta" else None
-                    if item.__class__ is MessageItem and text.__class__ is str and delta["type"] == "text_delta":
-                        out = item.encoded_delta(text)  # type: ignore[union-attr]
-                        if out is not None:
-                            self.events_out += 1
-                            return out
-                except (ValueError, KeyError, TypeError):  # orjson's JSONDecodeError is a ValueError
-                    pass  # not this shape: the general path reads it (and decides what it is)
-        return StreamBridge.feed(self, chunk)
+                encoded = self._text_delta(data)
+                if encoded is not None:
+                    self.events_out += 1
+                    return encoded
+        pieces: list[bytes] = []
+        translated: list[JSON] = []  # the general path's events since the last piece
+        translate = self._translator.feed
+        for name, data in self._parser.feed_raw(chunk):
+            if name == "content_block_delta":
+                encoded = self._text_delta(data)
+                if encoded is not None:
+                    if translated:
+                        self.events_out += len(translated)
+                        pieces.append(encode_events(translated))
+                        translated = []
+                    self.events_out += 1
+                    pieces.append(encoded)
+                    continue
+            event = decoded(name, data)
+            if event is not None:
+                translated += translate(event)
+        if translated:
+            self.events_out += len(translated)
+            pieces.append(encode_events(translated))
+        return b"".join(pieces)
+
+    def _text_delta(self, data: bytes) -> bytes | None:
+        """The encoded Responses event of a content_block_delta event's data that is a text delta
+        of an announced message (`MessageItem.encoded_delta`), else None, with nothing done."""
+        try:
+            event = orjson.loads(data)
+            index, delta = event["index"], event["delta"]
+            # (isinstance's int but for bool, which the general path takes just the same)
+            item = self._blocks[index].item if index.__class__ is int else None
+            text = delta["text"] if event["type"] == "content_block_delta" else None
+            if item.__class__ is MessageItem and text.__class__ is str and delta["type"] == "text_delta":
+                return item.encoded_delta(text)  # type: ignore[union-attr]
+        except (ValueError, KeyError, TypeError):  # orjson's JSONDecodeError is a ValueError
+            pass  # not this shape: the general path reads it (and decides what it is)
+        return None

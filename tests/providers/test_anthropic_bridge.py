@@ -209,19 +209,18 @@ def test_the_shortest_path_writes_the_general_paths_bytes(name: str, monkeypatch
     assert taken > 0  # the shortest path was taken (one event per chunk, past the first text)
 
 
-def test_a_stream_of_whole_events_takes_the_shortest_path_for_all_but_the_first_delta(
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
-    general = 0
-    general_feed = StreamBridge.feed
+@pytest.mark.parametrize("whole", [False, True], ids=["a chunk per event", "one chunk"])
+def test_every_text_delta_but_the_first_takes_the_shortest_path(whole: bool, monkeypatch: pytest.MonkeyPatch) -> None:
+    taken = 0
+    encoded_delta = MessageItem.encoded_delta
 
-    def feed(self: StreamBridge, chunk: bytes) -> bytes:
-        nonlocal general
-        general += 1
-        return general_feed(self, chunk)
+    def counted(item: MessageItem, piece: str) -> bytes | None:
+        nonlocal taken
+        out = encoded_delta(item, piece)
+        taken += out is not None
+        return out
 
-    monkeypatch.setattr(StreamBridge, "feed", feed)
-    bridge = TextDeltaBridge(anthropic.StreamDecoder(), anthropic.StreamTranslator(ctx()))
-    for chunk in STREAMS["plain"]:
-        bridge.feed(chunk)
-    assert general == len(STREAMS["plain"]) - 19  # 20 deltas, the first announcing the message
+    monkeypatch.setattr(MessageItem, "encoded_delta", counted)
+    chunks = [b"".join(STREAMS["plain"])] if whole else STREAMS["plain"]
+    assert run(TextDeltaBridge, chunks)[0] == run(StreamBridge, chunks)[0]
+    assert taken == 19  # of 20 deltas: the first announces the message
