@@ -24,7 +24,6 @@ same way from the `{"input": "..."}` JSON the model writes (`jsonstring`).
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 from typing import Any
 
@@ -262,9 +261,8 @@ class MessageItem(_Item):
                 }
             )
             # Its delta events' bytes before the text, as `codexgate.sse.encode_events` writes them
-            # (orjson, the keys in `delta`'s order below; see `encoded_delta`). An id orjson
-            # refuses leaves it unset: the standard encoder writes those events (`delta`).
-            with contextlib.suppress(TypeError):
+            # (orjson, the keys in `delta`'s order below; see `encoded_delta`).
+            try:
                 self._delta_head = b"%s{%s,%s,%s,%s,%s:" % (
                     _TEXT_DELTA_EVENT,
                     b'"type":"response.output_text.delta"',
@@ -273,6 +271,8 @@ class MessageItem(_Item):
                     b'"content_index":0',
                     b'"delta"',
                 )
+            except TypeError:  # an id orjson refuses: the standard encoder writes them (`delta`)
+                self._delta_head = None
         self._parts.append(text)
         self.emitter.emit(
             {
