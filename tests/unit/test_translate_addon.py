@@ -101,7 +101,6 @@ def test_the_stream_callable_translates_chunk_by_chunk_and_usage_comes_from_the_
     assert all(out), "an empty chunk would end a chunked HTTP/1 body early"
 
 
-
 def test_a_watched_stream_counts_its_chunks_for_the_idle_timeout_without_a_clock():
     flow = routed_flow()
     watch = UpstreamWatch(connect=1, first_byte=2, idle=3, total=4, started=0.0, last_data=5.0)
