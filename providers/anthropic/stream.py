@@ -242,18 +242,18 @@ def _refusal_text(stop_details: Any, partial: bool = False) -> str:
     return text
 
 
-_TEXT_DELTA = b"event: content_block_delta\ndata: "
-_AFTER = len(_TEXT_DELTA)
+_DELTA = b"event: content_block_delta\ndata: "
+_AFTER = len(_DELTA)
 
 
 class TextDeltaBridge(StreamBridge):
     """The Anthropic stream's bridge: `StreamBridge`, with a shortest path for the bulk of a stream,
-    a text delta of the message being written. Such an event is decoded, checked and encoded here
-    in a few calls (`MessageItem.encoded_delta`), the same bytes as the general path's (decoder,
-    translator, `encode_events`), which takes every other event and any text delta in doubt (the
-    checks only read: nothing has changed when one fails). Anthropic writes each event on its
-    own: a chunk that is one whole text delta (nothing pending before it, one line of data) is
-    not even split."""
+    a text or thinking delta of the message or reasoning being written. Such an event is decoded,
+    checked and encoded here in a few calls (`encoded_delta` of the item), the same bytes as the
+    general path's (decoder, translator, `encode_events`), which takes every other event and any
+    delta in doubt (the checks only read: nothing has changed when one fails). Anthropic writes
+    each event on its own: a chunk that is one whole delta (nothing pending before it, one line
+    of data) is not even split."""
 
     __slots__ = ("_blocks", "_parser")
 
@@ -263,21 +263,24 @@ class TextDeltaBridge(StreamBridge):
         self._blocks = translator._blocks
 
     def feed(self, chunk: bytes) -> bytes:
+        events: list[tuple[str, bytes]] | None = None
         # A chunk that is one event's two lines and its blank one, without "\r" (which SSEParser
         # rewrites): its data is what the parser would read, as it would name it.
-        if chunk[:_AFTER] == _TEXT_DELTA and chunk[-2:] == b"\n\n" and not self._parser._buffer:
+        if chunk[:_AFTER] == _DELTA and chunk[-2:] == b"\n\n" and not self._parser._buffer:
             data = chunk[_AFTER:-2]
             if 10 not in data and 13 not in data:  # 10: b"\n", 13: b"\r"
-                encoded = self._text_delta(data)
+                encoded = self._delta(data)
                 if encoded is not None:
                     self.events_out += 1
                     return encoded
+                events = [("content_block_delta", data)]  # for the general path, not tried again
+        shortest = events is None
         pieces: list[bytes] = []
         translated: list[JSON] = []  # the general path's events since the last piece
         translate = self._translator.feed
-        for name, data in self._parser.feed_raw(chunk):
-            if name == "content_block_delta":
-                encoded = self._text_delta(data)
+        for name, data in self._parser.feed_raw(chunk) if events is None else events:
+            if shortest and name == "content_block_delta":
+                encoded = self._delta(data)
                 if encoded is not None:
                     if translated:
                         self.events_out += len(translated)
@@ -294,17 +297,26 @@ class TextDeltaBridge(StreamBridge):
             pieces.append(encode_events(translated))
         return b"".join(pieces)
 
-    def _text_delta(self, data: bytes) -> bytes | None:
+    def _delta(self, data: bytes) -> bytes | None:
         """The encoded Responses event of a content_block_delta event's data that is a text delta
-        of an announced message (`MessageItem.encoded_delta`), else None, with nothing done."""
+        of an announced message or a thinking delta of a thinking block's open summary (the
+        item's `encoded_delta`), else None, with nothing done."""
         try:
             event = orjson.loads(data)
             index, delta = event["index"], event["delta"]
             # (isinstance's int but for bool, which the general path takes just the same)
-            item = self._blocks[index].item if index.__class__ is int else None
-            text = delta["text"] if event["type"] == "content_block_delta" else None
-            if item.__class__ is MessageItem and text.__class__ is str and delta["type"] == "text_delta":
-                return item.encoded_delta(text)  # type: ignore[union-attr]
+            if event["type"] != "content_block_delta" or index.__class__ is not int:
+                return None
+            block = self._blocks[index]
+            kind = delta["type"]
+            if kind == "text_delta":
+                text, fits = delta["text"], block.item.__class__ is MessageItem
+            elif kind == "thinking_delta":
+                text, fits = delta["thinking"], block.thinking
+            else:
+                return None
+            if fits and text.__class__ is str:
+                return block.item.encoded_delta(text)
         except (ValueError, KeyError, TypeError):  # orjson's JSONDecodeError is a ValueError
             pass  # not this shape: the general path reads it (and decides what it is)
         return None

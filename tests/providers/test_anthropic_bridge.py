@@ -1,19 +1,19 @@
-"""The Anthropic stream bridge's shortest path (`TextDeltaBridge`: a chunk that is one whole text
-delta, encoded by `MessageItem.encoded_delta`) writes the bytes the general path
+"""The Anthropic stream bridge's shortest path (`TextDeltaBridge`: a text or thinking delta, encoded
+by the item's `encoded_delta`) writes the bytes the general path
 (`providers.family.StreamBridge`) writes, chunk by chunk, on ordinary and odd streams alike."""
 
 from __future__ import annotations
 
 import json
 import random
-from typing import Any
+from typing import Any, cast
 
 import pytest
 
 from codexgate.providers import anthropic
 from codexgate.providers.anthropic.stream import TextDeltaBridge
 from codexgate.providers.family import StreamBridge
-from codexgate.providers.responses import MessageItem, ResponseContext
+from codexgate.providers.responses import MessageItem, ReasoningItem, ResponseContext
 
 
 def ctx() -> ResponseContext:
@@ -36,6 +36,10 @@ def start(index: int = 0, kind: str = "text") -> bytes:
 
 def text(piece: Any, index: Any = 0, kind: str = "text_delta") -> bytes:
     return sse({"type": "content_block_delta", "index": index, "delta": {"type": kind, "text": piece}})
+
+
+def thinking(piece: Any, index: Any = 0, kind: str = "thinking_delta") -> bytes:
+    return sse({"type": "content_block_delta", "index": index, "delta": {"type": kind, "thinking": piece}})
 
 
 HEAD = [
@@ -137,6 +141,31 @@ STREAMS: dict[str, list[bytes]] = {
         text("three"),
         *TAIL[1:],
     ],  # fmt: skip
+    "thinking at length": [
+        *HEAD,
+        start(0, "thinking"),
+        *(thinking(piece) for piece in ODD_TEXTS),
+        thinking(3),
+        thinking(None),
+        thinking("as text", kind="text_delta"),
+        text("text into thinking"),
+        thinking("by index", index=0.0),
+        sse({"type": "content_block_delta", "index": 0, "delta": {"type": "signature_delta", "signature": "c2ln"}}),
+        sse('{"type":"content_block_delta","index":0,"delta":{"type":"thinking_delta","thinking":"\\udc00"}}'),
+        thinking(" more"),
+        sse({"type": "content_block_stop", "index": 0}),
+        thinking("after its stop"),
+        start(1, "redacted_thinking"),
+        thinking("into redacted", 1),
+        sse({"type": "content_block_stop", "index": 1}),
+        start(2),
+        thinking("thinking into text", 2),
+        text("Done", 2),
+        thinking("again", 2),
+        text(" here", 2),
+        sse({"type": "content_block_stop", "index": 2}),
+        *TAIL[1:],
+    ],  # fmt: skip
     # two events by SSE (the first one's JSON cut: the answer fails), one JSON object by its text
     "a blank line in the data": [
         *HEAD,
@@ -170,6 +199,20 @@ STREAMS: dict[str, list[bytes]] = {
 }
 
 
+def count_shortest(monkeypatch: pytest.MonkeyPatch) -> dict[type, int]:
+    """The deltas `encoded_delta` encoded (the shortest path), by the item's type, from now on."""
+    taken = {MessageItem: 0, ReasoningItem: 0}
+    for item_type in taken:
+
+        def counted(item: Any, piece: str, encoded_delta: Any = item_type.encoded_delta) -> bytes | None:
+            out = encoded_delta(item, piece)
+            taken[type(item)] += out is not None
+            return cast(bytes | None, out)
+
+        monkeypatch.setattr(item_type, "encoded_delta", counted)
+    return taken
+
+
 def run(bridge_type: type[StreamBridge], chunks: list[bytes]) -> tuple[list[bytes], StreamBridge]:
     bridge = bridge_type(anthropic.StreamDecoder(), anthropic.StreamTranslator(ctx()))
     out = [bridge.feed(chunk) for chunk in chunks]
@@ -189,16 +232,7 @@ def rechunk(chunks: list[bytes], seed: int) -> list[bytes]:
 
 @pytest.mark.parametrize("name", list(STREAMS))
 def test_the_shortest_path_writes_the_general_paths_bytes(name: str, monkeypatch: pytest.MonkeyPatch) -> None:
-    taken = 0
-    encoded_delta = MessageItem.encoded_delta
-
-    def counted(item: MessageItem, piece: str) -> bytes | None:
-        nonlocal taken
-        out = encoded_delta(item, piece)
-        taken += out is not None
-        return out
-
-    monkeypatch.setattr(MessageItem, "encoded_delta", counted)
+    taken = count_shortest(monkeypatch)
     for chunks in [STREAMS[name], *(rechunk(STREAMS[name], seed) for seed in range(4))]:
         general, general_bridge = run(StreamBridge, chunks)
         fast, fast_bridge = run(TextDeltaBridge, chunks)
@@ -206,21 +240,21 @@ def test_the_shortest_path_writes_the_general_paths_bytes(name: str, monkeypatch
         assert fast_bridge.events_out == general_bridge.events_out
         assert (fast_bridge.usage, fast_bridge.outcome) == (general_bridge.usage, general_bridge.outcome)
         assert fast_bridge.translator.response == general_bridge.translator.response
-    assert taken > 0  # the shortest path was taken (one event per chunk, past the first text)
+    assert (
+        taken[MessageItem] + taken[ReasoningItem] > 0
+    )  # the shortest path was taken (one event per chunk, past the first text)
 
 
 @pytest.mark.parametrize("whole", [False, True], ids=["a chunk per event", "one chunk"])
 def test_every_text_delta_but_the_first_takes_the_shortest_path(whole: bool, monkeypatch: pytest.MonkeyPatch) -> None:
-    taken = 0
-    encoded_delta = MessageItem.encoded_delta
-
-    def counted(item: MessageItem, piece: str) -> bytes | None:
-        nonlocal taken
-        out = encoded_delta(item, piece)
-        taken += out is not None
-        return out
-
-    monkeypatch.setattr(MessageItem, "encoded_delta", counted)
+    taken = count_shortest(monkeypatch)
     chunks = [b"".join(STREAMS["plain"])] if whole else STREAMS["plain"]
     assert run(TextDeltaBridge, chunks)[0] == run(StreamBridge, chunks)[0]
-    assert taken == 19  # of 20 deltas: the first announces the message
+    assert taken == {MessageItem: 19, ReasoningItem: 0}  # of 20 deltas: the first announces the message
+
+
+def test_thinking_deltas_take_the_shortest_path_too(monkeypatch: pytest.MonkeyPatch) -> None:
+    taken = count_shortest(monkeypatch)
+    chunks = [*HEAD, start(0, "thinking"), *(thinking(f" step {n}") for n in range(10)), *TAIL]
+    assert run(TextDeltaBridge, chunks)[0] == run(StreamBridge, chunks)[0]
+    assert taken == {MessageItem: 0, ReasoningItem: 9}  # of 10: the first opens the summary
