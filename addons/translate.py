@@ -10,7 +10,7 @@ from collections.abc import Callable
 
 from mitmproxy import http
 
-from codexgate.addons.upstream_watch import UpstreamWatch, stream_progress
+from codexgate.addons.upstream_watch import UpstreamWatch, counted_watch
 from codexgate.errors import error_object, error_response
 from codexgate.flowstate import GatewayRequest, Translation, state_of
 from codexgate.mitm_seams import FAILED_EVENT, LiveCallable
@@ -27,15 +27,15 @@ _STREAM_HEADERS_HTTP1 = (*_STREAM_HEADERS, (b"transfer-encoding", b"chunked"))
 
 
 def _bridge_stream(
-    state: GatewayRequest, translation: Translation, progress: tuple[UpstreamWatch, Callable[[], float]] | None
+    state: GatewayRequest, translation: Translation, watch: UpstreamWatch | None
 ) -> tuple[Callable[[bytes], bytes | list[bytes]], Callable[[http.HTTPFlow, str], bytes]]:
     """The stream callable for mitmproxy, and what to send when the provider's connection breaks
     mid-stream (`codexgate.mitm_seams.FAILED_EVENT`): the translator's own `response.failed`,
-    numbered after what it emitted, with its response id, items and input usage. Each chunk's
-    arrival is noted for the idle timeout (`progress`, when the request is watched)."""
+    numbered after what it emitted, with its response id, items and input usage. The idle
+    timeout reads the number of chunks so far (`watch`, when the request is watched: see
+    `counted_watch`), not a clock per chunk."""
     import time
 
-    watch, clock = progress if progress is not None else (None, time.monotonic)
     bridge = translation.bridge
     assert bridge is not None  # set by Translate.responseheaders before this is made
     chat = None
@@ -43,10 +43,11 @@ def _bridge_stream(
         from codexgate.providers.chat_ingress import ChatSSERelay
 
         chat = ChatSSERelay(translation.chat_model, translation.chat_usage)
+    chunks = 0
 
     def translate(chunk: bytes) -> bytes | list[bytes]:
-        if watch is not None:
-            watch.last_data = clock()
+        nonlocal chunks
+        chunks += 1
         if state.first_byte is None and chunk:
             state.first_byte = time.time()
         try:
@@ -61,6 +62,12 @@ def _bridge_stream(
             out = bridge.finish() if not chunk else b""
         # An empty chunk would end a chunked HTTP/1 body early: send nothing instead.
         return [out] if out else []
+
+    def progress() -> int:
+        return chunks
+
+    if watch is not None:
+        watch.progress = progress
 
     def broken(flow: http.HTTPFlow, detail: str) -> bytes:
         if chat is None:
@@ -101,7 +108,7 @@ class Translate:
             headers.fields = fields + (
                 _STREAM_HEADERS_HTTP1 if flow.request.http_version == "HTTP/1.1" else _STREAM_HEADERS
             )
-            flow.response.stream, broken = _bridge_stream(state, translation, stream_progress(flow))
+            flow.response.stream, broken = _bridge_stream(state, translation, counted_watch(flow))
             flow.metadata[FAILED_EVENT] = LiveCallable(broken)
 
     def response(self, flow: http.HTTPFlow) -> None:

@@ -10,7 +10,7 @@ from typing import Any
 from codexgate.policies.schema import AnthropicProvider
 from codexgate.providers.anthropic.errors import translate_error
 from codexgate.providers.anthropic.request import auth_headers, build_request, request_target
-from codexgate.providers.anthropic.stream import StreamDecoder, StreamTranslator
+from codexgate.providers.anthropic.stream import StreamDecoder, StreamTranslator, TextDeltaBridge
 from codexgate.providers.anthropic.tools import request_info
 from codexgate.providers.anthropic.whole import message_events
 from codexgate.providers.base import TranslateOptions, refuse_stateful
@@ -48,7 +48,7 @@ class AnthropicFamily(ProviderFamily[AnthropicProvider]):
         return auth_headers(self.secret(key_index, secrets))
 
     def stream(self, prepared: Prepared, ctx: ResponseContext) -> StreamBridge:
-        return StreamBridge(StreamDecoder(), StreamTranslator(answering(ctx, prepared), prepared.answer))
+        return TextDeltaBridge(StreamDecoder(), StreamTranslator(answering(ctx, prepared), prepared.answer))
 
     def whole_events(self, prepared: Prepared, raw: bytes) -> Iterator[JSON]:
         message: Any = json.loads(raw)

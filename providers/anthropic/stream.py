@@ -8,11 +8,14 @@ import logging
 from collections.abc import Mapping
 from typing import Any
 
+import orjson
+
 from codexgate.providers.anthropic.errors import stream_error
 from codexgate.providers.anthropic.tools import RequestInfo
 from codexgate.providers.anthropic.usage import UsageCounter
 from codexgate.providers.anthropic.values import JSON, as_dict, as_str
 from codexgate.providers.base import seal_reasoning
+from codexgate.providers.family import StreamBridge
 from codexgate.providers.responses import (
     CustomToolCallItem,
     EmittingTranslator,
@@ -22,7 +25,7 @@ from codexgate.providers.responses import (
     ResponseContext,
     ToolNameMap,
 )
-from codexgate.sse import SSEParser, decode_json
+from codexgate.sse import SSEParser, decode_json, encode_events
 
 logger = logging.getLogger(__name__)
 
@@ -42,22 +45,34 @@ class StreamDecoder:
         self._parser = SSEParser()
 
     def feed(self, chunk: bytes) -> list[JSON]:
-        events: list[JSON] = []
-        for name, data in self._parser.feed_raw(chunk):
-            try:
-                event = decode_json(data)
-            except ValueError:
-                text = data.decode("utf-8", "replace")
-                if not text.strip():
-                    continue  # an empty data line (also one of whitespace only): nothing
-                # A garbled event cannot be skipped silently (it may be text): fail the answer.
-                logger.warning("undecodable Anthropic stream event %r", text[:200])
-                event = {"type": "error", "error": {"type": "api_error", "message": "undecodable stream event"}}
-            if isinstance(event, dict):
-                if "type" not in event:
-                    event["type"] = name
-                events.append(event)
-        return events
+        return [event for name, data in self._parser.feed_raw(chunk) if (event := decoded(name, data)) is not None]
+
+
+def decoded(name: str, data: bytes) -> JSON | None:
+    """One SSE event's data → the event dict (its `type` the SSE name when it has none), None for
+    nothing (no data, or JSON that is no object); undecodable data → an error event."""
+    try:
+        event = orjson.loads(data)  # `decode_json`, its usual case without a call around it
+    except ValueError:
+        event = _stdlib_decoded(data)
+    if event.__class__ is not dict:  # (as isinstance: neither decoder makes a dict's subclass)
+        return None
+    if "type" not in event:
+        event["type"] = name
+    return event
+
+
+def _stdlib_decoded(data: bytes) -> Any:
+    """What orjson refused: `decode_json`'s reading (the stdlib's), else an error event or None."""
+    try:
+        return decode_json(data)
+    except ValueError:
+        text = data.decode("utf-8", "replace")
+        if not text.strip():
+            return None  # an empty data line (also one of whitespace only): nothing
+        # A garbled event cannot be skipped silently (it may be text): fail the answer.
+        logger.warning("undecodable Anthropic stream event %r", text[:200])
+        return {"type": "error", "error": {"type": "api_error", "message": "undecodable stream event"}}
 
 
 type Item = MessageItem | ReasoningItem | FunctionCallItem | CustomToolCallItem
@@ -225,3 +240,83 @@ def _refusal_text(stop_details: Any, partial: bool = False) -> str:
     if isinstance(stop_details, dict) and isinstance(stop_details.get("explanation"), str):
         text += f" {stop_details['explanation']}"
     return text
+
+
+_DELTA = b"event: content_block_delta\ndata: "
+_AFTER = len(_DELTA)
+
+
+class TextDeltaBridge(StreamBridge):
+    """The Anthropic stream's bridge: `StreamBridge`, with a shortest path for the bulk of a stream,
+    a text or thinking delta of the message or reasoning being written. Such an event is decoded,
+    checked and encoded here in a few calls (`encoded_delta` of the item), the same bytes as the
+    general path's (decoder, translator, `encode_events`), which takes every other event and any
+    delta in doubt (the checks only read: nothing has changed when one fails). Anthropic writes
+    each event on its own: a chunk that is one whole delta (nothing pending before it, one line
+    of data) is not even split."""
+
+    __slots__ = ("_blocks", "_parser")
+
+    def __init__(self, decoder: StreamDecoder, translator: StreamTranslator) -> None:
+        super().__init__(decoder, translator)
+        self._parser = decoder._parser
+        self._blocks = translator._blocks
+
+    def feed(self, chunk: bytes) -> bytes:
+        events: list[tuple[str, bytes]] | None = None
+        # A chunk that is one event's two lines and its blank one, without "\r" (which SSEParser
+        # rewrites): its data is what the parser would read, as it would name it.
+        if chunk[:_AFTER] == _DELTA and chunk[-2:] == b"\n\n" and not self._parser._buffer:
+            data = chunk[_AFTER:-2]
+            if 10 not in data and 13 not in data:  # 10: b"\n", 13: b"\r"
+                encoded = self._delta(data)
+                if encoded is not None:
+                    self.events_out += 1
+                    return encoded
+                events = [("content_block_delta", data)]  # for the general path, not tried again
+        shortest = events is None
+        pieces: list[bytes] = []
+        translated: list[JSON] = []  # the general path's events since the last piece
+        translate = self._translator.feed
+        for name, data in self._parser.feed_raw(chunk) if events is None else events:
+            if shortest and name == "content_block_delta":
+                encoded = self._delta(data)
+                if encoded is not None:
+                    if translated:
+                        self.events_out += len(translated)
+                        pieces.append(encode_events(translated))
+                        translated = []
+                    self.events_out += 1
+                    pieces.append(encoded)
+                    continue
+            event = decoded(name, data)
+            if event is not None:
+                translated += translate(event)
+        if translated:
+            self.events_out += len(translated)
+            pieces.append(encode_events(translated))
+        return b"".join(pieces)
+
+    def _delta(self, data: bytes) -> bytes | None:
+        """The encoded Responses event of a content_block_delta event's data that is a text delta
+        of an announced message or a thinking delta of a thinking block's open summary (the
+        item's `encoded_delta`), else None, with nothing done."""
+        try:
+            event = orjson.loads(data)
+            index, delta = event["index"], event["delta"]
+            # (isinstance's int but for bool, which the general path takes just the same)
+            if event["type"] != "content_block_delta" or index.__class__ is not int:
+                return None
+            block = self._blocks[index]
+            kind = delta["type"]
+            if kind == "text_delta":
+                text, fits = delta["text"], block.item.__class__ is MessageItem
+            elif kind == "thinking_delta":
+                text, fits = delta["thinking"], block.thinking
+            else:
+                return None
+            if fits and text.__class__ is str:
+                return block.item.encoded_delta(text)
+        except (ValueError, KeyError, TypeError):  # orjson's JSONDecodeError is a ValueError
+            pass  # not this shape: the general path reads it (and decides what it is)
+        return None

@@ -27,6 +27,8 @@ from __future__ import annotations
 import hashlib
 from typing import Any
 
+import orjson
+
 from codexgate.providers.responses.jsonstring import InputStringStream, custom_input
 from codexgate.providers.responses.objects import ResponseContext, response_object, usage_block
 from codexgate.usage import Usage
@@ -41,6 +43,23 @@ __all__ = [
 ]
 
 JSON = dict[str, Any]
+
+
+def _delta_head(event_type: bytes, output_index: int, item_id: str, part_key: bytes) -> bytes | None:
+    """What `codexgate.sse.encode_events` writes (orjson) for a delta event `{"type", "output_index",
+    "item_id", part_key: 0, "delta", ...}`, up to its delta text (see `_Item.encoded_delta`); None
+    for an id orjson refuses (the standard encoder writes those events)."""
+    try:
+        item = orjson.dumps(item_id)
+    except TypeError:
+        return None
+    return b'event: %s\ndata: {"type":"%s","output_index":%d,"item_id":%s,"%s":0,"delta":' % (
+        event_type,
+        event_type,
+        output_index,
+        item,
+        part_key,
+    )
 
 
 class ResponseEmitter:
@@ -204,16 +223,43 @@ class ResponseEmitter:
 
 
 class _Item:
-    __slots__ = ("emitter", "finished", "item_id", "output_index")
+    __slots__ = ("_delta_head", "_delta_tail", "emitter", "finished", "item_id", "output_index")
+
+    # The items with text deltas (message, reasoning) keep it in `_parts`; `_delta_head` and
+    # `_delta_tail` are their delta events' bytes around the text, set once they stream.
+    _parts: list[str]
 
     def __init__(self, emitter: ResponseEmitter, item_id: str) -> None:
         self.emitter = emitter
         self.item_id = item_id
         self.output_index = -1  # assigned when announced
         self.finished = False
+        self._delta_head: bytes | None = None
+        self._delta_tail = b""
 
     def done(self) -> JSON | None:
         raise NotImplementedError
+
+    def encoded_delta(self, text: str) -> bytes | None:
+        """`delta(text)` emitted and encoded in one step, for a stream bridge's shortest path (the
+        bulk of a streamed answer): the bytes `codexgate.sse.encode_events` writes for the delta
+        event `delta` emits (`response.output_text.delta`, `response.reasoning_summary_text.delta`),
+        with the same bookkeeping (the text kept, the sequence number taken), without building the
+        event. None, with nothing done, where `delta` must take it: the item not streaming yet
+        (a message not announced, a summary not opened) or finished, the answer over, events
+        still queued (they come first), no text, or a text orjson refuses (a lone surrogate: the
+        standard encoder's bytes differ)."""
+        head, emitter = self._delta_head, self.emitter
+        if head is None or self.finished or emitter.outcome is not None or emitter.events or not text:
+            return None
+        try:
+            encoded = orjson.dumps(text)
+        except TypeError:
+            return None
+        self._parts.append(text)
+        sequence = emitter.sequence
+        emitter.sequence = sequence + 1
+        return b"%s%s%s%d}\n\n" % (head, encoded, self._delta_tail, sequence)
 
 
 class MessageItem(_Item):
@@ -255,6 +301,10 @@ class MessageItem(_Item):
                     "part": {"type": "output_text", "text": "", "annotations": []},
                 }
             )
+            self._delta_head = _delta_head(
+                b"response.output_text.delta", self.output_index, self.item_id, b"content_index"
+            )
+            self._delta_tail = b',"logprobs":[],"sequence_number":'  # `delta`'s keys after its text
         self._parts.append(text)
         self.emitter.emit(
             {
@@ -307,6 +357,10 @@ class ReasoningItem(_Item):
             self.summary_open = True
             part = {"type": "summary_text", "text": ""}
             self.emitter.emit({"type": "response.reasoning_summary_part.added", **common, "part": part})
+            self._delta_head = _delta_head(
+                b"response.reasoning_summary_text.delta", self.output_index, self.item_id, b"summary_index"
+            )
+            self._delta_tail = b',"sequence_number":'
         self._parts.append(text)
         self.emitter.emit({"type": "response.reasoning_summary_text.delta", **common, "delta": text})
 

@@ -137,6 +137,38 @@ def test_raw_feed_gives_the_data_bytes_undecoded():
     assert parser.pending == b"data: incomplete tail"
 
 
+def _reference_events(data: bytes) -> list[tuple[str, bytes]]:
+    """SSE read line by line (what the parser's shortcuts for the usual shapes must agree with)."""
+    events = []
+    for block in data.replace(b"\r\n", b"\n").split(b"\n\n")[:-1]:
+        name, lines = "", []
+        for line in block.split(b"\n"):
+            if line.startswith(b"data:"):
+                lines.append(line[5:].removeprefix(b" "))
+            elif line.startswith(b"event:"):
+                name = line[6:].decode("utf-8", "replace").strip()
+        if lines or name:
+            events.append((name, b"\n".join(lines)))
+    return events
+
+
+SHAPES = (
+    b"data: one\n\ndata:two\n\ndata:  three\n\ndata:\n\ndata: \n\ndata:\tx\n\n"
+    b"event: a\ndata: one\n\nevent:b\ndata:two\n\nevent: c \ndata:  three\n\nevent: d\ndata:\n\n"
+    b"event: e\ndata: \n\nevent: f\n\nevent:\ndata: x\n\nevent: g\ndata: y\ndata: z\n\n"
+    b"event: h\r\ndata: crlf\r\n\r\nevent: \xff\ndata: \xfe\n\nevent: i\nid: 3\ndata: j\n\nevent: k\ndata:"
+)
+
+
+def test_the_usual_shapes_read_as_line_by_line_at_every_split():
+    expected = _reference_events(SHAPES)
+    assert len(expected) == 17
+    for cut in range(len(SHAPES) + 1):
+        parser = SSEParser()
+        assert parser.feed_raw(SHAPES[:cut]) + parser.feed_raw(SHAPES[cut:]) == expected, cut
+        assert parser.pending == b"event: k\ndata:"
+
+
 USAGE = {
     "input_tokens": 500,
     "input_tokens_details": {"cached_tokens": 100},

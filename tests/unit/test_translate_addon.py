@@ -13,6 +13,7 @@ from mitmproxy import http
 from mitmproxy.test import tflow
 
 from codexgate.addons.translate import Translate
+from codexgate.addons.upstream_watch import WATCH_KEY, UpstreamWatch
 from codexgate.flowstate import METADATA_KEY, GatewayRequest, Translation
 from codexgate.mitm_seams import FAILED_EVENT
 from codexgate.policies.schema import AnthropicProvider, SecretRef
@@ -98,6 +99,20 @@ def test_the_stream_callable_translates_chunk_by_chunk_and_usage_comes_from_the_
     assert state.usage == Usage(input_tokens=38, cached_tokens=5, output_tokens=9)
     assert state.first_byte is not None
     assert all(out), "an empty chunk would end a chunked HTTP/1 body early"
+
+
+def test_a_watched_stream_counts_its_chunks_for_the_idle_timeout_without_a_clock():
+    flow = routed_flow()
+    watch = UpstreamWatch(connect=1, first_byte=2, idle=3, total=4, started=0.0, last_data=5.0)
+    flow.metadata[WATCH_KEY] = watch
+    Translate().responseheaders(flow)
+    assert flow.response is not None and callable(flow.response.stream)
+    assert watch.noted and watch.progress is not None and watch.progress() == 0
+    chunks = upstream_events(Reply(content=[{"type": "text", "text": "counted"}]))
+    for chunk in chunks:
+        flow.response.stream(chunk)
+    assert watch.progress() == len(chunks)
+    assert watch.last_data == 5.0  # the timer takes a changed count as data at the moment it looks
 
 
 def test_a_stream_cut_mid_answer_ends_in_response_failed_billing_the_input():
