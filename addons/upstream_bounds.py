@@ -253,7 +253,7 @@ class StreamWatch:
     def responseheaders(self, flow: http.HTTPFlow) -> None:
         watch = flow.metadata.get(WATCH_KEY)
         if not isinstance(watch, UpstreamWatch) or watch.done or watch.noted or flow.response is None:
-            return  # noted: the gateway's stream callable sets last_data itself (Meter, Translate)
+            return  # noted: the gateway's stream callable counts its chunks itself (Meter, Translate)
         inner = flow.response.stream
         if not inner:
             return

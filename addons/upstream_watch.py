@@ -3,8 +3,8 @@
 `UpstreamBounds` (addons/upstream_bounds.py) keeps one `UpstreamWatch` per single-route request
 (`flow.metadata[WATCH_KEY]`) and times it out; the stream callables the gateway sets on an answer
 note their progress in it themselves, so the per-chunk path has no wrapper for it: Translate's
-translator the time of each chunk (`stream_progress`), Meter's pass-through a count of chunks the
-timer looks at (`counted_watch`). A module of its own because Meter and Translate, which
+translator and Meter's pass-through each keep a count of chunks the timer looks at
+(`counted_watch`). A module of its own because Meter and Translate, which
 UpstreamBounds itself imports, need it.
 """
 
@@ -34,8 +34,8 @@ class UpstreamWatch:
     timer: asyncio.TimerHandle | None = None
     stage: str = "connect"  # connect / first_byte / idle
     last_data: float = 0.0
-    # Set when the gateway's own stream callable notes its progress itself (see `stream_progress`
-    # and `counted_watch`): StreamWatch then adds no wrapper of its own, a Python call less per chunk.
+    # Set when the gateway's own stream callable notes its progress itself (`counted_watch`):
+    # StreamWatch then adds no wrapper of its own, a Python call less per chunk.
     noted: bool = False
     # `counted_watch`: the number of chunks so far, looked at by the timer instead of `last_data`
     # being set per chunk; `seen` is what it was at the last look.
@@ -51,18 +51,6 @@ class UpstreamWatch:
         if self.timer is not None:
             self.timer.cancel()
             self.timer = None
-
-
-def stream_progress(flow: http.HTTPFlow) -> tuple[UpstreamWatch, Callable[[], float]] | None:
-    """For a stream callable about to be set on `flow.response`: the watch whose `last_data` it
-    must set to `clock()` on every chunk (the idle timeout reads it), or None when nothing watches
-    this request (relayed, bounds off). Whoever takes it notes the progress itself, inline: the
-    chunk path is the hot path, and StreamWatch's wrapper around it would be one call more."""
-    watch = flow.metadata.get(WATCH_KEY)
-    if not isinstance(watch, UpstreamWatch) or watch.done:
-        return None
-    watch.noted = True
-    return watch, loop_clock()
 
 
 def counted_watch(flow: http.HTTPFlow) -> UpstreamWatch | None:
