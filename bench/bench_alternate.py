@@ -88,7 +88,9 @@ def main() -> int:
         parser.error("codexgate-baseline needs --baseline PYTHON")
     work = Path(tempfile.mkdtemp(prefix="bench-alternate-"))
     procs = bench.Processes(work)
-    results: dict[str, list[dict[str, float]]] = {name: [] for name in names}
+    # Per pair, each path's measurements in that pair: a path named in several pairs is measured once
+    # per pair and round, so every ratio is of two measurements taken back to back.
+    results: list[dict[str, list[dict[str, float]]]] = [{name: [] for name in pair} for pair in pairs]
     try:
         env = {**os.environ, bench.UPSTREAM_KEY_ENV: UPSTREAM_KEY, "PYTHONUNBUFFERED": "1"}
         procs.ports = {"upstream": bench.free_port(), **{name: bench.free_port() for name in names}}
@@ -101,27 +103,30 @@ def main() -> int:
         targets = start(procs, work, names, args.kind, env, args.baseline)
         stream = args.kind != "json"
         for round_number in range(args.rounds):
-            for pair in pairs:
+            for pair, measured_pair in zip(pairs, results, strict=True):
                 for name in pair if round_number % 2 == 0 else reversed(pair):
                     spec = {"kind": "closed", "warmup": 0.5, "duration": args.seconds, "workers": args.workers,
                             "timeout": 10, "stream": stream, **targets[name]}  # fmt: skip
                     server = procs.procs[name].pid
                     measured = bench.run_loadgen(spec, server, procs.procs["upstream"].pid)
                     fields = bench.cpu_fields(measured["cpu_s"], measured["requests_total"])
-                    results[name].append({"rps": measured["throughput_rps"], "cpu_us": fields["server_cpu_us_per_req"]})
+                    measured_pair[name].append(
+                        {"rps": measured["throughput_rps"], "cpu_us": fields["server_cpu_us_per_req"]}
+                    )
     finally:
         procs.stop_all()
     print(f"{args.kind}, closed loop ({args.workers} connections, {args.seconds:g} s), {args.rounds} alternated pairs:")
-    for a, b in pairs:
-        cpu = sorted(x["cpu_us"] / y["cpu_us"] for x, y in zip(results[a], results[b], strict=True))
-        rps = sorted(x["rps"] / y["rps"] for x, y in zip(results[a], results[b], strict=True))
-        extra = sorted(x["cpu_us"] - y["cpu_us"] for x, y in zip(results[a], results[b], strict=True))
+    for (a, b), measured_pair in zip(pairs, results, strict=True):
+        both = list(zip(measured_pair[a], measured_pair[b], strict=True))
+        cpu = sorted(x["cpu_us"] / y["cpu_us"] for x, y in both)
+        rps = sorted(x["rps"] / y["rps"] for x, y in both)
+        extra = sorted(x["cpu_us"] - y["cpu_us"] for x, y in both)
         print(
             f"  {a} / {b}: CPU per request {statistics.median(cpu):.2f}x (pairs {cpu[0]:.2f}-{cpu[-1]:.2f}), "
             f"{statistics.median(extra):+.0f} us ({extra[0]:+.0f} to {extra[-1]:+.0f}); "
             f"max rate {statistics.median(rps):.2f}x ({rps[0]:.2f}-{rps[-1]:.2f}); medians "
-            f"{statistics.median(x['cpu_us'] for x in results[a]):.0f} / "
-            f"{statistics.median(x['cpu_us'] for x in results[b]):.0f} us per request"
+            f"{statistics.median(x['cpu_us'] for x, _ in both):.0f} / "
+            f"{statistics.median(y['cpu_us'] for _, y in both):.0f} us per request"
         )
     if args.json:
         Path(args.json).write_text(json.dumps({"kind": args.kind, "pairs": args.pairs, "results": results}, indent=1))
