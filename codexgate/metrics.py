@@ -181,22 +181,17 @@ class _BisectedHistogram:
             self._buckets[index].inc(1)
 
 
-class _LoopHistogram:
-    """`_BisectedHistogram` for in-process values written from the event loop's thread only, as
-    `_LoopValue` writes them: the sum and the bucket moved without a call each."""
+class _LoopHistogram(_BisectedHistogram):
+    """`_BisectedHistogram` over in-process values (`MutexValue`) written from the event loop's
+    thread only, as `_LoopValue` writes them: the sum and the bucket moved without a call each."""
 
-    __slots__ = ("_sum", "_buckets", "_bounds")
-
-    def __init__(self, sum_value: MutexValue, buckets: list[MutexValue], bounds: list[float]) -> None:
-        self._sum = sum_value
-        self._buckets = buckets
-        self._bounds = bounds
+    __slots__ = ()
 
     def observe(self, amount: float) -> None:
-        self._sum._value += amount
+        self._sum._value += amount  # type: ignore[attr-defined]
         index = bisect_left(self._bounds, amount)  # the last bound is +Inf: always one, but for NaN
         if amount <= self._bounds[index]:
-            self._buckets[index]._value += 1
+            self._buckets[index]._value += 1  # type: ignore[attr-defined]
 
 
 def histogram_cell(child: Histogram) -> HistogramCell:
@@ -214,7 +209,7 @@ def histogram_cell(child: Histogram) -> HistogramCell:
         and bounds[-1] == float("inf")
     ):
         if type(sum_value) is MutexValue and all(type(bucket) is MutexValue for bucket in buckets):
-            return _LoopHistogram(sum_value, buckets, bounds)
+            return _LoopHistogram(sum_value, buckets, bounds)  # type: ignore[arg-type]
         return _BisectedHistogram(sum_value, buckets, bounds)  # type: ignore[arg-type]
     return child
 

@@ -63,11 +63,10 @@ def usage_fields(usage: Usage | None) -> dict[str, int] | None:
     }
 
 
-def identity(state: GatewayRequest) -> dict[str, Any]:
-    """Who asked for what, and where it went: the fields every record of the request carries."""
+def _who(state: GatewayRequest) -> dict[str, Any]:
+    """`identity` but the request id: who asked for what, and where it went."""
     key = state.key
     return {
-        "request_id": state.request_id,
         "mode": state.mode,
         "endpoint": state.endpoint,
         "session_id": state.session_id,
@@ -81,25 +80,20 @@ def identity(state: GatewayRequest) -> dict[str, Any]:
     }
 
 
+def identity(state: GatewayRequest) -> dict[str, Any]:
+    """Who asked for what, and where it went: the fields every record of the request carries."""
+    return {"request_id": state.request_id, **_who(state)}
+
+
 def forwarded_entry(state: GatewayRequest, now: float | None = None) -> dict[str, Any]:
     """The write-ahead line of a request about to leave: who, what, and the estimate it reserved.
 
     `identity(state)` with `request_id` renamed `id` (and so moved after the others), then the
-    entry's own fields: built as one literal, in that order (the line's bytes follow it)."""
-    key = state.key
+    entry's own fields: one literal, in that order (the line's bytes follow it)."""
     metering = state.metering
     estimate = metering.estimate if metering is not None else None
     return {
-        "mode": state.mode,
-        "endpoint": state.endpoint,
-        "session_id": state.session_id,
-        "key": key.name if key is not None else None,
-        "team": state.team,
-        "org": state.org,
-        "model_requested": state.model_requested,
-        "model": state.model,
-        "provider": state.provider,
-        "upstream_model": state.upstream_model,
+        **_who(state),
         "id": state.request_id,
         "ts": round(time.time() if now is None else now, 3),
         "stream": state.stream,
@@ -125,24 +119,14 @@ def request_record(state: GatewayRequest, status: int | None, error: str | None)
         usage = state.reader.usage  # a stream that broke off: what it reported so far
     reader = state.reader
     metering = state.metering
-    key = state.key
     cost = state.cost_usd
     first_byte = state.first_byte
-    # `identity(state)`'s fields first, then the outcome's: one literal (no call per part; the
-    # line's bytes follow this order). `_value_` is the enum member's value as a plain attribute
-    # (`.value` is a descriptor: two Python calls).
+    # `identity(state)`'s fields first, then the outcome's: one literal (the line's bytes follow this
+    # order). `_value_` is the enum member's value as a plain attribute (`.value` is a descriptor:
+    # two Python calls).
     record = {
         "request_id": state.request_id,
-        "mode": state.mode,
-        "endpoint": state.endpoint,
-        "session_id": state.session_id,
-        "key": key.name if key is not None else None,
-        "team": state.team,
-        "org": state.org,
-        "model_requested": state.model_requested,
-        "model": state.model,
-        "provider": state.provider,
-        "upstream_model": state.upstream_model,
+        **_who(state),
         "ts": round(now, 3),
         "transport": state.transport,
         "stream": state.stream,
