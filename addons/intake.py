@@ -37,7 +37,6 @@ MAX_SESSION_ID = 128
 # `json.loads`'s own reading of a document (the C scanner of a default JSONDecoder), for an object
 # read from its first byte (see `Intake.request`).
 _SCAN_ONCE: Callable[[str, int], tuple[Any, int]] = json.JSONDecoder().scan_once  # type: ignore[attr-defined]
-_NOT_READ = object()
 DEFAULT_CAPS = IntakeCaps()  # without RequestLimits (frozen: one for all)
 HEAD_FIELDS = frozenset({b"session-id", b"x-session-id", b"upgrade"})  # read in one pass
 
@@ -120,21 +119,21 @@ class Intake:
             if raw is None:
                 return
         too_deep = False
-        body = _NOT_READ
-        if raw[:1] == b"{" and raw[1:2] != b"\0":
-            # What `json.loads(raw)` does with a body that opens an object, without its four Python
-            # frames and their checks (a dozen calls a request): decoded as it decodes UTF-8, read by
-            # the same C scanner. Anything else, or anything that fails, is left to `json.loads`
-            # itself: every error, and the depth at which it gives up, are its own.
-            try:
-                text = raw.decode("utf-8", "surrogatepass")
-                value, end = _SCAN_ONCE(text, 0)
-                if end == len(text):  # nothing after the object (`json.loads` also allows whitespace)
-                    body = value
-            except Exception:  # json.loads below raises it again, as it would have
-                pass
         try:
-            if body is _NOT_READ:
+            if raw[:1] == b"{" and raw[1:2] != b"\0":
+                # What `json.loads(raw)` does with a body that opens an object, without its four
+                # Python frames (a dozen calls a request): decoded as it decodes UTF-8 (its encoding
+                # detection says UTF-8 here), read by the same C scanner, which raises its errors with
+                # its messages; trailing whitespace allowed and anything else after the object
+                # refused as `json.loads` does. Read once either way: a hostile body is not parsed twice.
+                text = raw.decode("utf-8", "surrogatepass")
+                body, end = _SCAN_ONCE(text, 0)
+                if end != len(text):
+                    rest = text[end:]
+                    end += len(rest) - len(rest.lstrip(" \t\n\r"))
+                    if end != len(text):
+                        raise json.JSONDecodeError("Extra data", text, end)
+            else:
                 body = json.loads(raw)
         except RecursionError:  # deeper than the interpreter's own limit (about 1,000 levels)
             body, too_deep = None, True
