@@ -14,7 +14,7 @@ from mitmproxy import http
 from codexgate.errors import error_response
 from codexgate.failsafe import fail_closed
 from codexgate.flowstate import Decision, refuse, state_of
-from codexgate.headers import replace_header_fields, strip_client_credentials
+from codexgate.headers import replace_headers, strip_client_credentials
 from codexgate.providers.registry import CLIENT_CREDENTIAL_FIELDS
 from codexgate.secrets import SecretResolver, SecretUnavailable
 
@@ -47,13 +47,8 @@ class Credentials:
             strip_client_credentials(flow.request.headers, CLIENT_CREDENTIAL_FIELDS)
             self._unusable(flow, state.provider, exc)
             return
-        # The client's credentials out and the provider's in, in one pass over the fields
-        # (`replace_headers`, its encoding inline: a frame less per request).
-        replace_header_fields(
-            flow.request.data.headers,  # (what the `headers` property returns, without its frame)
-            [(name.lower().encode(), value.encode("utf-8", "surrogateescape")) for name, value in headers.items()],
-            CLIENT_CREDENTIAL_FIELDS,
-        )
+        # The client's credentials out and the provider's in, in one pass over the fields.
+        replace_headers(flow.request.data.headers, headers, removing=CLIENT_CREDENTIAL_FIELDS)
         state.cleared = True
 
     @staticmethod

@@ -166,24 +166,6 @@ def ratelimit_headers(states: list[CounterState], now: float) -> dict[str, str]:
     return {name.decode(): value.decode() for name, value in ratelimit_header_fields(states, now)}
 
 
-def decoded_length(flow: http.HTTPFlow) -> int:
-    """The request body's length as the provider reads it: decoded when it came compressed (a
-    gzipped prompt is as many tokens as the plain one)."""
-    encoding = (header_value(flow.request.headers, b"content-encoding") or "").strip().lower()
-    if encoding and encoding != "identity":
-        return len(flow.request.get_content(strict=False) or b"")
-    return len(flow.request.raw_content or b"")
-
-
-def requested_output_cap(state: GatewayRequest) -> int | None:
-    """The output cap the client set itself, if any."""
-    body = state.body or {}
-    names = ("max_completion_tokens", "max_tokens") if state.endpoint == "chat" else ("max_output_tokens",)
-    caps = [body[name] for name in names if isinstance(body.get(name), int) and not isinstance(body.get(name), bool)]
-    caps = [cap for cap in caps if cap > 0]
-    return min(caps) if caps else None
-
-
 def client_left(flow: http.HTTPFlow) -> bool:
     """The flow ended because its client went away (mitmproxy's HTTP/1 and HTTP/2 messages)."""
     message = flow.error.msg if flow.error is not None else ""
@@ -230,7 +212,8 @@ class Sizing:
 
     @classmethod
     def of(cls, flow: http.HTTPFlow, state: GatewayRequest) -> Sizing:
-        # `decoded_length` and `requested_output_cap` inline (one frame less each, per request);
+        # The body's length as the provider reads it (decoded when it came compressed: a gzipped
+        # prompt is as many tokens as the plain one), and the output cap the client set itself.
         # `request.data` is what the `headers` and `raw_content` properties return.
         data = flow.request.data
         encoding: str | None = None

@@ -21,7 +21,7 @@ from codexgate.addons.failover import Failover
 from codexgate.errors import error_response
 from codexgate.failsafe import fail_closed
 from codexgate.flowstate import Candidate, Decision, GatewayRequest, RelayedRequest, Translation, refuse, state_of
-from codexgate.headers import replace_header_fields
+from codexgate.headers import replace_headers
 from codexgate.metrics import GatewayMetrics
 from codexgate.providers.base import UnsupportedRequest, refuse_stateful
 from codexgate.providers.family import CODEX_HEADERS, ProviderFamily, new_context
@@ -61,11 +61,7 @@ class Route:
             raise RuntimeError(f"admitted model {state.model} has no entry")
         candidates = await self._failover.order(state)
         policy = state.policy
-        body = state.body
-        # `needs_stored_state(body)` inline (a frame less per request)
-        if state.endpoint == "responses" and (
-            body.get("previous_response_id") is not None or body.get("background") is True
-        ):
+        if state.endpoint == "responses" and needs_stored_state(state.body):
             # Only OpenAI-style deployments keep responses; a translated one would refuse the
             # request after the relay had already counted it a failed attempt (and tried the next,
             # ending in 502). Such a request goes to the deployments that can serve it, in order.
@@ -243,11 +239,7 @@ def point(flow: http.HTTPFlow, state: GatewayRequest, family: ProviderFamily[Any
     elif rewrite:
         flow.request.content = json.dumps(state.body).encode()
     if prepared.headers:
-        # One pass over the fields (Headers.update: several per name); `replace_headers`, its encoding inline.
-        replace_header_fields(
-            headers, [(name.lower().encode(), value.encode("utf-8", "surrogateescape"))
-                      for name, value in prepared.headers.items()],
-        )  # fmt: skip
+        replace_headers(headers, prepared.headers)  # one pass over the fields (Headers.update: several per name)
     if prepared.dropped_tools:
         logger.info("request %s to %s: tools it cannot serve were dropped: %s", state.request_id,
                     state.provider, ", ".join(prepared.dropped_tools))  # fmt: skip
