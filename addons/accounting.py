@@ -146,15 +146,9 @@ class Accounting:
                 tokens_out,
                 record["duration_ms"],
             )
-        fd = self._fd
-        if fd is not None:
-            # `_write`, inline: one line, one write(2), no buffer in between.
+        if self._fd is not None:
             try:
-                line = compact_line(record)
-                rest = line[os.write(fd, line) :]
-                while rest:  # a short write (signal, full disk): the rest, or the error
-                    rest = rest[os.write(fd, rest) :]
-                self.records += 1
+                self._write(record)
             except OSError:
                 logger.exception("cannot write accounting line for %s", state.request_id)
 
