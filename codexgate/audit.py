@@ -436,25 +436,13 @@ class AuditWriter:
         if "seq" in record or "prev" in record or "hash" in record:  # CHAIN_FIELDS, without a call
             clash = [name for name in CHAIN_FIELDS if name in record]
             raise ValueError(f"audit record must not carry {', '.join(clash)}: the writer sets them")
-        if not self._torn:
-            # `_file_changed`, inline (a call less per record): before EVERY record, one stat of the
-            # path. Not once per group commit: a record written after a replacement (`sed -i`) or
-            # a rotation and before the next check would go to the unlinked or renamed-away inode,
-            # i.e. be lost from the chain's files (see the class docstring).
-            try:
-                status: os.stat_result | None = os.stat(self._path)
-            except FileNotFoundError:
-                status = None
-            if (
-                status is None
-                or status.st_ino != self._inode[1]
-                or status.st_dev != self._inode[0]
-                or status.st_size != self._size
-            ):
-                # Whatever is in that file now, the writer's own chain head is what it wrote last.
-                changed = self._change(status)
-                self._open(self._free_number(self._number + 1), new=True)
-                self._continue_after_break((self._seq, self._prev), changed)
+        # Before EVERY record, one stat of the path. Not once per group commit: a record written
+        # after a replacement (`sed -i`) or a rotation and before the next check would go to the
+        # unlinked or renamed-away inode, i.e. be lost from the chain's files (see the class docstring).
+        if not self._torn and (changed := self._file_changed()) is not None:
+            # Whatever is in that file now, the writer's own chain head is what it wrote last.
+            self._open(self._free_number(self._number + 1), new=True)
+            self._continue_after_break((self._seq, self._prev), changed)
         return self._write_chained(record)
 
     def _write_chained(self, record: dict[str, Any]) -> dict[str, Any]:
