@@ -140,6 +140,22 @@ def _last_setting(argv: list[str], name: str) -> str | None:
     return value
 
 
+async def status_pipe(loop: asyncio.AbstractEventLoop) -> tuple[int, asyncio.StreamReader, asyncio.ReadTransport]:
+    """A new status pipe (codexgate/worker_status.py): the end a worker writes, to pass it, and the
+    supervisor's reader of the other (the transport closes it). Both ends are non-inheritable
+    (PEP 446): a worker started meanwhile gets neither unless passed it."""
+    read_fd, write_fd = os.pipe()
+    read_end = open(read_fd, "rb", buffering=0)  # noqa: SIM115 (the transport owns it)
+    try:
+        reader = asyncio.StreamReader(limit=worker_status.MAX_LINE_BYTES)
+        transport, _ = await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(reader), read_end)
+    except BaseException:
+        read_end.close()
+        os.close(write_fd)
+        raise
+    return write_fd, reader, transport
+
+
 @dataclass
 class Worker:
     index: int
@@ -203,16 +219,7 @@ class Supervisor:
         worker.admin_port = 0
         worker.malformed = 0
         # A pipe per process: what comes on it is that process's, and it closes when the process ends.
-        # Both ends are non-inheritable (PEP 446): a sibling started meanwhile gets neither.
-        read_fd, write_fd = os.pipe()
-        read_end = open(read_fd, "rb", buffering=0)  # noqa: SIM115 (the transport closes it)
-        try:
-            reader = asyncio.StreamReader(limit=worker_status.MAX_LINE_BYTES)
-            transport, _ = await self._loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(reader), read_end)
-        except BaseException:
-            read_end.close()
-            os.close(write_fd)
-            raise
+        write_fd, reader, transport = await status_pipe(self._loop)
         try:
             worker.process = await asyncio.create_subprocess_exec(
                 *self._command(worker, write_fd),
