@@ -231,6 +231,9 @@ class Supervisor:
                 pass_fds=(self.lock_fd, write_fd),
                 start_new_session=True,  # Ctrl-C reaches the supervisor only, which drains the workers with SIGTERM
             )
+        except BaseException:
+            transport.close()
+            raise
         finally:
             os.close(write_fd)  # the worker's copy only: the pipe reads EOF once it is gone
         worker.started = time.monotonic()
@@ -292,7 +295,7 @@ class Supervisor:
         assert self._stop is not None
         delay = RESTART_DELAY_SECONDS
         while not self._stop.is_set():
-            status, status_pipe = await self._start(worker)
+            status, status_transport = await self._start(worker)
             process = worker.process
             assert process is not None
             if self._stop.is_set():  # the stop came while this one was starting: it drains too
@@ -307,7 +310,7 @@ class Supervisor:
             # could hold the pipe open, were it not non-inheritable there.
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(reading, STATUS_DRAIN_SECONDS)
-            status_pipe.close()
+            status_transport.close()
             self._mark_dead(process.pid)
             if self._stop.is_set():
                 print(f"codexgate: worker {worker.name} (pid {process.pid}) stopped (exit {code})", flush=True)
