@@ -1,7 +1,11 @@
 """Graceful stop: on SIGTERM the gateway stops taking new governed requests, lets the ones in
 flight (long Codex streams included) finish for a grace period, then shuts mitmproxy down so
 every addon settles and closes its files (`done`). Nothing is half-written: a request still
-running at the deadline ends through the error hook and is settled there."""
+running at the deadline ends through the error hook and is settled there.
+
+Once every addon ran its `running` hook (this one is the chain's last), the gateway is ready: it
+logs so for humans and, as a worker of `codexgate up --workers N`, tells its supervisor on
+`codexgate_status_fd` (codexgate/worker_status.py), which does not depend on the log's level."""
 
 from __future__ import annotations
 
@@ -14,6 +18,7 @@ import time
 from mitmproxy import ctx, exceptions, http
 from mitmproxy.addonmanager import Loader
 
+from codexgate import worker_status
 from codexgate.errors import error_response
 from codexgate.flowstate import Decision, refuse, state_of
 
@@ -53,6 +58,8 @@ class GracefulShutdown:
         logger.info(
             "codexgate ready (SIGTERM drains in-flight requests for up to %.0f s)", ctx.options.codexgate_shutdown_grace
         )
+        # Declared by addons/metrics_export.py, which announces the admin port on the same pipe.
+        worker_status.send(getattr(ctx.options, worker_status.STATUS_FD_OPTION, 0), worker_status.Ready())
 
     def begin_drain(self) -> None:
         if self.draining:

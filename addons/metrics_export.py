@@ -1,7 +1,11 @@
 """Serves the admin port (`codexgate_metrics_port`, 0 = off): Prometheus `/metrics`, `/healthz`
 (the gateway's event loop answers) and `/readyz` (policy loaded, CA loaded, counter store
 reachable, not draining), for a balancer or Kubernetes to tell a ready instance from a starting
-or draining one. See codexgate/admin_http.py."""
+or draining one. See codexgate/admin_http.py.
+
+Under `codexgate up --workers N` it also declares `codexgate_status_fd`, the pipe on which the
+worker tells its supervisor the admin port it bound and (addons/lifecycle.py) that it is ready
+(codexgate/worker_status.py): the supervisor does not read the log for either."""
 
 from __future__ import annotations
 
@@ -13,6 +17,7 @@ from typing import TYPE_CHECKING, Any
 from mitmproxy import ctx, exceptions
 from mitmproxy.addonmanager import Loader
 
+from codexgate import worker_status
 from codexgate.admin_http import AdminServer
 from codexgate.metrics import GatewayMetrics
 from codexgate.stores.base import Counter
@@ -94,13 +99,26 @@ class MetricsExport:
         loader.add_option(
             "codexgate_metrics_port", int, 0,
             "Port of the admin server: Prometheus /metrics, /healthz and /readyz (0: not served; -1: a "
-            "free port the system picks, named in the log line 'metrics at http://HOST:PORT/metrics', which is "
-            "how `codexgate up --workers` runs each worker's).",
+            "free port the system picks, named in the log line 'metrics at http://HOST:PORT/metrics' and on "
+            "codexgate_status_fd, which is how `codexgate up --workers` runs each worker's).",
         )  # fmt: skip
         loader.add_option("codexgate_metrics_host", str, "127.0.0.1", "Address the metrics port listens on.")
+        loader.add_option(
+            worker_status.STATUS_FD_OPTION, int, 0,
+            "Set by `codexgate up --workers N` for each worker, not by hand: the number of an inherited "
+            "pipe on which the worker writes one JSON line when its admin server listens (with the port) "
+            "and one when it is ready (codexgate/worker_status.py). 0: none.",
+        )  # fmt: skip
 
     def configure(self, updated: set[str]) -> None:
+        status_fd = worker_status.STATUS_FD_OPTION
+        if status_fd in updated and (fd := getattr(ctx.options, status_fd)):
+            if problem := worker_status.open_problem(fd):
+                raise exceptions.OptionsError(f"{status_fd} {fd}: {problem}")
+            worker_status.adopt(fd)
         if not {"codexgate_metrics_port", "codexgate_metrics_host"} & updated:
+            if status_fd in updated and self._server is not None:
+                self._announce()
             return
         self._stop()
         port = ctx.options.codexgate_metrics_port
@@ -121,6 +139,11 @@ class MetricsExport:
                 ctx.options.codexgate_metrics_host,
                 self._server.port,
             )
+            self._announce()
+
+    def _announce(self) -> None:
+        assert self._server is not None
+        worker_status.send(ctx.options.codexgate_status_fd, worker_status.AdminBound(self._server.port))
 
     def running(self) -> None:
         self._loop = asyncio.get_running_loop()

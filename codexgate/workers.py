@@ -27,6 +27,11 @@ Failover cooldowns are shared: with the embedded store, through `DATA_DIR/cooldo
 (codexgate/health_shared.py), with Redis as across hosts; a deployment one worker finds failing
 is skipped by all.
 
+Each worker tells the supervisor the admin port it bound and that it is ready on a pipe of its own
+(`codexgate_status_fd`, codexgate/worker_status.py), not in its log: a quieted log
+(`--set termlog_verbosity=warn`) or a reworded line changes nothing. Its log is relayed, each line
+prefixed with its name, and nothing more.
+
 SIGTERM (or Ctrl-C) is passed to every worker, which drains as a single gateway does
 (addons/lifecycle.py); the supervisor exits when all have. A worker that dies otherwise is
 logged and restarted (after 1 s, doubling while it keeps dying young, at most 30 s).
@@ -40,7 +45,6 @@ import json
 import logging
 import math
 import os
-import re
 import shutil
 import signal
 import socket
@@ -52,6 +56,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from codexgate import worker_status
+
 logger = logging.getLogger(__name__)
 
 METRICS_DIR = "metrics-workers"
@@ -60,9 +66,8 @@ RESTART_DELAY_SECONDS = 1.0
 RESTART_DELAY_MAX_SECONDS = 30.0
 STABLE_AFTER_SECONDS = 30.0  # a worker that ran this long starts the restart delay from the beginning again
 WORKER_PROBE_TIMEOUT_SECONDS = 2.0
-READY_LINE = b"codexgate ready"  # addons/lifecycle.py logs it once the worker serves
-# addons/metrics_export.py logs it once the worker's admin server listens on the port the kernel gave it.
-ADMIN_LINE = re.compile(rb"metrics at http://127\.0\.0\.1:(\d+)/metrics")
+STATUS_DRAIN_SECONDS = 1.0  # after a worker exits, for the last of its status lines (the pipe closes with it)
+MALFORMED_REPORTED = 3  # odd status lines reported per worker process; the rest only counted
 SUPERVISOR_PID_ENV = "CODEXGATE_SUPERVISOR_PID"
 PR_SET_PDEATHSIG = 1  # linux/prctl.h
 
@@ -135,14 +140,31 @@ def _last_setting(argv: list[str], name: str) -> str | None:
     return value
 
 
+async def status_pipe(loop: asyncio.AbstractEventLoop) -> tuple[int, asyncio.StreamReader, asyncio.ReadTransport]:
+    """A new status pipe (codexgate/worker_status.py): the end a worker writes, to pass it, and the
+    supervisor's reader of the other (the transport closes it). Both ends are non-inheritable
+    (PEP 446): a worker started meanwhile gets neither unless passed it."""
+    read_fd, write_fd = os.pipe()
+    read_end = open(read_fd, "rb", buffering=0)  # noqa: SIM115 (the transport owns it)
+    try:
+        reader = asyncio.StreamReader(limit=worker_status.MAX_LINE_BYTES)
+        transport, _ = await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(reader), read_end)
+    except BaseException:
+        read_end.close()
+        os.close(write_fd)
+        raise
+    return write_fd, reader, transport
+
+
 @dataclass
 class Worker:
     index: int
-    admin_port: int = 0  # its admin server's, read from its log; 0 until it listens
+    admin_port: int = 0  # its admin server's, from its status pipe; 0 until it listens
     process: asyncio.subprocess.Process | None = None
     started: float = 0.0
     exited: list[int] = field(default_factory=list)
     ever_ready: bool = False  # a worker that never got ready has a problem a restart does not fix
+    malformed: int = 0  # odd lines on the current process's status pipe
 
     @property
     def name(self) -> str:
@@ -168,71 +190,127 @@ class Supervisor:
 
     # -- the workers -------------------------------------------------------------------------
 
-    def _command(self, worker: Worker) -> list[str]:
-        settings = {"codexgate_writer_id": worker.name, "codexgate_metrics_port": "0"}
+    def _command(self, worker: Worker, status_fd: int) -> list[str]:
+        settings = {
+            "codexgate_writer_id": worker.name,
+            "codexgate_metrics_port": "0",
+            worker_status.STATUS_FD_OPTION: str(status_fd),
+        }
         if self.metrics_port:
             # The supervisor serves the public admin port and asks each worker's on loopback. The worker
-            # binds a port the kernel picks and names it in its log: a port picked here and bound by the
-            # worker seconds later (it imports mitmproxy first) could be taken in between, and the
+            # binds a port the kernel picks and names it on its status pipe: a port picked here and bound
+            # by the worker seconds later (it imports mitmproxy first) could be taken in between, and the
             # worker would exit before it was ready, stopping the whole deployment.
             settings["codexgate_metrics_port"] = "-1"
             settings["codexgate_metrics_host"] = "127.0.0.1"
         entry = "from codexgate.workers import worker_main; worker_main()"
         return [sys.executable, *self.flags, "-c", entry, *_with_settings(self.argv, settings)]
 
-    async def _start(self, worker: Worker) -> None:
+    async def _start(self, worker: Worker) -> tuple[asyncio.StreamReader, asyncio.ReadTransport]:
+        """Start the slot's worker; the read end of its status pipe."""
+        assert self._loop is not None
         env = {
             **os.environ,
             "PROMETHEUS_MULTIPROC_DIR": str(self.metrics_dir),
             SUPERVISOR_PID_ENV: str(os.getpid()),
-            # Its log is a pipe to the supervisor: line by line, not in 8 KiB blocks (the supervisor
-            # also learns from it when the worker is ready).
+            # Its log is a pipe to the supervisor: line by line, not in 8 KiB blocks.
             "PYTHONUNBUFFERED": "1",
         }
         worker.admin_port = 0
-        worker.process = await asyncio.create_subprocess_exec(
-            *self._command(worker),
-            stdin=asyncio.subprocess.DEVNULL,
-            stdout=asyncio.subprocess.PIPE,
-            stderr=asyncio.subprocess.STDOUT,
-            env=env,
-            pass_fds=(self.lock_fd,),  # the data dir's lock: the worker adopts it (addons/data_dir.py)
-            start_new_session=True,  # Ctrl-C reaches the supervisor only, which drains the workers with SIGTERM
-        )
+        worker.malformed = 0
+        # A pipe per process: what comes on it is that process's, and it closes when the process ends.
+        write_fd, reader, transport = await status_pipe(self._loop)
+        try:
+            worker.process = await asyncio.create_subprocess_exec(
+                *self._command(worker, write_fd),
+                stdin=asyncio.subprocess.DEVNULL,
+                stdout=asyncio.subprocess.PIPE,
+                stderr=asyncio.subprocess.STDOUT,
+                env=env,
+                # the data dir's lock, which the worker adopts (addons/data_dir.py), and its status pipe
+                pass_fds=(self.lock_fd, write_fd),
+                start_new_session=True,  # Ctrl-C reaches the supervisor only, which drains the workers with SIGTERM
+            )
+        except BaseException:
+            transport.close()
+            raise
+        finally:
+            os.close(write_fd)  # the worker's copy only: the pipe reads EOF once it is gone
         worker.started = time.monotonic()
         print(f"codexgate: worker {worker.name} started (pid {worker.process.pid})", flush=True)
+        return reader, transport
 
     async def _relay_output(self, worker: Worker, process: asyncio.subprocess.Process) -> None:
-        """The worker's log, each line prefixed with its name."""
+        """The worker's log, each line prefixed with its name. For people: nothing here is acted on."""
         assert process.stdout is not None
         prefix = f"[{worker.name}] ".encode()
         out = sys.stdout.buffer
         while line := await process.stdout.readline():
-            if not worker.admin_port and (admin := ADMIN_LINE.search(line)):
-                worker.admin_port = int(admin.group(1))
-            if not worker.ever_ready and READY_LINE in line:
-                worker.ever_ready = True
-                if self._admin is not None:
-                    # Like a single gateway's, the probes answer once it serves: a balancer or the
-                    # image's health check must not see a supervisor whose workers are still starting.
-                    self._admin.loop = self._loop
             out.write(prefix + line)
             out.flush()
+
+    async def _read_status(self, worker: Worker, status: asyncio.StreamReader) -> None:
+        """The worker's status pipe, until it closes (codexgate/worker_status.py)."""
+        while True:
+            try:
+                line = await status.readline()
+            except ValueError:  # longer than a status line can be: dropped up to its end
+                self._malformed(worker, f"longer than {worker_status.MAX_LINE_BYTES} bytes")
+                continue
+            if not line:
+                return
+            try:
+                message = worker_status.parse(line)
+            except worker_status.MalformedStatus as exc:
+                self._malformed(worker, str(exc))
+                continue
+            self._on_status(worker, message)
+
+    def _on_status(self, worker: Worker, message: worker_status.StatusMessage) -> None:
+        match message:
+            case worker_status.AdminBound(port=port):
+                worker.admin_port = port  # a worker that rebinds says so again: the latest is the one
+            case worker_status.Ready():
+                if not worker.ever_ready:
+                    worker.ever_ready = True
+                    if self._admin is not None:
+                        # Like a single gateway's, the probes answer once it serves: a balancer or the
+                        # image's health check must not see a supervisor whose workers are still starting.
+                        self._admin.loop = self._loop
+
+    def _malformed(self, worker: Worker, why: str) -> None:
+        # Ignored, never fatal: whatever wrote it, the worker's state is still what its /readyz says.
+        # The line itself is not echoed (a status pipe carries no secret, but an odd line may).
+        worker.malformed += 1
+        if worker.malformed <= MALFORMED_REPORTED:
+            print(
+                f"codexgate: worker {worker.name}: a status line ignored ({why})"
+                + ("; further ones are not reported" if worker.malformed == MALFORMED_REPORTED else ""),
+                file=sys.stderr,
+                flush=True,
+            )
 
     async def _keep(self, worker: Worker) -> None:
         """Run one worker slot until the supervisor stops: restart the worker whenever it dies."""
         assert self._stop is not None
         delay = RESTART_DELAY_SECONDS
         while not self._stop.is_set():
-            await self._start(worker)
+            status, status_transport = await self._start(worker)
             process = worker.process
             assert process is not None
             if self._stop.is_set():  # the stop came while this one was starting: it drains too
                 with contextlib.suppress(ProcessLookupError):
                     process.send_signal(signal.SIGTERM)
             relay = asyncio.create_task(self._relay_output(worker, process))
+            reading = asyncio.create_task(self._read_status(worker, status))
             code = await process.wait()
             await relay
+            # The pipe closed with the worker: what it wrote last is read before its end is judged
+            # (a worker that got ready and died at once did get ready). Bounded: a process it started
+            # could hold the pipe open, were it not non-inheritable there.
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(reading, STATUS_DRAIN_SECONDS)
+            status_transport.close()
             self._mark_dead(process.pid)
             if self._stop.is_set():
                 print(f"codexgate: worker {worker.name} (pid {process.pid}) stopped (exit {code})", flush=True)

@@ -75,6 +75,9 @@ class Gateway:
         self.store = "embedded"
         self.metrics_port = 0
         self.extra_args: list[str] = []
+        # What start() waits for in the log once the ports listen; None: the caller waits otherwise
+        # (a gateway started with a quieter log never writes it).
+        self.ready_log: str | None = "codexgate ready"
 
     @property
     def base_url(self) -> str:
@@ -103,7 +106,7 @@ class Gateway:
         wait_for_port(self.gateway_port, self.process, self.log)
         # Listening comes before the addons' `running` hooks; wait for those too.
         deadline = time.monotonic() + 30
-        while "codexgate ready" not in self.log_text():
+        while self.ready_log is not None and self.ready_log not in self.log_text():
             if self.process.poll() is not None or time.monotonic() > deadline:
                 raise RuntimeError(f"gateway did not get ready:\n{self.log_text()}")
             time.sleep(0.05)

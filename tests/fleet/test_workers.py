@@ -64,12 +64,13 @@ def upstream() -> Iterator[FakeOpenAI]:
     fake.stop()
 
 
-def _start(tmp_path: Path, upstream: FakeOpenAI, *extra: str) -> Gateway:
+def _start(tmp_path: Path, upstream: FakeOpenAI, *extra: str, ready_log: str | None = "codexgate ready") -> Gateway:
     policy = tmp_path / "policy.yaml"
     policy.write_text(_policy(upstream.url))
     gateway = Gateway(policy, tmp_path / "data")
     gateway.metrics_port = free_port()
     gateway.extra_args = ["--workers", "2", *extra]
+    gateway.ready_log = ready_log
     gateway.start()
     wait_until("both workers ready", lambda: _both_ready(gateway), gateway)
     return gateway
@@ -219,6 +220,45 @@ def test_sigterm_drains_every_worker(tmp_path: Path, upstream: FakeOpenAI) -> No
         upstream.hold_stream.clear()
         upstream.release_stream.clear()
         gateway.stop()
+
+
+def test_workers_with_a_quiet_log_get_ready_restart_and_drain(tmp_path: Path, upstream: FakeOpenAI) -> None:
+    # A platform engineer quiets the log: the supervisor learns each worker's admin port and that it
+    # is ready on the worker's status pipe, not from the INFO lines it no longer sees.
+    gateway = _start(tmp_path, upstream, "--set", "termlog_verbosity=warn", ready_log=None)
+    assert gateway.process is not None
+    try:
+        log = gateway.log_text()
+        assert not re.search(r"\[w\d\] .*(codexgate ready|metrics at)", log), log  # the workers' INFO lines
+        assert _readyz(gateway)["status"] == "ready"
+        answer = _ask(gateway)
+        assert answer.status_code == 200, answer.text
+        # A restarted worker binds a new admin port and says so again: it is probed there.
+        victim = _worker_pids(gateway)["w1"]
+        subprocess.run(["kill", "-9", str(victim)], check=True)
+        wait_until("w1 restarted", lambda: _worker_pids(gateway)["w1"] != victim, gateway)
+        wait_until("both workers ready again", lambda: _both_ready(gateway), gateway)
+        for _ in range(4):
+            answer = _ask(gateway)
+            assert answer.status_code == 200, answer.text
+        gateway.process.send_signal(signal.SIGTERM)
+        assert gateway.process.wait(BOUND) == 0, gateway.log_text()
+        log = gateway.log_text()
+        assert re.search(r"worker w0 \(pid \d+\) stopped \(exit 0\)", log), log
+        assert re.search(r"worker w1 \(pid \d+\) stopped \(exit 0\)", log), log
+        assert "status line ignored" not in log, log
+    finally:
+        gateway.stop()
+
+
+def test_a_worker_that_exits_before_it_is_ready_stops_the_deployment(tmp_path: Path, upstream: FakeOpenAI) -> None:
+    # Every restart would fail the same way (here: an option the worker refuses): the supervisor
+    # stops with an error instead of restarting it forever, whatever the log's level.
+    with pytest.raises(RuntimeError, match="gateway exited with 1"):
+        _start(tmp_path, upstream, "--set", "termlog_verbosity=warn", "--set", "codexgate_shutdown_grace=-1")
+    log = (tmp_path / "data" / "gateway.log").read_text()
+    assert "before it was ready; stopping" in log, log
+    assert "restarting in" not in log, log
 
 
 def test_a_cooldown_one_worker_learns_is_shared_with_the_other(tmp_path: Path, upstream: FakeOpenAI) -> None:

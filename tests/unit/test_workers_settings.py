@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-import logging
+import os
 import urllib.request
 from pathlib import Path
 
@@ -11,10 +11,11 @@ import pytest
 from mitmproxy import exceptions
 from mitmproxy.test import taddons
 
+from codexgate import worker_status
 from codexgate.addons.metrics_export import MetricsExport
 from codexgate.metrics import GatewayMetrics
 from codexgate.usage_report import report
-from codexgate.workers import ADMIN_LINE, _last_setting, _with_settings, available_cores, default_workers
+from codexgate.workers import _last_setting, _with_settings, available_cores, default_workers
 
 
 def test_worker_settings_replace_the_ones_given_instead_of_repeating_them() -> None:
@@ -65,24 +66,26 @@ def test_available_cores_honours_the_cgroup_quota(tmp_path: Path) -> None:
     assert available_cores(tmp_path / "absent") == unlimited
 
 
-def test_a_worker_admin_server_binds_a_port_the_kernel_picks_and_names_it_as_the_supervisor_reads_it(
-    caplog: pytest.LogCaptureFixture,
-) -> None:
+def test_a_worker_admin_server_binds_a_port_the_kernel_picks_and_names_it_as_the_supervisor_reads_it() -> None:
     # The supervisor cannot pick the port for the worker: between its pick and the worker's bind,
     # seconds later, another program can take it, and the worker would exit before it was ready.
+    read_fd, write_fd = os.pipe()
     export = MetricsExport(GatewayMetrics())
-    with caplog.at_level(logging.INFO), taddons.context(export) as tctx:
-        tctx.options.update(codexgate_metrics_port=-1)
-        try:
-            assert export._server is not None
-            port = export._server.port
-            assert port > 0
-            lines = [record.getMessage().encode() for record in caplog.records]
-            learned = [int(m.group(1)) for line in lines if (m := ADMIN_LINE.search(line))]
-            assert learned == [port]
-            with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as answer:
-                assert b"codexgate_requests" in answer.read()  # it serves there
-            with pytest.raises(exceptions.OptionsError, match="not a port"):
-                tctx.options.update(codexgate_metrics_port=-2)
-        finally:
-            export._stop()
+    try:
+        with taddons.context(export) as tctx:
+            tctx.options.update(codexgate_metrics_port=-1, codexgate_status_fd=write_fd)
+            try:
+                assert export._server is not None
+                port = export._server.port
+                assert port > 0
+                # Named on the status pipe, which the supervisor reads (not the log, which may be quiet).
+                assert worker_status.parse(os.read(read_fd, 4096)) == worker_status.AdminBound(port)
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as answer:
+                    assert b"codexgate_requests" in answer.read()  # it serves there
+                with pytest.raises(exceptions.OptionsError, match="not a port"):
+                    tctx.options.update(codexgate_metrics_port=-2)
+            finally:
+                export._stop()
+    finally:
+        os.close(read_fd)
+        os.close(write_fd)
