@@ -48,13 +48,18 @@ class StreamDecoder:
         return [event for name, data in self._parser.feed_raw(chunk) if (event := decoded(name, data)) is not None]
 
 
-def decoded(name: str, data: bytes) -> JSON | None:
+_UNREAD: Any = object()
+
+
+def decoded(name: str, data: bytes, event: Any = _UNREAD) -> JSON | None:
     """One SSE event's data → the event dict (its `type` the SSE name when it has none), None for
-    nothing (no data, or JSON that is no object); undecodable data → an error event."""
-    try:
-        event = orjson.loads(data)  # `decode_json`, its usual case without a call around it
-    except ValueError:
-        event = _stdlib_decoded(data)
+    nothing (no data, or JSON that is no object); undecodable data → an error event. `event`:
+    what orjson already read of `data` (`TextDeltaBridge`), not read again."""
+    if event is _UNREAD:
+        try:
+            event = orjson.loads(data)  # `decode_json`, its usual case without a call around it
+        except ValueError:
+            event = _stdlib_decoded(data)
     if event.__class__ is not dict:  # (as isinstance: neither decoder makes a dict's subclass)
         return None
     if "type" not in event:
@@ -264,15 +269,16 @@ class TextDeltaBridge(StreamBridge):
 
     def feed(self, chunk: bytes) -> bytes:
         events: list[tuple[str, bytes]] | None = None
+        read: Any = _UNREAD  # what `_delta` decoded of the one event in `events`, for the general path
         # A chunk that is one event's two lines and its blank one, without "\r" (which SSEParser
         # rewrites): its data is what the parser would read, as it would name it.
         if chunk[:_AFTER] == _DELTA and chunk[-2:] == b"\n\n" and not self._parser._buffer:
             data = chunk[_AFTER:-2]
             if 10 not in data and 13 not in data:  # 10: b"\n", 13: b"\r"
-                encoded = self._delta(data)
-                if encoded is not None:
+                read = self._delta(data)
+                if read.__class__ is bytes:
                     self.events_out += 1
-                    return encoded
+                    return read  # type: ignore[no-any-return]
                 events = [("content_block_delta", data)]  # for the general path, not tried again
         shortest = events is None
         pieces: list[bytes] = []
@@ -280,16 +286,18 @@ class TextDeltaBridge(StreamBridge):
         translate = self._translator.feed
         for name, data in self._parser.feed_raw(chunk) if events is None else events:
             if shortest and name == "content_block_delta":
-                encoded = self._delta(data)
-                if encoded is not None:
+                read = self._delta(data)
+                if read.__class__ is bytes:
                     if translated:
                         self.events_out += len(translated)
                         pieces.append(encode_events(translated))
                         translated = []
                     self.events_out += 1
-                    pieces.append(encoded)
+                    pieces.append(read)
+                    read = _UNREAD
                     continue
-            event = decoded(name, data)
+            event = decoded(name, data, read)
+            read = _UNREAD  # (read of this event only)
             if event is not None:
                 translated += translate(event)
         if translated:
@@ -297,16 +305,21 @@ class TextDeltaBridge(StreamBridge):
             pieces.append(encode_events(translated))
         return b"".join(pieces)
 
-    def _delta(self, data: bytes) -> bytes | None:
-        """The encoded Responses event of a content_block_delta event's data that is a text delta
-        of an announced message or a thinking delta of a thinking block's open summary (the
-        item's `encoded_delta`), else None, with nothing done."""
+    def _delta(self, data: bytes) -> Any:
+        """The encoded Responses event (bytes) of a content_block_delta event's data that is a
+        text delta of an announced message or a thinking delta of a thinking block's open summary
+        (the item's `encoded_delta`); else, with nothing done, the data as `decoded` reads it
+        (orjson's reading, or the stdlib's where orjson refuses it), for `decoded` to take
+        without reading it again."""
         try:
             event = orjson.loads(data)
+        except ValueError:  # orjson's JSONDecodeError: what `decoded` would read in its place
+            return _stdlib_decoded(data)
+        try:
             index, delta = event["index"], event["delta"]
             # (isinstance's int but for bool, which the general path takes just the same)
             if event["type"] != "content_block_delta" or index.__class__ is not int:
-                return None
+                return event
             block = self._blocks[index]
             kind = delta["type"]
             if kind == "text_delta":
@@ -314,9 +327,11 @@ class TextDeltaBridge(StreamBridge):
             elif kind == "thinking_delta":
                 text, fits = delta["thinking"], block.thinking
             else:
-                return None
+                return event
             if fits and text.__class__ is str:
-                return block.item.encoded_delta(text)
-        except (ValueError, KeyError, TypeError):  # orjson's JSONDecodeError is a ValueError
+                encoded = block.item.encoded_delta(text)
+                if encoded is not None:
+                    return encoded
+        except (ValueError, KeyError, TypeError):
             pass  # not this shape: the general path reads it (and decides what it is)
-        return None
+        return event

@@ -30,7 +30,7 @@ from typing import Any
 import orjson
 
 from codexgate.providers.responses.jsonstring import InputStringStream, custom_input
-from codexgate.providers.responses.objects import ResponseContext, response_object, usage_block
+from codexgate.providers.responses.objects import ResponseContext, echoed_fields, response_object, usage_block
 from codexgate.usage import Usage
 
 __all__ = [
@@ -66,6 +66,7 @@ class ResponseEmitter:
     """Sequence-numbered Responses stream events for one answer; see the module docstring."""
 
     __slots__ = (
+        "_echoed",
         "_ids",
         "_next_index",
         "_open",
@@ -91,6 +92,9 @@ class ResponseEmitter:
         self._next_index = 0
         self._ids = 0
         self._open: dict[int, _Item] = {}  # announced items not yet done, by output_index
+        # The request fields every `response` object of the answer echoes (`echoed_fields`), read
+        # from the context once: the first and the terminal object repeat the same ones.
+        self._echoed: JSON | None = None
 
     # -- plumbing ---------------------------------------------------------------------------------
 
@@ -128,7 +132,8 @@ class ResponseEmitter:
         if self._started:
             return
         self._started = True
-        shell = response_object(self.ctx, "in_progress", [], None)
+        self._echoed = echoed = echoed_fields(self.ctx)
+        shell = response_object(self.ctx, "in_progress", [], None, echoed=echoed)
         self.emit({"type": "response.created", "response": shell})
         self.emit({"type": "response.in_progress", "response": dict(shell)})
 
@@ -197,7 +202,7 @@ class ResponseEmitter:
         self.close_open()
         outcome = "incomplete" if incomplete else "completed"
         block = usage_block(usage, cache_write_tokens) if usage is not None else None
-        response = response_object(self.ctx, outcome, self.output, block, incomplete=incomplete)
+        response = response_object(self.ctx, outcome, self.output, block, incomplete=incomplete, echoed=self._echoed)
         self._terminal(outcome, response, usage)
 
     def fail(self, code: str, message: str, usage: Usage | None = None, *, cache_write_tokens: int = 0) -> None:
@@ -208,7 +213,8 @@ class ResponseEmitter:
             return
         self.start()
         block = usage_block(usage, cache_write_tokens) if usage is not None else None
-        response = response_object(self.ctx, "failed", self.output, block, error={"code": code, "message": message})
+        error = {"code": code, "message": message}
+        response = response_object(self.ctx, "failed", self.output, block, error=error, echoed=self._echoed)
         self._terminal("failed", response, usage)
 
     def _terminal(self, outcome: str, response: JSON, usage: Usage | None) -> None:

@@ -39,8 +39,11 @@ def response_object(
     *,
     error: JSON | None = None,
     incomplete: str | None = None,
+    echoed: JSON | None = None,
 ) -> JSON:
-    """A Responses API `response` object as translators report it (SDK-valid, no extra keys)."""
+    """A Responses API `response` object as translators report it (SDK-valid, no extra keys).
+    `echoed`: `echoed_fields(ctx)` where the caller has it already (an answer's first and last
+    `response` objects echo the same fields)."""
     return {
         "id": ctx.response_id,
         "object": "response",
@@ -48,7 +51,7 @@ def response_object(
         "status": status,
         "model": ctx.model,
         "output": output,
-        **echoed_fields(ctx),
+        **(echoed_fields(ctx) if echoed is None else echoed),
         "usage": usage,
         "error": error,
         "incomplete_details": {"reason": incomplete} if incomplete else None,

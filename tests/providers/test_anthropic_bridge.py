@@ -8,6 +8,7 @@ import json
 import random
 from typing import Any, cast
 
+import orjson
 import pytest
 
 from codexgate.providers import anthropic
@@ -258,3 +259,31 @@ def test_thinking_deltas_take_the_shortest_path_too(monkeypatch: pytest.MonkeyPa
     chunks = [*HEAD, start(0, "thinking"), *(thinking(f" step {n}") for n in range(10)), *TAIL]
     assert run(TextDeltaBridge, chunks)[0] == run(StreamBridge, chunks)[0]
     assert taken == {MessageItem: 0, ReasoningItem: 9}  # of 10: the first opens the summary
+
+
+@pytest.mark.parametrize("name", list(STREAMS))
+def test_each_events_data_is_decoded_once(name: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A delta the shortest path reads and leaves (a tool's arguments, a signature, the first text
+    of a message, an odd shape) goes to the general path with what orjson read of it, not read
+    again: as many orjson reads as the general path makes (one per event), chunk by chunk."""
+    from codexgate.providers.anthropic import stream
+
+    reads = [0]
+
+    class CountedOrjson:
+        def __getattr__(self, attribute: str) -> Any:
+            return getattr(orjson, attribute)
+
+        @staticmethod
+        def loads(data: Any) -> Any:
+            reads[0] += 1
+            return orjson.loads(data)
+
+    monkeypatch.setattr(stream, "orjson", CountedOrjson())
+    for chunks in [STREAMS[name], rechunk(STREAMS[name], 1)]:
+        reads[0] = 0
+        run(StreamBridge, chunks)
+        general = reads[0]
+        reads[0] = 0
+        run(TextDeltaBridge, chunks)
+        assert reads[0] == general
