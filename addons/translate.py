@@ -104,9 +104,10 @@ class Translate:
             # The provider's framing headers describe its body, not ours. One pass over the raw
             # fields (per request; the Headers methods take a dozen calls per name).
             headers = flow.response.headers
-            fields = tuple(field for field in headers.fields if field[0].lower() not in _STREAM_REPLACED)
+            fields = tuple([field for field in headers.fields if field[0].lower() not in _STREAM_REPLACED])
+            # (`request.http_version` decodes the raw bytes compared here: two calls)
             headers.fields = fields + (
-                _STREAM_HEADERS_HTTP1 if flow.request.http_version == "HTTP/1.1" else _STREAM_HEADERS
+                _STREAM_HEADERS_HTTP1 if flow.request.data.http_version == b"HTTP/1.1" else _STREAM_HEADERS
             )
             flow.response.stream, broken = _bridge_stream(state, translation, counted_watch(flow))
             flow.metadata[FAILED_EVENT] = LiveCallable(broken)

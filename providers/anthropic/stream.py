@@ -268,6 +268,8 @@ class TextDeltaBridge(StreamBridge):
         self._blocks = translator._blocks
 
     def feed(self, chunk: bytes) -> bytes:
+        if not chunk:
+            return b""  # the end of the stream (`finish` follows): no bytes, no event completed
         events: list[tuple[str, bytes]] | None = None
         read: Any = _UNREAD  # what `_delta` decoded of the one event in `events`, for the general path
         # A chunk that is one event's two lines and its blank one, without "\r" (which SSEParser
