@@ -18,6 +18,8 @@ import sqlite3
 import time
 from collections.abc import Callable
 
+from codexgate.sqlite_wal import connect_wal
+
 logger = logging.getLogger(__name__)
 
 COOLDOWNS_FILE = "cooldowns.sqlite3"
@@ -45,11 +47,8 @@ class SQLiteHealth:
         self.path = path
         self._clock = clock
         self._failing = False
-        self._db = sqlite3.connect(path, timeout=busy_timeout_seconds, isolation_level=None, check_same_thread=False)
-        with contextlib.suppress(sqlite3.Error):
-            self._db.execute("PRAGMA journal_mode=WAL")
-            self._db.execute("PRAGMA synchronous=NORMAL")  # a cooldown lost to a power cut is harmless
-        self._db.executescript(_SCHEMA)
+        # synchronous=NORMAL: a cooldown lost to a power cut is harmless.
+        self._db = connect_wal(path, schema=_SCHEMA, busy_timeout_seconds=busy_timeout_seconds)
 
     def _failed(self, what: str, exc: sqlite3.Error) -> None:
         if not self._failing:

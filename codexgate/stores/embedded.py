@@ -22,6 +22,7 @@ import stat
 import threading
 from collections.abc import Iterator
 
+from codexgate.sqlite_wal import connect_wal
 from codexgate.stores.base import Admission, Amounts, Counter, CounterState, Kind, StoreUnavailable
 from codexgate.stores.rules import (
     PRUNE_MARGIN_SECONDS,
@@ -71,7 +72,13 @@ def _create_private(path: str) -> None:
 
 
 class EmbeddedStore:
-    def __init__(self, path: str, stale_after_seconds: float = 900, busy_timeout_seconds: float = 2.0) -> None:
+    def __init__(
+        self,
+        path: str,
+        stale_after_seconds: float = 900,
+        busy_timeout_seconds: float = 2.0,
+        open_deadline_seconds: float = 10.0,
+    ) -> None:
         self.path = path
         self.stale_after_seconds = float(stale_after_seconds)
         # Several processes may share the file; one holding the write lock makes the others
@@ -80,14 +87,13 @@ class EmbeddedStore:
         self._lock = threading.Lock()  # only matters if a caller shares the store across threads
         try:
             _create_private(path)
-            self._db = sqlite3.connect(
-                path, timeout=busy_timeout_seconds, isolation_level=None, check_same_thread=False
+            # Workers of one `codexgate up` open the file together: see codexgate.sqlite_wal.
+            self._db = connect_wal(
+                path,
+                schema=_SCHEMA,
+                busy_timeout_seconds=busy_timeout_seconds,
+                open_deadline_seconds=open_deadline_seconds,
             )
-            mode = self._db.execute("PRAGMA journal_mode=WAL").fetchone()[0]
-            if mode != "wal":
-                raise StoreUnavailable(f"counter store {path}: SQLite refused WAL mode (got {mode!r})")
-            self._db.execute("PRAGMA synchronous=NORMAL")
-            self._db.executescript(_SCHEMA)
         except (OSError, sqlite3.Error) as exc:
             raise StoreUnavailable(f"counter store {path} cannot be opened: {exc}") from exc
 

@@ -1,0 +1,100 @@
+"""Workers opening the same SQLite file at the same moment all get it (the fleet test's start race).
+
+Before `connect_wal`, four processes opening one new counter file together failed in 18 of 100
+rounds with "database is locked" (SQLite answers BUSY at once, without its busy handler, on the
+switch to WAL), and `codexgate up --workers 2` stopped because one worker could not start.
+"""
+
+from __future__ import annotations
+
+import multiprocessing
+import sqlite3
+import threading
+from pathlib import Path
+
+import pytest
+
+from codexgate.health_shared import SQLiteHealth
+from codexgate.sqlite_wal import connect_wal, is_busy
+from codexgate.stores.base import StoreUnavailable
+from codexgate.stores.embedded import EmbeddedStore
+
+_SCHEMA = "CREATE TABLE IF NOT EXISTS t (k TEXT PRIMARY KEY, v REAL NOT NULL);"
+
+
+def _open_both(path_dir: str, barrier: multiprocessing.synchronize.Barrier, errors: multiprocessing.Queue) -> None:
+    barrier.wait()
+    try:
+        EmbeddedStore(str(Path(path_dir) / "counters.sqlite3"))
+        SQLiteHealth(str(Path(path_dir) / "cooldowns.sqlite3"))
+    except Exception as exc:  # reported to the parent, which asserts there are none
+        errors.put(f"{type(exc).__name__}: {exc}")
+    else:
+        errors.put("")
+
+
+def test_processes_opening_new_files_together_all_succeed(tmp_path: Path) -> None:
+    fork = multiprocessing.get_context("fork")  # the parent holds no connection to these files
+    failures: list[str] = []
+    for round_number in range(25):
+        directory = tmp_path / str(round_number)
+        directory.mkdir()
+        barrier, errors = fork.Barrier(4), fork.Queue()
+        processes = [fork.Process(target=_open_both, args=(str(directory), barrier, errors)) for _ in range(4)]
+        for process in processes:
+            process.start()
+        results = [errors.get(timeout=60) for _ in processes]
+        for process in processes:
+            process.join(timeout=60)
+            assert process.exitcode == 0
+        failures += [r for r in results if r]
+    assert failures == []
+
+
+def test_a_lock_held_past_the_busy_timeout_is_waited_out(tmp_path: Path) -> None:
+    path = str(tmp_path / "held.sqlite3")
+    holder = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+    holder.execute("BEGIN EXCLUSIVE")  # what a worker switching the file to WAL holds
+    released = threading.Timer(0.3, lambda: holder.execute("COMMIT"))
+    released.start()
+    try:
+        # One attempt gives up after 20 ms, well before the holder lets go at 300 ms.
+        with pytest.raises(sqlite3.OperationalError) as once:
+            sqlite3.connect(path, timeout=0.02).execute("PRAGMA journal_mode=WAL")
+        assert is_busy(once.value)
+        db = connect_wal(path, schema=_SCHEMA, busy_timeout_seconds=0.02, open_deadline_seconds=10)
+    finally:
+        released.join()
+    assert db.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+    assert db.execute("PRAGMA synchronous").fetchone()[0] == 1  # NORMAL
+    db.execute("INSERT INTO t VALUES ('a', 1.0)")
+
+
+def test_a_lock_never_released_fails_after_the_deadline(tmp_path: Path) -> None:
+    path = str(tmp_path / "stuck.sqlite3")
+    holder = sqlite3.connect(path, isolation_level=None)
+    holder.execute("BEGIN EXCLUSIVE")
+    now = [0.0]
+    slept: list[float] = []
+
+    def sleep(seconds: float) -> None:
+        slept.append(seconds)
+        now[0] += 0.5
+
+    with pytest.raises(sqlite3.OperationalError, match="locked"):
+        connect_wal(path, schema=_SCHEMA, busy_timeout_seconds=0.0, open_deadline_seconds=3, clock=lambda: now[0],
+                    sleep=sleep)  # fmt: skip
+    assert 1 <= len(slept) <= 7  # retried, then gave up at the deadline instead of spinning forever
+    # Named as the counter store, with its file.
+    with pytest.raises(StoreUnavailable, match=r"stuck\.sqlite3 cannot be opened: database is locked"):
+        EmbeddedStore(path, busy_timeout_seconds=0.0, open_deadline_seconds=0.2)
+    holder.execute("ROLLBACK")
+
+
+def test_an_error_other_than_a_lock_is_not_retried(tmp_path: Path) -> None:
+    path = tmp_path / "garbage.sqlite3"
+    path.write_bytes(b"this is not a database" * 100)
+    slept: list[float] = []
+    with pytest.raises(sqlite3.DatabaseError, match="not a database"):
+        connect_wal(str(path), schema=_SCHEMA, busy_timeout_seconds=0.1, sleep=slept.append)
+    assert slept == []
