@@ -16,14 +16,15 @@ import sqlite3
 import time
 from collections.abc import Callable
 
-# Error text SQLite gives for SQLITE_BUSY and SQLITE_LOCKED (Python does not expose the code
-# portably before 3.11's sqlite_errorcode).
-_BUSY_MESSAGES = ("database is locked", "database table is locked", "database is busy")
+# SQLite's primary result codes for "another connection holds a lock"; the extended codes
+# (SQLITE_BUSY_RECOVERY, SQLITE_BUSY_SNAPSHOT, …) carry them in their low byte.
+_BUSY_CODES = (sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED)
 
 
 def is_busy(exc: sqlite3.Error) -> bool:
     """Whether `exc` is SQLite saying another connection holds a lock (worth retrying)."""
-    return isinstance(exc, sqlite3.OperationalError) and any(m in str(exc) for m in _BUSY_MESSAGES)
+    code = getattr(exc, "sqlite_errorcode", None)
+    return isinstance(code, int) and code & 0xFF in _BUSY_CODES
 
 
 def _connect_once(path: str, busy_timeout_seconds: float, schema: str, synchronous: str) -> sqlite3.Connection:
