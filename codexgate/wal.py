@@ -91,9 +91,12 @@ class ForwardLog:
     def __init__(self, directory: Path, writer: str = "") -> None:
         self.directory = directory
         self.writer = writer
-        if not directory.exists():
+        try:
             directory.mkdir(mode=0o700, parents=True)
-            os.chmod(directory, 0o700)
+        except FileExistsError:
+            pass  # there already, or another worker of this data dir made it first (they start together)
+        else:
+            os.chmod(directory, 0o700)  # mkdir's mode is filtered by the umask
         existing = segments(directory, writer)
         self.previous = PreviousRun([path for _, path in existing])
         self._number = (existing[-1][0] if existing else 0) + 1

@@ -1,54 +1,18 @@
-"""Workers opening the same SQLite file at the same moment all get it (the fleet test's start race).
-
-Before `connect_wal`, four processes opening one new counter file together failed in 18 of 100
-rounds with "database is locked" (SQLite answers BUSY at once, without its busy handler, on the
-switch to WAL), and `codexgate up --workers 2` stopped because one worker could not start.
-"""
+"""`connect_wal`: a SQLite file several workers open together (see test_data_dir_start_race.py)."""
 
 from __future__ import annotations
 
-import multiprocessing
 import sqlite3
 import threading
 from pathlib import Path
 
 import pytest
 
-from codexgate.health_shared import SQLiteHealth
 from codexgate.sqlite_wal import connect_wal, is_busy
 from codexgate.stores.base import StoreUnavailable
 from codexgate.stores.embedded import EmbeddedStore
 
 _SCHEMA = "CREATE TABLE IF NOT EXISTS t (k TEXT PRIMARY KEY, v REAL NOT NULL);"
-
-
-def _open_both(path_dir: str, barrier: multiprocessing.synchronize.Barrier, errors: multiprocessing.Queue) -> None:
-    barrier.wait()
-    try:
-        EmbeddedStore(str(Path(path_dir) / "counters.sqlite3"))
-        SQLiteHealth(str(Path(path_dir) / "cooldowns.sqlite3"))
-    except Exception as exc:  # reported to the parent, which asserts there are none
-        errors.put(f"{type(exc).__name__}: {exc}")
-    else:
-        errors.put("")
-
-
-def test_processes_opening_new_files_together_all_succeed(tmp_path: Path) -> None:
-    fork = multiprocessing.get_context("fork")  # the parent holds no connection to these files
-    failures: list[str] = []
-    for round_number in range(25):
-        directory = tmp_path / str(round_number)
-        directory.mkdir()
-        barrier, errors = fork.Barrier(4), fork.Queue()
-        processes = [fork.Process(target=_open_both, args=(str(directory), barrier, errors)) for _ in range(4)]
-        for process in processes:
-            process.start()
-        results = [errors.get(timeout=60) for _ in processes]
-        for process in processes:
-            process.join(timeout=60)
-            assert process.exitcode == 0
-        failures += [r for r in results if r]
-    assert failures == []
 
 
 def test_a_lock_held_past_the_busy_timeout_is_waited_out(tmp_path: Path) -> None:
