@@ -17,7 +17,7 @@ from mitmproxy.proxy.mode_specs import ReverseMode
 
 from codexgate.addons.intake_limits import IntakeCaps, RequestLimits
 from codexgate.addons.policy_source import PolicySource
-from codexgate.bounded import BodyTooLarge, clip, decode_body, nesting_exceeds
+from codexgate.bounded import BodyTooLarge, DuplicateKey, clip, decode_body, nesting_exceeds, unique_object
 from codexgate.errors import error_response
 from codexgate.failsafe import fail_closed
 from codexgate.flowstate import METADATA_KEY, Decision, GatewayRequest, refuse, state_of
@@ -34,9 +34,9 @@ ENDPOINTS = {
 }
 SERVED = "POST /v1/responses, POST /v1/chat/completions, GET /v1/models"
 MAX_SESSION_ID = 128
-# `json.loads`'s own reading of a document (the C scanner of a default JSONDecoder), for an object
-# read from its first byte (see `Intake.request`).
-_SCAN_ONCE: Callable[[str, int], tuple[Any, int]] = json.JSONDecoder().scan_once  # type: ignore[attr-defined]
+# `json.loads`'s own reading of a document (the C scanner of a JSONDecoder), for an object read from
+# its first byte (see `Intake.request`), refusing an object that names a key twice (`unique_object`).
+_SCAN_ONCE: Callable[[str, int], tuple[Any, int]] = json.JSONDecoder(object_pairs_hook=unique_object).scan_once  # type: ignore[attr-defined]
 DEFAULT_CAPS = IntakeCaps()  # without RequestLimits (frozen: one for all)
 HEAD_FIELDS = frozenset({b"session-id", b"x-session-id", b"upgrade"})  # read in one pass
 
@@ -134,9 +134,18 @@ class Intake:
                     if end != len(text):
                         raise json.JSONDecodeError("Extra data", text, end)
             else:
-                body = json.loads(raw)
+                body = json.loads(raw, object_pairs_hook=unique_object)
         except RecursionError:  # deeper than the interpreter's own limit (about 1,000 levels)
             body, too_deep = None, True
+        except DuplicateKey as exc:
+            refuse(
+                flow,
+                error_response(
+                    400, "duplicate_key", f"request body names the key {clip(exc.key, 64)!r} twice in one object"
+                ),
+                Decision.INVALID_JSON,
+            )
+            return
         except ValueError as exc:
             refuse(
                 flow, error_response(400, "invalid_json", f"request body is not valid JSON: {clip(str(exc))}"),

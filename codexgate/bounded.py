@@ -2,7 +2,8 @@
 
 `decode_body` inflates a request body under a cap on the *decoded* size, checked while
 decompressing (a 1 MB gzip body can inflate to 1 GiB); `nesting_exceeds` measures JSON nesting
-without recursion; `clip` bounds a client string before it is written anywhere.
+without recursion; `unique_object` refuses a JSON object that names a key twice; `clip` bounds a
+client string before it is written anywhere.
 """
 
 from __future__ import annotations
@@ -101,6 +102,30 @@ def decode_body(raw: bytes, content_encoding: str, limit: int) -> bytes:
     if len(body) > limit:
         raise BodyTooLarge(f"body exceeds {limit} bytes")
     return body
+
+
+class DuplicateKey(Exception):  # not a ValueError: not one of the JSON syntax errors
+    """A JSON object names the same key twice."""
+
+    def __init__(self, key: str) -> None:
+        super().__init__(key)
+        self.key = key
+
+
+def unique_object(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    """`object_pairs_hook` of the JSON decoder reading a request body: the object, unless a key
+    repeats. JSON leaves a repeated key to the parser (Python's keeps the last value, others the
+    first or refuse), and a body the gateway forwards as it came would be checked with one value and
+    served with the other: `{"model": "forbidden", "model": "allowed"}`. One dict per object, built
+    in C; only its size is compared (~30 % more than the plain decoder on a Codex body)."""
+    obj = dict(pairs)
+    if len(obj) != len(pairs):
+        seen: set[str] = set()
+        for key, _ in pairs:
+            if key in seen:
+                raise DuplicateKey(key)
+            seen.add(key)
+    return obj
 
 
 def nesting_exceeds(value: Any, limit: int) -> bool:

@@ -140,6 +140,21 @@ def test_malformed_and_unknown_requests(gateway: Gateway) -> None:
     assert missing.status_code == 401 and missing.json()["error"]["code"] == "missing_api_key"
 
 
+def test_a_body_naming_a_key_twice_is_refused_before_it_leaves(gateway: Gateway, fake_openai: FakeOpenAI) -> None:
+    """A pass-through body is forwarded as it came: had the gateway read the last `model` (as Python
+    does) and the provider the first, carol's key (mock-* only) would have been served a gpt-* model."""
+    headers = {"authorization": f"Bearer {CAROL_KEY}", "content-type": "application/json"}
+    before = len(fake_openai.received)
+    smuggled = b'{"model": "gpt-test", "input": "x", "model": "mock-model"}'
+    refused = httpx.post(f"{gateway.base_url}/responses", content=smuggled, headers=headers)
+    assert refused.status_code == 400
+    assert refused.json()["error"]["code"] == "duplicate_key" and "'model'" in refused.json()["error"]["message"]
+    nested = b'{"model": "gpt-test", "input": [{"role": "user", "content": "a", "content": "b"}]}'
+    headers["authorization"] = f"Bearer {ALICE_KEY}"
+    assert httpx.post(f"{gateway.base_url}/responses", content=nested, headers=headers).status_code == 400
+    assert len(fake_openai.received) == before  # nothing reached the provider
+
+
 def test_pass_through_swaps_key_and_renames_model(gateway: Gateway, fake_openai: FakeOpenAI) -> None:
     before = len(fake_openai.received)
     response = client(gateway).responses.create(model="gpt-renamed", input="hi upstream")

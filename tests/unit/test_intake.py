@@ -234,12 +234,27 @@ BODIES = [
 ]
 
 
+class _Repeated(Exception):
+    pass
+
+
+def _refuse_repeats(pairs: list[tuple[str, object]]) -> dict[str, object]:
+    keys = [key for key, _ in pairs]
+    if len(set(keys)) != len(keys):
+        raise _Repeated
+    return dict(pairs)
+
+
 @pytest.mark.parametrize("raw", BODIES)
 def test_the_body_is_read_exactly_as_json_loads_reads_it(intake, raw):
+    """As `json.loads` reads it, but for an object naming a key twice (refused: see below)."""
     flow = make_flow(body=raw)
     run(intake, flow)
     try:
-        expected = json.loads(raw)
+        expected = json.loads(raw, object_pairs_hook=_refuse_repeats)
+    except _Repeated:
+        assert error_of(flow)["code"] == "duplicate_key"
+        return
     except RecursionError:
         assert error_of(flow)["code"] == "json_too_deep"
         return
@@ -251,3 +266,45 @@ def test_the_body_is_read_exactly_as_json_loads_reads_it(intake, raw):
         assert error_of(flow)["code"] in ("json_too_deep", "missing_model")
         return
     assert repr(state_of(flow).body) == repr(expected)
+
+
+@pytest.mark.parametrize(
+    ("raw", "key"),
+    [
+        # What the gateway would check, and what a parser keeping the first value would serve.
+        (b'{"model": "gpt-forbidden", "input": "hi", "model": "gpt-5.5"}', "model"),
+        (b'{"model": "gpt-5.5", "stream": false, "input": "hi", "stream": true}', "stream"),
+        (b'{"model": "gpt-5.5", "service_tier": "priority", "service_tier": "default"}', "service_tier"),
+        # Nested: a guardrail reads one content, the provider could get the other.
+        (b'{"model": "gpt-5.5", "input": [{"role": "user", "content": "secret", "content": "clean"}]}', "content"),
+        (b'{"model": "gpt-5.5", "reasoning": {"effort": "high", "effort": "low"}}', "effort"),
+        (b' {"model": "gpt-5.5", "model": "gpt-5.5"}', "model"),  # json.loads' own path (leading space)
+        ('{"model": "gpt-5.5", "\u00e9": 1, "\u00e9": 2}'.encode(), "\u00e9"),  # the same key, escaped
+    ],
+)
+def test_an_object_naming_a_key_twice_is_refused(intake, raw, key):
+    flow = make_flow(body=raw)
+    run(intake, flow)
+    assert flow.response is not None and flow.response.status_code == 400
+    error = error_of(flow)
+    assert error["code"] == "duplicate_key"
+    assert error["type"] == "invalid_request_error"
+    assert repr(json.loads(f'"{key}"')) in error["message"]
+    assert state_of(flow).answered_locally
+
+
+def test_the_same_key_in_different_objects_is_not_a_repeat(intake):
+    body = {"model": "gpt-5.5", "input": [{"type": "message", "content": "a"}, {"type": "message", "content": "b"}],
+            "reasoning": {"effort": "low"}, "text": {"format": {"type": "text"}}}  # fmt: skip
+    flow = make_flow(body=body)
+    run(intake, flow)
+    assert flow.response is None
+    assert state_of(flow).body == body
+
+
+def test_a_repeated_key_is_named_clipped(intake):
+    long_key = "k" * 5000
+    flow = make_flow(body=b'{"model": "gpt-5.5", "' + long_key.encode() + b'": 1, "' + long_key.encode() + b'": 2}')
+    run(intake, flow)
+    message = error_of(flow)["message"]
+    assert error_of(flow)["code"] == "duplicate_key" and len(message) < 200 and "5000 chars" in message
