@@ -17,7 +17,7 @@ from mitmproxy.proxy.mode_specs import ReverseMode
 
 from codexgate.addons.intake_limits import IntakeCaps, RequestLimits
 from codexgate.addons.policy_source import PolicySource
-from codexgate.bounded import BodyTooLarge, DuplicateKey, clip, decode_body, nesting_exceeds, unique_object
+from codexgate.bounded import BodyTooLarge, DuplicateKey, case_twin, clip, decode_body, nesting_exceeds, unique_object
 from codexgate.errors import error_response
 from codexgate.failsafe import fail_closed
 from codexgate.flowstate import METADATA_KEY, Decision, GatewayRequest, refuse, state_of
@@ -162,6 +162,13 @@ class Intake:
         if not isinstance(body, dict):
             message = "request body must be a JSON object"
             refuse(flow, error_response(400, "invalid_json", message), Decision.INVALID_JSON)
+            return
+        # The request's own fields (model, stream, service_tier, …): checked for keys that differ
+        # only in case, which some providers read as one key (nested objects: exact repeats only).
+        twin = case_twin(body) if len(body) > 1 else None
+        if twin is not None:
+            message = f"request body names the key {clip(twin, 64)!r} twice in one object (differing only in case)"
+            refuse(flow, error_response(400, "duplicate_key", message), Decision.INVALID_JSON)
             return
         model = body.get("model")
         if not isinstance(model, str) or not model:

@@ -279,7 +279,10 @@ def test_the_body_is_read_exactly_as_json_loads_reads_it(intake, raw):
         (b'{"model": "gpt-5.5", "input": [{"role": "user", "content": "secret", "content": "clean"}]}', "content"),
         (b'{"model": "gpt-5.5", "reasoning": {"effort": "high", "effort": "low"}}', "effort"),
         (b' {"model": "gpt-5.5", "model": "gpt-5.5"}', "model"),  # json.loads' own path (leading space)
-        ('{"model": "gpt-5.5", "\u00e9": 1, "\u00e9": 2}'.encode(), "\u00e9"),  # the same key, escaped
+        (b'{"model": "gpt-5.5", "\\u00e9": 1, "\xc3\xa9": 2}', "\\u00e9"),  # the same key, escaped once
+        # Keys one to Go's encoding/json (case-insensitive, Unicode simple folding): the request's own fields.
+        (b'{"model": "gpt-5.5", "input": "hi", "Model": "gpt-forbidden"}', "Model"),
+        (b'{"stream": false, "model": "gpt-5.5", "\xc5\xbftream": true}', "\\u017ftream"),  # a long s
     ],
 )
 def test_an_object_naming_a_key_twice_is_refused(intake, raw, key):
@@ -291,6 +294,13 @@ def test_an_object_naming_a_key_twice_is_refused(intake, raw, key):
     assert error["type"] == "invalid_request_error"
     assert repr(json.loads(f'"{key}"')) in error["message"]
     assert state_of(flow).answered_locally
+
+
+def test_keys_differing_only_in_case_inside_nested_objects_are_left_alone(intake):
+    body = {"model": "gpt-5.5", "metadata": {"Env": "a", "env": "b"}}  # the client's own labels
+    flow = make_flow(body=body)
+    run(intake, flow)
+    assert flow.response is None and state_of(flow).body == body
 
 
 def test_the_same_key_in_different_objects_is_not_a_repeat(intake):
