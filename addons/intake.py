@@ -37,6 +37,20 @@ MAX_SESSION_ID = 128
 # `json.loads`'s own reading of a document (the C scanner of a JSONDecoder), for an object read from
 # its first byte (see `Intake.request`), refusing an object that names a key twice (`unique_object`).
 _SCAN_ONCE: Callable[[str, int], tuple[Any, int]] = json.JSONDecoder(object_pairs_hook=unique_object).scan_once  # type: ignore[attr-defined]
+# The request fields of OpenAI's Responses and Chat Completions APIs (the openai SDK's
+# `ResponseCreateParams` and `CompletionCreateParams`; a test holds this to the SDK's), all in
+# casefolded form: a top-level key that folds to one of them but is not it is refused.
+API_FIELDS = frozenset({
+    "access_programs", "background", "background_options", "context_management", "conversation", "image",
+    "include", "input", "instructions", "max_output_tokens", "max_tool_calls", "metadata", "model", "moderation",
+    "parallel_tool_calls", "previous_response_id", "prompt", "prompt_cache_key", "prompt_cache_options",
+    "prompt_cache_retention", "reasoning", "safety_identifier", "service_tier", "store", "stream", "stream_options",
+    "temperature", "text", "tool_choice", "tools", "top_logprobs", "top_p", "truncation", "user",
+    # Chat Completions only
+    "audio", "frequency_penalty", "function_call", "functions", "logit_bias", "logprobs", "max_completion_tokens",
+    "max_tokens", "messages", "modalities", "n", "prediction", "presence_penalty", "reasoning_effort",
+    "response_format", "seed", "stop", "verbosity", "web_search_options",
+})  # fmt: skip
 DEFAULT_CAPS = IntakeCaps()  # without RequestLimits (frozen: one for all)
 HEAD_FIELDS = frozenset({b"session-id", b"x-session-id", b"upgrade"})  # read in one pass
 
@@ -170,6 +184,12 @@ class Intake:
             message = f"request body names the key {clip(twin, 64)!r} twice in one object (differing only in case)"
             refuse(flow, error_response(400, "duplicate_key", message), Decision.INVALID_JSON)
             return
+        for key in body:  # alone, "Model" or "ſtream" is still `model` or `stream` to such a provider
+            if key not in API_FIELDS and key.casefold() in API_FIELDS:
+                message = (f"request body has the key {clip(key, 64)!r}, which some providers read as "
+                           f"{key.casefold()!r}; send {key.casefold()!r}")  # fmt: skip
+                refuse(flow, error_response(400, "ambiguous_key", message), Decision.INVALID_JSON)
+                return
         model = body.get("model")
         if not isinstance(model, str) or not model:
             refuse(

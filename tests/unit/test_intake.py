@@ -318,3 +318,39 @@ def test_a_repeated_key_is_named_clipped(intake):
     run(intake, flow)
     message = error_of(flow)["message"]
     assert error_of(flow)["code"] == "duplicate_key" and len(message) < 200 and "5000 chars" in message
+
+
+@pytest.mark.parametrize(
+    ("raw", "key", "meant"),
+    [
+        (b'{"model": "gpt-5.5", "input": "hi", "STREAM": true}', "STREAM", "stream"),
+        (b'{"model": "gpt-5.5", "\xc5\xbftream": true}', "\u017ftream", "stream"),  # a long s
+        (b'{"model": "gpt-5.5", "Service_Tier": "priority"}', "Service_Tier", "service_tier"),
+    ],
+)
+def test_a_key_that_folds_to_an_api_field_is_refused(intake, raw, key, meant):
+    """Alone: to a Go host (encoding/json matches case-insensitively) it is that field; to the gateway it is not."""
+    flow = make_flow(body=raw)
+    run(intake, flow)
+    error = error_of(flow)
+    assert flow.response.status_code == 400 and error["code"] == "ambiguous_key"
+    assert repr(json.loads(f'"{key}"')) in error["message"] and repr(meant) in error["message"]
+
+
+def test_other_keys_in_any_case_are_forwarded(intake):
+    body = {"model": "gpt-5.5", "input": "hi", "topK": 5, "X-Vendor": {"Model": "kept"}}  # vendor extras, nested
+    flow = make_flow(body=body)
+    run(intake, flow)
+    assert flow.response is None and state_of(flow).body == body
+
+
+def test_api_fields_are_the_sdk_request_fields_casefolded():
+    from openai.types.chat import completion_create_params
+    from openai.types.responses import response_create_params
+
+    from codexgate.addons.intake import API_FIELDS
+
+    sdk = set(response_create_params.ResponseCreateParamsStreaming.__annotations__)
+    sdk |= set(completion_create_params.CompletionCreateParamsStreaming.__annotations__)
+    assert sdk <= API_FIELDS, f"fields the SDK sends that Intake does not know: {sorted(sdk - API_FIELDS)}"
+    assert all(field == field.casefold() for field in API_FIELDS)
