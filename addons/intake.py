@@ -17,7 +17,7 @@ from mitmproxy.proxy.mode_specs import ReverseMode
 
 from codexgate.addons.intake_limits import IntakeCaps, RequestLimits
 from codexgate.addons.policy_source import PolicySource
-from codexgate.bounded import BodyTooLarge, DuplicateKey, case_twin, clip, decode_body, nesting_exceeds, unique_object
+from codexgate.bounded import BodyTooLarge, DuplicateKey, clip, decode_body, nesting_exceeds, unique_object
 from codexgate.errors import error_response
 from codexgate.failsafe import fail_closed
 from codexgate.flowstate import METADATA_KEY, Decision, GatewayRequest, refuse, state_of
@@ -51,6 +51,27 @@ API_FIELDS = frozenset({
     "max_tokens", "messages", "modalities", "n", "prediction", "presence_penalty", "reasoning_effort",
     "response_format", "seed", "stop", "verbosity", "web_search_options",
 })  # fmt: skip
+
+
+def case_ambiguity(body: dict[str, Any]) -> tuple[str, str] | None:
+    """(code, message) when a top-level key is, to a provider that decodes JSON case-insensitively,
+    another key of the body or an API field it is not. Go's encoding/json (OpenAI-compatible servers
+    such as Ollama) matches field names that way, with Unicode simple folding (`"ſtream"` is
+    `stream`): `"Model"` beside `"model"` is a key named twice there, and `"STREAM"` alone is
+    `stream`, which the gateway does not read. Nested objects: exact repeats only (`unique_object`);
+    a client's own labels may hold `Env` and `env`. One pass; a key in API_FIELDS is in folded form."""
+    folds: set[str] = set()
+    for key in body:
+        known = key in API_FIELDS
+        fold = key if known else key.casefold()
+        if fold in folds:
+            return "duplicate_key", f"request body names the key {clip(key, 64)!r} twice in one object (but for case)"
+        if not known and fold in API_FIELDS:
+            return "ambiguous_key", f"request body has the key {clip(key, 64)!r}, which some providers read as {fold!r}"
+        folds.add(fold)
+    return None
+
+
 DEFAULT_CAPS = IntakeCaps()  # without RequestLimits (frozen: one for all)
 HEAD_FIELDS = frozenset({b"session-id", b"x-session-id", b"upgrade"})  # read in one pass
 
@@ -177,19 +198,10 @@ class Intake:
             message = "request body must be a JSON object"
             refuse(flow, error_response(400, "invalid_json", message), Decision.INVALID_JSON)
             return
-        # The request's own fields (model, stream, service_tier, …): checked for keys that differ
-        # only in case, which some providers read as one key (nested objects: exact repeats only).
-        twin = case_twin(body) if len(body) > 1 else None
-        if twin is not None:
-            message = f"request body names the key {clip(twin, 64)!r} twice in one object (differing only in case)"
-            refuse(flow, error_response(400, "duplicate_key", message), Decision.INVALID_JSON)
+        case_problem = case_ambiguity(body)
+        if case_problem is not None:
+            refuse(flow, error_response(400, *case_problem), Decision.INVALID_JSON)
             return
-        for key in body:  # alone, "Model" or "ſtream" is still `model` or `stream` to such a provider
-            if key not in API_FIELDS and key.casefold() in API_FIELDS:
-                message = (f"request body has the key {clip(key, 64)!r}, which some providers read as "
-                           f"{key.casefold()!r}; send {key.casefold()!r}")  # fmt: skip
-                refuse(flow, error_response(400, "ambiguous_key", message), Decision.INVALID_JSON)
-                return
         model = body.get("model")
         if not isinstance(model, str) or not model:
             refuse(

@@ -128,23 +128,6 @@ def unique_object(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
     return obj
 
 
-def case_twin(obj: dict[str, Any]) -> str | None:
-    """A key of `obj` that another key of it equals but for case (`"Model"` beside `"model"`), if any.
-    Go's encoding/json, which OpenAI-compatible servers such as Ollama decode with, matches field
-    names case-insensitively (Unicode simple folding: `"ſtream"` is `stream` too), so such a pair is
-    a key named twice to them."""
-    folded = {key.casefold() for key in obj}
-    if len(folded) == len(obj):
-        return None
-    seen: set[str] = set()
-    for key in obj:
-        fold = key.casefold()
-        if fold in seen:
-            return key
-        seen.add(fold)
-    return None  # (not reached: two keys fold alike)
-
-
 def nesting_exceeds(value: Any, limit: int) -> bool:
     """Whether parsed JSON nests deeper than `limit`: walked level by level (no recursion), each
     level one list comprehension, so a Codex body of a few hundred containers costs microseconds."""

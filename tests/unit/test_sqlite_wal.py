@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import sqlite3
-import threading
 from pathlib import Path
 
 import pytest
@@ -15,20 +14,23 @@ from codexgate.stores.embedded import EmbeddedStore
 _SCHEMA = "CREATE TABLE IF NOT EXISTS t (k TEXT PRIMARY KEY, v REAL NOT NULL);"
 
 
-def test_a_lock_held_past_the_busy_timeout_is_waited_out(tmp_path: Path) -> None:
+def test_a_lock_released_between_attempts_is_waited_out(tmp_path: Path) -> None:
     path = str(tmp_path / "held.sqlite3")
-    holder = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+    holder = sqlite3.connect(path, isolation_level=None)
     holder.execute("BEGIN EXCLUSIVE")  # what a worker switching the file to WAL holds
-    released = threading.Timer(0.3, lambda: holder.execute("COMMIT"))
-    released.start()
-    try:
-        # One attempt gives up after 20 ms, well before the holder lets go at 300 ms.
-        with pytest.raises(sqlite3.OperationalError) as once:
-            sqlite3.connect(path, timeout=0.02).execute("PRAGMA journal_mode=WAL")
-        assert is_busy(once.value)
-        db = connect_wal(path, schema=_SCHEMA, busy_timeout_seconds=0.02, open_deadline_seconds=10)
-    finally:
-        released.join()
+    # One plain attempt gives up: BUSY.
+    with pytest.raises(sqlite3.OperationalError) as once:
+        sqlite3.connect(path, timeout=0.01).execute("PRAGMA journal_mode=WAL")
+    assert is_busy(once.value)
+    slept: list[float] = []
+
+    def sleep(seconds: float) -> None:  # the other worker finishes while this one backs off
+        slept.append(seconds)
+        if holder.in_transaction:
+            holder.execute("COMMIT")
+
+    db = connect_wal(path, schema=_SCHEMA, busy_timeout_seconds=0.01, open_deadline_seconds=10, sleep=sleep)
+    assert len(slept) == 1  # one attempt met the lock, the next one opened the file
     assert db.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
     assert db.execute("PRAGMA synchronous").fetchone()[0] == 1  # NORMAL
     db.execute("INSERT INTO t VALUES ('a', 1.0)")
