@@ -17,7 +17,15 @@ from mitmproxy.proxy.mode_specs import ReverseMode
 
 from codexgate.addons.intake_limits import IntakeCaps, RequestLimits
 from codexgate.addons.policy_source import PolicySource
-from codexgate.bounded import BodyTooLarge, DuplicateKey, clip, decode_body, nesting_exceeds, unique_object
+from codexgate.bounded import (
+    BodyTooLarge,
+    DuplicateKey,
+    canonical_object,
+    clip,
+    decode_body,
+    nesting_exceeds,
+    unique_object,
+)
 from codexgate.errors import error_response
 from codexgate.failsafe import fail_closed
 from codexgate.flowstate import METADATA_KEY, Decision, GatewayRequest, refuse, state_of
@@ -155,12 +163,15 @@ class Intake:
                 return
         too_deep = False
         try:
-            if raw[:1] == b"{" and raw[1:2] != b"\0":
+            # A body as Codex and the SDKs write it (compact): read fast, no key twice by construction.
+            body = canonical_object(raw)
+            if body is None and raw[:1] == b"{" and raw[1:2] != b"\0":
                 # What `json.loads(raw)` does with a body that opens an object, without its four
                 # Python frames (a dozen calls a request): decoded as it decodes UTF-8 (its encoding
                 # detection says UTF-8 here), read by the same C scanner, which raises its errors with
                 # its messages; trailing whitespace allowed and anything else after the object
-                # refused as `json.loads` does. Read once either way: a hostile body is not parsed twice.
+                # refused as `json.loads` does. Read once by this scanner either way; at most the
+                # fast read before it (see `canonical_object`).
                 text = raw.decode("utf-8", "surrogatepass")
                 body, end = _SCAN_ONCE(text, 0)
                 if end != len(text):
@@ -168,7 +179,7 @@ class Intake:
                     end += len(rest) - len(rest.lstrip(" \t\n\r"))
                     if end != len(text):
                         raise json.JSONDecodeError("Extra data", text, end)
-            else:
+            elif body is None:
                 body = json.loads(raw, object_pairs_hook=unique_object)
         except RecursionError:  # deeper than the interpreter's own limit (about 1,000 levels)
             body, too_deep = None, True

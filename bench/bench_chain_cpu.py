@@ -80,10 +80,18 @@ keys:
 """
 
 
-def make_flow(stream: bool) -> http.HTTPFlow:
+def request_body(stream: bool, body_file: str | None) -> bytes:
+    """The request as Codex and the SDKs write it (compact): the bench's small one, or a whole
+    Codex turn from a file (e.g. tests/fixtures/codex_request_tool_round_trip.json)."""
+    request: dict[str, Any] = {"model": MODEL, "input": "Say hello.", "stream": stream}
+    if body_file:
+        request = dict(json.loads(Path(body_file).read_text()), model=MODEL, stream=stream)
+    return json.dumps(request, separators=(",", ":"), ensure_ascii=False).encode()
+
+
+def make_flow(stream: bool, body: bytes) -> http.HTTPFlow:
     flow = tflow.tflow()
     flow.client_conn.proxy_mode = ProxyMode.parse("reverse:http://127.0.0.1:9@4000")
-    body = json.dumps({"model": MODEL, "input": "Say hello.", "stream": stream}).encode()
     headers: dict[str | bytes, str | bytes] = {
         "content-type": "application/json", "authorization": f"Bearer {VIRTUAL_KEY}",
         "user-agent": "codex_cli_rs/0.169", "session-id": "bench", "originator": "codex_cli_rs",
@@ -195,6 +203,7 @@ async def measure(args: argparse.Namespace) -> dict[str, list[float]]:
     from codexgate.addons import chain
 
     results: dict[str, list[float]] = {kind: [] for kind in args.kinds}
+    bodies = {kind: request_body(kind == "sse", args.body_file) for kind in args.kinds}
     os.environ[UPSTREAM_ENV] = "sk-bench-upstream"
     with tempfile.TemporaryDirectory() as work:
         policy_file = Path(work) / "policy.yaml"
@@ -221,7 +230,7 @@ async def measure(args: argparse.Namespace) -> dict[str, list[float]]:
                         answer, chunks = make_answer(stream, number)
                         if index == 20:
                             counter.counts.clear()
-                        await counted_request(steps, counter, make_flow(stream), answer, chunks)
+                        await counted_request(steps, counter, make_flow(stream, bodies[kind]), answer, chunks)
                         await asyncio.sleep(0.001)
                     results[kind] = [sum(counter.counts.values()) / args.per_batch]
                     print(f"{kind}: {results[kind][0]:.0f} calls per request; by step and hook (>= 2 per request):")
@@ -233,7 +242,7 @@ async def measure(args: argparse.Namespace) -> dict[str, list[float]]:
             for batch in range(args.batches + 1):  # the first batch warms up, unreported
                 for kind in args.kinds:
                     stream = kind == "sse"
-                    flows = [make_flow(stream) for _ in range(args.per_batch)]
+                    flows = [make_flow(stream, bodies[kind]) for _ in range(args.per_batch)]
                     answers = []
                     for _ in range(args.per_batch):
                         number += 1
@@ -275,6 +284,7 @@ def main() -> None:
     parser.add_argument("--limits", action="store_true", help="a policy with budgets and rate limits (store path)")
     parser.add_argument("--profile", metavar="FILE", help="cProfile the measured batches into FILE and print the top")
     parser.add_argument("--profile-lines", type=int, default=45)
+    parser.add_argument("--body-file", help="send this JSON request body (a whole Codex turn) instead of the small one")
     parser.add_argument("--calls", action="store_true", help="count the calls per step and hook instead of timing")
     args = parser.parse_args()
     args.kinds = [kind.strip() for kind in args.kinds.split(",") if kind.strip()]

@@ -1094,7 +1094,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 def anthropic_body(size: int) -> str:
     """What a client of Anthropic's API sends: the bare proxies' request in the translated kind."""
     text = "Say hello." if size <= 0 else "Say hello. " + "x" * max(0, size - 60)
-    return json.dumps(
+    return compact_json(
         {"model": TRANSLATED_MODEL, "max_tokens": 1024, "stream": True, "messages": [{"role": "user", "content": text}]}
     )
 
@@ -1108,13 +1108,19 @@ def upstream_request(key: str, body: str, translated: bool, size: int = 0) -> tu
     return {"Authorization": f"Bearer {key}", "Content-Type": "application/json"}, "/v1/responses", body
 
 
+def compact_json(value: Any) -> str:
+    """JSON as clients write a request body: Codex (serde_json), the Python SDK (httpx) and the
+    Node SDK (`JSON.stringify`) all write it compact, UTF-8 unescaped."""
+    return json.dumps(value, separators=(",", ":"), ensure_ascii=False)
+
+
 def request_body(size: int, body_file: str | None = None, stream: bool = False, model: str = MODEL) -> str:
     if body_file:
-        return json.dumps(dict(json.loads(Path(body_file).read_text()), model=model, stream=stream))
+        return compact_json(dict(json.loads(Path(body_file).read_text()), model=model, stream=stream))
     body: dict[str, Any] = {"model": model, "input": "Say hello.", "stream": stream}
     if size > 0:
         body["input"] = "Say hello. " + "x" * max(0, size - 60)
-    return json.dumps(body)
+    return compact_json(body)
 
 
 def start_mitmdump(

@@ -192,7 +192,9 @@ def install_litellm(directory: Path) -> str:
 
 
 def body(kind: str) -> str:
-    return json.dumps({"model": MODEL, "input": "hello", **({"stream": True} if kind == "sse" else {})})
+    return json.dumps(
+        {"model": MODEL, "input": "hello", **({"stream": True} if kind == "sse" else {})}, separators=(",", ":")
+    )
 
 
 def check_answer(target: Target, kind: str) -> None:

@@ -74,7 +74,7 @@ class Streams:
         body = {"model": MODEL, "input": "Say hello.", "stream": True}  # what bench_overhead.py sends
         flow = tflow.tflow()
         flow.request = http.Request.make(
-            "POST", "http://127.0.0.1:4000/v1/responses", json.dumps(body).encode(),
+            "POST", "http://127.0.0.1:4000/v1/responses", json.dumps(body, separators=(",", ":")).encode(),
             {"content-type": "application/json", "accept": "text/event-stream"},
         )  # fmt: skip
         prepared = self.family.prepare(body, UPSTREAM_MODEL, PROVIDER)

@@ -2,8 +2,9 @@
 
 `decode_body` inflates a request body under a cap on the *decoded* size, checked while
 decompressing (a 1 MB gzip body can inflate to 1 GiB); `nesting_exceeds` measures JSON nesting
-without recursion; `unique_object` refuses a JSON object that names a key twice; `clip` bounds a
-client string before it is written anywhere.
+without recursion; `unique_object` refuses a JSON object that names a key twice, and
+`canonical_object` reads the common body that cannot name one twice at half the cost; `clip` bounds
+a client string before it is written anywhere.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ import zlib
 from typing import Any
 
 import brotli
+import orjson
 import zstandard
 
 # Input is fed to the decompressors in slices this large, so that no single call can produce
@@ -126,6 +128,26 @@ def unique_object(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
                 raise DuplicateKey(key)
             seen.add(key)
     return obj
+
+
+def canonical_object(raw: bytes) -> dict[str, Any] | None:
+    """The JSON object `raw` encodes when `raw` is byte for byte what orjson writes for it, else
+    None (read it with `unique_object` then). That is the compact form Codex (serde_json), the
+    official SDKs (httpx, `JSON.stringify`) send: no spaces, UTF-8 unescaped. Such a body names no
+    key twice, since the object written back from a parse that kept one value per key is the body
+    itself; and anything orjson would read differently from `json.loads` (a number out of range, an
+    escaped character, NaN, a lone surrogate, trailing space) is not written back the same, so it
+    takes the strict way. About half the strict way's cost on a Codex body (parse, write, compare);
+    a body that starts like one (`{"`) but is not pays both, at most ~1.5 times the strict way."""
+    if raw[:2] != b'{"':
+        return None
+    try:
+        body = orjson.loads(raw)
+        if orjson.dumps(body) != raw:
+            return None
+    except (orjson.JSONDecodeError, orjson.JSONEncodeError):
+        return None
+    return body  # type: ignore[no-any-return]
 
 
 def nesting_exceeds(value: Any, limit: int) -> bool:

@@ -5,12 +5,13 @@ from __future__ import annotations
 import gzip
 import json
 import zlib
+from pathlib import Path
 
 import brotli
 import pytest
 import zstandard
 
-from codexgate.bounded import BodyTooLarge, clip, decode_body, nesting_exceeds
+from codexgate.bounded import BodyTooLarge, canonical_object, clip, decode_body, nesting_exceeds
 
 BODY = json.dumps({"model": "gpt-test", "input": "hello " * 2000}).encode()
 ENCODED = {
@@ -63,3 +64,40 @@ def test_clip_bounds_and_escapes() -> None:
     clipped = clip("x" * 10_000, 50)
     assert len(clipped) < 80 and clipped.endswith("(10000 chars)")
     assert "\n" not in clip("line\nbreak")
+
+
+CODEX_BODY = json.loads((Path(__file__).parents[1] / "fixtures" / "codex_request_tool_round_trip.json").read_text())
+
+
+def _compact(value: object) -> bytes:
+    """As serde_json (Codex), httpx (the Python SDK) and `JSON.stringify` (the Node SDK) write it."""
+    return json.dumps(value, separators=(",", ":"), ensure_ascii=False).encode()
+
+
+def test_a_compact_codex_body_is_read_fast_and_as_json_loads_reads_it() -> None:
+    raw = _compact(CODEX_BODY)
+    body = canonical_object(raw)
+    assert body is not None and repr(body) == repr(json.loads(raw))
+
+
+@pytest.mark.parametrize(
+    "raw",
+    [
+        _compact(CODEX_BODY).replace(b'"model":', b'"model": ', 1),  # one space: not as orjson writes it
+        json.dumps(CODEX_BODY).encode(),  # Python's default spacing
+        json.dumps(CODEX_BODY, separators=(",", ":")).encode(),  # non-ASCII escaped
+        b'{"model":"a","model":"b"}',  # a repeat: written back, it is one key shorter
+        b'{"model":"a","input":[{"content":"x","content":"x"}]}',
+        b'{"model":"a","\\u006dodel":"b"}',  # the same key once escaped
+        b'{"n":1e5}',
+        b'{"n":12345678901234567890123}',  # beyond 64 bits: orjson reads a float
+        b'{"x":NaN}',
+        b'{"s":"\\/"}',
+        b'{"s":"\xed\xa0\x80"}',
+        b'{"a":1}\n',
+        b"[1]",
+        b"{}",  # not `{"`: the strict read (no fast path to save)
+    ],
+)
+def test_anything_not_written_back_the_same_is_left_to_the_strict_read(raw: bytes) -> None:
+    assert canonical_object(raw) is None
