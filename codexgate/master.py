@@ -16,9 +16,11 @@ from collections.abc import Sequence
 from typing import Any
 
 from mitmproxy import master, options
-from mitmproxy.addons import block, core, disable_h2c, errorcheck, next_layer, proxyserver, tlsconfig
+from mitmproxy.addons import block, core, disable_h2c, errorcheck, next_layer, proxyserver, termlog, tlsconfig
 from mitmproxy.tools import cmdline
 from mitmproxy.tools.main import run
+
+from codexgate.hook_dispatch import HookDispatch
 
 
 def proxy_core_addons() -> list[Any]:
@@ -36,7 +38,14 @@ def proxy_core_addons() -> list[Any]:
 
 class GatewayMaster(master.Master):
     def __init__(self, opts: options.Options, with_chain: bool = True) -> None:
-        super().__init__(opts, with_termlog=True)
+        super().__init__(opts)
+        # Events straight to the functions that take them (`HookDispatch`), in place of the manager
+        # `Master` made, which is still empty: the terminal log is added to the new one, as
+        # `with_termlog=True` would have added it to the old.
+        opts.changed.disconnect(self.addons._configure_all)
+        self.addons = HookDispatch(self)
+        self._termlog_addon = termlog.TermLog()
+        self.addons.add(self._termlog_addon)
         # mitmproxy rolls options back after an OptionsError and reports what the rollback raised,
         # at start often an unrelated complaint (no policy file): the first error is the cause.
         opts.errored.connect(_report_option_error)
