@@ -1198,7 +1198,13 @@ def start_codexgate(
     data_dir = work / f"{name}-data"
     if options:
         (data_dir / "mitmproxy").mkdir(parents=True, exist_ok=True)
-        lines = [f"{k.strip()}: {v.strip()}" for k, _, v in (o.partition("=") for o in options)]
+        # YAML 1.1 (mitmproxy's config file) reads off/on/yes/no as booleans: a word option such as
+        # codexgate_wal_fsync=off must stay the string.
+        words = {"off", "on", "yes", "no", "y", "n"}
+        lines = [
+            f"{k.strip()}: " + (json.dumps(v.strip()) if v.strip().lower() in words else v.strip())
+            for k, _, v in (o.partition("=") for o in options)
+        ]
         (data_dir / "mitmproxy" / "config.yaml").write_text("\n".join(lines) + "\n", encoding="utf-8")
     up = [*cli, "up", "--policy", str(policy), "--data-dir", str(data_dir)]
     if name.endswith("-checks"):
