@@ -179,3 +179,25 @@ def test_a_hook_event_with_no_flow_argument_goes_out_too() -> None:
         return seen
 
     assert asyncio.run(go()) == ["running"]
+
+
+def test_a_hook_that_is_not_callable_is_logged_as_mitmproxy_logs_it(caplog) -> None:
+    class Broken:
+        name = "broken"
+        request = 3  # not a function
+
+        def __repr__(self) -> str:
+            return "Broken"
+
+    def extra(calls: list[tuple[str, str, Any]]) -> list[Any]:
+        return [Broken(), Recorder("after", calls)]
+
+    caplog.set_level(logging.ERROR)
+    events = _events()[:1]
+    stock = asyncio.run(_run(addonmanager.AddonManager, events, extra=extra))
+    stock_lines = [r.getMessage() for r in caplog.records]
+    caplog.clear()
+    ours = asyncio.run(_run(HookDispatch, events, extra=extra))
+    assert ours == stock and [name for name, _, _ in ours] == ["first", "child", "second", "after"]
+    assert [r.getMessage() for r in caplog.records] == stock_lines
+    assert len(stock_lines) == 1 and "Addon handler request" in stock_lines[0] and "not callable" in stock_lines[0]
