@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Callable
 from typing import Any
 
 import pytest
@@ -71,7 +72,8 @@ def _master(manager_class: type[addonmanager.AddonManager], master_class: type[m
 
 
 async def _run(manager_class: type[addonmanager.AddonManager], events: list[Any], *,
-               raises: type[BaseException] | None = None, extra: list[Any] | None = None) -> list[Any]:  # fmt: skip
+               raises: type[BaseException] | None = None,
+               extra: Callable[[list[tuple[str, str, Any]]], list[Any]] | None = None) -> list[Any]:  # fmt: skip
     calls: list[tuple[str, str, Any]] = []
     owner = _master(manager_class)
     owner.addons.add(*_chain(calls, raises), *(extra(calls) if extra else []))
@@ -96,23 +98,29 @@ def test_the_same_calls_in_the_same_order_as_mitmproxys_manager(extra) -> None:
     assert ("updates", "update") in names if extra else all(hook != "update" for _, hook in names)
 
 
-def test_an_addon_error_is_logged_and_the_next_addon_of_the_chain_still_runs(caplog) -> None:
+def _side_by_side(caplog, **kwargs: Any) -> tuple[list[Any], list[Any], list[str], list[str]]:
+    """The calls and the error lines of mitmproxy's manager, then of HookDispatch, on the same chain
+    and one request event."""
     caplog.set_level(logging.ERROR)
+    caplog.clear()
     events = _events()[:1]
-    stock = asyncio.run(_run(addonmanager.AddonManager, events, raises=ValueError))
+    stock = asyncio.run(_run(addonmanager.AddonManager, events, **kwargs))
     stock_lines = [r.getMessage() for r in caplog.records]
     caplog.clear()
-    ours = asyncio.run(_run(HookDispatch, events, raises=ValueError))
+    ours = asyncio.run(_run(HookDispatch, events, **kwargs))
+    return stock, ours, stock_lines, [r.getMessage() for r in caplog.records]
+
+
+def test_an_addon_error_is_logged_and_the_next_addon_of_the_chain_still_runs(caplog) -> None:
+    stock, ours, stock_lines, our_lines = _side_by_side(caplog, raises=ValueError)
     # as mitmproxy: the failing addon's children are skipped, the chain's next addon is called
     assert ours == stock and [name for name, _, _ in ours] == ["first", "second"]
-    assert [r.getMessage() for r in caplog.records] == stock_lines == ["Addon error: from first"]
+    assert our_lines == stock_lines == ["Addon error: from first"]
     assert caplog.records[0].exc_info is not None
 
 
-def test_addon_halt_ends_the_event() -> None:
-    events = _events()[:1]
-    stock = asyncio.run(_run(addonmanager.AddonManager, events, raises=exceptions.AddonHalt))
-    ours = asyncio.run(_run(HookDispatch, events, raises=exceptions.AddonHalt))
+def test_addon_halt_ends_the_event(caplog) -> None:
+    stock, ours, _, _ = _side_by_side(caplog, raises=exceptions.AddonHalt)
     assert ours == stock and [name for name, _, _ in ours] == ["first"]
 
 
@@ -192,12 +200,7 @@ def test_a_hook_that_is_not_callable_is_logged_as_mitmproxy_logs_it(caplog) -> N
     def extra(calls: list[tuple[str, str, Any]]) -> list[Any]:
         return [Broken(), Recorder("after", calls)]
 
-    caplog.set_level(logging.ERROR)
-    events = _events()[:1]
-    stock = asyncio.run(_run(addonmanager.AddonManager, events, extra=extra))
-    stock_lines = [r.getMessage() for r in caplog.records]
-    caplog.clear()
-    ours = asyncio.run(_run(HookDispatch, events, extra=extra))
+    stock, ours, stock_lines, our_lines = _side_by_side(caplog, extra=extra)
     assert ours == stock and [name for name, _, _ in ours] == ["first", "child", "second", "after"]
-    assert [r.getMessage() for r in caplog.records] == stock_lines
+    assert our_lines == stock_lines
     assert len(stock_lines) == 1 and "Addon handler request" in stock_lines[0] and "not callable" in stock_lines[0]
